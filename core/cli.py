@@ -1,0 +1,44 @@
+"""`python -m core <command>`: a thin entry point. Each subsystem registers its own commands.
+
+Heavy imports (torch, models) happen inside the command functions, so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# module path -> each exposes `register(subparsers)` adding its commands with set_defaults(func=...)
+COMMAND_MODULES = (
+    "core.models.cli",   # info, download, sample
+)
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one clear line, exit code 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="VA-π Workbench: post-train autoregressive image generators (CLI).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
