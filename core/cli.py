@@ -8,14 +8,12 @@ import argparse
 import importlib
 import sys
 
+from core.errors import UserError
+
 # module path -> each exposes `register(subparsers)` adding its commands with set_defaults(func=...)
 COMMAND_MODULES = (
     "core.models.cli",   # info, download, sample
 )
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one clear line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
