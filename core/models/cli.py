@@ -1,0 +1,102 @@
+"""`python -m core info | download | sample`."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core import paths
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="presets, what is present in checkpoints/, devices",
+                       description="List model presets with the state of their weight files, and the devices.")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("download", help="fetch a published checkpoint into checkpoints/",
+                       description="Download a LlamaGen checkpoint from the Hugging Face hub into checkpoints/.")
+    p.add_argument("name", help="preset or file name, e.g. llamagen-c2i-xxl-384, c2i_XXL_384 or vq_ds16_c2i")
+    p.add_argument("--with-tokenizer", action="store_true", help="also fetch the preset's tokenizer")
+    p.add_argument("--force", action="store_true", help="download again even if the file exists")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("sample", help="sample images for classes with fixed seeds -> PNG grid + PNGs",
+                       description="Free-running sampling with a KV cache. Rows = classes, columns = seeds.")
+    p.add_argument("--model", default="demo-c2i", help="generator preset (default: the embedded demo)")
+    p.add_argument("--weights", default=None, help="a checkpoint to load instead of the preset's weights (e.g. an aligned run checkpoint)")
+    p.add_argument("--classes", nargs="+", default=None, help="class ids or names (default: the first 4 classes)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="one image per seed and class")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default="outputs/samples", help="output folder")
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_info(args) -> int:
+    from core import device
+    from core.models import registry
+
+    missing: dict = {}
+    print(f"Generator presets (downloads go to {paths.CHECKPOINTS_DIR}):")
+    for g in registry.all_generators():
+        t = registry.get_tokenizer(g.tokenizer)
+        absent = [f for f in (g, t) if not f.path.is_file()]
+        for f in absent:
+            missing[f.path] = f
+        state = "present" if not absent else "missing " + " + ".join(f.filename for f in absent)
+        print(f"  {g.name:22s} {g.task} {g.size:7s} {g.image_size:3d}px  {g.description}\n  {'':22s} {state}")
+    if missing:
+        print("Missing files:")
+        for path, f in missing.items():
+            print(f"  {path}\n      {registry.download_hint(f.filename, f.repo_id)}")
+    print("Devices:")
+    for d in device.report():
+        print(f"  {d['name']:8s} {d['detail']}")
+    return 0
+
+
+def cmd_download(args) -> int:
+    from core.models import registry
+
+    path = registry.download(args.name, force=args.force)
+    print(f"ok: {path}")
+    if args.with_tokenizer:
+        preset = registry.get_generator(args.name)
+        print(f"ok: {registry.download(registry.get_tokenizer(preset.tokenizer).filename, force=args.force)}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    import torch
+
+    from core import device as devmod
+    from core import imaging
+    from core.data.classes import class_names_for, resolve_classes
+    from core.errors import ConfigError
+    from core.models import registry
+    from core.models.generate import check_sampling_args, generate_images
+    from core.models.load import load_pair
+
+    preset = registry.get_generator(args.model)
+    if preset.task != "c2i":
+        raise ConfigError("model", f"{args.model} is text-conditional; `sample` takes classes (use a c2i preset)")
+    check_sampling_args(args.cfg_scale, args.temperature, args.top_k, args.top_p)
+    dev = devmod.resolve(args.device)
+    gen, tok = load_pair(args.model, args.weights, dev)
+    names = class_names_for(gen.config.num_classes)
+    classes = resolve_classes(args.classes if args.classes else range(min(4, len(names))), names)
+    seeds = list(args.seeds)
+    cond = torch.tensor([c for c in classes for _ in seeds], device=dev)
+    all_seeds = [s for _ in classes for s in seeds]
+    imgs = generate_images(gen, tok, cond, seeds=all_seeds, batch_size=args.batch_size, cfg_scale=args.cfg_scale,
+                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    out = Path(args.out)
+    up = max(1, 128 // imgs.shape[-1])
+    files = imaging.save_images(imgs, out, [f"{c:04d}_{names[c].replace(' ', '_').replace('/', '_')}_seed{s}.png"
+                                            for c, s in zip(cond.tolist(), all_seeds)], upscale=up)
+    imaging.save_png(imaging.grid(imgs, nrow=len(seeds), upscale=up), out / "grid.png")
+    print(f"wrote {len(files)} images and {out / 'grid.png'} (rows: {', '.join(names[c] for c in classes)}; seeds {seeds})")
+    return 0

@@ -1,0 +1,53 @@
+"""The embedded demo models: a small LlamaGen VQ tokenizer and a small class-conditional LlamaGen
+GPT for the procedural shapes domain (`core.data.shapes`). Same classes as the real models, small
+configs. Their weights and `manifest.json` (configs, recipe, sha256, measured metrics) live in
+`checkpoints/demo/` and are committed; `python -m core demo build` reproduces them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from core import paths
+
+MANIFEST = "manifest.json"
+
+# Defaults of the build; the manifest of a built demo records what was actually used.
+DEMO_IMAGE_SIZE = 32
+DEMO_VQ = dict(codebook_size=512, codebook_embed_dim=8, ch=32, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2],
+               z_channels=64, num_res_blocks=1, image_size=DEMO_IMAGE_SIZE)
+DEMO_GPT = dict(dim=256, n_layer=8, n_head=8, multiple_of=64, vocab_size=512, num_classes=10, cls_token_num=1,
+                block_size=64, class_dropout_prob=0.1, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
+                model_type="c2i")
+
+
+def manifest_path(demo_dir: Path | None = None) -> Path:
+    return (demo_dir or paths.DEMO_DIR) / MANIFEST
+
+
+def read_manifest(demo_dir: Path | None = None) -> dict | None:
+    p = manifest_path(demo_dir)
+    if not p.is_file():
+        return None
+    return json.loads(p.read_text())
+
+
+def vq_config(demo_dir: Path | None = None) -> dict:
+    m = read_manifest(demo_dir)
+    return dict(m["tokenizer"]["config"]) if m else dict(DEMO_VQ)
+
+
+def gpt_config(demo_dir: Path | None = None) -> dict:
+    m = read_manifest(demo_dir)
+    return dict(m["generator"]["config"]) if m else dict(DEMO_GPT)
+
+
+def register_presets() -> None:
+    from core.models.registry import GeneratorPreset, register_generator
+
+    cfg = gpt_config()
+    register_generator(GeneratorPreset(
+        "demo-c2i", "llamagen", "c2i", "demo", vq_config()["image_size"], "demo-vq",
+        "gpt_c2i.safetensors", None,
+        f"embedded demo: LlamaGen GPT (dim {cfg['dim']} x {cfg['n_layer']} layers) on the 10-class shapes domain, CPU-friendly",
+        overrides=cfg))

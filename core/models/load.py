@@ -1,0 +1,56 @@
+"""Build a model from a preset and load its weights (or a run checkpoint's)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from core.models import checkpoint, demo, llamagen, registry, vq
+
+
+def build_generator(preset_name: str) -> llamagen.Transformer:
+    """Random-init model of a preset's architecture (no file needed)."""
+    p = registry.get_generator(preset_name)
+    if p.size == "demo":
+        return llamagen.Transformer(llamagen.GPTConfig(**p.overrides))
+    return llamagen.build(p.size, model_type=p.task, image_size=p.image_size, downsample=16, **p.overrides)
+
+
+def build_tokenizer(name: str) -> vq.VQModel:
+    t = registry.get_tokenizer(name)
+    if t.arch == "demo":
+        return vq.VQModel(vq.VQConfig(**demo.vq_config()))
+    return vq.build(t.arch, codebook_size=t.codebook_size, codebook_embed_dim=t.codebook_embed_dim)
+
+
+def load_generator(preset_name: str, weights: Optional[str | Path] = None, device: str | torch.device = "cpu",
+                   dtype: torch.dtype = torch.float32) -> llamagen.Transformer:
+    """A preset's GPT with its published weights, or with `weights` (e.g. an aligned run checkpoint)."""
+    p = registry.get_generator(preset_name)
+    if weights is None:
+        registry.require_files(preset_name)
+    model = build_generator(preset_name)
+    checkpoint.load_gpt(model, weights or p.path, expected=p.size if p.size != "demo" else "")
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def load_tokenizer(name: str, device: str | torch.device = "cpu", image_size: Optional[int] = None) -> vq.VQModel:
+    t = registry.get_tokenizer(name)
+    if not t.path.is_file():
+        raise registry.MissingWeightsError(f"missing tokenizer weights {t.path} — {registry.download_hint(t.filename, t.repo_id)}")
+    model = build_tokenizer(name)
+    checkpoint.load_vq(model, t.path)
+    if image_size is not None and image_size != model.config.image_size:
+        # fully convolutional: the resolution only changes the token grid
+        model.config = vq.VQConfig(**{**model.config.to_dict(), "image_size": image_size})
+    return model.to(device).eval()
+
+
+def load_pair(preset_name: str, weights: Optional[str | Path] = None, device: str | torch.device = "cpu"):
+    """(generator, tokenizer) of a preset, the tokenizer set to the preset's resolution."""
+    p = registry.get_generator(preset_name)
+    if weights is None:
+        registry.require_files(preset_name)  # one message naming every missing file
+    tok = load_tokenizer(p.tokenizer, device, image_size=p.image_size)
+    return load_generator(preset_name, weights, device), tok

@@ -1,0 +1,174 @@
+"""Named model presets: which architecture, which tokenizer, which file, where it comes from.
+
+A generator preset names a LlamaGen GPT size and resolution, its tokenizer preset, and the
+Hugging Face repo + filename of the published weights. Files live flat under `checkpoints/`
+(`core.paths.CHECKPOINTS_DIR`); the embedded demo models live in `checkpoints/demo/` and are
+committed. `require_files` says which file is missing, where to put it and which command fetches
+it, before any work starts.
+"""
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from core import paths
+from core.errors import ConfigError, MissingWeightsError
+
+HF_C2I = "FoundationVision/LlamaGen"
+HF_T2I = "peizesun/llamagen_t2i"
+
+
+@dataclass(frozen=True)
+class TokenizerPreset:
+    name: str
+    arch: str  # "VQ-16" | "VQ-8" | "demo"
+    filename: str
+    repo_id: Optional[str]  # None: embedded (committed) weights
+    codebook_size: int = 16384
+    codebook_embed_dim: int = 8
+    description: str = ""
+
+    @property
+    def path(self) -> Path:
+        return (paths.DEMO_DIR if self.repo_id is None else paths.CHECKPOINTS_DIR) / self.filename
+
+
+@dataclass(frozen=True)
+class GeneratorPreset:
+    name: str
+    family: str  # "llamagen"
+    task: str  # "c2i" | "t2i"
+    size: str  # "GPT-B" ... "GPT-3B", or "demo"
+    image_size: int
+    tokenizer: str  # TokenizerPreset name
+    filename: str
+    repo_id: Optional[str]
+    description: str = ""
+    overrides: dict = field(default_factory=dict)  # extra GPTConfig fields (e.g. the demo's sizes)
+
+    @property
+    def path(self) -> Path:
+        return (paths.DEMO_DIR if self.repo_id is None else paths.CHECKPOINTS_DIR) / self.filename
+
+    @property
+    def embedded(self) -> bool:
+        return self.repo_id is None
+
+
+TOKENIZERS: dict[str, TokenizerPreset] = {t.name: t for t in [
+    TokenizerPreset("vq16-c2i", "VQ-16", "vq_ds16_c2i.pt", HF_C2I, description="LlamaGen VQ-16 (ImageNet), 16x downsample"),
+    TokenizerPreset("vq16-t2i", "VQ-16", "vq_ds16_t2i.pt", HF_T2I, description="LlamaGen VQ-16 (T2I data), 16x downsample"),
+    TokenizerPreset("demo-vq", "demo", "vq.safetensors", None, description="embedded demo tokenizer (shapes domain)"),
+]}
+
+GENERATORS: dict[str, GeneratorPreset] = {g.name: g for g in [
+    GeneratorPreset("llamagen-c2i-b-256", "llamagen", "c2i", "GPT-B", 256, "vq16-c2i", "c2i_B_256.pt", HF_C2I, "GPT-B 111M, 256 px"),
+    GeneratorPreset("llamagen-c2i-b-384", "llamagen", "c2i", "GPT-B", 384, "vq16-c2i", "c2i_B_384.pt", HF_C2I, "GPT-B 111M, 384 px"),
+    GeneratorPreset("llamagen-c2i-l-256", "llamagen", "c2i", "GPT-L", 256, "vq16-c2i", "c2i_L_256.pt", HF_C2I, "GPT-L 343M, 256 px"),
+    GeneratorPreset("llamagen-c2i-l-384", "llamagen", "c2i", "GPT-L", 384, "vq16-c2i", "c2i_L_384.pt", HF_C2I, "GPT-L 343M, 384 px"),
+    GeneratorPreset("llamagen-c2i-xl-384", "llamagen", "c2i", "GPT-XL", 384, "vq16-c2i", "c2i_XL_384.pt", HF_C2I, "GPT-XL 775M, 384 px"),
+    GeneratorPreset("llamagen-c2i-xxl-384", "llamagen", "c2i", "GPT-XXL", 384, "vq16-c2i", "c2i_XXL_384.pt", HF_C2I, "GPT-XXL 1.4B, 384 px (the paper's C2I model)"),
+    GeneratorPreset("llamagen-c2i-3b-384", "llamagen", "c2i", "GPT-3B", 384, "vq16-c2i", "c2i_3B_384.pt", HF_C2I, "GPT-3B 3.1B, 384 px"),
+    GeneratorPreset("llamagen-t2i-xl-256", "llamagen", "t2i", "GPT-XL", 256, "vq16-t2i", "t2i_XL_stage1_256.pt", HF_T2I, "GPT-XL T2I stage 1, 256 px (the paper's T2I model)"),
+    GeneratorPreset("llamagen-t2i-xl-512", "llamagen", "t2i", "GPT-XL", 512, "vq16-t2i", "t2i_XL_stage2_512.pt", HF_T2I, "GPT-XL T2I stage 2, 512 px"),
+]}
+
+DEFAULT_GENERATOR = "demo-c2i"
+
+
+def register_generator(preset: GeneratorPreset) -> None:
+    GENERATORS[preset.name] = preset
+
+
+def register_tokenizer(preset: TokenizerPreset) -> None:
+    TOKENIZERS[preset.name] = preset
+
+
+def _ensure_demo_registered() -> None:
+    """The demo presets come from the committed manifest (their sizes are recorded there)."""
+    if "demo-c2i" in GENERATORS:
+        return
+    from core.models import demo
+
+    demo.register_presets()
+
+
+def get_generator(name: str) -> GeneratorPreset:
+    _ensure_demo_registered()
+    if name not in GENERATORS:
+        raise ConfigError("model", f"unknown model preset {name!r}; known: {', '.join(sorted(GENERATORS))}")
+    return GENERATORS[name]
+
+
+def get_tokenizer(name: str) -> TokenizerPreset:
+    _ensure_demo_registered()
+    if name not in TOKENIZERS:
+        raise ConfigError("tokenizer", f"unknown tokenizer preset {name!r}; known: {', '.join(sorted(TOKENIZERS))}")
+    return TOKENIZERS[name]
+
+
+def all_generators() -> list[GeneratorPreset]:
+    _ensure_demo_registered()
+    return list(GENERATORS.values())
+
+
+def all_tokenizers() -> list[TokenizerPreset]:
+    _ensure_demo_registered()
+    return list(TOKENIZERS.values())
+
+
+def download_hint(filename: str, repo_id: Optional[str]) -> str:
+    if repo_id is None:
+        return f"{paths.DEMO_DIR / filename} is part of the repository; restore it with `git checkout -- checkpoints/demo` or rebuild with `python -m core demo build`"
+    url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+    return (f"download it with `python -m core download {filename.rsplit('.', 1)[0]}` "
+            f"or fetch {url} by hand and place it at {paths.CHECKPOINTS_DIR / filename}")
+
+
+def require_files(generator: str) -> None:
+    """Raise MissingWeightsError naming every missing file of a generator preset and its tokenizer."""
+    g = get_generator(generator)
+    t = get_tokenizer(g.tokenizer)
+    missing = [(p.path, p.filename, p.repo_id) for p in (g, t) if not p.path.is_file()]
+    if missing:
+        lines = [f"missing weights for preset {generator!r}:"]
+        lines += [f"  {path} — {download_hint(fn, repo)}" for path, fn, repo in missing]
+        raise MissingWeightsError("\n".join(lines))
+
+
+def find_download(name: str) -> tuple[str, str]:
+    """A download name (preset name, or file name with or without .pt) -> (repo_id, filename)."""
+    _ensure_demo_registered()
+    for p in list(GENERATORS.values()) + list(TOKENIZERS.values()):
+        if p.repo_id is None:
+            continue
+        if name in (p.name, p.filename, p.filename.rsplit(".", 1)[0]):
+            return p.repo_id, p.filename
+    known = sorted({p.filename.rsplit(".", 1)[0] for p in list(GENERATORS.values()) + list(TOKENIZERS.values()) if p.repo_id})
+    raise ConfigError("name", f"nothing to download called {name!r}; known: {', '.join(known)}")
+
+
+def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def download(name: str, force: bool = False) -> Path:
+    """Fetch a published checkpoint into checkpoints/ (progress bar from huggingface_hub)."""
+    repo_id, filename = find_download(name)
+    dest = paths.CHECKPOINTS_DIR / filename
+    if dest.is_file() and not force:
+        return dest
+    if not hub_reachable():
+        raise MissingWeightsError(
+            f"cannot reach huggingface.co to download {filename} (offline?). Fetch "
+            f"https://huggingface.co/{repo_id}/resolve/main/{filename} on a machine with internet and place it at {dest}")
+    from huggingface_hub import hf_hub_download
+
+    paths.CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(paths.CHECKPOINTS_DIR)))
