@@ -1,0 +1,21 @@
+"""Runs: run folders indexed in SQLite, detached worker processes, a queue per device set.
+
+- `store.RunStore`: folders, the SQLite index, statuses, metrics, checkpoints (layout: store's docstring)
+- `recorder.RunRecorder`: what the trainer calls inside the worker (metrics, progress, stop requests)
+- `worker`: `python -m core.runs.worker --run-dir DIR [--resume]`, the process of one run
+- `launcher.Launcher`: submit, tick (scheduler), stop, resume, orphan detection
+- `cli`: `python -m core runs list|show|stop|resume|delete`
+
+Nothing here imports torch: the UI and the CLI use it without loading the engine.
+"""
+from core.runs.launcher import Launcher
+from core.runs.recorder import RunRecorder
+from core.runs.store import (
+    ACTIVE, FAILED, FINISHED, QUEUED, RESUMABLE, RUNNING, STATUSES, STOPPED, STOPPING, Checkpoint, Run,
+    RunNotFoundError, RunStateError, RunStore,
+)
+
+__all__ = [
+    "ACTIVE", "FAILED", "FINISHED", "QUEUED", "RESUMABLE", "RUNNING", "STATUSES", "STOPPED", "STOPPING",
+    "Checkpoint", "Launcher", "Run", "RunNotFoundError", "RunRecorder", "RunStateError", "RunStore",
+]

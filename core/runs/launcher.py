@@ -1,0 +1,322 @@
+"""Launcher: starts each run's worker as a detached process and keeps the queue moving.
+
+- `submit` creates a queued run and starts it at once when its devices are free.
+- `tick` starts queued runs whose devices are free (in queue order), kills workers that ignored a
+  stop past its deadline, and marks runs whose worker is gone as failed. The UI calls it from a
+  timer, every worker calls it when it ends, `wait` calls it while waiting.
+- `stop` asks the worker to stop at the next step boundary (the trainer checkpoints and returns);
+  after the grace period the worker's whole process tree is killed and the run is stopped.
+- `resume` drops what the run will redo (metrics past its last checkpoint) and queues it again.
+
+Workers never hang off the caller: own session (`start_new_session`), stdin from /dev/null, stdout
+and stderr appended to the run's log.txt, so a closed browser tab or a dead UI cannot stall them.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from core.errors import ConfigError
+from core.paths import ROOT
+from core.runs.store import (
+    ACTIVE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STOPPED, STOPPING, Run, RunStateError,
+    RunStore, all_processes, gpu_ids, process_alive, process_start_time, process_state, tail_lines,
+)
+
+DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
+SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after this long is an orphan
+KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
+LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
+WORKER_MODULE = "core.runs.worker"
+DEFAULT_ENTRY = "core.vapi.trainer:run_worker"
+_ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def worker_command(run_dir: Path, devices: str, resume: bool = False, *,
+                   port: int | None = None) -> tuple[list[str], dict[str, str]]:
+    """(argv, environment additions) that run the worker of `run_dir` on `devices`.
+
+    CPU or one GPU: `python -m core.runs.worker --run-dir DIR`, with CUDA_VISIBLE_DEVICES naming the
+    GPU ("" for CPU, so a CPU run never touches a GPU). Several GPUs: the same module under
+    `accelerate launch --multi_gpu`, one process per GPU, on its own rendezvous port (`port`, or a
+    free one) so runs on disjoint GPU sets can run side by side."""
+    ids = gpu_ids(devices)
+    tail = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ids)}
+    if len(ids) <= 1:
+        return [sys.executable, "-m", WORKER_MODULE, *tail], env
+    argv = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--multi_gpu", "--num_processes", str(len(ids)), "--num_machines", "1",
+        "--gpu_ids", env["CUDA_VISIBLE_DEVICES"],
+        "--main_process_port", str(port if port is not None else free_port()),
+        "-m", WORKER_MODULE, *tail,
+    ]
+    return argv, env
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process is in process group `pgid`."""
+    procs = all_processes()
+    if procs:
+        return any(pgrp == pgid and state not in ("Z", "X") for state, _, pgrp, _ in procs.values())
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def kill_process_tree(leader: int | None, leader_start: int | None,
+                      others: list[tuple[int | None, int | None]] = ()) -> tuple[dict[int, int], set[int]]:
+    """SIGKILL a worker: the process group of `leader` (the launched process, which leads its own
+    group), every descendant of `leader` and of `others` (pid, start time), and their groups.
+
+    Descendants are found through /proc before anything is killed, since torch's elastic agent puts
+    each rank in a session of its own. A pid whose start time differs belongs to another process now
+    and is left alone. Returns ({pid: start time} of the processes signalled, the groups signalled)."""
+    procs = all_processes()
+    children = defaultdict(list)
+    for pid, (_, ppid, _, _) in procs.items():
+        children[ppid].append(pid)
+    victims: dict[int, int] = {}
+    groups = set()
+    for root, start, is_group in [(leader, leader_start, True), *((p, s, False) for p, s in others)]:
+        if root is None:
+            continue
+        stat = procs.get(root)
+        if stat is None:
+            if is_group:
+                groups.add(root)  # the leader is gone; a group that still has members keeps its id
+            continue
+        if start is not None and stat[3] != start:
+            continue
+        todo = [root]
+        while todo:
+            pid = todo.pop()
+            if pid not in victims:
+                victims[pid] = procs[pid][3]
+                todo.extend(children.get(pid, ()))
+    groups |= {procs[pid][2] for pid in victims if procs[pid][2] in victims}
+    for pgid in groups:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return victims, groups
+
+
+class Launcher:
+    """Starts, stops and resumes runs of `store`; see the module docstring."""
+
+    def __init__(self, store: RunStore, *, grace_s: float = DEFAULT_GRACE_S):
+        self.store = store
+        self.grace_s = grace_s
+        self._children: dict[str, subprocess.Popen] = {}
+
+    # -- submit and schedule ----------------------------------------------------------------
+
+    def submit(self, name: str, config: dict, devices: str, total_steps: int) -> Run:
+        """Create a queued run (config gets "entry" = the trainer unless it names one) and start
+        whatever can start now. Returns the run as it is after that (queued or running)."""
+        if not isinstance(config, dict):
+            raise ConfigError("config", f"expected a dict, got {type(config).__name__}")
+        config = {**config}
+        config.setdefault("entry", DEFAULT_ENTRY)
+        if not isinstance(config["entry"], str) or not _ENTRY_RE.fullmatch(config["entry"]):
+            raise ConfigError("entry", f"{config['entry']!r}; expected 'package.module:function'")
+        run = self.store.create_run(name, config, devices, total_steps)
+        self.tick()
+        return self.store.get(run.id)
+
+    def tick(self) -> list[Run]:
+        """Reap finished children, enforce stop deadlines, mark orphans, start queued runs whose
+        devices are free. Returns the runs it started. Safe to call from several processes."""
+        self._reap()
+        self.enforce_deadlines()
+        self.mark_orphans()
+        return self.start_queued()
+
+    def _reap(self) -> None:
+        """Collect the exit status of workers this launcher started, so none lingers as a zombie."""
+        for run_id, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                self._children.pop(run_id, None)
+
+    def start_queued(self) -> list[Run]:
+        started = []
+        for run in self.store.claim_startable():
+            self._spawn(run)
+            started.append(self.store.get(run.id))
+        return started
+
+    def _spawn(self, run: Run) -> None:
+        argv, env_update = worker_command(run.run_dir, run.devices, bool(run.resume))
+        env = {**os.environ, **env_update, "PYTHONUNBUFFERED": "1"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        header = (f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} launching run {run.id} on {run.devices}"
+                  f"{' (resume)' if run.resume else ''}: {shlex.join(argv)} ===\n")
+        try:
+            with open(run.run_dir / LOG_FILE, "ab") as log:
+                log.write(header.encode())
+                log.flush()
+                proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+        except OSError as e:
+            self.store.try_set_status(run.id, FAILED, expect=ACTIVE, message=f"could not start the worker: {e}")
+            return
+        self._children[run.id] = proc
+        self.store.update(run.id, expect=ACTIVE, pid=proc.pid, pid_start=process_start_time(proc.pid))
+
+    # -- liveness ---------------------------------------------------------------------------
+
+    @staticmethod
+    def worker_alive(run: Run, now: float | None = None) -> bool:
+        """Whether the worker of an active run still exists (same pid and start time)."""
+        if run.pid is None and run.worker_pid is None:
+            now = time.time() if now is None else now
+            return run.started_at is not None and now - run.started_at < SPAWN_GRACE_S
+        return process_alive(run.pid, run.pid_start) or process_alive(run.worker_pid, run.worker_start)
+
+    def mark_orphans(self) -> list[Run]:
+        """Mark failed (resumable) every running/stopping run of this host whose worker is gone,
+        or whose pid now belongs to another process; the message holds the end of log.txt."""
+        self._reap()
+        marked = []
+        for run in self.store.list_runs(ACTIVE):
+            if run.host != self.store.host or self.worker_alive(run):
+                continue
+            if run.pid is None and run.worker_pid is None:
+                why = "its worker never started"
+            else:
+                pid, start = (run.pid, run.pid_start) if run.pid is not None else (run.worker_pid, run.worker_start)
+                why = {"gone": f"worker process {pid} is gone",
+                       "exited": f"worker process {pid} has exited",
+                       "recycled": f"worker process {pid} is gone (the pid now belongs to another process)",
+                       }[process_state(pid, start)]
+            tail = "\n".join(tail_lines(run.run_dir / LOG_FILE, LOG_TAIL_LINES))
+            message = (f"{why} at step {run.step} while {run.status}; {self._resume_hint(run)}\n"
+                       f"--- last lines of log.txt ---\n{tail}")
+            failed = self.store.try_set_status(run.id, FAILED, expect={run.status}, message=message)
+            if failed is not None:
+                marked.append(failed)
+        return marked
+
+    def enforce_deadlines(self) -> list[Run]:
+        """Kill the workers of stopping runs whose grace period ran out; those runs become stopped."""
+        stopped = []
+        now = time.time()
+        for run in self.store.list_runs([STOPPING]):
+            if run.host != self.store.host or run.stop_deadline is None or run.stop_deadline > now:
+                continue
+            if not self.worker_alive(run, now):
+                continue  # already gone: mark_orphans reports it
+            self._kill(run)
+            grace = run.stop_deadline - (run.stop_requested_at or run.stop_deadline)
+            message = (f"did not stop within {grace:g} s of the stop request; its processes were killed "
+                       f"at step {run.step}. {self._resume_hint(run)}")
+            done = self.store.try_set_status(run.id, STOPPED, expect={STOPPING}, message=message)
+            if done is not None:
+                stopped.append(done)
+        return stopped
+
+    def _kill(self, run: Run) -> None:
+        victims, groups = kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+        deadline = time.monotonic() + KILL_WAIT_S
+        while time.monotonic() < deadline:
+            proc = self._children.get(run.id)
+            if proc is not None:
+                proc.poll()
+            if not any(process_alive(p, s) for p, s in victims.items()) and not any(map(group_alive, groups)):
+                return
+            time.sleep(0.05)
+
+    def _resume_hint(self, run: Run) -> str:
+        ckpt = self.store.last_checkpoint(run.id)
+        if ckpt is None:
+            return "no checkpoint yet: resume starts it again from step 0"
+        return f"resume continues from checkpoint step-{ckpt.step:06d}"
+
+    # -- user actions -----------------------------------------------------------------------
+
+    def stop(self, run_id: str, grace_s: float | None = None) -> Run:
+        """Queued: cancelled (stopped) at once. Running: stopping; the worker stops at its next step
+        boundary, or is killed once `grace_s` (default: the launcher's) has passed (see `tick`)."""
+        grace = self.grace_s if grace_s is None else float(grace_s)
+        for _ in range(5):
+            run = self.store.get(run_id)
+            if run.status == QUEUED:
+                done = self.store.try_set_status(run_id, STOPPED, expect={QUEUED},
+                                                 message="cancelled before it started")
+            elif run.status == RUNNING:
+                now = time.time()
+                done = self.store.try_set_status(
+                    run_id, STOPPING, expect={RUNNING}, stop_requested_at=now, stop_deadline=now + grace,
+                    message=f"stop requested; the worker is killed if it still runs after {grace:g} s")
+                if done is not None:
+                    self.store.request_stop(run_id)
+            elif run.status == STOPPING:
+                return run
+            else:
+                raise RunStateError(f"run {run_id}: is {run.status}; only queued or running runs can be stopped")
+            if done is not None:
+                return done
+        raise RunStateError(f"run {run_id}: its status kept changing during stop; try again")
+
+    def resume(self, run_id: str) -> Run:
+        """Queue a stopped or failed run again, to continue from its last checkpoint (the worker gets
+        --resume). Metrics and samples past that checkpoint are dropped first."""
+        self.resume_in_place(run_id)
+        self.tick()
+        return self.store.get(run_id)
+
+    def resume_in_place(self, run_id: str) -> Run:
+        """The first half of `resume`: trim and re-queue, without starting a worker (the CLI then runs
+        the worker in its own process)."""
+        run = self.store.get(run_id)
+        if not run.is_resumable:
+            why = "it is complete" if run.status == FINISHED else "only stopped or failed runs can be resumed"
+            raise RunStateError(f"run {run_id}: is {run.status}; {why}")
+        ckpt = self.store.last_checkpoint(run_id)
+        step = ckpt.step if ckpt is not None else 0
+        self.store.trim_after(run_id, step)
+        self.store.clear_stop_request(run_id)
+        message = (f"resumed from checkpoint step-{step:06d}" if ckpt is not None
+                   else "resumed without a checkpoint: starts again from step 0")
+        if self.store.try_set_status(run_id, QUEUED, expect=RESUMABLE, resume=1, step=step,
+                                     message=message) is None:
+            raise RunStateError(f"run {run_id}: is {self.store.get(run_id).status} now; not resumed")
+        return self.store.get(run_id)
+
+    def wait(self, run_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Run:
+        """Tick until the run is finished, stopped or failed (or `timeout` seconds passed); returns it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            self.tick()
+            run = self.store.get(run_id)
+            if run.status not in ACTIVE and run.status != QUEUED:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                return run
+            time.sleep(poll_s)

@@ -1,0 +1,709 @@
+"""Run store: one folder per run on disk, indexed in SQLite.
+
+Folder layout (the trainer, the UI and the CLI rely on it)::
+
+    <runs_dir>/runs.db                  SQLite index of all runs (WAL mode; workers write, the UI reads)
+    <runs_dir>/<run_id>/                run_id: "<YYYYmmdd-HHMMSS>-<name slug>-<4 hex>", sortable and unique
+        config.json                     resolved run config, a JSON object; written at creation, never changed
+        status.json                     mirror of the run's row (status, step, total_steps, pid, message, times)
+        log.txt                         worker stdout + stderr, appended by every attempt
+        metrics.jsonl                   one object per optimizer step: {"step": int, "time": float, <name>: float}
+        stop.request                    present while a stop is requested (the worker polls it)
+        checkpoints/step-000010/        one folder per checkpoint, renamed into place when complete;
+            trainer_state.json          ... holds at least {"step": 10}; folders without it are ignored
+        checkpoints/.tmp-*              checkpoints being written (dot-prefixed: never read, removed on resume)
+        samples/step-000000.png         sample grids, step 0 = the base model
+
+Statuses::
+
+    queued -> running -> stopping -> stopped
+       |         |          \\-----> failed
+       |         +-> finished | failed
+       \\-> stopped (cancelled before it started)
+    stopped | failed -> queued (resume)
+
+A run is *active* while running or stopping: it then owns its device set ("cpu", "cuda:0", "cuda:0,1").
+Two device sets conflict when they share a device; at most one active run per device. Queued runs
+start in queue order (creation order; a resumed run joins the end of the queue), and only on the
+host that queued them: pids are only meaningful there.
+
+Every write is one short `BEGIN IMMEDIATE` transaction on a fresh connection (safe across threads and
+processes), and rewrites status.json inside that transaction, so the mirror follows the database.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError, UserError
+
+QUEUED = "queued"
+RUNNING = "running"
+STOPPING = "stopping"
+FINISHED = "finished"
+STOPPED = "stopped"
+FAILED = "failed"
+STATUSES = (QUEUED, RUNNING, STOPPING, FINISHED, STOPPED, FAILED)
+ACTIVE = frozenset({RUNNING, STOPPING})
+RESUMABLE = frozenset({STOPPED, FAILED})
+TRANSITIONS: dict[str, frozenset[str]] = {
+    QUEUED: frozenset({RUNNING, STOPPED}),
+    RUNNING: frozenset({STOPPING, FINISHED, FAILED}),
+    STOPPING: frozenset({STOPPED, FAILED}),
+    FINISHED: frozenset(),
+    STOPPED: frozenset({QUEUED}),
+    FAILED: frozenset({QUEUED}),
+}
+
+DB_FILE = "runs.db"
+CONFIG_FILE = "config.json"
+STATUS_FILE = "status.json"
+LOG_FILE = "log.txt"
+METRICS_FILE = "metrics.jsonl"
+STOP_FILE = "stop.request"
+CHECKPOINTS_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+TRAINER_STATE_FILE = "trainer_state.json"
+STEP_DIR_RE = re.compile(r"step-(\d+)")
+SAMPLE_RE = re.compile(r"step-(\d+)\.png")
+
+BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    devices TEXT NOT NULL,          -- canonical device set: "cpu" or "cuda:0,1"
+    host TEXT NOT NULL,             -- machine that runs it; pids are only checked there
+    total_steps INTEGER NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    queue_seq INTEGER NOT NULL,     -- queue position: queued runs start in this order
+    resume INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    queued_at REAL,
+    started_at REAL,
+    ended_at REAL,
+    updated_at REAL NOT NULL,
+    pid INTEGER,                    -- launched process, leader of the worker's process group
+    pid_start INTEGER,              -- its start time (/proc/<pid>/stat field 22): tells a recycled pid apart
+    worker_pid INTEGER,             -- the rank-0 worker process (differs from pid under accelerate launch)
+    worker_start INTEGER,
+    stop_requested_at REAL,
+    stop_deadline REAL,             -- after this time a stopping worker is killed
+    message TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, queue_seq);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    data TEXT NOT NULL,             -- JSON object {name: float}, without step and time
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+"""
+_UPDATABLE = frozenset({
+    "step", "total_steps", "resume", "started_at", "ended_at", "pid", "pid_start", "worker_pid",
+    "worker_start", "stop_requested_at", "stop_deadline", "message", "host",
+})
+
+
+class RunStateError(UserError):
+    """The run is in a status that does not allow the requested action (e.g. resume a finished run)."""
+
+
+class RunNotFoundError(UserError):
+    """No run with this id (or id fragment) in the runs dir."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One row of the runs table, plus the folder it lives in."""
+
+    id: str
+    name: str
+    status: str
+    devices: str
+    host: str
+    total_steps: int
+    step: int
+    queue_seq: int
+    resume: int
+    created_at: float
+    queued_at: float | None
+    started_at: float | None
+    ended_at: float | None
+    updated_at: float
+    pid: int | None
+    pid_start: int | None
+    worker_pid: int | None
+    worker_start: int | None
+    stop_requested_at: float | None
+    stop_deadline: float | None
+    message: str
+    run_dir: Path
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE
+
+    @property
+    def is_resumable(self) -> bool:
+        return self.status in RESUMABLE
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        return d
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path  # the checkpoints/step-NNNNNN folder
+
+
+# ---------------------------------------------------------------------------------------------
+# device sets
+
+
+def parse_devices(devices: str) -> tuple[str, ...]:
+    """'cpu' -> ('cpu',); 'cuda' -> ('cuda:0',); 'cuda:1,0' or 'cuda:0,cuda:1' -> ('cuda:0', 'cuda:1')."""
+    hint = "expected 'cpu', 'cuda:0' or a GPU list like 'cuda:0,1'"
+    if not isinstance(devices, str) or not devices.strip():
+        raise ConfigError("devices", f"empty device set; {hint}")
+    text = devices.strip().lower()
+    if text == "cpu":
+        return ("cpu",)
+    if text == "cuda":
+        return ("cuda:0",)
+    if not text.startswith("cuda:"):
+        raise ConfigError("devices", f"{devices!r} is not a device set; {hint}")
+    ids = set()
+    for item in text[len("cuda:"):].split(","):
+        item = item.strip().removeprefix("cuda:")
+        if not item.isdigit():
+            raise ConfigError("devices", f"{devices!r}: {item!r} is not a GPU index; {hint}")
+        ids.add(int(item))
+    return tuple(f"cuda:{i}" for i in sorted(ids))
+
+
+def normalize_devices(devices: str) -> str:
+    """Canonical text of a device set: 'cpu' or 'cuda:0,1'."""
+    parts = parse_devices(devices)
+    if parts == ("cpu",):
+        return "cpu"
+    return "cuda:" + ",".join(p.removeprefix("cuda:") for p in parts)
+
+
+def gpu_ids(devices: str) -> list[int]:
+    """GPU indices of a device set; [] for 'cpu'."""
+    return [int(p.removeprefix("cuda:")) for p in parse_devices(devices) if p != "cpu"]
+
+
+def devices_conflict(a: str, b: str) -> bool:
+    return bool(set(parse_devices(a)) & set(parse_devices(b)))
+
+
+# ---------------------------------------------------------------------------------------------
+# process identity (Linux /proc; elsewhere a best effort through signal 0)
+
+
+def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
+    """(state, ppid, pgrp, starttime) of a process, or None when there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses, so split after the last ")"
+    rest = raw[raw.rindex(")") + 2:].split()
+    return rest[0], int(rest[1]), int(rest[2]), int(rest[19])  # fields 3, 4, 5 and 22
+
+
+def _has_proc() -> bool:
+    return os.path.isdir("/proc/self")
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process (clock ticks since boot), None if it does not exist. 0 without /proc."""
+    if _has_proc():
+        stat = _proc_stat(pid)
+        return None if stat is None else stat[3]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return 0
+    return 0
+
+
+def parent_pid(pid: int) -> int | None:
+    """Parent of process `pid` (None if unknown: no such process, or no /proc)."""
+    stat = _proc_stat(pid) if _has_proc() else None
+    return None if stat is None else stat[1]
+
+
+def process_state(pid: int | None, start: int | None) -> str:
+    """"alive"; "gone" (no such process); "exited" (a zombie not yet reaped by its parent); or
+    "recycled": the pid now belongs to another process, told apart by its start time."""
+    if pid is None or pid <= 0:
+        return "gone"
+    if not _has_proc():
+        return "gone" if process_start_time(pid) is None else "alive"
+    stat = _proc_stat(pid)
+    if stat is None:
+        return "gone"
+    if start is not None and stat[3] != start:
+        return "recycled"
+    return "exited" if stat[0] in ("Z", "X") else "alive"
+
+
+def process_alive(pid: int | None, start: int | None) -> bool:
+    """True when process `pid` exists, is not a zombie, and (if `start` is known) started at `start`."""
+    return process_state(pid, start) == "alive"
+
+
+def all_processes() -> dict[int, tuple[str, int, int, int]]:
+    """pid -> (state, ppid, pgrp, starttime) of every process visible in /proc ({} without /proc)."""
+    out = {}
+    if not _has_proc():
+        return out
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _proc_stat(int(name))
+            if stat is not None:
+                out[int(name)] = stat
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# small file helpers
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def tail_lines(path: Path, n: int = 20, max_bytes: int = 65536) -> list[str]:
+    """The last `n` lines of a text file (reads at most `max_bytes` from its end); [] if missing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - max_bytes))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    if size > max_bytes and lines:
+        lines = lines[1:]  # the first line was cut by the seek
+    return lines[-n:] if n > 0 else []
+
+
+def list_checkpoints(run_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints of a run folder, by step. A folder counts once trainer_state.json in it
+    holds an integer "step"; temporary (dot-prefixed) and unreadable folders are skipped."""
+    found = []
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return found
+    for child in root.iterdir():
+        if not (child.is_dir() and STEP_DIR_RE.fullmatch(child.name)):
+            continue
+        try:
+            step = json.loads((child / TRAINER_STATE_FILE).read_text())["step"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(step, int) and not isinstance(step, bool):
+            found.append(Checkpoint(step=step, path=child))
+    return sorted(found, key=lambda c: c.step)
+
+
+def find_last_checkpoint(run_dir: Path) -> Checkpoint | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "run"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class RunStore:
+    """Run folders under `runs_dir` and their SQLite index `runs_dir/runs.db`."""
+
+    def __init__(self, runs_dir: str | os.PathLike):
+        self.runs_dir = Path(runs_dir).resolve()
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.runs_dir / DB_FILE
+        self.host = socket.gethostname()
+        with self._connection() as con:
+            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # -- connections ------------------------------------------------------------------------
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA synchronous=NORMAL")
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def _row_to_run(self, row: sqlite3.Row) -> Run:
+        return Run(**{k: row[k] for k in row.keys()}, run_dir=self.runs_dir / row["id"])
+
+    def _get(self, con: sqlite3.Connection, run_id: str) -> Run:
+        row = con.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise RunNotFoundError(f"run {run_id!r}: not found in {self.runs_dir}")
+        return self._row_to_run(row)
+
+    def _mirror(self, con: sqlite3.Connection, run_id: str) -> Run:
+        """Re-read the row and rewrite status.json (called inside the write transaction)."""
+        run = self._get(con, run_id)
+        if run.run_dir.is_dir():
+            d = run.to_dict()
+            d.pop("run_dir")
+            write_json_atomic(run.run_dir / STATUS_FILE, d)
+        return run
+
+    # -- runs -------------------------------------------------------------------------------
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    def create_run(self, name: str, config: dict, devices: str, total_steps: int, run_id: str | None = None) -> Run:
+        """Create the run folder (config.json, status.json, empty log and metrics) and a queued row.
+        `run_id` names the folder explicitly (it must not exist yet); by default one is generated."""
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError("name", "a run needs a non-empty name")
+        if len(name) > 200:
+            raise ConfigError("name", f"{len(name)} characters; keep it under 200")
+        devices = normalize_devices(devices)
+        if isinstance(total_steps, bool) or not isinstance(total_steps, int) or total_steps < 1:
+            raise ConfigError("total_steps", f"{total_steps!r}; expected a positive integer")
+        if not isinstance(config, dict):
+            raise ConfigError("config", f"expected a JSON object (dict), got {type(config).__name__}")
+        try:
+            config_text = json.dumps(config, indent=2, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ConfigError("config", f"not storable as JSON ({e}); use plain numbers, strings, "
+                                        "lists and dicts") from e
+        if run_id is None:
+            run_id, run_dir = self._new_folder(name)
+        else:
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", run_id):
+                raise ConfigError("run_dir", f"{run_id!r}: use letters, digits, '.', '_' and '-' for a run folder name")
+            run_dir = self.runs_dir / run_id
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                raise ConfigError("run_dir", f"{run_dir} already exists; pick a new folder (or --resume it)") from None
+        try:
+            (run_dir / CONFIG_FILE).write_text(config_text + "\n")
+            (run_dir / CHECKPOINTS_DIR).mkdir()
+            (run_dir / SAMPLES_DIR).mkdir()
+            (run_dir / LOG_FILE).touch()
+            (run_dir / METRICS_FILE).touch()
+            now = time.time()
+            with self._write() as con:
+                seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
+                con.execute(
+                    "INSERT INTO runs (id, name, status, devices, host, total_steps, queue_seq, created_at,"
+                    " queued_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, name.strip(), QUEUED, devices, self.host, total_steps, seq, now, now, now),
+                )
+                return self._mirror(con, run_id)
+        except BaseException:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+    def _new_folder(self, name: str) -> tuple[str, Path]:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for _ in range(1000):
+            run_id = f"{stamp}-{_slug(name)}-{secrets.token_hex(2)}"
+            run_dir = self.runs_dir / run_id
+            try:
+                run_dir.mkdir()
+            except FileExistsError:
+                continue
+            return run_id, run_dir
+        raise RuntimeError(f"could not create a unique run folder in {self.runs_dir}")
+
+    def get(self, run_id: str) -> Run:
+        with self._connection() as con:
+            return self._get(con, run_id)
+
+    def find(self, ref: str) -> Run:
+        """A run by its full id, or by a fragment of it that matches exactly one run (CLI convenience)."""
+        with self._connection() as con:
+            row = con.execute("SELECT * FROM runs WHERE id = ?", (ref,)).fetchone()
+            if row is not None:
+                return self._row_to_run(row)
+            pattern = "%" + ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = con.execute("SELECT * FROM runs WHERE id LIKE ? ESCAPE '\\' ORDER BY id",
+                               (pattern,)).fetchall()
+        if len(rows) == 1:
+            return self._row_to_run(rows[0])
+        if not rows:
+            raise RunNotFoundError(f"run {ref!r}: not found in {self.runs_dir} (no run id contains it); "
+                                   "`python -m core runs list` shows the ids")
+        ids = ", ".join(r["id"] for r in rows[:5])
+        raise RunNotFoundError(f"run {ref!r}: matches {len(rows)} runs ({ids}); give more of the id")
+
+    def list_runs(self, statuses: Iterable[str] | None = None, *, newest_first: bool = True) -> list[Run]:
+        sql = "SELECT * FROM runs"
+        args: tuple = ()
+        if statuses is not None:
+            statuses = tuple(statuses)
+            sql += f" WHERE status IN ({','.join('?' * len(statuses))})"
+            args = statuses
+        sql += " ORDER BY created_at DESC, id DESC" if newest_first else " ORDER BY created_at, id"
+        with self._connection() as con:
+            return [self._row_to_run(r) for r in con.execute(sql, args).fetchall()]
+
+    def read_config(self, run_id: str) -> dict:
+        return json.loads((self.run_dir(run_id) / CONFIG_FILE).read_text())
+
+    # -- status -----------------------------------------------------------------------------
+
+    def set_status(self, run_id: str, status: str, **fields: Any) -> Run:
+        """Move a run to `status` (validated against TRANSITIONS; raises RunStateError) and set `fields`."""
+        with self._write() as con:
+            run = self._get(con, run_id)
+            return self._transition(con, run, status, fields)
+
+    def try_set_status(self, run_id: str, status: str, expect: Iterable[str], **fields: Any) -> Run | None:
+        """Compare-and-set: move to `status` only if the run is now in one of `expect`, else return None.
+
+        For processes racing on the same run (worker exit vs. launcher kill vs. orphan check)."""
+        with self._write() as con:
+            run = self._get(con, run_id)
+            if run.status not in set(expect):
+                return None
+            return self._transition(con, run, status, fields)
+
+    def _transition(self, con: sqlite3.Connection, run: Run, status: str, fields: dict) -> Run:
+        if status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}")
+        if status not in TRANSITIONS[run.status]:
+            allowed = ", ".join(sorted(TRANSITIONS[run.status])) or "none"
+            raise RunStateError(f"run {run.id}: cannot go from {run.status} to {status} "
+                                f"(from {run.status}: {allowed})")
+        now = time.time()
+        values = dict(fields)
+        if status == RUNNING:
+            values.setdefault("started_at", now)
+            values.setdefault("host", self.host)
+        if status in (FINISHED, STOPPED, FAILED):
+            values.setdefault("ended_at", now)
+        extra = {}
+        if status == QUEUED:
+            for key in ("started_at", "ended_at", "pid", "pid_start", "worker_pid", "worker_start",
+                        "stop_requested_at", "stop_deadline"):
+                values.setdefault(key, None)
+            values.setdefault("host", self.host)
+            extra["queued_at"] = now
+            extra["queue_seq"] = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
+        self._apply(con, run.id, {**values, **extra, "status": status}, check=values)
+        return self._mirror(con, run.id)
+
+    def update(self, run_id: str, expect: Iterable[str] | None = None, **fields: Any) -> Run | None:
+        """Set fields without a status change; with `expect`, only if the status is one of them."""
+        with self._write() as con:
+            run = self._get(con, run_id)
+            if expect is not None and run.status not in set(expect):
+                return None
+            self._apply(con, run_id, fields, check=fields)
+            return self._mirror(con, run_id)
+
+    def _apply(self, con: sqlite3.Connection, run_id: str, values: dict, check: dict) -> None:
+        unknown = set(check) - _UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable run fields: {sorted(unknown)}")
+        values = {**values, "updated_at": time.time()}
+        cols = ", ".join(f"{k} = ?" for k in values)
+        con.execute(f"UPDATE runs SET {cols} WHERE id = ?", (*values.values(), run_id))
+
+    def claim_startable(self, host: str | None = None) -> list[Run]:
+        """Atomically mark running every queued run (of this host) whose devices are free.
+
+        Queued runs are visited in queue order; a run waiting for a device also holds it against
+        later queued runs, so runs sharing a device start in the order they were queued."""
+        host = host or self.host
+        now = time.time()
+        with self._write() as con:
+            rows = con.execute(
+                "SELECT * FROM runs WHERE host = ? AND status IN (?, ?, ?) ORDER BY queue_seq",
+                (host, QUEUED, RUNNING, STOPPING),
+            ).fetchall()
+            runs = [self._row_to_run(r) for r in rows]
+            busy = set()
+            for run in runs:
+                if run.is_active:
+                    busy |= set(parse_devices(run.devices))
+            claimed = []
+            for run in runs:
+                if run.status != QUEUED:
+                    continue
+                devs = set(parse_devices(run.devices))
+                if not devs & busy:
+                    self._apply(con, run.id, {"status": RUNNING, "started_at": now}, check={})
+                    claimed.append(self._mirror(con, run.id))
+                busy |= devs
+            return claimed
+
+    def claim(self, run_id: str, **fields: Any) -> Run:
+        """Mark one queued run running now, if its devices are free (a worker started by hand)."""
+        with self._write() as con:
+            run = self._get(con, run_id)
+            if run.status != QUEUED:
+                raise RunStateError(f"run {run_id}: is {run.status}, not queued")
+            for other in con.execute("SELECT * FROM runs WHERE host = ? AND status IN (?, ?)",
+                                     (self.host, RUNNING, STOPPING)).fetchall():
+                if devices_conflict(other["devices"], run.devices):
+                    raise RunStateError(f"run {run_id}: devices {run.devices} are used by run {other['id']}; "
+                                        "wait for it or stop it")
+            return self._transition(con, run, RUNNING, fields)
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run (row, metrics, folder). Refuses a running or stopping run."""
+        with self._write() as con:
+            run = self._get(con, run_id)
+            if run.is_active:
+                raise RunStateError(f"run {run_id}: is {run.status}; stop it before deleting it")
+            con.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            con.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+
+    # -- stop requests ----------------------------------------------------------------------
+
+    def request_stop(self, run_id: str) -> None:
+        (self.run_dir(run_id) / STOP_FILE).touch()
+
+    def clear_stop_request(self, run_id: str) -> None:
+        (self.run_dir(run_id) / STOP_FILE).unlink(missing_ok=True)
+
+    # -- metrics ----------------------------------------------------------------------------
+
+    def append_metrics(self, run_id: str, step: int, values: dict[str, float], time_s: float | None = None) -> None:
+        """Append one point to metrics.jsonl and the metrics table, and set the run's step."""
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {step!r}")
+        clean = {}
+        for key, value in values.items():
+            if key in ("step", "time") or not isinstance(key, str):
+                raise ValueError(f"metric name {key!r} is reserved or not a string")
+            clean[key] = float(value)
+        t = time.time() if time_s is None else float(time_s)
+        line = json.dumps({"step": step, "time": t, **clean}) + "\n"
+        fd = os.open(self.run_dir(run_id) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+        with self._write() as con:
+            con.execute("INSERT OR REPLACE INTO metrics (run_id, step, time, data) VALUES (?, ?, ?, ?)",
+                        (run_id, step, t, json.dumps(clean)))
+            con.execute("UPDATE runs SET step = ?, updated_at = ? WHERE id = ?", (step, time.time(), run_id))
+            self._mirror(con, run_id)
+
+    def read_metrics(self, run_id: str, after_step: int = -1) -> list[dict[str, float]]:
+        """Points with step > after_step, by step: [{"step": s, "time": t, name: value, ...}, ...].
+
+        Cheap to poll: the UI passes the last step it has and gets only the new points."""
+        with self._connection() as con:
+            rows = con.execute("SELECT step, time, data FROM metrics WHERE run_id = ? AND step > ? "
+                               "ORDER BY step", (run_id, after_step)).fetchall()
+        return [{"step": r["step"], "time": r["time"], **json.loads(r["data"])} for r in rows]
+
+    def latest_metrics(self, run_id: str) -> dict[str, float] | None:
+        with self._connection() as con:
+            r = con.execute("SELECT step, time, data FROM metrics WHERE run_id = ? ORDER BY step DESC LIMIT 1",
+                            (run_id,)).fetchone()
+        return None if r is None else {"step": r["step"], "time": r["time"], **json.loads(r["data"])}
+
+    def trim_after(self, run_id: str, step: int) -> int:
+        """Drop everything a resumed run will redo: metrics with step > `step` (table and metrics.jsonl,
+        the file rewritten atomically; torn lines dropped), sample grids past `step`, and leftover
+        temporary checkpoint folders. Call only while no worker runs. Returns the table rows removed."""
+        with self._write() as con:
+            removed = con.execute("DELETE FROM metrics WHERE run_id = ? AND step > ?", (run_id, step)).rowcount
+        run_dir = self.run_dir(run_id)
+        path = run_dir / METRICS_FILE
+        kept = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    point = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(point, dict) and isinstance(point.get("step"), int) and point["step"] <= step:
+                    kept.append(line + "\n")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+        for sample_step, sample in self.samples(run_id):
+            if sample_step > step:
+                sample.unlink(missing_ok=True)
+        ckpt_root = run_dir / CHECKPOINTS_DIR
+        if ckpt_root.is_dir():
+            for child in ckpt_root.iterdir():
+                if child.name.startswith("."):
+                    shutil.rmtree(child, ignore_errors=True)
+        return removed
+
+    # -- files ------------------------------------------------------------------------------
+
+    def checkpoints(self, run_id: str) -> list[Checkpoint]:
+        return list_checkpoints(self.run_dir(run_id))
+
+    def last_checkpoint(self, run_id: str) -> Checkpoint | None:
+        return find_last_checkpoint(self.run_dir(run_id))
+
+    def samples(self, run_id: str) -> list[tuple[int, Path]]:
+        """(step, path) of the sample grids samples/step-NNNNNN.png, by step."""
+        root = self.run_dir(run_id) / SAMPLES_DIR
+        if not root.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in root.iterdir() if (m := SAMPLE_RE.fullmatch(p.name))]
+        return sorted(found)
+
+    def log_tail(self, run_id: str, lines: int = 20) -> str:
+        return "\n".join(tail_lines(self.run_dir(run_id) / LOG_FILE, lines))

@@ -1,0 +1,184 @@
+"""The worker process of one run: `python -m core.runs.worker --run-dir DIR [--resume]`.
+
+Started detached by the launcher (its own session; stdout and stderr appended to DIR/log.txt).
+It marks the run running, imports the entry point named by config.json's "entry" ("module:function",
+the trainer is "core.vapi.trainer:run_worker") and calls
+
+    entry(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool)
+
+On return the run is finished, or stopped when a stop was requested; on an exception (or SIGTERM) it
+is failed, with the error and the last lines of log.txt as its message, and the exit code is not 0.
+Then the worker runs the scheduler once, so the next queued run starts even when no UI is open.
+
+Under `accelerate launch` every rank runs this module; only rank 0 touches the run's status.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from core.errors import ConfigError, UserError
+from core.runs.launcher import Launcher
+from core.runs.recorder import RunRecorder
+from core.runs.store import (
+    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STOPPED, STOPPING, RunStateError, RunStore,
+    find_last_checkpoint, parent_pid, process_start_time, tail_lines,
+)
+
+LOG_TAIL_LINES = 20  # lines of log.txt kept in a failed run's message
+
+
+class WorkerTerminated(Exception):
+    """The worker received SIGTERM (from the user, or from accelerate when another rank died)."""
+
+
+def resolve_entry(config: dict) -> Callable:
+    """Import the callable named by config["entry"] ("package.module:function")."""
+    spec = config.get("entry")
+    if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
+        raise ConfigError("entry", f"{spec!r}; expected 'package.module:function', "
+                                   "e.g. 'core.vapi.trainer:run_worker'")
+    module_name, func_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigError("entry", f"cannot import module {module_name!r} ({e})") from e
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError("entry", f"module {module_name!r} has no function {func_name!r}")
+    return func
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    def handler(signum, frame):
+        raise WorkerTerminated(f"terminated by signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _started_by(pid: int) -> bool:
+    """Whether process `pid` leads this process's group or is one of its ancestors (accelerate launch
+    starts each rank in a session of its own, so the launched process is an ancestor, not the leader)."""
+    if pid in (os.getpid(), os.getpgid(0)):
+        return True
+    current = os.getppid()
+    while current is not None and current > 1:
+        if current == pid:
+            return True
+        current = parent_pid(current)
+    return False
+
+
+def _claim(store: RunStore, run_id: str) -> None:
+    """Record this process as the run's worker. A launcher has already marked the run running; a
+    worker started by hand claims a queued run itself (if its devices are free)."""
+    me, group = os.getpid(), os.getpgid(0)
+    mine = {"worker_pid": me, "worker_start": process_start_time(me)}
+    run = store.get(run_id)
+    if run.status == QUEUED:
+        store.claim(run_id, pid=group, pid_start=process_start_time(group), **mine)
+        return
+    if run.status not in ACTIVE:
+        raise RunStateError(f"run {run_id}: is {run.status}; resume it to run it again")
+    if run.pid is not None and not _started_by(run.pid):
+        raise RunStateError(f"run {run_id}: already has worker process {run.pid}")
+    if run.pid is None:
+        mine.update(pid=group, pid_start=process_start_time(group))
+    if store.update(run_id, expect=ACTIVE, **mine) is None:
+        raise RunStateError(f"run {run_id}: stopped being active while its worker started")
+
+
+def _finish(store: RunStore, run_id: str, run_dir: Path) -> None:
+    step = store.get(run_id).step
+    if store.try_set_status(run_id, FINISHED, expect={RUNNING}, message=f"finished at step {step}"):
+        return
+    ckpt = find_last_checkpoint(run_dir)
+    where = f"checkpoint step-{ckpt.step:06d}" if ckpt else "no checkpoint"
+    if store.try_set_status(run_id, STOPPED, expect={STOPPING}, message=f"stopped at step {step} ({where})"):
+        return
+    print(f"[worker] run {run_id} is {store.get(run_id).status}; its status was left as is", flush=True)
+
+
+def _fail(store: RunStore, run_id: str, run_dir: Path, error: BaseException) -> None:
+    tail = "\n".join(tail_lines(run_dir / LOG_FILE, LOG_TAIL_LINES))
+    message = f"{type(error).__name__}: {error}\n--- last lines of log.txt ---\n{tail}"
+    if store.try_set_status(run_id, FAILED, expect=ACTIVE, message=message) is None:
+        print(f"[worker] run {run_id} is {store.get(run_id).status}; not marked failed", flush=True)
+
+
+def _release_memory() -> None:
+    """Free what the entry point left behind (GPU memory above all) before the next run may start."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core.runs.worker",
+                                     description="Run one training run in this process (started by the launcher).")
+    parser.add_argument("--run-dir", required=True, type=Path, help="the run folder (holds config.json)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    args = parser.parse_args(argv)
+    run_dir = args.run_dir.resolve()
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        print(f"error: --run-dir {run_dir}: no {CONFIG_FILE} there; pass a folder made by the run store",
+              file=sys.stderr)
+        return 2
+    config = json.loads(config_path.read_text())
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        resolve_entry(config)(config, run_dir, RunRecorder(run_dir, is_main=False), args.resume)
+        return 0
+
+    store = RunStore(run_dir.parent)
+    run_id = run_dir.name
+    try:
+        _claim(store, run_id)
+    except UserError as e:  # not queued nor launched, devices busy, or the run was deleted
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} started: pid {os.getpid()}, "
+          f"resume={args.resume}", flush=True)
+    rc = 0
+    try:
+        with _sigterm_raises():
+            entry = resolve_entry(config)
+            entry(config, run_dir, RunRecorder(run_dir, is_main=True), args.resume)
+    except BaseException as e:
+        traceback.print_exc()
+        sys.stderr.flush()
+        _fail(store, run_id, run_dir, e)
+        rc = 130 if isinstance(e, KeyboardInterrupt) else 1
+    else:
+        _finish(store, run_id, run_dir)
+    run = store.get(run_id)
+    print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} {run.status} at step {run.step}", flush=True)
+    _release_memory()
+
+    try:
+        Launcher(store).tick()
+    except Exception:
+        print("[worker] starting the next queued run failed:", file=sys.stderr)
+        traceback.print_exc()
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
