@@ -13,6 +13,8 @@ from core.errors import UserError
 # module path -> each exposes `register(subparsers)` adding its commands with set_defaults(func=...)
 COMMAND_MODULES = (
     "core.models.cli",   # info, download, sample
+    "core.runs.cli",     # runs list, show, stop, resume, delete
+    "core.vapi.cli",     # train, bench step
 )
 
 

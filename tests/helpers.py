@@ -38,3 +38,22 @@ def make_tiny_demo(folder: Path) -> Path:
                 "generator": {"file": "gpt_c2i.safetensors", "config": TINY_GPT}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return folder
+
+
+class ToyTokenizer:
+    """Tokenizer protocol with an exactly known decoder: token t -> a pixel of grey level t / (V-1) in [-1, 1].
+
+    A toy reward (MSE to the ground truth) then measures how far each sampled token is from x*, so a
+    policy trained on it must move its mass toward x*."""
+
+    def __init__(self, codebook_size: int = 32, grid: tuple[int, int] = (8, 8)):
+        self.codebook_size, self.grid = codebook_size, grid
+
+    def encode(self, images):
+        grey = images.mean(dim=1).flatten(1)  # [B, h*w]
+        return ((grey + 1) / 2 * (self.codebook_size - 1)).round().long().clamp(0, self.codebook_size - 1)
+
+    def decode(self, tokens):
+        h, w = self.grid
+        grey = tokens.float() / (self.codebook_size - 1) * 2 - 1
+        return grey.view(-1, 1, h, w).expand(-1, 3, h, w)

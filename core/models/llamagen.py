@@ -22,6 +22,7 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -304,6 +305,7 @@ class Transformer(nn.Module):
         # to bf16 by .to(dtype), never broadcast by DDP. Moved to the input's device on use.
         self._rope_cpu = precompute_freqs_cis_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num)
         self._rope_by_device: dict[torch.device, Tensor] = {}
+        self.gradient_checkpointing = False  # set by the trainer (config.gradient_checkpointing)
         self.initialize_weights()
 
     # --- policy protocol properties
@@ -380,8 +382,12 @@ class Transformer(nn.Module):
     def _trunk(self, h: Tensor, rope: Tensor, mask: Optional[Tensor], cache: Optional[KVCache] = None,
                start: int = 0) -> Tensor:
         h = self.tok_dropout(h)
+        ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, layer in enumerate(self.layers):
-            h = layer(h, rope, mask, cache, i, start)
+            if ckpt:  # recompute each block in backward: activation memory of one block instead of all
+                h = torch.utils.checkpoint.checkpoint(layer, h, rope, mask, use_reentrant=False)
+            else:
+                h = layer(h, rope, mask, cache, i, start)
         return self.output(self.norm(h)).float()
 
     # --- mode 1: teacher forcing (training, VA-π's forward)
@@ -402,6 +408,11 @@ class Transformer(nn.Module):
         T = h.shape[1]
         logits = self._trunk(h, self._rope(0, T, h.device), self._cond_key_mask(cond_mask, T))
         return logits[:, C - 1:]  # [B, N, V]
+
+    def forward(self, cond: Tensor, context: Tensor, cond_mask: Optional[Tensor] = None) -> Tensor:
+        """Always the teacher-forced pass (== teacher_forced_logits without dropout of the condition).
+        Training code calls the module so that DDP/FSDP wrappers, which hook forward(), see the pass."""
+        return self.teacher_forced_logits(cond, context, cond_mask=cond_mask)
 
     # --- mode 2 and 3: free-running decoding with a KV cache
     def new_cache(self, batch_size: int, device=None, dtype=None) -> KVCache:

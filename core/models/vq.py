@@ -332,6 +332,11 @@ class VQModel(nn.Module):
             raise ValueError(f"expected tokens [B, {self.grid[0] * self.grid[1]}], got {tuple(tokens.shape)}")
         return self.decode_latent(self.embed(tokens))
 
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Always decoding: tokens [B, N] -> images. (The decoder baseline trains through this, so a
+        DDP wrapper, which hooks forward(), sees the pass.)"""
+        return self.decode(tokens)
+
     def forward_train(self, images: Tensor) -> tuple[Tensor, dict]:
         """Reconstruction with straight-through quantisation: (recon [B,3,H,W], losses {vq, commit})."""
         zq, _, losses = self.quantize(self.encode_latent(images))

@@ -1,0 +1,149 @@
+"""The trainer's data: one factory over the three kinds of dataset, and batch collation.
+
+Every dataset built here is map-style, picklable and yields (image [3, H, W] float32 in [-1, 1],
+condition), the condition being a class id (int) or a caption (str); `num_classes` is the number of
+class ids, or None for captioned data. Errors name the VapiConfig field behind the argument
+(`data`, `data_path`, `data_subset`, `seed`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from core.errors import ConfigError
+
+KINDS = ("imagefolder", "captions", "shapes")
+# VapiConfig field behind each argument of build_dataset (for error messages).
+FIELDS = {"kind": "data", "path": "data_path", "subset": "data_subset", "seed": "seed"}
+OPTIONS: dict[str, tuple[str, ...]] = {  # extra keyword arguments each kind accepts
+    "imagefolder": ("max_bad_fraction",),
+    "captions": ("captions_file", "max_missing_fraction", "max_bad_fraction"),
+    "shapes": ("with_captions",),
+}
+
+
+class ShapesTrainingSet(Dataset):
+    """The procedural shapes domain as training data: `length` scenes of `split` from `start`,
+    as (image, class id), or (image, caption) with `with_captions`."""
+
+    def __init__(self, split: str, start: int, length: int, image_size: int, with_captions: bool = False):
+        from core.data.shapes import NUM_CLASSES, ShapesDataset
+
+        self._scenes = ShapesDataset(split, start=start, length=length, image_size=image_size,
+                                     with_captions=with_captions)
+        self.with_captions = with_captions
+        self.num_classes: Optional[int] = None if with_captions else NUM_CLASSES
+
+    def __len__(self) -> int:
+        return len(self._scenes)
+
+    def __getitem__(self, i: int) -> tuple:
+        item = self._scenes[i]
+        return (item[0], item[2]) if self.with_captions else item
+
+
+def _renamed(e: ConfigError) -> ConfigError:
+    """The same error under the config's field name (subset -> data_subset)."""
+    message = str(e)[len(e.field) + 2:]
+    return ConfigError(FIELDS.get(e.field, e.field), message)
+
+
+def _build_shapes(path: Optional[str | Path], image_size: int, subset: Optional[float], seed: int,
+                  with_captions: bool = False) -> ShapesTrainingSet:
+    """`path` names the split (empty = "train"); `subset` is a scene count, or a fraction of
+    ShapesDataset's default length (None = all of it); `seed` picks the window of scenes
+    seed*length ... seed*length + length - 1 (a multiple of 10 scenes is exactly class-balanced)."""
+    from core.data import shapes
+    from core.data.imagefolder import subset_size
+
+    split = str(path) if path else "train"
+    if split not in shapes.SPLITS:
+        raise ConfigError(FIELDS["path"], f"for data='shapes' it names the split: one of {', '.join(shapes.SPLITS)} "
+                                          f"(empty = train), got {split!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(FIELDS["seed"], f"must be an integer >= 0 for data='shapes' (it picks the window of scenes), "
+                                          f"got {seed!r}")
+    if not isinstance(with_captions, bool):
+        raise ConfigError("with_captions", f"must be true or false, got {with_captions!r}")
+    if not isinstance(subset, bool) and isinstance(subset, (int, float)) and subset > 1:
+        if not float(subset).is_integer():
+            raise ConfigError(FIELDS["subset"], f"above 1 it is an image count and must be whole, got {subset!r}")
+        length = int(subset)  # the domain is unbounded: any count is available
+    else:
+        try:
+            length = subset_size(subset, shapes.ShapesDataset(split, image_size=image_size).length)
+        except ConfigError as e:
+            raise _renamed(e) from None
+    return ShapesTrainingSet(split, seed * length, length, image_size, with_captions)
+
+
+def build_dataset(kind: str, path: Optional[str | Path], image_size: int, subset: Optional[float] = None,
+                  seed: int = 0, num_classes: Optional[int] = None, **kw) -> Dataset:
+    """The training dataset of a run.
+
+    kind "imagefolder": `path` is root/<class>/<image> (ImageNet train); options: max_bad_fraction.
+    kind "captions": `path` holds images and captions.jsonl; options: captions_file,
+    max_missing_fraction, max_bad_fraction. kind "shapes": `path` names the split (empty = train);
+    options: with_captions. `subset`: None, a fraction in (0, 1] or a count > 1. With
+    `num_classes` (a class-conditional model), the dataset's classes are checked against it.
+    """
+    from core.data.imagefolder import check_num_classes
+
+    if kind not in KINDS:
+        raise ConfigError(FIELDS["kind"], f"unknown kind of data {kind!r}; use one of {', '.join(KINDS)}")
+    unknown = sorted(set(kw) - set(OPTIONS[kind]))
+    if unknown:
+        raise ConfigError(unknown[0], f"not an option of data={kind!r}; its options are {', '.join(OPTIONS[kind])}")
+    if kind == "shapes":
+        dataset: Dataset = _build_shapes(path, image_size, subset, seed, **kw)
+    else:
+        if path is None or not str(path).strip():
+            layout = "root/<class>/<image>" if kind == "imagefolder" else "images plus captions.jsonl"
+            raise ConfigError(FIELDS["path"], f"is required for data={kind!r}: a folder with {layout}")
+        try:
+            if kind == "imagefolder":
+                from core.data.imagefolder import ImageFolderDataset
+
+                dataset = ImageFolderDataset(path, image_size, subset=subset, seed=seed, **kw)
+            else:
+                from core.data.captions import CaptionDataset
+
+                dataset = CaptionDataset(path, image_size, subset=subset, seed=seed, **kw)
+        except ConfigError as e:
+            raise _renamed(e) from None
+    if num_classes is not None:
+        check_num_classes(dataset, num_classes)
+    return dataset
+
+
+# ----------------------------------------------------------------------------- collation
+def _check_pairs(batch: Sequence[tuple]) -> None:
+    if not batch:
+        raise ValueError("cannot collate an empty batch")
+    if any(len(item) != 2 for item in batch):
+        raise ValueError(f"expected (image, condition) pairs, got items of length {len(batch[0])}")
+
+
+def collate_classes(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[(image [3, H, W], class id)] -> (images [B, 3, H, W], labels [B] long)."""
+    _check_pairs(batch)
+    images = torch.stack([image for image, _ in batch])  # [B, 3, H, W]
+    labels = torch.tensor([int(label) for _, label in batch], dtype=torch.long)  # [B]
+    return images, labels
+
+
+def collate_captions(batch: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
+    """[(image [3, H, W], caption)] -> (images [B, 3, H, W], captions: list of B str)."""
+    _check_pairs(batch)
+    if not all(isinstance(caption, str) for _, caption in batch):
+        raise ValueError("collate_captions: every condition must be a caption string")
+    return torch.stack([image for image, _ in batch]), [caption for _, caption in batch]
+
+
+def collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor | list[str]]:
+    """collate_captions when the conditions are strings, collate_classes otherwise."""
+    _check_pairs(batch)
+    return collate_captions(batch) if isinstance(batch[0][1], str) else collate_classes(batch)

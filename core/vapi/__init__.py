@@ -1,0 +1,1 @@
+"""VA-π: config, noise kernel, rewards, objective, trainer, baselines."""

@@ -1,0 +1,69 @@
+"""`python -m core bench step`: step time of the grouped vs the per-sample (reference) schedule."""
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from core.models import load, registry
+from core.vapi import objective
+from core.vapi.config import parse_overrides, resolve
+from core.vapi.objective import Batch
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_step(preset_name: str, overrides: list[str], batch: int | None, repeats: int, random_init: bool) -> dict:
+    cfg = resolve(preset_name, parse_overrides(overrides))
+    p = registry.get_generator(cfg.model)
+    dev = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    if random_init:
+        gen = load.build_generator(cfg.model).to(dev)
+        tok = load.build_tokenizer(p.tokenizer)
+        tok.config = type(tok.config)(**{**tok.config.to_dict(), "image_size": p.image_size})
+        tok = tok.to(dev).eval()
+    else:
+        gen, tok = load.load_pair(cfg.model, cfg.init_weights, dev)
+    gen.train()
+    B = batch or cfg.per_device_train_batch_size
+    g = torch.Generator().manual_seed(0)
+    if p.size == "demo":
+        from core.data.shapes import images_tensor
+
+        images, labels = images_tensor("train", range(B), p.image_size)
+    else:
+        images = torch.rand(B, 3, p.image_size, p.image_size, generator=g) * 2 - 1
+        labels = torch.randint(0, gen.config.num_classes, (B,), generator=g)
+    images, labels = images.to(dev), labels.to(dev)
+    with torch.no_grad():
+        data = Batch(images=images, cond=labels, tokens=tok.encode(images))
+    results = {}
+    for schedule in ("grouped", "per-sample"):
+        c = cfg.replace(schedule=schedule)
+
+        def step():
+            gen.zero_grad(set_to_none=True)
+            out = objective.compute_loss(gen, tok, data, c, xi=c.xi, generator=torch.Generator(device=dev).manual_seed(1))
+            out.loss.backward()
+
+        results[schedule] = _timed(step, repeats)
+    samples = objective.sample_groups(gen.teacher_forced_logits(data.cond, data.tokens[:, :-1]).detach(), cfg.num_generations, 1.0, None)
+    score = _timed(lambda: objective.score_samples(tok, samples, images, cfg.reward_weights, cfg.reward_chunk_size), repeats)
+    ratio = results["per-sample"] / results["grouped"]
+    print(f"preset {preset_name} ({cfg.model}, {p.size}, {gen.num_tokens} tokens) on {dev}, B={B} images, "
+          f"G={cfg.num_generations}, threads {torch.get_num_threads()}, median of {repeats}")
+    print(f"  grouped    (1 forward of {B} sequences):          {results['grouped']:.3f} s/step")
+    print(f"  per-sample (1 + {cfg.num_generations} x {B} sequences, the reference): {results['per-sample']:.3f} s/step")
+    print(f"  speed-up: {ratio:.2f}x   (decode + reward of the {B * cfg.num_generations} samples, common to both: {score:.3f} s)")
+    return {**results, "ratio": ratio, "decode_reward": score}

@@ -1,0 +1,247 @@
+"""Run configuration of a VA-π (or baseline) post-training run.
+
+One flat dataclass whose defaults are the paper's, each commented with its source: Table 7 of
+the paper, or the authors' 8-GPU script (`scripts/autoregressive/train_c2i_grpo_8gpu.sh` in
+Lil-Shake/VA-Pi) where the paper is silent. Names follow TRL's GRPOConfig where they mean the
+same thing (num_generations, beta, epsilon, learning_rate, max_steps, num_iterations, ...).
+Cross-field rules are checked once, at construction; an error names the field.
+
+Presets: the paper's three settings (Table 7) plus the embedded CPU demo. `--set key=value`
+overrides any field (values parsed as JSON when they parse, e.g. `reward_weights={"mse":1}`,
+`preview_classes=[1,2]`; `reward_weights.lpips=0.5` sets one entry).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from core.errors import ConfigError
+
+METHODS = ("vapi", "ste", "decoder")
+DATA_KINDS = ("shapes", "imagefolder", "captions")
+PRIORS = ("ce", "kl")
+SCHEDULES = ("grouped", "per-sample")
+XI_SCHEDULES = ("constant", "linear", "cosine")
+LR_SCHEDULERS = ("constant", "cosine")
+PRECISIONS = ("bf16", "fp16", "no")
+TRACKERS = ("tensorboard", "wandb")
+
+
+@dataclass
+class VapiConfig:
+    # ---------------------------------------------------------------- what is trained
+    method: str = "vapi"  # "vapi" (§4) | "ste": STE generator post-training (App. C.1) | "decoder": tokenizer-decoder post-training (App. C.2)
+    model: str = "demo-c2i"  # generator preset (python -m core info lists them)
+    init_weights: Optional[str] = None  # start from this checkpoint instead of the preset's published weights
+    # ---------------------------------------------------------------- data
+    data: str = "shapes"  # "shapes" (embedded demo domain) | "imagefolder" (ImageNet layout) | "captions" (images + captions.jsonl)
+    data_path: Optional[str] = None  # folder for imagefolder / captions
+    data_subset: Optional[float] = None  # a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I presets: 0.01 (§5.1)
+    num_workers: int = 2  # DataLoader workers
+    cache_tokens: bool = True  # x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once
+    # ---------------------------------------------------------------- rollout (teacher-forced sampling)
+    num_generations: int = 8  # G, Table 7
+    temperature: float = 1.0  # tau for sampling and log-probs, authors' script (--temperature 1.0, no top-k/top-p)
+    xi: float = 0.0  # contextual noise rate of K_xi (Eq. 28-29), Table 7: C2I 0, LlamaGen T2I 0.5, Janus-Pro 0.95
+    xi_schedule: str = "constant"  # "constant" | "linear" / "cosine": ramp 0 -> xi over max_steps (the authors' code has both)
+    cond_drop_prob: float = 0.1  # label/caption dropout kept at the model's training rate so CFG stays usable (authors' --uncond-prob 0.1)
+    # ---------------------------------------------------------------- reward (Eq. 10)
+    reward_weights: dict = field(default_factory=lambda: {"mse": 1.0, "lpips": 1.0})  # Table 7 / script: w_mse 1, w_lpips 1
+    reward_chunk_size: int = 32  # decoded images per chunk when decoding and scoring the B*G samples
+    # ---------------------------------------------------------------- objective (Eq. 11)
+    beta: float = 0.1  # weight of the prior term, Table 7
+    prior: str = "ce"  # "ce": CE on the noisy context with clean targets (Eq. 9) | "kl": KL(pi || pi_ref) (Fig. 4 ablation)
+    epsilon: float = 0.2  # PPO clip range, authors' script (--clip-range 0.2)
+    advantage_clip: float = 5.0  # A_max, Table 7
+    num_iterations: int = 1  # PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences
+    schedule: str = "grouped"  # "grouped": one forward of B sequences | "per-sample": the reference's B*G forward (tests, benchmark)
+    # ---------------------------------------------------------------- optimisation
+    learning_rate: float = 1e-6  # Table 7 (LlamaGen); Janus-Pro 1e-7
+    weight_decay: float = 1e-4  # Table 7
+    adam_beta1: float = 0.9  # authors' script
+    adam_beta2: float = 0.999  # authors' script
+    max_grad_norm: float = 1.0  # Table 7
+    lr_scheduler: str = "constant"  # authors' script uses a constant lr
+    warmup_steps: int = 0
+    global_batch_size: int = 128  # images per optimizer step over all processes, Table 7
+    per_device_train_batch_size: int = 16  # images per micro-batch per process (authors' script: 16 images x G 8 per GPU)
+    max_steps: int = 100  # Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100
+    mixed_precision: str = "bf16"  # Table 7; on CPU the run is fp32 whatever this says
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" (single process; multi-GPU goes through accelerate launch)
+    # ---------------------------------------------------------------- checkpoints, metrics, previews
+    save_steps: int = 50  # checkpoint every K steps (and at the end)
+    logging_steps: int = 1
+    preview_steps: int = 25  # sample grid every K steps (step 0 = the base model)
+    preview_classes: Optional[list] = None  # class ids for the grids (default: spread over the classes)
+    preview_prompts: Optional[list] = None  # prompts for text-conditional models
+    preview_seeds: list = field(default_factory=lambda: [0, 1, 2, 3])
+    preview_cfg_scale: float = 1.0  # the paper trains and reports "w/o CFG" first
+    kl_probe_size: int = 4  # images whose base logits are kept to report KL(pi || pi_base)
+    report_to: list = field(default_factory=list)  # accelerate trackers: "tensorboard", "wandb"
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def need(cond: bool, name: str, msg: str):
+            if not cond:
+                raise ConfigError(name, msg)
+
+        need(self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
+        need(self.data in DATA_KINDS, "data", f"must be one of {DATA_KINDS}, got {self.data!r}")
+        need(self.data == "shapes" or bool(self.data_path), "data_path", f"is required for data={self.data!r} (a folder)")
+        need(self.data != "shapes" or self.data_subset is None or self.data_subset > 1, "data_subset",
+             "the shapes domain is unlimited: give an image count (> 1), not a fraction")
+        if self.data_subset is not None:
+            need(self.data_subset > 0, "data_subset", "must be > 0 (a fraction <= 1 or an image count), or null for all")
+            need(self.data_subset <= 1 or float(self.data_subset).is_integer(), "data_subset", "above 1 it is an image count and must be whole")
+        need(self.num_workers >= 0, "num_workers", "must be >= 0")
+        need(self.num_generations >= 2, "num_generations", "must be >= 2: advantages are relative to the group")
+        need(self.temperature > 0, "temperature", "must be > 0")
+        need(0.0 <= self.xi < 1.0, "xi", "must be in [0, 1)")
+        need(self.xi_schedule in XI_SCHEDULES, "xi_schedule", f"must be one of {XI_SCHEDULES}")
+        need(0.0 <= self.cond_drop_prob < 1.0, "cond_drop_prob", "must be in [0, 1)")
+        need(isinstance(self.reward_weights, dict) and bool(self.reward_weights), "reward_weights", "must be a non-empty {name: weight} mapping")
+        from core.vapi.rewards import REWARDS
+
+        for k, w in self.reward_weights.items():
+            need(k in REWARDS, f"reward_weights.{k}", f"unknown reward; known: {', '.join(sorted(REWARDS))}")
+            need(isinstance(w, (int, float)) and w >= 0, f"reward_weights.{k}", f"weight must be a number >= 0, got {w!r}")
+        need(sum(self.reward_weights.values()) > 0, "reward_weights", "at least one weight must be > 0")
+        need(self.reward_chunk_size >= 1, "reward_chunk_size", "must be >= 1")
+        need(self.beta >= 0, "beta", "must be >= 0 (0 = no prior term)")
+        need(self.prior in PRIORS, "prior", f"must be one of {PRIORS}")
+        need(self.epsilon > 0, "epsilon", "must be > 0")
+        need(self.advantage_clip > 0, "advantage_clip", "must be > 0")
+        need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
+        need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}")
+        need(self.learning_rate >= 0, "learning_rate", "must be >= 0")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "Adam betas must be in [0, 1)")
+        need(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
+        need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"must be one of {LR_SCHEDULERS}")
+        need(0 <= self.warmup_steps <= self.max_steps, "warmup_steps", "must be between 0 and max_steps")
+        need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
+        need(self.global_batch_size >= self.per_device_train_batch_size, "global_batch_size",
+             f"must be >= per_device_train_batch_size ({self.per_device_train_batch_size})")
+        need(self.global_batch_size % self.per_device_train_batch_size == 0, "global_batch_size",
+             f"{self.global_batch_size} is not a multiple of per_device_train_batch_size {self.per_device_train_batch_size}")
+        need(self.max_steps >= 1, "max_steps", "must be >= 1")
+        need(self.mixed_precision in PRECISIONS, "mixed_precision", f"must be one of {PRECISIONS}")
+        need(self.save_steps >= 1 and self.logging_steps >= 1 and self.preview_steps >= 1, "save_steps",
+             "save_steps, logging_steps and preview_steps must be >= 1")
+        need(isinstance(self.preview_seeds, list) and len(self.preview_seeds) >= 1, "preview_seeds", "must be a non-empty list of ints")
+        need(self.preview_cfg_scale >= 1.0, "preview_cfg_scale", "must be >= 1 (1 = no guidance)")
+        need(self.kl_probe_size >= 0, "kl_probe_size", "must be >= 0")
+        for t in self.report_to:
+            need(t in TRACKERS, "report_to", f"unknown tracker {t!r}; known: {TRACKERS}")
+        if self.method == "decoder":
+            need(self.prior == "ce", "prior", "the decoder baseline trains the tokenizer decoder only; prior does not apply")
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step on each process: global / (per_device * world)."""
+        per_step = self.per_device_train_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise ConfigError("global_batch_size", f"{self.global_batch_size} images per step cannot be split over {world_size} "
+                                                   f"process(es) x per_device_train_batch_size {self.per_device_train_batch_size}")
+        return self.global_batch_size // per_step
+
+    def xi_at(self, step: int) -> float:
+        """Noise rate at a step (0-based) under the schedule."""
+        import math
+
+        if self.xi_schedule == "constant" or self.max_steps <= 1:
+            return self.xi
+        t = min(step / (self.max_steps - 1), 1.0)
+        return self.xi * (t if self.xi_schedule == "linear" else 0.5 - 0.5 * math.cos(math.pi * t))
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VapiConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"unknown config field; known fields: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def replace(self, **changes) -> "VapiConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------- presets
+PRESETS: dict[str, dict[str, Any]] = {
+    # Table 7, column 1 and §5.1: LlamaGen-XXL C2I 384 px, 1% of ImageNet, 100 steps, xi 0
+    "llamagen-c2i-xxl": dict(model="llamagen-c2i-xxl-384", data="imagefolder", data_subset=0.01, xi=0.0, max_steps=100,
+                             learning_rate=1e-6),
+    # Table 2, LlamaGen-XL: same recipe (the paper reports 20 minutes on 8 GPUs)
+    "llamagen-c2i-xl": dict(model="llamagen-c2i-xl-384", data="imagefolder", data_subset=0.01, xi=0.0, max_steps=100,
+                            learning_rate=1e-6),
+    # Table 7, column 2: LlamaGen-XL T2I (LAION-COCO captions), 200 steps, xi 0.5. Table 7 lists 256x256 for this
+    # column while §C.3 says 384 for all LlamaGen models; the published stage-1 T2I checkpoint is 256 px.
+    "llamagen-t2i-xl": dict(model="llamagen-t2i-xl-256", data="captions", data_subset=None, xi=0.5, max_steps=200,
+                            learning_rate=1e-6),
+    # Table 7, column 3: Janus-Pro 1B, lr 1e-7, 100 steps, xi 0.95 (Table 7 says 384x384; §C.3 says 256)
+    "janus-pro-1b": dict(model="janus-pro-1b", data="captions", data_subset=None, xi=0.95, max_steps=100,
+                         learning_rate=1e-7),
+}
+
+
+def preset_names() -> list[str]:
+    from core.vapi import demo_preset
+
+    return sorted(set(PRESETS) | set(demo_preset.PRESETS))
+
+
+def preset(name: str) -> dict[str, Any]:
+    from core.vapi import demo_preset
+
+    table = {**PRESETS, **demo_preset.PRESETS}
+    if name not in table:
+        raise ConfigError("preset", f"unknown preset {name!r}; known: {', '.join(sorted(table))}")
+    return dict(table[name])
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """["learning_rate=1e-5", "reward_weights.mse=2", 'preview_classes=[1,2]'] -> {key: value}.
+    Dotted keys stay dotted: `resolve` merges them into the mapping field, a plain key replaces it."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError("--set", f"expected key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = {"none": None, "null": None, "true": True, "false": False}.get(raw.lower(), raw)
+        out[key] = value
+    return out
+
+
+def resolve(preset_name: Optional[str] = None, overrides: Optional[dict[str, Any]] = None,
+            base: Optional[dict[str, Any]] = None) -> VapiConfig:
+    """Preset (or `base` dict) + overrides -> a validated config. "field.key" overrides set one entry of a
+    mapping field; "field" overrides replace the whole value."""
+    d: dict[str, Any] = VapiConfig().to_dict() if base is None else dict(base)
+    if preset_name:
+        d.update(preset(preset_name))
+    for k, v in (overrides or {}).items():
+        if "." in k:
+            top, sub = k.split(".", 1)
+            if not isinstance(d.get(top), dict):
+                raise ConfigError(k, f"{top} is not a mapping field")
+            d[top] = {**d[top], sub: v}
+        else:
+            d[k] = v
+    return VapiConfig.from_dict(d)

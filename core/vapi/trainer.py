@@ -1,0 +1,542 @@
+"""The trainer: VA-π (and the two baselines) on `accelerate` — one CPU, one GPU, DDP or FSDP.
+
+Setup order: every input is checked before any heavy work (preset files, LPIPS weights, data
+folder, class count), then models, data, optimizer. The loop: one optimizer step = the run's
+global batch (global_batch_size images), split into micro-batches of per_device_train_batch_size
+images per process; gradient sync only on the last micro-batch of a step.
+
+Determinism and resume: nothing random depends on state carried between steps. The data order is
+a seeded permutation per epoch; step s consumes global image positions [s*GB, (s+1)*GB); the
+rollout of micro-batch m on rank r draws from a generator seeded by (seed, step, m*world + r).
+So a run resumed from a checkpoint (weights + optimizer + step) continues exactly as if it had
+not stopped, and N processes reproduce one process with the same global batch.
+
+Checkpoints (run_dir/checkpoints/step-NNNNNN/, written to a temp folder then renamed):
+  model.pt         {"model": state_dict, "config": json} — the upstream LlamaGen layout
+                   (tokenizer.pt instead for the decoder baseline)
+  optimizer.pt     optimizer + lr-scheduler state
+  trainer_state.json  {"step": s, "method": ..., "world_size": ...}
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from core.errors import ConfigError, DataError, UserError
+from core.vapi import baselines, objective, rewards
+from core.vapi.config import VapiConfig
+from core.vapi.objective import Batch
+
+DEFAULT_IMAGENET_PREVIEW = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i classes
+
+
+class NonFiniteError(UserError):
+    """A loss term or the gradient norm was NaN/inf: the step was not applied."""
+
+
+def derive_seed(*parts: int) -> int:
+    """A 63-bit seed from integers, stable across processes and machines."""
+    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+@dataclass
+class StepPlan:
+    """Which images each process uses in a step (see module docstring)."""
+
+    dataset_len: int
+    global_batch: int
+    per_device: int
+    world: int
+    seed: int
+
+    @property
+    def accum(self) -> int:
+        return self.global_batch // (self.per_device * self.world)
+
+    def _perm(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng(derive_seed(self.seed, 0xDA7A, epoch)).permutation(self.dataset_len)
+
+    def indices(self, step: int, micro: int, rank: int) -> list[int]:
+        start = step * self.global_batch + (micro * self.world + rank) * self.per_device
+        out, cache = [], {}
+        for p in range(start, start + self.per_device):
+            e, i = divmod(p, self.dataset_len)
+            if e not in cache:
+                cache[e] = self._perm(e)
+            out.append(int(cache[e][i]))
+        return out
+
+
+class Trainer:
+    def __init__(self, cfg: VapiConfig, run_dir: str | Path, recorder=None, *, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.recorder = recorder
+        self._log = log
+
+    # ------------------------------------------------------------------ logging helpers
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            self._log(msg)
+
+    @property
+    def is_main(self) -> bool:
+        acc = getattr(self, "accelerator", None)
+        return acc is None or acc.is_main_process
+
+    # ------------------------------------------------------------------ setup
+    def preflight(self) -> None:
+        """Every input check that needs no big allocation, before any heavy work."""
+        from core.models import registry
+
+        cfg = self.cfg
+        preset = registry.get_generator(cfg.model)
+        if preset.task == "c2i" and cfg.data == "captions":
+            raise ConfigError("data", f"{cfg.model} is class-conditional: use data=imagefolder or shapes, not captions")
+        if preset.task == "t2i" and cfg.data != "captions":
+            raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions")
+        if cfg.data == "shapes" and preset.size != "demo":
+            raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i)")
+        self.preset = preset
+        self.dataset = self._build_dataset()  # lists (and spot-checks) the data before any weights are read
+        if cfg.init_weights is None:
+            registry.require_files(cfg.model)
+        else:
+            if not Path(cfg.init_weights).is_file():
+                raise ConfigError("init_weights", f"file not found: {cfg.init_weights}")
+            tok = registry.get_tokenizer(preset.tokenizer)
+            if not tok.path.is_file():
+                raise registry.MissingWeightsError(f"missing tokenizer {tok.path} — {registry.download_hint(tok.filename, tok.repo_id)}")
+        rewards.check_available(cfg.reward_weights)
+
+    def setup(self) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from core import device as devmod
+        from core.models import load
+
+        cfg = self.cfg
+        self.preflight()
+        dev = devmod.resolve(cfg.device) if cfg.device != "auto" else None
+        cpu = (dev is not None and dev.type == "cpu") or not torch.cuda.is_available()
+        if dev is not None and dev.type == "cuda" and dev.index is not None:
+            torch.cuda.set_device(dev.index)
+        precision = "no" if cpu else cfg.mixed_precision
+        trackers = list(cfg.report_to)
+        self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None,
+                                             project_dir=str(self.run_dir))
+        set_seed(cfg.seed)
+        self.device = acc.device
+        self.world = acc.num_processes
+        self.rank = acc.process_index
+        self.accum = cfg.accumulation_steps(self.world)
+        self.log(f"[setup] {cfg.method} on {self.world} process(es), device {self.device}, precision {precision}; "
+                 f"{cfg.global_batch_size} images/step = {self.world} x {cfg.per_device_train_batch_size} x {self.accum} accumulation")
+
+        # --- data (built and checked in preflight, before the weights are read)
+        self.plan = StepPlan(len(self.dataset), cfg.global_batch_size, cfg.per_device_train_batch_size, self.world, cfg.seed)
+
+        # --- models
+        self.tokenizer = load.load_tokenizer(self.preset.tokenizer, self.device, image_size=self.preset.image_size)
+        self.tokenizer.requires_grad_(False)
+        self.policy = load.load_generator(cfg.model, cfg.init_weights, self.device)
+        if self.preset.task == "c2i":
+            self._check_classes()
+        self.policy.gradient_checkpointing = cfg.gradient_checkpointing
+        self.ref_policy = None
+        if cfg.prior == "kl" and cfg.method == "vapi":
+            self.ref_policy = load.load_generator(cfg.model, cfg.init_weights, self.device)
+            self.ref_policy.requires_grad_(False)
+        self.cond_encoder = self._condition_encoder()
+
+        # --- what is trained
+        if cfg.method == "decoder":
+            self.policy.requires_grad_(False)
+            self.policy.eval()
+            for p in baselines.decoder_parameters(self.tokenizer):
+                p.requires_grad_(True)
+            self.tokenizer.decoder.train()
+            self.trained = self.tokenizer
+        else:
+            self.policy.train()  # dropout as in pretraining (the authors' sample-model-mode "train")
+            self.trained = self.policy
+        decay = [p for n, p in self.trained.named_parameters() if p.requires_grad and "norm" not in n]
+        no_decay = [p for n, p in self.trained.named_parameters() if p.requires_grad and "norm" in n]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}],
+                                      lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
+        if cfg.method == "decoder":
+            self.tokenizer, self.optimizer, self.scheduler = acc.prepare(self.tokenizer, optimizer, scheduler)
+        else:
+            self.policy, self.optimizer, self.scheduler = acc.prepare(self.policy, optimizer, scheduler)
+        self.token_cache: dict[int, torch.Tensor] = {}
+        if trackers:
+            acc.init_trackers(self.run_dir.name, config=cfg.to_dict())
+
+    def _lr_lambda(self, step: int) -> float:
+        cfg = self.cfg
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.lr_scheduler == "cosine":
+            t = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return 1.0
+
+    def _build_dataset(self):
+        from core.data.build import build_dataset
+
+        cfg = self.cfg
+        return build_dataset(cfg.data, cfg.data_path, image_size=self.preset.image_size, subset=cfg.data_subset,
+                             seed=cfg.seed)
+
+    def _check_classes(self) -> None:
+        if self.cfg.data == "imagefolder":
+            from core.data.imagefolder import check_num_classes
+
+            check_num_classes(self.dataset, self.policy.config.num_classes)
+
+    def _condition_encoder(self):
+        """captions -> model condition for text-conditional families; None for class ids."""
+        if self.preset.task != "t2i":
+            return None
+        if hasattr(self.policy, "encode_prompts"):
+            return self.policy.encode_prompts
+        from core.models.text import T5CaptionEncoder
+
+        enc = T5CaptionEncoder(device=self.device)
+        return enc.encode
+
+    # ------------------------------------------------------------------ data
+    def unwrap(self, model):
+        return self.accelerator.unwrap_model(model)
+
+    @torch.no_grad()
+    def batch(self, step: int, micro: int) -> tuple[Batch, list[int]]:
+        idx = self.plan.indices(step, micro, self.rank)
+        items = [self.dataset[i] for i in idx]
+        images = torch.stack([it[0] for it in items]).to(self.device)
+        if self.cond_encoder is None:
+            cond, mask = torch.tensor([int(it[1]) for it in items], device=self.device), None
+        else:
+            cond, mask = self.cond_encoder([it[1] for it in items])
+            cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
+        tokens = self._tokens(idx, images)
+        return Batch(images=images, cond=cond, tokens=tokens, cond_mask=mask), idx
+
+    def _tokens(self, idx: list[int], images: torch.Tensor) -> torch.Tensor:
+        tok = self.unwrap(self.tokenizer)
+        if not self.cfg.cache_tokens:
+            return tok.encode(images)
+        missing = [k for k, i in enumerate(idx) if i not in self.token_cache]
+        if missing:
+            with self.accelerator.autocast():
+                enc = tok.encode(images[missing])
+            for k, t in zip(missing, enc.cpu()):
+                self.token_cache[idx[k]] = t
+        return torch.stack([self.token_cache[i] for i in idx]).to(self.device)
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, step: int) -> None:
+        acc = self.accelerator
+        state = acc.get_state_dict(self.trained if self.cfg.method != "decoder" else self.tokenizer)
+        optim = self._optimizer_state()
+        if not acc.is_main_process:
+            return
+        from core.models import checkpoint
+
+        name = "tokenizer.pt" if self.cfg.method == "decoder" else "model.pt"
+        meta = {"step": step, "method": self.cfg.method, "world_size": self.world}
+        with self.recorder.save_checkpoint(step) as d:
+            checkpoint.save_upstream(state, d / name, config=self.cfg.to_dict())
+            torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, d / "optimizer.pt")
+            (d / "trainer_state.json").write_text(json.dumps(meta) + "\n")
+        self.log(f"[checkpoint] step {step} -> {self.recorder.checkpoints_dir / f'step-{step:06d}'}")
+
+    def _optimizer_state(self) -> dict:
+        from accelerate.utils import DistributedType
+
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            with FSDP.state_dict_type(self.policy, StateDictType.FULL_STATE_DICT,
+                                      FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+                                      FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+                return FSDP.optim_state_dict(self.policy, self.optimizer.optimizer)
+        return self.optimizer.state_dict()
+
+    def load_checkpoint(self, path: Path) -> int:
+        from accelerate.utils import DistributedType
+
+        from core.models import checkpoint
+
+        meta = json.loads((path / "trainer_state.json").read_text())
+        if meta.get("method", self.cfg.method) != self.cfg.method:
+            raise ConfigError("method", f"{path} was written by method {meta['method']!r}, the run says {self.cfg.method!r}")
+        target = self.unwrap(self.trained if self.cfg.method != "decoder" else self.tokenizer)
+        name = "tokenizer.pt" if self.cfg.method == "decoder" else "model.pt"
+        sd, _ = checkpoint.read_file(path / name)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            self.accelerator.unwrap_model(self.policy)
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+
+            with FSDP.state_dict_type(self.policy, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
+                self.policy.load_state_dict(sd)
+        else:
+            checkpoint.load_strict(target, sd, path / name)
+        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            osd = FSDP.optim_state_dict_to_load(self.policy, self.optimizer.optimizer, opt["optimizer"])
+            self.optimizer.optimizer.load_state_dict(osd)
+        else:
+            self.optimizer.load_state_dict(opt["optimizer"])
+        self.scheduler.load_state_dict(opt["scheduler"])
+        return int(meta["step"])
+
+    # ------------------------------------------------------------------ previews and probes
+    def preview_conditions(self):
+        cfg = self.cfg
+        policy = self.unwrap(self.policy)
+        if self.preset.task == "c2i":
+            n = policy.config.num_classes
+            if cfg.preview_classes:
+                classes = [int(c) for c in cfg.preview_classes]
+            elif n == 1000:
+                classes = DEFAULT_IMAGENET_PREVIEW
+            else:
+                classes = list(range(min(n, 10)))
+            bad = [c for c in classes if not 0 <= c < n]
+            if bad:
+                raise ConfigError("preview_classes", f"class ids {bad} out of range 0..{n - 1}")
+            return classes, [str(c) for c in classes]
+        prompts = cfg.preview_prompts or ["a red circle in the center", "two blue squares at the top left"]
+        return prompts, prompts
+
+    @torch.no_grad()
+    def write_preview(self, step: int) -> None:
+        if not self.is_main:
+            return
+        from core import imaging
+        from core.data.classes import class_names_for
+        from core.models.generate import generate_images
+
+        cfg = self.cfg
+        policy, tok = self.unwrap(self.policy), self.unwrap(self.tokenizer)
+        was_training = policy.training, tok.training
+        policy.eval()
+        tok.eval()
+        conds, labels = self.preview_conditions()
+        seeds = [int(s) for s in cfg.preview_seeds]
+        try:
+            if self.cond_encoder is None:
+                cond = torch.tensor([c for c in conds for _ in seeds], device=self.device)
+                mask = None
+                names = class_names_for(policy.config.num_classes)
+                labels = [names[c] for c in conds]
+            else:
+                cond, mask = self.cond_encoder([p for p in conds for _ in seeds])
+                cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
+            with self.accelerator.autocast():
+                imgs = generate_images(policy, tok, cond, seeds=[s for _ in conds for s in seeds],
+                                       cond_mask=mask, cfg_scale=cfg.preview_cfg_scale, temperature=cfg.temperature)
+        finally:
+            policy.train(was_training[0])
+            tok.train(was_training[1])
+        up = max(1, 96 // imgs.shape[-1])
+        path = self.recorder.sample_path(step)
+        imaging.save_png(imaging.grid(imgs, nrow=len(seeds), upscale=up), path)
+        path.with_suffix(".json").write_text(json.dumps({"step": step, "rows": labels, "seeds": seeds,
+                                                         "cfg_scale": cfg.preview_cfg_scale}))
+
+    @torch.no_grad()
+    def capture_kl_probe(self) -> None:
+        """Keep the base model's log-probs on a few fixed images (clean context, eval mode)."""
+        self.kl_probe = None
+        if self.cfg.kl_probe_size <= 0 or self.cfg.method == "decoder":
+            return
+        n = min(self.cfg.kl_probe_size, len(self.dataset))
+        idx = list(np.random.default_rng(derive_seed(self.cfg.seed, 0x9B0BE)).choice(len(self.dataset), n, replace=False))
+        items = [self.dataset[int(i)] for i in idx]
+        images = torch.stack([it[0] for it in items]).to(self.device)
+        if self.cond_encoder is None:
+            cond, mask = torch.tensor([int(it[1]) for it in items], device=self.device), None
+        else:
+            cond, mask = self.cond_encoder([it[1] for it in items])
+            cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
+        tokens = self.unwrap(self.tokenizer).encode(images)
+        self.kl_probe = (cond, mask, tokens[:, :-1])
+        self.kl_base = self._probe_logprobs().to("cpu", torch.float16)
+
+    @torch.no_grad()
+    def _probe_logprobs(self) -> torch.Tensor:
+        policy = self.unwrap(self.policy)
+        was = policy.training
+        policy.eval()
+        cond, mask, ctx = self.kl_probe
+        with self.accelerator.autocast():
+            logits = policy.teacher_forced_logits(cond, ctx, cond_mask=mask)
+        policy.train(was)
+        return torch.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
+
+    def kl_to_base(self) -> Optional[float]:
+        if getattr(self, "kl_probe", None) is None:
+            return None
+        logp = self._probe_logprobs()
+        base = self.kl_base.to(logp.device, torch.float32)
+        return float((logp.exp() * (logp - base)).sum(-1).mean())
+
+    # ------------------------------------------------------------------ the loop
+    def micro_loss(self, batch: Batch, step: int, micro: int, rollouts: dict):
+        cfg = self.cfg
+        g = torch.Generator(device=self.device).manual_seed(derive_seed(cfg.seed, step, micro * self.world + self.rank))
+        torch.manual_seed(derive_seed(cfg.seed, 0xD0, step, micro * self.world + self.rank))  # dropout
+        xi = cfg.xi_at(step)
+        if cfg.method == "ste":
+            return baselines.ste_loss(self.policy, self.unwrap(self.tokenizer), batch, cfg, xi=xi, generator=g)
+        if cfg.method == "decoder":
+            return baselines.decoder_loss(self.unwrap(self.policy), self.tokenizer, batch, cfg, xi=xi, generator=g)
+        k = step % cfg.num_iterations
+        rollout = rollouts.get(micro) if k > 0 else None
+        out = objective.compute_loss(self.policy, self.unwrap(self.tokenizer), batch, cfg, xi=xi, generator=g,
+                                     ref_policy=self.ref_policy, rollout=rollout)
+        rollouts[micro] = out.rollout
+        return out.loss, out.metrics
+
+    def rollout_step(self, step: int) -> int:
+        """The step that produced the rollout used at `step` (PPO iterations re-use it)."""
+        return step - step % self.cfg.num_iterations
+
+    def train_step(self, step: int, rollouts: dict) -> dict:
+        """One optimizer step (0-based `step`). Returns its metrics (reduced over processes)."""
+        acc, cfg = self.accelerator, self.cfg
+        model = self.trained_prepared
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for micro in range(self.accum):
+            batch, _ = self.batch(self.rollout_step(step), micro)
+            sync = micro == self.accum - 1
+
+            def ctx():  # gradient all-reduce only on the last micro-batch of the step
+                return contextlib.nullcontext() if sync else acc.no_sync(model)
+
+            with ctx(), acc.autocast():
+                loss, m = self.micro_loss(batch, step, micro, rollouts)
+            bad = {k: v for k, v in m.items() if k.startswith("loss") and not math.isfinite(v)}
+            if bad:
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteError(f"non-finite loss at step {step + 1}: " + ", ".join(f"{k}={v}" for k, v in m.items()
+                                     if k.startswith("loss") or k.startswith("dist_") or k.startswith("reward")))
+            with ctx():
+                acc.backward(loss / self.accum)
+            for k, v in m.items():
+                sums[k] = sums.get(k, 0.0) + v / self.accum
+        grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"non-finite gradient norm ({grad_norm}) at step {step + 1}; losses: "
+                                 + ", ".join(f"{k}={v:.4g}" for k, v in sums.items() if k.startswith("loss")))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        dt = time.perf_counter() - t0
+        names = sorted(sums)
+        vec = torch.tensor([sums[k] for k in names], device=self.device, dtype=torch.float64)
+        vec = acc.reduce(vec, reduction="mean") if self.world > 1 else vec
+        metrics = dict(zip(names, vec.tolist()))
+        g = cfg.num_generations if cfg.method == "vapi" else 1
+        metrics.update(grad_norm=grad_norm, lr=lr, step_time=dt, samples_per_s=cfg.global_batch_size * g / dt)
+        return metrics
+
+    @property
+    def trained_prepared(self):
+        return self.tokenizer if self.cfg.method == "decoder" else self.policy
+
+    def _stop_requested(self) -> bool:
+        flag = bool(self.recorder is not None and self.recorder.should_stop())
+        if self.world > 1:
+            t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+            flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
+        return flag
+
+    def train(self, resume: bool = False, progress: Optional[Callable[[int, int, dict], None]] = None) -> dict:
+        """Run to max_steps (or until a stop request). Returns the last step's metrics."""
+        cfg = self.cfg
+        self.setup()
+        start = 0
+        if resume:
+            ck = self.recorder.last_checkpoint() if self.recorder is not None else None
+            if ck is not None:
+                start = self.load_checkpoint(Path(ck.path))
+                self.log(f"[resume] from {ck.path} (step {start})")
+            else:
+                self.log("[resume] no checkpoint yet: starting from the base model")
+        if self.is_main:
+            (self.run_dir / "config.resolved.json").write_text(cfg.to_json())
+        self.capture_kl_probe()
+        if self.recorder is not None:
+            self.recorder.set_progress(start, cfg.max_steps)
+        if start == 0 and self.recorder is not None:
+            self.write_preview(0)
+        rollouts: dict = {}
+        last: dict = {}
+        saved = start
+        t_start = time.perf_counter()
+        for step in range(start, cfg.max_steps):
+            if self._stop_requested():
+                self.log(f"[stop] requested: checkpointing step {step} and stopping")
+                if saved != step and step > 0:
+                    self.save_checkpoint(step)
+                return last
+            last = self.train_step(step, rollouts)
+            done = step + 1
+            if done % cfg.logging_steps == 0 or done == cfg.max_steps:
+                kl = self.kl_to_base()
+                if kl is not None:
+                    last["kl_base"] = kl
+                if self.recorder is not None:
+                    self.recorder.log_metrics(done, last)
+                if cfg.report_to:
+                    self.accelerator.log(last, step=done)
+            if self.recorder is not None:
+                self.recorder.set_progress(done)
+            if done % cfg.preview_steps == 0 or done == cfg.max_steps:
+                self.write_preview(done)
+            if done % cfg.save_steps == 0 or done == cfg.max_steps:
+                self.save_checkpoint(done)
+                saved = done
+            elapsed = time.perf_counter() - t_start
+            eta = elapsed / (done - start) * (cfg.max_steps - done)
+            if progress is not None:
+                progress(done, cfg.max_steps, last)
+            else:
+                self.log(f"[step {done}/{cfg.max_steps}] reward {last.get('reward_mean', float('nan')):.4f} "
+                         f"loss {last['loss']:.4f} grad {last['grad_norm']:.3f} {last['step_time']:.2f}s/step ETA {eta:.0f}s")
+        if cfg.report_to:
+            self.accelerator.end_training()
+        return last
+
+
+def run_worker(config: dict, run_dir: Path, recorder, resume: bool) -> None:
+    """Entry point for core.runs.worker (config.json's "entry": "core.vapi.trainer:run_worker")."""
+    cfg = VapiConfig.from_dict({k: v for k, v in config.items() if k != "entry"})
+    Trainer(cfg, run_dir, recorder, log=lambda m: print(m, flush=True)).train(resume=resume)
+
+
+ENTRY = "core.vapi.trainer:run_worker"
