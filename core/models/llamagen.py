@@ -167,6 +167,7 @@ class CaptionEmbedder(nn.Module):
 
     def forward(self, caption: Tensor, drop: Optional[Tensor] = None) -> Tensor:
         # caption: [B, L, caption_dim]; drop: [B] bool -> [B, L, dim]
+        caption = caption.to(self.cap_proj.fc1.weight.dtype)  # float32 T5 features into a bf16 model
         if drop is not None:
             null = self.uncond_embedding[: caption.shape[1]].to(caption.dtype)
             caption = torch.where(drop[:, None, None], null, caption)
