@@ -4,9 +4,11 @@ It lets the workbench pretrain, align and evaluate small models end to end on a 
 
 - Deterministic: ``render(split, index)`` seeds numpy's PCG64 with ``SeedSequence((DOMAIN_KEY,
   split id, index))`` (never Python's ``hash``), so the same pair renders the same bytes in every
-  process. Scene parameters are drawn with ``Generator.random`` (a stable stream) and rotations
-  use ``math.cos``/``math.sin`` on scalars; pixels use only IEEE-exact elementwise float64
-  operations, so machines agree as well.
+  process. Scene parameters come from one ``Generator.random`` block (a stream numpy has kept
+  stable); pixels use only correctly rounded elementwise float64 operations (+, *, sqrt, min, max),
+  so machines agree too, up to libm's last bit in the scalar ``math.cos``/``math.sin`` of the
+  rotations, which can flip a pixel only if it lands exactly on a rounding boundary. A test pins
+  the digests of a few images.
 - Splits are disjoint seed streams, indices are unlimited, and the label is ``index % 10``: any
   contiguous range of 10k indices is exactly class-balanced.
 - Crisp on purpose (a measured probe found pixel noise made the tokenizer the bottleneck): a flat
@@ -204,7 +206,8 @@ def _shape_coverage(label: int, qx: np.ndarray, qy: np.ndarray, px: float) -> np
         return np.minimum(total, 1.0)
     if label == 7:  # moon: a disc minus an offset disc
         cut_x = qx - 0.45
-        return _coverage(np.maximum(np.sqrt(qx * qx + qy * qy) - 0.95, 0.75 - np.sqrt(cut_x * cut_x + qy * qy)), px)
+        outer = np.sqrt(qx * qx + qy * qy) - 0.95
+        return _coverage(np.maximum(outer, 0.75 - np.sqrt(cut_x * cut_x + qy * qy)), px)
     if label == 8:  # heart
         lx, ly = np.abs(qx) - _HEART_LOBE_X, qy - _HEART_LOBE_Y
         return np.maximum(_coverage(_halfplanes(_HEART_BODY, qx, qy), px),
