@@ -15,6 +15,9 @@ COMMAND_MODULES = (
     "core.models.cli",   # info, download, sample
     "core.runs.cli",     # runs list, show, stop, resume, delete
     "core.vapi.cli",     # train, bench step
+    "core.eval.cli",     # eval fid, embeddings, geneval-export, clip, summary (+ demo)
+    "core.models.demo_build",  # demo build
+    "core.eval.demo_report",   # eval demo
 )
 
 

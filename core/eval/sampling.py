@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import ConfigError, DataError
+from core.seeding import derive_seed
 
 SPEC_FILE = "spec.json"
 SAMPLES_DIR = "samples"
@@ -66,9 +67,8 @@ ProgressFn = Callable[[int, int], None]  # (samples done, samples in total)
 
 
 def sample_seed(seed: int, index: int) -> int:
-    """The sampler seed of sample `index`: a 63-bit child of `seed` (numpy SeedSequence spawn key)."""
-    state = np.random.SeedSequence(int(seed), spawn_key=(int(index),)).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
+    """The sampler seed of sample `index`: a 63-bit child of (seed, index)."""
+    return derive_seed(seed, index)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def cmd_info(args) -> int:
     print(f"Generator presets (downloads go to {paths.CHECKPOINTS_DIR}):")
     for g in registry.all_generators():
         t = registry.get_tokenizer(g.tokenizer)
-        absent = [f for f in (g, t) if not f.path.is_file()]
+        absent = [f for f in {id(g): g, id(t): t}.values() if not f.present]
         for f in absent:
             missing[f.path] = f
         state = "present" if not absent else "missing " + " + ".join(f.filename for f in absent)

@@ -24,21 +24,37 @@ def build_tokenizer(name: str) -> vq.VQModel:
     return vq.build(t.arch, codebook_size=t.codebook_size, codebook_embed_dim=t.codebook_embed_dim)
 
 
+def _load_janus(p: registry.GeneratorPreset, weights: Optional[str | Path], device, dtype):
+    from core.models import janus
+
+    policy, tok = janus.load_janus(p.path, device=device, dtype=dtype)
+    if weights is not None:
+        sd, _ = checkpoint.read_file(weights)
+        checkpoint.load_strict(policy, sd, weights)
+    return policy, tok
+
+
 def load_generator(preset_name: str, weights: Optional[str | Path] = None, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32) -> llamagen.Transformer:
-    """A preset's GPT with its published weights, or with `weights` (e.g. an aligned run checkpoint)."""
+                   dtype: torch.dtype = torch.float32):
+    """A preset's generator with its published weights, or with `weights` (e.g. an aligned run checkpoint)."""
     p = registry.get_generator(preset_name)
     if weights is None:
         registry.require_files(preset_name)
+    if p.family == "janus":
+        return _load_janus(p, weights, device, torch.bfloat16 if dtype == torch.float32 else dtype)[0]
     model = build_generator(preset_name)
     checkpoint.load_gpt(model, weights or p.path, expected=p.size if p.size != "demo" else "")
     return model.to(device=device, dtype=dtype).eval()
 
 
-def load_tokenizer(name: str, device: str | torch.device = "cpu", image_size: Optional[int] = None) -> vq.VQModel:
+def load_tokenizer(name: str, device: str | torch.device = "cpu", image_size: Optional[int] = None):
     t = registry.get_tokenizer(name)
-    if not t.path.is_file():
+    if not t.present:
         raise registry.MissingWeightsError(f"missing tokenizer weights {t.path} — {registry.download_hint(t.filename, t.repo_id)}")
+    if t.arch == "janus":
+        from core.models import janus
+
+        return janus.load_janus(t.path, device=device)[1]
     model = build_tokenizer(name)
     checkpoint.load_vq(model, t.path)
     if image_size is not None and image_size != model.config.image_size:
@@ -52,5 +68,7 @@ def load_pair(preset_name: str, weights: Optional[str | Path] = None, device: st
     p = registry.get_generator(preset_name)
     if weights is None:
         registry.require_files(preset_name)  # one message naming every missing file
+    if p.family == "janus":
+        return _load_janus(p, weights, device, torch.bfloat16)
     tok = load_tokenizer(p.tokenizer, device, image_size=p.image_size)
     return load_generator(preset_name, weights, device), tok

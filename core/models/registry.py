@@ -18,6 +18,7 @@ from core.errors import ConfigError, MissingWeightsError
 
 HF_C2I = "FoundationVision/LlamaGen"
 HF_T2I = "peizesun/llamagen_t2i"
+HF_JANUS = "deepseek-community/Janus-Pro-1B"  # transformers-format conversion of deepseek-ai/Janus-Pro-1B
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,15 @@ class TokenizerPreset:
     codebook_size: int = 16384
     codebook_embed_dim: int = 8
     description: str = ""
+    folder: bool = False  # a transformers model folder (Janus) instead of one file
 
     @property
     def path(self) -> Path:
         return (paths.DEMO_DIR if self.repo_id is None else paths.CHECKPOINTS_DIR) / self.filename
+
+    @property
+    def present(self) -> bool:
+        return (self.path / "config.json").is_file() if self.folder else self.path.is_file()
 
 
 @dataclass(frozen=True)
@@ -47,10 +53,15 @@ class GeneratorPreset:
     repo_id: Optional[str]
     description: str = ""
     overrides: dict = field(default_factory=dict)  # extra GPTConfig fields (e.g. the demo's sizes)
+    folder: bool = False  # a transformers model folder (Janus) instead of one file
 
     @property
     def path(self) -> Path:
         return (paths.DEMO_DIR if self.repo_id is None else paths.CHECKPOINTS_DIR) / self.filename
+
+    @property
+    def present(self) -> bool:
+        return (self.path / "config.json").is_file() if self.folder else self.path.is_file()
 
     @property
     def embedded(self) -> bool:
@@ -61,6 +72,8 @@ TOKENIZERS: dict[str, TokenizerPreset] = {t.name: t for t in [
     TokenizerPreset("vq16-c2i", "VQ-16", "vq_ds16_c2i.pt", HF_C2I, description="LlamaGen VQ-16 (ImageNet), 16x downsample"),
     TokenizerPreset("vq16-t2i", "VQ-16", "vq_ds16_t2i.pt", HF_T2I, description="LlamaGen VQ-16 (T2I data), 16x downsample"),
     TokenizerPreset("demo-vq", "demo", "vq.safetensors", None, description="embedded demo tokenizer (shapes domain)"),
+    TokenizerPreset("janus-vq", "janus", "Janus-Pro-1B", HF_JANUS, description="Janus-Pro's VQ (inside the model folder)",
+                    folder=True),
 ]}
 
 GENERATORS: dict[str, GeneratorPreset] = {g.name: g for g in [
@@ -73,6 +86,8 @@ GENERATORS: dict[str, GeneratorPreset] = {g.name: g for g in [
     GeneratorPreset("llamagen-c2i-3b-384", "llamagen", "c2i", "GPT-3B", 384, "vq16-c2i", "c2i_3B_384.pt", HF_C2I, "GPT-3B 3.1B, 384 px"),
     GeneratorPreset("llamagen-t2i-xl-256", "llamagen", "t2i", "GPT-XL", 256, "vq16-t2i", "t2i_XL_stage1_256.pt", HF_T2I, "GPT-XL T2I stage 1, 256 px (the paper's T2I model)"),
     GeneratorPreset("llamagen-t2i-xl-512", "llamagen", "t2i", "GPT-XL", 512, "vq16-t2i", "t2i_XL_stage2_512.pt", HF_T2I, "GPT-XL T2I stage 2, 512 px"),
+    GeneratorPreset("janus-pro-1b", "janus", "t2i", "Janus-Pro-1B", 384, "janus-vq", "Janus-Pro-1B", HF_JANUS,
+                    "Janus-Pro 1B unified model (transformers format), 384 px", folder=True),
 ]}
 
 DEFAULT_GENERATOR = "demo-c2i"
@@ -122,6 +137,9 @@ def all_tokenizers() -> list[TokenizerPreset]:
 def download_hint(filename: str, repo_id: Optional[str]) -> str:
     if repo_id is None:
         return f"{paths.DEMO_DIR / filename} is part of the repository; restore it with `git checkout -- checkpoints/demo` or rebuild with `python -m core demo build`"
+    if "." not in filename:  # a model folder
+        return (f"download it with `python -m core download {filename}` (or `hf download {repo_id} --local-dir "
+                f"{paths.CHECKPOINTS_DIR / filename}` on a machine with internet)")
     url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
     return (f"download it with `python -m core download {filename.rsplit('.', 1)[0]}` "
             f"or fetch {url} by hand and place it at {paths.CHECKPOINTS_DIR / filename}")
@@ -131,7 +149,7 @@ def require_files(generator: str) -> None:
     """Raise MissingWeightsError naming every missing file of a generator preset and its tokenizer."""
     g = get_generator(generator)
     t = get_tokenizer(g.tokenizer)
-    missing = [(p.path, p.filename, p.repo_id) for p in (g, t) if not p.path.is_file()]
+    missing = [(p.path, p.filename, p.repo_id) for p in {id(g): g, id(t): t}.values() if not p.present]
     if missing:
         lines = [f"missing weights for preset {generator!r}:"]
         lines += [f"  {path} — {download_hint(fn, repo)}" for path, fn, repo in missing]
@@ -162,13 +180,17 @@ def download(name: str, force: bool = False) -> Path:
     """Fetch a published checkpoint into checkpoints/ (progress bar from huggingface_hub)."""
     repo_id, filename = find_download(name)
     dest = paths.CHECKPOINTS_DIR / filename
-    if dest.is_file() and not force:
+    if (dest.is_file() or (dest / "config.json").is_file()) and not force:
         return dest
     if not hub_reachable():
         raise MissingWeightsError(
             f"cannot reach huggingface.co to download {filename} (offline?). Fetch "
             f"https://huggingface.co/{repo_id}/resolve/main/{filename} on a machine with internet and place it at {dest}")
+    paths.CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
+    if "." not in filename:  # a model folder (Janus)
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=repo_id, local_dir=str(dest)))
     from huggingface_hub import hf_hub_download
 
-    paths.CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
     return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_dir=str(paths.CHECKPOINTS_DIR)))

@@ -31,7 +31,8 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from core.errors import ConfigError, DataError, UserError
+from core.errors import ConfigError, UserError
+from core.seeding import derive_seed
 from core.vapi import baselines, objective, rewards
 from core.vapi.config import VapiConfig
 from core.vapi.objective import Batch
@@ -41,12 +42,6 @@ DEFAULT_IMAGENET_PREVIEW = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's
 
 class NonFiniteError(UserError):
     """A loss term or the gradient norm was NaN/inf: the step was not applied."""
-
-
-def derive_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across processes and machines."""
-    state = np.random.SeedSequence([int(p) & 0xFFFFFFFF for p in parts]).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
 
 
 @dataclass
@@ -115,7 +110,7 @@ class Trainer:
             if not Path(cfg.init_weights).is_file():
                 raise ConfigError("init_weights", f"file not found: {cfg.init_weights}")
             tok = registry.get_tokenizer(preset.tokenizer)
-            if not tok.path.is_file():
+            if not tok.present:
                 raise registry.MissingWeightsError(f"missing tokenizer {tok.path} — {registry.download_hint(tok.filename, tok.repo_id)}")
         rewards.check_available(cfg.reward_weights)
 
@@ -148,9 +143,8 @@ class Trainer:
         self.plan = StepPlan(len(self.dataset), cfg.global_batch_size, cfg.per_device_train_batch_size, self.world, cfg.seed)
 
         # --- models
-        self.tokenizer = load.load_tokenizer(self.preset.tokenizer, self.device, image_size=self.preset.image_size)
+        self.policy, self.tokenizer = load.load_pair(cfg.model, cfg.init_weights, self.device)
         self.tokenizer.requires_grad_(False)
-        self.policy = load.load_generator(cfg.model, cfg.init_weights, self.device)
         if self.preset.task == "c2i":
             self._check_classes()
         self.policy.gradient_checkpointing = cfg.gradient_checkpointing

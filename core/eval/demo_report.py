@@ -1,0 +1,205 @@
+"""The demo's measured result: demo-FID, class accuracy and diversity of free-running samples.
+
+For a demo generator (the committed base, or an aligned run checkpoint): `num_samples` samples per
+sampling seed, classes balanced (sample i shows class i % 10), the paper's "w/o CFG" setting by
+default (CFG 1.0, temperature 1.0, no top-k/top-p); every sample's seed derives from (sampling
+seed, i), so base and aligned are compared on the same random numbers. Features and class
+predictions come from the demo evaluator (trained on its own split, never used in a reward).
+
+- demo-FID: Fréchet distance of the evaluator's 16-d standardised features, samples vs the
+  held-out "reference" split (real images).
+- class accuracy: the evaluator's class prediction equals the conditioning class.
+- diversity: mean pairwise feature distance within a class, divided by the same for real images
+  (1.0 = as varied as real data; lower = mode collapse).
+- precision / recall (k=3) in the same feature space.
+The floor is the VQ reconstruction of real images: no generator can beat the tokenizer.
+"""
+from __future__ import annotations
+
+import statistics
+from functools import lru_cache
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from core import paths
+from core.eval import metrics as M
+from core.eval.sampling import sample_seed
+from core.models import demo
+
+
+@lru_cache(maxsize=4)
+def _evaluator(path: str):
+    from core.eval.demo_evaluator import load_evaluator
+
+    return load_evaluator(path)
+
+
+@torch.no_grad()
+def features_of(ev, images: torch.Tensor, batch: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    feats, preds = [], []
+    for lo in range(0, images.shape[0], batch):
+        x = images[lo:lo + batch]
+        f = ev.features(x)
+        feats.append(f.double().numpy())
+        preds.append(ev.logits(x).argmax(1).numpy())
+    return np.concatenate(feats), np.concatenate(preds)
+
+
+@lru_cache(maxsize=4)
+def reference_features(evaluator_path: str, count: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    from core.data.shapes import images_tensor
+
+    x, y = images_tensor("reference", range(count), 32)
+    f, _ = features_of(_evaluator(evaluator_path), x)
+    return f, y.numpy()
+
+
+def diversity(feats: np.ndarray, labels: np.ndarray, per_class: int = 100) -> float:
+    """Mean within-class pairwise L2 distance (first `per_class` items of each class)."""
+    vals = []
+    for c in np.unique(labels):
+        f = feats[labels == c][:per_class]
+        if len(f) < 2:
+            continue
+        d = np.sqrt(((f[:, None, :] - f[None, :, :]) ** 2).sum(-1))
+        vals.append(d[np.triu_indices(len(f), 1)].mean())
+    return float(np.mean(vals))
+
+
+@torch.no_grad()
+def sample(demo_dir: Path, weights: Optional[str | Path], n: int, sampling_seed: int, cfg_scale: float = 1.0,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, batch: int = 500) -> tuple[torch.Tensor, np.ndarray]:
+    from core.models.generate import generate_images
+
+    gen, tok = _models(str(demo_dir), str(weights) if weights else None)
+    labels = torch.arange(n) % gen.config.num_classes
+    seeds = [sample_seed(sampling_seed, i) for i in range(n)]
+    imgs = generate_images(gen, tok, labels, seeds=seeds, batch_size=batch, cfg_scale=cfg_scale,
+                           temperature=temperature, top_k=top_k, top_p=top_p)
+    return imgs, labels.numpy()
+
+
+@lru_cache(maxsize=4)
+def _models(demo_dir: str, weights: Optional[str]):
+    from core.models.load import load_pair
+
+    if Path(demo_dir) != paths.DEMO_DIR:
+        raise ValueError(f"demo models are read from {paths.DEMO_DIR}; set VAPI_DEMO_DIR to use {demo_dir}")
+    return load_pair("demo-c2i", weights)
+
+
+def evaluate_checkpoint(demo_dir: Path | None = None, weights: Optional[str | Path] = None, num_samples: int = 1000,
+                        sample_seeds: Sequence[int] = (0, 1, 2), cfg_scale: float = 1.0, temperature: float = 1.0,
+                        reference_count: int = 5000, log: Callable[[str], None] = print) -> dict:
+    """Metrics of one generator (weights=None: the committed base) as mean ± std over sampling seeds."""
+    demo_dir = Path(demo_dir or paths.DEMO_DIR)
+    ev_path = str(demo_dir / demo.read_manifest(demo_dir)["evaluator"]["file"])
+    ev = _evaluator(ev_path)
+    ref_f, ref_y = reference_features(ev_path, reference_count)
+    mu_r, sig_r = M.feature_stats(ref_f)
+    div_real = diversity(ref_f, ref_y)
+    per_seed = []
+    for s in sample_seeds:
+        imgs, labels = sample(demo_dir, weights, num_samples, s, cfg_scale, temperature)
+        f, pred = features_of(ev, imgs)
+        mu, sig = M.feature_stats(f)
+        pr = M.precision_recall(ref_f[: max(num_samples, 1000)], f, k=3)
+        per_seed.append({"demo_fid": M.frechet_distance(mu, sig, mu_r, sig_r),
+                         "class_accuracy": float((pred == labels).mean()),
+                         "diversity": diversity(f, labels) / div_real,
+                         "precision": pr.precision, "recall": pr.recall})
+        log(f"  seed {s}: " + ", ".join(f"{k} {v:.4f}" for k, v in per_seed[-1].items()))
+    out = {"num_samples": num_samples, "sample_seeds": list(sample_seeds), "cfg_scale": cfg_scale,
+           "temperature": temperature, "weights": str(weights) if weights else "base"}
+    for k in per_seed[0]:
+        vals = [p[k] for p in per_seed]
+        out[k] = statistics.fmean(vals)
+        out[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out
+
+
+@torch.no_grad()
+def tokenizer_floor(demo_dir: Path | None = None, count: int = 5000, reference_count: int = 5000) -> dict:
+    """demo-FID and accuracy of VQ reconstructions of real held-out images (the best any generator can do)."""
+    from core.data.shapes import images_tensor
+    from core.models.load import load_tokenizer
+
+    demo_dir = Path(demo_dir or paths.DEMO_DIR)
+    ev_path = str(demo_dir / demo.read_manifest(demo_dir)["evaluator"]["file"])
+    ref_f, _ = reference_features(ev_path, reference_count)
+    tok = load_tokenizer("demo-vq")
+    x, y = images_tensor("val", range(count), tok.image_size)
+    rec = torch.cat([tok.decode(tok.encode(x[i:i + 500])) for i in range(0, count, 500)]).clamp(-1, 1)
+    f, pred = features_of(_evaluator(ev_path), rec)
+    return {"demo_fid": M.fid_from_features(f, ref_f), "class_accuracy": float((pred == y.numpy()).mean())}
+
+
+# ----------------------------------------------------------------------------- `python -m core eval demo`
+def configure_cli(p) -> None:
+    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
+                   help="an aligned generator checkpoint (a run's checkpoints/step-N/model.pt or the run folder; repeatable)")
+    p.add_argument("--no-base", action="store_true", help="skip the committed base model")
+    p.add_argument("--num-samples", type=int, default=1000, help="samples per sampling seed (classes balanced)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (mean ± std over them)")
+    p.add_argument("--cfg-scale", type=float, default=1.0, help="1.0 = the paper's w/o-CFG column")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--floor", action="store_true", help="also report the tokenizer floor (VQ reconstructions of real images)")
+    p.add_argument("--json", type=Path, default=None, help="write the results here")
+
+
+def resolve_checkpoint(ref: str) -> Path:
+    """A model.pt path, a checkpoint folder or a run folder (its last checkpoint) -> the model.pt path."""
+    from core.errors import ConfigError
+    from core.runs.store import find_last_checkpoint
+
+    p = Path(ref)
+    if p.is_file():
+        return p
+    if (p / "model.pt").is_file():
+        return p / "model.pt"
+    if (p / "checkpoints").is_dir():
+        ck = find_last_checkpoint(p)
+        if ck is not None and (Path(ck.path) / "model.pt").is_file():
+            return Path(ck.path) / "model.pt"
+    raise ConfigError("checkpoint", f"{ref}: not a model.pt, a checkpoint folder or a run folder with a checkpoint")
+
+
+def cmd_eval_demo(args) -> int:
+    import json
+
+    from core.models import registry
+
+    registry.require_files("demo-c2i")
+    rows = []
+    targets = ([] if args.no_base else [("base", None)]) + [(c, resolve_checkpoint(c)) for c in args.checkpoint]
+    for name, weights in targets:
+        print(f"{name}: sampling {args.num_samples} x {len(args.seeds)} seeds", flush=True)
+        rows.append((name, evaluate_checkpoint(weights=weights, num_samples=args.num_samples, sample_seeds=args.seeds,
+                                               cfg_scale=args.cfg_scale, temperature=args.temperature)))
+    floor = tokenizer_floor() if args.floor else None
+    keys = ("demo_fid", "class_accuracy", "diversity", "precision", "recall")
+    print(f"\n{'model':40s} " + " ".join(f"{k:>18s}" for k in keys))
+    for name, r in rows:
+        print(f"{name[-40:]:40s} " + " ".join(f"{r[k]:9.4f} ± {r[k + '_std']:6.4f}" for k in keys))
+    if floor:
+        print(f"{'tokenizer floor (VQ recon of real)':40s} {floor['demo_fid']:9.4f}          {floor['class_accuracy']:9.4f}")
+    if len(rows) > 1 and rows[0][0] == "base":
+        b = rows[0][1]
+        for name, r in rows[1:]:
+            print(f"{name[-40:]}: demo-FID {100 * (r['demo_fid'] / b['demo_fid'] - 1):+.1f}% vs base, "
+                  f"class accuracy {r['class_accuracy'] - b['class_accuracy']:+.4f}")
+    if args.json:
+        args.json.write_text(json.dumps({"results": dict(rows), "floor": floor}, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    from core.eval.cli import add_eval_command
+
+    add_eval_command(sub, "demo", "demo-FID, class accuracy and diversity: base vs aligned demo generators",
+                     lambda p: (configure_cli(p), p.set_defaults(func=cmd_eval_demo)),
+                     description="Measure the embedded demo generator and aligned checkpoints on fixed seeds: "
+                                 "demo-FID vs held-out real images, class accuracy, diversity (mean ± std over seeds).")
