@@ -1,0 +1,289 @@
+"""Base vs aligned samples with the same seeds: what the Compare tab computes, without Gradio.
+
+A side is a *source*: a generator preset with its published (or embedded) weights, written
+"preset:<name>", or a run checkpoint, "run:<run id>:<step>". Both sides sample the same (condition,
+seed) list; `core.models.generate.generate_images` makes row i depend only on (cond[i], seeds[i]),
+so equal weights give equal images and any difference comes from the weights.
+
+Loaded models come from the app's ModelCache; sampling holds the device's lock, so two users never
+sample on one GPU at the same time.
+"""
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from core.errors import ConfigError, MissingWeightsError, UserError
+from core.runs.store import RunNotFoundError, RunStore
+
+MAX_IMAGES = 64  # pairs per request: sampling runs inside the request
+MIN_SIDE_PX = 128  # small demo images are enlarged (nearest neighbour) to at least this size
+
+
+@dataclass(frozen=True)
+class Source:
+    value: str  # "preset:<name>" | "run:<run id>:<step>"
+    label: str
+    preset: str  # generator preset
+    generator_weights: Optional[Path]  # None: the preset's own weights
+    tokenizer_weights: Optional[Path]  # a decoder-baseline checkpoint's tokenizer.pt
+
+
+@dataclass(frozen=True)
+class Pair:
+    caption: str
+    base: Path
+    aligned: Path
+    identical: bool
+
+
+@dataclass(frozen=True)
+class Comparison:
+    pairs: list[Pair]
+    zip_path: Path
+    base: Source
+    aligned: Source
+
+
+def preset_value(name: str) -> str:
+    return f"preset:{name}"
+
+
+def run_value(run_id: str, step: int) -> str:
+    return f"run:{run_id}:{step}"
+
+
+def source_choices(store: RunStore) -> list[tuple[str, str]]:
+    """(label, value) of every generator preset and every run checkpoint, newest run first."""
+    from core.models import registry
+
+    out = [(f"preset · {g.name}", preset_value(g.name)) for g in registry.all_generators()]
+    for run in store.list_runs():
+        for ckpt in reversed(store.checkpoints(run.id)):
+            out.append((f"run · {run.id} · step {ckpt.step}", run_value(run.id, ckpt.step)))
+    return out
+
+
+def latest_checkpoint_value(store: RunStore, run_id: str | None = None) -> Optional[str]:
+    """The newest checkpoint of `run_id` (or of the newest run that has one)."""
+    runs = [store.get(run_id)] if run_id else store.list_runs()
+    for run in runs:
+        ckpt = store.last_checkpoint(run.id)
+        if ckpt is not None:
+            return run_value(run.id, ckpt.step)
+    return None
+
+
+def parse_source(value: str | None, store: RunStore, field: str) -> Source:
+    """A source value -> Source; ConfigError(field) for anything that does not name one."""
+    from core.models import registry
+
+    text = (value or "").strip()
+    if text.startswith("preset:"):
+        name = text[len("preset:"):]
+        try:
+            registry.get_generator(name)
+        except ConfigError as e:
+            raise ConfigError(field, str(e)) from None
+        return Source(text, f"preset {name}", name, None, None)
+    m = re.fullmatch(r"run:([A-Za-z0-9][A-Za-z0-9._-]*):(\d+)", text)
+    if not m:
+        raise ConfigError(field, f"{text!r}: pick a preset or a run checkpoint from the list")
+    run_id, step = m.group(1), int(m.group(2))
+    try:
+        store.get(run_id)
+    except RunNotFoundError:
+        raise ConfigError(field, f"run {run_id} does not exist (deleted?)") from None
+    ckpt = next((c for c in store.checkpoints(run_id) if c.step == step), None)
+    if ckpt is None:
+        raise ConfigError(field, f"run {run_id} has no checkpoint at step {step}")
+    config = store.read_config(run_id)
+    preset = config.get("model")
+    if not isinstance(preset, str):
+        raise ConfigError(field, f"run {run_id}: its config names no model preset")
+    if config.get("method") == "decoder":
+        init = config.get("init_weights")
+        return Source(text, f"{run_id} step {step}", preset, Path(init) if init else None,
+                      ckpt.path / "tokenizer.pt")
+    return Source(text, f"{run_id} step {step}", preset, ckpt.path / "model.pt", None)
+
+
+def _file_key(path: Optional[Path]) -> tuple:
+    if path is None:
+        return ()
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (str(path), None)
+    return (str(path), st.st_size, st.st_mtime_ns)
+
+
+def _load(source: Source, device: str):
+    from core.models import checkpoint, load
+
+    gen, tok = load.load_pair(source.preset, source.generator_weights, device)
+    if source.tokenizer_weights is not None:  # a decoder-baseline checkpoint: its tokenizer, the preset's generator
+        checkpoint.load_vq(tok, source.tokenizer_weights)
+    return gen.eval(), tok.eval()
+
+
+def load_source(ctx, source: Source, device: str):
+    """(generator, tokenizer) of a source on `device`, through the app's model cache."""
+    from core.models import registry
+
+    preset = registry.get_generator(source.preset)
+    key = ("pair", source.preset, _file_key(source.generator_weights or preset.path),
+           _file_key(source.tokenizer_weights), _file_key(registry.get_tokenizer(preset.tokenizer).path), device)
+    return ctx.models.get(key, lambda: _load(source, device))
+
+
+def parse_seeds(text: str | Sequence[int] | None, field: str = "seeds") -> list[int]:
+    raw = ",".join(str(x) for x in text) if isinstance(text, (list, tuple)) else str(text or "")
+    items = [t.strip() for t in raw.replace(";", ",").replace(" ", ",").split(",") if t.strip()]
+    if not items:
+        raise ConfigError(field, "give at least one seed, e.g. 0, 1, 2, 3")
+    try:
+        seeds = [int(t) for t in items]
+    except ValueError:
+        raise ConfigError(field, f"expected whole numbers separated by commas, got {raw!r}") from None
+    if any(s < 0 or s >= 2**63 for s in seeds):
+        raise ConfigError(field, "seeds must be between 0 and 2^63 - 1")
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(field, "each seed once, please")
+    return seeds
+
+
+def _checked_load(ctx, source: Source, device: str, field: str):
+    """load_source, with a missing or unreadable weights file reported against `field`."""
+    from core.errors import CheckpointError
+
+    try:
+        return load_source(ctx, source, device)
+    except (MissingWeightsError, CheckpointError) as e:
+        raise ConfigError(field, str(e)) from None
+
+
+def _conditions(source: Source, policy, classes, prompts) -> tuple[list, list[str], Optional[str]]:
+    """(conditions, their labels, None for class ids or the task "t2i" for prompts)."""
+    from core.data.classes import class_names_for, resolve_classes
+    from core.models import registry
+
+    task = registry.get_generator(source.preset).task
+    if task == "c2i":
+        names = class_names_for(policy.config.num_classes)
+        items = [] if classes is None else ([classes] if isinstance(classes, (str, int)) else list(classes))
+        if not items:
+            raise ConfigError("classes", "pick at least one class")
+        ids = resolve_classes(items, names, field="classes")
+        return ids, [names[i] for i in ids], None
+    items = prompts if isinstance(prompts, (list, tuple)) else str(prompts or "").splitlines()
+    lines = [p.strip() for p in items if p and p.strip()]
+    if not lines:
+        raise ConfigError("prompts", "give at least one prompt (one per line)")
+    return lines, lines, task
+
+
+def _encode_prompts(ctx, policy, prompts: list[str], device: str):
+    if hasattr(policy, "encode_prompts"):
+        return policy.encode_prompts(prompts)
+    from core.models.text import T5CaptionEncoder
+
+    try:
+        encoder = ctx.models.get(("t5", device), lambda: T5CaptionEncoder(device=device))
+    except (MissingWeightsError, UserError) as e:
+        raise ConfigError("prompts", str(e)) from None
+    return encoder.encode(prompts)
+
+
+def _sample(ctx, source: Source, device: str, conds: list, task: str | None, seeds: list[int], sampling: dict) -> torch.Tensor:
+    from core.models.generate import generate_images
+
+    policy, tok = load_source(ctx, source, device)
+    if task is None:
+        cond = torch.tensor([c for c in conds for _ in seeds], device=device)
+        mask = None
+    else:
+        cond, mask = _encode_prompts(ctx, policy, [p for p in conds for _ in seeds], device)
+        cond, mask = cond.to(device), (mask.to(device) if mask is not None else None)
+    all_seeds = [s for _ in conds for s in seeds]
+    with ctx.device_locks(device):
+        return generate_images(policy, tok, cond, seeds=all_seeds, cond_mask=mask, **sampling)
+
+
+def _to_images(images: torch.Tensor) -> np.ndarray:
+    from core.imaging import to_uint8
+
+    arr = to_uint8(images)
+    scale = max(1, -(-MIN_SIDE_PX // arr.shape[1]))
+    if scale > 1:
+        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
+    return arr
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "x"
+
+
+def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=None, seeds="0, 1, 2, 3",
+            cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+            device: str = "cpu") -> Comparison:
+    """Sample base and aligned for every (condition, seed); write the PNG pairs and a zip of them."""
+    from core import device as devmod
+    from core.imaging import save_png
+    from core.models import registry
+    from core.models.generate import check_sampling_args
+
+    base = parse_source(base_value, ctx.store, "base")
+    aligned = parse_source(aligned_value, ctx.store, "aligned")
+    b, a = registry.get_generator(base.preset), registry.get_generator(aligned.preset)
+    if b.task != a.task:
+        raise ConfigError("aligned", f"{aligned.label} is {a.task}, {base.label} is {b.task}: compare models of one kind")
+    seed_list = parse_seeds(seeds)
+    try:
+        top_k_int = int(top_k)
+    except (TypeError, ValueError):
+        raise ConfigError("top_k", f"expected a whole number, got {top_k!r}") from None
+    sampling = dict(cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=top_k_int, top_p=float(top_p))
+    check_sampling_args(**sampling)
+    dev = str(devmod.resolve(device or "cpu"))
+    if dev == "cuda":
+        dev = "cuda:0"
+    base_policy, _ = _checked_load(ctx, base, dev, "base")
+    aligned_policy, _ = _checked_load(ctx, aligned, dev, "aligned")
+    conds, labels, task = _conditions(base, base_policy, classes, prompts)
+    if task is None and aligned_policy.config.num_classes != base_policy.config.num_classes:
+        raise ConfigError("aligned", f"{aligned.label} has {aligned_policy.config.num_classes} classes, "
+                                     f"{base.label} has {base_policy.config.num_classes}")
+    if len(conds) * len(seed_list) > MAX_IMAGES:
+        raise ConfigError("seeds", f"{len(conds)} conditions x {len(seed_list)} seeds = {len(conds) * len(seed_list)} "
+                                   f"pairs; at most {MAX_IMAGES} per request")
+    base_imgs = _to_images(_sample(ctx, base, dev, conds, task, seed_list, sampling))
+    aligned_imgs = _to_images(_sample(ctx, aligned, dev, conds, task, seed_list, sampling))
+    folder = ctx.new_scratch("compare-")
+    pairs = []
+    i = 0
+    for label in labels:
+        for seed in seed_list:
+            stem = f"{i:03d}_{_slug(label)}_seed{seed}"
+            bp = save_png(base_imgs[i], folder / f"{stem}_base.png")
+            ap = save_png(aligned_imgs[i], folder / f"{stem}_aligned.png")
+            same = bool(np.array_equal(base_imgs[i], aligned_imgs[i]))
+            pairs.append(Pair(f"{label} · seed {seed}{' · identical' if same else ''}", bp, ap, same))
+            i += 1
+    manifest = {"base": base.value, "aligned": aligned.value, "conditions": labels, "seeds": seed_list,
+                "sampling": sampling, "device": dev,
+                "pairs": [{"caption": p.caption, "base": p.base.name, "aligned": p.aligned.name} for p in pairs]}
+    zip_path = folder / "pairs.zip"
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for p in pairs:
+            zf.write(p.base, f"base/{p.base.name}")
+            zf.write(p.aligned, f"aligned/{p.aligned.name}")
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2))
+    return Comparison(pairs, zip_path, base, aligned)

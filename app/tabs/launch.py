@@ -1,0 +1,382 @@
+"""Launch tab: model, data, paper preset and every VA-π hyperparameter, checked before launch.
+
+The form is generated from app.form.FIELDS (one input per VapiConfig field, labelled with the field's
+name, its config.py comment as help). Each edit re-validates the config and refreshes the equivalent
+CLI command; "Check inputs" and "Launch" also run the trainer's preflight (model files, LPIPS
+weights, data folder). An error is shown under the input it belongs to, and its section opens.
+The launch endpoint's API parameters are the config field names ("." and "-" written as "__" and
+"_"), so `client.predict(beta=0.2, api_name="/launch_run")` launches the form's defaults with beta 0.2.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import gradio as gr
+
+from app import form
+from app.tabs import BuildContext
+from app.views import run_choices
+from core.errors import ConfigError, MissingWeightsError, UserError
+from core.runs.store import ACTIVE
+from core.vapi import config as C
+
+TAB_ID = "launch"
+LABEL = "Launch"
+DEFAULT_PRESET = "demo-c2i"
+EXTRA_INFO = {
+    "preset": "fills every field below with a preset: the paper's settings (Table 7) or the CPU demo",
+    "name": "shown in the Runs tab; the run id adds a timestamp",
+    "devices": "CPU, one GPU, or several GPUs (accelerate). A run waits in the queue while another active "
+               "run uses one of its devices",
+}
+DATA_LABELS = {"shapes": "demo shapes domain", "imagefolder": "ImageNet-layout folder", "captions": "caption folder"}
+LAYOUT = {  # inputs per row in each section, in order; fields not named here follow one per row
+    "model": [["method", "init_weights"]],
+    "data": [["data_path", "data_subset"], ["num_workers", "cache_tokens"]],
+    "rollout": [["num_generations", "temperature"], ["xi", "xi_schedule"], ["cond_drop_prob"]],
+    "reward": [["reward_weights.mse", "reward_weights.lpips"], ["reward_weights.l1", "reward_weights.lpips-alex"],
+               ["reward_chunk_size"]],
+    "objective": [["beta", "prior"], ["epsilon", "advantage_clip"], ["num_iterations", "schedule"]],
+    "optimisation": [["learning_rate", "weight_decay"], ["adam_beta1", "adam_beta2"], ["max_grad_norm", "lr_scheduler"],
+                     ["global_batch_size", "per_device_train_batch_size"], ["max_steps", "warmup_steps"],
+                     ["mixed_precision", "seed"], ["gradient_checkpointing"]],
+    "checkpoints": [["save_steps", "logging_steps", "preview_steps"], ["preview_classes"], ["preview_prompts"],
+                    ["preview_seeds", "preview_cfg_scale"], ["kl_probe_size", "report_to"]],
+}
+KEYS = ["preset", "name", "devices", *form.FIELD_NAMES]  # every input of the form, in the endpoint's order
+
+
+def api_name_of(key: str) -> str:
+    """The launch endpoint's parameter name for a form key."""
+    return key.replace(".", "__").replace("-", "_")
+
+
+def field_info(key: str, app, data_kind: str) -> str:
+    """The help line under an input (also what an error message is replaced by once fixed)."""
+    if key in EXTRA_INFO:
+        return EXTRA_INFO[key]
+    if key == "data_path":
+        return data_path_info(data_kind, app)
+    f = form.BY_NAME[key]
+    suffix = {"classes": "; empty = the trainer's default", "lines": "; one per line", "int_list": "; comma-separated"}
+    return f.help + suffix.get(f.kind, "")
+
+
+# ----------------------------------------------------------------------------- status texts
+def model_status(model: str) -> tuple[str, bool]:
+    """(markdown about the preset's weight files, whether a download can fetch what is missing)."""
+    from core.models import registry
+
+    try:
+        g = registry.get_generator(model)
+    except ConfigError as e:
+        return f"⚠ {e}", False
+    t = registry.get_tokenizer(g.tokenizer)
+    lines = [f"**{g.name}** · {g.task} · {g.size} · {g.image_size} px — {g.description}"]
+    missing_published = False
+    parts = [("generator", g)] + ([("tokenizer", t)] if t.path != g.path else [])  # Janus: one model folder
+    for what, p in parts:
+        if p.present:
+            lines.append(f"- {what} `{p.filename}` ✓ present")
+        elif p.repo_id is None:
+            lines.append(f"- {what} `{p.filename}` ✗ missing — {registry.download_hint(p.filename, p.repo_id)}")
+        else:
+            missing_published = True
+            lines.append(f"- {what} `{p.filename}` ✗ missing — published at huggingface.co/{p.repo_id}; "
+                         f"**Download** fetches it into `{p.path.parent}`")
+    return "\n".join(lines), missing_published
+
+
+DEMO_NOTE = ("**Demo preset.** The reward here is pixel-only: MSE between decoded samples and the ground truth. "
+             "Offline there are no VGG weights for LPIPS, so the paper's perceptual term is off; where "
+             "torchvision's `vgg16-397923af.pth` is installed, set `reward_weights.lpips` to 1 to add it back.")
+
+
+def shows_demo_note(preset: str, model: str) -> bool:
+    return preset == DEFAULT_PRESET or model == "demo-c2i"
+
+
+def device_choices(ctx) -> list[tuple[str, str]]:
+    from core import device
+
+    busy: dict[str, str] = {}
+    for run in ctx.store.list_runs(ACTIVE):
+        for d in (["cpu"] if run.devices == "cpu" else [f"cuda:{i}" for i in run.devices[5:].split(",")]):
+            busy[d] = run.id
+    out = []
+    for d in device.report():
+        note = f" — busy: run {busy[d['name']]}" if d["name"] in busy else ""
+        out.append((f"{d['name']} · {d['detail']}{note}", d["name"]))
+    return out
+
+
+def default_devices(preset: str) -> list[str]:
+    import torch
+
+    if C.preset(preset).get("device") == "cpu" or not torch.cuda.is_available():
+        return ["cpu"]
+    return ["cuda:0"]
+
+
+def data_path_info(kind: str, ctx) -> str:
+    if kind == "shapes":
+        from core.data.shapes import SPLITS
+
+        return f"for the shapes domain: the split ({', '.join(SPLITS)}; empty = train)"
+    roots = ", ".join(str(r) for r in ctx.data_roots) or "(none: start the app with --data-root)"
+    layout = "root/<class>/<image>" if kind == "imagefolder" else "images + captions.jsonl"
+    return f"a folder ({layout}) inside the data roots: {roots}. A relative path is looked up in each root"
+
+
+# ----------------------------------------------------------------------------- checking
+def _error_outputs(flagged: str | None, error: ConfigError | None, app, values: dict) -> tuple[list, list, str | None]:
+    """Updates for every input and section: the new error under its input, the previous one cleared."""
+    target = form.form_field_of(error.field) if error is not None else None
+    message = str(error)[len(error.field) + 2:] if error is not None else ""
+    updates = []
+    for key in KEYS:
+        if key == target:
+            updates.append(gr.update(info=f"⚠ {message}", elem_classes=["field-error"]))
+        elif key == flagged:
+            updates.append(gr.update(info=field_info(key, app, values.get("data") or "shapes"), elem_classes=[]))
+        else:
+            updates.append(gr.skip())
+    group = form.BY_NAME[target].group if target in form.BY_NAME else None
+    sections = [gr.update(open=True) if g == group else gr.skip() for g in form.GROUPS if g not in ("model", "data")]
+    return updates, sections, target
+
+
+def _values(args: tuple) -> dict[str, Any]:
+    return dict(zip(KEYS, args))
+
+
+def check(ctx, values: dict[str, Any], *, full: bool) -> form.LaunchPlan:
+    """Form values -> a plan; `full` also runs the trainer's preflight. Raises ConfigError(form key)."""
+    plan = form.build_plan(values["preset"], values, values["devices"], values["name"])
+    plan = form.confine_paths(plan, ctx.data_roots, ctx.weight_roots)
+    if full:
+        form.preflight(plan)
+    return plan
+
+
+def _error_text(error: ConfigError, what: str) -> str:
+    message = str(error)[len(error.field) + 2:]
+    return f"✗ **{what}** — `{error.field}`: {message}"
+
+
+# ----------------------------------------------------------------------------- the tab
+def build(ctx: BuildContext) -> None:
+    app = ctx.app
+    defaults = form.preset_form_values(DEFAULT_PRESET)
+    comps: dict[str, Any] = {}
+    sections: dict[str, gr.Accordion] = {}
+
+    def make(key: str) -> Any:
+        f = form.BY_NAME[key]
+        value = defaults[key]
+        common = dict(label=key, info=field_info(key, app, defaults["data"]), elem_id=f"field-{api_name_of(key)}")
+        if f.kind == "model":
+            return gr.Dropdown(choices=form.model_names(), value=value, filterable=True, **common)
+        if key == "data":
+            return gr.Radio(choices=[(DATA_LABELS.get(c, c), c) for c in f.choices], value=value, **common)
+        if f.kind == "choice":
+            return gr.Dropdown(choices=list(f.choices), value=value, **common)
+        if f.kind == "multichoice":
+            return gr.CheckboxGroup(choices=list(f.choices), value=value, **common)
+        if f.kind == "bool":
+            return gr.Checkbox(value=value, **common)
+        if f.kind == "int":  # no precision=0: Gradio would round 2.5 silently; from_form rejects it by name
+            return gr.Number(value=value, step=1, **common)
+        if f.kind in ("float", "optional_float"):
+            return gr.Number(value=value, **common)
+        if f.kind == "classes":
+            return gr.Dropdown(choices=form.class_choices(defaults["model"]), value=value, multiselect=True,
+                               filterable=True, **common)
+        if f.kind == "lines":
+            return gr.Textbox(value=value, lines=2, **common)
+        return gr.Textbox(value=value, **common)
+
+    def place(group: str) -> None:
+        placed = set()
+        for row in LAYOUT.get(group, []):
+            with gr.Row(equal_height=False):
+                for key in row:
+                    comps[key] = make(key)
+                    placed.add(key)
+        for f in form.fields_in(group):
+            if f.name not in placed and f.name != "model" and f.name != "data":
+                comps[f.name] = make(f.name)
+
+    gr.Markdown("Pick a model and data, a paper preset, adjust any hyperparameter, then **Launch**. "
+                "The run starts in its own process; watch it in the **Runs** tab.", elem_classes=["tab-intro"])
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=420):
+            with gr.Row(equal_height=False):
+                comps["preset"] = gr.Dropdown(choices=C.preset_names(), value=DEFAULT_PRESET, label="preset",
+                                              info=EXTRA_INFO["preset"], elem_id="field-preset")
+                comps["name"] = gr.Textbox(value=DEFAULT_PRESET, label="name", info=EXTRA_INFO["name"],
+                                           elem_id="field-name")
+            note = gr.Markdown(DEMO_NOTE, visible=shows_demo_note(DEFAULT_PRESET, defaults["model"]),
+                               elem_classes=["demo-note"], elem_id="demo-note")
+            with gr.Group():
+                gr.Markdown("#### Model", elem_classes=["section-title"])
+                comps["model"] = make("model")
+                status_text, downloadable = model_status(defaults["model"])
+                model_md = gr.Markdown(status_text, elem_classes=["model-status"])
+                download_btn = gr.Button("Download missing weights", visible=downloadable, size="sm")
+                place("model")
+            with gr.Group():
+                gr.Markdown("#### Data", elem_classes=["section-title"])
+                comps["data"] = make("data")
+                place("data")
+            for group in form.GROUPS:
+                if group in ("model", "data"):
+                    continue
+                with gr.Accordion(form.GROUP_TITLES[group], open=False) as acc:
+                    place(group)
+                sections[group] = acc
+        with gr.Column(scale=2, min_width=320, elem_id="launch-side"):
+            comps["devices"] = gr.CheckboxGroup(choices=device_choices(app), value=default_devices(DEFAULT_PRESET),
+                                                label="devices", info=EXTRA_INFO["devices"], elem_id="field-devices")
+            refresh_devices = gr.Button("Refresh devices", size="sm")
+            with gr.Row():
+                check_btn = gr.Button("Check inputs")
+                launch_btn = gr.Button("Launch run", variant="primary", elem_id="launch-button")
+            status = gr.Markdown("", label="launch status", elem_id="launch-status")
+            start = form.build_plan(DEFAULT_PRESET, defaults, default_devices(DEFAULT_PRESET), DEFAULT_PRESET)
+            cli = gr.Code(value=start.cli, language="shell", label="equivalent command", interactive=False,
+                          elem_id="launch-cli", wrap_lines=True)
+    flagged = gr.State(None)
+    inputs = [comps[k] for k in KEYS]
+    section_list = [sections[g] for g in form.GROUPS if g in sections]
+    check_outputs = [*inputs, *section_list, status, cli, flagged]
+
+    # --- live validation and the CLI command (no files are read)
+    def live(*args):
+        values, prev = _values(args[:-1]), args[-1]
+        try:
+            plan = check(app, values, full=False)
+        except ConfigError as e:
+            updates, opened, target = _error_outputs(prev, e, app, values)
+            return (*updates, *opened, _error_text(e, "needs a fix"), f"# not valid yet: {e}", target)
+        updates, opened, target = _error_outputs(prev, None, app, values)
+        return (*updates, *opened, "", plan.cli, None)
+
+    live.__signature__ = inspect.Signature([inspect.Parameter(api_name_of(k), inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                                            for k in [*KEYS, "flagged"]])
+    gr.on([comps[k].input for k in KEYS if k != "preset"], live, inputs=[*inputs, flagged], outputs=check_outputs, trigger_mode="always_last",
+          show_progress="hidden", api_name="validate_form", concurrency_limit=None)
+
+    def full_check(*args):
+        values, prev = _values(args[:-1]), args[-1]
+        try:
+            plan = check(app, values, full=True)
+        except ConfigError as e:
+            updates, opened, target = _error_outputs(prev, e, app, values)
+            return (*updates, *opened, _error_text(e, "Check failed"), f"# not valid yet: {e}", target)
+        updates, opened, _ = _error_outputs(prev, None, app, values)
+        return (*updates, *opened, f"✓ Inputs look good: {plan.cfg.max_steps} steps of "
+                                   f"{plan.cfg.global_batch_size} images x G={plan.cfg.num_generations} on {plan.devices}.",
+                plan.cli, None)
+
+    full_check.__signature__ = live.__signature__
+    check_btn.click(full_check, inputs=[*inputs, flagged], outputs=check_outputs, api_name="check_form",
+                    concurrency_limit=4)
+
+    # --- preset: fill every field, then validate
+    def fill(preset):
+        try:
+            values = form.preset_form_values(preset)
+        except ConfigError:
+            return [gr.skip()] * len(KEYS)
+        out = []
+        for key in KEYS:
+            if key == "preset":
+                out.append(gr.skip())
+            elif key == "name":
+                out.append(preset)
+            elif key == "devices":
+                out.append(default_devices(preset))
+            else:
+                out.append(values[key])
+        return out
+
+    comps["preset"].input(fill, inputs=comps["preset"], outputs=inputs, api_name="fill_preset", show_progress="hidden") \
+        .then(live, inputs=[*inputs, flagged], outputs=check_outputs, api_visibility="private", show_progress="hidden")
+
+    # --- model: its files, its classes; the demo note
+    def on_model(model, preset, classes):
+        text, downloadable = model_status(model)
+        valid = {v for _, v in form.class_choices(model)}
+        kept = [c for c in (classes or []) if c in valid]
+        return (text, gr.update(visible=downloadable), gr.update(choices=form.class_choices(model), value=kept),
+                gr.update(visible=shows_demo_note(preset, model)))
+
+    comps["model"].change(on_model, inputs=[comps["model"], comps["preset"], comps["preview_classes"]],
+                          outputs=[model_md, download_btn, comps["preview_classes"], note], api_visibility="private",
+                          show_progress="hidden")
+
+    def download(model, progress=gr.Progress(track_tqdm=True)):
+        from core.models import registry
+
+        try:
+            g = registry.get_generator(model)
+            t = registry.get_tokenizer(g.tokenizer)
+            missing = list({p.path: p for p in (g, t) if not p.present}.values())
+            for i, p in enumerate(missing):
+                progress(i / len(missing), desc=f"downloading {p.filename}")
+                if p.repo_id is None:
+                    raise MissingWeightsError(f"{p.filename} is embedded, not published: "
+                                              f"{registry.download_hint(p.filename, p.repo_id)}")
+                registry.download(p.filename)
+            message = "✓ all weight files present" if not missing else f"✓ downloaded {', '.join(p.filename for p in missing)}"
+        except (MissingWeightsError, ConfigError, UserError) as e:
+            message = f"✗ **Download failed** — {e}"
+        except OSError as e:
+            message = f"✗ **Download failed** — {type(e).__name__}: {e}"
+        text, downloadable = model_status(model)
+        return text, gr.update(visible=downloadable), message
+
+    download_btn.click(download, inputs=comps["model"], outputs=[model_md, download_btn, status],
+                       api_name="download_weights", concurrency_limit=1)
+
+    # --- data kind: what the path means
+    comps["data"].change(lambda kind: gr.update(info=field_info("data_path", app, kind)), inputs=comps["data"],
+                         outputs=comps["data_path"], api_visibility="private", show_progress="hidden")
+
+    refresh_devices.click(lambda: gr.update(choices=device_choices(app)), outputs=comps["devices"],
+                          api_visibility="private")
+
+    # --- launch (wired once the Runs tab exists: a launch selects the new run there)
+    def wire_launch() -> None:
+        run_select = ctx.get("runs.run")
+
+        def launch_run(*args):
+            values, prev = _values(args[:-1]), args[-1]
+            try:
+                plan = check(app, values, full=True)
+                with app.launcher_lock:
+                    run = app.launcher.submit(plan.name, plan.config(), plan.devices, plan.cfg.max_steps)
+            except ConfigError as e:
+                updates, opened, target = _error_outputs(prev, e, app, values)
+                return (*updates, *opened, _error_text(e, "Not launched"), f"# not valid yet: {e}", target,
+                        gr.skip(), gr.skip())
+            except UserError as e:  # e.g. the runs dir refused the run
+                updates, opened, _ = _error_outputs(prev, None, app, values)
+                return (*updates, *opened, f"✗ **Not launched** — {e}", gr.skip(), None, gr.skip(), gr.skip())
+            updates, opened, _ = _error_outputs(prev, None, app, values)
+            where = "running" if run.status == "running" else f"{run.status} (waits for {run.devices})"
+            message = f"✓ **Launched** run `{run.id}` — {where}. Follow it in the Runs tab."
+            choices = run_choices(app.store)
+            return (*updates, *opened, message, plan.cli, None, gr.update(selected="runs"),
+                    gr.update(choices=choices, value=run.id))
+
+        launch_run.__signature__ = live.__signature__
+        launch_btn.click(launch_run, inputs=[*inputs, flagged], outputs=[*check_outputs, ctx.tabs, run_select],
+                         api_name="launch_run", concurrency_limit=1)
+
+    ctx.after_build(wire_launch)
+    ctx.export("launch.status", status)
+    ctx.export("launch.cli", cli)
+    ctx.export("launch.inputs", comps)

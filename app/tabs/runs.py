@@ -1,0 +1,265 @@
+"""Runs tab: every run with status, progress, ETA and reward; for the selected run, live curves, the
+step x class sample grids, the log tail, and stop / resume / delete.
+
+All of it is read from the run store, so a browser refresh or a restart of the UI loses nothing.
+Each browser session keeps what it has already drawn in a gr.State (`view`): the curve points read
+so far and signatures of what it last sent. Every timer tick reads only the metric rows after the
+last step it has (`RunStore.read_metrics(run_id, after_step=last)`) and sends only what changed.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import gradio as gr
+
+from app import plots, samples, views
+from app.tabs import BuildContext
+from core.errors import UserError
+from core.runs.store import ACTIVE, QUEUED, RESUMABLE, RUNNING, RunNotFoundError
+
+TAB_ID = "runs"
+LABEL = "Runs"
+LOG_LINES = 60
+DEFAULT_SMOOTHING = 0.6
+
+
+def pick_default(store) -> Optional[str]:
+    """The run a fresh page shows: the newest active (or queued) run, else the newest run."""
+    runs = store.list_runs()
+    for run in runs:
+        if run.status in ACTIVE or run.status == QUEUED:
+            return run.id
+    return runs[0].id if runs else None
+
+
+def new_view() -> dict[str, Any]:
+    return {"run_id": None, "queued_at": None, "series": plots.new_series(), "smoothing": None, "table": None,
+            "ids": None, "header": None, "log": None, "samples": None, "seed": None, "buttons": None, "latest": None}
+
+
+def _buttons(status: Optional[str]) -> tuple:
+    can_stop = status in (QUEUED, RUNNING)
+    can_resume = status in RESUMABLE
+    can_delete = status is not None and status not in ACTIVE
+    return (gr.update(interactive=can_stop), gr.update(interactive=can_resume), gr.update(interactive=can_delete))
+
+
+def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: Optional[dict]) -> tuple:
+    """One update of the tab. Returns values (or gr.skip() where nothing changed) for:
+    table, run selector, header, plot, latest metrics, log, message, gallery, seed, board, stop, resume,
+    delete, view."""
+    app.ticker.tick_if_due()
+    view = view if isinstance(view, dict) and "series" in view else new_view()
+    store = app.store
+    runs = store.list_runs()
+    ids = [r.id for r in runs]
+    skip = gr.skip()
+
+    rows = [views.table_row(store, r) for r in runs]
+    table = rows if rows != view["table"] else skip
+    view["table"] = rows
+
+    if run_id not in ids:
+        run_id = None
+    selector = skip
+    if ids != view["ids"]:
+        selector = gr.update(choices=views.run_choices(store), value=run_id)
+        view["ids"] = ids
+    if run_id is None:
+        fresh = view["run_id"] is not None or view["header"] is None
+        view.update(new_view(), table=rows, ids=ids, header="none")
+        if not fresh:
+            return (table, selector, *([skip] * 11), view)
+        empty = plots.figure(plots.new_series(), 0.0)
+        return (table, selector, "### No run selected\nLaunch one in the **Launch** tab, or pick one above.", empty,
+                {}, "", "", [], gr.update(choices=[], value=None), None, *_buttons(None), view)
+
+    try:
+        run = store.get(run_id)
+    except RunNotFoundError:
+        return (table, selector, *([skip] * 11), view)
+    if view["run_id"] != run_id or view["queued_at"] != run.queued_at:
+        # another run, or this one was resumed (metrics past its checkpoint were dropped): start over
+        keep = {"table": view["table"], "ids": view["ids"]}
+        view = {**new_view(), **keep, "run_id": run_id, "queued_at": run.queued_at}
+    series = view["series"]
+    last = series["steps"][-1] if series["steps"] else -1
+    added = plots.add_points(series, store.read_metrics(run_id, after_step=last))
+
+    plot = skip
+    if added or view["smoothing"] != smoothing:
+        plot = plots.figure(series, smoothing)
+        view["smoothing"] = smoothing
+    latest = skip
+    if added:
+        n = len(series["steps"]) - 1
+        latest = {k: v[n] for k, v in series.items() if k != "steps" and v[n] is not None}
+        latest["step"] = series["steps"][n]
+        view["latest"] = latest
+
+    recent = [{"step": s, "time": t} for s, t in zip(series["steps"][-views.ETA_WINDOW:],
+                                                        series.get("time", [])[-views.ETA_WINDOW:]) if t is not None]
+    text = views.header(run, views.eta_seconds(run, recent))
+    head = text if text != view["header"] else skip
+    view["header"] = text
+
+    log_text = store.log_tail(run_id, LOG_LINES)
+    log_out = log_text if log_text != view["log"] else skip
+    message_out = skip
+    if log_out is not skip or head is not skip:
+        message_out = run.message
+    view["log"] = log_text
+
+    items = samples.grids(store, run_id)
+    sig = samples.signature(items)
+    gallery = seed_out = board = skip
+    if sig != view["samples"] or seed != view["seed"]:
+        seeds = samples.seeds_of(items)
+        chosen = seed if seed in seeds else (seeds[0] if seeds else None)
+        if sig != view["samples"]:
+            gallery = [(str(g.path), g.caption) for g in items]
+            seed_out = gr.update(choices=seeds, value=chosen)
+        board = samples.step_class_board(items, chosen) if chosen is not None else None
+        view["samples"], view["seed"] = sig, chosen
+
+    buttons = (skip, skip, skip)
+    if view["buttons"] != run.status:
+        buttons = _buttons(run.status)
+        view["buttons"] = run.status
+    return (table, selector, head, plot, latest, log_out, message_out, gallery, seed_out, board, *buttons, view)
+
+
+def build(ctx: BuildContext) -> None:
+    app = ctx.app
+    with gr.Row(equal_height=True):
+        run = gr.Dropdown(choices=views.run_choices(app.store), value=pick_default(app.store), label="run",
+                          filterable=True, scale=4, elem_id="runs-run", allow_custom_value=True)
+        refresh_btn = gr.Button("Refresh", size="sm", scale=0, min_width=90)
+    table = gr.Dataframe(headers=views.TABLE_HEADERS, value=[], interactive=False, label="runs (click a row to select it)",
+                         max_height=260, wrap=True, elem_id="runs-table")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            head = gr.Markdown("", label="run status", elem_id="runs-header")
+        with gr.Column(scale=2, min_width=280):
+            with gr.Row():
+                stop_btn = gr.Button("Stop", variant="stop", size="sm", interactive=False, elem_id="runs-stop")
+                resume_btn = gr.Button("Resume", size="sm", interactive=False, elem_id="runs-resume")
+                delete_btn = gr.Button("Delete…", size="sm", interactive=False, elem_id="runs-delete")
+            action = gr.Markdown("", elem_id="runs-action")
+            with gr.Group(visible=False) as confirm_box:
+                confirm_text = gr.Markdown("")
+                with gr.Row():
+                    confirm_btn = gr.Button("Yes, delete it", variant="stop", size="sm", elem_id="runs-confirm-delete")
+                    cancel_btn = gr.Button("Cancel", size="sm")
+    smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing (EMA)",
+                          info="0 = raw values; the raw curve stays faint behind the smoothed one")
+    plot = gr.Plot(label="training curves", elem_id="runs-plot")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=4):
+            gr.Markdown("**step × class** — one row per preview step (base model first), one column per class")
+            board = gr.Image(label="step × class: one row per preview step (base model first), one column per class",
+                             show_label=False, type="numpy", format="png", interactive=False, elem_id="runs-board")
+        with gr.Column(scale=1, min_width=200):
+            seed = gr.Dropdown(choices=[], value=None, label="seed", elem_id="runs-seed", allow_custom_value=True,
+                               info="the board shows this seed's samples")
+    gallery = gr.Gallery(label="sample grids (rows: classes or prompts, columns: seeds; step 0 = base model)",
+                         columns=6, height=320, object_fit="contain", elem_id="runs-gallery", format="png")
+    with gr.Accordion("log and latest metrics", open=False):
+        with gr.Row(equal_height=False):
+            log = gr.Code(value="", language="shell", label=f"log.txt (last {LOG_LINES} lines)", interactive=False,
+                          elem_id="runs-log", max_lines=30)
+            with gr.Column():
+                latest = gr.JSON(value={}, label="latest metrics", elem_id="runs-latest")
+                message = gr.Textbox(value="", label="status message", lines=4, max_lines=20, interactive=False)
+    view = gr.State(new_view())
+    timer = gr.Timer(app.page_timer_s)
+
+    outputs = [table, run, head, plot, latest, log, message, gallery, seed, board, stop_btn, resume_btn, delete_btn, view]
+
+    def refresh(run_id, smoothing_value, seed_value, view_state):
+        return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state)
+
+    refresh_inputs = [run, smoothing, seed, view]
+    timer.tick(refresh, inputs=refresh_inputs, outputs=outputs, api_name="runs_refresh", show_progress="hidden",
+               queue=False, trigger_mode="once")
+    refresh_btn.click(refresh, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden",
+                      concurrency_limit=None)
+    gr.on([run.change, smoothing.change, seed.change], refresh, inputs=refresh_inputs, outputs=outputs,
+          api_visibility="private", show_progress="hidden", concurrency_limit=None, trigger_mode="always_last")
+
+    def select_row(evt: gr.SelectData):
+        row = evt.row_value if evt is not None else None
+        return row[0] if row else gr.skip()
+
+    table.select(select_row, outputs=run, api_visibility="private", show_progress="hidden")
+
+    # --- actions (each acts on the store through the launcher, then the view refreshes)
+    def stop(run_id):
+        if not run_id:
+            return "Pick a run first."
+        try:
+            with app.launcher_lock:
+                r = app.launcher.stop(run_id)
+        except UserError as e:
+            return f"✗ {e}"
+        if r.status == "stopped":
+            return f"`{run_id}` was cancelled before it started."
+        return (f"Stop requested for `{run_id}`: it writes a checkpoint at its next step boundary "
+                f"(killed after {app.launcher.grace_s:g} s if it does not).")
+
+    def resume(run_id):
+        if not run_id:
+            return "Pick a run first."
+        try:
+            with app.launcher_lock:
+                r = app.launcher.resume(run_id)
+        except UserError as e:
+            return f"✗ {e}"
+        return f"`{run_id}` is {r.status}: {r.message}"
+
+    def ask_delete(run_id):
+        if not run_id:
+            return gr.update(visible=False), "", "Pick a run first."
+        try:
+            r = app.store.get(run_id)
+        except RunNotFoundError as e:
+            return gr.update(visible=False), "", f"✗ {e}"
+        if r.is_active:
+            return gr.update(visible=False), "", f"✗ `{run_id}` is {r.status}; stop it before deleting it."
+        n = len(app.store.checkpoints(run_id))
+        text = (f"**Delete `{run_id}`?** Its folder goes too: {n} checkpoint(s), sample grids, metrics and log. "
+                "This cannot be undone.")
+        return gr.update(visible=True), text, ""
+
+    def confirm_delete(run_id):
+        if not run_id:
+            return gr.update(visible=False), "Pick a run first."
+        try:
+            with app.launcher_lock:
+                app.store.delete_run(run_id)
+        except UserError as e:
+            return gr.update(visible=False), f"✗ {e}"
+        return gr.update(visible=False), f"Deleted `{run_id}`."
+
+    def after_action(run_id, smoothing_value, seed_value, view_state):
+        view_state = dict(view_state or new_view())
+        view_state["buttons"] = None
+        view_state["header"] = None
+        return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state)
+
+    stop_btn.click(stop, inputs=run, outputs=action, api_name="stop_run", concurrency_limit=4) \
+        .then(after_action, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
+    resume_btn.click(resume, inputs=run, outputs=action, api_name="resume_run", concurrency_limit=4) \
+        .then(after_action, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
+    delete_btn.click(ask_delete, inputs=run, outputs=[confirm_box, confirm_text, action], api_name="ask_delete")
+    confirm_btn.click(confirm_delete, inputs=run, outputs=[confirm_box, action], api_name="delete_run",
+                      concurrency_limit=4) \
+        .then(after_action, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
+    cancel_btn.click(lambda: (gr.update(visible=False), ""), outputs=[confirm_box, action], api_visibility="private")
+
+    def on_load():
+        return gr.update(choices=views.run_choices(app.store), value=pick_default(app.store))
+
+    ctx.blocks.load(on_load, outputs=run, api_visibility="private", show_progress="hidden") \
+        .then(refresh, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
+    ctx.export("runs.run", run)

@@ -1,0 +1,75 @@
+"""Text the tabs show about runs: the run list, progress, ETA, latest reward. Read from the store only."""
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from core.runs.store import ACTIVE, QUEUED, RUNNING, Run, RunStore
+
+ETA_WINDOW = 20  # steps whose timestamps estimate the time per step
+TABLE_HEADERS = ["run", "name", "status", "step", "ETA", "reward", "devices", "created"]
+
+
+def run_choices(store: RunStore) -> list[tuple[str, str]]:
+    """(label, run id) for the run selectors, newest first."""
+    return [(r.id if r.name in r.id else f"{r.id} · {r.name}", r.id) for r in store.list_runs()]
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "—"
+    seconds = max(0, int(round(seconds)))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def seconds_per_step(points: list[dict]) -> Optional[float]:
+    """Wall-clock seconds per step over consecutive metric rows (includes previews and checkpoints)."""
+    if len(points) < 2:
+        return None
+    first, last = points[0], points[-1]
+    steps = last["step"] - first["step"]
+    if steps <= 0:
+        return None
+    return (last["time"] - first["time"]) / steps
+
+
+def eta_seconds(run: Run, points: list[dict]) -> Optional[float]:
+    """Time left for an active run, from the step times of its latest metric rows."""
+    if run.status not in ACTIVE:
+        return None
+    per_step = seconds_per_step(points)
+    if per_step is None:
+        return None
+    return per_step * max(0, run.total_steps - run.step)
+
+
+def recent_points(store: RunStore, run: Run) -> list[dict]:
+    return store.read_metrics(run.id, after_step=max(-1, run.step - ETA_WINDOW - 1))
+
+
+def table_row(store: RunStore, run: Run) -> list:
+    latest = store.latest_metrics(run.id)
+    reward = latest.get("reward_mean") if latest else None
+    eta = eta_seconds(run, recent_points(store, run)) if run.status in ACTIVE else None
+    eta_text = duration(eta) if run.status in ACTIVE else ("queued" if run.status == QUEUED else "—")
+    created = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
+    return [run.id, run.name, run.status, f"{run.step}/{run.total_steps}",
+            eta_text, "—" if reward is None else f"{reward:.4g}", run.devices, created]
+
+
+def header(run: Run, eta: Optional[float]) -> str:
+    """Markdown summary of one run: status, progress, ETA, and the status message."""
+    parts = [f"### `{run.id}` — {run.name}",
+             f"**{run.status}** · step {run.step}/{run.total_steps}"
+             + (f" · ETA {duration(eta)}" if run.status == RUNNING and eta is not None else "")
+             + f" · devices `{run.devices}`"]
+    if run.started_at:
+        end = run.ended_at or time.time()
+        parts[-1] += f" · {'ran' if run.ended_at else 'running for'} {duration(end - run.started_at)}"
+    if run.message:
+        lines = run.message.splitlines()
+        shown = "\n".join(f"> {line}" for line in lines[:3])
+        parts.append(shown + ("\n> …(full message in the log section)" if len(lines) > 3 else ""))
+    return "\n\n".join(parts)

@@ -1,0 +1,130 @@
+"""The workbench in a real headless Chromium (Playwright): every tab opens, a short demo run is
+launched from the form, its curves and sample grids appear in the Runs tab, the Compare tab draws
+pairs; a screenshot of each tab is saved (to $VAPI_SCREENSHOTS_DIR if set, else a tmp dir) and
+checked to be a non-empty PNG with content."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app import create_app
+from core import paths
+from core.runs.launcher import free_port, kill_process_tree
+from core.runs.store import ACTIVE
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
+WAIT_MS = 120_000  # worker start + a few dozen steps on a loaded 2-core machine
+
+
+@pytest.fixture
+def served(tiny_demo, tmp_path, monkeypatch):
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
+    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield app, url
+    app.close(verbose=False)
+    for run in app.ctx.store.list_runs(ACTIVE):
+        kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+
+
+def screenshot(page, folder: Path, name: str) -> Path:
+    path = folder / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 800 and im.height > 400
+        arr = np.asarray(im.convert("L"))
+    assert arr.std() > 5, f"{path} looks blank"
+    return path
+
+
+def set_field(page, key: str, value: str) -> None:
+    """Type into a form input as a user does (Gradio's textbox fires its input event on key strokes)."""
+    box = page.locator(f"#field-{key} input, #field-{key} textarea").first
+    box.fill("")
+    box.press_sequentially(value)
+    box.press("Tab")
+
+
+def test_tabs_a_run_and_a_comparison_in_chromium(served, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    app, url = served
+    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
+            expect(page.locator("#demo-note")).to_contain_text("pixel-only")
+
+            # an invalid value is flagged under its field, live
+            page.get_by_role("button", name="Objective (Eq. 11)").click()
+            set_field(page, "beta", "-1")
+            expect(page.locator("#launch-status")).to_contain_text("beta: must be >= 0", timeout=20_000)
+            expect(page.locator("#field-beta")).to_have_class(re.compile("field-error"), timeout=20_000)
+            expect(page.locator("#field-beta")).to_contain_text("must be >= 0", timeout=20_000)
+            set_field(page, "beta", "0.1")
+            expect(page.locator("#launch-status")).not_to_contain_text("beta", timeout=20_000)
+
+            # a tiny demo run from the form
+            set_field(page, "data_subset", "20")
+            page.get_by_role("button", name="Rollout (teacher-forced sampling)").click()
+            set_field(page, "num_generations", "2")
+            page.get_by_role("button", name="Optimisation").click()
+            set_field(page, "global_batch_size", "2")
+            set_field(page, "per_device_train_batch_size", "2")
+            set_field(page, "max_steps", "40")
+            page.get_by_role("button", name="Checkpoints, metrics and previews").click()
+            set_field(page, "preview_steps", "20")
+            set_field(page, "save_steps", "20")
+            set_field(page, "preview_seeds", "0, 1")
+            expect(page.locator("#launch-cli")).to_contain_text("max_steps=40", timeout=20_000)
+            expect(page.locator("#launch-cli")).to_contain_text("preview_seeds=[0, 1]", timeout=20_000)
+            screenshot(page, shots, "launch")
+
+            page.locator("#launch-button").click()
+            expect(page.locator("#launch-status")).to_contain_text("Launched", timeout=30_000)
+            expect(page.locator("#runs-plot")).to_be_visible(timeout=30_000)  # the launch switched to Runs
+            expect(page.locator("#runs-header")).to_contain_text("step", timeout=WAIT_MS)
+            expect(page.locator("#runs-plot .js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=WAIT_MS)
+            expect(page.locator("#runs-gallery img").first).to_be_visible(timeout=WAIT_MS)
+            expect(page.locator("#runs-header")).to_contain_text("finished", timeout=WAIT_MS)
+            expect(page.locator("#runs-board img").first).to_be_visible(timeout=WAIT_MS)
+            page.wait_for_timeout(1500)  # plotly draws asynchronously
+            screenshot(page, shots, "runs")
+
+            # a browser refresh loses nothing: the page reads the run back from the store
+            run_id = app.ctx.store.list_runs()[0].id
+            page.reload()
+            page.get_by_role("tab", name="Runs").click()
+            expect(page.locator("#runs-header")).to_contain_text(run_id, timeout=30_000)
+            expect(page.locator("#runs-header")).to_contain_text("finished")
+            expect(page.locator("#runs-plot .js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=30_000)
+
+            page.get_by_role("tab", name="Compare").click()
+            expect(page.locator("#compare-generate")).to_be_visible()
+            expect(page.locator("#compare-aligned input")).to_have_value(re.compile("step 40"), timeout=20_000)
+            page.locator("#compare-generate").click()
+            expect(page.locator("#compare-status")).to_contain_text("pairs", timeout=WAIT_MS)
+            expect(page.locator("#compare-gallery img")).to_have_count(32, timeout=30_000)  # 4 classes x 4 seeds, 2 sides
+            expect(page.locator(".pair-slider")).to_have_count(16, timeout=30_000)
+            page.wait_for_timeout(500)
+            screenshot(page, shots, "compare")
+        finally:
+            browser.close()
+    assert {p.name for p in shots.glob("*.png")} >= {"launch.png", "runs.png", "compare.png"}
