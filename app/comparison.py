@@ -191,15 +191,15 @@ def _conditions(source: Source, policy, classes, prompts) -> tuple[list, list[st
 
 
 def _encode_prompts(ctx, policy, prompts: list[str], device: str):
-    if hasattr(policy, "encode_prompts"):
-        return policy.encode_prompts(prompts)
+    from core.models.load import condition_encoder
     from core.models.text import T5CaptionEncoder
 
     try:
-        encoder = ctx.models.get(("t5", device), lambda: T5CaptionEncoder(device=device))
+        encode = condition_encoder(policy, "t2i", device,
+                                   make_t5=lambda: ctx.models.get(("t5", device), lambda: T5CaptionEncoder(device=device)))
     except (MissingWeightsError, UserError) as e:
         raise ConfigError("prompts", str(e)) from None
-    return encoder.encode(prompts)
+    return encode(prompts)
 
 
 def _sample(ctx, source: Source, device: str, conds: list, task: str | None, seeds: list[int], sampling: dict) -> torch.Tensor:

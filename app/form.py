@@ -37,13 +37,6 @@ _SECTION_GROUP = {  # first words of a section comment in config.py -> group
     "objective": "objective", "optimisation": "optimisation", "checkpoints": "checkpoints",
 }
 # Fields config.py leaves without a comment; everything else takes its help from there.
-_FALLBACK_HELP = {
-    "warmup_steps": "linear learning-rate warm-up over the first K steps (0 = none)",
-    "gradient_checkpointing": "recompute activations in the backward pass: less memory, more compute",
-    "seed": "seed of the data order, the rollouts and label dropout (a run is reproducible from it)",
-    "logging_steps": "record metrics every K optimizer steps",
-    "preview_seeds": "seeds of the preview samples: one column per seed, the same seeds at every step",
-}
 _CHOICES: dict[str, tuple[str, ...]] = {
     "method": C.METHODS, "data": C.DATA_KINDS, "prior": C.PRIORS, "schedule": C.SCHEDULES,
     "xi_schedule": C.XI_SCHEDULES, "lr_scheduler": C.LR_SCHEDULERS, "mixed_precision": C.PRECISIONS,
@@ -103,7 +96,7 @@ def _build_fields() -> list[FormField]:
     for f in fields(C.VapiConfig):
         if f.name in HIDDEN:
             continue
-        help_text = comments.get(f.name) or _FALLBACK_HELP.get(f.name, "")
+        help_text = comments.get(f.name)
         if f.name == "reward_weights":
             order = list(defaults["reward_weights"]) + sorted(set(REWARDS) - set(defaults["reward_weights"]))
             for reward in order:

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from core.imaging import GRID_PAD
 from core.runs.store import RunStore
 
-GRID_PAD = 2  # core.imaging.grid's default padding, used by the trainer's previews
 LABEL_W = 86  # width of the step labels on the left of the board
 HEADER_H = 34  # height of the class labels above the board (the image's label badge covers the top left)
 
@@ -27,6 +27,7 @@ class SampleGrid:
     path: Path
     rows: list[str]  # class names or prompts, one per grid row
     seeds: list[int]  # one per grid column
+    pad: int = GRID_PAD  # white pixels between tiles (the trainer records it in the json)
 
     @property
     def caption(self) -> str:
@@ -45,7 +46,8 @@ def grids(store: RunStore, run_id: str) -> list[SampleGrid]:
             pass
         rows = [str(r) for r in meta.get("rows", [])] if isinstance(meta, dict) else []
         seeds = [int(s) for s in meta.get("seeds", [])] if isinstance(meta, dict) else []
-        out.append(SampleGrid(step, path, rows, seeds))
+        pad = int(meta.get("pad", GRID_PAD)) if isinstance(meta, dict) else GRID_PAD
+        out.append(SampleGrid(step, path, rows, seeds, pad))
     return out
 
 
@@ -69,7 +71,7 @@ def tiles(grid: SampleGrid) -> np.ndarray | None:
             arr = np.asarray(im.convert("RGB"))
     except OSError:
         return None
-    n_rows, n_cols, pad = len(grid.rows), len(grid.seeds), GRID_PAD
+    n_rows, n_cols, pad = len(grid.rows), len(grid.seeds), grid.pad
     h, rem_h = divmod(arr.shape[0] - pad, n_rows)
     w, rem_w = divmod(arr.shape[1] - pad, n_cols)
     h, w = h - pad, w - pad

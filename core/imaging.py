@@ -23,7 +23,10 @@ def from_uint8(arr: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
-def grid(images: Tensor, nrow: int, pad: int = 2, upscale: int = 1) -> np.ndarray:
+GRID_PAD = 2  # pixels of white between tiles of `grid`
+
+
+def grid(images: Tensor, nrow: int, pad: int = GRID_PAD, upscale: int = 1) -> np.ndarray:
     """Tile [B, 3, H, W] in [-1, 1] into one [rows*(H+pad)+pad, ...] uint8 image, `nrow` per row."""
     arr = to_uint8(images)
     if upscale > 1:

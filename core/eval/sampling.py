@@ -210,18 +210,16 @@ def load_sampler(model: str, weights: Optional[str | Path] = None, device: str |
     elif not Path(weights).is_file():
         raise ConfigError("weights", f"{weights}: no such generator weights file")
     device = torch.device(device)
-    encode = None
+    if preset.task == "t2i" and preset.family != "janus":
+        from core.models.text import T5CaptionEncoder
+
+        t5 = T5CaptionEncoder(device=device)  # MissingWeightsError before the generator is built
     if preset.family == "janus":  # one model folder holds generator, tokenizer and prompt template
         policy, tokenizer = load.load_pair(model, weights, device)
     else:
-        if preset.task == "t2i":
-            from core.models.text import T5CaptionEncoder
-
-            encode = T5CaptionEncoder(device=device).encode  # raises MissingWeightsError when absent
         tokenizer = load.load_tokenizer(preset.tokenizer, device, image_size=preset.image_size)
         policy = load.load_generator(model, weights, device, dtype=PRECISIONS[precision])
-    if encode is None and hasattr(policy, "encode_prompts"):
-        encode = policy.encode_prompts
+    encode = load.condition_encoder(policy, preset.task, device, make_t5=lambda: t5)
     num_classes = policy.config.num_classes if preset.task == "c2i" else None
     return Sampler(policy, tokenizer, device, preset.task, num_classes, encode)
 

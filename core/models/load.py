@@ -72,3 +72,19 @@ def load_pair(preset_name: str, weights: Optional[str | Path] = None, device: st
         return _load_janus(p, weights, device, torch.bfloat16)
     tok = load_tokenizer(p.tokenizer, device, image_size=p.image_size)
     return load_generator(preset_name, weights, device), tok
+
+
+def condition_encoder(policy, task: str, device: str | torch.device = "cpu", make_t5=None):
+    """prompts -> (cond, cond_mask) for a text-conditional generator; None for class-conditional ones.
+
+    A policy that encodes its own prompts (Janus) is used as is; LlamaGen T2I gets FLAN-T5 features
+    (MissingWeightsError when the T5 weights are absent). `make_t5` lets a caller cache the encoder.
+    """
+    if task != "t2i":
+        return None
+    if hasattr(policy, "encode_prompts"):
+        return policy.encode_prompts
+    from core.models.text import T5CaptionEncoder
+
+    encoder = make_t5() if make_t5 is not None else T5CaptionEncoder(device=device)
+    return encoder.encode

@@ -64,21 +64,21 @@ class VapiConfig:
     adam_beta2: float = 0.999  # authors' script
     max_grad_norm: float = 1.0  # Table 7
     lr_scheduler: str = "constant"  # authors' script uses a constant lr
-    warmup_steps: int = 0
+    warmup_steps: int = 0  # linear learning-rate warm-up over the first K steps (the authors' script: none)
     global_batch_size: int = 128  # images per optimizer step over all processes, Table 7
     per_device_train_batch_size: int = 16  # images per micro-batch per process (authors' script: 16 images x G 8 per GPU)
     max_steps: int = 100  # Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100
     mixed_precision: str = "bf16"  # Table 7; on CPU the run is fp32 whatever this says
-    gradient_checkpointing: bool = False
-    seed: int = 0
+    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
+    seed: int = 0  # data order, rollouts, condition dropout: a run is reproducible from it
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" (single process; multi-GPU goes through accelerate launch)
     # ---------------------------------------------------------------- checkpoints, metrics, previews
     save_steps: int = 50  # checkpoint every K steps (and at the end)
-    logging_steps: int = 1
+    logging_steps: int = 1  # record metrics every K optimizer steps
     preview_steps: int = 25  # sample grid every K steps (step 0 = the base model)
     preview_classes: Optional[list] = None  # class ids for the grids (default: spread over the classes)
     preview_prompts: Optional[list] = None  # prompts for text-conditional models
-    preview_seeds: list = field(default_factory=lambda: [0, 1, 2, 3])
+    preview_seeds: list = field(default_factory=lambda: [0, 1, 2, 3])  # one grid column per seed, the same at every step
     preview_cfg_scale: float = 1.0  # the paper trains and reports "w/o CFG" first
     kl_probe_size: int = 4  # images whose base logits are kept to report KL(pi || pi_base)
     report_to: list = field(default_factory=list)  # accelerate trackers: "tensorboard", "wandb"

@@ -203,14 +203,9 @@ class Trainer:
 
     def _condition_encoder(self):
         """captions -> model condition for text-conditional families; None for class ids."""
-        if self.preset.task != "t2i":
-            return None
-        if hasattr(self.policy, "encode_prompts"):
-            return self.policy.encode_prompts
-        from core.models.text import T5CaptionEncoder
+        from core.models.load import condition_encoder
 
-        enc = T5CaptionEncoder(device=self.device)
-        return enc.encode
+        return condition_encoder(self.policy, self.preset.task, self.device)
 
     # ------------------------------------------------------------------ data
     def unwrap(self, model):
@@ -354,8 +349,9 @@ class Trainer:
         up = max(1, 96 // imgs.shape[-1])
         path = self.recorder.sample_path(step)
         imaging.save_png(imaging.grid(imgs, nrow=len(seeds), upscale=up), path)
-        path.with_suffix(".json").write_text(json.dumps({"step": step, "rows": labels, "seeds": seeds,
-                                                         "cfg_scale": cfg.preview_cfg_scale}))
+        path.with_suffix(".json").write_text(json.dumps({
+            "step": step, "rows": labels, "seeds": seeds, "cfg_scale": cfg.preview_cfg_scale,
+            "tile": imgs.shape[-1] * up, "pad": imaging.GRID_PAD}))
 
     @torch.no_grad()
     def capture_kl_probe(self) -> None:
