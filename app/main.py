@@ -15,10 +15,10 @@ import gradio as gr
 
 from app import safety
 from app.context import AppContext
-from app.tabs import BuildContext, compare, launch, runs
+from app.tabs import BuildContext, compare, embeddings, evaluate, launch, runs
 from core import paths
 
-TABS = (launch, runs, compare)  # one module per tab; see app/tabs/__init__.py
+TABS = (launch, runs, compare, evaluate, embeddings)  # one module per tab; see app/tabs/__init__.py
 CSS_PATH = Path(__file__).with_name("style.css")
 MAX_FILE_SIZE = "10mb"
 TITLE = "VA-π Workbench"

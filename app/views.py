@@ -1,4 +1,9 @@
-"""Text the tabs show about runs: the run list, progress, ETA, latest reward. Read from the store only."""
+"""Text the tabs show about runs: the run list, progress, ETA, latest reward. Read from the store only.
+
+Runs are training runs or evaluation jobs (FID/IS/precision/recall, embedding shift) of the same
+store; `run_kind` tells them apart by the worker entry their config names. For a job, "step" counts
+samples drawn.
+"""
 from __future__ import annotations
 
 import time
@@ -7,12 +12,30 @@ from typing import Optional
 from core.runs.store import ACTIVE, QUEUED, RUNNING, Run, RunStore
 
 ETA_WINDOW = 20  # steps whose timestamps estimate the time per step
-TABLE_HEADERS = ["run", "name", "status", "step", "ETA", "reward", "devices", "created"]
+TABLE_HEADERS = ["run", "name", "kind", "status", "step", "ETA", "reward", "devices", "created"]
+EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND = "eval", "embeddings", "train"
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
     """(label, run id) for the run selectors, newest first."""
     return [(r.id if r.name in r.id else f"{r.id} · {r.name}", r.id) for r in store.list_runs()]
+
+
+def run_kind(store: RunStore, run_id: str) -> str:
+    """"eval", "embeddings" or "train": which worker entry the run's config names."""
+    from core.eval.jobs import EMBEDDINGS_ENTRY, EVAL_ENTRY
+
+    try:
+        entry = store.read_config(run_id).get("entry")
+    except (OSError, ValueError, AttributeError):  # folder gone or config unreadable: show it as training
+        return TRAIN_KIND
+    return {EVAL_ENTRY: EVAL_KIND, EMBEDDINGS_ENTRY: EMBEDDINGS_KIND}.get(entry, TRAIN_KIND)
+
+
+def run_kinds(store: RunStore, runs: list[Run], known: dict[str, str]) -> dict[str, str]:
+    """Kinds of `runs` (run id -> kind), reading only the configs of runs missing from `known` (a
+    config never changes once written)."""
+    return {r.id: known[r.id] if r.id in known else run_kind(store, r.id) for r in runs}
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -49,13 +72,13 @@ def recent_points(store: RunStore, run: Run) -> list[dict]:
     return store.read_metrics(run.id, after_step=max(-1, run.step - ETA_WINDOW - 1))
 
 
-def table_row(store: RunStore, run: Run) -> list:
+def table_row(store: RunStore, run: Run, kind: str = TRAIN_KIND) -> list:
     latest = store.latest_metrics(run.id)
     reward = latest.get("reward_mean") if latest else None
     eta = eta_seconds(run, recent_points(store, run)) if run.status in ACTIVE else None
     eta_text = duration(eta) if run.status in ACTIVE else ("queued" if run.status == QUEUED else "—")
     created = time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created_at))
-    return [run.id, run.name, run.status, f"{run.step}/{run.total_steps}",
+    return [run.id, run.name, kind, run.status, f"{run.step}/{run.total_steps}",
             eta_text, "—" if reward is None else f"{reward:.4g}", run.devices, created]
 
 

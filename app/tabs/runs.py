@@ -1,5 +1,6 @@
-"""Runs tab: every run with status, progress, ETA and reward; for the selected run, live curves, the
-step x class sample grids, the log tail, and stop / resume / delete.
+"""Runs tab: every run (training runs and evaluation jobs, told apart by a "kind" column) with status,
+progress, ETA and reward; for the selected run, live curves, the step x class sample grids, the log
+tail, and stop / resume / delete.
 
 All of it is read from the run store, so a browser refresh or a restart of the UI loses nothing.
 Each browser session keeps what it has already drawn in a gr.State (`view`): the curve points read
@@ -34,7 +35,8 @@ def pick_default(store) -> Optional[str]:
 
 def new_view() -> dict[str, Any]:
     return {"run_id": None, "queued_at": None, "series": plots.new_series(), "smoothing": None, "table": None,
-            "ids": None, "header": None, "log": None, "samples": None, "seed": None, "buttons": None, "latest": None}
+            "ids": None, "kinds": {}, "header": None, "log": None, "samples": None, "seed": None, "buttons": None,
+            "latest": None}
 
 
 def _buttons(status: Optional[str]) -> tuple:
@@ -55,9 +57,10 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
     ids = [r.id for r in runs]
     skip = gr.skip()
 
-    rows = [views.table_row(store, r) for r in runs]
+    kinds = views.run_kinds(store, runs, view.get("kinds") or {})
+    rows = [views.table_row(store, r, kinds[r.id]) for r in runs]
     table = rows if rows != view["table"] else skip
-    view["table"] = rows
+    view["table"], view["kinds"] = rows, kinds
 
     if run_id not in ids:
         run_id = None
@@ -67,7 +70,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         view["ids"] = ids
     if run_id is None:
         fresh = view["run_id"] is not None or view["header"] is None
-        view.update(new_view(), table=rows, ids=ids, header="none")
+        view.update(new_view(), table=rows, ids=ids, kinds=kinds, header="none")
         if not fresh:
             return (table, selector, *([skip] * 11), view)
         empty = plots.figure(plots.new_series(), 0.0)
@@ -80,7 +83,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         return (table, selector, *([skip] * 11), view)
     if view["run_id"] != run_id or view["queued_at"] != run.queued_at:
         # another run, or this one was resumed (metrics past its checkpoint were dropped): start over
-        keep = {"table": view["table"], "ids": view["ids"]}
+        keep = {"table": view["table"], "ids": view["ids"], "kinds": view["kinds"]}
         view = {**new_view(), **keep, "run_id": run_id, "queued_at": run.queued_at}
     series = view["series"]
     last = series["steps"][-1] if series["steps"] else -1

@@ -1,0 +1,699 @@
+"""Evaluate tab: FID / IS / precision / recall / CLIP score of a preset or a run checkpoint as a background
+job, its progress, and every finished evaluation per checkpoint with the base model beside it.
+
+A job is a run of the store (`core.eval.jobs.submit_eval`, entry `run_eval`): it survives a closed
+browser, shows in the Runs tab too, and its progress is the number of samples on disk. Nothing is
+sampled or measured in a request handler. Every input is checked before a job is queued (paths
+confined to the app's roots, class names, the extractor's and the model's weights); an error is shown
+under the input it belongs to and no job is created. The results table comes from
+`evaluation_summary`, which pairs each checkpoint with the base model evaluated under the same
+setting. A Fréchet distance is named by the features it was measured in: "FID (Inception)" only for
+Inception features, "FD (demo evaluator)" and so on otherwise.
+
+The extractor and field-error helpers here (`feature_space`, `extractor_path_of`, `check_extractor`,
+`field_updates`, ...) serve the Embeddings tab too.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import gradio as gr
+
+from app import comparison, form, views
+from app.safety import confine
+from app.tabs import BuildContext
+from app.tabs.launch import device_choices
+from core import paths
+from core.errors import CheckpointError, ConfigError, DataError, MissingWeightsError, UserError
+from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
+
+TAB_ID = "evaluate"
+LABEL = "Evaluate"
+EXTRACTORS = ("demo", "inception", "clip", "dinov2")
+SPACES = {"demo": "demo evaluator", "inception": "Inception", "clip": "CLIP", "dinov2": "DINOv2"}
+HUB_MODELS = ("clip", "dinov2")  # extractors loaded through transformers: a folder or a hub id
+METRIC_CHOICES = [("FID / FD", "fid"), ("Inception Score", "isc"), ("precision / recall", "prc"),
+                  ("CLIP score", "clip")]
+REFERENCE_CHOICES = [("demo shapes (held-out reference split)", "shapes"), ("image folder", "folder"),
+                     (".npz batch (ADM layout)", "npz")]
+SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")  # core.eval.jobs.SUMMARY_METRICS
+LOWER_IS_BETTER = frozenset({"fid"})
+JOB_HEADERS = ["job", "label", "model", "weights", "status", "samples", "message"]
+SUMMARY_HEADERS = ["model", "setting", "checkpoint", "metric", "base", "checkpoint value", "Δ (checkpoint − base)",
+                   "change"]
+MAX_JOBS = 30  # rows of the jobs table, newest first
+KEYS = ["source", "label", "num_samples", "classes", "prompts", "cfg", "cfg_scale", "temperature", "top_k", "top_p",
+        "seed", "batch_size", "image_size", "precision", "metrics", "extractor", "extractor_path", "reference_kind",
+        "reference", "clip_model", "with_base", "devices"]  # the inputs, in the launch endpoint's order
+ALIASES = {"model": "source", "weights": "source", "prompts_file": "prompts", "isc_splits": "num_samples",
+           "device": "devices", "reference_count": "reference"}  # core field -> input
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+# ----------------------------------------------------------------------------- shared with Embeddings
+def feature_space(extractor: Optional[str]) -> str:
+    return SPACES.get(extractor or "", extractor or "unknown")
+
+
+def metric_label(metric: str, extractor: Optional[str]) -> str:
+    """The name a summary metric is shown under: a Fréchet distance is FID only on Inception features."""
+    space = feature_space(extractor)
+    if metric == "fid":
+        return "FID (Inception)" if extractor == "inception" else f"FD ({space})"
+    if metric == "is_mean":
+        return f"IS ({space})"
+    if metric in ("precision", "recall"):
+        return f"{metric} ({space})"
+    if metric == "clip_score":
+        return "CLIP score"
+    return metric
+
+
+def parse_number(field: str, raw: Any, *, whole: bool = False, minimum: Optional[float] = None,
+                 optional: bool = False) -> Optional[int | float]:
+    """A form number, checked: whole when asked, at least `minimum`; None for an empty optional input."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        if optional:
+            return None
+        raise ConfigError(field, "required: " + ("a whole number" if whole else "a number"))
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"expected a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(field, f"expected a finite number, got {raw!r}")
+    if whole and not value.is_integer():
+        raise ConfigError(field, f"expected a whole number, got {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(field, f"must be >= {minimum:g}, got {raw!r}")
+    return int(value) if whole else value
+
+
+def class_items(raw: Any) -> list:
+    """A classes dropdown's value as a list (ids from the list, or names typed in)."""
+    if raw is None:
+        return []
+    items = [raw] if isinstance(raw, (str, int)) else list(raw)
+    return [x for x in items if str(x).strip()]
+
+
+def extractor_roots(app) -> list[Path]:
+    """Where an extractor's weights may be named from: the checkpoint folders and the data roots."""
+    return [Path(paths.CHECKPOINTS_DIR).resolve(), Path(paths.DEMO_DIR).resolve(), *app.data_roots]
+
+
+def extractor_path_of(app, extractor: str, text: Optional[str], field: str = "extractor_path") -> Optional[str]:
+    """The extractor weights a user named: None (the default location), a hub id (CLIP / DINOv2),
+    or a file (Inception, demo) or folder (CLIP / DINOv2) confined to `extractor_roots`."""
+    raw = (text or "").strip()
+    if not raw:
+        return None
+    roots = extractor_roots(app)
+    hub = extractor in HUB_MODELS
+    if hub and HUB_ID.fullmatch(raw) and not any((root / raw).exists() for root in roots):
+        return raw  # a hub id: looked up in the Hugging Face cache
+    return str(confine(raw, roots, field, kind="dir" if hub else "file"))
+
+
+def check_hub_model(name_or_path: str, what: str) -> None:
+    """MissingWeightsError unless a transformers model is on disk (a folder with config.json, or in the
+    Hugging Face cache) or the hub can be reached to download it."""
+    path = Path(name_or_path)
+    if path.is_absolute():
+        if not (path / "config.json").is_file():
+            raise MissingWeightsError(f"{path}: no {what} here (needs config.json and the weights); on a machine "
+                                      f"with internet run `hf download <hub id> --local-dir {path}`")
+        return
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    from core.models import registry
+
+    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
+        return
+    if not constants.HF_HUB_OFFLINE and registry.hub_reachable():
+        return  # the job downloads it into the cache
+    why = "offline mode is on" if constants.HF_HUB_OFFLINE else "huggingface.co cannot be reached"
+    raise MissingWeightsError(f"{what} '{name_or_path}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
+                              f"and {why}. On a machine with internet run `hf download {name_or_path}` (or "
+                              f"`hf download {name_or_path} --local-dir DIR` and give DIR here)")
+
+
+def check_extractor(extractor: str, path: Optional[str], field: str = "extractor") -> None:
+    """ConfigError(field) when the extractor's weights are not on disk. Cheap: only the small demo
+    evaluator is loaded; Inception's file is looked up; CLIP / DINOv2 are looked up in the cache."""
+    from core.eval import extractors as X
+    from core.eval.jobs import build_metric_extractor
+
+    if extractor not in EXTRACTORS:
+        raise ConfigError(field, f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+    try:
+        if extractor == "inception":
+            X.find_inception_weights(path)
+        elif extractor == "demo":
+            build_metric_extractor("demo", path)
+        else:
+            default = X.DEFAULT_CLIP if extractor == "clip" else X.DEFAULT_DINOV2
+            check_hub_model(path or default, f"{SPACES[extractor]} model")
+    except (MissingWeightsError, CheckpointError) as e:
+        raise ConfigError(field, str(e)) from None
+
+
+def parse_device_set(selected) -> tuple[str, str]:
+    """The device picker -> (device set for the launcher, the job config's device)."""
+    device_set, kind = form.parse_devices(selected)
+    return device_set, ("cpu" if kind == "cpu" else "auto")  # auto: the GPUs the launcher makes visible
+
+
+def default_devices() -> list[str]:
+    import torch
+
+    return ["cuda:0"] if torch.cuda.is_available() else ["cpu"]
+
+
+def message(error: ConfigError) -> str:
+    """A ConfigError's text without its "field: " prefix."""
+    return str(error)[len(error.field) + 2:]
+
+
+def renamed(error: ConfigError, aliases: dict[str, str]) -> ConfigError:
+    """The same error under the input its core field belongs to."""
+    return ConfigError(aliases.get(error.field, error.field), message(error))
+
+
+def error_target(error: ConfigError, keys: Sequence[str], aliases: dict[str, str]) -> Optional[str]:
+    """The input an error belongs to (None: no single input)."""
+    field = aliases.get(error.field, error.field)
+    return field if field in keys else None
+
+
+def error_text(error: UserError, target: Optional[str], what: str = "Not launched") -> str:
+    if isinstance(error, ConfigError):
+        return f"✗ **{what}** — `{target or error.field}`: {message(error)}"
+    return f"✗ **{what}** — {error}"
+
+
+def field_updates(keys: Sequence[str], infos: dict[str, str], target: Optional[str], message: str,
+                  previous: Optional[str]) -> list:
+    """Updates for every input: the error under `target`, the previous error's input back to its help."""
+    out = []
+    for key in keys:
+        if key == target:
+            out.append(gr.update(info=f"⚠ {message}", elem_classes=["field-error"]))
+        elif key == previous:
+            out.append(gr.update(info=infos.get(key, ""), elem_classes=[]))
+        else:
+            out.append(gr.skip())
+    return out
+
+
+def signature(keys: Sequence[str], extra: Sequence[str] = ()) -> inspect.Signature:
+    """A handler signature naming its API parameters after the inputs."""
+    return inspect.Signature([inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in [*keys, *extra]])
+
+
+def progress_bar(done: int, total: int, width: int = 20) -> str:
+    share = done / total if total else 0.0
+    filled = int(round(share * width))
+    return f"`{'█' * filled}{'░' * (width - filled)}` {done}/{total} samples ({share:.0%})"
+
+
+# ----------------------------------------------------------------------------- the evaluation job
+@dataclass(frozen=True)
+class EvalPlan:
+    config: Any  # core.eval.jobs.EvalConfig
+    devices: str
+    base: Any = None  # EvalConfig of the base model under the same setting, when it has no result yet
+
+
+def source_weights(app, value: Optional[str]) -> tuple[str, Optional[str]]:
+    """A source ("preset:<name>" | "run:<id>:<step>") -> (preset, weights for core.eval.jobs: None for the
+    preset's own weights, "<run id>@<step>" for a checkpoint). ConfigError("source")."""
+    from core.eval.jobs import resolve_weights
+
+    source = comparison.parse_source(value, app.store, "source")
+    if source.tokenizer_weights is not None:
+        raise ConfigError("source", f"{source.label} is a decoder-baseline checkpoint (a post-trained tokenizer); "
+                                    "evaluating tokenizer checkpoints is not supported")
+    if source.generator_weights is None:
+        return source.preset, None
+    _, run_id, step = source.value.split(":")
+    weights = f"{run_id}@{step}"
+    try:
+        resolve_weights(weights, app.runs_dir)
+    except ConfigError as e:
+        raise renamed(e, {e.field: "source"}) from None
+    return source.preset, weights
+
+
+def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> str:
+    """The reference set for FID / precision-recall: "shapes", or a folder / .npz confined to the data roots."""
+    from core.models import registry
+
+    if kind == "shapes":
+        if not registry.get_generator(preset).embedded:
+            raise ConfigError("reference", f"the shapes domain is the demo's reference; for {preset} give an .npz "
+                                           "batch (e.g. VIRTUAL_imagenet256_labeled.npz) or an image folder")
+        return "shapes"
+    if kind == "folder":
+        return str(confine(text, app.data_roots, "reference", kind="dir"))
+    if kind == "npz":
+        path = confine(text, app.data_roots, "reference", kind="file")
+        if path.suffix != ".npz":
+            raise ConfigError("reference", f"{path.name} is not an .npz batch")
+        return str(path)
+    raise ConfigError("reference_kind", f"choose one of {', '.join(k for _, k in REFERENCE_CHOICES)}")
+
+
+def _eval_config(**fields):
+    from core.eval.jobs import EvalConfig
+
+    try:
+        return EvalConfig(**fields)
+    except ConfigError as e:
+        raise renamed(e, ALIASES) from None
+
+
+def plan_eval(app, values: dict) -> EvalPlan:
+    """Form values -> an EvalPlan whose every input and file was checked. Raises ConfigError(input)."""
+    from core.eval import jobs
+    from core.models import registry
+
+    preset, weights = source_weights(app, values.get("source"))
+    try:
+        if weights is None or values.get("with_base"):
+            registry.require_files(preset)
+    except MissingWeightsError as e:
+        raise ConfigError("source" if weights is None else "with_base",
+                          str(e) if weights is None else f"the base model cannot be evaluated: {e}") from None
+    task = registry.get_generator(preset).task
+    classes = prompts = None
+    if task == "c2i":
+        items = class_items(values.get("classes"))
+        classes = jobs.class_ids_of(preset, items) if items else None
+    else:
+        prompts = [p.strip() for p in str(values.get("prompts") or "").splitlines() if p.strip()]
+        if not prompts:
+            raise ConfigError("prompts", f"{preset} is text-conditional: give at least one prompt (one per line)")
+    num_samples = parse_number("num_samples", values.get("num_samples"), whole=True, minimum=1)
+    if values.get("cfg"):
+        cfg_scale = parse_number("cfg_scale", values.get("cfg_scale"))
+        if cfg_scale <= 1.0:
+            raise ConfigError("cfg_scale", "with CFG on the scale must be above 1 (1 = no guidance); "
+                                           "untick CFG for none")
+    else:
+        cfg_scale = 1.0
+    sampling = dict(cfg_scale=cfg_scale,
+                    temperature=parse_number("temperature", values.get("temperature"), minimum=0),
+                    top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
+                    top_p=parse_number("top_p", values.get("top_p")),
+                    seed=parse_number("seed", values.get("seed"), whole=True, minimum=0),
+                    batch_size=parse_number("batch_size", values.get("batch_size"), whole=True, minimum=1),
+                    image_size=parse_number("image_size", values.get("image_size"), whole=True, minimum=8,
+                                            optional=True),
+                    precision=values.get("precision") or "fp32")
+    metrics = list(values.get("metrics") or [])
+    if not metrics:
+        raise ConfigError("metrics", "pick at least one metric")
+    extractor = values.get("extractor") or "inception"
+    features = any(m != "clip" for m in metrics)
+    extractor_path = extractor_path_of(app, extractor, values.get("extractor_path")) if features else None
+    reference = (reference_of(app, values.get("reference_kind"), values.get("reference"), preset)
+                 if ("fid" in metrics or "prc" in metrics) else None)
+    clip_model = extractor_path_of(app, "clip", values.get("clip_model"), "clip_model") if "clip" in metrics else None
+    device_set, device = parse_device_set(values.get("devices"))
+    label = str(values.get("label") or "").strip()
+    cfg = _eval_config(model=preset, weights=weights, label=label, num_samples=num_samples, classes=classes,
+                       prompts=prompts, metrics=metrics, extractor=extractor, extractor_path=extractor_path,
+                       reference=reference, clip_model=clip_model, device=device, **sampling)
+    if features:
+        check_extractor(extractor, extractor_path)
+    if "clip" in metrics:
+        from core.eval.extractors import DEFAULT_CLIP
+
+        try:
+            check_hub_model(clip_model or DEFAULT_CLIP, "CLIP model")
+        except MissingWeightsError as e:
+            raise ConfigError("clip_model", str(e)) from None
+    try:
+        jobs.check_eval(cfg, app.runs_dir)
+    except ConfigError as e:
+        raise renamed(e, ALIASES) from None
+    except DataError as e:
+        raise ConfigError("reference", str(e)) from None
+    base = None
+    if weights is not None and values.get("with_base"):
+        base_cfg = replace(cfg, weights=None, label="base")
+        if not base_is_covered(app, base_cfg):
+            base = base_cfg
+    return EvalPlan(cfg, device_set, base)
+
+
+def setting_key(cfg) -> str:
+    """What `evaluation_summary` groups results by, for a config."""
+    return json.dumps(cfg.setting(cfg.sampling_spec(None, cfg.resolved_prompts())), sort_keys=True)
+
+
+def base_is_covered(app, cfg) -> bool:
+    """Whether the base model has a result, or a queued or running job, under `cfg`'s setting."""
+    from core.eval.jobs import EVAL_ENTRY, EvalConfig, evaluation_summary
+
+    key = setting_key(cfg)
+    for row in evaluation_summary(app.runs_dir):
+        if row["model"] == cfg.model and row["checkpoint"] == "base" and row["setting_key"] == key:
+            return True
+    for run in app.store.list_runs([QUEUED, *ACTIVE]):
+        try:
+            config = app.store.read_config(run.id)
+            if config.get("entry") != EVAL_ENTRY:
+                continue
+            other = EvalConfig.from_dict(config)
+        except (OSError, ValueError, UserError):
+            continue
+        if other.weights is None and other.model == cfg.model and setting_key(other) == key:
+            return True
+    return False
+
+
+# ----------------------------------------------------------------------------- tables
+def _fmt(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def _short(ref: Optional[str]) -> str:
+    if not ref:
+        return "—"
+    return ref if ref.startswith("shapes") else Path(ref).name
+
+
+def setting_text(s: dict) -> str:
+    """One line for a summary setting: what the numbers depend on besides the weights."""
+    parts = [f"{s['num_samples']} samples", f"cfg {s['cfg_scale']:g}", f"T {s['temperature']:g}"]
+    if s.get("top_k"):
+        parts.append(f"top-k {s['top_k']}")
+    if s.get("top_p", 1.0) < 1.0:
+        parts.append(f"top-p {s['top_p']:g}")
+    parts.append(f"seed {s['seed']}")
+    if s.get("classes"):
+        parts.append("classes " + ",".join(str(c) for c in s["classes"]))
+    if isinstance(s.get("prompts"), dict):
+        parts.append(f"{s['prompts']['count']} prompts")
+    if s.get("image_size"):
+        parts.append(f"{s['image_size']} px")
+    if s.get("precision") and s["precision"] != "fp32":
+        parts.append(s["precision"])
+    if s.get("reference"):
+        parts.append(f"vs {_short(s['reference'])}")
+    return " · ".join(parts)
+
+
+def _change(metric: str, delta: Optional[float]) -> str:
+    if delta is None:
+        return "base not evaluated"
+    if delta == 0:
+        return "same"
+    better = delta < 0 if metric in LOWER_IS_BETTER else delta > 0
+    return "better" if better else "worse"
+
+
+def summary_rows(rows: Sequence[dict]) -> list[list[str]]:
+    """`evaluation_summary` rows as the results table: per model and setting, one line per checkpoint and
+    metric with the base model's value and the difference; a setting with only the base shows it alone."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["setting_key"]), []).append(row)
+    out = []
+    for (model, _), group in groups.items():
+        checkpoints = [r for r in group if r["checkpoint"] != "base"]
+        base = next((r for r in group if r["checkpoint"] == "base"), None)
+        shown = checkpoints or [base]
+        for row in shown:
+            setting = row["setting"]
+            extractor = setting.get("extractor")
+            title = row["checkpoint"] + (f" [{row['label']}]" if row["label"] and row["label"] != "base" else "")
+            for m in SUMMARY_METRICS:
+                if m not in row["metrics"]:
+                    continue
+                value = row["metrics"][m]
+                if row["checkpoint"] == "base":
+                    out.append([model, setting_text(setting), "base (no checkpoint evaluated yet)",
+                                metric_label(m, extractor), _fmt(value), "—", "—", "—"])
+                    continue
+                base_value = (row["base_metrics"] or {}).get(m)
+                delta = (row["delta"] or {}).get(m)
+                out.append([model, setting_text(setting), title, metric_label(m, extractor), _fmt(base_value),
+                            _fmt(value), _fmt(delta), _change(m, delta)])
+    return out
+
+
+def job_row(store, run, info: list) -> list:
+    first = run.message.splitlines()[0] if run.message else ""
+    return [run.id, info[0], info[1], info[2], run.status, f"{run.step}/{run.total_steps}", first]
+
+
+def job_info(store, run_id: str) -> list:
+    """[label, model, weights] of an evaluation job, from its config."""
+    try:
+        config = store.read_config(run_id)
+    except (OSError, ValueError):
+        return ["", "?", "?"]
+    return [config.get("label") or "", config.get("model") or "?", config.get("weights") or "base"]
+
+
+def progress_text(store, run_ids: Sequence[str]) -> str:
+    """Markdown about the jobs this page launched last."""
+    lines = []
+    for run_id in run_ids:
+        try:
+            run = store.get(run_id)
+        except RunNotFoundError:
+            lines.append(f"- `{run_id}`: deleted")
+            continue
+        if run.status == FINISHED:
+            lines.append(f"- `{run.id}` ✓ **finished** — {run.total_steps} samples; results in the table below")
+        elif run.status in (FAILED, STOPPED):
+            why = run.message.splitlines()[0] if run.message else ""
+            lines.append(f"- `{run.id}` ✗ **{run.status}** at {run.step}/{run.total_steps} samples"
+                         + (f" — {why}" if why else "") + " (log in the Runs tab; resume it there)")
+        else:
+            lines.append(f"- `{run.id}` **{run.status}** {progress_bar(run.step, run.total_steps)}")
+    return "\n".join(lines)
+
+
+def new_view() -> dict:
+    return {"mine": [], "flagged": None, "kinds": {}, "info": {}, "jobs": None, "progress": None, "finished": None}
+
+
+def refresh_view(app, view: Optional[dict]) -> tuple:
+    """(jobs table, progress markdown, results table, view); gr.skip() where nothing changed."""
+    from core.eval.jobs import evaluation_summary
+
+    app.ticker.tick_if_due()
+    view = {**new_view(), **(view if isinstance(view, dict) else {})}
+    store = app.store
+    skip = gr.skip()
+    runs = store.list_runs()
+    kinds = views.run_kinds(store, runs, view["kinds"])
+    evals = [r for r in runs if kinds[r.id] == views.EVAL_KIND]
+    info = {r.id: view["info"][r.id] if r.id in view["info"] else job_info(store, r.id) for r in evals}
+    rows = [job_row(store, r, info[r.id]) for r in evals[:MAX_JOBS]]
+    jobs_out = rows if rows != view["jobs"] else skip
+    progress = progress_text(store, view["mine"]) if view["mine"] else ""
+    progress_out = progress if progress != view["progress"] else skip
+    finished = [[r.id, r.ended_at] for r in evals if r.status == FINISHED]
+    summary_out = skip
+    if finished != view["finished"]:
+        summary_out = summary_rows(evaluation_summary(app.runs_dir))
+    view.update(kinds=kinds, info=info, jobs=rows, progress=progress, finished=finished)
+    return jobs_out, progress_out, summary_out, view
+
+
+# ----------------------------------------------------------------------------- the tab
+def infos(app) -> dict[str, str]:
+    roots = ", ".join(str(r) for r in app.data_roots) or "(none: start the app with --data-root)"
+    return {
+        "source": "a generator preset (the base model) or a run checkpoint (run · step)",
+        "label": "free text shown with the results, e.g. 'aligned, step 100'",
+        "num_samples": "images to sample; Table 2: 50000 (50 per ImageNet class)",
+        "classes": "type to search; empty = cycle through all classes",
+        "prompts": "one per line; samples cycle through them",
+        "cfg": "classifier-free guidance on (Table 2 reports both)",
+        "cfg_scale": "with CFG: 2.0 for GPT-XL, 1.75 for GPT-XXL (Table 2)",
+        "temperature": "1.0 (App. D); 0 = greedy",
+        "top_k": "0 = off (App. D)",
+        "top_p": "1 = off (App. D)",
+        "seed": "sample i uses a seed derived from (seed, i): reruns draw the same images",
+        "batch_size": "samples per batch",
+        "image_size": "resize samples before measuring (Table 2: 256 for 384 px models); empty = native",
+        "precision": "generator dtype while sampling",
+        "metrics": "FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception)",
+        "extractor": "features for FID/IS/precision/recall: FID proper is Inception; demo = the demo evaluator",
+        "extractor_path": "empty = the default location; a weights file (Inception, demo) or folder / hub id "
+                          "(CLIP, DINOv2) inside the checkpoints folder or the data roots",
+        "reference_kind": "what the samples are measured against",
+        "reference": f"a folder or .npz inside the data roots: {roots} (a relative path is looked up in each)",
+        "clip_model": "for the CLIP score: a folder or hub id; empty = openai/clip-vit-large-patch14",
+        "with_base": "also queue the base model (the preset's weights) under the same setting, unless it has a "
+                     "result or a job already: the table puts the two side by side",
+        "devices": "the job waits while another run uses one of its devices",
+    }
+
+
+def default_source(store) -> str:
+    return comparison.latest_checkpoint_value(store) or comparison.preset_value("demo-c2i")
+
+
+def build(ctx: BuildContext) -> None:
+    from core.models import registry
+
+    app = ctx.app
+    info = infos(app)
+    source0 = default_source(app.store)
+    try:
+        preset0 = comparison.parse_source(source0, app.store, "source").preset
+    except UserError:  # e.g. the newest checkpoint's run names no preset: the form opens on the demo
+        source0, preset0 = comparison.preset_value("demo-c2i"), "demo-c2i"
+    embedded0 = registry.get_generator(preset0).embedded
+    comps: dict[str, Any] = {}
+
+    def common(key: str) -> dict:
+        return dict(label=key, info=info[key], elem_id=f"eval-{key}")
+
+    gr.Markdown("Measure a preset or a run checkpoint: FID (or FD in another feature space), Inception Score, "
+                "precision/recall, CLIP score. The job runs in the background, like a training run; the table "
+                "at the bottom puts each checkpoint beside its base model.", elem_classes=["tab-intro"])
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3, min_width=420):
+            with gr.Row(equal_height=False):
+                comps["source"] = gr.Dropdown(choices=comparison.source_choices(app.store), value=source0,
+                                              filterable=True, allow_custom_value=True, scale=3, **common("source"))
+                comps["label"] = gr.Textbox(value="", scale=2, **common("label"))
+            with gr.Row(equal_height=False):
+                comps["num_samples"] = gr.Number(value=1000 if embedded0 else 50_000, step=1, scale=1,
+                                                 **common("num_samples"))
+                comps["classes"] = gr.Dropdown(choices=form.class_choices(preset0), value=[], multiselect=True,
+                                               filterable=True, allow_custom_value=True, scale=3,
+                                               visible=form.model_task(preset0) != "t2i", **common("classes"))
+                comps["prompts"] = gr.Textbox(value="", lines=3, scale=3, visible=form.model_task(preset0) == "t2i",
+                                              **common("prompts"))
+            with gr.Row(equal_height=False):
+                comps["cfg"] = gr.Checkbox(value=False, min_width=120, **common("cfg"))
+                comps["cfg_scale"] = gr.Number(value=2.0, min_width=120, **common("cfg_scale"))
+                comps["temperature"] = gr.Number(value=1.0, min_width=120, **common("temperature"))
+                comps["top_k"] = gr.Number(value=0, step=1, min_width=120, **common("top_k"))
+                comps["top_p"] = gr.Number(value=1.0, min_width=120, **common("top_p"))
+            with gr.Row(equal_height=False):
+                comps["metrics"] = gr.CheckboxGroup(choices=METRIC_CHOICES, value=["fid", "isc", "prc"],
+                                                    **common("metrics"))
+                comps["extractor"] = gr.Dropdown(choices=list(EXTRACTORS), value="demo" if embedded0 else "inception",
+                                                 **common("extractor"))
+                comps["extractor_path"] = gr.Textbox(value="", **common("extractor_path"))
+            with gr.Row(equal_height=False):
+                comps["reference_kind"] = gr.Radio(choices=REFERENCE_CHOICES, value="shapes" if embedded0 else "npz",
+                                                   **common("reference_kind"))
+                comps["reference"] = gr.Textbox(value="", **common("reference"))
+            with gr.Accordion("Sampling and metric details", open=False):
+                with gr.Row(equal_height=False):
+                    comps["seed"] = gr.Number(value=0, step=1, **common("seed"))
+                    comps["batch_size"] = gr.Number(value=32, step=1, **common("batch_size"))
+                    comps["image_size"] = gr.Number(value=None, step=1, **common("image_size"))
+                    comps["precision"] = gr.Dropdown(choices=["fp32", "bf16"], value="fp32", **common("precision"))
+                comps["clip_model"] = gr.Textbox(value="", **common("clip_model"))
+        with gr.Column(scale=2, min_width=320):
+            comps["devices"] = gr.CheckboxGroup(choices=device_choices(app), value=default_devices(),
+                                                **common("devices"))
+            comps["with_base"] = gr.Checkbox(value=True, label="with_base: evaluate the base model too",
+                                             info=info["with_base"], elem_id="eval-with_base")
+            launch_btn = gr.Button("Evaluate", variant="primary", elem_id="eval-launch")
+            status = gr.Markdown("", label="evaluate status", elem_id="eval-status")
+            progress = gr.Markdown("", label="job progress", elem_id="eval-progress")
+    jobs_table = gr.Dataframe(headers=JOB_HEADERS, value=[], interactive=False, wrap=True, max_height=240,
+                              column_widths=["27%", "9%", "9%", "23%", "8%", "7%", "17%"],
+                              label="evaluation jobs (progress = samples written / total)", elem_id="eval-jobs")
+    gr.Markdown("**Results per checkpoint.** Each checkpoint beside the base model evaluated under the same "
+                "setting. FID is only called FID on Inception features; on the demo evaluator's (or CLIP / DINOv2) "
+                "features it is an FD in that space, comparable only with itself. FD: lower is better; IS, "
+                "precision, recall, CLIP score: higher.")
+    summary = gr.Dataframe(headers=SUMMARY_HEADERS, value=[], interactive=False, wrap=True, max_height=420,
+                           column_widths=["9%", "20%", "21%", "16%", "8%", "9%", "9%", "8%"],
+                           label="results: base vs checkpoint", elem_id="eval-summary")
+    view = gr.State(new_view())
+    timer = gr.Timer(app.page_timer_s)
+    inputs = [comps[k] for k in KEYS]
+
+    def submit(cfg, devices: str):
+        from core.eval.jobs import submit_eval
+
+        name = f"eval {cfg.model} {cfg.label or ('base' if cfg.weights is None else cfg.weights)}"
+        return submit_eval(app.launcher, cfg, devices, name)
+
+    def launch(*args):
+        """Check the form and queue the job (and the base model's, see with_base). Returns the status, an
+        update per input (the error under its input) and the page's view."""
+        values, state = dict(zip(KEYS, args[:-1])), {**new_view(), **(args[-1] or {})}
+        try:
+            plan = plan_eval(app, values)
+            with app.launcher_lock:
+                runs = [submit(plan.base, plan.devices)] if plan.base is not None else []
+                runs.append(submit(plan.config, plan.devices))
+        except ConfigError as e:
+            target = error_target(e, KEYS, ALIASES)
+            updates = field_updates(KEYS, info, target, message(e), state["flagged"])
+            return (error_text(e, target), *updates, {**state, "flagged": target})
+        except UserError as e:
+            updates = field_updates(KEYS, info, None, "", state["flagged"])
+            return (error_text(e, None), *updates, {**state, "flagged": None})
+        names = ", ".join(f"`{r.id}`" for r in runs)
+        waits = [r for r in runs if r.status == QUEUED]
+        text = (f"✓ **Queued** {names} on `{plan.devices}`"
+                + (" (the base model under the same setting first)" if plan.base is not None else "")
+                + (f"; {len(waits)} waiting for the device" if waits else "") + ". Progress below and in the Runs tab.")
+        updates = field_updates(KEYS, info, None, "", state["flagged"])
+        return (text, *updates, {**state, "flagged": None, "mine": [r.id for r in runs], "progress": None})
+
+    launch.__signature__ = signature(KEYS, ["view"])
+    launch_btn.click(launch, inputs=[*inputs, view], outputs=[status, *inputs, view], api_name="launch_eval",
+                     concurrency_limit=1)
+
+    def refresh(state):
+        return refresh_view(app, state)
+
+    timer.tick(refresh, inputs=view, outputs=[jobs_table, progress, summary, view], api_name="eval_refresh",
+               show_progress="hidden", queue=False, trigger_mode="once")
+
+    def on_source(value, classes, extractor, reference_kind):
+        """The classes (or prompts) input, the extractor and the reference kind follow the model."""
+        try:
+            preset = comparison.parse_source(value, app.store, "source").preset
+        except UserError:
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        task = form.model_task(preset)
+        choices = form.class_choices(preset)
+        valid = {v for _, v in choices}
+        kept = [c for c in class_items(classes) if c in valid]
+        embedded = registry.get_generator(preset).embedded
+        if embedded:
+            extractor, reference_kind = "demo", "shapes"
+        else:
+            extractor = "inception" if extractor == "demo" else extractor
+            reference_kind = "npz" if reference_kind == "shapes" else reference_kind
+        return (gr.update(choices=choices, value=kept, visible=task != "t2i"), gr.update(visible=task == "t2i"),
+                extractor, reference_kind)
+
+    comps["source"].change(on_source, inputs=[comps["source"], comps["classes"], comps["extractor"],
+                                              comps["reference_kind"]],
+                           outputs=[comps["classes"], comps["prompts"], comps["extractor"], comps["reference_kind"]],
+                           api_visibility="private", show_progress="hidden")
+
+    def refresh_sources(value):
+        fresh = comparison.source_choices(app.store)
+        known = {v for _, v in fresh}
+        return gr.update(choices=fresh, value=value if value in known else default_source(app.store))
+
+    ctx.get(f"{TAB_ID}.tab").select(refresh_sources, inputs=comps["source"], outputs=comps["source"],
+                                    api_visibility="private", show_progress="hidden")

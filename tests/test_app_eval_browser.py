@@ -1,0 +1,94 @@
+"""The Evaluate and Embeddings tabs in a real headless Chromium (Playwright) on the tiny demo: each tab opens,
+a small job is launched from its form, its results render (the results table; the map, densities and
+distances), and a screenshot of each tab is saved (to $VAPI_SCREENSHOTS_DIR if set, else a tmp dir)
+and checked to be a non-empty PNG with content."""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from app import create_app
+from core import paths
+from core.runs.launcher import free_port, kill_process_tree
+from core.runs.store import ACTIVE, RunStore
+from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, screenshot
+from tests.test_app_eval_tabs import aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    aligned = aligned_run(RunStore(tmp_path / "runs"))
+    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
+    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    yield app, url, aligned
+    app.close(verbose=False)
+    for run in app.ctx.store.list_runs(ACTIVE):
+        kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+
+
+def fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.fill(value)
+    box.press("Tab")
+
+
+def test_evaluate_and_embeddings_tabs_in_chromium(served, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    app, url, aligned = served
+    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
+
+            page.get_by_role("tab", name="Evaluate").click()
+            expect(page.locator("#eval-launch")).to_be_visible()
+            expect(page.locator("#eval-source input")).to_have_value(f"run · {aligned} · step 5", timeout=20_000)
+            fill(page, "eval-num_samples", "-1")  # an error shows under its input, and nothing is queued
+            page.locator("#eval-launch").click()
+            expect(page.locator("#eval-status")).to_contain_text("num_samples", timeout=20_000)
+            expect(page.locator("#eval-num_samples")).to_contain_text("must be >= 1", timeout=20_000)
+            assert len(app.ctx.store.list_runs()) == 1
+            fill(page, "eval-num_samples", "12")
+            page.locator("#eval-launch").click()
+            expect(page.locator("#eval-status")).to_contain_text("Queued", timeout=30_000)
+            summary = page.locator("#eval-summary")
+            expect(summary).to_contain_text("FD (demo evaluator)", timeout=WAIT_MS)
+            expect(summary).to_contain_text(f"{aligned}@5", timeout=WAIT_MS)
+            expect(page.locator("#eval-jobs")).to_contain_text("12/12", timeout=WAIT_MS)
+            expect(page.locator("#eval-progress")).not_to_contain_text("running", timeout=WAIT_MS)
+            screenshot(page, shots, "evaluate")
+
+            page.get_by_role("tab", name="Embeddings").click()
+            expect(page.locator("#emb-launch")).to_be_visible()
+            expect(page.locator("#emb-base")).to_contain_text("demo-c2i")
+            fill(page, "emb-per_class", "6")
+            page.locator("#emb-launch").click()
+            expect(page.locator("#emb-status")).to_contain_text("finished", timeout=WAIT_MS)
+            traces = page.locator("#emb-scatter .js-plotly-plot .scatterlayer .trace")
+            expect(traces.first).to_be_attached(timeout=30_000)
+            expect(page.locator("#emb-scatter")).to_contain_text("aligned")
+            expect(page.locator("#emb-distance .js-plotly-plot")).to_be_attached(timeout=30_000)
+            expect(page.locator("#emb-table")).to_contain_text("overall")
+            expect(page.locator("#emb-caption")).to_contain_text("not Inception FID")
+            page.wait_for_timeout(1500)  # plotly draws asynchronously
+            screenshot(page, shots, "embeddings")
+        finally:
+            browser.close()
+    assert {p.name for p in shots.glob("*.png")} >= {"evaluate.png", "embeddings.png"}
