@@ -11,7 +11,7 @@ import torch
 from core import paths
 from core.errors import CheckpointError, ConfigError, MissingWeightsError
 from core.models import janus
-from core.models.generate import draw_uniforms, generate, generate_images, pick
+from core.models.generate import cfg_mix, draw_uniforms, generate, generate_images, pick
 from core.models.janus import JanusPolicy, JanusTokenizer, format_prompt, load_janus
 from core.models.protocols import Policy, Tokenizer
 
@@ -157,7 +157,7 @@ def test_sampled_logprobs_match_guided_teacher_forcing(policy, cond, scale):
     guided = c if scale == 1.0 else u + scale * (c - u)
     ref = torch.log_softmax(guided, -1).gather(-1, out.tokens[..., None]).squeeze(-1)
     assert (out.logprobs - ref).abs().max() <= 1e-4
-    assert torch.equal(JanusPolicy.cfg_logits(c, u, 1.0), c)
+    assert torch.equal(cfg_mix(c, u, 1.0), c)
 
 
 def test_scale_one_draws_the_conditional_samples(policy, cond):

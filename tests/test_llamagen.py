@@ -7,6 +7,7 @@ import torch
 
 from core.errors import ConfigError
 from core.models import llamagen
+from core.models.generate import cfg_mix
 from core.models.llamagen import GPTConfig, Transformer
 
 # the team's reference manifest (copied from shared/reference): upstream keys and shapes per preset
@@ -121,8 +122,8 @@ def test_t2i_null_caption_and_dropout():
 
 def test_cfg_formula_and_scale_one_is_conditional():
     c, u = torch.randn(2, 50), torch.randn(2, 50)
-    assert torch.equal(Transformer.cfg_logits(c, u, 1.0), c)
-    assert torch.allclose(Transformer.cfg_logits(c, u, 3.0), u + 3.0 * (c - u))
+    assert torch.equal(cfg_mix(c, u, 1.0), c)
+    assert torch.allclose(cfg_mix(c, u, 3.0), u + 3.0 * (c - u))
 
 
 def test_no_null_row_means_no_cfg():

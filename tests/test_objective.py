@@ -234,3 +234,29 @@ def test_tiny_policy_improves_on_a_toy_reward():
     assert late > 0.7 * early, (early, late)  # the distance to the ground truth drops by > 30% (measured: 45%)
     unchanged = [n for n, p in pol.named_parameters() if torch.equal(p, start[n])]
     assert unchanged == [], unchanged  # every parameter tensor received gradient and moved
+
+
+def test_encoder_reward_is_a_perceptual_distance_on_the_tokenizer():
+    tok = tiny_vq()
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
+    ref = rewards.Reference(a, tok)
+    item = torch.tensor([0, 1, 0])
+    with torch.no_grad():
+        d = rewards.encoder_distance(torch.stack([a[0], a[1], a[1]]), ref, item)
+    assert d[0] == 0 and d[1] == 0 and d[2] > 0  # identical -> 0, another image -> > 0
+    feats = rewards.encoder_features(tok, a)
+    assert len(feats) == len(tok.config.encoder_ch_mult) + 1
+    assert torch.allclose(feats[0].pow(2).sum(1), torch.ones(2, 16, 16), atol=1e-4)  # unit norm over channels
+    with pytest.raises(ValueError, match="LlamaGen VQ tokenizer"):
+        rewards.encoder_distance(a, rewards.Reference(a), torch.tensor([0, 1]))
+
+
+def test_policy_coef_zero_is_the_prior_only_ablation():
+    tok, batch = make_batch()
+    pol = tiny_gpt()
+    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "policy_coef": 0.0, "beta": 1.0})
+    out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(0))
+    assert out.loss.item() == pytest.approx(out.metrics["loss_prior"])
+    with pytest.raises(ConfigError, match="beta"):
+        resolve(None, {"policy_coef": 0.0, "beta": 0.0})

@@ -16,7 +16,7 @@ MANIFEST = "manifest.json"
 DEMO_IMAGE_SIZE = 32
 DEMO_VQ = dict(codebook_size=512, codebook_embed_dim=8, ch=32, encoder_ch_mult=[1, 2, 2], decoder_ch_mult=[1, 2, 2],
                z_channels=64, num_res_blocks=1, image_size=DEMO_IMAGE_SIZE)
-DEMO_GPT = dict(dim=192, n_layer=8, n_head=6, multiple_of=64, vocab_size=512, num_classes=10, cls_token_num=1,
+DEMO_GPT = dict(dim=128, n_layer=6, n_head=4, multiple_of=64, vocab_size=512, num_classes=10, cls_token_num=1,
                 block_size=64, class_dropout_prob=0.1, token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
                 model_type="c2i")
 

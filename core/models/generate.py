@@ -35,6 +35,13 @@ def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p:
         raise ConfigError("top_p", f"must be in (0, 1] (1 = off), got {top_p}")
 
 
+def cfg_mix(cond_logits: Tensor, uncond_logits: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance: uncond + scale * (cond - uncond). scale 1 returns cond exactly."""
+    if scale == 1.0:
+        return cond_logits
+    return uncond_logits + (cond_logits - uncond_logits) * scale
+
+
 def filter_logits(logits: Tensor, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """Set logits outside the top-k and outside the top-p nucleus to -inf. logits: [B, V]."""
     if top_k > 0 and top_k < logits.shape[-1]:
@@ -105,7 +112,7 @@ def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float 
         if not guided:
             return logits
         c, unc = logits.chunk(2)
-        return model.cfg_logits(c, unc, cfg_scale)
+        return cfg_mix(c, unc, cfg_scale)
 
     tokens = torch.empty(B, N, dtype=torch.long, device=cond.device)
     logprobs = torch.empty(B, N, dtype=torch.float32, device=cond.device)

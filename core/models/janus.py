@@ -2,7 +2,7 @@
 
 `JanusPolicy` wraps `transformers.JanusForConditionalGeneration` in the engine's Policy protocol
 (DESIGN §2) and in the mode methods `core.models.generate.generate` drives (`null_condition`,
-`new_cache`, `prefill`, `decode_one`, `cfg_logits`), so Janus samples with the same sampler, seeds
+`new_cache`, `prefill`, `decode_one`), so Janus samples with the same sampler, seeds
 and CFG formula as LlamaGen. `JanusTokenizer` wraps the model's `JanusVQVAE`.
 
 Legend: B batch, L prompt tokens (left-padded), N image tokens (24 x 24 = 576 for Janus-Pro),
@@ -267,13 +267,6 @@ class JanusPolicy(nn.Module):
         hidden = self._trunk(self.image_embeddings(tok), cache.mask, cache.next_position[:, None], cache)
         cache.next_position = cache.next_position + 1
         return self.image_logits(hidden[:, -1])
-
-    @staticmethod
-    def cfg_logits(cond_logits: Tensor, uncond_logits: Tensor, scale: float) -> Tensor:
-        """Classifier-free guidance: uncond + scale * (cond - uncond). scale 1 returns cond exactly."""
-        if scale == 1.0:
-            return cond_logits
-        return uncond_logits + (cond_logits - uncond_logits) * scale
 
     def generate(self, cond: Tensor, **kwargs):
         """Free-running sampling; see `core.models.generate.generate` for the arguments (cond_mask too)."""

@@ -444,13 +444,6 @@ class Transformer(nn.Module):
         cache.length = pos + 1
         return logits[:, -1]
 
-    @staticmethod
-    def cfg_logits(cond_logits: Tensor, uncond_logits: Tensor, scale: float) -> Tensor:
-        """Classifier-free guidance: uncond + scale * (cond - uncond). scale 1 returns cond exactly."""
-        if scale == 1.0:
-            return cond_logits
-        return uncond_logits + (cond_logits - uncond_logits) * scale
-
     def generate(self, cond: Tensor, **kwargs):
         """Free-running sampling; see `core.models.generate.generate` for the arguments."""
         from core.models.generate import generate

@@ -21,16 +21,12 @@ HF_T2I = "peizesun/llamagen_t2i"
 HF_JANUS = "deepseek-community/Janus-Pro-1B"  # transformers-format conversion of deepseek-ai/Janus-Pro-1B
 
 
-@dataclass(frozen=True)
-class TokenizerPreset:
-    name: str
-    arch: str  # "VQ-16" | "VQ-8" | "demo"
+class _WeightsLocation:
+    """Where a preset's weights live: checkpoints/demo/ when embedded (repo_id None), else checkpoints/."""
+
     filename: str
-    repo_id: Optional[str]  # None: embedded (committed) weights
-    codebook_size: int = 16384
-    codebook_embed_dim: int = 8
-    description: str = ""
-    folder: bool = False  # a transformers model folder (Janus) instead of one file
+    repo_id: Optional[str]
+    folder: bool
 
     @property
     def path(self) -> Path:
@@ -42,7 +38,19 @@ class TokenizerPreset:
 
 
 @dataclass(frozen=True)
-class GeneratorPreset:
+class TokenizerPreset(_WeightsLocation):
+    name: str
+    arch: str  # "VQ-16" | "VQ-8" | "demo"
+    filename: str
+    repo_id: Optional[str]  # None: embedded (committed) weights
+    codebook_size: int = 16384
+    codebook_embed_dim: int = 8
+    description: str = ""
+    folder: bool = False  # a transformers model folder (Janus) instead of one file
+
+
+@dataclass(frozen=True)
+class GeneratorPreset(_WeightsLocation):
     name: str
     family: str  # "llamagen"
     task: str  # "c2i" | "t2i"
@@ -54,14 +62,6 @@ class GeneratorPreset:
     description: str = ""
     overrides: dict = field(default_factory=dict)  # extra GPTConfig fields (e.g. the demo's sizes)
     folder: bool = False  # a transformers model folder (Janus) instead of one file
-
-    @property
-    def path(self) -> Path:
-        return (paths.DEMO_DIR if self.repo_id is None else paths.CHECKPOINTS_DIR) / self.filename
-
-    @property
-    def present(self) -> bool:
-        return (self.path / "config.json").is_file() if self.folder else self.path.is_file()
 
     @property
     def embedded(self) -> bool:

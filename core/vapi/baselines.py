@@ -22,9 +22,9 @@ from core.vapi.config import VapiConfig
 from core.vapi.objective import Batch, ce_prior, drop_condition, entropy, unwrapped
 
 
-def recon_loss(pred: torch.Tensor, images: torch.Tensor, weights: dict) -> tuple[torch.Tensor, dict]:
+def recon_loss(pred: torch.Tensor, images: torch.Tensor, weights: dict, tokenizer=None) -> tuple[torch.Tensor, dict]:
     """sum_k w_k mean(d_k(pred, images)), differentiable in pred. pred, images [B, 3, H, W]."""
-    ref = rewards.Reference(images)
+    ref = rewards.Reference(images, tokenizer)
     item = torch.arange(images.shape[0], device=images.device)
     terms = rewards.score(pred, ref, item, weights)
     total = sum(weights[k] * d.mean() for k, d in terms.items())
@@ -43,7 +43,7 @@ def ste_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
     hard = F.one_hot(logits.argmax(-1), logits.shape[-1]).to(soft.dtype)
     y = hard - soft.detach() + soft  # forward: one-hot; backward: d softmax
     pred = tokenizer.decode_latent(tokenizer.embed(y))  # decoder params frozen, gradient flows to y
-    rec, dist = recon_loss(pred.float(), batch.images.float(), cfg.reward_weights)
+    rec, dist = recon_loss(pred.float(), batch.images.float(), cfg.reward_weights, tokenizer)
     prior = ce_prior(logits, batch.tokens)
     loss = rec + cfg.beta * prior
     metrics = {"loss": loss.item(), "loss_recon": rec.item(), "loss_prior": prior.item(), "xi": xi,
@@ -61,7 +61,7 @@ def decoder_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
         probs = torch.softmax(logits.float() / cfg.temperature, dim=-1).view(B * N, V)
         x = torch.multinomial(probs, 1, generator=generator).view(B, N)
     pred = tokenizer(x)  # decode; decoder + post_quant_conv trainable (through the DDP wrapper if any)
-    rec, dist = recon_loss(pred.float(), batch.images.float(), cfg.reward_weights)
+    rec, dist = recon_loss(pred.float(), batch.images.float(), cfg.reward_weights, unwrapped(tokenizer))
     metrics = {"loss": rec.item(), "loss_recon": rec.item(), "xi": xi,
                "token_match": (x == batch.tokens).float().mean().item(), **dist}
     return rec, metrics

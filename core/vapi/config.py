@@ -52,6 +52,7 @@ class VapiConfig:
     reward_chunk_size: int = 32  # decoded images per chunk when decoding and scoring the B*G samples
     # ---------------------------------------------------------------- objective (Eq. 11)
     beta: float = 0.1  # weight of the prior term, Table 7
+    policy_coef: float = 1.0  # weight of the policy term; 0 = Table 4's "L_prior only" ablation
     prior: str = "ce"  # "ce": CE on the noisy context with clean targets (Eq. 9) | "kl": KL(pi || pi_ref) (Fig. 4 ablation)
     epsilon: float = 0.2  # PPO clip range, authors' script (--clip-range 0.2)
     advantage_clip: float = 5.0  # A_max, Table 7
@@ -115,6 +116,8 @@ class VapiConfig:
         need(sum(self.reward_weights.values()) > 0, "reward_weights", "at least one weight must be > 0")
         need(self.reward_chunk_size >= 1, "reward_chunk_size", "must be >= 1")
         need(self.beta >= 0, "beta", "must be >= 0 (0 = no prior term)")
+        need(self.policy_coef >= 0, "policy_coef", "must be >= 0 (0 = prior term only)")
+        need(self.policy_coef > 0 or self.beta > 0, "beta", "policy_coef and beta cannot both be 0: nothing would be trained")
         need(self.prior in PRIORS, "prior", f"must be one of {PRIORS}")
         need(self.epsilon > 0, "epsilon", "must be > 0")
         need(self.advantage_clip > 0, "advantage_clip", "must be > 0")

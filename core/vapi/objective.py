@@ -127,7 +127,7 @@ def score_samples(tokenizer, samples: Tensor, images: Tensor, weights: dict, chu
     B, G, N = samples.shape
     flat = samples.reshape(B * G, N)
     item = torch.arange(B, device=samples.device).repeat_interleave(G)
-    ref = rewards.Reference(images)
+    ref = rewards.Reference(images, tokenizer)
     parts: dict[str, list[Tensor]] = {}
     for s in range(0, B * G, chunk):
         pred = tokenizer.decode(flat[s:s + chunk]).float()
@@ -152,7 +152,7 @@ def teacher_forced(policy, batch: Batch, context: Tensor, drop: Tensor, repeat: 
 def compute_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
                  generator: Optional[torch.Generator] = None, ref_policy=None,
                  rollout: Optional[Rollout] = None) -> StepOutput:
-    """loss = L_pg + beta * L_prior for one micro-batch (DESIGN §1).
+    """loss = policy_coef * L_pg + beta * L_prior for one micro-batch (DESIGN §1; policy_coef is 1 but in ablations).
 
     rollout=None draws a new rollout (noisy context, condition dropout, G samples, rewards); a
     stored rollout is re-used for PPO iterations 2..num_iterations (one re-forward of B sequences).
@@ -203,7 +203,7 @@ def compute_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
         with torch.no_grad():
             ref_logits = teacher_forced(ref_policy, batch, context, drop, repeat=G if per_sample else 1)
         loss_prior = kl_prior(logits_for_prior, ref_logits, tau)
-    loss = loss_pg + cfg.beta * loss_prior
+    loss = cfg.policy_coef * loss_pg + cfg.beta * loss_prior
 
     new_rollout = rollout or Rollout(context=context, drop=drop, samples=samples, old_logprobs=old,
                                      rewards=r, advantages=adv, distances=dist)

@@ -26,10 +26,12 @@ from core.errors import MissingWeightsError
 
 
 class Reference:
-    """Ground-truth images of a batch [B, 3, H, W] in [-1, 1] and a per-reward cache of their features."""
+    """Ground-truth images of a batch [B, 3, H, W] in [-1, 1], the run's tokenizer (for rewards that
+    use its networks) and a per-reward cache of the images' features."""
 
-    def __init__(self, images: Tensor):
+    def __init__(self, images: Tensor, tokenizer=None):
         self.images = images
+        self.tokenizer = tokenizer
         self._cache: dict = {}
 
     def cached(self, key, compute: Callable[[], object]):
@@ -132,6 +134,43 @@ def lpips_vgg(pred: Tensor, ref: Reference, item: Tensor) -> Tensor:
 @register("lpips-alex")
 def lpips_alex(pred: Tensor, ref: Reference, item: Tensor) -> Tensor:
     return _lpips("alex", pred, ref, item)
+
+
+def encoder_features(tokenizer, x: Tensor) -> list[Tensor]:
+    """Unit-normalised feature maps of a LlamaGen VQ encoder at every resolution (+ the middle block)."""
+    import lpips
+
+    enc = tokenizer.encoder
+    h = enc.conv_in(x.float())
+    feats = []
+    for i, blk in enumerate(enc.conv_blocks):
+        for j in range(enc.num_res_blocks):
+            h = blk.res[j](h)
+            if len(blk.attn):
+                h = blk.attn[j](h)
+        feats.append(lpips.normalize_tensor(h))
+        if i != enc.num_resolutions - 1:
+            h = blk.downsample(h)
+    for m in enc.mid:
+        h = m(h)
+    feats.append(lpips.normalize_tensor(h))
+    return feats
+
+
+@register("encoder")
+def encoder_distance(pred: Tensor, ref: Reference, item: Tensor) -> Tensor:
+    """A perceptual distance that needs no external weights: LPIPS's recipe (unit-normalised feature
+    maps, squared differences, spatial mean; here an unweighted channel mean and a mean over levels)
+    on the frozen tokenizer's own encoder. Usable offline, e.g. for the demo; it is not LPIPS."""
+    tok = ref.tokenizer
+    if tok is None or not hasattr(tok, "encoder") or not hasattr(tok.encoder, "conv_blocks"):
+        raise ValueError("the 'encoder' reward needs a LlamaGen VQ tokenizer on the Reference")
+    ref_feats = ref.cached("encoder", lambda: [f.detach() for f in encoder_features(tok, ref.images)])
+    pred_feats = encoder_features(tok, pred)
+    total = 0
+    for a, b in zip(pred_feats, ref_feats):
+        total = total + ((a - b[item]) ** 2).mean(dim=(1, 2, 3))
+    return total / len(pred_feats)
 
 
 LPIPS_NETS = {"lpips": "vgg", "lpips-alex": "alex"}

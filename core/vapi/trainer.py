@@ -212,17 +212,20 @@ class Trainer:
         return self.accelerator.unwrap_model(model)
 
     @torch.no_grad()
-    def batch(self, step: int, micro: int) -> tuple[Batch, list[int]]:
-        idx = self.plan.indices(step, micro, self.rank)
-        items = [self.dataset[i] for i in idx]
+    def load_items(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Dataset items -> (images [B,3,H,W], cond, cond_mask) on the device."""
+        items = [self.dataset[int(i)] for i in idx]
         images = torch.stack([it[0] for it in items]).to(self.device)
         if self.cond_encoder is None:
-            cond, mask = torch.tensor([int(it[1]) for it in items], device=self.device), None
-        else:
-            cond, mask = self.cond_encoder([it[1] for it in items])
-            cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
-        tokens = self._tokens(idx, images)
-        return Batch(images=images, cond=cond, tokens=tokens, cond_mask=mask), idx
+            return images, torch.tensor([int(it[1]) for it in items], device=self.device), None
+        cond, mask = self.cond_encoder([it[1] for it in items])
+        return images, cond.to(self.device), mask.to(self.device) if mask is not None else None
+
+    @torch.no_grad()
+    def batch(self, step: int, micro: int) -> tuple[Batch, list[int]]:
+        idx = self.plan.indices(step, micro, self.rank)
+        images, cond, mask = self.load_items(idx)
+        return Batch(images=images, cond=cond, tokens=self._tokens(idx, images), cond_mask=mask), idx
 
     def _tokens(self, idx: list[int], images: torch.Tensor) -> torch.Tensor:
         tok = self.unwrap(self.tokenizer)
@@ -361,13 +364,7 @@ class Trainer:
             return
         n = min(self.cfg.kl_probe_size, len(self.dataset))
         idx = list(np.random.default_rng(derive_seed(self.cfg.seed, 0x9B0BE)).choice(len(self.dataset), n, replace=False))
-        items = [self.dataset[int(i)] for i in idx]
-        images = torch.stack([it[0] for it in items]).to(self.device)
-        if self.cond_encoder is None:
-            cond, mask = torch.tensor([int(it[1]) for it in items], device=self.device), None
-        else:
-            cond, mask = self.cond_encoder([it[1] for it in items])
-            cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
+        images, cond, mask = self.load_items(idx)
         tokens = self.unwrap(self.tokenizer).encode(images)
         self.kl_probe = (cond, mask, tokens[:, :-1])
         self.kl_base = self._probe_logprobs().to("cpu", torch.float16)
