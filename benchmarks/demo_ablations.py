@@ -1,6 +1,6 @@
 """The demo's before/after table and its ablations: train each variant, then measure it.
 
-    python -m benchmarks.demo_ablations                      # every variant below (~1 h on 2 CPU cores)
+    python -m benchmarks.demo_ablations                      # every variant below (~40 min on 2 CPU cores)
     python -m benchmarks.demo_ablations --only default no-prior
     python -m benchmarks.demo_ablations --json results.json  # also write the numbers
 
@@ -81,13 +81,18 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     names = args.only or list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"--only: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
     base = demo_report.evaluate_checkpoint(log=lambda m: None)
     results = {"base": {**{k: base[k] for k in METRICS}, **{k + "_std": base[k + "_std"] for k in METRICS},
                         "attributes": attribute_shares(None)}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             results[name] = run_variant(name, VARIANTS[name], Path(tmp))
-            print(f"done: {name}", flush=True)
+            print(f"done: {name}: demo-FID {results[name]['demo_fid']:.3f}", flush=True)
+            if args.json:  # after every variant, so an interrupted sweep keeps what it measured
+                args.json.write_text(json.dumps(results, indent=2))
     b = results["base"]["demo_fid"]
     print(f"\n{'variant':30s} {'demo-FID':>16s} {'vs base':>8s} {'class acc':>9s} {'diversity':>9s} {'recall':>7s} "
           f"{'KL':>7s}  backgrounds w/g/b   one shape")
@@ -98,8 +103,6 @@ def main() -> None:
         print(f"{name:30s} {r['demo_fid']:7.3f} ± {r['demo_fid_std']:5.3f} {change:>8s} {r['class_accuracy']:9.3f} "
               f"{r['diversity']:9.3f} {r['recall']:7.3f} {kl:>7s}  {bg['white']:.2f}/{bg['gray']:.2f}/{bg['black']:.2f}"
               f"      {r['attributes']['count']['1']:.2f}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -427,4 +427,5 @@ def test_the_form_covers_every_config_field_and_its_cli_is_equivalent():
     sets = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     assert resolve("demo-c2i", parse_overrides(sets)) == plan.cfg
     assert plan.cfg.reward_weights == {"mse": 1.0, "l1": 0.5} and plan.cfg.preview_classes == [1, 7]
-    assert plan.overrides.keys() == {"beta", "preview_seeds", "preview_classes", "xi", "method", "reward_weights"}
+    # device: the demo preset leaves it "auto" (a GPU when there is one); choosing cpu is an override
+    assert plan.overrides.keys() == {"beta", "preview_seeds", "preview_classes", "xi", "method", "reward_weights", "device"}
