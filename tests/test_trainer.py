@@ -10,12 +10,13 @@ import torch
 
 from core.errors import ConfigError, DataError, MissingWeightsError
 from core.models import checkpoint
+from core.runs.launcher import free_port
 from core.runs.recorder import RunRecorder
 from core.runs.store import RunStore
 from core.vapi import rewards
 from core.vapi.config import resolve
 from core.vapi.trainer import ENTRY, NonFiniteError, Trainer
-from tests.helpers import TINY_GPT, tiny_gpt
+from tests.helpers import tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(model="demo-c2i", data="shapes", data_subset=40, reward_weights={"mse": 1.0}, num_generations=4,
@@ -131,7 +132,7 @@ def test_two_processes_equal_one_process(tiny_demo, tmp_path):
     one.mkdir(), two.mkdir()
     r1 = subprocess.run([sys.executable, str(script), str(one)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r1.returncode == 0, r1.stderr[-3000:]
-    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                          str(script), str(two)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert "on 2 process(es)" in r2.stdout + r2.stderr

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -515,8 +514,10 @@ class Trainer:
             else:
                 self.log(f"[step {done}/{cfg.max_steps}] reward {last.get('reward_mean', float('nan')):.4f} "
                          f"loss {last['loss']:.4f} grad {last['grad_norm']:.3f} {last['step_time']:.2f}s/step ETA {eta:.0f}s")
-        if cfg.report_to:
-            self.accelerator.end_training()
+        # every process done, then end the trackers and (under a distributed launch) destroy the process
+        # group: left to interpreter exit, a rank that finishes first can abort in gloo's teardown (SIGABRT)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
         return last
 
 
