@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,3 +58,42 @@ class ToyTokenizer:
         h, w = self.grid
         grey = tokens.float() / (self.codebook_size - 1) * 2 - 1
         return grey.view(-1, 1, h, w).expand(-1, 3, h, w)
+
+
+def train_tiny_evaluator(folder: Path, steps: int) -> Path:
+    """A demo evaluator for the tiny demo's 16 px images, trained with the module's own function."""
+    from core.eval import demo_evaluator as de
+
+    torch.set_num_threads(1)
+    model, _ = de.train_evaluator(steps=steps, batch_size=10, seed=0, log=lambda _: None, val_count=10, image_size=16,
+                                  config=de.EvaluatorConfig(channels=(8, 16, 16), feature_dim=8, hidden_dim=16,
+                                                            image_size=16))
+    path = folder / "evaluator.safetensors"
+    de.save_evaluator(model, path)
+    return path
+
+
+@contextmanager
+def served_app(tmp_path: Path, monkeypatch, data_roots: list[Path], **create_kw):
+    """The workbench launched in this process on a free port, with no published weights (checkpoints/ and the
+    torch hub point into tmp_path) and one thread per worker process. Yields (app, url); afterwards the
+    app is closed, its active workers are killed and its queued runs are stopped."""
+    from app import create_app
+    from core import paths
+    from core.runs.launcher import free_port, kill_process_tree
+    from core.runs.store import ACTIVE, QUEUED, STOPPED
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each worker process: one thread (2 cores, several processes)
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")  # no published weights present
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no LPIPS / Inception backbone either
+    app = create_app(tmp_path / "runs", data_roots=data_roots, **create_kw)
+    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield app, url
+    finally:
+        app.close(verbose=False)
+        store = app.ctx.store
+        for run in store.list_runs(ACTIVE):
+            kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+        for run in store.list_runs([QUEUED]):
+            store.try_set_status(run.id, STOPPED, expect={QUEUED})

@@ -27,12 +27,12 @@ from PIL import Image
 
 from app import create_app, form, safety
 from app.tabs.launch import api_name_of
-from core import paths
 from core.errors import ConfigError
-from core.runs.launcher import free_port, kill_process_tree
+from core.runs.launcher import free_port
 from core.runs.recorder import RunRecorder
-from core.runs.store import ACTIVE, QUEUED, STOPPED
+from core.runs.store import STOPPED
 from core.vapi.config import parse_overrides, resolve
+from tests.helpers import served_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {"__type__": "update"}  # an output the handler left unchanged, as gradio_client returns it
@@ -82,21 +82,10 @@ class UI:
 
 @pytest.fixture
 def served(tiny_demo, tmp_path, monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each worker process: one thread (2 cores, several processes)
-    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")  # no published weights present
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no LPIPS backbone either
     data_root = tmp_path / "data"
     data_root.mkdir()
-    app = create_app(tmp_path / "runs", data_roots=[data_root], page_timer_s=0.5)
-    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    ui = UI(url)
-    yield SimpleNamespace(app=app, ui=ui, store=app.ctx.store, data_root=data_root, tmp=tmp_path)
-    app.close(verbose=False)
-    store = app.ctx.store
-    for run in store.list_runs(ACTIVE):
-        kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
-    for run in store.list_runs([QUEUED]):
-        store.try_set_status(run.id, STOPPED, expect={QUEUED})
+    with served_app(tmp_path, monkeypatch, [data_root], page_timer_s=0.5) as (app, url):
+        yield SimpleNamespace(app=app, ui=UI(url), store=app.ctx.store, data_root=data_root, tmp=tmp_path)
 
 
 def latest_step(ui: UI, run_id: str) -> int:

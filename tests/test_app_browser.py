@@ -10,13 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from app import create_app
-from core import paths
-from core.runs.launcher import free_port, kill_process_tree
-from core.runs.store import ACTIVE
+from tests.helpers import served_app
 
 pytestmark = pytest.mark.browser
 
@@ -29,15 +25,8 @@ WAIT_MS = 120_000  # worker start + a few dozen steps on a loaded 2-core machine
 def served(tiny_demo, tmp_path, monkeypatch):
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
-    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield app, url
-    app.close(verbose=False)
-    for run in app.ctx.store.list_runs(ACTIVE):
-        kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+    with served_app(tmp_path, monkeypatch, [tmp_path]) as served:
+        yield served
 
 
 def screenshot(page, folder: Path, name: str) -> Path:

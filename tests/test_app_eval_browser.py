@@ -9,12 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from app import create_app
-from core import paths
-from core.runs.launcher import free_port, kill_process_tree
-from core.runs.store import ACTIVE, RunStore
+from core.runs.store import RunStore
+from tests.helpers import served_app
 from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, screenshot
 from tests.test_app_eval_tabs import aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
 
@@ -26,16 +23,9 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - th
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
     shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     aligned = aligned_run(RunStore(tmp_path / "runs"))
-    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
-    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield app, url, aligned
-    app.close(verbose=False)
-    for run in app.ctx.store.list_runs(ACTIVE):
-        kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+    with served_app(tmp_path, monkeypatch, [tmp_path]) as (app, url):
+        yield app, url, aligned
 
 
 def fill(page, elem_id: str, value: str) -> None:

@@ -21,13 +21,10 @@ import pytest
 import torch
 from gradio_client import Client
 
-from app import create_app
 from app.tabs import embeddings, evaluate
-from core import paths
 from core.eval.embeddings import SET_COLORS, SET_NAMES
-from core.runs.launcher import free_port, kill_process_tree
-from core.runs.store import ACTIVE, FINISHED, QUEUED, RUNNING, STOPPED
-from tests.helpers import tiny_gpt
+from core.runs.store import FINISHED, RUNNING
+from tests.helpers import served_app, tiny_gpt, train_tiny_evaluator
 
 SKIPPED = {"__type__": "update"}  # an output the handler left unchanged
 TIMEOUT_S = 150.0  # worker start, sampling and metrics on a loaded 2-core machine
@@ -40,15 +37,7 @@ EMB = dict(step=STEP, classes=["circle", "square", 2], per_class=6, batch_size=6
 @pytest.fixture(scope="module")
 def evaluator_file(tmp_path_factory):
     """A demo evaluator for the tiny demo's 16 px images, trained with the module's own function."""
-    from core.eval import demo_evaluator as de
-
-    torch.set_num_threads(1)
-    model, _ = de.train_evaluator(steps=20, batch_size=10, seed=0, log=lambda _: None, val_count=10, image_size=16,
-                                  config=de.EvaluatorConfig(channels=(8, 16, 16), feature_dim=8, hidden_dim=16,
-                                                            image_size=16))
-    path = tmp_path_factory.mktemp("evaluator") / "evaluator.safetensors"
-    de.save_evaluator(model, path)
-    return path
+    return train_tiny_evaluator(tmp_path_factory.mktemp("evaluator"), steps=20)
 
 
 def aligned_run(store) -> str:
@@ -116,24 +105,14 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):
     from core.runs.store import RunStore
 
     shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # the demo evaluator's default place
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each worker process: one thread (2 cores, several processes)
-    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no Inception weights
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # no CLIP / DINOv2 either
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))  # no CLIP / DINOv2 weights
     monkeypatch.setattr(registry, "hub_reachable", lambda *a, **k: False)  # and offline
     data_root = tmp_path / "data"
     data_root.mkdir()
     aligned = aligned_run(RunStore(tmp_path / "runs"))
-    app = create_app(tmp_path / "runs", data_roots=[data_root], page_timer_s=0.5)
-    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    yield SimpleNamespace(app=app, url=url, ui=UI(url), store=app.ctx.store, aligned=aligned, data_root=data_root,
-                          tmp=tmp_path)
-    app.close(verbose=False)
-    store = app.ctx.store
-    for run in store.list_runs(ACTIVE):
-        kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
-    for run in store.list_runs([QUEUED]):
-        store.try_set_status(run.id, STOPPED, expect={QUEUED})
+    with served_app(tmp_path, monkeypatch, [data_root], page_timer_s=0.5) as (app, url):
+        yield SimpleNamespace(app=app, url=url, ui=UI(url), store=app.ctx.store, aligned=aligned, data_root=data_root,
+                              tmp=tmp_path)
 
 
 def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(served):

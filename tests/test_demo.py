@@ -5,11 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from core import paths
-from core.models import demo, registry
 from core.models.demo_build import sha256
 
 ROOT = Path(__file__).resolve().parents[1]

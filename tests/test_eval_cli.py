@@ -20,7 +20,7 @@ from core.errors import ConfigError, DataError, MissingWeightsError
 from core.eval import jobs
 from core.eval.cli import add_eval_command, register
 from core.runs import FINISHED, RUNNING, Launcher, RunStore
-from tests.helpers import tiny_gpt
+from tests.helpers import tiny_gpt, train_tiny_evaluator
 
 SAMPLES, BATCH = 12, 4
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,15 +37,7 @@ def _one_thread(monkeypatch):
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory):
     """A demo evaluator for 16 px images, trained with the module's own function at a tiny budget."""
-    from core.eval import demo_evaluator as de
-
-    torch.set_num_threads(1)
-    model, _ = de.train_evaluator(steps=3, batch_size=10, seed=0, log=lambda _: None, val_count=10, image_size=16,
-                                  config=de.EvaluatorConfig(channels=(8, 16, 16), feature_dim=8, hidden_dim=16,
-                                                            image_size=16))
-    path = tmp_path_factory.mktemp("evaluator") / "evaluator.safetensors"
-    de.save_evaluator(model, path)
-    return str(path)
+    return str(train_tiny_evaluator(tmp_path_factory.mktemp("evaluator"), steps=3))
 
 
 @pytest.fixture

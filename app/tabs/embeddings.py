@@ -20,9 +20,9 @@ import gradio as gr
 from app import form, views
 from app.safety import confine
 from app.tabs import BuildContext
-from app.tabs.evaluate import (EXTRACTORS, check_extractor, class_items, default_devices, error_target, error_text,
+from app.tabs.evaluate import (EXTRACTORS, JOB_INFOS, check_extractor, class_items, default_devices, error_target, error_text,
                                extractor_path_of, feature_space, field_updates, message, parse_device_set,
-                               parse_number, progress_bar, renamed, signature)
+                               parse_number, progress_bar, renamed, roots_text, signature)
 from app.tabs.launch import device_choices
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
@@ -285,8 +285,8 @@ def new_view() -> dict:
 
 # ----------------------------------------------------------------------------- the tab
 def infos(app) -> dict[str, str]:
-    roots = ", ".join(str(r) for r in app.data_roots) or "(none: start the app with --data-root)"
-    return {
+    roots = roots_text(app)
+    return {**JOB_INFOS,
         "run": "the aligned model: a run with a checkpoint",
         "step": "its checkpoint (default: the last)",
         "classes": "type to search the class names; empty = the first 10 classes",
@@ -294,16 +294,12 @@ def infos(app) -> dict[str, str]:
         "real": f"demo: 'shapes' (the held-out reference split; 'shapes:val' etc.); otherwise an ImageNet-layout "
                 f"folder inside the data roots: {roots}",
         "extractor": "the feature space: demo evaluator (demo), Inception (FID's), CLIP or DINOv2",
-        "extractor_path": "empty = the default location; a weights file (Inception, demo) or folder / hub id "
-                          "(CLIP, DINOv2) inside the checkpoints folder or the data roots",
         "projections": "2-D maps fitted on all three sets together",
         "cfg_scale": "classifier-free guidance for both models (1 = off)",
         "temperature": "1.0 (App. D)",
         "top_k": "0 = off",
         "top_p": "1 = off",
         "seed": "base and aligned use the same seeds",
-        "batch_size": "samples per batch",
-        "devices": "the job waits while another run uses one of its devices",
     }
 
 

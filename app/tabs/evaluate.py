@@ -514,9 +514,22 @@ def refresh_view(app, view: Optional[dict]) -> tuple:
 
 
 # ----------------------------------------------------------------------------- the tab
+# Help texts both job forms (Evaluate, Embeddings) show for the same field.
+JOB_INFOS = {
+    "batch_size": "samples per batch",
+    "extractor_path": "empty = the default location; a weights file (Inception, demo) or folder / hub id "
+                      "(CLIP, DINOv2) inside the checkpoints folder or the data roots",
+    "devices": "the job waits while another run uses one of its devices",
+}
+
+
+def roots_text(app) -> str:
+    return ", ".join(str(r) for r in app.data_roots) or "(none: start the app with --data-root)"
+
+
 def infos(app) -> dict[str, str]:
-    roots = ", ".join(str(r) for r in app.data_roots) or "(none: start the app with --data-root)"
-    return {
+    roots = roots_text(app)
+    return {**JOB_INFOS,
         "source": "a generator preset (the base model) or a run checkpoint (run · step)",
         "label": "free text shown with the results, e.g. 'aligned, step 100'",
         "num_samples": "images to sample; Table 2: 50000 (50 per ImageNet class)",
@@ -528,19 +541,15 @@ def infos(app) -> dict[str, str]:
         "top_k": "0 = off (App. D)",
         "top_p": "1 = off (App. D)",
         "seed": "sample i uses a seed derived from (seed, i): reruns draw the same images",
-        "batch_size": "samples per batch",
         "image_size": "resize samples before measuring (Table 2: 256 for 384 px models); empty = native",
         "precision": "generator dtype while sampling",
         "metrics": "FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception)",
         "extractor": "features for FID/IS/precision/recall: FID proper is Inception; demo = the demo evaluator",
-        "extractor_path": "empty = the default location; a weights file (Inception, demo) or folder / hub id "
-                          "(CLIP, DINOv2) inside the checkpoints folder or the data roots",
         "reference_kind": "what the samples are measured against",
         "reference": f"a folder or .npz inside the data roots: {roots} (a relative path is looked up in each)",
         "clip_model": "for the CLIP score: a folder or hub id; empty = openai/clip-vit-large-patch14",
         "with_base": "also queue the base model (the preset's weights) under the same setting, unless it has a "
                      "result or a job already: the table puts the two side by side",
-        "devices": "the job waits while another run uses one of its devices",
     }
 
 

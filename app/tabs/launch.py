@@ -253,15 +253,22 @@ def build(ctx: BuildContext) -> None:
     check_outputs = [*inputs, *section_list, status, cli, flagged]
 
     # --- live validation and the CLI command (no files are read)
-    def live(*args):
+    def checked(args, full: bool):
+        """(the form's outputs, the plan): with an error the outputs are complete and the plan is None;
+        otherwise the fields' cleared states, for the caller to add the status, CLI and flag."""
         values, prev = _values(args[:-1]), args[-1]
         try:
-            plan = check(app, values, full=False)
+            plan = check(app, values, full=full)
         except ConfigError as e:
             updates, opened, target = _error_outputs(prev, e, app, values)
-            return (*updates, *opened, _error_text(e, "needs a fix"), f"# not valid yet: {e}", target)
-        updates, opened, target = _error_outputs(prev, None, app, values)
-        return (*updates, *opened, "", plan.cli, None)
+            title = "Check failed" if full else "needs a fix"
+            return (*updates, *opened, _error_text(e, title), f"# not valid yet: {e}", target), None
+        updates, opened, _ = _error_outputs(prev, None, app, values)
+        return (*updates, *opened), plan
+
+    def live(*args):
+        out, plan = checked(args, full=False)
+        return out if plan is None else (*out, "", plan.cli, None)
 
     live.__signature__ = inspect.Signature([inspect.Parameter(api_name_of(k), inspect.Parameter.POSITIONAL_OR_KEYWORD)
                                             for k in [*KEYS, "flagged"]])
@@ -269,16 +276,11 @@ def build(ctx: BuildContext) -> None:
           show_progress="hidden", api_name="validate_form", concurrency_limit=None)
 
     def full_check(*args):
-        values, prev = _values(args[:-1]), args[-1]
-        try:
-            plan = check(app, values, full=True)
-        except ConfigError as e:
-            updates, opened, target = _error_outputs(prev, e, app, values)
-            return (*updates, *opened, _error_text(e, "Check failed"), f"# not valid yet: {e}", target)
-        updates, opened, _ = _error_outputs(prev, None, app, values)
-        return (*updates, *opened, f"✓ Inputs look good: {plan.cfg.max_steps} steps of "
-                                   f"{plan.cfg.global_batch_size} images x G={plan.cfg.num_generations} on {plan.devices}.",
-                plan.cli, None)
+        out, plan = checked(args, full=True)
+        if plan is None:
+            return out
+        return (*out, f"✓ Inputs look good: {plan.cfg.max_steps} steps of {plan.cfg.global_batch_size} images "
+                      f"x G={plan.cfg.num_generations} on {plan.devices}.", plan.cli, None)
 
     full_check.__signature__ = live.__signature__
     check_btn.click(full_check, inputs=[*inputs, flagged], outputs=check_outputs, api_name="check_form",
