@@ -38,7 +38,7 @@ _SECTION_GROUP = {  # first words of a section comment in config.py -> group
 }
 # Fields config.py leaves without a comment; everything else takes its help from there.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "method": C.METHODS, "data": C.DATA_KINDS, "prior": C.PRIORS, "schedule": C.SCHEDULES,
+    "method": C.METHODS, "data": C.DATA_KINDS, "prior": C.PRIORS, "schedule": C.SCHEDULES, "rollout_mode": C.ROLLOUT_MODES,
     "xi_schedule": C.XI_SCHEDULES, "lr_scheduler": C.LR_SCHEDULERS, "mixed_precision": C.PRECISIONS,
     "report_to": C.TRACKERS,
 }

@@ -200,7 +200,7 @@ def test_grouped_and_per_sample_schedules_give_the_same_loss_and_gradients(prior
 def test_ppo_iterations_reuse_the_rollout_and_clip():
     tok, batch = make_batch()
     pol = tiny_gpt()
-    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "epsilon": 0.05})
+    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "epsilon": 0.05, "rollout_mode": "eval"})
     opt = torch.optim.SGD(pol.parameters(), lr=5.0)
     first = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(0))
     assert first.metrics["ratio_mean"] == 1.0 and first.metrics["clip_frac"] == 0.0
@@ -260,3 +260,61 @@ def test_policy_coef_zero_is_the_prior_only_ablation():
     assert out.loss.item() == pytest.approx(out.metrics["loss_prior"])
     with pytest.raises(ConfigError, match="beta"):
         resolve(None, {"policy_coef": 0.0, "beta": 0.0})
+
+
+# ----------------------------------------------------------------------------- rollout modes (authors' --sample-model-mode)
+@pytest.mark.parametrize("mode", ["train", "eval", "twice"])
+def test_every_rollout_mode_samples_from_the_eval_mode_forward_and_restores_the_mode(mode):
+    tok, batch = make_batch()
+    pol = tiny_gpt(resid_dropout_p=0.3, ffn_dropout_p=0.3).train()
+    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "cond_drop_prob": 0.5, "rollout_mode": mode})
+    out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(1))
+    assert pol.training  # the caller's mode is restored
+    # the rollout: eval mode, condition never dropped, drawn with the same random numbers in every mode
+    g = torch.Generator().manual_seed(1)
+    context, drop = objective.new_rollout_noise(batch, cfg, pol.vocab_size, 0.0, g)
+    with torch.no_grad(), objective.model_mode(pol, False):
+        ref_logits = pol(batch.cond, context)
+    samples = objective.sample_groups(ref_logits, 4, 1.0, g)
+    assert torch.equal(out.rollout.samples, samples)
+    assert torch.allclose(out.rollout.old_logprobs, objective.gather_logprobs(ref_logits, samples, 1.0), atol=1e-6)
+    ratio = out.metrics["ratio_mean"]
+    if mode == "train":  # gradient forward in train mode: dropout and condition dropout move the ratio off 1
+        assert ratio != pytest.approx(1.0, abs=1e-4) and out.metrics["cond_dropped"] > 0
+    else:  # the policy loss sees the eval-mode forward: ratio exactly 1 on the first update
+        assert ratio == 1.0
+    if mode == "eval":
+        assert out.metrics["cond_dropped"] == 0.0
+        ce = objective.ce_prior(ref_logits, batch.tokens)
+        assert out.metrics["loss_prior"] == pytest.approx(ce.item(), rel=1e-6)  # CE on the eval forward too
+    if mode == "twice":  # CE from a second, train-mode forward (dropout): not the eval forward's CE
+        ce = objective.ce_prior(ref_logits, batch.tokens)
+        assert out.metrics["loss_prior"] != pytest.approx(ce.item(), rel=1e-4)
+
+
+def test_train_mode_reuses_its_forward_for_the_rollout_only_where_exact():
+    tok, batch = make_batch()
+    pol = tiny_gpt()  # no dropout layers: train mode == eval mode except for dropped conditions
+    assert not objective.has_dropout(pol) and objective.has_dropout(tiny_gpt(token_dropout_p=0.1))
+    drop = torch.tensor([True, False, True])
+    context = batch.tokens[:, :-1]
+    with torch.no_grad():
+        train_logits = objective.forward_in_mode(pol, batch, context, drop, train=True)
+        full = objective.rollout_logits(pol, batch, context, drop)
+    reused = objective.rollout_logits(pol, batch, context, drop, train_logits=train_logits)
+    assert torch.allclose(reused, full, atol=1e-5)
+    assert not torch.allclose(train_logits[0], full[0], atol=1e-3)  # the dropped row was run again, conditioned
+
+
+def test_tied_groups_get_zero_advantage_and_are_counted():
+    base = torch.tensor([0.0142, 0.0142, 0.0142, 0.0142])
+    noise = torch.tensor([5e-8, -1e-7, 0.0, 5e-8])  # float rounding of equal decodes (~5e-6 relative): no signal
+    real = torch.tensor([0.0142, 0.0139, 0.0151, 0.0142])  # one token changed: a real difference
+    r = -torch.stack([base + noise, real, base])
+    adv, tied = objective.group_advantages_with_ties(r, clip=5.0)
+    assert tied.tolist() == [True, False, True]
+    assert torch.equal(adv[0], torch.zeros(4)) and torch.equal(adv[2], torch.zeros(4))
+    assert adv[1].abs().max() > 0.5
+    # without the guard the rounding noise would have become full-size advantages
+    raw = (r[0] - r[0].mean()) / (r[0].std() + 1e-8)
+    assert raw.abs().max() > 0.5

@@ -84,6 +84,63 @@ def test_resume_equals_uninterrupted(tiny_demo, tmp_path):
     oa = torch.load(run_a / "checkpoints" / "step-000004" / "optimizer.pt", weights_only=True)["optimizer"]
     ob = torch.load(run_b / "checkpoints" / "step-000004" / "optimizer.pt", weights_only=True)["optimizer"]
     assert all(torch.equal(oa["state"][i]["exp_avg_sq"], ob["state"][i]["exp_avg_sq"]) for i in oa["state"])
+    # KL to the BASE model after the resume (the probe is captured before the checkpoint is loaded)
+    ka = {r["step"]: r["kl_base"] for r in RunStore(tmp_path / "runs").read_metrics(run_a.name)}
+    kb = {r["step"]: r["kl_base"] for r in store.read_metrics(run.id)}
+    assert kb[3] > 0 and kb[3] == pytest.approx(ka[3], rel=1e-4) and kb[4] == pytest.approx(ka[4], rel=1e-4)
+
+
+def test_a_stop_request_ends_training_through_the_distributed_teardown(tiny_demo, tmp_path, monkeypatch):
+    cfg, store, run, run_dir = new_run(tmp_path)
+    trainer = Trainer(cfg, run_dir, StopAfter(run_dir, after=1))
+    ended = []
+    real_setup = trainer.setup
+
+    def setup():
+        real_setup()
+        monkeypatch.setattr(trainer.accelerator, "end_training", lambda: ended.append(True))
+
+    trainer.setup = setup
+    trainer.train()
+    assert ended == [True]  # a stop returns through wait_for_everyone + end_training, like a finished run
+    assert [c.step for c in store.checkpoints(run.id)] == [1]
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one AcceleratorState per process; a test that changes the precision resets it around itself."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_cpu_bf16_autocast_path_keeps_fp32_tokens_and_rewards(tiny_demo, tmp_path, fresh_accelerator_state):
+    from core.vapi import objective
+
+    cfg, store, run, run_dir = new_run(tmp_path, mixed_precision="bf16", mixed_precision_on_cpu=True, max_steps=2,
+                                       reward_weights={"mse": 1.0, "l1": 0.5})
+    trainer = Trainer(cfg, run_dir, RunRecorder(run_dir, is_main=True))
+    trainer.train()
+    assert trainer.accelerator.mixed_precision == "bf16"
+    idx = sorted(trainer.token_cache)
+    images = torch.stack([trainer.dataset[i][0] for i in idx])
+    tok = trainer.unwrap(trainer.tokenizer)
+    with torch.no_grad():
+        fp32_tokens = tok.encode(images)  # outside any autocast
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16_tokens = tok.encode(images)
+    assert torch.equal(torch.stack([trainer.token_cache[i] for i in idx]), fp32_tokens)
+    assert not torch.equal(bf16_tokens, fp32_tokens)  # what encoding under the autocast would have given
+    # rewards of the same samples: fp32 inside the bf16 autocast, equal to a plain fp32 computation (tolerance 1e-6)
+    samples = fp32_tokens[:4].view(2, 2, -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        r_amp, _ = objective.score_samples(tok, samples, images[:2], cfg.reward_weights, 3)
+    r_ref, _ = objective.score_samples(tok, samples, images[:2], cfg.reward_weights, 3)
+    assert torch.allclose(r_amp, r_ref, rtol=1e-6, atol=1e-7)
+    rows = store.read_metrics(run.id)
+    assert [r["step"] for r in rows] == [1, 2] and all("tied_groups" in r for r in rows)
 
 
 def test_nan_guard_keeps_the_last_good_checkpoint_and_names_the_terms(tiny_demo, tmp_path, monkeypatch):
@@ -197,3 +254,25 @@ def test_cli_train_and_resume(tiny_demo, tmp_path):
     assert "[step 2/2]" in (run_dir / "log.txt").read_text()
     r = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "is finished" in r.stderr
+
+
+def test_cli_continues_a_finished_run_for_more_steps(tiny_demo, tmp_path):
+    run_dir = tmp_path / "runs" / "extend"
+    args = ["--set", "global_batch_size=2", "--set", "per_device_train_batch_size=2", "--set", "data_subset=20",
+            "--set", "reward_weights={\"mse\": 1}", "--set", "num_generations=2", "--set", "save_steps=100"]
+    r = subprocess.run([sys.executable, "-m", "core", "train", "--preset", "demo-c2i", "--set", "max_steps=3", *args,
+                        "--run-dir", str(run_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "finished at step 3/3" in r.stdout, r.stderr[-2000:]
+    bad = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir), "--set", "max_steps=2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "max_steps" in bad.stderr
+    fixed = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir), "--set", "model=other"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert fixed.returncode == 2 and "model" in fixed.stderr and "cannot change on resume" in fixed.stderr
+    r = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(run_dir), "--set", "max_steps=5"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "finished at step 5/5" in r.stdout, r.stderr[-2000:]
+    store = RunStore(run_dir.parent)
+    assert [m["step"] for m in store.read_metrics("extend")] == [1, 2, 3, 4, 5]
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 5
+    assert [c.step for c in store.checkpoints("extend")] == [3, 5]

@@ -291,12 +291,15 @@ class Launcher:
         self.tick()
         return self.store.get(run_id)
 
-    def resume_in_place(self, run_id: str) -> Run:
+    def resume_in_place(self, run_id: str, total_steps: int | None = None) -> Run:
         """The first half of `resume`: trim and re-queue, without starting a worker (the CLI then runs
-        the worker in its own process)."""
+        the worker in its own process). `total_steps` above the run's step also re-opens a finished run
+        (continue it for more steps; its config.json must already say so)."""
         run = self.store.get(run_id)
-        if not run.is_resumable:
-            why = "it is complete" if run.status == FINISHED else "only stopped or failed runs can be resumed"
+        extend = total_steps is not None and total_steps > run.step
+        if not run.is_resumable and not (run.status == FINISHED and extend):
+            why = (f"it is complete at step {run.step}; continue it with --set max_steps=N (N > {run.step})"
+                   if run.status == FINISHED else "only stopped, failed or finished runs can be resumed")
             raise RunStateError(f"run {run_id}: is {run.status}; {why}")
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
@@ -304,8 +307,11 @@ class Launcher:
         self.store.clear_stop_request(run_id)
         message = (f"resumed from checkpoint step-{step:06d}" if ckpt is not None
                    else "resumed without a checkpoint: starts again from step 0")
-        if self.store.try_set_status(run_id, QUEUED, expect=RESUMABLE, resume=1, step=step,
-                                     message=message) is None:
+        fields = {"resume": 1, "step": step, "message": message}
+        if total_steps is not None:
+            fields["total_steps"] = int(total_steps)
+        expect = RESUMABLE | ({FINISHED} if extend else set())
+        if self.store.try_set_status(run_id, QUEUED, expect=expect, **fields) is None:
             raise RunStateError(f"run {run_id}: is {self.store.get(run_id).status} now; not resumed")
         return self.store.get(run_id)
 

@@ -62,7 +62,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, STOPPED}),
     RUNNING: frozenset({STOPPING, FINISHED, FAILED}),
     STOPPING: frozenset({STOPPED, FAILED}),
-    FINISHED: frozenset(),
+    FINISHED: frozenset({QUEUED}),  # only to extend it (Launcher.resume_in_place with more total_steps)
     STOPPED: frozenset({QUEUED}),
     FAILED: frozenset({QUEUED}),
 }
@@ -500,6 +500,13 @@ class RunStore:
 
     def read_config(self, run_id: str) -> dict:
         return json.loads((self.run_dir(run_id) / CONFIG_FILE).read_text())
+
+    def write_config(self, run_id: str, config: dict) -> None:
+        """Replace a run's config.json atomically (a resume with changed fields); the run must not be active."""
+        run = self.get(run_id)
+        if run.is_active:
+            raise RunStateError(f"run {run_id}: is {run.status}; stop it before changing its config")
+        write_json_atomic(self.run_dir(run_id) / CONFIG_FILE, config)
 
     # -- status -----------------------------------------------------------------------------
 

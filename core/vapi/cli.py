@@ -63,6 +63,30 @@ def _devices_of(device: str) -> str:
     return "cuda:0" if device == "cuda" else device
 
 
+FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
+
+
+def _apply_resume_overrides(store, run_id: str, items: list[str]) -> int:
+    """`train --resume DIR --set k=v`: validate the changed config, refuse fields a checkpoint depends on,
+    write config.json (atomically) and return the new max_steps. Nothing is written on a bad value."""
+    from core.errors import ConfigError
+    from core.vapi import config as C
+
+    stored = store.read_config(run_id)
+    overrides = C.parse_overrides(items)
+    for key in overrides:
+        if key.split(".", 1)[0] in FIXED_ON_RESUME:
+            raise ConfigError(key, f"cannot change on resume (the run's checkpoints and data order depend on it); "
+                                   "start a new run from one of its checkpoints instead: --set init_weights=RUN/checkpoints/step-N/model.pt")
+    base = {k: v for k, v in stored.items() if k != "entry"}
+    cfg = C.resolve(None, overrides, base=base)
+    step = store.get(run_id).step
+    if cfg.max_steps <= step and store.get(run_id).status == "finished":
+        raise ConfigError("max_steps", f"the run is finished at step {step}; continue it with max_steps > {step}")
+    store.write_config(run_id, {**cfg.to_dict(), "entry": stored.get("entry")})
+    return cfg.max_steps
+
+
 def cmd_train(args) -> int:
     from core.errors import ConfigError
     from core.runs import worker
@@ -76,7 +100,8 @@ def cmd_train(args) -> int:
         if not (run_dir / "config.json").is_file():
             raise ConfigError("--resume", f"{run_dir} is not a run folder (no config.json)")
         store = RunStore(run_dir.parent)
-        Launcher(store).resume_in_place(run_dir.name)
+        total = _apply_resume_overrides(store, run_dir.name, args.overrides) if args.overrides else None
+        Launcher(store).resume_in_place(run_dir.name, total_steps=total)
         resume = True
     else:
         if args.preset is None and not args.overrides:

@@ -23,6 +23,7 @@ METHODS = ("vapi", "ste", "decoder")
 DATA_KINDS = ("shapes", "imagefolder", "captions")
 PRIORS = ("ce", "kl")
 SCHEDULES = ("grouped", "per-sample")
+ROLLOUT_MODES = ("train", "eval", "twice")
 XI_SCHEDULES = ("constant", "linear", "cosine")
 LR_SCHEDULERS = ("constant", "cosine")
 PRECISIONS = ("bf16", "fp16", "no")
@@ -58,6 +59,7 @@ class VapiConfig:
     advantage_clip: float = 5.0  # A_max, Table 7
     num_iterations: int = 1  # PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences
     schedule: str = "grouped"  # "grouped": one forward of B sequences | "per-sample": the reference's B*G forward (tests, benchmark)
+    rollout_mode: str = "train"  # the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode forward without condition dropout; the gradient forward is "train": train mode (dropout, condition dropout), CE on it, as all three of the authors' launch scripts pass | "eval": eval mode for the whole step (their argparse default; ratio 1 on the first update) | "twice": policy loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no dropout layers, and only the condition-dropped rows re-run); twice 2 with grad
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = 1e-6  # Table 7 (LlamaGen); Janus-Pro 1e-7
     weight_decay: float = 1e-4  # Table 7
@@ -69,7 +71,8 @@ class VapiConfig:
     global_batch_size: int = 128  # images per optimizer step over all processes, Table 7
     per_device_train_batch_size: int = 16  # images per micro-batch per process (authors' script: 16 images x G 8 per GPU)
     max_steps: int = 100  # Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100
-    mixed_precision: str = "bf16"  # Table 7; on CPU the run is fp32 whatever this says
+    mixed_precision: str = "bf16"  # Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu
+    mixed_precision_on_cpu: bool = False  # autocast on CPU too (bf16 only; slower on most CPUs): tests the bf16 path without a GPU
     gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
     seed: int = 0  # data order, rollouts, condition dropout: a run is reproducible from it
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" (single process; multi-GPU goes through accelerate launch)
@@ -123,6 +126,7 @@ class VapiConfig:
         need(self.advantage_clip > 0, "advantage_clip", "must be > 0")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
         need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}")
+        need(self.rollout_mode in ROLLOUT_MODES, "rollout_mode", f"must be one of {ROLLOUT_MODES}, got {self.rollout_mode!r}")
         need(self.learning_rate >= 0, "learning_rate", "must be >= 0")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
         need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "Adam betas must be in [0, 1)")
@@ -136,6 +140,8 @@ class VapiConfig:
              f"{self.global_batch_size} is not a multiple of per_device_train_batch_size {self.per_device_train_batch_size}")
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.mixed_precision in PRECISIONS, "mixed_precision", f"must be one of {PRECISIONS}")
+        need(not self.mixed_precision_on_cpu or self.mixed_precision in ("bf16", "no"), "mixed_precision_on_cpu",
+             "CPU autocast supports bf16 only: set mixed_precision=bf16")
         need(self.save_steps >= 1 and self.logging_steps >= 1 and self.preview_steps >= 1, "save_steps",
              "save_steps, logging_steps and preview_steps must be >= 1")
         need(isinstance(self.preview_seeds, list) and len(self.preview_seeds) >= 1, "preview_seeds", "must be a non-empty list of ints")

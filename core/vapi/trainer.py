@@ -126,7 +126,7 @@ class Trainer:
         cpu = (dev is not None and dev.type == "cpu") or not torch.cuda.is_available()
         if dev is not None and dev.type == "cuda" and dev.index is not None:
             torch.cuda.set_device(dev.index)
-        precision = "no" if cpu else cfg.mixed_precision
+        precision = "no" if cpu and not cfg.mixed_precision_on_cpu else cfg.mixed_precision
         trackers = list(cfg.report_to)
         self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None,
                                              project_dir=str(self.run_dir))
@@ -162,7 +162,7 @@ class Trainer:
             self.tokenizer.decoder.train()
             self.trained = self.tokenizer
         else:
-            self.policy.train()  # dropout as in pretraining (the authors' sample-model-mode "train")
+            self.policy.train()  # the baselines' mode; VA-π sets each forward's mode from cfg.rollout_mode
             self.trained = self.policy
         decay = [p for n, p in self.trained.named_parameters() if p.requires_grad and "norm" not in n]
         no_decay = [p for n, p in self.trained.named_parameters() if p.requires_grad and "norm" in n]
@@ -174,7 +174,7 @@ class Trainer:
             self.tokenizer, self.optimizer, self.scheduler = acc.prepare(self.tokenizer, optimizer, scheduler)
         else:
             self.policy, self.optimizer, self.scheduler = acc.prepare(self.policy, optimizer, scheduler)
-        self.token_cache: dict[int, torch.Tensor] = {}
+        self.token_cache: dict[int, torch.Tensor] = {}  # dataset index -> x* [N], always encoded in fp32 (encode_fp32)
         if trackers:
             acc.init_trackers(self.run_dir.name, config=cfg.to_dict())
 
@@ -226,14 +226,18 @@ class Trainer:
         images, cond, mask = self.load_items(idx)
         return Batch(images=images, cond=cond, tokens=self._tokens(idx, images), cond_mask=mask), idx
 
+    def encode_fp32(self, images: torch.Tensor) -> torch.Tensor:
+        """x* = Q(E(I)) in fp32 under any autocast, as the authors' code: under bf16 the nearest-code search
+        ties and 18% of the demo's tokens changed."""
+        with objective.fp32(self.device):
+            return self.unwrap(self.tokenizer).encode(images.float())
+
     def _tokens(self, idx: list[int], images: torch.Tensor) -> torch.Tensor:
-        tok = self.unwrap(self.tokenizer)
         if not self.cfg.cache_tokens:
-            return tok.encode(images)
+            return self.encode_fp32(images)
         missing = [k for k, i in enumerate(idx) if i not in self.token_cache]
         if missing:
-            with self.accelerator.autocast():
-                enc = tok.encode(images[missing])
+            enc = self.encode_fp32(images[missing])
             for k, t in zip(missing, enc.cpu()):
                 self.token_cache[idx[k]] = t
         return torch.stack([self.token_cache[i] for i in idx]).to(self.device)
@@ -241,7 +245,7 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> None:
         acc = self.accelerator
-        state = acc.get_state_dict(self.trained if self.cfg.method != "decoder" else self.tokenizer)
+        state = acc.get_state_dict(self.trained_prepared)
         optim = self._optimizer_state()
         if not acc.is_main_process:
             return
@@ -262,10 +266,11 @@ class Trainer:
             from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            with FSDP.state_dict_type(self.policy, StateDictType.FULL_STATE_DICT,
+            model = self.trained_prepared  # the tokenizer under the decoder baseline
+            with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
                                       FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
                                       FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True)):
-                return FSDP.optim_state_dict(self.policy, self.optimizer.optimizer)
+                return FSDP.optim_state_dict(model, self.optimizer.optimizer)
         return self.optimizer.state_dict()
 
     def load_checkpoint(self, path: Path) -> int:
@@ -276,23 +281,22 @@ class Trainer:
         meta = json.loads((path / "trainer_state.json").read_text())
         if meta.get("method", self.cfg.method) != self.cfg.method:
             raise ConfigError("method", f"{path} was written by method {meta['method']!r}, the run says {self.cfg.method!r}")
-        target = self.unwrap(self.trained if self.cfg.method != "decoder" else self.tokenizer)
+        model = self.trained_prepared  # the tokenizer under the decoder baseline
         name = "tokenizer.pt" if self.cfg.method == "decoder" else "model.pt"
         sd, _ = checkpoint.read_file(path / name)
         if self.accelerator.distributed_type == DistributedType.FSDP:
-            self.accelerator.unwrap_model(self.policy)
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
             from torch.distributed.fsdp import FullStateDictConfig, StateDictType
 
-            with FSDP.state_dict_type(self.policy, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
-                self.policy.load_state_dict(sd)
+            with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
+                model.load_state_dict(sd)
         else:
-            checkpoint.load_strict(target, sd, path / name)
+            checkpoint.load_strict(self.unwrap(model), sd, path / name)
         opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         if self.accelerator.distributed_type == DistributedType.FSDP:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            osd = FSDP.optim_state_dict_to_load(self.policy, self.optimizer.optimizer, opt["optimizer"])
+            osd = FSDP.optim_state_dict_to_load(model, self.optimizer.optimizer, opt["optimizer"])
             self.optimizer.optimizer.load_state_dict(osd)
         else:
             self.optimizer.load_state_dict(opt["optimizer"])
@@ -364,7 +368,7 @@ class Trainer:
         n = min(self.cfg.kl_probe_size, len(self.dataset))
         idx = list(np.random.default_rng(derive_seed(self.cfg.seed, 0x9B0BE)).choice(len(self.dataset), n, replace=False))
         images, cond, mask = self.load_items(idx)
-        tokens = self.unwrap(self.tokenizer).encode(images)
+        tokens = self.encode_fp32(images)
         self.kl_probe = (cond, mask, tokens[:, :-1])
         self.kl_base = self._probe_logprobs().to("cpu", torch.float16)
 
@@ -465,6 +469,7 @@ class Trainer:
         """Run to max_steps (or until a stop request). Returns the last step's metrics."""
         cfg = self.cfg
         self.setup()
+        self.capture_kl_probe()  # on the base weights, before a resume loads the run's: KL stays "to the base"
         start = 0
         if resume:
             ck = self.recorder.last_checkpoint() if self.recorder is not None else None
@@ -475,7 +480,6 @@ class Trainer:
                 self.log("[resume] no checkpoint yet: starting from the base model")
         if self.is_main:
             (self.run_dir / "config.resolved.json").write_text(cfg.to_json())
-        self.capture_kl_probe()
         if self.recorder is not None:
             self.recorder.set_progress(start, cfg.max_steps)
         if start == 0 and self.recorder is not None:
@@ -489,7 +493,7 @@ class Trainer:
                 self.log(f"[stop] requested: checkpointing step {step} and stopping")
                 if saved != step and step > 0:
                     self.save_checkpoint(step)
-                return last
+                break
             last = self.train_step(step, rollouts)
             done = step + 1
             if done % cfg.logging_steps == 0 or done == cfg.max_steps:
