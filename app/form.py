@@ -193,7 +193,7 @@ def to_form(name: str, value: Any) -> Any:
 
 def preset_form_values(preset: str) -> dict[str, Any]:
     """Form values of every field for a run preset."""
-    cfg = C.resolve(preset).to_dict()
+    cfg = C.preset_values(preset)  # a paper preset is not a valid run until a data folder is given
     out = {}
     for f in FIELDS:
         if f.name.startswith("reward_weights."):
@@ -386,7 +386,7 @@ def build_plan(preset: str, values: dict[str, Any], devices: Sequence[str] | str
             parsed[f.name] = value
     parsed["reward_weights"] = weights
     parsed["device"] = device_field
-    base = C.resolve(preset).to_dict()
+    base = C.preset_values(preset)
     overrides = {k: v for k, v in parsed.items() if not _same(base[k], v)}
     cfg = C.resolve(preset, overrides)
     return LaunchPlan(preset=preset, name=run_name, devices=device_set, overrides=overrides, cfg=cfg)

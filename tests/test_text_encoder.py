@@ -3,8 +3,6 @@
 The tokenizer is a real T5 tokenizer over a sentencepiece model trained here on a few sentences;
 model and tokenizer are saved to a folder and read back through `T5CaptionEncoder`'s loading code.
 """
-import io
-
 import pytest
 import torch
 
@@ -14,30 +12,15 @@ from core.models import text
 from core.models.generate import generate
 from core.models.llamagen import GPTConfig, Transformer
 from core.models.text import T5CaptionEncoder, clean_caption, left_align
+from tests.standins import T5_DIM, T5_SENTENCES, make_tiny_t5
 
-D = 16  # the tiny T5's d_model (FLAN-T5-XL: 2048)
-SENTENCES = ["a photo of a cat", "a red cube on a blue sphere", "two dogs playing in the park",
-             "an astronaut riding a horse", "a bowl of fruit on a wooden table"]
+D = T5_DIM  # the tiny T5's d_model (FLAN-T5-XL: 2048)
+SENTENCES = T5_SENTENCES
 
 
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory):
-    import sentencepiece as spm
-    from transformers import T5Config, T5EncoderModel, T5Tokenizer
-
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(SENTENCES * 4), model_writer=proto, vocab_size=48,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-                                   hard_vocab_limit=False, minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_proto=proto.getvalue())
-    tok = T5Tokenizer(vocab=[(sp.id_to_piece(i), sp.get_score(i)) for i in range(sp.get_piece_size())], extra_ids=0)
-    torch.manual_seed(0)
-    cfg = T5Config(vocab_size=len(tok), d_model=D, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
-                   feed_forward_proj="gated-gelu", decoder_start_token_id=0)
-    folder = tmp_path_factory.mktemp("flan-t5-tiny")
-    T5EncoderModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return make_tiny_t5(tmp_path_factory.mktemp("flan-t5-tiny"))
 
 
 @pytest.fixture(scope="module")

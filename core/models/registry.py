@@ -101,13 +101,39 @@ def register_tokenizer(preset: TokenizerPreset) -> None:
     TOKENIZERS[preset.name] = preset
 
 
-def _ensure_demo_registered() -> None:
-    """The demo presets come from the committed manifest (their sizes are recorded there)."""
-    if "demo-c2i" in GENERATORS:
-        return
-    from core.models import demo
+PLUGINS_ENV = "VAPI_PLUGINS"  # os.pathsep-separated Python files that register presets (private models, test stand-ins)
+_loaded_plugins: set[str] = set()
 
-    demo.register_presets()
+
+def load_plugins(files: Optional[list[str]] = None) -> None:
+    """Import each plugin file once (default: the files named by $VAPI_PLUGINS). A plugin calls
+    register_generator / register_tokenizer, e.g. to put a private fine-tune under a preset name, or a tiny
+    random stand-in under a paper preset's name for tests. Workers inherit the variable, so a run launched
+    from the UI sees the same presets as the UI."""
+    import importlib.util
+    import os
+
+    if files is None:
+        files = [f for f in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if f.strip()]
+    for f in files:
+        path = Path(f).expanduser().resolve()
+        if str(path) in _loaded_plugins:
+            continue
+        if not path.is_file():
+            raise ConfigError(PLUGINS_ENV, f"plugin file {path} not found; fix or unset ${PLUGINS_ENV}")
+        spec = importlib.util.spec_from_file_location(f"vapi_plugin_{len(_loaded_plugins)}", path)
+        module = importlib.util.module_from_spec(spec)
+        _loaded_plugins.add(str(path))
+        spec.loader.exec_module(module)
+
+
+def _ensure_demo_registered() -> None:
+    """The demo presets come from the committed manifest (their sizes are recorded there); plugins after them."""
+    if "demo-c2i" not in GENERATORS:
+        from core.models import demo
+
+        demo.register_presets()
+    load_plugins()
 
 
 def get_generator(name: str) -> GeneratorPreset:

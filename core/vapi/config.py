@@ -221,6 +221,18 @@ def preset(name: str) -> dict[str, Any]:
     return dict(table[name])
 
 
+def preset_values(name: Optional[str]) -> dict[str, Any]:
+    """Every field of a preset (defaults + the preset's changes), NOT validated: a paper preset has no data_path
+    until the user gives one, so forms start from this and validate only what the user submits."""
+    d = VapiConfig.__new__(VapiConfig)  # the defaults without __post_init__'s checks
+    for f in fields(VapiConfig):
+        setattr(d, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+    out = asdict(d)
+    if name:
+        out.update(preset(name))
+    return out
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """["learning_rate=1e-5", "reward_weights.mse=2", 'preview_classes=[1,2]'] -> {key: value}.
     Dotted keys stay dotted: `resolve` merges them into the mapping field, a plain key replaces it."""
