@@ -39,9 +39,20 @@ def screenshot(page, folder: Path, name: str) -> Path:
     return path
 
 
+def field(page, key: str):
+    return page.locator(f"#field-{key} input, #field-{key} textarea").first
+
+
+def reveal(page, section: str, key: str) -> None:
+    """Open the form section holding `key` unless it is open already (a click on an open one closes it)."""
+    if not field(page, key).is_visible():
+        page.get_by_role("button", name=section).click()
+        field(page, key).wait_for(state="visible", timeout=20_000)
+
+
 def set_field(page, key: str, value: str) -> None:
     """Type into a form input as a user does (Gradio's textbox fires its input event on key strokes)."""
-    box = page.locator(f"#field-{key} input, #field-{key} textarea").first
+    box = field(page, key)
     box.fill("")
     box.press_sequentially(value)
     box.press("Tab")
@@ -117,3 +128,92 @@ def test_tabs_a_run_and_a_comparison_in_chromium(served, tmp_path):
         finally:
             browser.close()
     assert {p.name for p in shots.glob("*.png")} >= {"launch.png", "runs.png", "compare.png"}
+
+
+PAPER_FORM = {  # preset -> (data folder kind, fields Table 7 fills)
+    "llamagen-c2i-xxl": ("imagefolder", {"learning_rate": "0.000001", "xi": "0", "max_steps": "100"}),
+    "llamagen-c2i-xl": ("imagefolder", {"learning_rate": "0.000001", "xi": "0", "max_steps": "100"}),
+    "llamagen-t2i-xl": ("captions", {"learning_rate": "0.000001", "xi": "0.5", "max_steps": "200"}),
+    "janus-pro-1b": ("captions", {"learning_rate": "1e-7", "xi": "0.95", "max_steps": "100"}),
+}
+
+
+@pytest.fixture
+def served_with_standins(tiny_demo, tmp_path, monkeypatch):
+    """The workbench with tiny random stand-ins under the paper presets' names (tests/standins.py)."""
+    from core.models import registry
+    from tests.standins import make_caption_folder, make_image_folder, make_standins
+
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    env = make_standins(tmp_path)  # tmp_path/checkpoints: where served_app points the checkpoints dir
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)  # the workers the UI launches load the same stand-ins
+    saved = dict(registry.GENERATORS), dict(registry.TOKENIZERS)
+    registry.load_plugins([env["VAPI_PLUGINS"]])
+    data = {"imagefolder": make_image_folder(tmp_path / "data" / "imagenet"),
+            "captions": make_caption_folder(tmp_path / "data" / "coco")}
+    try:
+        with served_app(tmp_path, monkeypatch, [tmp_path / "data"]) as served:
+            yield served, data
+    finally:
+        registry.GENERATORS.clear(), registry.GENERATORS.update(saved[0])
+        registry.TOKENIZERS.clear(), registry.TOKENIZERS.update(saved[1])
+        registry._loaded_plugins.discard(str(Path(env["VAPI_PLUGINS"]).resolve()))
+
+
+def test_each_paper_preset_fills_the_form_and_launches_in_chromium(served_with_standins, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    (app, url), data = served_with_standins
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
+            for preset, (kind, table7) in PAPER_FORM.items():
+                page.get_by_role("tab", name="Launch").click()
+                page.locator("#field-preset input").click()
+                page.get_by_role("option", name=preset, exact=True).click()
+                expect(field(page, "name")).to_have_value(preset, timeout=20_000)
+                expect(page.locator(f"#field-data input[value={kind}]")).to_be_checked(timeout=20_000)
+                reveal(page, "Optimisation", "learning_rate")
+                reveal(page, "Rollout (teacher-forced sampling)", "xi")
+                for key, value in table7.items():
+                    expect(field(page, key)).to_have_value(value, timeout=20_000)
+                expect(field(page, "global_batch_size")).to_have_value("128")
+                expect(field(page, "num_generations")).to_have_value("8")
+                # a data folder, as a user types it; offline the LPIPS weights are missing and say so
+                set_field(page, "data_path", str(data[kind]))
+                page.locator("#launch-button").click()
+                expect(page.locator("#launch-status")).to_contain_text("vgg16-397923af.pth", timeout=60_000)
+                reveal(page, "Reward (Eq. 10)", "reward_weights__lpips")
+                set_field(page, "reward_weights__lpips", "0")
+                # a run this CPU finishes: 1 step of 4 images x 2 samples, one preview seed
+                set_field(page, "max_steps", "1")
+                set_field(page, "global_batch_size", "4")
+                set_field(page, "per_device_train_batch_size", "2")
+                set_field(page, "num_generations", "2")
+                reveal(page, "Checkpoints, metrics and previews", "preview_seeds")
+                set_field(page, "preview_seeds", "0")
+                expect(page.locator("#launch-cli")).to_contain_text(f"--preset {preset}", timeout=20_000)
+                page.locator("#launch-button").click()
+                expect(page.locator("#launch-status")).to_contain_text("Launched", timeout=60_000)
+                expect(page.locator("#runs-table")).to_contain_text(preset, timeout=60_000)
+            # every launched run trains on its stand-in and finishes (they queue on the one CPU device)
+            store = app.ctx.store
+            deadline = 240
+            for _ in range(deadline):
+                runs = store.list_runs()
+                if len(runs) == 4 and all(r.status == "finished" for r in runs):
+                    break
+                assert not any(r.status == "failed" for r in runs), [(r.name, r.message) for r in runs]
+                page.wait_for_timeout(1000)
+            assert sorted(r.name for r in store.list_runs()) == sorted(PAPER_FORM)
+            assert all(r.status == "finished" and r.step == 1 for r in store.list_runs())
+            page.get_by_role("tab", name="Runs").click()
+            for preset in PAPER_FORM:
+                expect(page.locator("#runs-table")).to_contain_text(preset, timeout=30_000)
+        finally:
+            browser.close()
