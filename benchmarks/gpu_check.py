@@ -1,0 +1,222 @@
+"""GPU check (see gpu_check.sh): the paper-scale VA-π step on random weights, its breakdown, MFU and memory,
+and 1-process DDP / FSDP smoke runs of the real trainer. Prints one table. Needs only torch, accelerate and
+numpy (no gradio, plotly, lpips, torchvision or PIL): LPIPS-VGG is timed with a torch-only VGG16 trunk of the
+same layers and random weights (`RandomVGGLPIPS`), which costs what LPIPS-VGG costs.
+
+    python -m benchmarks.gpu_check                 # GPT-XXL @ 384 px, 128 images x G 8 per step, bf16, on cuda:0
+    python -m benchmarks.gpu_check --dry-run       # the same code on a tiny model on the CPU (CI: checks the script)
+    torchrun --nproc_per_node 1 -m benchmarks.gpu_check --smoke ddp|fsdp [--dry-run]
+
+MFU counts the generator's forward + backward only: FLOPs = 6 * P * T + 12 * L * T^2 * d per sequence (P the
+non-embedding parameters, T tokens incl. the class token, L layers, d width; the attention term counts
+QK^T and AV without causal halving), divided by time and the GPU's dense bf16 peak (H100/H200 SXM 989 TFLOP/s).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
+VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
+TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's vgg16.features
+
+
+class RandomVGGLPIPS(nn.Module):
+    """LPIPS-VGG's computation (VGG16 trunk to relu5_3, unit-normalised taps, 1x1 linear heads) with random
+    weights: the reward's cost without torchvision or downloaded weights. Timing only, never a reward."""
+
+    def __init__(self):
+        super().__init__()
+        layers, c = [], 3
+        for v in VGG16:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=False)]
+                c = v
+        self.features_net = nn.Sequential(*layers)
+        self.lins = nn.ModuleList(nn.Conv2d(ch, 1, 1, bias=False) for ch in (64, 128, 256, 512, 512))
+        self.requires_grad_(False)
+
+    def features(self, x):
+        out, h = [], x.float()
+        for i, layer in enumerate(self.features_net):
+            h = layer(h)
+            if i in TAPS:
+                out.append(h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    def distance(self, fa, fb):
+        total = 0
+        for lin, a, b in zip(self.lins, fa, fb):
+            total = total + lin((a - b) ** 2).mean(dim=(2, 3))
+        return total.view(-1)
+
+
+def use_random_lpips(device) -> None:
+    from core.vapi import rewards
+
+    net = RandomVGGLPIPS().to(device).eval()
+    rewards.check_backbone = lambda name: None
+    rewards.load_lpips = lambda name, dev: net
+
+
+def gpt_flops(model, tokens: int) -> float:
+    cfg = model.config
+    emb = sum(p.numel() for n, p in model.named_parameters() if "embedding" in n or n.startswith("output"))
+    params = sum(p.numel() for p in model.parameters()) - emb
+    return 6 * params * tokens + 12 * cfg.n_layer * tokens ** 2 * cfg.dim
+
+
+def peak_flops(device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+def timed(fn, device, repeats: int = 1) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - t0) / repeats
+
+
+def step_check(dry: bool) -> list[tuple[str, str]]:
+    from core.models import llamagen, vq
+    from core.vapi import objective
+    from core.vapi.config import resolve
+    from core.vapi.objective import Batch
+
+    device = torch.device("cpu" if dry else "cuda:0")
+    if dry:
+        gen = llamagen.Transformer(llamagen.GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=1000,
+                                                      block_size=16, class_dropout_prob=0.1))
+        tok = vq.VQModel(vq.VQConfig(codebook_size=64, codebook_embed_dim=4, ch=32, encoder_ch_mult=[1, 2, 2],
+                                     decoder_ch_mult=[1, 2, 2], z_channels=32, num_res_blocks=1, image_size=16))
+        images_per_step, micro, G, size, what = 8, 4, 4, 16, "tiny GPT + VQ on CPU (dry run: figures meaningless)"
+    else:
+        gen = llamagen.build("GPT-XXL", model_type="c2i", image_size=384)
+        tok = vq.build("VQ-16", image_size=384)
+        images_per_step, micro, G, size, what = 128, 16, 8, 384, "GPT-XXL @ 384 px + VQ-16, random weights, bf16"
+    gen, tok = gen.to(device).train(), tok.to(device).eval()
+    use_random_lpips(device)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if not dry else torch.autocast("cpu", enabled=False)
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(micro, 3, size, size, generator=g) * 2 - 1).to(device)
+    labels = torch.randint(0, 1000, (micro,), generator=g).to(device)
+    with torch.no_grad():
+        batch = Batch(images=images, cond=labels, tokens=tok.encode(images))
+    T = batch.tokens.shape[1]
+    opt = torch.optim.AdamW(gen.parameters(), lr=1e-6, weight_decay=1e-4)
+    rows = [("setting", what), ("step", f"{images_per_step} images x G {G} = {images_per_step // micro} micro-batches "
+                                       f"of {micro} images, {T} tokens each")]
+    results = {}
+    for schedule in ("grouped", "per-sample"):
+        cfg = resolve(None, {"schedule": schedule, "num_generations": G, "global_batch_size": images_per_step,
+                             "per_device_train_batch_size": micro, "reward_chunk_size": 32})
+
+        def full_step():
+            for m in range(images_per_step // micro):
+                with amp:
+                    out = objective.compute_loss(gen, tok, batch, cfg, xi=0.0,
+                                                 generator=torch.Generator(device=device).manual_seed(m))
+                (out.loss / (images_per_step // micro)).backward()
+            torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        results[schedule] = timed(full_step, device)
+        mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+        rows.append((f"step, {schedule}", f"{results[schedule]:.2f} s/step (100 steps: {results[schedule] * 100 / 60:.1f} min), "
+                                          f"peak memory {mem:.1f} GiB"))
+    rows.append(("grouped vs per-sample", f"{results['per-sample'] / results['grouped']:.2f}x faster (target >= 4x at G 8)"))
+
+    # breakdown of one grouped micro-batch
+    cfg = resolve(None, {"num_generations": G, "reward_chunk_size": 32})
+
+    def fwd_bwd():
+        with amp:
+            logits = gen(batch.cond, batch.tokens[:, :-1])
+        logits.float().logsumexp(-1).mean().backward()
+
+    t_fb = timed(fwd_bwd, device, repeats=2)
+    gen.zero_grad(set_to_none=True)
+    with torch.no_grad(), amp:
+        logits = gen(batch.cond, batch.tokens[:, :-1])
+    samples = objective.sample_groups(logits, G, 1.0, None)
+    t_reward = timed(lambda: objective.score_samples(tok, samples, images, cfg.reward_weights, 32), device)
+    flops = gpt_flops(gen, T) * micro
+    peak = peak_flops(device)
+    mfu = f", MFU {flops / t_fb / peak:.0%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""
+    rows.append(("generator fwd+bwd", f"{t_fb * 1000:.0f} ms per micro-batch, {flops / t_fb / 1e12:.1f} TFLOP/s{mfu}"))
+    rows.append(("decode + MSE + LPIPS", f"{t_reward * 1000:.0f} ms for {micro * G} samples per micro-batch"))
+    return rows
+
+
+def smoke(kind: str, method: str, root: Path, resume: bool, dry: bool) -> None:
+    """One process under torchrun, one trainer (a trainer ends the process group): 2 steps of the demo preset
+    with a checkpoint each, or (--resume) the same run continued to step 3. Run for VA-π and for the decoder
+    baseline (FSDP must save and load the trained module: the tokenizer there)."""
+    from core.runs.recorder import RunRecorder
+    from core.runs.store import RunStore
+    from core.vapi.config import resolve
+    from core.vapi.trainer import ENTRY, Trainer
+
+    class NoPreviewTrainer(Trainer):  # sample grids need PIL, which a bare GPU machine may lack
+        def write_preview(self, step: int) -> None:
+            pass
+
+    store = RunStore(root)
+    cfg = resolve("demo-c2i", {"method": method, "max_steps": 3 if resume else 2, "save_steps": 1,
+                               "global_batch_size": 4, "per_device_train_batch_size": 4, "num_generations": 2,
+                               "data_subset": 16, "device": "cpu" if dry else "cuda:0", "mixed_precision": "bf16"})
+    run_id = f"{kind}-{method}"
+    if not resume:
+        store.create_run(run_id, {**cfg.to_dict(), "entry": ENTRY}, "cpu", 2, run_id=run_id)
+    run_dir = store.run_dir(run_id)
+    trainer = NoPreviewTrainer(cfg, run_dir, RunRecorder(run_dir, is_main=True))
+    last = trainer.train(resume=resume)
+    steps = sorted(c.step for c in store.checkpoints(run_id))
+    assert steps == ([1, 2, 3] if resume else [1, 2]), steps
+    print(json.dumps({"smoke": kind, "method": method, "resumed": resume, "checkpoints": steps,
+                      "distributed": str(trainer.accelerator.distributed_type), "loss": last.get("loss")}), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dry-run", action="store_true", help="tiny model on the CPU: checks the script, not the GPU")
+    ap.add_argument("--smoke", choices=("ddp", "fsdp"), default=None, help="run a trainer smoke test (under torchrun)")
+    ap.add_argument("--method", choices=("vapi", "decoder"), default="vapi", help="smoke: the training method")
+    ap.add_argument("--root", type=Path, default=None, help="smoke: the runs folder")
+    ap.add_argument("--resume", action="store_true", help="smoke: continue the run made before to step 3")
+    args = ap.parse_args()
+    if args.smoke:
+        smoke(args.smoke, args.method, args.root or Path(tempfile.mkdtemp(prefix="vapi-smoke-")), args.resume, args.dry_run)
+        return
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: run with --dry-run on a machine without a GPU")
+    rows = step_check(args.dry_run)
+    dev = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name(0)
+    print(f"\n| VA-π GPU check — {dev}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')} | |\n|---|---|")
+    for k, v in rows:
+        print(f"| {k} | {v} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# GPU check for ONE NVIDIA GPU with no network, in under 8 minutes:
+#   bash benchmarks/gpu_check.sh            the CUDA-marked tests, the GPT-XXL@384 VA-π step at the paper's batch
+#                                           (both schedules, breakdown, MFU, peak memory), 1-process DDP and FSDP
+#                                           smoke runs of the trainer (VA-π and the decoder baseline)
+#   bash benchmarks/gpu_check.sh --dry-run  the same script on the CPU with a tiny model; CUDA parts are skipped
+#                                           and say so (CI runs this)
+# Needs python3 with torch, accelerate, numpy (transformers, safetensors, scipy as the project); pytest comes from
+# benchmarks/wheels when the machine has none. No gradio, plotly, lpips, torchvision or PIL needed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+DRY=()
+[ "${1:-}" = "--dry-run" ] && DRY=(--dry-run)
+status=0
+run() {  # run "title" timeout cmd...: one section, its exit status kept
+  local title=$1 limit=$2; shift 2
+  echo "== $title"
+  timeout "$limit" "$@" || { echo "!! $title failed (exit $?)"; status=1; }
+}
+if ! "$PY" -c "import pytest" 2>/dev/null; then
+  pkgs=$(mktemp -d /tmp/vapi-gpu-check-XXXX)
+  "$PY" -m pip install --quiet --no-index --find-links benchmarks/wheels --target "$pkgs" pytest \
+    && export PYTHONPATH="$pkgs${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}"
+if [ ${#DRY[@]} -eq 0 ]; then
+  "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || { echo "no CUDA device: use --dry-run"; exit 2; }
+  run "CUDA-marked tests" 150 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+else
+  echo "== CUDA-marked tests: skipped (dry run, no CUDA)"
+fi
+run "VA-π step, breakdown, MFU, memory" 330 "$PY" -m benchmarks.gpu_check "${DRY[@]}"
+smoke() {  # smoke KIND: VA-π and the decoder baseline, 2 steps then a resume to step 3, each its own process
+  local kind=$1 root; root=$(mktemp -d /tmp/vapi-smoke-XXXX)
+  for method in vapi decoder; do
+    for phase in "" --resume; do
+      run "$kind smoke: $method ${phase:-first 2 steps}" 90 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
+        -m benchmarks.gpu_check --smoke "$kind" --method "$method" --root "$root" $phase "${DRY[@]}"
+    done
+  done
+}
+smoke ddp
+if [ ${#DRY[@]} -eq 0 ]; then
+  ACCELERATE_USE_FSDP=true FSDP_SHARDING_STRATEGY=FULL_SHARD FSDP_AUTO_WRAP_POLICY=NO_WRAP smoke fsdp
+else
+  echo "== FSDP smoke: skipped (dry run: FSDP needs CUDA here)"
+fi
+exit $status
