@@ -88,9 +88,8 @@ def header(run: Run, eta: Optional[float]) -> str:
              f"**{run.status}** · step {run.step}/{run.total_steps}"
              + (f" · ETA {duration(eta)}" if run.status == RUNNING and eta is not None else "")
              + f" · devices `{run.devices}`"]
-    if run.started_at:
-        end = run.ended_at or time.time()
-        parts[-1] += f" · {'ran' if run.ended_at else 'running for'} {duration(end - run.started_at)}"
+    if run.ran_seconds:
+        parts[-1] += f" · {'ran' if run.ended_at or not run.started_at else 'running for'} {duration(run.ran_seconds)}"
     if run.message:
         lines = run.message.splitlines()
         shown = "\n".join(f"> {line}" for line in lines[:3])

@@ -74,7 +74,7 @@ LEGAL = {  # the status machine of the design, written out independently of stor
     (QUEUED, RUNNING), (QUEUED, STOPPED),
     (RUNNING, STOPPING), (RUNNING, FINISHED), (RUNNING, FAILED),
     (STOPPING, STOPPED), (STOPPING, FAILED),
-    (STOPPED, QUEUED), (FAILED, QUEUED),
+    (STOPPED, QUEUED), (FAILED, QUEUED), (FINISHED, QUEUED),  # finished -> queued: continued for more steps
 }
 PATH_TO = {QUEUED: [], RUNNING: [RUNNING], STOPPING: [RUNNING, STOPPING], FINISHED: [RUNNING, FINISHED],
            STOPPED: [STOPPED], FAILED: [RUNNING, FAILED]}
@@ -93,6 +93,36 @@ def test_status_machine_allows_exactly_the_designed_transitions(store):
                 with pytest.raises(RunStateError, match=f"cannot go from {src} to {dst}"):
                     store.set_status(run.id, dst)
                 assert store.get(run.id).status == src
+
+
+def test_run_time_adds_up_over_resumes(store):
+    run = store.create_run("a", fake(), "cpu", 5)
+    now = time.time()
+    store.set_status(run.id, RUNNING, started_at=now - 100)
+    store.set_status(run.id, FAILED, ended_at=now)
+    assert store.get(run.id).ran_seconds == pytest.approx(100)
+    store.set_status(run.id, QUEUED)
+    assert store.get(run.id).ran_before == pytest.approx(100)
+    store.set_status(run.id, RUNNING, started_at=now - 30)
+    assert store.get(run.id).ran_seconds == pytest.approx(130, abs=5)  # 100 s before the resume + 30 s since
+
+
+def test_a_version_1_index_gains_the_run_time_column(tmp_path):
+    import sqlite3
+
+    from core.runs.store import RunStore
+
+    con = sqlite3.connect(tmp_path / "runs.db")
+    con.executescript("CREATE TABLE runs (id TEXT PRIMARY KEY, name TEXT NOT NULL, status TEXT NOT NULL, devices TEXT NOT NULL, "
+                      "host TEXT NOT NULL, total_steps INTEGER NOT NULL, step INTEGER NOT NULL DEFAULT 0, queue_seq INTEGER NOT NULL, "
+                      "resume INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL, queued_at REAL, started_at REAL, ended_at REAL, "
+                      "updated_at REAL NOT NULL, pid INTEGER, pid_start INTEGER, worker_pid INTEGER, worker_start INTEGER, "
+                      "stop_requested_at REAL, stop_deadline REAL, message TEXT NOT NULL DEFAULT '');"
+                      "PRAGMA user_version=1;")
+    con.close()
+    store = RunStore(tmp_path)
+    run = store.create_run("a", fake(), "cpu", 5)
+    assert store.get(run.id).ran_before == 0
 
 
 def test_requeue_clears_the_previous_attempt_and_joins_the_end_of_the_queue(store):

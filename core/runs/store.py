@@ -80,7 +80,7 @@ STEP_DIR_RE = re.compile(r"step-(\d+)")
 SAMPLE_RE = re.compile(r"step-(\d+)\.png")
 
 BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: runs.ran_before
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -103,7 +103,8 @@ CREATE TABLE IF NOT EXISTS runs (
     worker_start INTEGER,
     stop_requested_at REAL,
     stop_deadline REAL,             -- after this time a stopping worker is killed
-    message TEXT NOT NULL DEFAULT ''
+    message TEXT NOT NULL DEFAULT '',
+    ran_before REAL NOT NULL DEFAULT 0  -- seconds the run was active before its last resume
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, queue_seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -154,6 +155,14 @@ class Run:
     stop_deadline: float | None
     message: str
     run_dir: Path
+    ran_before: float = 0.0  # seconds active before the last resume
+
+    @property
+    def ran_seconds(self) -> float | None:
+        """Active time over every start of the run (resumes included), up to now while it is active."""
+        if self.started_at is None:
+            return self.ran_before or None
+        return self.ran_before + ((self.ended_at or time.time()) - self.started_at)
 
     @property
     def is_active(self) -> bool:
@@ -360,6 +369,9 @@ class RunStore:
             if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(_SCHEMA)
+                columns = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
+                if "ran_before" not in columns:  # a version-1 index
+                    con.execute("ALTER TABLE runs ADD COLUMN ran_before REAL NOT NULL DEFAULT 0")
                 con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     # -- connections ------------------------------------------------------------------------
@@ -542,6 +554,8 @@ class RunStore:
             values.setdefault("ended_at", now)
         extra = {}
         if status == QUEUED:
+            if run.started_at is not None:  # a resume: keep the time the run was active so far
+                extra["ran_before"] = run.ran_before + ((run.ended_at or now) - run.started_at)
             for key in ("started_at", "ended_at", "pid", "pid_start", "worker_pid", "worker_start",
                         "stop_requested_at", "stop_deadline"):
                 values.setdefault(key, None)
