@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "core.eval.cli",     # eval fid, embeddings, geneval-export, clip, summary (+ demo)
     "core.models.demo_build",  # demo build
     "core.eval.demo_report",   # eval demo
+    "core.eval.diagnostics",   # eval diagnose
 )
 
 

@@ -1,0 +1,177 @@
+"""Where an alignment run moved the generator, and whether that helps: diagnostics of base vs aligned.
+
+- per_position_kl: KL(pi_aligned || pi_base) at each token position, teacher-forced on held-out real
+  token sequences (clean context, eval mode): which positions the run changed.
+- teacher_forced_reward: the reward VA-π optimizes (G teacher-forced samples per held-out image, decoded,
+  scored against the image), with the same random numbers for both models: does the objective improve
+  off the training set?
+- off_manifold_rate: the share of tokens that change under decode -> re-encode. Real token sequences are
+  (nearly) fixed points of the tokenizer; generated ones need not be. The paper's argument is that VA-π
+  moves the generator's sequences toward what the tokenizer reproduces.
+- a CFG sweep: demo-FID / class accuracy vs guidance scale, base and aligned (does alignment reduce the
+  need for CFG, as the paper argues?).
+
+`python -m core eval diagnose --checkpoint RUN` runs them on the embedded demo. Legend: B images, N tokens, V vocab.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from core.vapi import objective
+
+
+@torch.no_grad()
+def per_position_kl(base, aligned, cond: Tensor, tokens: Tensor, temperature: float = 1.0,
+                    cond_mask: Optional[Tensor] = None, batch: int = 256) -> Tensor:
+    """Mean over items of KL(pi_aligned || pi_base) per position, teacher forced on `tokens` [B, N] -> [N]."""
+    total = torch.zeros(tokens.shape[1], dtype=torch.float64)
+    for s in range(0, tokens.shape[0], batch):
+        c, t = cond[s:s + batch], tokens[s:s + batch]
+        m = cond_mask[s:s + batch] if cond_mask is not None else None
+        with objective.model_mode(base, False), objective.model_mode(aligned, False):
+            lp = torch.log_softmax(aligned.teacher_forced_logits(c, t[:, :-1], cond_mask=m).float() / temperature, -1)
+            lq = torch.log_softmax(base.teacher_forced_logits(c, t[:, :-1], cond_mask=m).float() / temperature, -1)
+        total += (lp.exp() * (lp - lq)).sum(-1).sum(0).double().cpu()  # [N]
+    return (total / tokens.shape[0]).float()
+
+
+@torch.no_grad()
+def teacher_forced_reward(policy, tokenizer, images: Tensor, cond: Tensor, tokens: Tensor, *, num_generations: int,
+                          weights: dict, seed: int, temperature: float = 1.0, batch: int = 64,
+                          cond_mask: Optional[Tensor] = None) -> dict:
+    """Mean reward (and per-term distances) of G teacher-forced samples per image, clean context, eval mode.
+    The sampling generator is seeded from `seed` alone, so two models draw with the same random numbers."""
+    g = torch.Generator(device=tokens.device).manual_seed(seed)
+    rewards, dists = [], {}
+    for s in range(0, tokens.shape[0], batch):
+        c, t, x = cond[s:s + batch], tokens[s:s + batch], images[s:s + batch]
+        m = cond_mask[s:s + batch] if cond_mask is not None else None
+        with objective.model_mode(policy, False):
+            logits = policy.teacher_forced_logits(c, t[:, :-1], cond_mask=m)
+        samples = objective.sample_groups(logits, num_generations, temperature, g)
+        r, d = objective.score_samples(tokenizer, samples, x, weights, 256)
+        rewards.append(r)
+        for k, v in d.items():
+            dists.setdefault(k, []).append(v)
+    r = torch.cat(rewards)
+    out = {"reward": r.mean().item()}
+    out.update({f"dist_{k}": torch.cat(v).mean().item() for k, v in dists.items()})
+    return out
+
+
+@torch.no_grad()
+def off_manifold_rate(tokenizer, tokens: Tensor, batch: int = 500) -> float:
+    """Share of tokens [B, N] that change under decode -> re-encode (0 = fixed points of the tokenizer)."""
+    changed = 0
+    for s in range(0, tokens.shape[0], batch):
+        t = tokens[s:s + batch]
+        with objective.fp32(t.device):
+            again = tokenizer.encode(tokenizer.decode(t).float().clamp(-1, 1))
+        changed += int((again != t).sum())
+    return changed / tokens.numel()
+
+
+def _mean_std(vals: Sequence[float]) -> tuple[float, float]:
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+# ----------------------------------------------------------------------------- `python -m core eval diagnose` (demo)
+def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (0, 1, 2), num_generations: int = 8,
+                  cfg_scales: Sequence[float] = (1.0, 1.5, 2.5), num_samples: int = 1000, log=print) -> dict:
+    from core.data.shapes import images_tensor
+    from core.eval.demo_report import evaluate_checkpoint
+    from core.models.load import load_pair
+
+    base, tok = load_pair("demo-c2i")
+    aligned, _ = load_pair("demo-c2i", weights)
+    images, labels = images_tensor("val", range(num_images), tok.image_size)  # held out from training
+    with objective.fp32("cpu"):
+        tokens = tok.encode(images)
+    out: dict = {"weights": str(weights), "num_images": num_images, "seeds": list(seeds)}
+
+    kl = per_position_kl(base, aligned, labels, tokens)
+    h, w = tok.grid
+    out["kl_per_position"] = kl.tolist()
+    out["kl_mean"] = kl.mean().item()
+    out["kl_first_token"] = kl[0].item()
+    log(f"KL(aligned || base) per position, held-out teacher forcing (mean {kl.mean():.4f}, first token {kl[0]:.4f}):")
+    for r in range(h):
+        log("  " + " ".join(f"{v:.4f}" for v in kl[r * w:(r + 1) * w].tolist()))
+
+    per_seed = {name: [teacher_forced_reward(model, tok, images, labels, tokens, num_generations=num_generations,
+                                             weights={"mse": 1.0}, seed=s)["reward"] for s in seeds]
+                for name, model in (("base", base), ("aligned", aligned))}
+    tf = {name: dict(zip(("reward", "reward_std"), _mean_std(v))) for name, v in per_seed.items()}
+    # same seed = same random numbers for both models: the paired difference cancels most sampling noise
+    tf["paired_gain"], tf["paired_gain_std"] = _mean_std([a - b for a, b in zip(per_seed["aligned"], per_seed["base"])])
+    out["teacher_forced_reward"] = tf
+    log(f"held-out teacher-forced reward (-MSE, G {num_generations}, {len(seeds)} seeds): base {tf['base']['reward']:.5f} "
+        f"± {tf['base']['reward_std']:.5f}, aligned {tf['aligned']['reward']:.5f} ± {tf['aligned']['reward_std']:.5f}; "
+        f"paired gain {tf['paired_gain']:+.6f} ± {tf['paired_gain_std']:.6f}")
+
+    from core.models.generate import generate
+
+    rates = {"real": off_manifold_rate(tok, tokens)}
+    for name, w_ in (("base", None), ("aligned", weights)):
+        model = base if w_ is None else aligned
+        vals = []
+        for s in seeds:
+            cond = torch.arange(num_images) % model.config.num_classes
+            toks = generate(model, cond, generator=torch.Generator().manual_seed(s)).tokens
+            vals.append(off_manifold_rate(tok, toks))
+        rates[name], rates[name + "_std"] = _mean_std(vals)
+    out["off_manifold_rate"] = rates
+    log(f"off-manifold rate (tokens changed by decode -> re-encode): real {rates['real']:.4f}, base {rates['base']:.4f} "
+        f"± {rates['base_std']:.4f}, aligned {rates['aligned']:.4f} ± {rates['aligned_std']:.4f}")
+
+    sweep = []
+    for scale in cfg_scales:
+        row = {"cfg_scale": scale}
+        for name, w_ in (("base", None), ("aligned", weights)):
+            r = evaluate_checkpoint(weights=w_, num_samples=num_samples, sample_seeds=seeds, cfg_scale=scale,
+                                    log=lambda m: None)
+            row[name] = {k: r[k] for k in ("demo_fid", "demo_fid_std", "class_accuracy", "class_accuracy_std")}
+        sweep.append(row)
+        log(f"CFG {scale}: demo-FID base {row['base']['demo_fid']:.3f} ± {row['base']['demo_fid_std']:.3f}, aligned "
+            f"{row['aligned']['demo_fid']:.3f} ± {row['aligned']['demo_fid_std']:.3f}; class accuracy base "
+            f"{row['base']['class_accuracy']:.3f}, aligned {row['aligned']['class_accuracy']:.3f}")
+    out["cfg_sweep"] = sweep
+    return out
+
+
+def cmd_diagnose(args) -> int:
+    import json
+
+    from core.eval.demo_report import resolve_checkpoint
+    from core.models import registry
+
+    registry.require_files("demo-c2i")
+    weights = resolve_checkpoint(args.checkpoint)
+    out = diagnose_demo(weights, num_images=args.num_images, seeds=args.seeds, num_generations=args.num_generations,
+                        cfg_scales=args.cfg_scales, num_samples=args.num_samples)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def register(sub) -> None:
+    from core.eval.cli import add_eval_command
+
+    def configure(p):
+        p.add_argument("--checkpoint", required=True, help="the aligned demo generator: model.pt, a checkpoint folder or a run folder")
+        p.add_argument("--num-images", type=int, default=500, help="held-out real scenes for the teacher-forced views")
+        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (mean ± std over them)")
+        p.add_argument("--num-generations", type=int, default=8, help="G teacher-forced samples per image")
+        p.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.5], help="guidance scales of the sweep")
+        p.add_argument("--num-samples", type=int, default=1000, help="free-running samples per seed in the CFG sweep")
+        p.add_argument("--json", type=Path, default=None, help="write the results here")
+        p.set_defaults(func=cmd_diagnose)
+
+    add_eval_command(sub, "diagnose", "where an aligned demo generator moved: per-position KL, held-out reward, "
+                                      "off-manifold rate, demo-FID vs CFG", configure,
+                     description=__doc__.split("\n\n")[0])
