@@ -13,6 +13,7 @@ and stderr appended to the run's log.txt, so a closed browser tab or a dead UI c
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -24,11 +25,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from core.paths import ROOT
 from core.runs.store import (
-    ACTIVE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STOPPED, STOPPING, Run, RunStateError,
-    RunStore, all_processes, gpu_ids, process_alive, process_start_time, process_state, tail_lines,
+    ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING,
+    STEP_DIR_RE, STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state,
+    tail_lines,
 )
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
@@ -83,38 +85,64 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def _protected_pids() -> set[int]:
+    """This process and its ancestors (and PID 1): never signalled by a stop, whatever a run's row says."""
+    protected = {1, os.getpid()}
+    current = os.getppid()
+    while current and current > 1 and current not in protected:
+        protected.add(current)
+        current = parent_pid(current)
+    return protected
+
+
 def kill_process_tree(leader: int | None, leader_start: int | None,
                       others: list[tuple[int | None, int | None]] = ()) -> tuple[dict[int, int], set[int]]:
-    """SIGKILL a worker: the process group of `leader` (the launched process, which leads its own
-    group), every descendant of `leader` and of `others` (pid, start time), and their groups.
+    """SIGKILL a worker: every descendant of `leader` (the process the launcher started, which leads
+    a session of its own) and of `others` (pid, start time: the worker process), and the process
+    group of `leader` when the launcher made it (the group is then a session: its id is its session
+    id), which also catches processes that escaped the tree.
 
-    Descendants are found through /proc before anything is killed, since torch's elastic agent puts
-    each rank in a session of its own. A pid whose start time differs belongs to another process now
-    and is left alone. Returns ({pid: start time} of the processes signalled, the groups signalled)."""
+    Only what the run started is killed: a group that is not the run's own session (a foreground
+    run's group is its caller's: a shell script, nohup, CI, PID 1 in a container), this process, its
+    ancestors and PID 1 are never signalled. Descendants are found through /proc before anything is
+    killed, since torch's elastic agent puts each rank in a session of its own. A pid whose start time
+    differs belongs to another process now and is left alone. Returns ({pid: start time} of the
+    processes signalled, the groups signalled)."""
     procs = all_processes()
     children = defaultdict(list)
     for pid, (_, ppid, _, _) in procs.items():
         children[ppid].append(pid)
+    protected = _protected_pids()
+    own_group = os.getpgid(0)
     victims: dict[int, int] = {}
     groups = set()
     for root, start, is_group in [(leader, leader_start, True), *((p, s, False) for p, s in others)]:
-        if root is None:
+        if root is None or root in protected:
             continue
         stat = procs.get(root)
         if stat is None:
             if is_group:
-                groups.add(root)  # the leader is gone; a group that still has members keeps its id
+                groups.add(root)  # the leader is gone; its session's members keep the group id
             continue
         if start is not None and stat[3] != start:
             continue
         todo = [root]
         while todo:
             pid = todo.pop()
-            if pid not in victims:
+            if pid not in victims and pid not in protected:
                 victims[pid] = procs[pid][3]
                 todo.extend(children.get(pid, ()))
-    groups |= {procs[pid][2] for pid in victims if procs[pid][2] in victims}
+    groups |= {procs[pid][2] for pid in victims if procs[pid][2] in victims}  # groups the run's processes lead
+    # a group is the run's own only when it is the session the launcher created (pgid == sid);
+    # every member must belong to that session, and neither this process nor PID 1 may be in it
+    safe_groups = set()
     for pgid in groups:
+        if pgid in (0, 1, own_group) or pgid in protected:
+            continue
+        members = [p for p, st in procs.items() if st[2] == pgid]
+        if members and all(process_session(p) == pgid and p not in protected for p in members):
+            safe_groups.add(pgid)
+    for pgid in safe_groups:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -124,7 +152,39 @@ def kill_process_tree(leader: int | None, leader_start: int | None,
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    return victims, groups
+    return victims, safe_groups
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Refuse (one line naming the file and the fix) a run folder whose config.json or checkpoints are
+    unreadable: resuming it would fail in the worker, or silently start again from step 0."""
+    config_path = run_dir / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except OSError as e:
+        raise ConfigError(str(config_path), f"cannot be read ({e.strerror}); restore the file") from None
+    except ValueError as e:
+        raise ConfigError(str(config_path), f"is not valid JSON ({e}); fix the file (it is the run's "
+                                            "resolved config)") from None
+    if not isinstance(config, dict):
+        raise ConfigError(str(config_path), "must hold a JSON object; fix the file")
+    root = run_dir / CHECKPOINTS_DIR
+    if root.is_dir() and not root.is_symlink():
+        for child in sorted(root.iterdir()):
+            if not (child.is_dir() and STEP_DIR_RE.fullmatch(child.name)):
+                continue
+            state = child / TRAINER_STATE_FILE
+            try:
+                step = json.loads(state.read_text()).get("step")
+            except FileNotFoundError:
+                continue  # an incomplete folder: never counted as a checkpoint
+            except (OSError, ValueError, AttributeError) as e:
+                raise CheckpointError(f"{state}: not a JSON object with an integer \"step\" ({e}); fix it or "
+                                      f"delete {child} to resume from the checkpoint before it") from None
+            if isinstance(step, bool) or not isinstance(step, int) or step != int(STEP_DIR_RE.fullmatch(child.name)[1]):
+                raise CheckpointError(f"{state}: \"step\" is {step!r}, expected the integer "
+                                      f"{int(STEP_DIR_RE.fullmatch(child.name)[1])} of its folder; fix it or delete "
+                                      f"{child} to resume from the checkpoint before it")
 
 
 class Launcher:
@@ -291,19 +351,25 @@ class Launcher:
         self.tick()
         return self.store.get(run_id)
 
-    def resume_in_place(self, run_id: str) -> Run:
-        """The first half of `resume`: trim and re-queue, without starting a worker (the CLI then runs
-        the worker in its own process)."""
+    def resume_in_place(self, run_id: str, claim: dict | None = None) -> Run:
+        """The first half of `resume`: check, trim and re-queue, without starting a worker. With `claim`
+        (worker fields of the calling process: the CLI then runs the worker in its own process) the run
+        goes straight to running, or DevicesBusyError is raised and nothing changes."""
         run = self.store.get(run_id)
         if not run.is_resumable:
             why = "it is complete" if run.status == FINISHED else "only stopped or failed runs can be resumed"
             raise RunStateError(f"run {run_id}: is {run.status}; {why}")
+        check_resumable(run.run_dir)
+        if claim is not None:
+            self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
         self.store.trim_after(run_id, step)
         self.store.clear_stop_request(run_id)
         message = (f"resumed from checkpoint step-{step:06d}" if ckpt is not None
                    else "resumed without a checkpoint: starts again from step 0")
+        if claim is not None:
+            return self.store.requeue_and_claim(run_id, dict(resume=1, step=step, message=message), claim)
         if self.store.try_set_status(run_id, QUEUED, expect=RESUMABLE, resume=1, step=step,
                                      message=message) is None:
             raise RunStateError(f"run {run_id}: is {self.store.get(run_id).status} now; not resumed")

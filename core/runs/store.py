@@ -124,6 +124,14 @@ class RunStateError(UserError):
     """The run is in a status that does not allow the requested action (e.g. resume a finished run)."""
 
 
+class DevicesBusyError(RunStateError):
+    """A run cannot start now: another active run of this host uses one of its devices (`.blocker`)."""
+
+    def __init__(self, message: str, blocker: "Run"):
+        self.blocker = blocker
+        super().__init__(message)
+
+
 class RunNotFoundError(UserError):
     """No run with this id (or id fragment) in the runs dir."""
 
@@ -249,6 +257,18 @@ def process_start_time(pid: int) -> int | None:
     except PermissionError:
         return 0
     return 0
+
+
+def process_session(pid: int) -> int | None:
+    """Session id of a process (/proc/<pid>/stat field 6); None if unknown."""
+    if not _has_proc():
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(raw[raw.rindex(")") + 2:].split()[3])
 
 
 def parent_pid(pid: int) -> int | None:
@@ -408,9 +428,15 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
-    def create_run(self, name: str, config: dict, devices: str, total_steps: int, run_id: str | None = None) -> Run:
+    def create_run(self, name: str, config: dict, devices: str, total_steps: int, run_id: str | None = None,
+                   claim: dict[str, Any] | None = None) -> Run:
         """Create the run folder (config.json, status.json, empty log and metrics) and a queued row.
-        `run_id` names the folder explicitly (it must not exist yet); by default one is generated."""
+        `run_id` names the folder explicitly (it must not exist yet); by default one is generated.
+
+        With `claim` (fields such as worker_pid, worker_start) the run is created running, in the same
+        transaction that checks its devices are free: a foreground run never sits in the queue where
+        another process's scheduler could start it. If they are not free, DevicesBusyError is raised
+        and no folder is left behind."""
         if not isinstance(name, str) or not name.strip():
             raise ConfigError("name", "a run needs a non-empty name")
         if len(name) > 200:
@@ -443,12 +469,16 @@ class RunStore:
             (run_dir / METRICS_FILE).touch()
             now = time.time()
             with self._write() as con:
+                if claim is not None:
+                    self._check_free(con, devices, f"run {run_id}")
                 seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
                 con.execute(
                     "INSERT INTO runs (id, name, status, devices, host, total_steps, queue_seq, created_at,"
                     " queued_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, name.strip(), QUEUED, devices, self.host, total_steps, seq, now, now, now),
                 )
+                if claim is not None:
+                    return self._transition(con, self._get(con, run_id), RUNNING, dict(claim))
                 return self._mirror(con, run_id)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -595,12 +625,41 @@ class RunStore:
             run = self._get(con, run_id)
             if run.status != QUEUED:
                 raise RunStateError(f"run {run_id}: is {run.status}, not queued")
-            for other in con.execute("SELECT * FROM runs WHERE host = ? AND status IN (?, ?)",
-                                     (self.host, RUNNING, STOPPING)).fetchall():
-                if devices_conflict(other["devices"], run.devices):
-                    raise RunStateError(f"run {run_id}: devices {run.devices} are used by run {other['id']}; "
-                                        "wait for it or stop it")
+            self._check_free(con, run.devices, f"run {run_id}")
             return self._transition(con, run, RUNNING, fields)
+
+    def requeue_and_claim(self, run_id: str, queued_fields: dict[str, Any], claim: dict[str, Any]) -> Run:
+        """Resume a stopped or failed run straight into running (foreground resume): one transaction
+        checks its devices are free (else DevicesBusyError, and the run keeps its status)."""
+        with self._write() as con:
+            run = self._get(con, run_id)
+            if run.status not in RESUMABLE:
+                raise RunStateError(f"run {run_id}: is {run.status}; only stopped or failed runs can be resumed")
+            self._check_free(con, run.devices, f"run {run_id}")
+            run = self._transition(con, run, QUEUED, dict(queued_fields))
+            return self._transition(con, run, RUNNING, dict(claim))
+
+    def active_on(self, devices: str, con: sqlite3.Connection | None = None) -> Run | None:
+        """The active run of this host that uses one of `devices` (None when they are free)."""
+        if con is None:
+            with self._connection() as c:
+                return self.active_on(devices, c)
+        for row in con.execute("SELECT * FROM runs WHERE host = ? AND status IN (?, ?) ORDER BY queue_seq",
+                               (self.host, RUNNING, STOPPING)).fetchall():
+            if devices_conflict(row["devices"], devices):
+                return self._row_to_run(row)
+        return None
+
+    def check_free(self, devices: str, what: str) -> None:
+        """Raise DevicesBusyError (naming the run that holds them) unless `devices` are free now."""
+        with self._connection() as con:
+            self._check_free(con, devices, what)
+
+    def _check_free(self, con: sqlite3.Connection, devices: str, what: str) -> None:
+        other = self.active_on(devices, con)
+        if other is not None:
+            raise DevicesBusyError(f"{what}: devices {devices} are used by run {other.id} ({other.status}, step "
+                                   f"{other.step}/{other.total_steps}); wait for it or stop it", other)
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run (row, metrics, folder). Refuses a running or stopping run."""

@@ -94,6 +94,10 @@ class Trainer:
         from core.models import registry
 
         cfg = self.cfg
+        if cfg.device != "auto":
+            from core import device as devmod
+
+            devmod.resolve(cfg.device)  # cuda on a machine without CUDA: an error now, not in the worker
         preset = registry.get_generator(cfg.model)
         if preset.task == "c2i" and cfg.data == "captions":
             raise ConfigError("data", f"{cfg.model} is class-conditional: use data=imagefolder or shapes, not captions")

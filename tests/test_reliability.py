@@ -1,0 +1,168 @@
+"""Issue 14: runs never hurt anything else and never lose anything.
+
+Process scope of a stop, crashed foreground runs, Ctrl-C / SIGTERM, the run index rebuilt from the
+folders, resume cleaning only its own leftovers, a full disk, clear errors. Fake workers
+(tests/fake_worker.py) where the trainer does not matter; the tiny demo where it does."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from core.runs import FAILED, FINISHED, RUNNING, STOPPED, RunStore
+from core.runs.launcher import kill_process_tree
+from core.runs.store import process_alive, process_start_time
+
+ROOT = Path(__file__).resolve().parent.parent
+ENTRY = "tests.fake_worker:run"
+TIMEOUT_S = 60.0
+TINY = ["--preset", "demo-c2i", "--set", "global_batch_size=2", "--set", "per_device_train_batch_size=2",
+        "--set", "data_subset=20", "--set", 'reward_weights={"mse": 1}', "--set", "num_generations=2",
+        "--set", "kl_probe_size=0", "--set", "device=cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _fake_entry_allowed(monkeypatch):
+    monkeypatch.setenv("VAPI_WORKER_ENTRIES", ENTRY)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def store(tmp_path) -> RunStore:
+    store = RunStore(tmp_path / "runs")
+    yield store
+    for run in store.list_runs([RUNNING, "stopping"]):
+        if os.getpid() not in (run.pid, run.worker_pid):
+            kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+
+
+def wait_for(predicate, what: str, timeout: float = TIMEOUT_S):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def core(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def alive(pid: int) -> bool:
+    return process_alive(pid, None)
+
+
+def wrapper_script(tmp_path: Path, run_dir: Path) -> subprocess.Popen:
+    """A shell script (as under CI or nohup: no job control, so its children share its process group)
+    that starts an unrelated `sleep`, then a foreground worker, then goes on."""
+    script = tmp_path / "wrapper.sh"
+    script.write_text(f"sleep 600 &\necho $! > {tmp_path}/sibling.pid\n"
+                      f"{sys.executable} -m core.runs.worker --run-dir {run_dir} >> {run_dir}/log.txt 2>&1\n"
+                      f"echo continued > {tmp_path}/after\nsleep 600\n")
+    return subprocess.Popen(["bash", str(script)], cwd=ROOT, start_new_session=True)
+
+
+# --- 1. a stop kills only what the run started ------------------------------------------------------
+
+
+def test_forced_stop_of_a_foreground_run_spares_its_caller_and_the_callers_other_children(store, tmp_path):
+    run = store.create_run("fg", {"entry": ENTRY, "fake": {"forever": True, "ignore_stop": True,
+                                                           "spawn_child": True}}, "cpu", 10)
+    wrapper = wrapper_script(tmp_path, run.run_dir)
+    try:
+        wait_for(lambda: (run.run_dir / "child.pid").exists() and store.get(run.id).status == RUNNING,
+                 "the foreground worker and its child")
+        worker = store.get(run.id).worker_pid
+        child = int((run.run_dir / "child.pid").read_text())
+        sibling = int((tmp_path / "sibling.pid").read_text())
+        r = core("runs", "stop", run.id, "--grace", "0", "--runs-dir", str(store.runs_dir))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert store.get(run.id).status == STOPPED
+        wait_for(lambda: not alive(worker) and not alive(child), "the worker and its child to be killed")
+        wait_for(lambda: (tmp_path / "after").exists(), "the wrapper script to go on after its worker")
+        assert wrapper.poll() is None and alive(sibling)  # the caller and its other child survive
+    finally:
+        os.killpg(wrapper.pid, signal.SIGKILL)
+        wrapper.wait()
+
+
+def test_kill_process_tree_never_signals_its_own_group_or_pid_1(store):
+    # an old row (or a container where the run's group is 1) naming the caller's group as the run's pid
+    victims, groups = kill_process_tree(os.getpgid(0), process_start_time(os.getpgid(0)))
+    assert os.getpid() not in victims and not groups
+    victims, groups = kill_process_tree(1, process_start_time(1))
+    assert not victims and not groups
+
+
+# --- 2. a crashed foreground run does not block the queue ------------------------------------------
+
+
+def test_train_refuses_busy_devices_and_starts_once_a_killed_foreground_worker_is_gone(store, tmp_path, tiny_demo):
+    run = store.create_run("fg", {"entry": ENTRY, "fake": {"forever": True}}, "cpu", 10)
+    wrapper = wrapper_script(tmp_path, run.run_dir)
+    try:
+        wait_for(lambda: store.get(run.id).status == RUNNING and store.get(run.id).worker_pid, "the foreground run")
+        before = sorted(p.name for p in store.runs_dir.iterdir())
+        r = core("train", *TINY, "--set", "max_steps=1", "--runs-dir", str(store.runs_dir))
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert f"devices cpu are used by run {run.id}" in r.stderr and "--wait" in r.stderr
+        assert sorted(p.name for p in store.runs_dir.iterdir()) == before  # nothing queued, no folder
+
+        waiting = subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", "max_steps=1",
+                                    "--runs-dir", str(store.runs_dir), "--wait"], cwd=ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3.0)
+        assert waiting.poll() is None and len(store.list_runs()) == 1  # waits without queueing a run
+        os.kill(store.get(run.id).worker_pid, signal.SIGKILL)  # the caller (wrapper) lives on
+        out, err = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0, out + err
+        assert "waiting: " in err and "finished at step 1/1" in out
+        crashed = store.get(run.id)
+        assert crashed.status == FAILED and "is gone" in crashed.message
+        assert wrapper.poll() is None
+    finally:
+        os.killpg(wrapper.pid, signal.SIGKILL)
+        wrapper.wait()
+
+
+# --- 6. Ctrl-C and SIGTERM stop with a checkpoint ---------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_to_a_foreground_train_stops_it_with_a_checkpoint_and_resume_finishes(tmp_path, tiny_demo, signum):
+    run_dir = tmp_path / "runs" / "sig"
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", "max_steps=200",
+                             "--set", "save_steps=1000", "--set", "preview_steps=1000", "--run-dir", str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        wait_for(lambda: metrics.exists() and metrics.read_text().strip(), "the first step", timeout=120)
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    name = signal.Signals(signum).name
+    assert proc.returncode == 0, out + err
+    run = RunStore(run_dir.parent).get("sig")
+    assert run.status == STOPPED and f"stopped by {name}" in run.message
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert ckpts and (ckpts[-1] / "model.pt").is_file() and (ckpts[-1] / "optimizer.pt").is_file()
+    step = int(ckpts[-1].name.split("-")[1])
+    assert 1 <= step < 200 and run.step == step
+
+    r = core("train", "--resume", str(run_dir), "--set", f"max_steps={step + 1}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    done = RunStore(run_dir.parent).get("sig")
+    assert done.status == FINISHED and done.step == step + 1 == done.total_steps
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == step + 1
+    assert (run_dir / "checkpoints" / f"step-{step + 1:06d}" / "model.pt").is_file()
