@@ -166,3 +166,69 @@ def test_signal_to_a_foreground_train_stops_it_with_a_checkpoint_and_resume_fini
     assert done.status == FINISHED and done.step == step + 1 == done.total_steps
     assert json.loads((run_dir / "config.json").read_text())["max_steps"] == step + 1
     assert (run_dir / "checkpoints" / f"step-{step + 1:06d}" / "model.pt").is_file()
+
+
+# --- 3. the run index is rebuilt from the folders ----------------------------------------------------
+
+
+def test_deleting_runs_db_during_a_run_loses_no_run(store, tmp_path):
+    from core.runs import Launcher
+
+    launcher = Launcher(store)
+    first = launcher.submit("first", {"entry": ENTRY, "fake": {"steps": 3, "step_s": 0.01}}, "cpu", 3)
+    wait_for(lambda: store.get(first.id).status == FINISHED, "the first run", timeout=TIMEOUT_S)
+    live = launcher.submit("live", {"entry": ENTRY, "fake": {"steps": 30, "step_s": 0.05}}, "cpu", 30)
+    wait_for(lambda: store.get(live.id).step >= 2, "the live run to make progress")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store.db_path}{suffix}").unlink(missing_ok=True)
+    status = live.run_dir / "status.json"
+    wait_for(lambda: json.loads(status.read_text())["status"] == FINISHED, "the live run to finish")
+    assert len(store.read_metrics(live.id)) == 30 and "no such table" not in (live.run_dir / "log.txt").read_text()
+
+    store.db_path.unlink()
+    r = core("runs", "list", "--runs-dir", str(store.runs_dir))
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines()[1:]}
+    assert rows[first.id][1:3] == [FINISHED, "3/3"] and rows[live.id][1:3] == [FINISHED, "30/30"]
+    assert len(RunStore(store.runs_dir).read_metrics(first.id)) == 3
+
+    store.db_path.write_bytes(b"this is not a database" * 200)
+    r = core("runs", "list", "--runs-dir", str(store.runs_dir))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(store.db_path) in r.stderr and "runs reindex" in r.stderr
+    r = core("runs", "reindex", "--runs-dir", str(store.runs_dir))
+    assert r.returncode == 0 and "moved to" in r.stdout and "indexed 2 runs" in r.stdout, r.stdout + r.stderr
+    r = core("runs", "list", "--runs-dir", str(store.runs_dir))
+    assert first.id in r.stdout and live.id in r.stdout and "30/30" in r.stdout
+
+
+# --- 4. resume deletes only its own leftovers ------------------------------------------------------
+
+
+def test_resume_deletes_only_its_own_partial_checkpoints_and_never_through_a_link(store, tmp_path):
+    from core.runs import Launcher
+
+    def failed_run(name):
+        run = store.create_run(name, {"entry": ENTRY}, "cpu", 10)
+        store.set_status(run.id, RUNNING)
+        store.set_status(run.id, FAILED)
+        return run
+
+    run = failed_run("own")
+    ckpts = run.run_dir / "checkpoints"
+    (ckpts / ".tmp-step-000004-123").mkdir()
+    (ckpts / ".old-step-000002-77").mkdir()
+    (ckpts / ".git").mkdir()
+    (ckpts / ".notes").mkdir()
+    (ckpts / ".notes" / "keep.txt").write_text("mine")
+    Launcher(store).resume_in_place(run.id)
+    assert sorted(p.name for p in ckpts.iterdir()) == [".git", ".notes"]
+
+    linked = failed_run("linked")
+    outside = tmp_path / "elsewhere"
+    (outside / ".tmp-step-000001-1").mkdir(parents=True)
+    (outside / ".cache").mkdir()
+    (linked.run_dir / "checkpoints").rmdir()
+    (linked.run_dir / "checkpoints").symlink_to(outside)
+    Launcher(store).resume_in_place(linked.id)
+    assert sorted(p.name for p in outside.iterdir()) == [".cache", ".tmp-step-000001-1"]

@@ -11,7 +11,8 @@ Folder layout (the trainer, the UI and the CLI rely on it)::
         stop.request                    present while a stop is requested (the worker polls it)
         checkpoints/step-000010/        one folder per checkpoint, renamed into place when complete;
             trainer_state.json          ... holds at least {"step": 10}; folders without it are ignored
-        checkpoints/.tmp-*              checkpoints being written (dot-prefixed: never read, removed on resume)
+        checkpoints/.tmp-step-NNNNNN-PID  a checkpoint being written (never read; removed on resume, as is
+                                        .old-step-NNNNNN-PID; nothing else under checkpoints/ is deleted)
         samples/step-000000.png         sample grids, step 0 = the base model
 
 Statuses::
@@ -78,6 +79,8 @@ SAMPLES_DIR = "samples"
 TRAINER_STATE_FILE = "trainer_state.json"
 STEP_DIR_RE = re.compile(r"step-(\d+)")
 SAMPLE_RE = re.compile(r"step-(\d+)\.png")
+# the only folders a resume may delete: what RunRecorder.save_checkpoint leaves when a write was cut off
+PARTIAL_CHECKPOINT_RE = re.compile(r"\.(tmp|old)-step-\d+-\d+")
 
 BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
 SCHEMA_VERSION = 1
@@ -120,6 +123,17 @@ _UPDATABLE = frozenset({
 })
 
 
+def _schema_statements() -> list[str]:
+    """_SCHEMA as single statements (executescript would commit the open transaction)."""
+    statements, current = [], ""
+    for line in _SCHEMA.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current)
+            current = ""
+    return statements
+
+
 class RunStateError(UserError):
     """The run is in a status that does not allow the requested action (e.g. resume a finished run)."""
 
@@ -130,6 +144,14 @@ class DevicesBusyError(RunStateError):
     def __init__(self, message: str, blocker: "Run"):
         self.blocker = blocker
         super().__init__(message)
+
+
+class IndexCorruptError(UserError):
+    """runs.db is not a readable SQLite database."""
+
+    def __init__(self, path: Path, cause: object):
+        super().__init__(f"{path}: not a readable run index ({cause}); rebuild it from the run folders with "
+                         f"`python -m core runs reindex --runs-dir {path.parent}` (the bad file is kept beside it)")
 
 
 class RunNotFoundError(UserError):
@@ -361,6 +383,24 @@ def find_last_checkpoint(run_dir: Path) -> Checkpoint | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def _read_metrics_file(path: Path) -> list[dict]:
+    """Points of a metrics.jsonl ({"step": int, "time": float, name: float}); torn or foreign lines skipped."""
+    points = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            point = json.loads(line)
+        except ValueError:
+            continue
+        if (isinstance(point, dict) and isinstance(point.get("step"), int) and not isinstance(point["step"], bool)
+                and isinstance(point.get("time"), (int, float))):
+            points[point["step"]] = {k: v for k, v in point.items() if isinstance(v, (int, float))}
+    return [points[s] for s in sorted(points)]
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "run"
 
@@ -371,25 +411,21 @@ def _slug(name: str) -> str:
 class RunStore:
     """Run folders under `runs_dir` and their SQLite index `runs_dir/runs.db`."""
 
-    def __init__(self, runs_dir: str | os.PathLike):
+    def __init__(self, runs_dir: str | os.PathLike, *, open_index: bool = True):
         self.runs_dir = Path(runs_dir).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.runs_dir / DB_FILE
         self.host = socket.gethostname()
-        with self._connection() as con:
-            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
-                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if open_index:  # False: for `reindex`, which must also work on an unreadable runs.db
+            with self._connection():
+                pass  # creates the index, or rebuilds it from the run folders when runs.db is missing or empty
 
     # -- connections ------------------------------------------------------------------------
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        con = self._connect()
         try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA synchronous=NORMAL")
             yield con
         finally:
             con.close()
@@ -404,6 +440,139 @@ class RunStore:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to an index with the schema. A missing or empty runs.db (deleted while runs were
+        active, or never made) is created and filled from the run folders first; a file that is not a
+        SQLite database is an IndexCorruptError that names it and the fix."""
+        for _ in range(3):
+            if not self.db_path.exists():
+                self._initialize()
+            con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                con.row_factory = sqlite3.Row
+                con.execute("PRAGMA synchronous=NORMAL")
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.DatabaseError as e:
+                con.close()
+                raise IndexCorruptError(self.db_path, e) from None
+            if version == SCHEMA_VERSION:
+                return con
+            con.close()
+            self._initialize()
+        raise IndexCorruptError(self.db_path, "its schema could not be created")
+
+    def _initialize(self) -> int:
+        """Create the schema and index every run folder (in one transaction; another process doing the
+        same meanwhile is waited for). Returns the runs added."""
+        if not self.db_path.exists():  # a WAL left by a deleted database must not be replayed into the new one
+            for suffix in ("-wal", "-shm", "-journal"):
+                Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.row_factory = sqlite3.Row
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as e:
+                raise IndexCorruptError(self.db_path, e) from None
+            try:
+                if con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                    con.execute("ROLLBACK")
+                    return 0
+                for statement in _schema_statements():
+                    con.execute(statement)
+                added = self._index_folders(con)
+                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            return added
+        finally:
+            con.close()
+
+    def _index_folders(self, con: sqlite3.Connection) -> int:
+        """Add a row (and the metrics) of every run folder the index lacks: from status.json, the mirror of
+        the row; metrics from metrics.jsonl. A folder without a readable status.json is indexed as failed."""
+        columns = [r["name"] for r in con.execute("PRAGMA table_info(runs)").fetchall()]
+        known = {r["id"] for r in con.execute("SELECT id FROM runs").fetchall()}
+        added = 0
+        for folder in sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and not p.is_symlink()):
+            if folder.name in known or not (folder / CONFIG_FILE).is_file():
+                continue
+            row = self._row_from_folder(folder)
+            if row is None:
+                continue
+            seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
+            row.setdefault("queue_seq", seq)
+            row = {k: v for k, v in row.items() if k in columns}
+            con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
+            for point in _read_metrics_file(folder / METRICS_FILE):
+                step, t = point.pop("step"), point.pop("time")
+                con.execute("INSERT OR IGNORE INTO metrics (run_id, step, time, data) VALUES (?, ?, ?, ?)",
+                            (folder.name, step, t, json.dumps(point)))
+            self._mirror(con, folder.name)
+            added += 1
+        return added
+
+    def _row_from_folder(self, folder: Path) -> dict[str, Any] | None:
+        now = time.time()
+        try:
+            status = json.loads((folder / STATUS_FILE).read_text())
+            if not isinstance(status, dict) or status.get("status") not in STATUSES:
+                raise ValueError("no valid status")
+        except (OSError, ValueError):
+            status = None
+        points = _read_metrics_file(folder / METRICS_FILE)
+        last_step = max((p["step"] for p in points), default=0)
+        if status is not None:
+            row = {k: v for k, v in status.items() if k != "run_dir"}
+            row["id"] = folder.name
+            row["step"] = max(int(row.get("step") or 0), last_step)
+            for key in ("name", "devices", "host"):
+                if not isinstance(row.get(key), str) or not row[key]:
+                    row[key] = {"name": folder.name, "devices": "cpu", "host": self.host}[key]
+            row.setdefault("total_steps", max(last_step, 1))
+            row.setdefault("created_at", folder.stat().st_mtime)
+            row.setdefault("updated_at", now)
+            row.setdefault("message", "")
+            return row
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        total = config.get("max_steps") or config.get("num_samples") or max(last_step, 1)
+        try:
+            devices = normalize_devices(str(config.get("device") or "cpu").replace("auto", "cpu"))
+        except ConfigError:
+            devices = "cpu"
+        created = folder.stat().st_mtime
+        return dict(id=folder.name, name=folder.name, status=FAILED, devices=devices, host=self.host,
+                    total_steps=int(total) if isinstance(total, int) and total > 0 else max(last_step, 1),
+                    step=last_step, created_at=created, updated_at=now, ended_at=now,
+                    message=f"re-indexed from its folder without a readable {STATUS_FILE}; resume it to continue")
+
+    def reindex(self) -> tuple[int, Path | None]:
+        """Rebuild the index from the run folders: add every folder it lacks. An unreadable runs.db is
+        first moved aside (to runs.db.corrupt-<time>). Returns (runs added, where the bad file went)."""
+        moved = None
+        try:
+            with self._connection():
+                pass
+        except IndexCorruptError:
+            moved = self.db_path.with_name(f"{DB_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.db_path, moved)
+            for suffix in ("-wal", "-shm", "-journal"):
+                side = Path(f"{self.db_path}{suffix}")
+                if side.exists():
+                    os.replace(side, f"{moved}{suffix}")
+        added = 0
+        with self._write() as con:
+            added = self._index_folders(con)
+        return added, moved
 
     def _row_to_run(self, row: sqlite3.Row) -> Run:
         return Run(**{k: row[k] for k in row.keys()}, run_dir=self.runs_dir / row["id"])
@@ -742,9 +911,9 @@ class RunStore:
             if sample_step > step:
                 sample.unlink(missing_ok=True)
         ckpt_root = run_dir / CHECKPOINTS_DIR
-        if ckpt_root.is_dir():
+        if ckpt_root.is_dir() and not ckpt_root.is_symlink():  # never delete through a link
             for child in ckpt_root.iterdir():
-                if child.name.startswith("."):
+                if PARTIAL_CHECKPOINT_RE.fullmatch(child.name) and child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child, ignore_errors=True)
         return removed
 
