@@ -232,3 +232,44 @@ def test_resume_deletes_only_its_own_partial_checkpoints_and_never_through_a_lin
     (linked.run_dir / "checkpoints").symlink_to(outside)
     Launcher(store).resume_in_place(linked.id)
     assert sorted(p.name for p in outside.iterdir()) == [".cache", ".tmp-step-000001-1"]
+
+
+# --- 5. a full disk is reported, the last good checkpoint kept ---------------------------------------
+
+
+def test_full_disk_during_a_checkpoint_fails_the_run_with_the_reason_and_keeps_the_last_checkpoint(store):
+    run = store.create_run("full", {"entry": ENTRY, "fake": {"steps": 10, "step_s": 0.01, "checkpoint_every": 2,
+                                                             "disk_full_at": 4}}, "cpu", 10)
+    with open(run.run_dir / "log.txt", "ab") as log:
+        rc = subprocess.run([sys.executable, "-m", "core.runs.worker", "--run-dir", str(run.run_dir)], cwd=ROOT,
+                            stdout=log, stderr=subprocess.STDOUT, timeout=TIMEOUT_S).returncode
+    failed = store.get(run.id)
+    assert rc == 1 and failed.status == FAILED
+    first = failed.message.splitlines()[0]
+    assert first.startswith("DiskFullError: no space left on ") and "needed ~" in first and "step-000002" in first
+    names = sorted(p.name for p in (run.run_dir / "checkpoints").iterdir())
+    assert names == ["step-000002"]  # the partial step-4 folder is gone, step 2 intact
+
+
+def test_a_write_error_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from core.runs import recorder as rec
+
+    store = RunStore(tmp_path / "runs")
+    run = store.create_run("full", {"entry": ENTRY}, "cpu", 10)
+    recorder = rec.RunRecorder(run.run_dir, is_main=True)
+    with recorder.save_checkpoint(1) as d:
+        (d / "model.pt").write_bytes(b"x" * 3 * 2**20)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(rec.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 4096))
+    with pytest.raises(rec.DiskFullError, match=r"no space left on .* \(needed ~3 MB for a checkpoint"):
+        with recorder.save_checkpoint(2) as d:
+            (d / "model.pt").write_bytes(b"x" * 1000)
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1024 vs 960")
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # with free space it is some other error
+        with recorder.save_checkpoint(2):
+            raise RuntimeError("unexpected pos 1 vs 2")
+    assert [c.step for c in store.checkpoints(run.id)] == [1]
+    assert [p.name for p in recorder.checkpoints_dir.iterdir()] == ["step-000001"]

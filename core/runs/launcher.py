@@ -29,7 +29,7 @@ from core.errors import CheckpointError, ConfigError
 from core.paths import ROOT
 from core.runs.store import (
     ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING,
-    STEP_DIR_RE, STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state,
+    STEP_DIR_RE, STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, final_status_in_folder, gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state,
     tail_lines,
 )
 
@@ -278,6 +278,9 @@ class Launcher:
             tail = "\n".join(tail_lines(run.run_dir / LOG_FILE, LOG_TAIL_LINES))
             message = (f"{why} at step {run.step} while {run.status}; {self._resume_hint(run)}\n"
                        f"--- last lines of log.txt ---\n{tail}")
+            final = final_status_in_folder(run.run_dir)
+            if final is not None:  # the worker recorded its failure there (runs.db could not be written)
+                message = final["message"]
             failed = self.store.try_set_status(run.id, FAILED, expect={run.status}, message=message)
             if failed is not None:
                 marked.append(failed)

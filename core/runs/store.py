@@ -343,6 +343,30 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_final_status(run_dir: Path, status: str, message: str) -> None:
+    """Put a run's final status into its status.json in place (no new file: works on a full disk when
+    runs.db cannot be written). `Launcher.mark_orphans` takes it from there once the worker is gone."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        with open(path, "r+") as f:
+            d = json.loads(f.read() or "{}")
+            d.update(status=status, message=message, ended_at=time.time(), updated_at=time.time())
+            f.seek(0)
+            f.write(json.dumps(d, indent=2) + "\n")
+            f.truncate()
+    except (OSError, ValueError):
+        pass
+
+
+def final_status_in_folder(run_dir: Path) -> dict | None:
+    """status.json's content when it says failed (written by `write_final_status`), else None."""
+    try:
+        d = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and d.get("status") == FAILED and isinstance(d.get("message"), str) else None
+
+
 def tail_lines(path: Path, n: int = 20, max_bytes: int = 65536) -> list[str]:
     """The last `n` lines of a text file (reads at most `max_bytes` from its end); [] if missing."""
     try:

@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 import traceback
@@ -35,7 +36,7 @@ from core.runs.recorder import RunRecorder
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STOP_FILE, STOPPED, STOPPING, RunStateError,
     RunStore,
-    find_last_checkpoint, parent_pid, process_start_time, tail_lines,
+    STATUS_FILE, find_last_checkpoint, parent_pid, process_start_time, tail_lines, write_final_status,
 )
 
 LOG_TAIL_LINES = 20  # lines of log.txt kept in a failed run's message
@@ -185,8 +186,13 @@ def _finish(store: RunStore, run_id: str, run_dir: Path, stop_signal: str | None
 def _fail(store: RunStore, run_id: str, run_dir: Path, error: BaseException) -> None:
     tail = "\n".join(tail_lines(run_dir / LOG_FILE, LOG_TAIL_LINES))
     message = f"{type(error).__name__}: {error}\n--- last lines of log.txt ---\n{tail}"
-    if store.try_set_status(run_id, FAILED, expect=ACTIVE, message=message) is None:
-        print(f"[worker] run {run_id} is {store.get(run_id).status}; not marked failed", flush=True)
+    try:
+        if store.try_set_status(run_id, FAILED, expect=ACTIVE, message=message) is None:
+            print(f"[worker] run {run_id} is {store.get(run_id).status}; not marked failed", flush=True)
+    except (sqlite3.Error, OSError) as db_error:  # e.g. the disk is full: runs.db cannot grow
+        write_final_status(run_dir, FAILED, message)
+        print(f"[worker] could not record the failure in runs.db ({db_error}); it is in {STATUS_FILE}, "
+              "and the next look at the runs takes it from there", file=sys.stderr, flush=True)
 
 
 def _read_config(path: Path) -> dict:
