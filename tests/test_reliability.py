@@ -273,3 +273,133 @@ def test_a_write_error_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
             raise RuntimeError("unexpected pos 1 vs 2")
     assert [c.step for c in store.checkpoints(run.id)] == [1]
     assert [p.name for p in recorder.checkpoints_dir.iterdir()] == ["step-000001"]
+
+
+# --- 7. clear errors, no half-made runs -------------------------------------------------------------
+
+
+def run_core(capsys, *argv: str) -> tuple[int, str]:
+    """`python -m core ...` in this process (torch is already imported here): (exit code, stderr)."""
+    from core.cli import main
+
+    rc = main(list(argv))
+    return rc, capsys.readouterr().err
+
+
+def one_line_error(rc: int, err: str, *needles: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert rc == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_unreadable_checkpoints_are_one_line_errors_that_name_the_file(tmp_path):
+    import torch
+
+    from core.errors import CheckpointError
+    from core.models import checkpoint
+
+    text = tmp_path / "notes.pt"
+    text.write_text("e" * 101 + "\nthis is not a checkpoint\n")
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    evil = tmp_path / "optimizer.pt"
+    torch.save({"optimizer": {"lr": Path("/etc/passwd")}}, evil)
+    for path, needle in ((text, "is not a PyTorch checkpoint"), (empty, "is empty (0 bytes)"),
+                         (evil, "holds pickled objects that are not allowed")):
+        for load in (checkpoint.read_file, checkpoint.load_object):
+            with pytest.raises(CheckpointError) as e:
+                load(path)
+            message = str(e.value)
+            assert message.startswith(str(path)) and needle in message and "weights_only=False" not in message
+            assert "\n" not in message
+
+
+def test_weights_of_the_wrong_kind_are_an_error_at_load(tmp_path):
+    import torch
+
+    from core.errors import CheckpointError
+    from core.models import checkpoint
+    from core.models.vq import VQModel  # noqa: F401  (the tiny helpers build it)
+    from tests.helpers import tiny_gpt, tiny_vq
+
+    model = tiny_gpt()
+    sd = model.state_dict()
+    with pytest.raises(CheckpointError, match=r"^.*vq\.pt: not a LlamaGen GPT state dict .*pass a LlamaGen GPT"):
+        checkpoint.check_gpt_architecture(model, tiny_vq().state_dict(), tmp_path / "vq.pt")
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.check_gpt_architecture(tiny_gpt(dim=128, n_head=4), sd, "small.pt")
+    assert str(e.value).count("(dim 128 x 2 layers)") == 1 and "found dim 64 x 2 layers" in str(e.value)
+    ints = {k: v.to(torch.int32) for k, v in sd.items()}
+    with pytest.raises(CheckpointError, match=r"w\.safetensors: .* is int32, the model needs floating-point"):
+        checkpoint.load_strict(tiny_gpt(), ints, "w.safetensors")
+    nans = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in sd.items()}
+    with pytest.raises(CheckpointError, match=r"non-finite values \(NaN/inf\)"):
+        checkpoint.load_strict(tiny_gpt(), nans, "w.safetensors")
+    checkpoint.load_strict(target := tiny_gpt(seed=1), {k: v.half() for k, v in sd.items()}, "w.safetensors")
+    assert torch.allclose(target.state_dict()["tok_embeddings.weight"], sd["tok_embeddings.weight"].half().float())
+
+
+@pytest.mark.parametrize("override, field", [
+    ("learning_rate=fast", "learning_rate: must be a number, got 'fast'"),
+    ("max_steps=-3", "max_steps: must be >= 1"),
+    ("learning_rate=Infinity", "learning_rate: must be a finite number"),
+    ("cache_tokens=no", "cache_tokens: must be true or false"),
+    ("num_workers=2.5", "num_workers: must be a whole number"),
+    ('preview_seeds=["a"]', "preview_seeds: must be a list of whole numbers"),
+    ("preview_classes=[99]", "preview_classes: class ids [99] out of range"),
+])
+def test_bad_values_are_one_line_errors_and_create_no_run(tiny_demo, tmp_path, capsys, override, field):
+    runs = tmp_path / "runs"
+    rc, err = run_core(capsys, "train", *TINY, "--set", override, "--runs-dir", str(runs))
+    one_line_error(rc, err, field)
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]
+
+
+def test_inputs_the_machine_cannot_run_are_refused_before_a_run_exists(tiny_demo, tmp_path, capsys):
+    import torch
+
+    runs = tmp_path / "runs"
+    if not torch.cuda.is_available():
+        rc, err = run_core(capsys, "train", *TINY, "--set", "device=cuda", "--runs-dir", str(runs))
+        one_line_error(rc, err, "device: cuda requested but CUDA is not available", "device=cpu")
+        rc, err = run_core(capsys, "train", *TINY, "--devices", "cuda:0", "--runs-dir", str(runs))
+        one_line_error(rc, err, "--devices: cuda:0: this machine has no CUDA GPU")
+    images = tmp_path / "images"
+    for cls in ("a", "b"):
+        (images / cls).mkdir(parents=True)
+        (images / cls / "0.jpg").write_text("not a jpeg")  # below the dataset's own threshold of 3 bad files
+    rc, err = run_core(capsys, "train", *TINY, "--set", "data=imagefolder", "--set", f"data_path={images}",
+                       "--set", "data_subset=null", "--set", "preview_classes=[0, 1]", "--runs-dir", str(runs))
+    one_line_error(rc, err, str(images), "can be read as an image")
+    assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]
+
+
+def test_resume_refuses_broken_run_files_with_one_line_and_leaves_the_run_as_it_was(tiny_demo, tmp_path, capsys):
+    runs = tmp_path / "runs"
+    rc, _ = run_core(capsys, "train", *TINY, "--set", "max_steps=2", "--set", "save_steps=1",
+                     "--run-dir", str(runs / "r"))
+    assert rc == 0
+    store = RunStore(runs)
+    store.update("r", step=1)
+    with store._write() as con:  # as if stopped after step 1 (the run finished; resume needs stopped/failed)
+        con.execute("UPDATE runs SET status = 'stopped' WHERE id = 'r'")
+    run_dir = runs / "r"
+    config_text = (run_dir / "config.json").read_text()
+    state = run_dir / "checkpoints" / "step-000002" / "trainer_state.json"
+    state_text = state.read_text()
+
+    (run_dir / "config.json").write_text(config_text[:-20])
+    rc, err = run_core(capsys, "train", "--resume", str(run_dir))
+    one_line_error(rc, err, str(run_dir / "config.json"), "is not valid JSON")
+    (run_dir / "config.json").write_text(config_text.replace('"learning_rate": 1e-05', '"learning_rate": "fast"'))
+    rc, err = run_core(capsys, "train", "--resume", str(run_dir))
+    one_line_error(rc, err, str(run_dir / "config.json"), "learning_rate: must be a number", "fix the file")
+    (run_dir / "config.json").write_text(config_text)
+    rc, err = run_core(capsys, "train", "--resume", str(run_dir), "--set", "max_steps=-3")
+    one_line_error(rc, err, "max_steps: must be >= 1")
+    state.write_text(json.dumps({**json.loads(state_text), "step": "2"}))
+    rc, err = run_core(capsys, "train", "--resume", str(run_dir))
+    one_line_error(rc, err, str(state), "\"step\" is '2'")
+    run = store.get("r")
+    assert run.status == STOPPED and json.loads((run_dir / "config.json").read_text())["max_steps"] == 2

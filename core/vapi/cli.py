@@ -177,8 +177,8 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
-        devices = _check_devices(args.devices or _devices_of(cfg.device))
         Trainer(cfg, ".").preflight()  # bad input: an error now, and no run folder is created
+        devices = _check_devices(args.devices or _devices_of(cfg.device))
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
         else:
