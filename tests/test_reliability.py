@@ -403,3 +403,46 @@ def test_resume_refuses_broken_run_files_with_one_line_and_leaves_the_run_as_it_
     one_line_error(rc, err, str(state), "\"step\" is '2'")
     run = store.get("r")
     assert run.status == STOPPED and json.loads((run_dir / "config.json").read_text())["max_steps"] == 2
+
+
+# --- 8. an exposed server ------------------------------------------------------------------------------
+
+
+def test_login_is_rate_limited_with_a_lockout():
+    import asyncio
+
+    from app.safety import LoginGuard
+
+    now = [0.0]
+    slept = []
+
+    async def sleep(s):
+        slept.append(s)
+
+    guard = LoginGuard([("ada", "secret")], clock=lambda: now[0], sleep=sleep)
+    attempt = lambda user, pw: asyncio.run(guard.check(user, pw))  # noqa: E731
+    assert attempt("ada", "secret")
+    results = [attempt("ada", f"guess{i}") for i in range(100)]
+    assert not any(results) and sum(slept) >= 100 * LoginGuard.FAILURE_DELAY_S  # 100 wrong passwords: >= 100 s
+    assert not attempt("ada", "secret") and guard.locked("ada") > 0  # locked out, even with the password
+    now[0] += LoginGuard.MAX_LOCKOUT_S + 1
+    assert attempt("ada", "secret")
+
+
+def test_job_sizes_are_bounded(store):
+    from core.errors import ConfigError
+    from core.runs import Launcher
+
+    with pytest.raises(ConfigError, match="num_samples: 1e\\+12 is more than"):
+        Launcher(store).submit("huge", {"entry": ENTRY, "num_samples": 10**12}, "cpu", 10**12)
+    assert store.list_runs() == []
+
+
+def test_worker_entry_must_be_a_project_entry_point(store, monkeypatch):
+    monkeypatch.delenv("VAPI_WORKER_ENTRIES")
+    run = store.create_run("evil", {"entry": "os:system"}, "cpu", 1)
+    r = subprocess.run([sys.executable, "-m", "core.runs.worker", "--run-dir", str(run.run_dir)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=TIMEOUT_S)
+    failed = store.get(run.id)
+    assert r.returncode == 1 and failed.status == FAILED
+    assert failed.message.startswith("ConfigError: entry: 'os:system' is not a worker entry point of this project")
