@@ -8,6 +8,7 @@ config["fake"] steers it:
     ignore_stop      never look at stop requests (to test the forced kill)
     crash_at         raise RuntimeError when this step is reached
     spawn_child      start a sleeping child process and write its pid to child.pid (process-group kill)
+    report_threads   import torch and write its thread count to threads.txt at every step (thread budget)
     disk_full_at     the checkpoint of this step fails half-written with ENOSPC (a full disk)
 """
 from __future__ import annotations
@@ -51,6 +52,10 @@ def run(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool) -> Non
             print(f"fake: stop requested after step {step}", flush=True)
             _checkpoint(recorder, step)
             return
+        if fake.get("report_threads"):
+            import torch
+
+            (run_dir / "threads.txt").write_text(str(torch.get_num_threads()))
         time.sleep(step_s)
         step += 1
         if step == fake.get("crash_at"):

@@ -446,3 +446,43 @@ def test_worker_entry_must_be_a_project_entry_point(store, monkeypatch):
     failed = store.get(run.id)
     assert r.returncode == 1 and failed.status == FAILED
     assert failed.message.startswith("ConfigError: entry: 'os:system' is not a worker entry point of this project")
+
+
+# --- 9. CPU jobs take turns, or share the cores ---------------------------------------------------------
+
+
+def test_a_queued_run_says_what_it_waits_for(store):
+    from core.runs import Launcher, QUEUED
+
+    launcher = Launcher(store, grace_s=30)
+    first = launcher.submit("first", {"entry": ENTRY, "fake": {"forever": True}}, "cpu", 10)
+    second = launcher.submit("eval job", {"entry": ENTRY, "fake": {"steps": 1}}, "cpu", 1)
+    waiting = store.get(second.id)
+    assert waiting.status == QUEUED and waiting.message == f"waiting for run {first.id} (running) to free cpu"
+    launcher.stop(first.id)
+    wait_for(lambda: launcher.tick() or store.get(second.id).status == FINISHED, "the second run to start and end")
+    assert not store.get(second.id).message.startswith("waiting")
+
+
+def test_torch_work_beside_a_cpu_run_gets_a_share_of_the_cores_and_the_run_gives_it_up(store, monkeypatch):
+    import torch
+
+    from core.runs import Launcher
+    from core.runs.threads import cpu_cores, cpu_share
+
+    if cpu_cores() < 2:
+        pytest.skip("needs 2 cores")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    run = Launcher(store).submit("cpu run", {"entry": ENTRY, "fake": {"forever": True, "report_threads": True}},
+                                 "cpu", 10)
+    threads = run.run_dir / "threads.txt"
+    read = lambda: threads.exists() and threads.read_text()  # noqa: E731
+    wait_for(lambda: read() == "2", "the run to report 2 threads")
+    before = torch.get_num_threads()
+    with cpu_share(store, "cpu") as mine:  # as the Compare tab samples beside the run
+        assert mine == max(1, cpu_cores() // 2) == torch.get_num_threads()
+        wait_for(lambda: read() == str(cpu_cores() - mine), "the run to give up the leased threads")
+    assert torch.get_num_threads() == before
+    wait_for(lambda: read() == "2", "the run to take its threads back")
+    with cpu_share(store, "cuda:0") as mine:
+        assert mine == 0

@@ -33,7 +33,9 @@ from pathlib import Path
 from core.errors import UserError
 from core.runs.store import (
     CHECKPOINTS_DIR, SAMPLES_DIR, STOP_FILE, TRAINER_STATE_FILE, Checkpoint, RunStore, find_last_checkpoint,
+    parse_devices,
 )
+from core.runs.threads import ThreadBalancer
 
 
 class DiskFullError(UserError):
@@ -105,6 +107,13 @@ class RunRecorder:
         self.samples_dir = self.run_dir / SAMPLES_DIR
         self._stop_flag = self.run_dir / STOP_FILE
         self._store = RunStore(self.run_dir.parent) if self.is_main else None
+        self._threads = None  # a CPU run lends threads to torch work beside it (core.runs.threads)
+        if self._store is not None:
+            try:
+                if "cpu" in parse_devices(self._store.get(self.run_id).devices):
+                    self._threads = ThreadBalancer(self.run_dir.parent)
+            except UserError:
+                pass
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Record the scalars of optimizer step `step` (values: anything float() accepts, e.g. a 0-d
@@ -122,7 +131,10 @@ class RunRecorder:
         self._store.update(self.run_id, **fields)
 
     def should_stop(self) -> bool:
-        """True once a stop was requested (UI or CLI). The trainer then checkpoints and returns."""
+        """True once a stop was requested (UI, CLI, or a signal to the worker). The trainer then
+        checkpoints and returns. Also where a CPU run adjusts its threads to the host's budget."""
+        if self._threads is not None:
+            self._threads.balance()
         return self._stop_flag.exists()
 
     def last_checkpoint(self) -> Checkpoint | None:

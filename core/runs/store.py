@@ -82,6 +82,7 @@ SAMPLE_RE = re.compile(r"step-(\d+)\.png")
 # the only folders a resume may delete: what RunRecorder.save_checkpoint leaves when a write was cut off
 PARTIAL_CHECKPOINT_RE = re.compile(r"\.(tmp|old)-step-\d+-\d+")
 
+WAITING = "waiting"  # the message of a queued run that waits for a device starts with it
 BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -802,13 +803,29 @@ class RunStore:
                 if run.is_active:
                     busy |= set(parse_devices(run.devices))
             claimed = []
+            holder: dict[str, Run] = {}  # device -> the run that holds it (active) or waits for it first
+            for run in runs:
+                if run.is_active:
+                    holder.update({d: run for d in parse_devices(run.devices) if d not in holder})
             for run in runs:
                 if run.status != QUEUED:
                     continue
                 devs = set(parse_devices(run.devices))
                 if not devs & busy:
-                    self._apply(con, run.id, {"status": RUNNING, "started_at": now}, check={})
+                    started = {"status": RUNNING, "started_at": now}
+                    if run.message.startswith(WAITING):
+                        started["message"] = ""
+                    self._apply(con, run.id, started, check={})
                     claimed.append(self._mirror(con, run.id))
+                else:  # say what it waits for (the UI shows the message of a queued run)
+                    other = next(holder[d] for d in sorted(devs) if d in holder)
+                    why = (f"{WAITING} for run {other.id} ({other.status}) " if other.is_active
+                           else f"{WAITING} behind queued run {other.id} ")
+                    message = why + f"to free {', '.join(sorted(devs & set(parse_devices(other.devices))))}"
+                    if run.message != message and not run.message.startswith("resumed"):
+                        self._apply(con, run.id, {"message": message}, check={})
+                        self._mirror(con, run.id)
+                holder.update({d: run for d in devs if d not in holder})
                 busy |= devs
             return claimed
 
@@ -819,6 +836,8 @@ class RunStore:
             if run.status != QUEUED:
                 raise RunStateError(f"run {run_id}: is {run.status}, not queued")
             self._check_free(con, run.devices, f"run {run_id}")
+            if run.message.startswith(WAITING):
+                fields = {"message": "", **fields}
             return self._transition(con, run, RUNNING, fields)
 
     def requeue_and_claim(self, run_id: str, queued_fields: dict[str, Any], claim: dict[str, Any]) -> Run:
