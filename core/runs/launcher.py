@@ -28,9 +28,9 @@ from pathlib import Path
 from core.errors import CheckpointError, ConfigError
 from core.paths import ROOT
 from core.runs.store import (
-    ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING,
-    STEP_DIR_RE, STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, final_status_in_folder, gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state,
-    tail_lines,
+    ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STEP_DIR_RE,
+    STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, final_status_in_folder,
+    gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state, tail_lines,
 )
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
@@ -86,6 +86,10 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def _has_sessions() -> bool:
+    return process_session(os.getpid()) is not None
+
+
 def _protected_pids() -> set[int]:
     """This process and its ancestors (and PID 1): never signalled by a stop, whatever a run's row says."""
     protected = {1, os.getpid()}
@@ -127,6 +131,8 @@ def kill_process_tree(leader: int | None, leader_start: int | None,
             continue
         if start is not None and stat[3] != start:
             continue
+        if is_group and _has_sessions() and process_session(root) != root:
+            continue  # not a session the launcher made: an older foreground row naming its caller's group
         todo = [root]
         while todo:
             pid = todo.pop()
