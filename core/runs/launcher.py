@@ -5,7 +5,8 @@
   stop past its deadline, and marks runs whose worker is gone as failed. The UI calls it from a
   timer, every worker calls it when it ends, `wait` calls it while waiting.
 - `stop` asks the worker to stop at the next step boundary (the trainer checkpoints and returns);
-  after the grace period the worker's whole process tree is killed and the run is stopped.
+  after the grace period the worker and the processes it started are killed (`kill_process_tree`:
+  never a foreground run's caller, its process group, or PID 1) and the run is stopped.
 - `resume` drops what the run will redo (metrics past its last checkpoint) and queues it again.
 
 Workers never hang off the caller: own session (`start_new_session`), stdin from /dev/null, stdout

@@ -30,6 +30,9 @@ host that queued them: pids are only meaningful there.
 
 Every write is one short `BEGIN IMMEDIATE` transaction on a fresh connection (safe across threads and
 processes), and rewrites status.json inside that transaction, so the mirror follows the database.
+The folders are the source of truth: a missing or empty runs.db is rebuilt from them (status.json,
+metrics.jsonl) by whichever process opens it next, workers included; an unreadable one is an
+IndexCorruptError until `python -m core runs reindex` moves it aside and rebuilds it.
 """
 from __future__ import annotations
 
