@@ -262,17 +262,41 @@ def test_a_write_error_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
     with recorder.save_checkpoint(1) as d:
         (d / "model.pt").write_bytes(b"x" * 3 * 2**20)
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(rec.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 4096))
-    with pytest.raises(rec.DiskFullError, match=r"no space left on .* \(needed ~3 MB for a checkpoint"):
-        with recorder.save_checkpoint(2) as d:
-            (d / "model.pt").write_bytes(b"x" * 1000)
-            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1024 vs 960")
-    monkeypatch.undo()
+    with monkeypatch.context() as m:
+        m.setattr(rec.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 4096))
+        with pytest.raises(rec.DiskFullError, match=r"no space left on .* \(needed ~3 MB for a checkpoint"):
+            with recorder.save_checkpoint(2) as d:
+                (d / "model.pt").write_bytes(b"x" * 1000)
+                raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1024 vs 960")
     with pytest.raises(RuntimeError, match="unexpected pos"):  # with free space it is some other error
         with recorder.save_checkpoint(2):
             raise RuntimeError("unexpected pos 1 vs 2")
     assert [c.step for c in store.checkpoints(run.id)] == [1]
     assert [p.name for p in recorder.checkpoints_dir.iterdir()] == ["step-000001"]
+
+
+def test_a_failure_that_cannot_be_written_to_runs_db_is_kept_in_status_json(store, monkeypatch):
+    import sqlite3
+
+    from core.runs import Launcher
+    from core.runs import worker
+    from core.runs.recorder import DiskFullError
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    run = store.create_run("full", {"entry": ENTRY}, "cpu", 10)
+    store.set_status(run.id, RUNNING, worker_pid=dead.pid, worker_start=None)
+
+    def disk_io_error(*a, **k):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as m:
+        m.setattr(store, "try_set_status", disk_io_error)
+        worker._fail(store, run.id, run.run_dir, DiskFullError("no space left on /dev/x (needed ~3 MB for a checkpoint)"))
+    assert json.loads((run.run_dir / "status.json").read_text())["status"] == FAILED
+    Launcher(store).mark_orphans()  # the worker is gone: its own account of the failure wins
+    assert store.get(run.id).status == FAILED
+    assert store.get(run.id).message.startswith("DiskFullError: no space left on /dev/x")
 
 
 # --- 7. clear errors, no half-made runs -------------------------------------------------------------
@@ -420,13 +444,16 @@ def test_login_is_rate_limited_with_a_lockout():
         slept.append(s)
 
     guard = LoginGuard([("ada", "secret")], clock=lambda: now[0], sleep=sleep)
-    attempt = lambda user, pw: asyncio.run(guard.check(user, pw))  # noqa: E731
-    assert attempt("ada", "secret")
-    results = [attempt("ada", f"guess{i}") for i in range(100)]
-    assert not any(results) and sum(slept) >= 100 * LoginGuard.FAILURE_DELAY_S  # 100 wrong passwords: >= 100 s
-    assert not attempt("ada", "secret") and guard.locked("ada") > 0  # locked out, even with the password
-    now[0] += LoginGuard.MAX_LOCKOUT_S + 1
-    assert attempt("ada", "secret")
+
+    async def scenario():
+        assert await guard.check("ada", "secret")
+        results = [await guard.check("ada", f"guess{i}") for i in range(100)]
+        assert not any(results) and sum(slept) >= 100 * LoginGuard.FAILURE_DELAY_S  # 100 wrong passwords: >= 100 s
+        assert not await guard.check("ada", "secret") and guard.locked("ada") > 0  # locked out, even with the password
+        now[0] += LoginGuard.MAX_LOCKOUT_S + 1
+        assert await guard.check("ada", "secret")
+
+    asyncio.run(scenario())
 
 
 def test_job_sizes_are_bounded(store):
