@@ -153,6 +153,7 @@ def _claim(store: RunStore, run_id: str) -> None:
     mine = {"worker_pid": me, "worker_start": process_start_time(me)}
     run = store.get(run_id)
     if run.status == QUEUED:
+        Launcher(store).mark_orphans()  # a worker that died (kill -9) does not hold the devices
         store.claim(run_id, **mine)
         return
     if run.status not in ACTIVE:
