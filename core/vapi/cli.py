@@ -145,7 +145,7 @@ def cmd_train(args) -> int:
     from core.errors import ConfigError
     from core.runs import worker
     from core.runs.launcher import Launcher
-    from core.runs.store import LOG_FILE, RunStore, process_start_time, write_json_atomic
+    from core.runs.store import LOG_FILE, RunNotFoundError, RunStore, process_start_time, write_json_atomic
     from core.vapi import config as C
     from core.vapi.trainer import ENTRY, Trainer
 
@@ -155,7 +155,11 @@ def cmd_train(args) -> int:
         if not (run_dir / "config.json").is_file():
             raise ConfigError("--resume", f"{run_dir} is not a run folder (no config.json)")
         store = RunStore(run_dir.parent)
-        store.find(run_dir.name)  # a folder the index knows (rebuilt from the folders if runs.db was lost)
+        try:
+            store.get(run_dir.name)
+        except RunNotFoundError:  # a folder the index lacks (copied in, or an index rebuilt elsewhere)
+            store.reindex()
+            store.get(run_dir.name)
         cfg, config = _resume_config(run_dir, args.overrides)
         if args.print_config:
             print(cfg.to_json())
