@@ -344,7 +344,6 @@ def test_weights_of_the_wrong_kind_are_an_error_at_load(tmp_path):
 
     from core.errors import CheckpointError
     from core.models import checkpoint
-    from core.models.vq import VQModel  # noqa: F401  (the tiny helpers build it)
     from tests.helpers import tiny_gpt, tiny_vq
 
     model = tiny_gpt()

@@ -72,7 +72,7 @@ def load_object(path: str | os.PathLike) -> Any:
     try:
         with _safe_globals():
             return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle_error() as e:
+    except pickle_error():
         if not _looks_like_checkpoint(path):
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a "
                                   "pickle); pass a file written by torch.save, or a .safetensors file") from None

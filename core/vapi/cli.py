@@ -139,7 +139,6 @@ def _start_when_free(start, launcher, wait: bool):
 
 
 def cmd_train(args) -> int:
-    import json
     import os
 
     from core.errors import ConfigError
