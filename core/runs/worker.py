@@ -34,9 +34,8 @@ from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.recorder import RunRecorder
 from core.runs.store import (
-    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STOP_FILE, STOPPED, STOPPING, RunStateError,
-    RunStore,
-    STATUS_FILE, find_last_checkpoint, parent_pid, process_start_time, tail_lines, write_final_status,
+    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STATUS_FILE, STOP_FILE, STOPPED, STOPPING,
+    RunStateError, RunStore, find_last_checkpoint, parent_pid, process_start_time, tail_lines, write_final_status,
 )
 
 LOG_TAIL_LINES = 20  # lines of log.txt kept in a failed run's message
@@ -148,7 +147,7 @@ def _claim(store: RunStore, run_id: str) -> None:
     are free, or finds the run already claimed for it (`RunStore.create_run(claim=...)`).
 
     A foreground worker records only itself (`worker_pid`), never its process group: under a shell
-    script, nohup or CI that group is the caller's, and a forced stop kills the run's pid group."""
+    script, nohup or CI that group is the caller's, and a forced stop must not kill the caller."""
     me = os.getpid()
     mine = {"worker_pid": me, "worker_start": process_start_time(me)}
     run = store.get(run_id)
