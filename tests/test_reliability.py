@@ -168,6 +168,19 @@ def test_signal_to_a_foreground_train_stops_it_with_a_checkpoint_and_resume_fini
     assert (run_dir / "checkpoints" / f"step-{step + 1:06d}" / "model.pt").is_file()
 
 
+def test_sigterm_to_a_launcher_started_worker_stops_it_with_a_checkpoint(store):
+    from core.runs import Launcher
+
+    launcher = Launcher(store)
+    run = launcher.submit("bg", {"entry": ENTRY, "fake": {"forever": True, "checkpoint_every": 0}}, "cpu", 10)
+    wait_for(lambda: store.get(run.id).step >= 2 and store.get(run.id).worker_pid, "the worker to make progress")
+    os.kill(store.get(run.id).worker_pid, signal.SIGTERM)
+    wait_for(lambda: store.get(run.id).status == STOPPED, "the worker to stop")
+    stopped = store.get(run.id)
+    assert "stopped by SIGTERM" in stopped.message and f"checkpoint step-{stopped.step:06d}" in stopped.message
+    assert store.last_checkpoint(run.id).step == stopped.step >= 2
+
+
 # --- 3. the run index is rebuilt from the folders ----------------------------------------------------
 
 
