@@ -113,7 +113,8 @@ class ThreadBalancer:
             return None
         if self.start_threads is None:
             self.start_threads = torch.get_num_threads()
-        want = max(1, min(self.start_threads, cpu_cores() - leased_threads(self.runs_dir, exclude_pid=os.getpid())))
+        leased = leased_threads(self.runs_dir, exclude_pid=os.getpid())
+        want = self.start_threads if leased == 0 else max(1, min(self.start_threads, cpu_cores() - leased))
         if want != torch.get_num_threads():
             torch.set_num_threads(want)
             print(f"[threads] {want} torch thread(s): {self.start_threads - want} lent to work beside this run",
