@@ -525,3 +525,12 @@ def test_torch_work_beside_a_cpu_run_gets_a_share_of_the_cores_and_the_run_gives
     wait_for(lambda: read() == "2", "the run to take its threads back")
     with cpu_share(store, "cuda:0") as mine:
         assert mine == 0
+
+
+def test_an_index_recreated_empty_beside_run_folders_is_filled_again(store):
+    import sqlite3
+
+    run = store.create_run("kept", {"entry": ENTRY}, "cpu", 7)
+    with sqlite3.connect(store.db_path) as con:  # what an older version left: the schema, no rows
+        con.execute("DELETE FROM runs")
+    assert [r.id for r in RunStore(store.runs_dir).list_runs()] == [run.id]

@@ -445,8 +445,10 @@ class RunStore:
         self.db_path = self.runs_dir / DB_FILE
         self.host = socket.gethostname()
         if open_index:  # False: for `reindex`, which must also work on an unreadable runs.db
-            with self._connection():
-                pass  # creates the index, or rebuilds it from the run folders when runs.db is missing or empty
+            with self._connection() as con:  # creates the index, or rebuilds it when runs.db is missing or empty
+                empty = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            if empty and any((p / STATUS_FILE).is_file() for p in self.runs_dir.iterdir() if p.is_dir()):
+                self.reindex()  # an index recreated empty (by an older version) beside existing run folders
 
     # -- connections ------------------------------------------------------------------------
 
