@@ -1,4 +1,5 @@
-"""`python app.py [--host 127.0.0.1] [--port 7860] [--auth user:pass] [--runs-dir DIR] [--data-root DIR]`."""
+"""`python app.py [--host 127.0.0.1] [--port 7860] [--auth user:pass] [--ssl-certfile F --ssl-keyfile F]
+[--runs-dir DIR] [--data-root DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -18,6 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     p.add_argument("--auth", action="append", default=[], metavar="USER:PASSWORD",
                    help="require this login (repeat for several users); needed for a non-loopback --host")
+    p.add_argument("--ssl-certfile", default=None, metavar="FILE",
+                   help="serve HTTPS with this certificate (PEM; with --ssl-keyfile): use it whenever --host is not "
+                        "loopback, or the login crosses the network in clear text")
+    p.add_argument("--ssl-keyfile", default=None, metavar="FILE", help="the private key of --ssl-certfile (PEM)")
     p.add_argument("--runs-dir", type=Path, default=paths.RUNS_DIR,
                    help=f"folder holding the runs and runs.db (default {paths.RUNS_DIR}; env VAPI_RUNS)")
     p.add_argument("--data-root", dest="data_roots", type=Path, action="append", default=None, metavar="DIR",
@@ -35,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         auth = safety.parse_auth(args.auth)
         safety.check_bind(args.host, auth)
+        safety.check_ssl(args.ssl_certfile, args.ssl_keyfile)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -42,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         app, url = launch(args.runs_dir, host=args.host, port=args.port, auth=auth or None, data_roots=args.data_roots,
-                          model_cache_size=args.model_cache, prevent_thread_lock=True, quiet=True)
+                          model_cache_size=args.model_cache, prevent_thread_lock=True, quiet=True,
+                          ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
         print(f"VA-π Workbench on {url} (runs: {app.ctx.runs_dir}; data roots: "
-              f"{', '.join(map(str, app.ctx.data_roots))}){'; login required' if auth else ''}. Ctrl-C stops the UI; "
+              f"{', '.join(map(str, app.ctx.data_roots))}){'; login required' if auth else ''}"
+              f"{'' if args.ssl_certfile or not auth else ' (no --ssl-certfile: the login is sent unencrypted)'}. Ctrl-C stops the UI; "
               "runs keep going.", flush=True)
         try:
             app.block_thread()

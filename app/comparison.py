@@ -204,6 +204,7 @@ def _encode_prompts(ctx, policy, prompts: list[str], device: str):
 
 def _sample(ctx, source: Source, device: str, conds: list, task: str | None, seeds: list[int], sampling: dict) -> torch.Tensor:
     from core.models.generate import generate_images
+    from core.runs.threads import cpu_share
 
     policy, tok = load_source(ctx, source, device)
     if task is None:
@@ -213,7 +214,7 @@ def _sample(ctx, source: Source, device: str, conds: list, task: str | None, see
         cond, mask = _encode_prompts(ctx, policy, [p for p in conds for _ in seeds], device)
         cond, mask = cond.to(device), (mask.to(device) if mask is not None else None)
     all_seeds = [s for _ in conds for s in seeds]
-    with ctx.device_locks(device):
+    with ctx.device_locks(device), cpu_share(ctx.store, device):  # beside a CPU run: half the cores, leased
         return generate_images(policy, tok, cond, seeds=all_seeds, cond_mask=mask, **sampling)
 
 

@@ -40,6 +40,12 @@ class WorkbenchApp(gr.Blocks):
         if kwargs.get("share"):
             raise safety.UnsafeBindError("share links are disabled: the app starts training runs and serves run folders")
         kwargs.update(server_name=host, share=False)
+        auth = kwargs.get("auth")
+        if auth and not callable(auth):  # a list of (user, password): checked with a rate limit
+            kwargs["auth"] = safety.LoginGuard([auth] if isinstance(auth, tuple) else list(auth)).check
+        safety.check_ssl(kwargs.get("ssl_certfile"), kwargs.get("ssl_keyfile"))
+        if kwargs.get("ssl_certfile"):
+            kwargs.setdefault("ssl_verify", False)  # gradio's own start-up request: a self-signed cert is fine
         kwargs.setdefault("allowed_paths", self.ctx.allowed_paths())
         kwargs.setdefault("max_file_size", MAX_FILE_SIZE)
         kwargs.setdefault("run_history", False)
@@ -85,11 +91,13 @@ def create_app(runs_dir: str | Path | None = None, *, data_roots: Optional[Seque
 
 def launch(runs_dir: str | Path | None = None, *, host: str = "127.0.0.1", port: Optional[int] = None,
            auth: Optional[Sequence[tuple[str, str]]] = None, data_roots: Optional[Sequence[str | Path]] = None,
-           prevent_thread_lock: bool = False, quiet: bool = False, **create_kwargs: Any) -> tuple[WorkbenchApp, str]:
+           prevent_thread_lock: bool = False, quiet: bool = False, ssl_certfile: Optional[str] = None,
+           ssl_keyfile: Optional[str] = None, **create_kwargs: Any) -> tuple[WorkbenchApp, str]:
     """Build and serve the workbench. Returns (app, local url); with prevent_thread_lock the server runs
     in a background thread (tests), otherwise this blocks until Ctrl-C."""
     safety.check_bind(host, auth)
     app = create_app(runs_dir, data_roots=data_roots, **create_kwargs)
     _, url, _ = app.launch(server_name=host, server_port=port, auth=list(auth) if auth else None,
-                           prevent_thread_lock=prevent_thread_lock, quiet=quiet)
+                           prevent_thread_lock=prevent_thread_lock, quiet=quiet, ssl_certfile=ssl_certfile,
+                           ssl_keyfile=ssl_keyfile)
     return app, url

@@ -85,6 +85,77 @@ def check_bind(host: str, auth) -> None:
             "and use an SSH tunnel (ssh -L 7860:127.0.0.1:7860 host)")
 
 
+class LoginGuard:
+    """The login check, rate-limited: `auth=LoginGuard(users).check` for gr.Blocks.launch.
+
+    Each wrong password costs FAILURE_DELAY_S before the answer (awaited: the server keeps serving).
+    MAX_FAILURES wrong passwords for one user name within WINDOW_S lock that name for LOCKOUT_S,
+    doubling with each further lockout up to MAX_LOCKOUT_S; GLOBAL_MAX_FAILURES over all names within
+    WINDOW_S lock every login for LOCKOUT_S. While locked every attempt is refused, the right password
+    too (the login form cannot tell why). Passwords are compared in constant time."""
+
+    FAILURE_DELAY_S = 1.0
+    MAX_FAILURES = 5
+    GLOBAL_MAX_FAILURES = 20
+    WINDOW_S = 60.0
+    LOCKOUT_S = 30.0
+    MAX_LOCKOUT_S = 900.0
+
+    def __init__(self, users: Sequence[tuple[str, str]], *, clock=None, sleep=None):
+        import asyncio
+        import time
+
+        self.users = dict(users)
+        self._clock = clock or time.monotonic
+        self._sleep = sleep or asyncio.sleep
+        self._failures: dict[str | None, list[float]] = {}  # user name (None: all) -> failure times
+        self._locked_until: dict[str | None, float] = {}
+        self._lockouts: dict[str | None, int] = {}
+
+    def locked(self, username: str) -> float:
+        """Seconds until `username` may try again (0: now)."""
+        now = self._clock()
+        return max(0.0, self._locked_until.get(username, 0.0) - now, self._locked_until.get(None, 0.0) - now)
+
+    async def check(self, username: str, password: str) -> bool:
+        import hmac
+
+        if self.locked(username) > 0:
+            await self._sleep(self.FAILURE_DELAY_S)
+            return False
+        expected = self.users.get(username)
+        ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
+        if ok:
+            self._failures.pop(username, None)
+            self._lockouts.pop(username, None)
+            return True
+        self._fail(username)
+        self._fail(None)
+        await self._sleep(self.FAILURE_DELAY_S)
+        return False
+
+    def _fail(self, key: str | None) -> None:
+        now = self._clock()
+        recent = [t for t in self._failures.get(key, []) if now - t < self.WINDOW_S] + [now]
+        self._failures[key] = recent
+        limit = self.GLOBAL_MAX_FAILURES if key is None else self.MAX_FAILURES
+        if len(recent) >= limit:
+            n = self._lockouts.get(key, 0)
+            self._lockouts[key] = n + 1
+            self._locked_until[key] = now + min(self.LOCKOUT_S * 2 ** n, self.MAX_LOCKOUT_S)
+            self._failures[key] = []
+
+
+def check_ssl(certfile: str | os.PathLike | None, keyfile: str | os.PathLike | None) -> None:
+    """--ssl-certfile and --ssl-keyfile come together and name readable files."""
+    if bool(certfile) != bool(keyfile):
+        raise ConfigError("--ssl-keyfile" if certfile else "--ssl-certfile",
+                          "HTTPS needs both --ssl-certfile and --ssl-keyfile")
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path and not Path(path).is_file():
+            raise ConfigError(flag, f"{path}: no such file")
+
+
 def parse_auth(items: Sequence[str]) -> list[tuple[str, str]]:
     """["user:pass", ...] -> [(user, pass), ...]; the password may contain ':'."""
     out = []

@@ -16,9 +16,11 @@ def resolve(device: str = "auto") -> torch.device:
         raise ConfigError("device", f"{device!r} is not a device (use auto, cpu, cuda or cuda:N)") from e
     if d.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("device", f"{device} requested but CUDA is not available on this machine")
+            raise ConfigError("device", f"{device} requested but CUDA is not available on this machine; "
+                                        "use device=cpu (or auto)")
         if d.index is not None and d.index >= torch.cuda.device_count():
-            raise ConfigError("device", f"{device} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+            raise ConfigError("device", f"{device} requested but only {torch.cuda.device_count()} GPU(s) are visible; "
+                                        f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return d
 
 

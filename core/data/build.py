@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 
 KINDS = ("imagefolder", "captions", "shapes")
 # VapiConfig field behind each argument of build_dataset (for error messages).
@@ -78,6 +78,21 @@ def _build_shapes(path: Optional[str | Path], image_size: int, subset: Optional[
         except ConfigError as e:
             raise _renamed(e) from None
     return ShapesTrainingSet(split, seed * length, length, image_size, with_captions)
+
+
+CHECK_SAMPLE = 64  # images decoded before a run starts (spread over the dataset)
+
+
+def check_readable(dataset: Dataset, where: Optional[str | Path]) -> None:
+    """Decode a sample of an image dataset before any heavy work: too many unreadable files (the
+    dataset's own rule), or none readable at all, is a DataError naming the folder and a file."""
+    verify = getattr(dataset, "verify", None)
+    if verify is None:
+        return
+    found = verify(sample=CHECK_SAMPLE)
+    if found["bad"] and len(found["bad"]) == found["checked"]:
+        raise DataError(f"{where}: none of the {found['checked']} images checked can be read as an image "
+                        f"(e.g. {found['bad'][0]}); point data_path at a folder of JPEG/PNG images")
 
 
 def build_dataset(kind: str, path: Optional[str | Path], image_size: int, subset: Optional[float] = None,

@@ -56,19 +56,49 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
             return load_file(str(path)), meta
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+    obj = load_object(path)
+    return split_layout(obj, path)
+
+
+def load_object(path: str | os.PathLike) -> Any:
+    """torch.load of an untrusted .pt file (weights_only), every failure a CheckpointError that names the
+    file and what to do: an empty file, a file that is no checkpoint at all (text, HTML from a failed
+    download), a truncated one, or one that holds code (pickled objects other than tensors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); save or download it again")
     try:
         with _safe_globals():
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle_error() as e:
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle_error():
+        if not _looks_like_checkpoint(path):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+                                  "pickle); pass a file written by torch.save, or a .safetensors file") from None
         found = _unsafe_globals(path)
         what = f" It contains {', '.join(found)}." if found else ""
         raise CheckpointError(
             f"{path} holds pickled objects that are not allowed (only tensors, plain containers and "
             f"argparse.Namespace are).{what} A checkpoint is untrusted input, so it is not unpickled. "
-            f"If you produced this file yourself, re-save its state dict with torch.save or safetensors.") from e
+            f"If you produced this file yourself, re-save its state dict with torch.save or safetensors.") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt download?): {str(e).splitlines()[0]}") from e
-    return split_layout(obj, path)
+        if not _looks_like_checkpoint(path):
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a "
+                                  "pickle); pass a file written by torch.save, or a .safetensors file") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt download?): "
+                              f"{str(e).splitlines()[0] if str(e) else type(e).__name__}; download or save it again") from None
+    except Exception as e:  # what torch's legacy reader raises on arbitrary bytes (KeyError, IndexError, ...)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint ({type(e).__name__} while reading it); pass a "
+                              "file written by torch.save, or a .safetensors file") from None
+
+
+def _looks_like_checkpoint(path: Path) -> bool:
+    """Whether the file starts like a torch.save file: a zip archive (even a truncated one), or a pickle
+    (protocol 2+, torch's pre-1.6 format)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
 
 
 def pickle_error():
@@ -129,7 +159,11 @@ def check_gpt_architecture(model: nn.Module, sd: dict[str, torch.Tensor], path: 
     from core.models.llamagen import GPT_SIZES, size_name
 
     cfg = model.config
-    found = describe_gpt_state(sd)
+    try:
+        found = describe_gpt_state(sd)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}; pass a LlamaGen GPT checkpoint (a run's model.pt, or an "
+                              "upstream c2i/t2i .pt) for the generator") from None
 
     def name(dim, n_layer):
         for n, (nl, _, d) in GPT_SIZES.items():
@@ -138,10 +172,12 @@ def check_gpt_architecture(model: nn.Module, sd: dict[str, torch.Tensor], path: 
         return "an unnamed size"
 
     want = expected or size_name(cfg)
+    if "(dim " not in want:
+        want = f"{want} (dim {cfg.dim} x {cfg.n_layer} layers)"
     if (found["dim"], found["n_layer"]) != (cfg.dim, cfg.n_layer):
         raise CheckpointError(
             f"{path}: found dim {found['dim']} x {found['n_layer']} layers = {name(found['dim'], found['n_layer'])}, "
-            f"preset says {want} (dim {cfg.dim} x {cfg.n_layer} layers). Pick the preset that matches the file.")
+            f"preset says {want}. Pick the preset that matches the file.")
     if found.get("model_type") != cfg.model_type:
         raise CheckpointError(f"{path}: found a {found.get('model_type', 'unknown')} model, preset says {cfg.model_type}")
     if found["vocab_size"] != cfg.vocab_size:
@@ -181,7 +217,22 @@ def load_strict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path | str)
                 more = f" (+{len(items) - 8} more)" if len(items) > 8 else ""
                 parts.append(f"{label} ({len(items)}): {', '.join(items[:8])}{more}")
         raise CheckpointError(f"{path} does not match the model: " + "; ".join(parts))
+    check_values(own, sd, path)
     model.load_state_dict(sd, strict=True)
+
+
+def check_values(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], path: Path | str) -> None:
+    """Weights of the right kind: where the model holds floating-point tensors the file must too (fp16
+    and bf16 are upcast on load; an integer or bool tensor there is not a weight), and every value finite."""
+    for key, target in own.items():
+        value = sd[key]
+        if target.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{path}: {key} is {str(value.dtype).removeprefix('torch.')}, the model needs "
+                                  "floating-point weights; this is not a weights file of this model")
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{path}: {key} holds {bad} of {value.numel()} non-finite values (NaN/inf); "
+                                  "the checkpoint is broken (a diverged run?): use an earlier one")
 
 
 def load_gpt(model: nn.Module, path: str | os.PathLike, expected: str = "") -> dict[str, Any]:

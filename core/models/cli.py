@@ -69,6 +69,19 @@ def cmd_download(args) -> int:
     return 0
 
 
+def _beside_runs(device: str):
+    """core.runs.threads.cpu_share on the default runs dir (a no-op when it holds no runs)."""
+    import contextlib
+
+    from core import paths
+    from core.runs.store import DB_FILE, RunStore
+    from core.runs.threads import cpu_share
+
+    if not (Path(paths.RUNS_DIR) / DB_FILE).is_file():
+        return contextlib.nullcontext()
+    return cpu_share(RunStore(paths.RUNS_DIR), device)
+
+
 def cmd_sample(args) -> int:
     import torch
 
@@ -91,8 +104,9 @@ def cmd_sample(args) -> int:
     seeds = list(args.seeds)
     cond = torch.tensor([c for c in classes for _ in seeds], device=dev)
     all_seeds = [s for _ in classes for s in seeds]
-    imgs = generate_images(gen, tok, cond, seeds=all_seeds, batch_size=args.batch_size, cfg_scale=args.cfg_scale,
-                           temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    with _beside_runs(str(dev)):  # on the CPU beside a CPU run: half the cores, leased from the run
+        imgs = generate_images(gen, tok, cond, seeds=all_seeds, batch_size=args.batch_size, cfg_scale=args.cfg_scale,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     out = Path(args.out)
     up = max(1, 128 // imgs.shape[-1])
     files = imaging.save_images(imgs, out, [f"{c:04d}_{names[c].replace(' ', '_').replace('/', '_')}_seed{s}.png"

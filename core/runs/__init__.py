@@ -4,18 +4,19 @@
 - `recorder.RunRecorder`: what the trainer calls inside the worker (metrics, progress, stop requests)
 - `worker`: `python -m core.runs.worker --run-dir DIR [--resume]`, the process of one run
 - `launcher.Launcher`: submit, tick (scheduler), stop, resume, orphan detection
-- `cli`: `python -m core runs list|show|stop|resume|delete`
+- `threads`: the CPU thread budget shared by a CPU run and torch work beside it (Compare sampling)
+- `cli`: `python -m core runs list|show|stop|resume|delete|reindex`
 
 Nothing here imports torch: the UI and the CLI use it without loading the engine.
 """
 from core.runs.launcher import Launcher
 from core.runs.recorder import RunRecorder
 from core.runs.store import (
-    ACTIVE, FAILED, FINISHED, QUEUED, RESUMABLE, RUNNING, STATUSES, STOPPED, STOPPING, Checkpoint, Run,
-    RunNotFoundError, RunStateError, RunStore,
+    ACTIVE, FAILED, FINISHED, QUEUED, RESUMABLE, RUNNING, STATUSES, STOPPED, STOPPING, Checkpoint, DevicesBusyError,
+    IndexCorruptError, Run, RunNotFoundError, RunStateError, RunStore,
 )
 
 __all__ = [
     "ACTIVE", "FAILED", "FINISHED", "QUEUED", "RESUMABLE", "RUNNING", "STATUSES", "STOPPED", "STOPPING",
-    "Checkpoint", "Launcher", "Run", "RunNotFoundError", "RunRecorder", "RunStateError", "RunStore",
+    "Checkpoint", "DevicesBusyError", "IndexCorruptError", "Launcher", "Run", "RunNotFoundError", "RunRecorder", "RunStateError", "RunStore",
 ]

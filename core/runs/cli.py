@@ -1,4 +1,4 @@
-"""`python -m core runs list|show|stop|resume|delete`: manage runs from a terminal.
+"""`python -m core runs list|show|stop|resume|delete|reindex`: manage runs from a terminal.
 
 Runs are started by the UI or by a train command (through `Launcher.submit`); these commands look at
 them and act on them, on the same runs dir (`--runs-dir`, default core.paths.RUNS_DIR).
@@ -14,7 +14,9 @@ from typing import Any
 from core.errors import UserError
 from core.paths import RUNS_DIR
 from core.runs.launcher import DEFAULT_GRACE_S, KILL_WAIT_S, Launcher
-from core.runs.store import ACTIVE, DB_FILE, FINISHED, STATUSES, STOPPED, RunStateError, RunStore
+from core.runs.store import (
+    ACTIVE, CONFIG_FILE, DB_FILE, FINISHED, STATUS_FILE, STATUSES, STOPPED, RunStateError, RunStore,
+)
 
 CONFIG_LINES = 30  # config entries shown by `show`
 
@@ -36,6 +38,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--status", choices=STATUSES, action="append",
                    help="only runs in this status (repeat for several)")
     p.set_defaults(func=cmd_list)
+
+    p = actions.add_parser("reindex", parents=[common], help="rebuild runs.db from the run folders",
+                           description="Rebuild the run index (runs.db) from the run folders: every folder with a "
+                                       "config.json that the index lacks is added with its status, step and metrics "
+                                       "(from status.json and metrics.jsonl). An unreadable runs.db is moved aside "
+                                       "first. Done automatically when runs.db is missing.")
+    p.set_defaults(func=cmd_reindex)
 
     p = actions.add_parser("show", parents=[run_arg, common], help="status, config, last metrics and log tail",
                            description="Show a run: status, config summary, last metrics, checkpoints, log tail.")
@@ -64,9 +73,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_delete)
 
 
+def _has_runs(runs_dir: Path) -> bool:
+    """runs.db, or at least one run folder whose index can be rebuilt."""
+    return (runs_dir / DB_FILE).is_file() or (runs_dir.is_dir() and any(
+        (p / CONFIG_FILE).is_file() and (p / STATUS_FILE).is_file() for p in runs_dir.iterdir() if p.is_dir()))
+
+
 def _open_store(runs_dir: Path) -> RunStore:
     runs_dir = runs_dir.expanduser()
-    if not (runs_dir / DB_FILE).is_file():
+    if not _has_runs(runs_dir):
         raise UserError(f"--runs-dir {runs_dir}: no {DB_FILE} there; point --runs-dir at the folder that "
                         "holds the run folders")
     return RunStore(runs_dir)
@@ -83,7 +98,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     runs_dir = args.runs_dir.expanduser()
-    if not (runs_dir / DB_FILE).is_file():
+    if not _has_runs(runs_dir):
         print(f"no runs in {runs_dir}")
         return 0
     store = RunStore(runs_dir)
@@ -172,6 +187,19 @@ def cmd_stop(args: argparse.Namespace) -> int:
     if run.status in ACTIVE:
         print(f"still {run.status}: its worker runs on host {run.host}, whose launcher enforces the stop")
     return 0 if run.status in (STOPPED, FINISHED) else 1
+
+
+def cmd_reindex(args: argparse.Namespace) -> int:
+    runs_dir = args.runs_dir.expanduser()
+    if not runs_dir.is_dir():
+        raise UserError(f"--runs-dir {runs_dir}: no such folder; point --runs-dir at the folder that holds the run folders")
+    store = RunStore(runs_dir, open_index=False)
+    added, moved = store.reindex()
+    if moved is not None:
+        print(f"{DB_FILE} was not readable: moved to {moved}")
+    total = len(store.list_runs())
+    print(f"indexed {total} runs in {runs_dir} ({added} added from their folders)")
+    return 0
 
 
 def cmd_resume(args: argparse.Namespace) -> int:

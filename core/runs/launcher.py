@@ -5,7 +5,8 @@
   stop past its deadline, and marks runs whose worker is gone as failed. The UI calls it from a
   timer, every worker calls it when it ends, `wait` calls it while waiting.
 - `stop` asks the worker to stop at the next step boundary (the trainer checkpoints and returns);
-  after the grace period the worker's whole process tree is killed and the run is stopped.
+  after the grace period the worker and the processes it started are killed (`kill_process_tree`:
+  never a foreground run's caller, its process group, or PID 1) and the run is stopped.
 - `resume` drops what the run will redo (metrics past its last checkpoint) and queues it again.
 
 Workers never hang off the caller: own session (`start_new_session`), stdin from /dev/null, stdout
@@ -13,6 +14,7 @@ and stderr appended to the run's log.txt, so a closed browser tab or a dead UI c
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -24,17 +26,19 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from core.paths import ROOT
 from core.runs.store import (
-    ACTIVE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STOPPED, STOPPING, Run, RunStateError,
-    RunStore, all_processes, gpu_ids, process_alive, process_start_time, process_state, tail_lines,
+    ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STEP_DIR_RE,
+    STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, final_status_in_folder,
+    gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state, tail_lines,
 )
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
 SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after this long is an orphan
 KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
 LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
+MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
 DEFAULT_ENTRY = "core.vapi.trainer:run_worker"
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -83,38 +87,70 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def _has_sessions() -> bool:
+    return process_session(os.getpid()) is not None
+
+
+def _protected_pids() -> set[int]:
+    """This process and its ancestors (and PID 1): never signalled by a stop, whatever a run's row says."""
+    protected = {1, os.getpid()}
+    current = os.getppid()
+    while current and current > 1 and current not in protected:
+        protected.add(current)
+        current = parent_pid(current)
+    return protected
+
+
 def kill_process_tree(leader: int | None, leader_start: int | None,
                       others: list[tuple[int | None, int | None]] = ()) -> tuple[dict[int, int], set[int]]:
-    """SIGKILL a worker: the process group of `leader` (the launched process, which leads its own
-    group), every descendant of `leader` and of `others` (pid, start time), and their groups.
+    """SIGKILL a worker: every descendant of `leader` (the process the launcher started, which leads
+    a session of its own) and of `others` (pid, start time: the worker process), and the process
+    group of `leader` when the launcher made it (the group is then a session: its id is its session
+    id), which also catches processes that escaped the tree.
 
-    Descendants are found through /proc before anything is killed, since torch's elastic agent puts
-    each rank in a session of its own. A pid whose start time differs belongs to another process now
-    and is left alone. Returns ({pid: start time} of the processes signalled, the groups signalled)."""
+    Only what the run started is killed: a group that is not the run's own session (a foreground
+    run's group is its caller's: a shell script, nohup, CI, PID 1 in a container), this process, its
+    ancestors and PID 1 are never signalled. Descendants are found through /proc before anything is
+    killed, since torch's elastic agent puts each rank in a session of its own. A pid whose start time
+    differs belongs to another process now and is left alone. Returns ({pid: start time} of the
+    processes signalled, the groups signalled)."""
     procs = all_processes()
     children = defaultdict(list)
     for pid, (_, ppid, _, _) in procs.items():
         children[ppid].append(pid)
+    protected = _protected_pids()
+    own_group = os.getpgid(0)
     victims: dict[int, int] = {}
     groups = set()
     for root, start, is_group in [(leader, leader_start, True), *((p, s, False) for p, s in others)]:
-        if root is None:
+        if root is None or root in protected:
             continue
         stat = procs.get(root)
         if stat is None:
             if is_group:
-                groups.add(root)  # the leader is gone; a group that still has members keeps its id
+                groups.add(root)  # the leader is gone; its session's members keep the group id
             continue
         if start is not None and stat[3] != start:
             continue
+        if is_group and _has_sessions() and process_session(root) != root:
+            continue  # not a session the launcher made: an older foreground row naming its caller's group
         todo = [root]
         while todo:
             pid = todo.pop()
-            if pid not in victims:
+            if pid not in victims and pid not in protected:
                 victims[pid] = procs[pid][3]
                 todo.extend(children.get(pid, ()))
-    groups |= {procs[pid][2] for pid in victims if procs[pid][2] in victims}
+    groups |= {procs[pid][2] for pid in victims if procs[pid][2] in victims}  # groups the run's processes lead
+    # a group is the run's own only when it is the session the launcher created (pgid == sid);
+    # every member must belong to that session, and neither this process nor PID 1 may be in it
+    safe_groups = set()
     for pgid in groups:
+        if pgid in (0, 1, own_group) or pgid in protected:
+            continue
+        members = [p for p, st in procs.items() if st[2] == pgid]
+        if members and all(process_session(p) == pgid and p not in protected for p in members):
+            safe_groups.add(pgid)
+    for pgid in safe_groups:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
@@ -124,7 +160,39 @@ def kill_process_tree(leader: int | None, leader_start: int | None,
             os.kill(pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    return victims, groups
+    return victims, safe_groups
+
+
+def check_resumable(run_dir: Path) -> None:
+    """Refuse (one line naming the file and the fix) a run folder whose config.json or checkpoints are
+    unreadable: resuming it would fail in the worker, or silently start again from step 0."""
+    config_path = run_dir / CONFIG_FILE
+    try:
+        config = json.loads(config_path.read_text())
+    except OSError as e:
+        raise ConfigError(str(config_path), f"cannot be read ({e.strerror}); restore the file") from None
+    except ValueError as e:
+        raise ConfigError(str(config_path), f"is not valid JSON ({e}); fix the file (it is the run's "
+                                            "resolved config)") from None
+    if not isinstance(config, dict):
+        raise ConfigError(str(config_path), "must hold a JSON object; fix the file")
+    root = run_dir / CHECKPOINTS_DIR
+    if root.is_dir() and not root.is_symlink():
+        for child in sorted(root.iterdir()):
+            if not (child.is_dir() and STEP_DIR_RE.fullmatch(child.name)):
+                continue
+            state = child / TRAINER_STATE_FILE
+            try:
+                step = json.loads(state.read_text()).get("step")
+            except FileNotFoundError:
+                continue  # an incomplete folder: never counted as a checkpoint
+            except (OSError, ValueError, AttributeError) as e:
+                raise CheckpointError(f"{state}: not a JSON object with an integer \"step\" ({e}); fix it or "
+                                      f"delete {child} to resume from the checkpoint before it") from None
+            if isinstance(step, bool) or not isinstance(step, int) or step != int(STEP_DIR_RE.fullmatch(child.name)[1]):
+                raise CheckpointError(f"{state}: \"step\" is {step!r}, expected the integer "
+                                      f"{int(STEP_DIR_RE.fullmatch(child.name)[1])} of its folder; fix it or delete "
+                                      f"{child} to resume from the checkpoint before it")
 
 
 class Launcher:
@@ -146,6 +214,10 @@ class Launcher:
         config.setdefault("entry", DEFAULT_ENTRY)
         if not isinstance(config["entry"], str) or not _ENTRY_RE.fullmatch(config["entry"]):
             raise ConfigError("entry", f"{config['entry']!r}; expected 'package.module:function'")
+        if isinstance(total_steps, (int, float)) and not isinstance(total_steps, bool) and total_steps > MAX_TOTAL_STEPS:
+            field = next((f for f in ("num_samples", "max_steps") if f in config), "total_steps")
+            raise ConfigError(field, f"{total_steps:g} is more than this workbench runs as one job "
+                                     f"(at most {MAX_TOTAL_STEPS:,}); split it into several runs")
         run = self.store.create_run(name, config, devices, total_steps)
         self.tick()
         return self.store.get(run.id)
@@ -218,6 +290,9 @@ class Launcher:
             tail = "\n".join(tail_lines(run.run_dir / LOG_FILE, LOG_TAIL_LINES))
             message = (f"{why} at step {run.step} while {run.status}; {self._resume_hint(run)}\n"
                        f"--- last lines of log.txt ---\n{tail}")
+            final = final_status_in_folder(run.run_dir)
+            if final is not None:  # the worker recorded its failure there (runs.db could not be written)
+                message = final["message"]
             failed = self.store.try_set_status(run.id, FAILED, expect={run.status}, message=message)
             if failed is not None:
                 marked.append(failed)
@@ -291,16 +366,20 @@ class Launcher:
         self.tick()
         return self.store.get(run_id)
 
-    def resume_in_place(self, run_id: str, total_steps: int | None = None) -> Run:
-        """The first half of `resume`: trim and re-queue, without starting a worker (the CLI then runs
-        the worker in its own process). `total_steps` above the run's step also re-opens a finished run
-        (continue it for more steps; its config.json must already say so)."""
+    def resume_in_place(self, run_id: str, claim: dict | None = None, total_steps: int | None = None) -> Run:
+        """The first half of `resume`: check, trim and re-queue, without starting a worker. With `claim`
+        (worker fields of the calling process: the CLI then runs the worker in its own process) the run
+        goes straight to running, or DevicesBusyError is raised and nothing changes. `total_steps` above the
+        run's step also re-opens a finished run (continue it for more steps; its config.json must say so)."""
         run = self.store.get(run_id)
         extend = total_steps is not None and total_steps > run.step
         if not run.is_resumable and not (run.status == FINISHED and extend):
             why = (f"it is complete at step {run.step}; continue it with --set max_steps=N (N > {run.step})"
                    if run.status == FINISHED else "only stopped, failed or finished runs can be resumed")
             raise RunStateError(f"run {run_id}: is {run.status}; {why}")
+        check_resumable(run.run_dir)
+        if claim is not None:
+            self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
         self.store.trim_after(run_id, step)
@@ -311,6 +390,8 @@ class Launcher:
         if total_steps is not None:
             fields["total_steps"] = int(total_steps)
         expect = RESUMABLE | ({FINISHED} if extend else set())
+        if claim is not None:
+            return self.store.requeue_and_claim(run_id, fields, claim, expect=expect)
         if self.store.try_set_status(run_id, QUEUED, expect=expect, **fields) is None:
             raise RunStateError(f"run {run_id}: is {self.store.get(run_id).status} now; not resumed")
         return self.store.get(run_id)

@@ -22,6 +22,7 @@ the flag at different steps, so reduce the decision across ranks (e.g. any-reduc
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -29,9 +30,70 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.errors import UserError
 from core.runs.store import (
     CHECKPOINTS_DIR, SAMPLES_DIR, STOP_FILE, TRAINER_STATE_FILE, Checkpoint, RunStore, find_last_checkpoint,
+    parse_devices,
 )
+from core.runs.threads import ThreadBalancer
+
+
+class DiskFullError(UserError):
+    """A checkpoint could not be written: the file system of the run folder is full."""
+
+
+DISK_FULL_FREE_BYTES = 8 * 2**20  # a write that failed with less free space than this ran out of space
+
+
+def _disk_full(error: BaseException, free: int | None) -> bool:
+    """ENOSPC / EDQUOT anywhere in the exception chain, or a write error (torch's zip writer says
+    "unexpected pos" or "file write failed") with (almost) no free space left."""
+    seen = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return isinstance(error, (OSError, RuntimeError)) and free is not None and free < DISK_FULL_FREE_BYTES
+
+
+def _free_bytes(path: Path) -> int | None:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def _folder_bytes(path: Path) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / 2**20:.0f}" if n >= 2**20 else f"{n / 2**20:.2f}"
+
+
+def describe_filesystem(path: Path) -> str:
+    """The device holding `path` and where it is mounted, e.g. "/dev/sda1 (mounted at /data)"."""
+    mount = Path(os.path.abspath(path))
+    while not os.path.ismount(mount) and mount != mount.parent:
+        mount = mount.parent
+    device = None
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) >= 2 and parts[1].replace("\\040", " ") == str(mount):
+                device = parts[0]  # the last line for a mount point wins (over-mounts)
+    except OSError:
+        pass
+    return f"{device} (mounted at {mount})" if device else str(mount)
 
 
 class RunRecorder:
@@ -45,6 +107,13 @@ class RunRecorder:
         self.samples_dir = self.run_dir / SAMPLES_DIR
         self._stop_flag = self.run_dir / STOP_FILE
         self._store = RunStore(self.run_dir.parent) if self.is_main else None
+        self._threads = None  # a CPU run lends threads to torch work beside it (core.runs.threads)
+        if self._store is not None:
+            try:
+                if "cpu" in parse_devices(self._store.get(self.run_id).devices):
+                    self._threads = ThreadBalancer(self.run_dir.parent)
+            except UserError:
+                pass
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Record the scalars of optimizer step `step` (values: anything float() accepts, e.g. a 0-d
@@ -62,7 +131,10 @@ class RunRecorder:
         self._store.update(self.run_id, **fields)
 
     def should_stop(self) -> bool:
-        """True once a stop was requested (UI or CLI). The trainer then checkpoints and returns."""
+        """True once a stop was requested (UI, CLI, or a signal to the worker). The trainer then
+        checkpoints and returns. Also where a CPU run adjusts its threads to the host's budget."""
+        if self._threads is not None:
+            self._threads.balance()
         return self._stop_flag.exists()
 
     def last_checkpoint(self) -> Checkpoint | None:
@@ -78,7 +150,7 @@ class RunRecorder:
     def save_checkpoint(self, step: int) -> Iterator[Path]:
         """Yield an empty temporary folder; write the checkpoint files into it. On a clean exit it is
         renamed to checkpoints/step-NNNNNN (replacing an older one of the same step); on an exception
-        it is removed. trainer_state.json is written as {"step": step} unless the trainer wrote its
+        it is removed, and a full disk becomes a DiskFullError that says so (earlier checkpoints stay). trainer_state.json is written as {"step": step} unless the trainer wrote its
         own, which must then hold the same "step". Call it on one process only."""
         self.checkpoints_dir.mkdir(exist_ok=True)
         final = self.checkpoints_dir / f"step-{step:06d}"
@@ -101,6 +173,15 @@ class RunRecorder:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as e:
+            written = _folder_bytes(tmp)
+            free = _free_bytes(self.checkpoints_dir)
+            shutil.rmtree(tmp, ignore_errors=True)  # frees what the cut-off write took
+            if _disk_full(e, free):
+                last = find_last_checkpoint(self.run_dir)
+                needed = max(written, _folder_bytes(last.path) if last is not None else 0)
+                kept = f"the last good checkpoint {last.path.name} is kept" if last else "no earlier checkpoint"
+                raise DiskFullError(
+                    f"no space left on {describe_filesystem(self.checkpoints_dir)} (needed ~{_mb(needed)} MB for a "
+                    f"checkpoint, {_mb(free)} MB free): free some space, then resume the run; {kept}") from e
             raise

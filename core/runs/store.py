@@ -11,7 +11,8 @@ Folder layout (the trainer, the UI and the CLI rely on it)::
         stop.request                    present while a stop is requested (the worker polls it)
         checkpoints/step-000010/        one folder per checkpoint, renamed into place when complete;
             trainer_state.json          ... holds at least {"step": 10}; folders without it are ignored
-        checkpoints/.tmp-*              checkpoints being written (dot-prefixed: never read, removed on resume)
+        checkpoints/.tmp-step-NNNNNN-PID  a checkpoint being written (never read; removed on resume, as is
+                                        .old-step-NNNNNN-PID; nothing else under checkpoints/ is deleted)
         samples/step-000000.png         sample grids, step 0 = the base model
 
 Statuses::
@@ -29,6 +30,9 @@ host that queued them: pids are only meaningful there.
 
 Every write is one short `BEGIN IMMEDIATE` transaction on a fresh connection (safe across threads and
 processes), and rewrites status.json inside that transaction, so the mirror follows the database.
+The folders are the source of truth: a missing or empty runs.db is rebuilt from them (status.json,
+metrics.jsonl) by whichever process opens it next, workers included; an unreadable one is an
+IndexCorruptError until `python -m core runs reindex` moves it aside and rebuilds it.
 """
 from __future__ import annotations
 
@@ -78,7 +82,10 @@ SAMPLES_DIR = "samples"
 TRAINER_STATE_FILE = "trainer_state.json"
 STEP_DIR_RE = re.compile(r"step-(\d+)")
 SAMPLE_RE = re.compile(r"step-(\d+)\.png")
+# the only folders a resume may delete: what RunRecorder.save_checkpoint leaves when a write was cut off
+PARTIAL_CHECKPOINT_RE = re.compile(r"\.(tmp|old)-step-\d+-\d+")
 
+WAITING = "waiting"  # the message of a queued run that waits for a device starts with it
 BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
 SCHEMA_VERSION = 2  # 2: runs.ran_before
 _SCHEMA = """
@@ -121,8 +128,35 @@ _UPDATABLE = frozenset({
 })
 
 
+def _schema_statements() -> list[str]:
+    """_SCHEMA as single statements (executescript would commit the open transaction)."""
+    statements, current = [], ""
+    for line in _SCHEMA.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current)
+            current = ""
+    return statements
+
+
 class RunStateError(UserError):
     """The run is in a status that does not allow the requested action (e.g. resume a finished run)."""
+
+
+class DevicesBusyError(RunStateError):
+    """A run cannot start now: another active run of this host uses one of its devices (`.blocker`)."""
+
+    def __init__(self, message: str, blocker: "Run"):
+        self.blocker = blocker
+        super().__init__(message)
+
+
+class IndexCorruptError(UserError):
+    """runs.db is not a readable SQLite database."""
+
+    def __init__(self, path: Path, cause: object):
+        super().__init__(f"{path}: not a readable run index ({cause}); rebuild it from the run folders with "
+                         f"`python -m core runs reindex --runs-dir {path.parent}` (the bad file is kept beside it)")
 
 
 class RunNotFoundError(UserError):
@@ -260,6 +294,18 @@ def process_start_time(pid: int) -> int | None:
     return 0
 
 
+def process_session(pid: int) -> int | None:
+    """Session id of a process (/proc/<pid>/stat field 6); None if unknown."""
+    if not _has_proc():
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("ascii", "replace")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(raw[raw.rindex(")") + 2:].split()[3])
+
+
 def parent_pid(pid: int) -> int | None:
     """Parent of process `pid` (None if unknown: no such process, or no /proc)."""
     stat = _proc_stat(pid) if _has_proc() else None
@@ -310,6 +356,30 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def write_final_status(run_dir: Path, status: str, message: str) -> None:
+    """Put a run's final status into its status.json in place (no new file: works on a full disk when
+    runs.db cannot be written). `Launcher.mark_orphans` takes it from there once the worker is gone."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        with open(path, "r+") as f:
+            d = json.loads(f.read() or "{}")
+            d.update(status=status, message=message, ended_at=time.time(), updated_at=time.time())
+            f.seek(0)
+            f.write(json.dumps(d, indent=2) + "\n")
+            f.truncate()
+    except (OSError, ValueError):
+        pass
+
+
+def final_status_in_folder(run_dir: Path) -> dict | None:
+    """status.json's content when it says failed (written by `write_final_status`), else None."""
+    try:
+        d = json.loads((Path(run_dir) / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) and d.get("status") == FAILED and isinstance(d.get("message"), str) else None
+
+
 def tail_lines(path: Path, n: int = 20, max_bytes: int = 65536) -> list[str]:
     """The last `n` lines of a text file (reads at most `max_bytes` from its end); [] if missing."""
     try:
@@ -350,6 +420,24 @@ def find_last_checkpoint(run_dir: Path) -> Checkpoint | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def _read_metrics_file(path: Path) -> list[dict]:
+    """Points of a metrics.jsonl ({"step": int, "time": float, name: float}); torn or foreign lines skipped."""
+    points = {}
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        try:
+            point = json.loads(line)
+        except ValueError:
+            continue
+        if (isinstance(point, dict) and isinstance(point.get("step"), int) and not isinstance(point["step"], bool)
+                and isinstance(point.get("time"), (int, float))):
+            points[point["step"]] = {k: v for k, v in point.items() if isinstance(v, (int, float))}
+    return [points[s] for s in sorted(points)]
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "run"
 
@@ -360,28 +448,23 @@ def _slug(name: str) -> str:
 class RunStore:
     """Run folders under `runs_dir` and their SQLite index `runs_dir/runs.db`."""
 
-    def __init__(self, runs_dir: str | os.PathLike):
+    def __init__(self, runs_dir: str | os.PathLike, *, open_index: bool = True):
         self.runs_dir = Path(runs_dir).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.runs_dir / DB_FILE
         self.host = socket.gethostname()
-        with self._connection() as con:
-            if con.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-                con.execute("PRAGMA journal_mode=WAL")
-                con.executescript(_SCHEMA)
-                columns = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
-                if "ran_before" not in columns:  # a version-1 index
-                    con.execute("ALTER TABLE runs ADD COLUMN ran_before REAL NOT NULL DEFAULT 0")
-                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if open_index:  # False: for `reindex`, which must also work on an unreadable runs.db
+            with self._connection() as con:  # creates the index, or rebuilds it when runs.db is missing or empty
+                empty = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+            if empty and any((p / STATUS_FILE).is_file() for p in self.runs_dir.iterdir() if p.is_dir()):
+                self.reindex()  # an index recreated empty (by an older version) beside existing run folders
 
     # -- connections ------------------------------------------------------------------------
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
-        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        con = self._connect()
         try:
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA synchronous=NORMAL")
             yield con
         finally:
             con.close()
@@ -396,6 +479,141 @@ class RunStore:
                 con.execute("ROLLBACK")
                 raise
             con.execute("COMMIT")
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection to an index with the schema. A missing or empty runs.db (deleted while runs were
+        active, or never made) is created and filled from the run folders first; a file that is not a
+        SQLite database is an IndexCorruptError that names it and the fix."""
+        for _ in range(3):
+            if not self.db_path.exists():
+                self._initialize()
+            con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            try:
+                con.row_factory = sqlite3.Row
+                con.execute("PRAGMA synchronous=NORMAL")
+                version = con.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.DatabaseError as e:
+                con.close()
+                raise IndexCorruptError(self.db_path, e) from None
+            if version == SCHEMA_VERSION:
+                return con
+            con.close()
+            self._initialize()
+        raise IndexCorruptError(self.db_path, "its schema could not be created")
+
+    def _initialize(self) -> int:
+        """Create the schema and index every run folder (in one transaction; another process doing the
+        same meanwhile is waited for). Returns the runs added."""
+        if not self.db_path.exists():  # a WAL left by a deleted database must not be replayed into the new one
+            for suffix in ("-wal", "-shm", "-journal"):
+                Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            con.row_factory = sqlite3.Row
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("BEGIN IMMEDIATE")
+            except sqlite3.DatabaseError as e:
+                raise IndexCorruptError(self.db_path, e) from None
+            try:
+                if con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+                    con.execute("ROLLBACK")
+                    return 0
+                for statement in _schema_statements():
+                    con.execute(statement)
+                if "ran_before" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:  # a version-1 index
+                    con.execute("ALTER TABLE runs ADD COLUMN ran_before REAL NOT NULL DEFAULT 0")
+                added = self._index_folders(con)
+                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+            return added
+        finally:
+            con.close()
+
+    def _index_folders(self, con: sqlite3.Connection) -> int:
+        """Add a row (and the metrics) of every run folder the index lacks: from status.json, the mirror of
+        the row; metrics from metrics.jsonl. A folder without a readable status.json is indexed as failed."""
+        columns = [r["name"] for r in con.execute("PRAGMA table_info(runs)").fetchall()]
+        known = {r["id"] for r in con.execute("SELECT id FROM runs").fetchall()}
+        added = 0
+        for folder in sorted(p for p in self.runs_dir.iterdir() if p.is_dir() and not p.is_symlink()):
+            if folder.name in known or not (folder / CONFIG_FILE).is_file():
+                continue
+            row = self._row_from_folder(folder)
+            if row is None:
+                continue
+            seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
+            row.setdefault("queue_seq", seq)
+            row = {k: v for k, v in row.items() if k in columns}
+            con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                        tuple(row.values()))
+            for point in _read_metrics_file(folder / METRICS_FILE):
+                step, t = point.pop("step"), point.pop("time")
+                con.execute("INSERT OR IGNORE INTO metrics (run_id, step, time, data) VALUES (?, ?, ?, ?)",
+                            (folder.name, step, t, json.dumps(point)))
+            self._mirror(con, folder.name)
+            added += 1
+        return added
+
+    def _row_from_folder(self, folder: Path) -> dict[str, Any] | None:
+        now = time.time()
+        try:
+            status = json.loads((folder / STATUS_FILE).read_text())
+            if not isinstance(status, dict) or status.get("status") not in STATUSES:
+                raise ValueError("no valid status")
+        except (OSError, ValueError):
+            status = None
+        points = _read_metrics_file(folder / METRICS_FILE)
+        last_step = max((p["step"] for p in points), default=0)
+        if status is not None:
+            row = {k: v for k, v in status.items() if k != "run_dir"}
+            row["id"] = folder.name
+            row["step"] = max(int(row.get("step") or 0), last_step)
+            for key in ("name", "devices", "host"):
+                if not isinstance(row.get(key), str) or not row[key]:
+                    row[key] = {"name": folder.name, "devices": "cpu", "host": self.host}[key]
+            row.setdefault("total_steps", max(last_step, 1))
+            row.setdefault("created_at", folder.stat().st_mtime)
+            row.setdefault("updated_at", now)
+            row.setdefault("message", "")
+            return row
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        total = config.get("max_steps") or config.get("num_samples") or max(last_step, 1)
+        try:
+            devices = normalize_devices(str(config.get("device") or "cpu").replace("auto", "cpu"))
+        except ConfigError:
+            devices = "cpu"
+        created = folder.stat().st_mtime
+        return dict(id=folder.name, name=folder.name, status=FAILED, devices=devices, host=self.host,
+                    total_steps=int(total) if isinstance(total, int) and total > 0 else max(last_step, 1),
+                    step=last_step, created_at=created, updated_at=now, ended_at=now,
+                    message=f"re-indexed from its folder without a readable {STATUS_FILE}; resume it to continue")
+
+    def reindex(self) -> tuple[int, Path | None]:
+        """Rebuild the index from the run folders: add every folder it lacks. An unreadable runs.db is
+        first moved aside (to runs.db.corrupt-<time>). Returns (runs added, where the bad file went)."""
+        moved = None
+        try:
+            with self._connection():
+                pass
+        except IndexCorruptError:
+            moved = self.db_path.with_name(f"{DB_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(self.db_path, moved)
+            for suffix in ("-wal", "-shm", "-journal"):
+                side = Path(f"{self.db_path}{suffix}")
+                if side.exists():
+                    os.replace(side, f"{moved}{suffix}")
+        added = 0
+        with self._write() as con:
+            added = self._index_folders(con)
+        return added, moved
 
     def _row_to_run(self, row: sqlite3.Row) -> Run:
         return Run(**{k: row[k] for k in row.keys()}, run_dir=self.runs_dir / row["id"])
@@ -420,9 +638,15 @@ class RunStore:
     def run_dir(self, run_id: str) -> Path:
         return self.runs_dir / run_id
 
-    def create_run(self, name: str, config: dict, devices: str, total_steps: int, run_id: str | None = None) -> Run:
+    def create_run(self, name: str, config: dict, devices: str, total_steps: int, run_id: str | None = None,
+                   claim: dict[str, Any] | None = None) -> Run:
         """Create the run folder (config.json, status.json, empty log and metrics) and a queued row.
-        `run_id` names the folder explicitly (it must not exist yet); by default one is generated."""
+        `run_id` names the folder explicitly (it must not exist yet); by default one is generated.
+
+        With `claim` (fields such as worker_pid, worker_start) the run is created running, in the same
+        transaction that checks its devices are free: a foreground run never sits in the queue where
+        another process's scheduler could start it. If they are not free, DevicesBusyError is raised
+        and no folder is left behind."""
         if not isinstance(name, str) or not name.strip():
             raise ConfigError("name", "a run needs a non-empty name")
         if len(name) > 200:
@@ -455,12 +679,16 @@ class RunStore:
             (run_dir / METRICS_FILE).touch()
             now = time.time()
             with self._write() as con:
+                if claim is not None:
+                    self._check_free(con, devices, f"run {run_id}")
                 seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
                 con.execute(
                     "INSERT INTO runs (id, name, status, devices, host, total_steps, queue_seq, created_at,"
                     " queued_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, name.strip(), QUEUED, devices, self.host, total_steps, seq, now, now, now),
                 )
+                if claim is not None:
+                    return self._transition(con, self._get(con, run_id), RUNNING, dict(claim))
                 return self._mirror(con, run_id)
         except BaseException:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -512,13 +740,6 @@ class RunStore:
 
     def read_config(self, run_id: str) -> dict:
         return json.loads((self.run_dir(run_id) / CONFIG_FILE).read_text())
-
-    def write_config(self, run_id: str, config: dict) -> None:
-        """Replace a run's config.json atomically (a resume with changed fields); the run must not be active."""
-        run = self.get(run_id)
-        if run.is_active:
-            raise RunStateError(f"run {run_id}: is {run.status}; stop it before changing its config")
-        write_json_atomic(self.run_dir(run_id) / CONFIG_FILE, config)
 
     # -- status -----------------------------------------------------------------------------
 
@@ -600,13 +821,29 @@ class RunStore:
                 if run.is_active:
                     busy |= set(parse_devices(run.devices))
             claimed = []
+            holder: dict[str, Run] = {}  # device -> the run that holds it (active) or waits for it first
+            for run in runs:
+                if run.is_active:
+                    holder.update({d: run for d in parse_devices(run.devices) if d not in holder})
             for run in runs:
                 if run.status != QUEUED:
                     continue
                 devs = set(parse_devices(run.devices))
                 if not devs & busy:
-                    self._apply(con, run.id, {"status": RUNNING, "started_at": now}, check={})
+                    started = {"status": RUNNING, "started_at": now}
+                    if run.message.startswith(WAITING):
+                        started["message"] = ""
+                    self._apply(con, run.id, started, check={})
                     claimed.append(self._mirror(con, run.id))
+                else:  # say what it waits for (the UI shows the message of a queued run)
+                    other = next(holder[d] for d in sorted(devs) if d in holder)
+                    why = (f"{WAITING} for run {other.id} ({other.status}) " if other.is_active
+                           else f"{WAITING} behind queued run {other.id} ")
+                    message = why + f"to free {', '.join(sorted(devs & set(parse_devices(other.devices))))}"
+                    if run.message != message and not run.message.startswith("resumed"):
+                        self._apply(con, run.id, {"message": message}, check={})
+                        self._mirror(con, run.id)
+                holder.update({d: run for d in devs if d not in holder})
                 busy |= devs
             return claimed
 
@@ -616,12 +853,44 @@ class RunStore:
             run = self._get(con, run_id)
             if run.status != QUEUED:
                 raise RunStateError(f"run {run_id}: is {run.status}, not queued")
-            for other in con.execute("SELECT * FROM runs WHERE host = ? AND status IN (?, ?)",
-                                     (self.host, RUNNING, STOPPING)).fetchall():
-                if devices_conflict(other["devices"], run.devices):
-                    raise RunStateError(f"run {run_id}: devices {run.devices} are used by run {other['id']}; "
-                                        "wait for it or stop it")
+            self._check_free(con, run.devices, f"run {run_id}")
+            if run.message.startswith(WAITING):
+                fields = {"message": "", **fields}
             return self._transition(con, run, RUNNING, fields)
+
+    def requeue_and_claim(self, run_id: str, queued_fields: dict[str, Any], claim: dict[str, Any],
+                          expect: Iterable[str] = RESUMABLE) -> Run:
+        """Resume a stopped or failed (or, to extend it, finished) run straight into running (foreground resume):
+        one transaction checks its devices are free (else DevicesBusyError, and the run keeps its status)."""
+        with self._write() as con:
+            run = self._get(con, run_id)
+            if run.status not in set(expect):
+                raise RunStateError(f"run {run_id}: is {run.status}; only stopped or failed runs can be resumed")
+            self._check_free(con, run.devices, f"run {run_id}")
+            run = self._transition(con, run, QUEUED, dict(queued_fields))
+            return self._transition(con, run, RUNNING, dict(claim))
+
+    def active_on(self, devices: str, con: sqlite3.Connection | None = None) -> Run | None:
+        """The active run of this host that uses one of `devices` (None when they are free)."""
+        if con is None:
+            with self._connection() as c:
+                return self.active_on(devices, c)
+        for row in con.execute("SELECT * FROM runs WHERE host = ? AND status IN (?, ?) ORDER BY queue_seq",
+                               (self.host, RUNNING, STOPPING)).fetchall():
+            if devices_conflict(row["devices"], devices):
+                return self._row_to_run(row)
+        return None
+
+    def check_free(self, devices: str, what: str) -> None:
+        """Raise DevicesBusyError (naming the run that holds them) unless `devices` are free now."""
+        with self._connection() as con:
+            self._check_free(con, devices, what)
+
+    def _check_free(self, con: sqlite3.Connection, devices: str, what: str) -> None:
+        other = self.active_on(devices, con)
+        if other is not None:
+            raise DevicesBusyError(f"{what}: devices {devices} are used by run {other.id} ({other.status}, step "
+                                   f"{other.step}/{other.total_steps}); wait for it or stop it", other)
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run (row, metrics, folder). Refuses a running or stopping run."""
@@ -704,9 +973,9 @@ class RunStore:
             if sample_step > step:
                 sample.unlink(missing_ok=True)
         ckpt_root = run_dir / CHECKPOINTS_DIR
-        if ckpt_root.is_dir():
+        if ckpt_root.is_dir() and not ckpt_root.is_symlink():  # never delete through a link
             for child in ckpt_root.iterdir():
-                if child.name.startswith("."):
+                if PARTIAL_CHECKPOINT_RE.fullmatch(child.name) and child.is_dir() and not child.is_symlink():
                     shutil.rmtree(child, ignore_errors=True)
         return removed
 

@@ -6,9 +6,11 @@ the trainer is "core.vapi.trainer:run_worker") and calls
 
     entry(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool)
 
-On return the run is finished, or stopped when a stop was requested; on an exception (or SIGTERM) it
-is failed, with the error and the last lines of log.txt as its message, and the exit code is not 0.
-Then the worker runs the scheduler once, so the next queued run starts even when no UI is open.
+The entry must be one of the project's worker entry points (`ENTRY_POINTS`). SIGTERM and SIGINT
+(Ctrl-C) request a stop, like the UI's Stop: the trainer checkpoints at its next step boundary.
+On return the run is finished, or stopped when a stop was requested; on an exception it is failed,
+with the error and the last lines of log.txt as its message, and the exit code is not 0. Then the
+worker runs the scheduler once, so the next queued run starts even when no UI is open.
 
 Under `accelerate launch` every rank runs this module; only rank 0 touches the run's status.
 """
@@ -20,6 +22,7 @@ import importlib
 import json
 import os
 import signal
+import sqlite3
 import sys
 import time
 import traceback
@@ -31,8 +34,8 @@ from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.recorder import RunRecorder
 from core.runs.store import (
-    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STOPPED, STOPPING, RunStateError, RunStore,
-    find_last_checkpoint, parent_pid, process_start_time, tail_lines,
+    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STATUS_FILE, STOP_FILE, STOPPED, STOPPING,
+    RunStateError, RunStore, find_last_checkpoint, parent_pid, process_start_time, tail_lines, write_final_status,
 )
 
 LOG_TAIL_LINES = 20  # lines of log.txt kept in a failed run's message
@@ -42,12 +45,30 @@ class WorkerTerminated(Exception):
     """The worker received SIGTERM (from the user, or from accelerate when another rank died)."""
 
 
+# the project's own entry points; config.json names one of them (a run folder is not a place to name
+# arbitrary code to import). VAPI_WORKER_ENTRIES adds others, comma-separated (tests, local plugins).
+ENTRY_POINTS = frozenset({
+    "core.vapi.trainer:run_worker",
+    "core.eval.jobs:run_eval",
+    "core.eval.jobs:run_embeddings",
+})
+EXTRA_ENTRIES_ENV = "VAPI_WORKER_ENTRIES"
+
+
+def allowed_entries() -> frozenset[str]:
+    extra = {e.strip() for e in os.environ.get(EXTRA_ENTRIES_ENV, "").split(",") if e.strip()}
+    return ENTRY_POINTS | extra
+
+
 def resolve_entry(config: dict) -> Callable:
-    """Import the callable named by config["entry"] ("package.module:function")."""
+    """Import the callable named by config["entry"] ("package.module:function"), one of `allowed_entries`."""
     spec = config.get("entry")
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ConfigError("entry", f"{spec!r}; expected 'package.module:function', "
                                    "e.g. 'core.vapi.trainer:run_worker'")
+    if spec not in allowed_entries():
+        raise ConfigError("entry", f"{spec!r} is not a worker entry point of this project; use one of "
+                                   f"{', '.join(sorted(ENTRY_POINTS))} (or list it in ${EXTRA_ENTRIES_ENV})")
     module_name, func_name = spec.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -71,6 +92,41 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextmanager
+def _signals_request_stop(run_dir: Path) -> Iterator[dict]:
+    """SIGTERM and SIGINT (Ctrl-C) ask the entry point to stop: the stop flag is set, the trainer
+    writes a checkpoint at its next step boundary and returns, and the run ends stopped. A second
+    Ctrl-C aborts at once (KeyboardInterrupt: the run fails). Under several processes (accelerate)
+    SIGTERM still raises: there it means that another rank died. SIGINT stays ignored where the
+    caller ignores it (a background job of a script). Yields {"signal": name of the first one}."""
+    got: dict = {"signal": None}
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        with _sigterm_raises():
+            yield got
+        return
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if signum == signal.SIGINT and got["signal"] == "SIGINT":
+            raise KeyboardInterrupt
+        first = got["signal"] is None
+        got["signal"] = got["signal"] or name
+        (run_dir / STOP_FILE).touch()
+        if first:
+            again = "; Ctrl-C again aborts without a checkpoint" if signum == signal.SIGINT else ""
+            print(f"[worker] {name}: stopping at the next step boundary, after writing a checkpoint{again}",
+                  file=sys.stderr, flush=True)
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
+    try:
+        yield got
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
 def _started_by(pid: int) -> bool:
     """Whether process `pid` leads this process's group or is one of its ancestors (accelerate launch
     starts each rank in a session of its own, so the launched process is an ancestor, not the leader)."""
@@ -85,31 +141,44 @@ def _started_by(pid: int) -> bool:
 
 
 def _claim(store: RunStore, run_id: str) -> None:
-    """Record this process as the run's worker. A launcher has already marked the run running; a
-    worker started by hand claims a queued run itself (if its devices are free)."""
-    me, group = os.getpid(), os.getpgid(0)
+    """Record this process as the run's worker. A launcher has already marked the run running and
+    recorded the process it launched (the leader of a session of its own) as `pid`; a worker started
+    by hand (or `python -m core train` in the foreground) claims a queued run itself, if its devices
+    are free, or finds the run already claimed for it (`RunStore.create_run(claim=...)`).
+
+    A foreground worker records only itself (`worker_pid`), never its process group: under a shell
+    script, nohup or CI that group is the caller's, and a forced stop must not kill the caller."""
+    me = os.getpid()
     mine = {"worker_pid": me, "worker_start": process_start_time(me)}
     run = store.get(run_id)
     if run.status == QUEUED:
-        store.claim(run_id, pid=group, pid_start=process_start_time(group), **mine)
+        Launcher(store).mark_orphans()  # a worker that died (kill -9) does not hold the devices
+        store.claim(run_id, **mine)
         return
     if run.status not in ACTIVE:
         raise RunStateError(f"run {run_id}: is {run.status}; resume it to run it again")
     if run.pid is not None and not _started_by(run.pid):
         raise RunStateError(f"run {run_id}: already has worker process {run.pid}")
-    if run.pid is None:
-        mine.update(pid=group, pid_start=process_start_time(group))
+    if run.pid is None and run.worker_pid not in (None, me):
+        raise RunStateError(f"run {run_id}: already has worker process {run.worker_pid}")
     if store.update(run_id, expect=ACTIVE, **mine) is None:
         raise RunStateError(f"run {run_id}: stopped being active while its worker started")
 
 
-def _finish(store: RunStore, run_id: str, run_dir: Path) -> None:
-    step = store.get(run_id).step
+def _finish(store: RunStore, run_id: str, run_dir: Path, stop_signal: str | None = None) -> None:
+    run = store.get(run_id)
+    if run.status == RUNNING and (run_dir / STOP_FILE).exists() and run.step < run.total_steps:
+        # a stop asked for by a signal to this process (the UI and `runs stop` go through stopping)
+        by = f" by {stop_signal}" if stop_signal else ""
+        store.try_set_status(run_id, STOPPING, expect={RUNNING}, stop_requested_at=time.time(),
+                             message=f"stop requested{by}")
+    step = run.step
     if store.try_set_status(run_id, FINISHED, expect={RUNNING}, message=f"finished at step {step}"):
         return
     ckpt = find_last_checkpoint(run_dir)
     where = f"checkpoint step-{ckpt.step:06d}" if ckpt else "no checkpoint"
-    if store.try_set_status(run_id, STOPPED, expect={STOPPING}, message=f"stopped at step {step} ({where})"):
+    by = f" by {stop_signal}" if stop_signal else ""
+    if store.try_set_status(run_id, STOPPED, expect={STOPPING}, message=f"stopped{by} at step {step} ({where})"):
         return
     print(f"[worker] run {run_id} is {store.get(run_id).status}; its status was left as is", flush=True)
 
@@ -117,8 +186,23 @@ def _finish(store: RunStore, run_id: str, run_dir: Path) -> None:
 def _fail(store: RunStore, run_id: str, run_dir: Path, error: BaseException) -> None:
     tail = "\n".join(tail_lines(run_dir / LOG_FILE, LOG_TAIL_LINES))
     message = f"{type(error).__name__}: {error}\n--- last lines of log.txt ---\n{tail}"
-    if store.try_set_status(run_id, FAILED, expect=ACTIVE, message=message) is None:
-        print(f"[worker] run {run_id} is {store.get(run_id).status}; not marked failed", flush=True)
+    try:
+        if store.try_set_status(run_id, FAILED, expect=ACTIVE, message=message) is None:
+            print(f"[worker] run {run_id} is {store.get(run_id).status}; not marked failed", flush=True)
+    except (sqlite3.Error, OSError) as db_error:  # e.g. the disk is full: runs.db cannot grow
+        write_final_status(run_dir, FAILED, message)
+        print(f"[worker] could not record the failure in runs.db ({db_error}); it is in {STATUS_FILE}, "
+              "and the next look at the runs takes it from there", file=sys.stderr, flush=True)
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise ConfigError(str(path), f"is not valid JSON ({e}); fix the file, then resume the run") from None
+    if not isinstance(config, dict):
+        raise ConfigError(str(path), "must hold a JSON object; fix the file, then resume the run")
+    return config
 
 
 def _release_memory() -> None:
@@ -141,9 +225,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --run-dir {run_dir}: no {CONFIG_FILE} there; pass a folder made by the run store",
               file=sys.stderr)
         return 2
-    config = json.loads(config_path.read_text())
 
     if int(os.environ.get("RANK", "0")) != 0:
+        config = _read_config(config_path)
         resolve_entry(config)(config, run_dir, RunRecorder(run_dir, is_main=False), args.resume)
         return 0
 
@@ -157,17 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} started: pid {os.getpid()}, "
           f"resume={args.resume}", flush=True)
     rc = 0
-    try:
-        with _sigterm_raises():
+    with _signals_request_stop(run_dir) as got:
+        try:
+            config = _read_config(config_path)
             entry = resolve_entry(config)
             entry(config, run_dir, RunRecorder(run_dir, is_main=True), args.resume)
-    except BaseException as e:
-        traceback.print_exc()
-        sys.stderr.flush()
-        _fail(store, run_id, run_dir, e)
-        rc = 130 if isinstance(e, KeyboardInterrupt) else 1
-    else:
-        _finish(store, run_id, run_dir)
+        except BaseException as e:
+            if not isinstance(e, UserError):
+                traceback.print_exc()
+            else:
+                print(f"error: {e}", file=sys.stderr)
+            sys.stderr.flush()
+            _fail(store, run_id, run_dir, e)
+            rc = 130 if isinstance(e, KeyboardInterrupt) else 1
+        else:
+            _finish(store, run_id, run_dir, got["signal"])
     run = store.get(run_id)
     print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} {run.status} at step {run.step}", flush=True)
     _release_memory()

@@ -20,7 +20,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", type=Path, default=None, help=f"where runs live (default {paths.RUNS_DIR})")
     p.add_argument("--name", default=None, help="run name (default: the preset)")
     p.add_argument("--devices", default=None, help="device set for the queue: cpu, cuda:0, ... (default from the config's device)")
-    p.add_argument("--resume", type=Path, default=None, metavar="DIR", help="continue a stopped or failed run folder")
+    p.add_argument("--resume", type=Path, default=None, metavar="DIR",
+                   help="continue a stopped or failed run folder (--set then changes its config, e.g. max_steps)")
+    p.add_argument("--wait", action="store_true",
+                   help="when another run uses the devices, wait for them to be free (default: exit with code 3)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
@@ -66,42 +69,116 @@ def _devices_of(device: str) -> str:
 FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
 
 
-def _apply_resume_overrides(store, run_id: str, items: list[str]) -> int:
-    """`train --resume DIR --set k=v`: validate the changed config, refuse fields a checkpoint depends on,
-    write config.json (atomically) and return the new max_steps. Nothing is written on a bad value."""
-    from core.errors import ConfigError
-    from core.vapi import config as C
+def _check_devices(devices: str) -> str:
+    """--devices: a valid device set whose GPUs exist on this machine."""
+    import torch
 
-    stored = store.read_config(run_id)
-    overrides = C.parse_overrides(items)
-    for key in overrides:
+    from core.errors import ConfigError
+    from core.runs.store import gpu_ids, normalize_devices
+
+    try:
+        devices = normalize_devices(devices)
+    except ConfigError as e:
+        raise ConfigError("--devices", str(e).split(": ", 1)[1]) from None
+    ids = gpu_ids(devices)
+    if ids:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ConfigError("--devices", f"{devices}: this machine has no CUDA GPU; use --devices cpu")
+        if max(ids) >= n:
+            raise ConfigError("--devices", f"{devices}: only {n} GPU(s) are visible; use cuda:0..cuda:{n - 1}")
+    return devices
+
+
+def _resume_config(run_dir: Path, overrides: list[str]):
+    """The run's config.json validated (errors name the file), with --set applied (errors name the field)."""
+    import json
+
+    from core.errors import ConfigError
+    from core.runs.launcher import check_resumable
+    from core.vapi import config as C
+    from core.vapi.trainer import ENTRY
+
+    check_resumable(run_dir)  # config.json is a JSON object, trainer_state.json files hold integer steps
+    path = run_dir / "config.json"
+    config = json.loads(path.read_text())
+    if config.get("entry", ENTRY) != ENTRY:
+        raise ConfigError("--resume", f"{run_dir} is not a training run (entry {config.get('entry')!r}); "
+                                      "resume it with `python -m core runs resume`")
+    base = {k: v for k, v in config.items() if k != "entry"}
+    for key in C.parse_overrides(overrides):
         if key.split(".", 1)[0] in FIXED_ON_RESUME:
-            raise ConfigError(key, f"cannot change on resume (the run's checkpoints and data order depend on it); "
-                                   "start a new run from one of its checkpoints instead: --set init_weights=RUN/checkpoints/step-N/model.pt")
-    base = {k: v for k, v in stored.items() if k != "entry"}
-    cfg = C.resolve(None, overrides, base=base)
-    step = store.get(run_id).step
-    if cfg.max_steps <= step and store.get(run_id).status == "finished":
-        raise ConfigError("max_steps", f"the run is finished at step {step}; continue it with max_steps > {step}")
-    store.write_config(run_id, {**cfg.to_dict(), "entry": stored.get("entry")})
-    return cfg.max_steps
+            raise ConfigError(key, "cannot change on resume (the run's checkpoints and data order depend on it); start a new "
+                                   "run from one of its checkpoints instead: --set init_weights=RUN/checkpoints/step-N/model.pt")
+    try:
+        C.VapiConfig.from_dict(base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e.field}", f"{str(e).split(': ', 1)[1]}; fix the file "
+                                                f"(or pass --set {e.field}=VALUE)") from None
+    cfg = C.resolve(None, C.parse_overrides(overrides), base=base)
+    return cfg, config
+
+
+class _Busy(Exception):
+    pass
+
+
+def _start_when_free(start, launcher, wait: bool):
+    """Call start() (which claims the devices atomically); on DevicesBusyError wait (--wait) or stop."""
+    import time
+
+    from core.runs.store import DevicesBusyError
+
+    said = False
+    while True:
+        launcher.mark_orphans()  # a dead worker (kill -9) does not hold its devices
+        try:
+            return start()
+        except DevicesBusyError as e:
+            if not wait:
+                print(f"error: {e}. Nothing was started: add --wait to wait for it, or stop it with "
+                      f"`python -m core runs stop {e.blocker.id}`", file=sys.stderr)
+                raise _Busy() from None
+            if not said:
+                print(f"waiting: {e}", file=sys.stderr, flush=True)
+                said = True
+            time.sleep(2.0)
 
 
 def cmd_train(args) -> int:
+    import os
+
     from core.errors import ConfigError
     from core.runs import worker
     from core.runs.launcher import Launcher
-    from core.runs.store import LOG_FILE, RunStore
+    from core.runs.store import LOG_FILE, RunNotFoundError, RunStore, process_start_time, write_json_atomic
     from core.vapi import config as C
     from core.vapi.trainer import ENTRY, Trainer
 
+    me = {"worker_pid": os.getpid(), "worker_start": process_start_time(os.getpid())}
     if args.resume is not None:
         run_dir = args.resume.resolve()
         if not (run_dir / "config.json").is_file():
             raise ConfigError("--resume", f"{run_dir} is not a run folder (no config.json)")
         store = RunStore(run_dir.parent)
-        total = _apply_resume_overrides(store, run_dir.name, args.overrides) if args.overrides else None
-        Launcher(store).resume_in_place(run_dir.name, total_steps=total)
+        try:
+            store.get(run_dir.name)
+        except RunNotFoundError:  # a folder the index lacks (copied in, or an index rebuilt elsewhere)
+            store.reindex()
+            store.get(run_dir.name)
+        cfg, config = _resume_config(run_dir, args.overrides)
+        if args.print_config:
+            print(cfg.to_json())
+            return 0
+        Trainer(cfg, ".").preflight()
+        launcher = Launcher(store)
+        try:
+            _start_when_free(lambda: launcher.resume_in_place(run_dir.name, claim=me, total_steps=cfg.max_steps),
+                             launcher, args.wait)
+        except _Busy:
+            return 3
+        if args.overrides:  # the run continues with the new values: config.json says what it runs with
+            write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "entry": config.get("entry", ENTRY)})
         resume = True
     else:
         if args.preset is None and not args.overrides:
@@ -111,13 +188,20 @@ def cmd_train(args) -> int:
             print(cfg.to_json())
             return 0
         Trainer(cfg, ".").preflight()  # bad input: an error now, and no run folder is created
+        devices = _check_devices(args.devices or _devices_of(cfg.device))
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
         else:
             root, run_id = (args.runs_dir or paths.RUNS_DIR), None
         store = RunStore(root)
-        run = store.create_run(args.name or args.preset or "run", {**cfg.to_dict(), "entry": ENTRY},
-                               args.devices or _devices_of(cfg.device), cfg.max_steps, run_id=run_id)
+        launcher = Launcher(store)
+        try:
+            run = _start_when_free(lambda: store.create_run(args.name or args.preset or "run",
+                                                            {**cfg.to_dict(), "entry": ENTRY}, devices,
+                                                            cfg.max_steps, run_id=run_id, claim=me),
+                                   launcher, args.wait)
+        except _Busy:
+            return 3
         run_dir = store.run_dir(run.id)
         resume = False
     print(f"run folder: {run_dir}", flush=True)
@@ -131,8 +215,8 @@ def cmd_train(args) -> int:
     run = store.get(run_dir.name)
     print(f"run {run.id}: {run.status} at step {run.step}/{run.total_steps}" + (f" — {run.message.splitlines()[0]}" if run.message else ""))
     if rc == 3:
-        print("the run's devices are busy: it stays queued and starts when the active run ends", file=sys.stderr)
-    return 0 if run.status in ("finished", "stopped", "queued") else 1
+        return 3
+    return 0 if run.status in ("finished", "stopped") else 1
 
 
 def cmd_bench_step(args) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
@@ -91,10 +92,52 @@ class VapiConfig:
         self.validate()
 
     # ------------------------------------------------------------------ validation
+    def check_types(self) -> None:
+        """Each field has its annotated type (a number is finite; an int field takes a whole float such as
+        1e3 and stores it as int), before any cross-field rule compares values."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = f.type.removeprefix("Optional[").removesuffix("]")
+            if value is None and f.type.startswith("Optional["):
+                continue
+            if kind == "int":
+                if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+                    value = int(value)
+                    setattr(self, f.name, value)
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(f.name, f"must be a whole number, got {value!r}")
+            elif kind == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ConfigError(f.name, f"must be a number, got {value!r}")
+                if not math.isfinite(value):
+                    raise ConfigError(f.name, f"must be a finite number, got {value!r}")
+            elif kind == "bool":
+                if not isinstance(value, bool):
+                    raise ConfigError(f.name, f"must be true or false, got {value!r}")
+            elif kind == "str":
+                if not isinstance(value, str):
+                    raise ConfigError(f.name, f"must be a string, got {value!r}")
+            elif kind in ("list", "dict"):
+                if not isinstance(value, list if kind == "list" else dict):
+                    raise ConfigError(f.name, f"must be a {'list' if kind == 'list' else 'mapping'}, got {value!r}")
+        for name in ("preview_seeds", "preview_classes"):
+            for item in getattr(self, name) or []:
+                if isinstance(item, bool) or not isinstance(item, int):
+                    raise ConfigError(name, f"must be a list of whole numbers, got {item!r} in it")
+        for name in ("preview_prompts", "report_to"):
+            for item in getattr(self, name) or []:
+                if not isinstance(item, str):
+                    raise ConfigError(name, f"must be a list of strings, got {item!r} in it")
+        for key, weight in self.reward_weights.items():
+            if isinstance(weight, (int, float)) and not isinstance(weight, bool) and not math.isfinite(weight):
+                raise ConfigError(f"reward_weights.{key}", f"must be a finite number, got {weight!r}")
+
     def validate(self) -> None:
         def need(cond: bool, name: str, msg: str):
             if not cond:
                 raise ConfigError(name, msg)
+
+        self.check_types()
 
         need(self.method in METHODS, "method", f"must be one of {METHODS}, got {self.method!r}")
         need(self.data in DATA_KINDS, "data", f"must be one of {DATA_KINDS}, got {self.data!r}")
@@ -132,6 +175,7 @@ class VapiConfig:
         need(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "adam_beta1", "Adam betas must be in [0, 1)")
         need(self.max_grad_norm > 0, "max_grad_norm", "must be > 0")
         need(self.lr_scheduler in LR_SCHEDULERS, "lr_scheduler", f"must be one of {LR_SCHEDULERS}")
+        need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(0 <= self.warmup_steps <= self.max_steps, "warmup_steps", "must be between 0 and max_steps")
         need(self.per_device_train_batch_size >= 1, "per_device_train_batch_size", "must be >= 1")
         need(self.global_batch_size >= self.per_device_train_batch_size, "global_batch_size",
@@ -204,6 +248,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "janus-pro-1b": dict(model="janus-pro-1b", data="captions", data_subset=None, xi=0.95, max_steps=100,
                          learning_rate=1e-7),
 }
+
+
+def check_preview(cfg: VapiConfig, num_classes: Optional[int]) -> None:
+    """Preview classes within the model's classes (`num_classes`: None for a text-conditional model)."""
+    if num_classes is not None and cfg.preview_classes:
+        bad = [c for c in cfg.preview_classes if not 0 <= c < num_classes]
+        if bad:
+            raise ConfigError("preview_classes", f"class ids {bad} out of range 0..{num_classes - 1} for {cfg.model}")
 
 
 def preset_names() -> list[str]:

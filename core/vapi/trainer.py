@@ -33,7 +33,8 @@ import torch
 from core.errors import ConfigError, UserError
 from core.seeding import derive_seed
 from core.vapi import baselines, objective, rewards
-from core.vapi.config import VapiConfig
+from core.data.build import check_readable
+from core.vapi.config import VapiConfig, check_preview
 from core.vapi.objective import Batch
 
 DEFAULT_IMAGENET_PREVIEW = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i classes
@@ -94,6 +95,10 @@ class Trainer:
         from core.models import registry
 
         cfg = self.cfg
+        if cfg.device != "auto":
+            from core import device as devmod
+
+            devmod.resolve(cfg.device)  # cuda on a machine without CUDA: an error now, not in the worker
         preset = registry.get_generator(cfg.model)
         if preset.task == "c2i" and cfg.data == "captions":
             raise ConfigError("data", f"{cfg.model} is class-conditional: use data=imagefolder or shapes, not captions")
@@ -102,7 +107,9 @@ class Trainer:
         if cfg.data == "shapes" and preset.size != "demo":
             raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i)")
         self.preset = preset
+        check_preview(cfg, int(preset.overrides.get("num_classes", 1000)) if preset.task == "c2i" else None)
         self.dataset = self._build_dataset()  # lists (and spot-checks) the data before any weights are read
+        check_readable(self.dataset, cfg.data_path)
         if cfg.init_weights is None:
             registry.require_files(cfg.model)
         else:
@@ -292,7 +299,7 @@ class Trainer:
                 model.load_state_dict(sd)
         else:
             checkpoint.load_strict(self.unwrap(model), sd, path / name)
-        opt = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        opt = checkpoint.load_object(path / "optimizer.pt")
         if self.accelerator.distributed_type == DistributedType.FSDP:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
