@@ -194,8 +194,12 @@ def smoke(kind: str, method: str, root: Path, resume: bool, dry: bool) -> None:
     last = trainer.train(resume=resume)
     steps = sorted(c.step for c in store.checkpoints(run_id))
     assert steps == ([1, 2, 3] if resume else [1, 2]), steps
+    import sys
+
+    absent_on_gpu_box = [m for m in ("PIL", "torchvision", "gradio", "plotly", "lpips", "umap") if m in sys.modules]
     print(json.dumps({"smoke": kind, "method": method, "resumed": resume, "checkpoints": steps,
-                      "distributed": str(trainer.accelerator.distributed_type), "loss": last.get("loss")}), flush=True)
+                      "distributed": str(trainer.accelerator.distributed_type), "loss": last.get("loss"),
+                      "imported_beyond_a_bare_gpu_machine": absent_on_gpu_box}), flush=True)
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def _build_shapes(path: Optional[str | Path], image_size: int, subset: Optional[
     ShapesDataset's default length (None = all of it); `seed` picks the window of scenes
     seed*length ... seed*length + length - 1 (a multiple of 10 scenes is exactly class-balanced)."""
     from core.data import shapes
-    from core.data.imagefolder import subset_size
+    from core.data.sizes import subset_size
 
     split = str(path) if path else "train"
     if split not in shapes.SPLITS:
@@ -105,7 +105,7 @@ def build_dataset(kind: str, path: Optional[str | Path], image_size: int, subset
     options: with_captions. `subset`: None, a fraction in (0, 1] or a count > 1. With
     `num_classes` (a class-conditional model), the dataset's classes are checked against it.
     """
-    from core.data.imagefolder import check_num_classes
+    from core.data.sizes import check_num_classes
 
     if kind not in KINDS:
         raise ConfigError(FIELDS["kind"], f"unknown kind of data {kind!r}; use one of {', '.join(KINDS)}")
