@@ -302,34 +302,63 @@ def test_compare_pairs_use_the_same_seeds(served):
     store, client = served.store, served.ui.client
     run_id, step = make_checkpoint(store)
     aligned = f"run:{run_id}:{step}"
-    status, gallery, zip_path = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1", 1.0, 1.0, 0, 1.0,
-                                               "cpu", api_name="/compare")
-    assert status.startswith("✓ 4 pairs"), status
+    status, gallery, zip_path, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1", 1.0, 1.0, 0, 1.0,
+                                                  "cpu", "free", 2, 0, api_name="/compare")
+    assert status.startswith("✓ **free-running: samples of two distributions") and "4 rows" in status, status
     items = gallery_images(gallery)
-    assert [c.removesuffix(" · identical") for c, _ in items] == [
-        f"{side} · {name} · seed {s}" for name in ("circle", "diamond") for s in (0, 1) for side in ("base", "aligned")]
+    assert [c.split(" · ")[0] for c, _ in items] == ["base", "aligned", "|base − aligned|"] * 4
+    assert [c.split(" · ")[1:3] for c, _ in items[::3]] == [[name, f"seed {s}"] for name in ("circle", "diamond")
+                                                           for s in (0, 1)]
     # each side equals sampling its weights directly with the same (class, seed) list
     cond = torch.tensor([0, 0, 3, 3])
     seeds = [0, 1, 0, 1]
     for side, weights in (("base", None), ("aligned", store.run_dir(run_id) / "checkpoints" / f"step-{step:06d}" / "model.pt")):
         gen, tok = load_pair("demo-c2i", weights)
         expected = to_uint8(generate_images(gen, tok, cond, seeds=seeds))
-        got = [img for caption, img in items if caption.startswith(side)]
+        got = [img for caption, img in items if caption.startswith(side + " ·")]
         scale = got[0].shape[0] // expected.shape[1]
         for e, g in zip(expected, got):
             assert np.array_equal(e.repeat(scale, 0).repeat(scale, 1), g)
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
         manifest = json.loads(zf.read("manifest.json"))
-    assert sum(n.startswith("base/") for n in names) == 4 and sum(n.startswith("aligned/") for n in names) == 4
-    assert manifest["seeds"] == [0, 1] and manifest["aligned"] == aligned
+    assert sum(n.startswith("base/") for n in names) == 4 and sum(n.startswith("difference/") for n in names) == 4
+    assert manifest["seeds"] == [0, 1] and manifest["aligned"] == aligned and manifest["view"] == "free"
 
-    # the same weights on both sides: identical pairs
-    for left, right in (("preset:demo-c2i", "preset:demo-c2i"), (aligned, aligned)):
-        status, gallery, _ = client.predict(left, right, [1, 2], "", "5, 6", 1.0, 1.0, 0, 1.0, "cpu", api_name="/compare")
-        assert "4 identical" in status, status
-        images = [img for _, img in gallery_images(gallery)]
-        assert all(np.array_equal(images[i], images[i + 1]) for i in range(0, len(images), 2))
+    # the same weights on both sides: identical pairs, in every view, and a black difference map
+    for view in ("free", "teacher-forced", "prefix"):
+        status, gallery, zip_path, _ = client.predict(aligned, aligned, [1, 2], "", "5, 6", 1.0, 1.0, 0, 1.0, "cpu",
+                                                      view, 3, 0, api_name="/compare")
+        assert "4 identical" in status and "differ: 0.0 of 64" in status, (view, status)
+        images = gallery_images(gallery)
+        width = 4 if view == "teacher-forced" else 3
+        for r in range(0, len(images), width):
+            row = images[r:r + width]
+            assert np.array_equal(row[-3][1], row[-2][1]) and row[-1][1].max() == 0, (view, row[-1][0])
+
+    # teacher-forced rows: the held-out image, then base and aligned with their reward terms
+    status, gallery, zip_path, _ = client.predict("preset:demo-c2i", aligned, [0], "", "0, 1", 1.0, 1.0, 0, 1.0, "cpu",
+                                                  "teacher-forced", 2, 0, api_name="/compare")
+    items = gallery_images(gallery)
+    assert [c.split(" · ")[0] for c, _ in items] == ["ground truth", "base", "aligned", "|base − aligned|"] * 2
+    assert all(" mse " in c for c, _ in items[1::4] + items[2::4]), [c for c, _ in items]
+    assert "Reward term mse" in status
+    from core.data import shapes
+
+    truth = shapes.render("val", 0, 16).image  # class 0, image 0 of the held-out split
+    scale = items[0][1].shape[0] // 16
+    assert np.array_equal(items[0][1], truth.repeat(scale, 0).repeat(scale, 1))
+    with zipfile.ZipFile(zip_path) as zf:
+        rows = json.loads(zf.read("manifest.json"))["rows"]
+    assert all(set(r["scores"]["base"]) >= {"mse", "reward"} for r in rows)
+    assert all(r["scores"]["base"]["reward"] == -r["scores"]["base"]["mse"] for r in rows)
+
+    # shared prefix: both sides keep the base's first k rows (k x 8 tokens on the tiny demo's 8 x 8 grid)
+    _, _, zip_path, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1, 2", 1.0, 1.0, 0, 1.0, "cpu",
+                                       "prefix", 2, 0, api_name="/compare")
+    with zipfile.ZipFile(zip_path) as zf:
+        rows = json.loads(zf.read("manifest.json"))["rows"]
+    assert all(r["scores"]["first_difference"] is None or r["scores"]["first_difference"] >= 16 for r in rows), rows
 
     # bad inputs name the field
     for args, field in ((("preset:demo-c2i", aligned, [0], "", "x", 1.0, 1.0, 0, 1.0, "cpu"), "seeds"),
@@ -339,8 +368,11 @@ def test_compare_pairs_use_the_same_seeds(served):
                         (("preset:demo-c2i", aligned, [0], "", "0", 1.0, 1.0, 0, 1.5, "cpu"), "top_p"),
                         (("preset:llamagen-c2i-b-256", aligned, [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "base"),
                         (("preset:demo-c2i", aligned, [], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "classes")):
-        status, _, _ = client.predict(*args, api_name="/compare")
+        status, *_ = client.predict(*args, "free", 2, 0, api_name="/compare")
         assert status.startswith("✗") and f"`{field}`" in status, (args, status)
+    status, *_ = client.predict("preset:demo-c2i", aligned, [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu", "prefix", 9, 0,
+                                api_name="/compare")
+    assert "`prefix_rows`" in status and "between 0 and 8" in status, status
 
 
 def test_ui_start_marks_runs_whose_worker_died(tiny_demo, tmp_path):
