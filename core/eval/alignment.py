@@ -338,10 +338,14 @@ def save_view(result: ViewResult, folder: str | Path) -> Path:
 
 
 def held_out_images(real: str, classes: Sequence[int], per_class: int, image_size: int) -> tuple[Tensor, np.ndarray]:
-    """Held-out real images of the classes: "shapes" means the demo's val split (never trained on)."""
+    """Held-out real images of the classes, grouped by class in the order given (image j of class c is row
+    c * per_class + j): "shapes" means the demo's val split (never trained on)."""
     from core.eval.jobs import real_images
 
-    return real_images("shapes:val" if real == "shapes" else real, classes, per_class, image_size)
+    images, labels = real_images("shapes:val" if real == "shapes" else real, classes, per_class, image_size)
+    rank = {c: i for i, c in enumerate(classes)}
+    order = np.argsort([rank[int(y)] for y in labels], kind="stable")
+    return images[torch.from_numpy(order)], labels[order]
 
 
 def run_view(view: str, policies: dict, tokenizer, *, conds: list, labels: list[str], seeds: list[int],
