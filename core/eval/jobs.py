@@ -874,6 +874,13 @@ def embedding_shift(cfg: EmbeddingConfig, out_dir: str | Path, *, runs_dir: Opti
     real = FeatureSet(real_f, real_y)
     shift = analyze_embedding_shift(real, feats["base"], feats["aligned"], methods=cfg.projections, seed=cfg.seed,
                                     k=cfg.k, max_points_per_set=cfg.max_points_per_set)
+    per_class_verdicts = {}
+    for c in classes:
+        rc = real_f[real_y == c]
+        bs = [f[y == c] for f, y in zip(per_seed["base"], labels["base"])]
+        As = [f[y == c] for f, y in zip(per_seed["aligned"], labels["aligned"])]
+        if len(rc) > cfg.k and all(len(x) > cfg.k for x in bs + As):
+            per_class_verdicts[str(c)] = V.compare_features(rc, bs, As, k=cfg.k, n_boot=100, metrics=("fd",))["fd"].to_dict()
     # overall numbers: mean over seeds, as Evaluate's (the pooled set's FD is lower by its smaller bias)
     for name in ("base", "aligned"):
         d = shift.overall[name]
@@ -888,6 +895,7 @@ def embedding_shift(cfg: EmbeddingConfig, out_dir: str | Path, *, runs_dir: Opti
         "base": asdict(base), "aligned": asdict(aligned), "config": cfg.to_dict(), "class_names": class_names,
         "seeds": seeds, "overall": {m: _distance_dict(d) for m, d in shift.overall.items()},
         "verdicts": {("fid" if m == "fd" else m): v.to_dict() for m, v in verdicts.items()},
+        "per_class_verdicts": per_class_verdicts,
         "per_class": {lab: {m: _distance_dict(d) for m, d in row.items()} for lab, row in shift.per_label.items()},
         "skipped_classes": shift.skipped_labels, "counts": shift.counts,
         "embeddings_json": str(out_dir / EMBEDDINGS_FILE), "figures": {k: str(v) for k, v in figures.items()},
