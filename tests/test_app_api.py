@@ -450,3 +450,45 @@ def test_the_form_covers_every_config_field_and_its_cli_is_equivalent():
     assert plan.cfg.reward_weights == {"mse": 1.0, "l1": 0.5} and plan.cfg.preview_classes == [1, 7]
     # device: the demo preset leaves it "auto" (a GPU when there is one); choosing cpu is an override
     assert plan.overrides.keys() == {"beta", "preview_seeds", "preview_classes", "xi", "method", "reward_weights", "device"}
+
+
+def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panels(served, tmp_path):
+    import csv
+
+    from core.eval.jobs import EVAL_ENTRY
+    from core.vapi.trainer import ENTRY
+
+    store, client = served.store, served.ui.client
+    runs = []
+    for k, name in enumerate(("lr 1e-5", "a run with a rather long descriptive name, beta 1")):
+        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i", "num_iterations": 1}, "cpu", 3)
+        for step in (1, 2, 3):
+            store.append_metrics(run.id, step, {"reward_mean": -0.1 * (k + 1) / step, "reward_std": 0.01,
+                                                "loss_pg": 5e-8 * step, "dist_mse": 0.01 * (k + 1)})
+        runs.append(run.id)
+    plot = json.loads(client.predict(runs, "step", False, 0.0, api_name="/overlay_runs")["plot"])
+    reward = [t for t in plot["data"] if t["legendgroup"] and t["yaxis"] == "y"]
+    assert len(reward) == 2 and {t["legendgroup"].split(" · ")[0] for t in reward} == set(runs)
+    assert reward[0]["line"]["color"] != reward[1]["line"]["color"] and all(t["showlegend"] for t in reward)
+    assert reward[0]["x"] == [1, 2, 3] and reward[0]["y"] == pytest.approx([-0.1, -0.05, -0.1 / 3])
+    assert plot["layout"]["yaxis"]["exponentformat"] == "e"  # 5e-08, not "50n"
+    timed = json.loads(client.predict(runs, "wall time", True, 0.0, api_name="/overlay_runs")["plot"])
+    assert timed["layout"]["yaxis"]["type"] == "log" and "wall time" in timed["layout"]["xaxis5"]["title"]["text"]
+    assert all(x >= 0 for t in timed["data"] for x in t["x"])
+
+    path = client.predict(runs, api_name="/export_runs_csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["step"]) for r in rows] == [(r, str(s)) for r in runs for s in (1, 2, 3)]
+    assert float(rows[3]["dist_mse"]) == pytest.approx(0.02) and float(rows[0]["wall_s"]) == 0.0
+
+    # the training curves say why clip fraction is flat; an evaluation job shows its own view, not empty panels
+    view = served.ui.refresh(runs[0])
+    curves = json.loads(view["training curves"]["plot"])
+    assert any("0 by construction" in a["text"] for a in curves["layout"]["annotations"])
+    job = store.create_run("eval base", {"entry": EVAL_ENTRY, "model": "demo-c2i"}, "cpu", 100)
+    view = served.ui.refresh(job.id)
+    assert view["job results"]["visible"] is True and "eval job" in view["job results"]["value"]
+    assert "no training curves" in view["job results"]["value"]
+    view = served.ui.refresh(runs[1])
+    assert view["job results"]["visible"] is False
