@@ -585,6 +585,10 @@ def infos(app) -> dict[str, str]:
 
 
 def default_source(store) -> str:
+    """The newest finished training run's last checkpoint (else any run's newest checkpoint, else the demo)."""
+    for run in store.list_runs([FINISHED]):
+        if views.run_kind(store, run.id) == views.TRAIN_KIND and store.last_checkpoint(run.id) is not None:
+            return comparison.latest_checkpoint_value(store, run.id)
     return comparison.latest_checkpoint_value(store) or comparison.preset_value("demo-c2i")
 
 
@@ -735,10 +739,16 @@ def build(ctx: BuildContext) -> None:
                            outputs=[comps["classes"], comps["prompts"], comps["extractor"], comps["reference_kind"]],
                            api_visibility="private", show_progress="hidden")
 
-    def refresh_sources(value):
+    offered = gr.State(source0)  # the default the page last put in `source`
+
+    def refresh_sources(value, offered_value):
+        """New checkpoints into the list; a source the user has not changed follows the newest finished run."""
         fresh = comparison.source_choices(app.store)
         known = {v for _, v in fresh}
-        return gr.update(choices=fresh, value=value if value in known else default_source(app.store))
+        default = default_source(app.store)
+        keep = value in known and value != offered_value
+        return gr.update(choices=fresh, value=value if keep else default), default
 
-    ctx.get(f"{TAB_ID}.tab").select(refresh_sources, inputs=comps["source"], outputs=comps["source"],
-                                    api_visibility="private", show_progress="hidden")
+    ctx.get(f"{TAB_ID}.tab").select(refresh_sources, inputs=[comps["source"], offered],
+                                    outputs=[comps["source"], offered], api_visibility="private",
+                                    show_progress="hidden")
