@@ -57,6 +57,7 @@ class Comparison:
     view: Any = None  # core.eval.alignment.ViewResult
     per_class: list = field(default_factory=list)  # core.eval.alignment.class_numbers rows
     folder: Optional[Path] = None
+    notes: list = field(default_factory=list)  # what could not be shown, and why
 
 
 def preset_value(name: str) -> str:
@@ -285,14 +286,20 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
                                     device=dev, sampling=sampling, prefix_rows=prefix_k, real=real,
                                     image_size=b.image_size, judge=judge, judge_note=why,
                                     encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev))
-        per_class_rows = []
+        per_class_rows, notes = [], []
         if per_class:
+            from core.errors import CheckpointError
             from core.eval.jobs import build_metric_extractor
 
-            extractor = build_metric_extractor("demo" if b.embedded else "inception", None, dev)
-            per_class_rows = alignment.class_numbers(policies, tok, conds, names, per_class=per_class,
-                                                     seeds=CLASS_SEEDS, real=real, extractor=extractor,
-                                                     image_size=b.image_size, sampling=sampling)
+            try:
+                extractor = build_metric_extractor("demo" if b.embedded else "inception", None, dev)
+            except (MissingWeightsError, CheckpointError) as e:
+                extractor = None
+                notes.append(f"no per-class numbers: {str(e).splitlines()[0]}")
+            if extractor is not None:
+                per_class_rows = alignment.class_numbers(policies, tok, conds, names, per_class=per_class,
+                                                         seeds=CLASS_SEEDS, real=real, extractor=extractor,
+                                                         image_size=b.image_size, sampling=sampling)
     folder = ctx.new_scratch("compare-")
     scores = alignment.save_view(result, folder)
     manifest = {"base": base.value, "aligned": aligned.value, "view": view, "conditions": labels, "seeds": seed_list,
@@ -308,4 +315,4 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
             for panel in row.panels:
                 zf.write(folder / f"{i:03d}_{panel}.png", f"{panel}/{i:03d}_{_slug(row.condition)}_seed{row.seed}.png")
         zf.writestr("manifest.json", json.dumps(manifest, indent=2))
-    return Comparison(pairs, zip_path, base, aligned, result, per_class_rows, folder)
+    return Comparison(pairs, zip_path, base, aligned, result, per_class_rows, folder, notes)

@@ -29,10 +29,9 @@ from app import create_app, form, safety
 from app.tabs.launch import api_name_of
 from core.errors import ConfigError
 from core.runs.launcher import free_port
-from core.runs.recorder import RunRecorder
 from core.runs.store import STOPPED
 from core.vapi.config import parse_overrides, resolve
-from tests.helpers import served_app
+from tests.helpers import served_app, train_demo_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {"__type__": "update"}  # an output the handler left unchanged, as gradio_client returns it
@@ -278,16 +277,7 @@ def test_download_of_missing_weights_fails_fast_offline(served, monkeypatch):
 
 def make_checkpoint(store, steps: int = 2) -> tuple[str, int]:
     """A real demo run of `steps` steps, trained in this process (test setup, not through the app)."""
-    from core.vapi.trainer import ENTRY, Trainer
-
-    cfg = resolve("demo-c2i", dict(max_steps=steps, per_device_train_batch_size=2, global_batch_size=2,
-                                   num_generations=2, data_subset=20, save_steps=steps, preview_steps=steps,
-                                   learning_rate=3e-2, kl_probe_size=0, preview_seeds=[0]))
-    run = store.create_run("trained", {**cfg.to_dict(), "entry": ENTRY}, "cpu", steps)
-    store.set_status(run.id, "running")
-    Trainer(cfg, run.run_dir, RunRecorder(run.run_dir, is_main=True), log=lambda m: None).train()
-    store.set_status(run.id, "finished")
-    return run.id, steps
+    return train_demo_run(store, steps)
 
 
 def gallery_images(gallery) -> list[tuple[str, np.ndarray]]:

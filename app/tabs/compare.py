@@ -115,6 +115,8 @@ def status_text(result) -> str:
         lines.append(f"Judge ({view.judge}): base {b:.3f}, aligned {a:.3f} on average.")
     elif view.judge:
         lines.append(f"Judge: {view.judge}.")
+    for note in result.notes:
+        lines.append(f"⚠ {note}")
     if view.view == "free":
         lines.append("Free-running pairs are samples of two distributions: judge them by the per-class numbers, "
                      "or use the teacher-forced / shared-prefix views for one image.")
