@@ -118,15 +118,10 @@ def figure(series: dict[str, list], smoothing: float = 0.0, title: str = "",
         r, c = index // 2 + 1, index % 2 + 1
         names = [n for p in patterns for n in _names(series, p)]
         note = notes.get(PANELS[index][0])
-        if note:
-            fig.add_annotation(text="<br>".join(_wrap(note, 48)), showarrow=False, font=dict(color="#4a4a4a", size=12),
-                               xref="x domain" if index == 0 else f"x{index + 1} domain",
-                               yref="y domain" if index == 0 else f"y{index + 1} domain", x=0.5, y=0.5)
-            continue
-        if not names:
-            fig.add_annotation(text="no data yet", showarrow=False, font=dict(color="#595959"),
-                               xref="x domain" if index == 0 else f"x{index + 1} domain",
-                               yref="y domain" if index == 0 else f"y{index + 1} domain", x=0.5, y=0.5)
+        if note or not names:
+            text = "<br>".join(_wrap(note, 48)) if note else "no data yet"
+            fig.add_annotation(text=text, showarrow=False, font=dict(color="#4a4a4a", size=12),
+                               **_panel_centre(fig, index))
             continue
         for k, name in enumerate(names):
             x, y = _xy(series, name)
@@ -161,6 +156,15 @@ def figure(series: dict[str, list], smoothing: float = 0.0, title: str = "",
     fig.update_xaxes(title_text="step", row=rows, col=2)
     readable_axes(fig)
     return fig
+
+
+def _panel_centre(fig: go.Figure, index: int) -> dict:
+    """Paper coordinates of subplot `index`'s centre ("x5 domain" references are not drawn where they
+    belong by the plotly.js Gradio ships: every such note landed on the first panel)."""
+    n = "" if index == 0 else str(index + 1)
+    xd, yd = fig.layout[f"xaxis{n}"].domain, fig.layout[f"yaxis{n}"].domain
+    return dict(xref="paper", yref="paper", x=(xd[0] + xd[1]) / 2, y=(yd[0] + yd[1]) / 2, xanchor="center",
+                yanchor="middle")
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -292,8 +292,8 @@ def test_compare_pairs_use_the_same_seeds(served):
     store, client = served.store, served.ui.client
     run_id, step = make_checkpoint(store)
     aligned = f"run:{run_id}:{step}"
-    status, gallery, zip_path, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1", 1.0, 1.0, 0, 1.0,
-                                                  "cpu", "free", 2, 0, api_name="/compare")
+    status, gallery, zip_path, _, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1", 1.0, 1.0, 0, 1.0,
+                                                     "cpu", "free", 2, 0, api_name="/compare")
     assert status.startswith("✓ **free-running: samples of two distributions") and "4 rows" in status, status
     items = gallery_images(gallery)
     assert [c.split(" · ")[0] for c, _ in items] == ["base", "aligned", "|base − aligned|"] * 4
@@ -317,8 +317,8 @@ def test_compare_pairs_use_the_same_seeds(served):
 
     # the same weights on both sides: identical pairs, in every view, and a black difference map
     for view in ("free", "teacher-forced", "prefix"):
-        status, gallery, zip_path, _ = client.predict(aligned, aligned, [1, 2], "", "5, 6", 1.0, 1.0, 0, 1.0, "cpu",
-                                                      view, 3, 0, api_name="/compare")
+        status, gallery, zip_path, _, _ = client.predict(aligned, aligned, [1, 2], "", "5, 6", 1.0, 1.0, 0, 1.0, "cpu",
+                                                         view, 3, 0, api_name="/compare")
         assert "4 identical" in status and "differ: 0.0 of 64" in status, (view, status)
         images = gallery_images(gallery)
         width = 4 if view == "teacher-forced" else 3
@@ -327,8 +327,10 @@ def test_compare_pairs_use_the_same_seeds(served):
             assert np.array_equal(row[-3][1], row[-2][1]) and row[-1][1].max() == 0, (view, row[-1][0])
 
     # teacher-forced rows: the held-out image, then base and aligned with their reward terms
-    status, gallery, zip_path, _ = client.predict("preset:demo-c2i", aligned, [0], "", "0, 1", 1.0, 1.0, 0, 1.0, "cpu",
-                                                  "teacher-forced", 2, 0, api_name="/compare")
+    status, gallery, zip_path, _, rows_out = client.predict("preset:demo-c2i", aligned, [0], "", "0, 1", 1.0, 1.0, 0,
+                                                            1.0, "cpu", "teacher-forced", 2, 0, api_name="/compare")
+    assert rows_out["headers"] == ["row", "tokens that differ", "first difference", "base mse", "aligned mse"]
+    assert [r[0] for r in rows_out["data"]] == ["circle · seed 0", "circle · seed 1"]
     items = gallery_images(gallery)
     assert [c.split(" · ")[0] for c, _ in items] == ["ground truth", "base", "aligned", "|base − aligned|"] * 2
     assert all(" mse " in c for c, _ in items[1::4] + items[2::4]), [c for c, _ in items]
@@ -344,8 +346,8 @@ def test_compare_pairs_use_the_same_seeds(served):
     assert all(r["scores"]["base"]["reward"] == -r["scores"]["base"]["mse"] for r in rows)
 
     # shared prefix: both sides keep the base's first k rows (k x 8 tokens on the tiny demo's 8 x 8 grid)
-    _, _, zip_path, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1, 2", 1.0, 1.0, 0, 1.0, "cpu",
-                                       "prefix", 2, 0, api_name="/compare")
+    _, _, zip_path, _, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1, 2", 1.0, 1.0, 0, 1.0, "cpu",
+                                          "prefix", 2, 0, api_name="/compare")
     with zipfile.ZipFile(zip_path) as zf:
         rows = json.loads(zf.read("manifest.json"))["rows"]
     assert all(r["scores"]["first_difference"] is None or r["scores"]["first_difference"] >= 16 for r in rows), rows

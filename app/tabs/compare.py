@@ -123,6 +123,28 @@ def status_text(result) -> str:
     return "  \n".join(lines)
 
 
+def row_table(view) -> dict:
+    """The rows' numbers as a table: {"headers": [...], "data": [[...], ...]}."""
+    terms = list(view.reward_terms)
+    judged = bool(view.rows) and "judge" in view.rows[0].scores.get("base", {})
+    headers = ["row", "tokens that differ", "first difference"]
+    headers += [f"{who} {t}" for t in terms for who in ("base", "aligned")]
+    if judged:
+        headers += ["judge: ground truth"] * (view.view == "teacher-forced") + ["judge: base", "judge: aligned"]
+    data = []
+    for row in view.rows:
+        s = row.scores
+        cells = [row.caption, f"{s['changed_tokens']}/{s['tokens']}",
+                 "—" if s["first_difference"] is None else s["first_difference"]]
+        cells += [f"{s[who][t]:.4f}" for t in terms for who in ("base", "aligned")]
+        if judged:
+            if view.view == "teacher-forced":
+                cells.append(f"{s['truth']['judge']:.3f}")
+            cells += [f"{s['base']['judge']:.3f}", f"{s['aligned']['judge']:.3f}"]
+        data.append(cells)
+    return {"headers": headers, "data": data}
+
+
 def class_rows(rows: list[dict]) -> list[list[str]]:
     """core.eval.alignment.class_numbers rows as the per-class table."""
     out = []
@@ -194,8 +216,11 @@ def build(ctx: BuildContext) -> None:
     gallery = gr.Gallery(label="rows: [ground truth |] base | aligned | difference",
                          columns=panels_per_row("teacher-forced") * ROWS_PER_LINE,
                          height="auto", object_fit="contain", elem_id="compare-gallery", format="png", preview=False)
+    rows_table = gr.Dataframe(value=None, interactive=False, wrap=True, max_height=320, elem_id="compare-rows",
+                              label="per row: tokens that differ, reward terms (teacher-forced; lower is better), judge")
     class_table = gr.Dataframe(headers=CLASS_HEADERS, value=[], interactive=False, wrap=True, visible=False,
                                label="per class: a larger free-running sample (mean ± std over 3 seeds)",
+                               column_widths=["10%", "10%", "10%", "15%", "9%", "10%", "10%", "16%", "10%"],
                                elem_id="compare-classes-table")
     zip_file = gr.File(label="download the PNGs and their scores (zip)", interactive=False, elem_id="compare-zip")
     pairs_state = gr.State([])
@@ -222,16 +247,17 @@ def build(ctx: BuildContext) -> None:
                                         class_samples=class_samples)
         except ConfigError as e:
             message = str(e)[len(e.field) + 2:]
-            return f"✗ `{e.field}`: {message}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"✗ `{e.field}`: {message}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except UserError as e:
-            return f"✗ {e}", gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"✗ {e}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (status_text(result), gallery_items(result),
                 [[p.caption, str(p.base), str(p.aligned)] for p in result.pairs], str(result.zip_path),
-                gr.update(value=class_rows(result.per_class), visible=bool(result.per_class)))
+                gr.update(value=class_rows(result.per_class), visible=bool(result.per_class)),
+                row_table(result.view))
 
     generate_btn.click(compare, inputs=[base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p,
                                         device, view, prefix_rows, class_samples],
-                       outputs=[status, gallery, pairs_state, zip_file, class_table], api_name="compare",
+                       outputs=[status, gallery, pairs_state, zip_file, class_table, rows_table], api_name="compare",
                        concurrency_limit=2)
     view.change(lambda v: gr.update(columns=panels_per_row(v) * ROWS_PER_LINE), inputs=view, outputs=gallery,
                 api_visibility="private", show_progress="hidden")
