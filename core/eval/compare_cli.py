@@ -37,6 +37,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
+def summary_line(result) -> str:
+    """Identical pairs, where pairs first differ and how many tokens differ, over all rows."""
+    rows = [r.scores for r in result.rows]
+    firsts = [s["first_difference"] for s in rows if s["first_difference"] is not None]
+    line = (f"identical pairs: {sum(s['identical'] for s in rows)} of {len(rows)}; tokens that differ: "
+            f"{sum(s['changed_tokens'] for s in rows) / max(len(rows), 1):.1f} of {rows[0]['tokens'] if rows else 0}"
+            + (f"; first difference at token {sum(firsts) / len(firsts):.1f} on average" if firsts else ""))
+    for term in result.reward_terms:
+        b = sum(s["base"][term] for s in rows) / len(rows)
+        a = sum(s["aligned"][term] for s in rows) / len(rows)
+        line += f"; mean {term} base {b:.4f}, aligned {a:.4f}"
+    return line
+
+
 def _run_model(ref) -> str | None:
     if ref.run_id is None:
         return None
@@ -95,6 +109,7 @@ def cmd_compare(args) -> int:
             print(f"  {row['class']:<12} FD {fd['base']['mean']:.3f} -> {fd['aligned']['mean']:.3f} "
                   f"[{fd['low']:+.3f}, {fd['high']:+.3f}] {fd['verdict']}")
     print(f"{result.title}\nwrote {len(result.rows)} rows to {out} (scores: {path})")
+    print(summary_line(result))
     for row in result.rows:
         s = row.scores
         line = f"  {row.caption:<24} {s['changed_tokens']:>3}/{s['tokens']} tokens differ"
