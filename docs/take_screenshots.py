@@ -71,6 +71,7 @@ def main() -> int:
             page.screenshot(path=str(args.out / "compare_prefix.png"), full_page=True)
 
             page.get_by_role("tab", name="Runs").click()
+            page.get_by_role("button", name=re.compile("Overlay runs")).click()  # a closed section: the page stays short
             pick = page.locator("#runs-overlay-runs input")
             for run_id in (other, newest):
                 pick.click()

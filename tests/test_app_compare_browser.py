@@ -100,6 +100,7 @@ def test_compare_views_and_runs_overlay_in_chromium(served, tmp_path):
             screenshot(page, shots, "compare-prefix")
 
             page.get_by_role("tab", name="Runs").click()
+            page.get_by_role("button", name=re.compile("Overlay runs")).click()  # a closed section: the page stays short
             pick = page.locator("#runs-overlay-runs input")
             for run_id in (first, aligned):
                 pick.click()

@@ -203,7 +203,8 @@ def build(ctx: BuildContext) -> None:
     smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing (EMA)",
                           info="0 = raw values; the raw curve stays faint behind the smoothed one")
     job_md = gr.Markdown("", visible=False, label="job results", elem_id="runs-job")
-    with gr.Accordion("Overlay runs: curves of several runs on shared panels, CSV export", open=True):
+    with gr.Accordion("Overlay runs: curves of several runs on shared panels, CSV export", open=False,
+                      elem_id="runs-overlay-section"):
         with gr.Row(equal_height=False):
             overlay_runs = gr.Dropdown(choices=training_choices(app.store), value=[], multiselect=True,
                                        label="runs to overlay", filterable=True, scale=4, elem_id="runs-overlay-runs",
