@@ -213,8 +213,13 @@ def overlay_figure(runs: dict[str, dict[str, list]], x_axis: str = "step", log_y
     if not runs:
         fig.add_annotation(text="pick runs to overlay", showarrow=False, font=dict(color="#595959"),
                            xref="paper", yref="paper", x=0.5, y=0.5)
-    fig.update_layout(height=250 * rows + 60, margin=dict(l=50, r=20, t=70, b=30), template="plotly_white",
-                      legend=dict(orientation="h", y=1.06, x=1, xanchor="right"), hovermode="closest")
+    for index, (_, patterns) in enumerate(OVERLAY_PANELS):
+        if runs and not any(_names(series, p) for series in runs.values() for p in patterns):
+            fig.add_annotation(text="not logged by these runs", showarrow=False, font=dict(color="#4a4a4a", size=12),
+                               **_panel_centre(fig, index))
+    fig.update_layout(height=250 * rows + 40 + 22 * len(runs), margin=dict(l=50, r=20, t=50 + 22 * len(runs), b=30),
+                      template="plotly_white", hovermode="closest",
+                      legend=dict(orientation="v", yanchor="bottom", y=1.04, x=0, xanchor="left"))
     fig.update_annotations(font_size=12)
     title = "step" if x_axis == "step" else "wall time (minutes since the run's first metric)"
     fig.update_xaxes(title_text=title, row=rows, col=1)
