@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import torch
-
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import RunNotFoundError, RunStore
 
