@@ -1090,7 +1090,7 @@ def pair_verdicts(base: dict, checkpoint: dict) -> dict[str, dict]:
 
 def summary_table(rows: Sequence[dict]) -> str:
     """Rows of `evaluation_summary` as text: one block per model and setting, each checkpoint's
-    numbers with the base model's in brackets."""
+    numbers with the base model's in brackets, then per metric the change, its interval and verdict."""
     if not rows:
         return "no finished evaluations"
     lines = []
@@ -1112,4 +1112,9 @@ def summary_table(rows: Sequence[dict]) -> str:
             cells.append(f"{text:>20}")
         title = row["checkpoint"] + (f" [{row['label']}]" if row["label"] else "")
         lines.append(f"  {title[:40]:<40} " + " ".join(cells))
+        for m, v in (row.get("verdicts") or {}).items():
+            b, c = v["base"], v["aligned"]
+            interval = "no interval (one seed)" if v["method"] == "none" else f"[{v['low']:+.4g}, {v['high']:+.4g}]"
+            lines.append(f"    {m}: {b['mean']:.4g} ± {b['std']:.2g} -> {c['mean']:.4g} ± {c['std']:.2g} over "
+                         f"{v['seeds']} seeds, change {v['delta']:+.4g}, 95% {interval} ({v['method']}): {v['verdict']}")
     return "\n".join(lines).lstrip("\n")
