@@ -9,7 +9,8 @@ Three views of base vs aligned for the same conditions and seeds:
   x* = Q(E(I)) (fp32, no autocast); each model gives its teacher-forced logits on x*; one token per
   position is drawn from softmax(logits / tau) by inverse CDF from ONE uniform tensor shared by both
   models (per row, from the row's seed), decoded and scored with the reward's terms (MSE; LPIPS
-  where its VGG weights exist). The draw is the rollout the reward scores (`objective.sample_groups`
+  where its VGG weights exist). The context is the clean x* (ξ = 0, the C2I setting; a run trained
+  with ξ > 0 saw noisy contexts) and the condition is never dropped (training drops 10%). The draw is the rollout the reward scores (`objective.sample_groups`
   draws the same distribution; here the random numbers are common to both models, so a token
   differs only where the two distributions differ enough to move the inverse CDF).
 - "prefix": both models continue the same prefix, the first k token rows of the base's free-running
