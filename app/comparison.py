@@ -271,7 +271,8 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
         raise ConfigError("view", f"the teacher-forced view needs held-out images of the classes; {b.name} has no "
                                   "embedded domain: start the app with --data-root and give an ImageNet-layout folder")
     if per_class and not real:
-        raise ConfigError("class_samples", "per-class numbers need held-out real images of the classes (demo only here)")
+        raise ConfigError("class_samples", "per-class numbers need held-out real images of the classes "
+                                           "(demo only here)")
     policies = {"base": base_policy, "aligned": aligned_policy}
     from core.data.classes import class_names_for
 

@@ -217,7 +217,8 @@ def build(ctx: BuildContext) -> None:
                          columns=panels_per_row("teacher-forced") * ROWS_PER_LINE,
                          height="auto", object_fit="contain", elem_id="compare-gallery", format="png", preview=False)
     rows_table = gr.Dataframe(value=None, interactive=False, wrap=True, max_height=320, elem_id="compare-rows",
-                              label="per row: tokens that differ, reward terms (teacher-forced; lower is better), judge")
+                              label="per row: tokens that differ, reward terms (teacher-forced; lower is "
+                                    "better), judge")
     class_table = gr.Dataframe(headers=CLASS_HEADERS, value=[], interactive=False, wrap=True, visible=False,
                                label="per class: a larger free-running sample (mean ± std over 3 seeds)",
                                column_widths=["10%", "10%", "10%", "15%", "9%", "10%", "10%", "16%", "10%"],

@@ -10,9 +10,10 @@ Three views of base vs aligned for the same conditions and seeds:
   position is drawn from softmax(logits / tau) by inverse CDF from ONE uniform tensor shared by both
   models (per row, from the row's seed), decoded and scored with the reward's terms (MSE; LPIPS
   where its VGG weights exist). The context is the clean x* (ξ = 0, the C2I setting; a run trained
-  with ξ > 0 saw noisy contexts) and the condition is never dropped (training drops 10%). The draw is the rollout the reward scores (`objective.sample_groups`
-  draws the same distribution; here the random numbers are common to both models, so a token
-  differs only where the two distributions differ enough to move the inverse CDF).
+  with ξ > 0 saw noisy contexts) and the condition is never dropped (training drops 10%). The draw
+  is the rollout the reward scores (`objective.sample_groups` draws the same distribution; here the
+  random numbers are common to both models, so a token differs only where the two distributions
+  differ enough to move the inverse CDF).
 - "prefix": both models continue the same prefix, the first k token rows of the base's free-running
   sample, with the same uniforms for the rest; a pair differs only in what each model does after
   the prefix (the base's continuation is its own sample again).
