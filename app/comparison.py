@@ -1,4 +1,8 @@
-"""Base vs aligned samples with the same seeds: what the Compare tab computes, without Gradio.
+"""Base vs aligned with the same seeds: what the Compare tab computes, without Gradio.
+
+The views themselves (free-running, teacher-forced, shared prefix; difference maps, judge scores,
+per-class numbers) are `core.eval.alignment`'s; this module resolves the sources, loads the models
+through the app's cache and writes the files the page shows.
 
 A side is a *source*: a generator preset with its published (or embedded) weights, written
 "preset:<name>", or a run checkpoint, "run:<run id>:<step>". Both sides sample the same (condition,
@@ -13,18 +17,16 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
-
-import numpy as np
-import torch
+from typing import Any, Optional, Sequence
 
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import RunNotFoundError, RunStore
 
 MAX_IMAGES = 64  # pairs per request: sampling runs inside the request
-MIN_SIDE_PX = 128  # small demo images are enlarged (nearest neighbour) to at least this size
+MAX_CLASS_SAMPLES = 500  # per class and seed for the per-class numbers (sampled inside the request)
+CLASS_SEEDS = (0, 1, 2)  # seeds of the per-class numbers: a verdict carries its spread
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class Comparison:
     zip_path: Path
     base: Source
     aligned: Source
+    view: Any = None  # core.eval.alignment.ViewResult
+    per_class: list = field(default_factory=list)  # core.eval.alignment.class_numbers rows
+    folder: Optional[Path] = None
+    notes: list = field(default_factory=list)  # what could not be shown, and why
 
 
 def preset_value(name: str) -> str:
@@ -202,42 +208,29 @@ def _encode_prompts(ctx, policy, prompts: list[str], device: str):
     return encode(prompts)
 
 
-def _sample(ctx, source: Source, device: str, conds: list, task: str | None, seeds: list[int], sampling: dict) -> torch.Tensor:
-    from core.models.generate import generate_images
-    from core.runs.threads import cpu_share
-
-    policy, tok = load_source(ctx, source, device)
-    if task is None:
-        cond = torch.tensor([c for c in conds for _ in seeds], device=device)
-        mask = None
-    else:
-        cond, mask = _encode_prompts(ctx, policy, [p for p in conds for _ in seeds], device)
-        cond, mask = cond.to(device), (mask.to(device) if mask is not None else None)
-    all_seeds = [s for _ in conds for s in seeds]
-    with ctx.device_locks(device), cpu_share(ctx.store, device):  # beside a CPU run: half the cores, leased
-        return generate_images(policy, tok, cond, seeds=all_seeds, cond_mask=mask, **sampling)
-
-
-def _to_images(images: torch.Tensor) -> np.ndarray:
-    from core.imaging import to_uint8
-
-    arr = to_uint8(images)
-    scale = max(1, -(-MIN_SIDE_PX // arr.shape[1]))
-    if scale > 1:
-        arr = arr.repeat(scale, axis=1).repeat(scale, axis=2)
-    return arr
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "x"
 
 
+def _int(value, field: str, minimum: int, maximum: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(field, f"expected a number, got {value!r}") from None
+    if not number.is_integer() or not minimum <= number <= maximum:
+        raise ConfigError(field, f"expected a whole number from {minimum} to {maximum}, got {value!r}")
+    return int(number)
+
+
 def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=None, seeds="0, 1, 2, 3",
             cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-            device: str = "cpu") -> Comparison:
-    """Sample base and aligned for every (condition, seed); write the PNG pairs and a zip of them."""
+            device: str = "cpu", view: str = "free", prefix_rows=2, class_samples=0,
+            real: Optional[str] = None) -> Comparison:
+    """One view (`core.eval.alignment`) of base vs aligned for every (condition, seed); the PNGs, their
+    scores.json and a zip of both; with class_samples > 0 the per-class numbers of that many samples
+    per class and seed (3 seeds) too."""
     from core import device as devmod
-    from core.imaging import save_png
+    from core.eval import alignment
     from core.models import registry
     from core.models.generate import check_sampling_args
 
@@ -246,6 +239,8 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
     b, a = registry.get_generator(base.preset), registry.get_generator(aligned.preset)
     if b.task != a.task:
         raise ConfigError("aligned", f"{aligned.label} is {a.task}, {base.label} is {b.task}: compare models of one kind")
+    if view not in alignment.VIEWS:
+        raise ConfigError("view", f"choose one of {', '.join(alignment.VIEWS)}")
     seed_list = parse_seeds(seeds)
     try:
         top_k_int = int(top_k)
@@ -253,10 +248,14 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
         raise ConfigError("top_k", f"expected a whole number, got {top_k!r}") from None
     sampling = dict(cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=top_k_int, top_p=float(top_p))
     check_sampling_args(**sampling)
+    prefix_k = _int(prefix_rows, "prefix_rows", 0, 64)
+    per_class = _int(class_samples or 0, "class_samples", 0, MAX_CLASS_SAMPLES)
+    if 0 < per_class <= 3:
+        raise ConfigError("class_samples", "0 (off) or more than 3 (FD needs a covariance)")
     dev = str(devmod.resolve(device or "cpu"))
     if dev == "cuda":
         dev = "cuda:0"
-    base_policy, _ = _checked_load(ctx, base, dev, "base")
+    base_policy, tok = _checked_load(ctx, base, dev, "base")
     aligned_policy, _ = _checked_load(ctx, aligned, dev, "aligned")
     conds, labels, task = _conditions(base, base_policy, classes, prompts)
     if task is None and aligned_policy.config.num_classes != base_policy.config.num_classes:
@@ -265,26 +264,56 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
     if len(conds) * len(seed_list) > MAX_IMAGES:
         raise ConfigError("seeds", f"{len(conds)} conditions x {len(seed_list)} seeds = {len(conds) * len(seed_list)} "
                                    f"pairs; at most {MAX_IMAGES} per request")
-    base_imgs = _to_images(_sample(ctx, base, dev, conds, task, seed_list, sampling))
-    aligned_imgs = _to_images(_sample(ctx, aligned, dev, conds, task, seed_list, sampling))
+    if per_class and task is not None:
+        raise ConfigError("class_samples", "per-class numbers are for class-conditional models; set 0 for prompts")
+    real = real or ("shapes" if b.embedded else None)
+    if view == "teacher-forced" and task is None and not real:
+        raise ConfigError("view", f"the teacher-forced view needs held-out images of the classes; {b.name} has no "
+                                  "embedded domain: start the app with --data-root and give an ImageNet-layout folder")
+    if per_class and not real:
+        raise ConfigError("class_samples", "per-class numbers need held-out real images of the classes "
+                                           "(demo only here)")
+    policies = {"base": base_policy, "aligned": aligned_policy}
+    from core.data.classes import class_names_for
+
+    names = class_names_for(base_policy.config.num_classes) if task is None else []
+    judge, why = alignment.find_judge(base.preset, names, dev) if task is None or not b.embedded else (None, "no judge")
+    if judge is None and task is not None:
+        why = "no judge for prompts without CLIP weights (the CLIP score needs them on disk)"
+    from core.runs.threads import cpu_share
+
+    with ctx.device_locks(dev), cpu_share(ctx.store, dev):  # beside a CPU run: half the cores, leased
+        result = alignment.run_view(view, policies, tok, conds=conds, labels=labels, seeds=seed_list, task=task,
+                                    device=dev, sampling=sampling, prefix_rows=prefix_k, real=real,
+                                    image_size=b.image_size, judge=judge, judge_note=why,
+                                    encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev))
+        per_class_rows, notes = [], []
+        if per_class:
+            from core.errors import CheckpointError
+            from core.eval.jobs import build_metric_extractor
+
+            try:
+                extractor = build_metric_extractor("demo" if b.embedded else "inception", None, dev)
+            except (MissingWeightsError, CheckpointError) as e:
+                extractor = None
+                notes.append(f"no per-class numbers: {str(e).splitlines()[0]}")
+            if extractor is not None:
+                per_class_rows = alignment.class_numbers(policies, tok, conds, names, per_class=per_class,
+                                                         seeds=CLASS_SEEDS, real=real, extractor=extractor,
+                                                         image_size=b.image_size, sampling=sampling)
     folder = ctx.new_scratch("compare-")
+    scores = alignment.save_view(result, folder)
+    manifest = {"base": base.value, "aligned": aligned.value, "view": view, "conditions": labels, "seeds": seed_list,
+                "sampling": sampling, "device": dev, **json.loads(scores.read_text()), "per_class": per_class_rows}
+    scores.write_text(json.dumps(manifest, indent=2))
     pairs = []
-    i = 0
-    for label in labels:
-        for seed in seed_list:
-            stem = f"{i:03d}_{_slug(label)}_seed{seed}"
-            bp = save_png(base_imgs[i], folder / f"{stem}_base.png")
-            ap = save_png(aligned_imgs[i], folder / f"{stem}_aligned.png")
-            same = bool(np.array_equal(base_imgs[i], aligned_imgs[i]))
-            pairs.append(Pair(f"{label} · seed {seed}{' · identical' if same else ''}", bp, ap, same))
-            i += 1
-    manifest = {"base": base.value, "aligned": aligned.value, "conditions": labels, "seeds": seed_list,
-                "sampling": sampling, "device": dev,
-                "pairs": [{"caption": p.caption, "base": p.base.name, "aligned": p.aligned.name} for p in pairs]}
+    for i, row in enumerate(result.rows):
+        pairs.append(Pair(f"{row.caption}{' · identical' if row.scores['identical'] else ''}",
+                          folder / f"{i:03d}_base.png", folder / f"{i:03d}_aligned.png", row.scores["identical"]))
     zip_path = folder / "pairs.zip"
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for p in pairs:
-            zf.write(p.base, f"base/{p.base.name}")
-            zf.write(p.aligned, f"aligned/{p.aligned.name}")
+        for i, row in enumerate(result.rows):
+            for panel in row.panels:
+                zf.write(folder / f"{i:03d}_{panel}.png", f"{panel}/{i:03d}_{_slug(row.condition)}_seed{row.seed}.png")
         zf.writestr("manifest.json", json.dumps(manifest, indent=2))
-    return Comparison(pairs, zip_path, base, aligned)
+    return Comparison(pairs, zip_path, base, aligned, result, per_class_rows, folder, notes)

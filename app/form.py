@@ -125,6 +125,36 @@ def _build_fields() -> list[FormField]:
     return out
 
 
+# Field labels in words; the config key is shown beside them (`label_of`). Keys not listed read as their words.
+WORDS = {
+    "model": "generator", "method": "method", "init_weights": "starting weights", "data": "data source",
+    "data_path": "data folder", "data_subset": "images used", "image_size": "image size (px)",
+    "num_generations": "samples per image G", "temperature": "sampling temperature τ", "xi": "context noise ξ",
+    "xi_schedule": "ξ schedule", "xi_end": "final ξ", "cond_drop_prob": "condition dropout",
+    "reward_chunk_size": "decode chunk size", "schedule": "forward schedule", "rollout_mode": "rollout model mode",
+    "beta": "prior weight β", "prior": "prior", "epsilon": "PPO clip ε", "advantage_clip": "advantage clip A_max",
+    "policy_coef": "policy loss weight", "num_iterations": "PPO iterations per rollout",
+    "learning_rate": "learning rate", "weight_decay": "weight decay", "adam_beta1": "Adam β1",
+    "adam_beta2": "Adam β2", "adam_epsilon": "Adam ε", "max_grad_norm": "max gradient norm",
+    "global_batch_size": "images per step", "per_device_train_batch_size": "images per device and micro-step",
+    "max_steps": "training steps", "warmup_steps": "warm-up steps", "lr_scheduler": "learning-rate schedule",
+    "mixed_precision": "precision", "seed": "seed", "save_steps": "checkpoint every N steps",
+    "save_total_limit": "checkpoints kept", "logging_steps": "log every N steps",
+    "preview_steps": "preview every N steps", "num_workers": "data loader workers",
+    "cache_tokens": "cache the x* tokens", "preview_classes": "preview classes",
+    "preview_prompts": "preview prompts", "preview_seeds": "preview seeds", "kl_probe_size": "KL probe size",
+    "report_to": "also report to", "gradient_checkpointing": "gradient checkpointing",
+}
+
+
+def label_of(key: str) -> str:
+    """"learning rate (learning_rate)": the field in words, its config key beside it."""
+    if key.startswith("reward_weights."):
+        return f"weight of {key.split('.', 1)[1]} ({key})"
+    words = WORDS.get(key, key.replace("_", " "))
+    return words if words == key else f"{words} ({key})"
+
+
 FIELDS: list[FormField] = _build_fields()
 FIELD_NAMES: list[str] = [f.name for f in FIELDS]
 BY_NAME: dict[str, FormField] = {f.name: f for f in FIELDS}
@@ -206,7 +236,8 @@ def preset_form_values(preset: str) -> dict[str, Any]:
 def _number(name: str, raw: Any, whole: bool) -> int | float:
     what = "a whole number" if whole else "a number"
     if raw is None or (isinstance(raw, str) and not raw.strip()):
-        raise ConfigError(name, f"required: {what}")
+        # a browser number box sends nothing both when it is empty and when what was typed is not a number
+        raise ConfigError(name, f"expected {what} (the box is empty or holds something that is not a number)")
     if isinstance(raw, bool):
         raise ConfigError(name, f"expected {what}, got {raw!r}")
     try:

@@ -95,3 +95,35 @@ def header(run: Run, eta: Optional[float]) -> str:
         shown = "\n".join(f"> {line}" for line in lines[:3])
         parts.append(shown + ("\n> …(full message in the log section)" if len(lines) > 3 else ""))
     return "\n\n".join(parts)
+
+
+def job_results(store: RunStore, run: Run) -> Optional[str]:
+    """Markdown of an evaluation or embedding job's results (what the Runs tab shows instead of training
+    curves); None for a training run."""
+    import json
+
+    from core.eval.jobs import RESULTS_FILE
+
+    kind = run_kind(store, run.id)
+    if kind == TRAIN_KIND:
+        return None
+    tab = "Evaluate" if kind == EVAL_KIND else "Embeddings"
+    try:
+        results = json.loads((run.run_dir / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return (f"**{kind} job** — {run.step}/{run.total_steps} samples drawn. It has no training curves; its "
+                f"results appear here and in the **{tab}** tab when it finishes.")
+    lines = [f"**{kind} job results** (also in the **{tab}** tab)"]
+    if kind == EVAL_KIND:
+        spread = results.get("spread") or {k: {"mean": v, "std": 0.0, "values": [v]}
+                                          for k, v in results.get("metrics", {}).items()}
+        lines.append(f"{results.get('model')} · {results.get('checkpoint')} · mean ± std over "
+                     f"{len(next(iter(spread.values()), {}).get('values', [])) if spread else 0} seeds")
+        lines += [f"- {name}: {v['mean']:.4g} ± {v['std']:.2g}" for name, v in spread.items()]
+    else:
+        for name, v in (results.get("verdicts") or {}).items():
+            b, a = v["base"], v["aligned"]
+            lines.append(f"- {'FD' if name == 'fid' else name}: base {b['mean']:.4g} ± {b['std']:.2g} → aligned "
+                         f"{a['mean']:.4g} ± {a['std']:.2g}; Δ 95% interval [{v['low']:+.3g}, {v['high']:+.3g}] → "
+                         f"**{v['verdict']}**")
+    return "\n".join(lines)

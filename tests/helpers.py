@@ -97,3 +97,20 @@ def served_app(tmp_path: Path, monkeypatch, data_roots: list[Path], **create_kw)
             kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
         for run in store.list_runs([QUEUED]):
             store.try_set_status(run.id, STOPPED, expect={QUEUED})
+
+
+def train_demo_run(store, steps: int = 2, name: str = "trained", **overrides) -> tuple[str, int]:
+    """A real demo-c2i run of `steps` steps (tiny config), trained in this process and finished in `store`.
+    Returns (run id, last step)."""
+    from core.runs.recorder import RunRecorder
+    from core.vapi.config import resolve
+    from core.vapi.trainer import ENTRY, Trainer
+
+    cfg = resolve("demo-c2i", dict(dict(max_steps=steps, per_device_train_batch_size=2, global_batch_size=2,
+                                        num_generations=2, data_subset=20, save_steps=steps, preview_steps=steps,
+                                        learning_rate=3e-2, kl_probe_size=0, preview_seeds=[0]), **overrides))
+    run = store.create_run(name, {**cfg.to_dict(), "entry": ENTRY}, "cpu", steps)
+    store.set_status(run.id, "running")
+    Trainer(cfg, run.run_dir, RunRecorder(run.run_dir, is_main=True), log=lambda m: None).train()
+    store.set_status(run.id, "finished")
+    return run.id, steps

@@ -29,10 +29,9 @@ from app import create_app, form, safety
 from app.tabs.launch import api_name_of
 from core.errors import ConfigError
 from core.runs.launcher import free_port
-from core.runs.recorder import RunRecorder
 from core.runs.store import STOPPED
 from core.vapi.config import parse_overrides, resolve
-from tests.helpers import served_app
+from tests.helpers import served_app, train_demo_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {"__type__": "update"}  # an output the handler left unchanged, as gradio_client returns it
@@ -278,16 +277,7 @@ def test_download_of_missing_weights_fails_fast_offline(served, monkeypatch):
 
 def make_checkpoint(store, steps: int = 2) -> tuple[str, int]:
     """A real demo run of `steps` steps, trained in this process (test setup, not through the app)."""
-    from core.vapi.trainer import ENTRY, Trainer
-
-    cfg = resolve("demo-c2i", dict(max_steps=steps, per_device_train_batch_size=2, global_batch_size=2,
-                                   num_generations=2, data_subset=20, save_steps=steps, preview_steps=steps,
-                                   learning_rate=3e-2, kl_probe_size=0, preview_seeds=[0]))
-    run = store.create_run("trained", {**cfg.to_dict(), "entry": ENTRY}, "cpu", steps)
-    store.set_status(run.id, "running")
-    Trainer(cfg, run.run_dir, RunRecorder(run.run_dir, is_main=True), log=lambda m: None).train()
-    store.set_status(run.id, "finished")
-    return run.id, steps
+    return train_demo_run(store, steps)
 
 
 def gallery_images(gallery) -> list[tuple[str, np.ndarray]]:
@@ -302,34 +292,65 @@ def test_compare_pairs_use_the_same_seeds(served):
     store, client = served.store, served.ui.client
     run_id, step = make_checkpoint(store)
     aligned = f"run:{run_id}:{step}"
-    status, gallery, zip_path = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1", 1.0, 1.0, 0, 1.0,
-                                               "cpu", api_name="/compare")
-    assert status.startswith("✓ 4 pairs"), status
+    status, gallery, zip_path, _, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1", 1.0, 1.0, 0, 1.0,
+                                                     "cpu", "free", 2, 0, api_name="/compare")
+    assert status.startswith("✓ **free-running: samples of two distributions") and "4 rows" in status, status
     items = gallery_images(gallery)
-    assert [c.removesuffix(" · identical") for c, _ in items] == [
-        f"{side} · {name} · seed {s}" for name in ("circle", "diamond") for s in (0, 1) for side in ("base", "aligned")]
+    assert [c.split(" · ")[0] for c, _ in items] == ["base", "aligned", "|base − aligned|"] * 4
+    assert [c.split(" · ")[1:3] for c, _ in items[::3]] == [[name, f"seed {s}"] for name in ("circle", "diamond")
+                                                           for s in (0, 1)]
     # each side equals sampling its weights directly with the same (class, seed) list
     cond = torch.tensor([0, 0, 3, 3])
     seeds = [0, 1, 0, 1]
     for side, weights in (("base", None), ("aligned", store.run_dir(run_id) / "checkpoints" / f"step-{step:06d}" / "model.pt")):
         gen, tok = load_pair("demo-c2i", weights)
         expected = to_uint8(generate_images(gen, tok, cond, seeds=seeds))
-        got = [img for caption, img in items if caption.startswith(side)]
+        got = [img for caption, img in items if caption.startswith(side + " ·")]
         scale = got[0].shape[0] // expected.shape[1]
         for e, g in zip(expected, got):
             assert np.array_equal(e.repeat(scale, 0).repeat(scale, 1), g)
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
         manifest = json.loads(zf.read("manifest.json"))
-    assert sum(n.startswith("base/") for n in names) == 4 and sum(n.startswith("aligned/") for n in names) == 4
-    assert manifest["seeds"] == [0, 1] and manifest["aligned"] == aligned
+    assert sum(n.startswith("base/") for n in names) == 4 and sum(n.startswith("difference/") for n in names) == 4
+    assert manifest["seeds"] == [0, 1] and manifest["aligned"] == aligned and manifest["view"] == "free"
 
-    # the same weights on both sides: identical pairs
-    for left, right in (("preset:demo-c2i", "preset:demo-c2i"), (aligned, aligned)):
-        status, gallery, _ = client.predict(left, right, [1, 2], "", "5, 6", 1.0, 1.0, 0, 1.0, "cpu", api_name="/compare")
-        assert "4 identical" in status, status
-        images = [img for _, img in gallery_images(gallery)]
-        assert all(np.array_equal(images[i], images[i + 1]) for i in range(0, len(images), 2))
+    # the same weights on both sides: identical pairs, in every view, and a black difference map
+    for view in ("free", "teacher-forced", "prefix"):
+        status, gallery, zip_path, _, _ = client.predict(aligned, aligned, [1, 2], "", "5, 6", 1.0, 1.0, 0, 1.0, "cpu",
+                                                         view, 3, 0, api_name="/compare")
+        assert "4 identical" in status and "differ: 0.0 of 64" in status, (view, status)
+        images = gallery_images(gallery)
+        width = 4 if view == "teacher-forced" else 3
+        for r in range(0, len(images), width):
+            row = images[r:r + width]
+            assert np.array_equal(row[-3][1], row[-2][1]) and row[-1][1].max() == 0, (view, row[-1][0])
+
+    # teacher-forced rows: the held-out image, then base and aligned with their reward terms
+    status, gallery, zip_path, _, rows_out = client.predict("preset:demo-c2i", aligned, [0], "", "0, 1", 1.0, 1.0, 0,
+                                                            1.0, "cpu", "teacher-forced", 2, 0, api_name="/compare")
+    assert rows_out["headers"] == ["row", "tokens that differ", "first difference", "base mse", "aligned mse"]
+    assert [r[0] for r in rows_out["data"]] == ["circle · seed 0", "circle · seed 1"]
+    items = gallery_images(gallery)
+    assert [c.split(" · ")[0] for c, _ in items] == ["ground truth", "base", "aligned", "|base − aligned|"] * 2
+    assert all(" mse " in c for c, _ in items[1::4] + items[2::4]), [c for c, _ in items]
+    assert "Reward term mse" in status
+    from core.data import shapes
+
+    truth = shapes.render("val", 0, 16).image  # class 0, image 0 of the held-out split
+    scale = items[0][1].shape[0] // 16
+    assert np.array_equal(items[0][1], truth.repeat(scale, 0).repeat(scale, 1))
+    with zipfile.ZipFile(zip_path) as zf:
+        rows = json.loads(zf.read("manifest.json"))["rows"]
+    assert all(set(r["scores"]["base"]) >= {"mse", "reward"} for r in rows)
+    assert all(r["scores"]["base"]["reward"] == -r["scores"]["base"]["mse"] for r in rows)
+
+    # shared prefix: both sides keep the base's first k rows (k x 8 tokens on the tiny demo's 8 x 8 grid)
+    _, _, zip_path, _, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1, 2", 1.0, 1.0, 0, 1.0, "cpu",
+                                          "prefix", 2, 0, api_name="/compare")
+    with zipfile.ZipFile(zip_path) as zf:
+        rows = json.loads(zf.read("manifest.json"))["rows"]
+    assert all(r["scores"]["first_difference"] is None or r["scores"]["first_difference"] >= 16 for r in rows), rows
 
     # bad inputs name the field
     for args, field in ((("preset:demo-c2i", aligned, [0], "", "x", 1.0, 1.0, 0, 1.0, "cpu"), "seeds"),
@@ -339,8 +360,11 @@ def test_compare_pairs_use_the_same_seeds(served):
                         (("preset:demo-c2i", aligned, [0], "", "0", 1.0, 1.0, 0, 1.5, "cpu"), "top_p"),
                         (("preset:llamagen-c2i-b-256", aligned, [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "base"),
                         (("preset:demo-c2i", aligned, [], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "classes")):
-        status, _, _ = client.predict(*args, api_name="/compare")
+        status, *_ = client.predict(*args, "free", 2, 0, api_name="/compare")
         assert status.startswith("✗") and f"`{field}`" in status, (args, status)
+    status, *_ = client.predict("preset:demo-c2i", aligned, [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu", "prefix", 9, 0,
+                                api_name="/compare")
+    assert "`prefix_rows`" in status and "between 0 and 8" in status, status
 
 
 def test_ui_start_marks_runs_whose_worker_died(tiny_demo, tmp_path):
@@ -418,3 +442,45 @@ def test_the_form_covers_every_config_field_and_its_cli_is_equivalent():
     assert plan.cfg.reward_weights == {"mse": 1.0, "l1": 0.5} and plan.cfg.preview_classes == [1, 7]
     # device: the demo preset leaves it "auto" (a GPU when there is one); choosing cpu is an override
     assert plan.overrides.keys() == {"beta", "preview_seeds", "preview_classes", "xi", "method", "reward_weights", "device"}
+
+
+def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panels(served, tmp_path):
+    import csv
+
+    from core.eval.jobs import EVAL_ENTRY
+    from core.vapi.trainer import ENTRY
+
+    store, client = served.store, served.ui.client
+    runs = []
+    for k, name in enumerate(("lr 1e-5", "a run with a rather long descriptive name, beta 1")):
+        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i", "num_iterations": 1}, "cpu", 3)
+        for step in (1, 2, 3):
+            store.append_metrics(run.id, step, {"reward_mean": -0.1 * (k + 1) / step, "reward_std": 0.01,
+                                                "loss_pg": 5e-8 * step, "dist_mse": 0.01 * (k + 1)})
+        runs.append(run.id)
+    plot = json.loads(client.predict(runs, "step", False, 0.0, api_name="/overlay_runs")["plot"])
+    reward = [t for t in plot["data"] if t["legendgroup"] and t["yaxis"] == "y"]
+    assert len(reward) == 2 and {t["legendgroup"].split(" · ")[0] for t in reward} == set(runs)
+    assert reward[0]["line"]["color"] != reward[1]["line"]["color"] and all(t["showlegend"] for t in reward)
+    assert reward[0]["x"] == [1, 2, 3] and reward[0]["y"] == pytest.approx([-0.1, -0.05, -0.1 / 3])
+    assert plot["layout"]["yaxis"]["exponentformat"] == "e"  # 5e-08, not "50n"
+    timed = json.loads(client.predict(runs, "wall time", True, 0.0, api_name="/overlay_runs")["plot"])
+    assert timed["layout"]["yaxis"]["type"] == "log" and "wall time" in timed["layout"]["xaxis5"]["title"]["text"]
+    assert all(x >= 0 for t in timed["data"] for x in t["x"])
+
+    path = client.predict(runs, api_name="/export_runs_csv")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["step"]) for r in rows] == [(r, str(s)) for r in runs for s in (1, 2, 3)]
+    assert float(rows[3]["dist_mse"]) == pytest.approx(0.02) and float(rows[0]["wall_s"]) == 0.0
+
+    # the training curves say why clip fraction is flat; an evaluation job shows its own view, not empty panels
+    view = served.ui.refresh(runs[0])
+    curves = json.loads(view["training curves"]["plot"])
+    assert any("0 by construction" in a["text"] for a in curves["layout"]["annotations"])
+    job = store.create_run("eval base", {"entry": EVAL_ENTRY, "model": "demo-c2i"}, "cpu", 100)
+    view = served.ui.refresh(job.id)
+    assert view["job results"]["visible"] is True and "eval job" in view["job results"]["value"]
+    assert "no training curves" in view["job results"]["value"]
+    view = served.ui.refresh(runs[1])
+    assert view["job results"]["visible"] is False

@@ -120,8 +120,9 @@ def test_tabs_a_run_and_a_comparison_in_chromium(served, tmp_path):
             expect(page.locator("#compare-generate")).to_be_visible()
             expect(page.locator("#compare-aligned input")).to_have_value(re.compile("step 40"), timeout=20_000)
             page.locator("#compare-generate").click()
-            expect(page.locator("#compare-status")).to_contain_text("pairs", timeout=WAIT_MS)
-            expect(page.locator("#compare-gallery img")).to_have_count(32, timeout=30_000)  # 4 classes x 4 seeds, 2 sides
+            expect(page.locator("#compare-status")).to_contain_text("teacher-forced", timeout=WAIT_MS)
+            # 4 classes x 4 seeds, each row ground truth | base | aligned | difference
+            expect(page.locator("#compare-gallery img")).to_have_count(64, timeout=30_000)
             expect(page.locator(".pair-slider")).to_have_count(16, timeout=30_000)
             page.wait_for_timeout(500)
             screenshot(page, shots, "compare")

@@ -61,7 +61,9 @@ def test_evaluate_and_embeddings_tabs_in_chromium(served, tmp_path):
             summary = page.locator("#eval-summary")
             expect(summary).to_contain_text("FD (demo evaluator)", timeout=WAIT_MS)
             expect(summary).to_contain_text(f"{aligned}@5", timeout=WAIT_MS)
-            expect(page.locator("#eval-jobs")).to_contain_text("12/12", timeout=WAIT_MS)
+            expect(page.locator("#eval-jobs")).to_contain_text("36/36", timeout=WAIT_MS)  # 12 samples x 3 seeds
+            expect(summary).to_contain_text("±", timeout=WAIT_MS)
+            expect(summary).to_contain_text("bootstrap", timeout=WAIT_MS)
             expect(page.locator("#eval-progress")).not_to_contain_text("running", timeout=WAIT_MS)
             screenshot(page, shots, "evaluate")
 

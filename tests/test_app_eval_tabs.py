@@ -30,8 +30,9 @@ SKIPPED = {"__type__": "update"}  # an output the handler left unchanged
 TIMEOUT_S = 150.0  # worker start, sampling and metrics on a loaded 2-core machine
 STEP = 5
 EVAL = dict(num_samples=12, batch_size=4, image_size=None, metrics=["fid", "isc", "prc"], extractor="demo",
-            reference_kind="shapes", devices=["cpu"])
-EMB = dict(step=STEP, classes=["circle", "square", 2], per_class=6, batch_size=6, projections=["tsne"], devices=["cpu"])
+            reference_kind="shapes", devices=["cpu"], num_seeds=2)
+EMB = dict(step=STEP, classes=["circle", "square", 2], per_class=6, batch_size=6, projections=["tsne"], devices=["cpu"],
+           num_seeds=2)
 
 
 @pytest.fixture(scope="module")
@@ -136,22 +137,27 @@ def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(s
     assert all(store.get(r.id).status == FINISHED for r in jobs), [store.log_tail(r.id, 30) for r in jobs]
     job_rows = table_dicts(seen["evaluation jobs (progress = samples written / total)"])
     assert sorted(r["job"] for r in job_rows) == sorted(r.id for r in jobs)
-    assert all(r["samples"] == "12/12" and r["status"] == FINISHED for r in job_rows)
+    assert all(r["samples"] == "24/24" and r["status"] == FINISHED for r in job_rows)  # 12 samples x 2 seeds
     assert seen["job progress"].count("✓ **finished**") == 2
 
-    # one line per metric: the base value, the checkpoint's, the difference; FD named by its features
+    # one line per metric: base and checkpoint as mean ± std over the seeds, the change, its interval and the
+    # verdict; FD named by its features
     rows = table_dicts(seen["results: base vs checkpoint"])
     assert [r["metric"] for r in rows] == ["FD (demo evaluator)", "IS (demo evaluator)", "precision (demo evaluator)",
                                            "recall (demo evaluator)"]
     (summary,) = [r for r in evaluation_summary(served.tmp / "runs") if r["checkpoint"] != "base"]
     for row, key in zip(rows, ("fid", "is_mean", "precision", "recall")):
         assert row["model"] == "demo-c2i" and row["checkpoint"] == f"{aligned}@{STEP} [aligned]"
-        assert "12 samples" in row["setting"] and "vs shapes" in row["setting"]
+        assert "12 samples" in row["setting"] and "seeds 0–1" in row["setting"] and "vs shapes" in row["setting"]
         base, value = summary["base_metrics"][key], summary["metrics"][key]
         assert math.isfinite(base) and math.isfinite(value)
-        assert (row["base"], row["checkpoint value"]) == (f"{base:.4g}", f"{value:.4g}")
+        b_std, a_std = summary["base_spread"][key]["std"], summary["spread"][key]["std"]
+        assert (row["base"], row["checkpoint value"]) == (f"{base:.4g} ± {b_std:.2g}", f"{value:.4g} ± {a_std:.2g}")
         assert float(row["Δ (checkpoint − base)"]) == pytest.approx(value - base, rel=1e-3, abs=1e-6)
-        assert row["change"] in ("better", "worse", "same")
+        verdict = summary["verdicts"][key]
+        assert row["verdict"] == verdict["verdict"] and row["verdict"] in ("better", "worse", "within noise")
+        assert row["95% interval of Δ"].startswith(f"[{verdict['low']:+.3g}, {verdict['high']:+.3g}]")
+        assert ("bootstrap" in row["95% interval of Δ"]) == (key != "is_mean")
     assert summary["metrics"]["fid"] != summary["base_metrics"]["fid"]  # other weights, other samples
 
     # the base now has a result under this setting: a second launch would queue the checkpoint alone
@@ -198,8 +204,10 @@ def test_an_embedding_job_draws_real_base_and_aligned_and_a_fresh_page_reopens_i
         rows = table_dicts(shown["distances to the real images: base vs aligned"])
         assert [r["class"] for r in rows] == ["overall", "0 circle", "1 square", "2 triangle"]
         for r in rows:
-            assert all(math.isfinite(v) for k, v in r.items() if k != "class")
+            assert all(math.isfinite(v) for k, v in r.items() if k not in ("class", "Δ FD 95% interval", "FD verdict"))
             assert r["Δ FD (aligned − base)"] == pytest.approx(r["FD aligned"] - r["FD base"], rel=1e-3, abs=1e-3)
+            assert r["FD verdict"] in ("better", "worse", "within noise") and r["Δ FD 95% interval"].startswith("[")
+        assert "mean ± std over 2 seeds" in shown["about these numbers"]
         return rows
 
     rows = check(seen, "frechet")
@@ -295,16 +303,29 @@ def test_metric_names_follow_the_feature_space():
     assert evaluate.metric_label("is_mean", "inception") == "IS (Inception)"
     assert evaluate.metric_label("precision", "clip") == "precision (CLIP)"
     assert evaluate.metric_label("clip_score", None) == "CLIP score"
+    from core.eval.verdict import from_seed_values
+
+    fid = from_seed_values("fid", [3.1, 2.9, 3.0], [2.0, 2.1, 1.9]).to_dict()  # clearly lower: better
+    recall = from_seed_values("recall", [0.2, 0.3, 0.25], [0.5, 0.1, 0.9]).to_dict()  # inside the spread
+    spread = {"fid": {"mean": 2.0, "std": 0.1, "values": [2.0, 2.1, 1.9]},
+              "recall": {"mean": 0.5, "std": 0.4, "values": [0.5, 0.1, 0.9]}}
+    base_spread = {"fid": {"mean": 3.0, "std": 0.1, "values": [3.1, 2.9, 3.0]},
+                   "recall": {"mean": 0.25, "std": 0.05, "values": [0.2, 0.3, 0.25]}}
     row = dict(model="m", setting_key="s", checkpoint="r@5", label="", metrics={"fid": 2.0, "recall": 0.5},
-               base_metrics={"fid": 3.0, "recall": 0.25}, delta={"fid": -1.0, "recall": 0.25},
+               base_metrics={"fid": 3.0, "recall": 0.25}, delta={"fid": -1.0, "recall": 0.25}, spread=spread,
+               base_spread=base_spread, verdicts={"fid": fid, "recall": recall},
                setting=dict(num_samples=10, cfg_scale=1.0, temperature=1.0, top_k=0, top_p=1.0, seed=0, classes=None,
                             prompts=None, image_size=None, precision="fp32", reference="/data/ref.npz",
-                            extractor="inception"))
-    base = {**row, "checkpoint": "base", "base_metrics": None, "delta": None, "metrics": {"fid": 3.0, "recall": 0.25}}
+                            extractor="inception", num_seeds=3))
+    base = {**row, "checkpoint": "base", "base_metrics": None, "delta": None, "metrics": {"fid": 3.0, "recall": 0.25},
+            "spread": base_spread, "verdicts": None}
+    setting = "10 samples · cfg 1 · T 1 · seeds 0–2 · vs ref.npz"
     assert evaluate.summary_rows([base, row]) == [
-        ["m", "10 samples · cfg 1 · T 1 · seed 0 · vs ref.npz", "r@5", "FID (Inception)", "3", "2", "-1", "better"],
-        ["m", "10 samples · cfg 1 · T 1 · seed 0 · vs ref.npz", "r@5", "recall (Inception)", "0.25", "0.5", "0.25",
-         "better"]]
+        ["m", setting, "r@5", "FID (Inception)", "3 ± 0.1", "2 ± 0.1", "-1",
+         f"[{fid['low']:+.3g}, {fid['high']:+.3g}] (t, 3 seeds)", "better"],
+        ["m", setting, "r@5", "recall (Inception)", "0.25 ± 0.05", "0.5 ± 0.4", "+0.25",
+         f"[{recall['low']:+.3g}, {recall['high']:+.3g}] (t, 3 seeds)", "within noise"]]
     only_base = evaluate.summary_rows([base])
-    assert [r[2:6] for r in only_base] == [["base (no checkpoint evaluated yet)", "FID (Inception)", "3", "—"],
-                                           ["base (no checkpoint evaluated yet)", "recall (Inception)", "0.25", "—"]]
+    assert [r[2:6] for r in only_base] == [["base (no checkpoint evaluated yet)", "FID (Inception)", "3 ± 0.1", "—"],
+                                           ["base (no checkpoint evaluated yet)", "recall (Inception)", "0.25 ± 0.05",
+                                            "—"]]

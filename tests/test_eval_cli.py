@@ -59,7 +59,7 @@ def _aligned_run(store: RunStore, step: int = 5, seed: int = 1) -> str:
 
 def _config(evaluator, **change) -> jobs.EvalConfig:
     return jobs.EvalConfig(**{**dict(num_samples=SAMPLES, batch_size=BATCH, extractor="demo", extractor_path=evaluator,
-                                     reference="shapes", device="cpu"), **change})
+                                     reference="shapes", device="cpu", num_seeds=1), **change})
 
 
 def _finite(metrics: dict, names=("fid", "is_mean", "is_std", "precision", "recall")) -> bool:
@@ -79,7 +79,7 @@ def test_eval_jobs_run_through_the_worker_and_the_summary_puts_base_beside_each_
     results = json.loads((done.run_dir / jobs.RESULTS_FILE).read_text())
     assert _finite(results["metrics"]) and results["checkpoint"] == "base"
     assert store.latest_metrics(base.id)["fid"] == results["metrics"]["fid"]
-    assert (done.run_dir / jobs.SAMPLING_DIR / "samples.npz").is_file()
+    assert (done.run_dir / jobs.SAMPLING_DIR / "seed-0" / "samples.npz").is_file()
     assert "[eval] sampling: 12/12 samples" in store.log_tail(base.id, 40)
 
     # the aligned checkpoint named by run id and step, run by the worker in this process
@@ -149,7 +149,8 @@ def test_inception_metrics_go_through_torch_fidelity_with_a_shapes_reference(tin
     torch.save(net.state_dict(), weights)
     out = tmp_path / "inception"
     assert main(["eval", "fid", "--num-samples", "10", "--batch-size", "5", "--reference", "shapes",
-                 "--extractor-path", str(weights), "--metrics", "isc", "prc", "--device", "cpu", "--out", str(out)]) == 0
+                 "--extractor-path", str(weights), "--metrics", "isc", "prc", "--device", "cpu", "--num-seeds", "1",
+                 "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     assert _finite(results["metrics"], ("is_mean", "is_std", "precision", "recall"))
     assert results["setting"]["extractor"] == "inception" and "fid" not in results["metrics"]
@@ -205,7 +206,7 @@ def test_real_images_and_references_from_folders_npz_and_prompt_files(tiny_demo,
     with pytest.raises(DataError, match="class 1 has 5 images, fewer than per_class=6"):
         jobs.real_images(str(tmp_path / "real"), [1], 6, 16)
     shapes_x, shapes_y = jobs.real_images("shapes:val", [3, 7], 2, 16)
-    assert shapes_x.shape == (4, 3, 16, 16) and shapes_y.tolist() == [3, 3, 7, 7]
+    assert shapes_x.shape == (4, 3, 16, 16) and shapes_y.tolist() == [3, 7, 3, 7]  # scenes 3, 7, 13, 17: index order
 
     folder = jobs.reference_input(str(tmp_path / "real"), 16, 6)
     assert len(folder) == 6 and folder[0].dtype == torch.uint8 and folder[0].shape == (3, 16, 16)
@@ -227,16 +228,20 @@ def test_real_images_and_references_from_folders_npz_and_prompt_files(tiny_demo,
 def test_cli_fid_writes_json_and_a_second_call_only_measures(tiny_demo, evaluator, tmp_path, capsys):
     out = tmp_path / "fid"
     argv = ["eval", "fid", "--num-samples", "10", "--batch-size", "4", "--reference", "shapes", "--extractor", "demo",
-            "--extractor-path", evaluator, "--device", "cpu", "--classes", "circle", "2", "--out", str(out)]
+            "--extractor-path", evaluator, "--device", "cpu", "--classes", "circle", "2", "--num-seeds", "2",
+            "--out", str(out)]
     assert main(argv) == 0
     first = json.loads((out / "results.json").read_text())
     assert _finite(first["metrics"]) and first["setting"]["classes"] == [0, 2]
     assert "fid" in capsys.readouterr().out
-    stamps = [(out / "sampling" / name).stat().st_mtime_ns for name in ("samples/000000.png", "samples.npz")]
+    assert len(first["spread"]["fid"]["values"]) == 2 and first["metrics"]["fid"] == first["spread"]["fid"]["mean"]
+    stamps = [(out / "sampling" / f"seed-{s}" / name).stat().st_mtime_ns for s in (0, 1)
+              for name in ("samples/000000.png", "samples.npz")]
     assert main(argv) == 0
     again = json.loads((out / "results.json").read_text())
     assert again["metrics"] == first["metrics"]
-    assert [(out / "sampling" / name).stat().st_mtime_ns for name in ("samples/000000.png", "samples.npz")] == stamps
+    assert [(out / "sampling" / f"seed-{s}" / name).stat().st_mtime_ns for s in (0, 1)
+            for name in ("samples/000000.png", "samples.npz")] == stamps
     assert main([*argv[:-2], "--cfg-scale", "2", "--out", str(out)]) == 2  # another setting, same folder
     assert "cfg_scale was 1.0, now 2.0" in capsys.readouterr().err
     assert len(jobs.evaluation_summary(tmp_path / "no-runs", [out])) == 1
@@ -246,7 +251,7 @@ def test_two_processes_under_torch_distributed_share_the_samples_of_one(tiny_dem
     from core.runs.launcher import free_port
 
     common = ["eval", "fid", "--num-samples", "10", "--batch-size", "2", "--reference", "shapes", "--extractor",
-              "demo", "--extractor-path", evaluator, "--metrics", "fid"]
+              "demo", "--extractor-path", evaluator, "--metrics", "fid", "--num-seeds", "2"]
     assert main([*common, "--device", "cpu", "--out", str(tmp_path / "one")]) == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
@@ -255,7 +260,7 @@ def test_two_processes_under_torch_distributed_share_the_samples_of_one(tiny_dem
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("[eval] demo-c2i (base)") == 2  # both ranks sampled ...
     assert done.stdout.count("[eval] fid ") == 1 and done.stdout.count("results: ") == 1  # ... rank 0 measured
-    one, two = (np.load(tmp_path / name / "sampling" / "samples.npz") for name in ("one", "two"))
+    one, two = (np.load(tmp_path / name / "sampling" / "seed-1" / "samples.npz") for name in ("one", "two"))
     assert np.array_equal(one["arr_0"], two["arr_0"]) and np.array_equal(one["arr_1"], two["arr_1"])
 
 
@@ -266,7 +271,7 @@ def test_cli_embeddings_draws_the_three_sets_with_finite_numbers(tiny_demo, eval
     out = tmp_path / "emb"
     rc = main(["eval", "embeddings", "--aligned-weights", aligned, "--runs-dir", str(store.runs_dir),
                "--classes", "0", "square", "2", "--per-class", "6", "--batch-size", "6", "--extractor-path", evaluator,
-               "--projection", "tsne", "--device", "cpu", "--out", str(out)])
+               "--projection", "tsne", "--device", "cpu", "--num-seeds", "1", "--out", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0
     results = json.loads((out / "results.json").read_text())
@@ -283,14 +288,14 @@ def test_cli_embeddings_draws_the_three_sets_with_finite_numbers(tiny_demo, eval
     html = (out / "figures" / "tsne_scatter.html").read_text()
     assert all(f'"name":"{s}"' in html for s in SET_NAMES) and 'src="plotly.min.js"' in html
     assert "1 square" in printed and "overall" in printed
-    base = np.load(out / "base" / "samples.npz")["arr_1"]
+    base = np.load(out / "base" / "seed-0" / "samples.npz")["arr_1"]
     assert base.tolist() == [0, 1, 2] * 6
     with pytest.raises(ConfigError, match="^classes: class 0 is listed more than once"):
         jobs.EmbeddingConfig(aligned_weights=aligned, classes=["0", "circle"]).class_ids()
 
     # the same analysis as a background run of the run manager
     config = jobs.EmbeddingConfig(aligned_weights=f"{aligned}@5", classes=[4, 5], per_class=4, batch_size=4,
-                                  extractor_path=evaluator, projections=["tsne"], device="cpu")
+                                  extractor_path=evaluator, projections=["tsne"], device="cpu", num_seeds=1)
     launcher = Launcher(store)
     run = launcher.wait(jobs.submit_embeddings(launcher, config, "cpu").id, timeout=120)
     assert run.status == FINISHED and run.step == run.total_steps == 16, store.log_tail(run.id, 40)
@@ -331,12 +336,14 @@ def test_cli_clip_scores_class_samples_against_their_texts(tiny_demo, tmp_path, 
     results = json.loads((out / "results.json").read_text())
     assert set(results["clip_per_text"]) == {"a photo of a circle", "a photo of a square"}
     clip = build_extractor("clip", name_or_path=clip_dir)
-    npz = out / "sampling" / "samples.npz"
+    npz = out / "sampling" / "seed-0" / "samples.npz"  # the first of the 3 default seeds
     images = extract(clip, npz).features
     texts = clip.text_features(["a photo of a circle", "a photo of a square"])
     labels = np.load(npz)["arr_1"]  # class 0, 1, 0, 1, ...
     expected = 100 * torch.nn.functional.cosine_similarity(images, texts[torch.as_tensor(labels)], dim=-1)
-    assert results["metrics"]["clip_score"] == pytest.approx(float(expected.mean()), rel=1e-5)
+    values = results["spread"]["clip_score"]["values"]
+    assert len(values) == 3 and values[0] == pytest.approx(float(expected.mean()), rel=1e-5)
+    assert results["metrics"]["clip_score"] == pytest.approx(float(np.mean(values)), rel=1e-9)
     assert -100 <= results["metrics"]["clip_score"] <= 100
 
 

@@ -1,8 +1,14 @@
-"""Compare tab: base vs aligned side by side, per class (or prompt), with the same seeds.
+"""Compare tab: what alignment changed, per class (or prompt), with the same seeds for both models.
 
-Either side is any generator preset or any run checkpoint. The gallery shows each pair on one row
-(base left, aligned right); below it one ImageSlider per pair, and a zip of the PNG pairs. Sampling
-runs in the request, on the chosen device, holding that device's lock (see app.comparison).
+Either side is any generator preset or any run checkpoint. Three views (`core.eval.alignment`):
+teacher-forced on held-out images (ground truth | base | aligned, each with its reward terms: what
+VA-π optimises), shared prefix (both continue the base's first k token rows), and free-running
+(labelled as samples of two distributions). Every row ends with the pair's pixel-difference heat
+map; tokens that differ between base and aligned are outlined; each image carries the judge's score
+(demo evaluator class probability, or CLIP score where its weights exist). Per class, optional
+distribution-level numbers of a larger sample (class accuracy, FD; 3 seeds, 95% interval, verdict).
+Below: one ImageSlider per pair and a zip of the PNGs with their scores.json. Sampling runs in the
+request, on the chosen device, holding that device's lock (see app.comparison).
 """
 from __future__ import annotations
 
@@ -17,8 +23,13 @@ from core.errors import ConfigError, UserError
 TAB_ID = "compare"
 LABEL = "Compare"
 MAX_SLIDERS = 24
-PAIRS_PER_ROW = 4  # the gallery has an even number of columns, so a pair never splits over two rows
+ROWS_PER_LINE = 2  # gallery columns = panels per row x this, so a row never splits over two lines
 DEMO_DEFAULT_CLASSES = 4
+VIEW_CHOICES = [("teacher-forced (what VA-π optimises)", "teacher-forced"), ("shared prefix", "prefix"),
+                ("free-running (two distributions)", "free")]
+CLASS_HEADERS = ["class", "accuracy base", "accuracy aligned", "Δ accuracy [95% CI]", "accuracy verdict",
+                 "FD base", "FD aligned", "Δ FD [95% CI]", "FD verdict"]
+DEMO_CLASS_SAMPLES = 50
 
 
 def default_classes(preset: str) -> list[int]:
@@ -58,6 +69,99 @@ def condition_inputs(app, base_value: Optional[str], current: Optional[list]) ->
     return (gr.update(choices=choices, value=kept, visible=task != "t2i"), gr.update(visible=task == "t2i"))
 
 
+def panels_per_row(view: str) -> int:
+    return 4 if view == "teacher-forced" else 3  # [ground truth,] base, aligned, difference
+
+
+def registry_embedded(preset: str) -> bool:
+    from core.models import registry
+
+    return registry.get_generator(preset).embedded
+
+
+def gallery_items(result) -> list[tuple[str, str]]:
+    """(file, caption) per panel, row after row."""
+    from core.eval.alignment import caption_of
+
+    view = result.view
+    return [(str(result.folder / f"{i:03d}_{panel}.png"), caption_of(view.view, panel, row, view.reward_terms))
+            for i, row in enumerate(view.rows) for panel in row.panels]
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else float("nan")
+
+
+def status_text(result) -> str:
+    """What the rows show and their averages: tokens that differ, reward terms (teacher-forced), judge."""
+    view = result.view
+    rows = view.rows
+    same = sum(p.identical for p in result.pairs)
+    lines = [f"✓ **{view.title}** — {len(rows)} rows, **{result.base.label}** vs **{result.aligned.label}**, "
+             f"{same} identical."]
+    changed = _mean(r.scores["changed_tokens"] for r in rows)
+    firsts = [r.scores["first_difference"] for r in rows if r.scores["first_difference"] is not None]
+    lines.append(f"Tokens that differ: {changed:.1f} of {rows[0].scores['tokens'] if rows else 0} on average"
+                 + (f", first at token {_mean(firsts):.1f} on average." if firsts else "."))
+    for term in view.reward_terms:
+        b = _mean(r.scores["base"][term] for r in rows)
+        a = _mean(r.scores["aligned"][term] for r in rows)
+        lines.append(f"Reward term {term} (teacher-forced, lower is better): base {b:.4f}, aligned {a:.4f} "
+                     f"(mean of {len(rows)} rows, no verdict from so few).")
+    if rows and "judge" in rows[0].scores.get("base", {}):
+        b = _mean(r.scores["base"]["judge"] for r in rows)
+        a = _mean(r.scores["aligned"]["judge"] for r in rows)
+        lines.append(f"Judge ({view.judge}): base {b:.3f}, aligned {a:.3f} on average.")
+    elif view.judge:
+        lines.append(f"Judge: {view.judge}.")
+    for note in result.notes:
+        lines.append(f"⚠ {note}")
+    if view.view == "free":
+        lines.append("Free-running pairs are samples of two distributions: judge them by the per-class numbers, "
+                     "or use the teacher-forced / shared-prefix views for one image.")
+    return "  \n".join(lines)
+
+
+def row_table(view) -> dict:
+    """The rows' numbers as a table: {"headers": [...], "data": [[...], ...]}."""
+    terms = list(view.reward_terms)
+    judged = bool(view.rows) and "judge" in view.rows[0].scores.get("base", {})
+    headers = ["row", "tokens that differ", "first difference"]
+    headers += [f"{who} {t}" for t in terms for who in ("base", "aligned")]
+    if judged:
+        headers += ["judge: ground truth"] * (view.view == "teacher-forced") + ["judge: base", "judge: aligned"]
+    data = []
+    for row in view.rows:
+        s = row.scores
+        cells = [row.caption, f"{s['changed_tokens']}/{s['tokens']}",
+                 "—" if s["first_difference"] is None else s["first_difference"]]
+        cells += [f"{s[who][t]:.4f}" for t in terms for who in ("base", "aligned")]
+        if judged:
+            if view.view == "teacher-forced":
+                cells.append(f"{s['truth']['judge']:.3f}")
+            cells += [f"{s['base']['judge']:.3f}", f"{s['aligned']['judge']:.3f}"]
+        data.append(cells)
+    return {"headers": headers, "data": data}
+
+
+def class_rows(rows: list[dict]) -> list[list[str]]:
+    """core.eval.alignment.class_numbers rows as the per-class table."""
+    out = []
+    for row in rows:
+        cells = [row["class"]]
+        for key, digits in (("accuracy", 3), ("fd", 4)):
+            v = row.get(key)
+            if v is None:
+                cells += ["—"] * 4
+                continue
+            spread = lambda s: f"{s['mean']:.{digits}g} ± {s['std']:.2g}"  # noqa: E731
+            cells += [spread(v["base"]), spread(v["aligned"]),
+                      f"{v['delta']:+.{digits}g} [{v['low']:+.3g}, {v['high']:+.3g}]", v["verdict"]]
+        out.append(cells)
+    return out
+
+
 def device_names() -> list[str]:
     from core import device
 
@@ -70,9 +174,13 @@ def build(ctx: BuildContext) -> None:
     preset0 = preset_of(app, base0) or "demo-c2i"
     choices = comparison.source_choices(app.store)
     names = device_names()
-    gr.Markdown("Pick two models (a preset or any run checkpoint), classes or prompts and seeds. Both sides use "
-                "the same seeds, so with equal weights the images are equal and any difference comes from "
-                "the alignment.", elem_classes=["tab-intro"])
+    gr.Markdown("Pick two models (a preset or any run checkpoint), classes or prompts and seeds, and a view. "
+                "**Teacher-forced**: held-out real images, each model samples every token given the image's own "
+                "tokens (the rollout VA-π scores), with the same random numbers; the reward terms are under each "
+                "image. **Shared prefix**: both continue the base's first k token rows. **Free-running**: "
+                "independent samples of the two distributions (one early token sends the rest elsewhere, so "
+                "pairs are rarely alike). Tokens that differ are outlined in magenta; the last image of a row "
+                "is |base − aligned|.", elem_classes=["tab-intro"])
     with gr.Row(equal_height=True):
         base = gr.Dropdown(choices=choices, value=base0, label="base", filterable=True, scale=3, elem_id="compare-base",
                            allow_custom_value=True,
@@ -95,11 +203,27 @@ def build(ctx: BuildContext) -> None:
         top_p = gr.Number(value=1.0, label="top_p", info="1 = off", min_width=120)
         device = gr.Dropdown(choices=names, value="cuda:0" if "cuda:0" in names else "cpu", label="device",
                              info="sampling holds this device's lock", min_width=140)
-    generate_btn = gr.Button("Generate pairs", variant="primary", elem_id="compare-generate")
+    with gr.Row(equal_height=False):
+        view = gr.Radio(choices=VIEW_CHOICES, value="teacher-forced", label="view", elem_id="compare-view", scale=3,
+                        info="teacher-forced and shared prefix compare one image; free-running compares distributions")
+        prefix_rows = gr.Slider(0, 16, value=2, step=1, label="prefix rows k (prefix_rows)", elem_id="compare-prefix",
+                                info="shared prefix: token rows taken from the base's sample", scale=2)
+        class_samples = gr.Number(value=DEMO_CLASS_SAMPLES if registry_embedded(preset0) else 0, precision=0,
+                                  label="per-class sample (class_samples)", elem_id="compare-class-samples", scale=2,
+                                  info="samples per class and seed (3 seeds) for class accuracy and FD; 0 = off")
+    generate_btn = gr.Button("Compare", variant="primary", elem_id="compare-generate")
     status = gr.Markdown("", elem_id="compare-status")
-    gallery = gr.Gallery(label="pairs, base then aligned (same class and seed side by side)", columns=PAIRS_PER_ROW * 2,
+    gallery = gr.Gallery(label="rows: [ground truth |] base | aligned | difference",
+                         columns=panels_per_row("teacher-forced") * ROWS_PER_LINE,
                          height="auto", object_fit="contain", elem_id="compare-gallery", format="png", preview=False)
-    zip_file = gr.File(label="download the PNG pairs (zip)", interactive=False, elem_id="compare-zip")
+    rows_table = gr.Dataframe(value=None, interactive=False, wrap=True, max_height=320, elem_id="compare-rows",
+                              label="per row: tokens that differ, reward terms (teacher-forced; lower is "
+                                    "better), judge")
+    class_table = gr.Dataframe(headers=CLASS_HEADERS, value=[], interactive=False, wrap=True, visible=False,
+                               label="per class: a larger free-running sample (mean ± std over 3 seeds)",
+                               column_widths=["10%", "10%", "10%", "15%", "9%", "10%", "10%", "16%", "10%"],
+                               elem_id="compare-classes-table")
+    zip_file = gr.File(label="download the PNGs and their scores (zip)", interactive=False, elem_id="compare-zip")
     pairs_state = gr.State([])
 
     @gr.render(inputs=pairs_state)
@@ -112,30 +236,32 @@ def build(ctx: BuildContext) -> None:
                 gr.ImageSlider(value=(base_path, aligned_path), label=caption, format="png", type="filepath",
                                scale=0, min_width=220, max_height=260, interactive=False, elem_classes=["pair-slider"])
 
-    def compare(base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p, device):
-        """Sample base and aligned with the same seeds. Returns the status, the gallery (base, aligned,
-        base, aligned, ...), the pairs for the sliders and the zip of PNG pairs."""
+    def compare(base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p, device,
+                view="teacher-forced", prefix_rows=2, class_samples=0):
+        """One view of base vs aligned with the same seeds. Returns the status, the gallery (per row:
+        [ground truth,] base, aligned, difference), the pairs for the sliders, the zip of PNGs with
+        scores.json, and the per-class numbers."""
         try:
             result = comparison.compare(app, base, aligned, classes=classes, prompts=prompts, seeds=seeds,
                                         cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
-                                        device=device)
+                                        device=device, view=view, prefix_rows=prefix_rows,
+                                        class_samples=class_samples)
         except ConfigError as e:
             message = str(e)[len(e.field) + 2:]
-            return f"✗ `{e.field}`: {message}", gr.skip(), gr.skip(), gr.skip()
+            return f"✗ `{e.field}`: {message}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except UserError as e:
-            return f"✗ {e}", gr.skip(), gr.skip(), gr.skip()
-        items = []
-        for p in result.pairs:
-            items += [(str(p.base), f"base · {p.caption}"), (str(p.aligned), f"aligned · {p.caption}")]
-        same = sum(p.identical for p in result.pairs)
-        text = (f"✓ {len(result.pairs)} pairs: **{result.base.label}** vs **{result.aligned.label}**"
-                f" — {same} identical.")
-        pairs = [[p.caption, str(p.base), str(p.aligned)] for p in result.pairs]
-        return text, items, pairs, str(result.zip_path)
+            return f"✗ {e}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return (status_text(result), gallery_items(result),
+                [[p.caption, str(p.base), str(p.aligned)] for p in result.pairs], str(result.zip_path),
+                gr.update(value=class_rows(result.per_class), visible=bool(result.per_class)),
+                row_table(result.view))
 
     generate_btn.click(compare, inputs=[base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p,
-                                        device],
-                       outputs=[status, gallery, pairs_state, zip_file], api_name="compare", concurrency_limit=2)
+                                        device, view, prefix_rows, class_samples],
+                       outputs=[status, gallery, pairs_state, zip_file, class_table, rows_table], api_name="compare",
+                       concurrency_limit=2)
+    view.change(lambda v: gr.update(columns=panels_per_row(v) * ROWS_PER_LINE), inputs=view, outputs=gallery,
+                api_visibility="private", show_progress="hidden")
     base.change(lambda value, current: condition_inputs(app, value, current), inputs=[base, classes],
                 outputs=[classes, prompts], api_visibility="private", show_progress="hidden")
 

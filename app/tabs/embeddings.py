@@ -29,14 +29,15 @@ from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "embeddings"
 LABEL = "Embeddings"
-DEFAULT_CLASSES = 4  # classes preselected for a run (the first ones of its model)
-DEFAULT_PER_CLASS = 20
+DEFAULT_CLASSES = 10  # classes preselected for a run (the first ones of its model): all 10 of the demo
+DEFAULT_PER_CLASS = 100  # x 10 demo classes = Evaluate's default 1000 samples per seed: the same samples behind both
+DEFAULT_SEEDS = 3
 PROJECTION_CHOICES = [("t-SNE", "tsne"), ("UMAP", "umap")]
 DISTANCE_CHOICES = [("Fréchet distance", "frechet"), ("precision", "precision"), ("recall", "recall")]
-TABLE_HEADERS = ["class", "FD base", "FD aligned", "Δ FD (aligned − base)", "precision base", "precision aligned",
-                 "recall base", "recall aligned"]
+TABLE_HEADERS = ["class", "FD base", "FD aligned", "Δ FD (aligned − base)", "Δ FD 95% interval", "FD verdict",
+                 "precision base", "precision aligned", "recall base", "recall aligned"]
 KEYS = ["run", "step", "classes", "per_class", "real", "extractor", "extractor_path", "projections", "cfg_scale",
-        "temperature", "top_k", "top_p", "seed", "batch_size", "devices"]  # the launch endpoint's inputs, in order
+        "temperature", "top_k", "top_p", "seed", "batch_size", "devices", "num_seeds"]  # the launch endpoint's inputs
 ALIASES = {"model": "run", "aligned_weights": "step", "weights": "step", "base_weights": "run", "device": "devices",
            "methods": "projections"}
 
@@ -150,6 +151,7 @@ def plan_embeddings(app, values: dict):
                   top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
                   top_p=parse_number("top_p", values.get("top_p")),
                   seed=parse_number("seed", values.get("seed"), whole=True, minimum=0),
+                  num_seeds=parse_number("num_seeds", values.get("num_seeds", DEFAULT_SEEDS), whole=True, minimum=1),
                   batch_size=parse_number("batch_size", values.get("batch_size"), whole=True, minimum=1),
                   device=device)
     try:
@@ -200,15 +202,38 @@ def _round(value: float) -> float:
     return float(f"{value:.4g}")
 
 
+def _interval(v: Optional[dict]) -> str:
+    return "—" if not v else f"[{v['low']:+.3g}, {v['high']:+.3g}]"
+
+
 def numbers_table(results: dict) -> list[list]:
-    """Overall, then one row per class: FD, precision and recall of base and aligned against real."""
+    """Overall, then one row per class: FD (mean over the seeds), precision and recall (overall: mean over the
+    seeds; per class: seeds pooled) of base and aligned against real, the 95% interval of the FD change and
+    its verdict."""
     rows = []
-    cells = [("overall", results["overall"])] + [(class_label(results, k), v) for k, v in results["per_class"].items()]
-    for name, c in cells:
+    verdicts = {"overall": (results.get("verdicts") or {}).get("fid"), **(results.get("per_class_verdicts") or {})}
+    cells = [("overall", "overall", results["overall"])] + [(k, class_label(results, k), v)
+                                                            for k, v in results["per_class"].items()]
+    for key, name, c in cells:
         b, a = c["base"], c["aligned"]
-        rows.append([name, _round(b["frechet"]), _round(a["frechet"]), _round(a["frechet"] - b["frechet"]),
-                     _round(b["precision"]), _round(a["precision"]), _round(b["recall"]), _round(a["recall"])])
+        v = verdicts.get(key)
+        fd_b, fd_a = (v["base"]["mean"], v["aligned"]["mean"]) if v else (b["frechet"], a["frechet"])
+        rows.append([name, _round(fd_b), _round(fd_a), _round(fd_a - fd_b), _interval(v),
+                     v["verdict"] if v else "—", _round(b["precision"]), _round(a["precision"]), _round(b["recall"]),
+                     _round(a["recall"])])
     return rows
+
+
+def verdict_lines(results: dict) -> list[str]:
+    """One line per metric: base and aligned as mean ± std over the seeds, the change, its interval, the verdict."""
+    lines = []
+    names = {"fid": "FD", "precision": "precision", "recall": "recall"}
+    for key, v in (results.get("verdicts") or {}).items():
+        b, a = v["base"], v["aligned"]
+        lines.append(f"- **{names.get(key, key)}**: base {b['mean']:.4g} ± {b['std']:.2g} → aligned {a['mean']:.4g} ± "
+                     f"{a['std']:.2g} (mean ± std over {v['seeds']} seeds); Δ {v['delta']:+.4g}, 95% interval "
+                     f"[{v['low']:+.3g}, {v['high']:+.3g}] → **{v['verdict']}**")
+    return lines
 
 
 def caption(results: dict, shift) -> str:
@@ -222,6 +247,18 @@ def caption(results: dict, shift) -> str:
              f"{counts['aligned']} samples · k = {shift.k}",
              f"Fréchet distance to the real images{fd}: lower is closer. Precision: share of samples on the real "
              "manifold; recall: share of the real manifold covered (k-NN balls)."]
+    verdicts = verdict_lines(results)
+    if verdicts:
+        lines.append("\n".join(verdicts))
+        lines.append("A change is called better/worse only when its 95% interval (paired bootstrap over samples, "
+                     "real images and seeds) excludes zero. Per-class precision and recall pool the seeds.")
+    cfg = results["config"]
+    from core.eval.verdict import sample_size_warning
+
+    warning = sample_size_warning(cfg["per_class"] * len(results.get("class_names") or [0]), shift.feature_dim,
+                                  len(results.get("seeds") or [0]))
+    if warning:
+        lines.append(f"⚠ {warning}.")
     if results.get("skipped_classes"):
         lines.append("No per-class numbers for: " + "; ".join(
             f"{class_label(results, k)} ({why})" for k, why in results["skipped_classes"].items()))
@@ -290,7 +327,10 @@ def infos(app) -> dict[str, str]:
         "run": "the aligned model: a run with a checkpoint",
         "step": "its checkpoint (default: the last)",
         "classes": "type to search the class names; empty = the first 10 classes",
-        "per_class": "samples per class for each of real, base and aligned (more than k = 3)",
+        "per_class": "samples per class for each of real, base and aligned, per seed (more than k = 3); with all "
+                     "10 demo classes, 100 = Evaluate's 1000 samples: the two tabs then measure the same samples",
+        "num_seeds": "sampling seeds seed, seed+1, ...: overall numbers are mean ± std; a change is called "
+                     "better/worse only when its 95% interval excludes zero (at least 3 for a spread)",
         "real": f"demo: 'shapes' (the held-out reference split; 'shapes:val' etc.); otherwise an ImageNet-layout "
                 f"folder inside the data roots: {roots}",
         "extractor": "the feature space: demo evaluator (demo), Inception (FID's), CLIP or DINOv2",
@@ -350,6 +390,7 @@ def build(ctx: BuildContext) -> None:
                     comps["top_k"] = gr.Number(value=0, step=1, **common("top_k"))
                     comps["top_p"] = gr.Number(value=1.0, **common("top_p"))
                     comps["seed"] = gr.Number(value=0, step=1, **common("seed"))
+                    comps["num_seeds"] = gr.Number(value=DEFAULT_SEEDS, step=1, **common("num_seeds"))
                     comps["batch_size"] = gr.Number(value=32, step=1, **common("batch_size"))
         with gr.Column(scale=2, min_width=320):
             comps["devices"] = gr.CheckboxGroup(choices=device_choices(app), value=default_devices(),

@@ -43,14 +43,14 @@ METRIC_CHOICES = [("FID / FD", "fid"), ("Inception Score", "isc"), ("precision /
 REFERENCE_CHOICES = [("demo shapes (held-out reference split)", "shapes"), ("image folder", "folder"),
                      (".npz batch (ADM layout)", "npz")]
 SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")  # core.eval.jobs.SUMMARY_METRICS
-LOWER_IS_BETTER = frozenset({"fid"})
 JOB_HEADERS = ["job", "label", "model", "weights", "status", "samples", "message"]
 SUMMARY_HEADERS = ["model", "setting", "checkpoint", "metric", "base", "checkpoint value", "Δ (checkpoint − base)",
-                   "change"]
+                   "95% interval of Δ", "verdict"]
+FEATURE_DIMS = {"inception": 2048, "clip": 768, "dinov2": 768}  # the default models' (for the sample-size warning)
 MAX_JOBS = 30  # rows of the jobs table, newest first
 KEYS = ["source", "label", "num_samples", "classes", "prompts", "cfg", "cfg_scale", "temperature", "top_k", "top_p",
         "seed", "batch_size", "image_size", "precision", "metrics", "extractor", "extractor_path", "reference_kind",
-        "reference", "clip_model", "with_base", "devices"]  # the inputs, in the launch endpoint's order
+        "reference", "clip_model", "with_base", "devices", "num_seeds"]  # the inputs, in the launch endpoint's order
 ALIASES = {"model": "source", "weights": "source", "prompts_file": "prompts", "isc_splits": "num_samples",
            "device": "devices", "reference_count": "reference"}  # core field -> input
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -229,6 +229,7 @@ class EvalPlan:
     config: Any  # core.eval.jobs.EvalConfig
     devices: str
     base: Any = None  # EvalConfig of the base model under the same setting, when it has no result yet
+    warning: Optional[str] = None  # the sample size is too small for the numbers to mean much
 
 
 def source_weights(app, value: Optional[str]) -> tuple[str, Optional[str]]:
@@ -308,7 +309,8 @@ def plan_eval(app, values: dict) -> EvalPlan:
                                            "untick CFG for none")
     else:
         cfg_scale = 1.0
-    sampling = dict(cfg_scale=cfg_scale,
+    num_seeds = parse_number("num_seeds", values.get("num_seeds", 3), whole=True, minimum=1)
+    sampling = dict(cfg_scale=cfg_scale, num_seeds=num_seeds,
                     temperature=parse_number("temperature", values.get("temperature"), minimum=0),
                     top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
                     top_p=parse_number("top_p", values.get("top_p")),
@@ -351,7 +353,21 @@ def plan_eval(app, values: dict) -> EvalPlan:
         base_cfg = replace(cfg, weights=None, label="base")
         if not base_is_covered(app, base_cfg):
             base = base_cfg
-    return EvalPlan(cfg, device_set, base)
+    warning = None
+    if features and ("fid" in metrics or "prc" in metrics):
+        from core.eval.verdict import sample_size_warning
+
+        warning = sample_size_warning(num_samples, feature_dim(extractor, extractor_path), num_seeds)
+    return EvalPlan(cfg, device_set, base, warning)
+
+
+def feature_dim(extractor: str, path: Optional[str]) -> int:
+    """Dimensions of an extractor's features (the demo evaluator's from its file; the others' defaults)."""
+    if extractor == "demo":
+        from core.eval.jobs import build_metric_extractor
+
+        return int(build_metric_extractor("demo", path).evaluator.config.feature_dim)
+    return FEATURE_DIMS.get(extractor, 2048)
 
 
 def setting_key(cfg) -> str:
@@ -398,7 +414,8 @@ def setting_text(s: dict) -> str:
         parts.append(f"top-k {s['top_k']}")
     if s.get("top_p", 1.0) < 1.0:
         parts.append(f"top-p {s['top_p']:g}")
-    parts.append(f"seed {s['seed']}")
+    seeds = int(s.get("num_seeds", 1))
+    parts.append(f"seed {s['seed']}" if seeds == 1 else f"seeds {s['seed']}–{s['seed'] + seeds - 1}")
     if s.get("classes"):
         parts.append("classes " + ",".join(str(c) for c in s["classes"]))
     if isinstance(s.get("prompts"), dict):
@@ -412,13 +429,21 @@ def setting_text(s: dict) -> str:
     return " · ".join(parts)
 
 
-def _change(metric: str, delta: Optional[float]) -> str:
-    if delta is None:
-        return "base not evaluated"
-    if delta == 0:
-        return "same"
-    better = delta < 0 if metric in LOWER_IS_BETTER else delta > 0
-    return "better" if better else "worse"
+def _spread_text(spread: Optional[dict], metric: str, value: Optional[float]) -> str:
+    """mean ± std over the seeds (the value alone for one seed)."""
+    s = (spread or {}).get(metric)
+    if s is None or len(s.get("values", [])) < 2:
+        return _fmt(value)
+    return f"{s['mean']:.4g} ± {s['std']:.2g}"
+
+
+def _interval(verdict: Optional[dict]) -> str:
+    if not verdict:
+        return "—"
+    if verdict["method"] == "none":
+        return "none (1 seed)"
+    how = "bootstrap" if verdict["method"] == "bootstrap" else f"t, {verdict['seeds']} seeds"
+    return f"[{verdict['low']:+.3g}, {verdict['high']:+.3g}] ({how})"
 
 
 def summary_rows(rows: Sequence[dict]) -> list[list[str]]:
@@ -442,12 +467,16 @@ def summary_rows(rows: Sequence[dict]) -> list[list[str]]:
                 value = row["metrics"][m]
                 if row["checkpoint"] == "base":
                     out.append([model, setting_text(setting), "base (no checkpoint evaluated yet)",
-                                metric_label(m, extractor), _fmt(value), "—", "—", "—"])
+                                metric_label(m, extractor), _spread_text(row.get("spread"), m, value), "—", "—", "—",
+                                "—"])
                     continue
                 base_value = (row["base_metrics"] or {}).get(m)
                 delta = (row["delta"] or {}).get(m)
-                out.append([model, setting_text(setting), title, metric_label(m, extractor), _fmt(base_value),
-                            _fmt(value), _fmt(delta), _change(m, delta)])
+                verdict = (row.get("verdicts") or {}).get(m)
+                out.append([model, setting_text(setting), title, metric_label(m, extractor),
+                            _spread_text(row.get("base_spread"), m, base_value), _spread_text(row.get("spread"), m, value),
+                            "—" if delta is None else f"{delta:+.4g}", _interval(verdict),
+                            verdict["verdict"] if verdict else ("base not evaluated" if delta is None else "—")])
     return out
 
 
@@ -541,6 +570,8 @@ def infos(app) -> dict[str, str]:
         "top_k": "0 = off (App. D)",
         "top_p": "1 = off (App. D)",
         "seed": "sample i uses a seed derived from (seed, i): reruns draw the same images",
+        "num_seeds": "sampling seeds seed, seed+1, ...: numbers are mean ± std over them; a change is called "
+                     "better/worse only when its 95% interval excludes zero (at least 3 for a spread)",
         "image_size": "resize samples before measuring (Table 2: 256 for 384 px models); empty = native",
         "precision": "generator dtype while sampling",
         "metrics": "FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception)",
@@ -554,6 +585,10 @@ def infos(app) -> dict[str, str]:
 
 
 def default_source(store) -> str:
+    """The newest finished training run's last checkpoint (else any run's newest checkpoint, else the demo)."""
+    for run in store.list_runs([FINISHED]):
+        if views.run_kind(store, run.id) == views.TRAIN_KIND and store.last_checkpoint(run.id) is not None:
+            return comparison.latest_checkpoint_value(store, run.id)
     return comparison.latest_checkpoint_value(store) or comparison.preset_value("demo-c2i")
 
 
@@ -609,6 +644,7 @@ def build(ctx: BuildContext) -> None:
             with gr.Accordion("Sampling and metric details", open=False):
                 with gr.Row(equal_height=False):
                     comps["seed"] = gr.Number(value=0, step=1, **common("seed"))
+                    comps["num_seeds"] = gr.Number(value=3, step=1, **common("num_seeds"))
                     comps["batch_size"] = gr.Number(value=32, step=1, **common("batch_size"))
                     comps["image_size"] = gr.Number(value=None, step=1, **common("image_size"))
                     comps["precision"] = gr.Dropdown(choices=["fp32", "bf16"], value="fp32", **common("precision"))
@@ -625,11 +661,14 @@ def build(ctx: BuildContext) -> None:
                               column_widths=["27%", "9%", "9%", "23%", "8%", "7%", "17%"],
                               label="evaluation jobs (progress = samples written / total)", elem_id="eval-jobs")
     gr.Markdown("**Results per checkpoint.** Each checkpoint beside the base model evaluated under the same "
-                "setting. FID is only called FID on Inception features; on the demo evaluator's (or CLIP / DINOv2) "
-                "features it is an FD in that space, comparable only with itself. FD: lower is better; IS, "
-                "precision, recall, CLIP score: higher.")
+                "setting, as mean ± std over the sampling seeds. The 95% interval of the change is a paired bootstrap "
+                "(FD, precision, recall: samples and real images resampled, the same seeds paired) or a t-interval "
+                "over the seeds (IS, CLIP score, Inception FID); the verdict is better/worse only when it excludes "
+                "zero, otherwise *within noise*. FID is only called FID on Inception features; on the demo "
+                "evaluator's (or CLIP / DINOv2) features it is an FD in that space, comparable only with itself. "
+                "FD: lower is better; IS, precision, recall, CLIP score: higher.")
     summary = gr.Dataframe(headers=SUMMARY_HEADERS, value=[], interactive=False, wrap=True, max_height=420,
-                           column_widths=["9%", "20%", "21%", "16%", "8%", "9%", "9%", "8%"],
+                           column_widths=["8%", "17%", "15%", "12%", "10%", "10%", "7%", "13%", "8%"],
                            label="results: base vs checkpoint", elem_id="eval-summary")
     view = gr.State(new_view())
     timer = gr.Timer(app.page_timer_s)
@@ -661,7 +700,8 @@ def build(ctx: BuildContext) -> None:
         waits = [r for r in runs if r.status == QUEUED]
         text = (f"✓ **Queued** {names} on `{plan.devices}`"
                 + (" (the base model under the same setting first)" if plan.base is not None else "")
-                + (f"; {len(waits)} waiting for the device" if waits else "") + ". Progress below and in the Runs tab.")
+                + (f"; {len(waits)} waiting for the device" if waits else "") + ". Progress below and in the Runs tab."
+                + (f"\n\n⚠ {plan.warning}." if plan.warning else ""))
         updates = field_updates(KEYS, info, None, "", state["flagged"])
         return (text, *updates, {**state, "flagged": None, "mine": [r.id for r in runs], "progress": None})
 
@@ -699,10 +739,16 @@ def build(ctx: BuildContext) -> None:
                            outputs=[comps["classes"], comps["prompts"], comps["extractor"], comps["reference_kind"]],
                            api_visibility="private", show_progress="hidden")
 
-    def refresh_sources(value):
+    offered = gr.State(source0)  # the default the page last put in `source`
+
+    def refresh_sources(value, offered_value):
+        """New checkpoints into the list; a source the user has not changed follows the newest finished run."""
         fresh = comparison.source_choices(app.store)
         known = {v for _, v in fresh}
-        return gr.update(choices=fresh, value=value if value in known else default_source(app.store))
+        default = default_source(app.store)
+        keep = value in known and value != offered_value
+        return gr.update(choices=fresh, value=value if keep else default), default
 
-    ctx.get(f"{TAB_ID}.tab").select(refresh_sources, inputs=comps["source"], outputs=comps["source"],
-                                    api_visibility="private", show_progress="hidden")
+    ctx.get(f"{TAB_ID}.tab").select(refresh_sources, inputs=[comps["source"], offered],
+                                    outputs=[comps["source"], offered], api_visibility="private",
+                                    show_progress="hidden")

@@ -175,7 +175,8 @@ def build(ctx: BuildContext) -> None:
     def make(key: str) -> Any:
         f = form.BY_NAME[key]
         value = defaults[key]
-        common = dict(label=key, info=field_info(key, app, defaults["data"]), elem_id=f"field-{api_name_of(key)}")
+        common = dict(label=form.label_of(key), info=field_info(key, app, defaults["data"]),
+                      elem_id=f"field-{api_name_of(key)}")
         if f.kind == "model":
             return gr.Dropdown(choices=form.model_names(), value=value, filterable=True, **common)
         if key == "data":

@@ -1,6 +1,8 @@
 """Runs tab: every run (training runs and evaluation jobs, told apart by a "kind" column) with status,
 progress, ETA and reward; for the selected run, live curves, the step x class sample grids, the log
-tail, and stop / resume / delete.
+tail, and stop / resume / delete. A selected evaluation job shows its own results instead of the
+training panels. Any runs can be overlaid on shared panels (one colour per run, x = step or wall
+time, log y), and their metrics exported as one CSV.
 
 All of it is read from the run store, so a browser refresh or a restart of the UI loses nothing.
 Each browser session keeps what it has already drawn in a gr.State (`view`): the curve points read
@@ -36,7 +38,36 @@ def pick_default(store) -> Optional[str]:
 def new_view() -> dict[str, Any]:
     return {"run_id": None, "queued_at": None, "series": plots.new_series(), "smoothing": None, "table": None,
             "ids": None, "kinds": {}, "header": None, "log": None, "samples": None, "seed": None, "buttons": None,
-            "latest": None}
+            "latest": None, "notes": None, "job": None}
+
+
+def training_choices(store) -> list[tuple[str, str]]:
+    """(label, run id) of the training runs, newest first (the runs that have curves to overlay)."""
+    runs = store.list_runs()
+    kinds = views.run_kinds(store, runs, {})
+    return [(r.id if r.name in r.id else f"{r.id} · {r.name}", r.id) for r in runs if kinds[r.id] == views.TRAIN_KIND]
+
+
+def _exists(store, run_id: str) -> bool:
+    try:
+        store.get(run_id)
+        return True
+    except RunNotFoundError:
+        return False
+
+
+def overlay(store, run_ids: list[str], x_axis: str, log_y: bool, smoothing: float):
+    """The overlay figure of runs (by id; deleted ones are skipped), labelled "<id> · <name>"."""
+    series = {}
+    for run_id in run_ids:
+        try:
+            run = store.get(run_id)
+        except RunNotFoundError:
+            continue
+        s = plots.new_series()
+        plots.add_points(s, store.read_metrics(run_id))
+        series[run.id if run.name in run.id else f"{run.id} · {run.name}"] = s
+    return plots.overlay_figure(series, x_axis, log_y, smoothing)
 
 
 def _buttons(status: Optional[str]) -> tuple:
@@ -49,7 +80,7 @@ def _buttons(status: Optional[str]) -> tuple:
 def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: Optional[dict]) -> tuple:
     """One update of the tab. Returns values (or gr.skip() where nothing changed) for:
     table, run selector, header, plot, latest metrics, log, message, gallery, seed, board, stop, resume,
-    delete, view."""
+    delete, training panels (visibility), job results, view."""
     app.ticker.tick_if_due()
     view = view if isinstance(view, dict) and "series" in view else new_view()
     store = app.store
@@ -72,15 +103,16 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         fresh = view["run_id"] is not None or view["header"] is None
         view.update(new_view(), table=rows, ids=ids, kinds=kinds, header="none")
         if not fresh:
-            return (table, selector, *([skip] * 11), view)
+            return (table, selector, *([skip] * 13), view)
         empty = plots.figure(plots.new_series(), 0.0)
         return (table, selector, "### No run selected\nLaunch one in the **Launch** tab, or pick one above.", empty,
-                {}, "", "", [], gr.update(choices=[], value=None), None, *_buttons(None), view)
+                {}, "", "", [], gr.update(choices=[], value=None), None, *_buttons(None), gr.update(visible=True),
+                gr.update(value="", visible=False), view)
 
     try:
         run = store.get(run_id)
     except RunNotFoundError:
-        return (table, selector, *([skip] * 11), view)
+        return (table, selector, *([skip] * 13), view)
     if view["run_id"] != run_id or view["queued_at"] != run.queued_at:
         # another run, or this one was resumed (metrics past its checkpoint were dropped): start over
         keep = {"table": view["table"], "ids": view["ids"], "kinds": view["kinds"]}
@@ -89,10 +121,22 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
     last = series["steps"][-1] if series["steps"] else -1
     added = plots.add_points(series, store.read_metrics(run_id, after_step=last))
 
+    kind = kinds.get(run_id, views.TRAIN_KIND)
+    if view["notes"] is None:
+        try:
+            view["notes"] = plots.constant_panels(store.read_config(run_id)) if kind == views.TRAIN_KIND else {}
+        except (OSError, ValueError):
+            view["notes"] = {}
     plot = skip
     if added or view["smoothing"] != smoothing:
-        plot = plots.figure(series, smoothing)
+        plot = plots.figure(series, smoothing, notes=view["notes"])
         view["smoothing"] = smoothing
+    job_out = train_box = skip
+    job = views.job_results(store, run) if kind != views.TRAIN_KIND else None
+    if job != view["job"] or view["header"] is None:
+        train_box = gr.update(visible=job is None)
+        job_out = gr.update(value=job or "", visible=job is not None)
+        view["job"] = job
     latest = skip
     if added:
         n = len(series["steps"]) - 1
@@ -129,7 +173,8 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
     if view["buttons"] != run.status:
         buttons = _buttons(run.status)
         view["buttons"] = run.status
-    return (table, selector, head, plot, latest, log_out, message_out, gallery, seed_out, board, *buttons, view)
+    return (table, selector, head, plot, latest, log_out, message_out, gallery, seed_out, board, *buttons, train_box,
+            job_out, view)
 
 
 def build(ctx: BuildContext) -> None:
@@ -139,7 +184,8 @@ def build(ctx: BuildContext) -> None:
                           filterable=True, scale=4, elem_id="runs-run", allow_custom_value=True)
         refresh_btn = gr.Button("Refresh", size="sm", scale=0, min_width=90)
     table = gr.Dataframe(headers=views.TABLE_HEADERS, value=[], interactive=False, label="runs (click a row to select it)",
-                         max_height=260, wrap=True, elem_id="runs-table")
+                         max_height=260, wrap=True, elem_id="runs-table",
+                         column_widths=["17%", "19%", "7%", "8%", "9%", "8%", "8%", "10%", "14%"])
     with gr.Row(equal_height=False):
         with gr.Column(scale=4):
             head = gr.Markdown("", label="run status", elem_id="runs-header")
@@ -156,28 +202,44 @@ def build(ctx: BuildContext) -> None:
                     cancel_btn = gr.Button("Cancel", size="sm")
     smoothing = gr.Slider(0.0, 0.99, value=DEFAULT_SMOOTHING, step=0.01, label="smoothing (EMA)",
                           info="0 = raw values; the raw curve stays faint behind the smoothed one")
-    plot = gr.Plot(label="training curves", elem_id="runs-plot")
-    with gr.Row(equal_height=False):
-        with gr.Column(scale=4):
-            gr.Markdown("**step × class** — one row per preview step (base model first), one column per class")
-            board = gr.Image(label="step × class: one row per preview step (base model first), one column per class",
-                             show_label=False, type="numpy", format="png", interactive=False, elem_id="runs-board")
-        with gr.Column(scale=1, min_width=200):
-            seed = gr.Dropdown(choices=[], value=None, label="seed", elem_id="runs-seed", allow_custom_value=True,
-                               info="the board shows this seed's samples")
-    gallery = gr.Gallery(label="sample grids (rows: classes or prompts, columns: seeds; step 0 = base model)",
-                         columns=6, height=320, object_fit="contain", elem_id="runs-gallery", format="png")
+    job_md = gr.Markdown("", visible=False, label="job results", elem_id="runs-job")
+    with gr.Accordion("Overlay runs: curves of several runs on shared panels, CSV export", open=False,
+                      elem_id="runs-overlay-section"):
+        with gr.Row(equal_height=False):
+            overlay_runs = gr.Dropdown(choices=training_choices(app.store), value=[], multiselect=True,
+                                       label="runs to overlay", filterable=True, scale=4, elem_id="runs-overlay-runs",
+                                       allow_custom_value=True,
+                                       info="one colour per run; any training runs of the store")
+            x_axis = gr.Radio(choices=["step", "wall time"], value="step", label="x axis", scale=2,
+                              elem_id="runs-overlay-x")
+            log_y = gr.Checkbox(value=False, label="log y", scale=1, elem_id="runs-overlay-logy")
+            csv_btn = gr.Button("Export CSV", size="sm", scale=1, min_width=110, elem_id="runs-overlay-csv")
+        overlay_plot = gr.Plot(label="overlaid curves", elem_id="runs-overlay")
+        csv_file = gr.File(label="metrics of the overlaid runs (CSV)", interactive=False, elem_id="runs-overlay-file")
+    with gr.Column() as train_box:
+        plot = gr.Plot(label="training curves", elem_id="runs-plot")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=4):
+                gr.Markdown("**step × class** — one row per preview step (base model first), one column per class")
+                board = gr.Image(label="step × class: one row per preview step (base model first), one column per class",
+                                 show_label=False, type="numpy", format="png", interactive=False, elem_id="runs-board")
+            with gr.Column(scale=1, min_width=200):
+                seed = gr.Dropdown(choices=[], value=None, label="seed", elem_id="runs-seed", allow_custom_value=True,
+                                   info="the board shows this seed's samples")
+        gallery = gr.Gallery(label="sample grids (rows: classes or prompts, columns: seeds; step 0 = base model)",
+                             columns=6, height=320, object_fit="contain", elem_id="runs-gallery", format="png")
     with gr.Accordion("log and latest metrics", open=False):
         with gr.Row(equal_height=False):
-            log = gr.Code(value="", language="shell", label=f"log.txt (last {LOG_LINES} lines)", interactive=False,
-                          elem_id="runs-log", max_lines=30)
+            log = gr.Textbox(value="", label=f"log.txt (last {LOG_LINES} lines)", interactive=False, lines=12,
+                             max_lines=30, autoscroll=True, elem_id="runs-log", elem_classes=["log-box"])
             with gr.Column():
                 latest = gr.JSON(value={}, label="latest metrics", elem_id="runs-latest")
                 message = gr.Textbox(value="", label="status message", lines=4, max_lines=20, interactive=False)
     view = gr.State(new_view())
     timer = gr.Timer(app.page_timer_s)
 
-    outputs = [table, run, head, plot, latest, log, message, gallery, seed, board, stop_btn, resume_btn, delete_btn, view]
+    outputs = [table, run, head, plot, latest, log, message, gallery, seed, board, stop_btn, resume_btn, delete_btn,
+               train_box, job_md, view]
 
     def refresh(run_id, smoothing_value, seed_value, view_state):
         return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state)
@@ -195,6 +257,26 @@ def build(ctx: BuildContext) -> None:
         return row[0] if row else gr.skip()
 
     table.select(select_row, outputs=run, api_visibility="private", show_progress="hidden")
+
+    def draw_overlay(run_ids, x_value, log_value, smoothing_value):
+        """The selected runs' curves on shared panels (hidden when none is selected)."""
+        ids = [r for r in (run_ids or []) if r]
+        return overlay(app.store, ids, x_value or "step", bool(log_value), float(smoothing_value or 0.0))
+
+    def export_csv(run_ids):
+        ids = [r for r in (run_ids or []) if r and _exists(app.store, r)]
+        if not ids:
+            return None
+        path = app.new_scratch("runs-csv-") / "metrics.csv"
+        plots.metrics_csv({r: app.store.read_metrics(r) for r in ids}, path)
+        return str(path)
+
+    gr.on([overlay_runs.change, x_axis.change, log_y.change, smoothing.change], draw_overlay,
+          inputs=[overlay_runs, x_axis, log_y, smoothing], outputs=overlay_plot, api_name="overlay_runs",
+          show_progress="hidden", trigger_mode="always_last")
+    csv_btn.click(export_csv, inputs=overlay_runs, outputs=csv_file, api_name="export_runs_csv")
+    gr.on([refresh_btn.click, overlay_runs.focus], lambda: gr.update(choices=training_choices(app.store)),
+          outputs=overlay_runs, api_visibility="private", show_progress="hidden")
 
     # --- actions (each acts on the store through the launcher, then the view refreshes)
     def stop(run_id):
@@ -261,8 +343,9 @@ def build(ctx: BuildContext) -> None:
     cancel_btn.click(lambda: (gr.update(visible=False), ""), outputs=[confirm_box, action], api_visibility="private")
 
     def on_load():
-        return gr.update(choices=views.run_choices(app.store), value=pick_default(app.store))
+        return (gr.update(choices=views.run_choices(app.store), value=pick_default(app.store)),
+                gr.update(choices=training_choices(app.store)))
 
-    ctx.blocks.load(on_load, outputs=run, api_visibility="private", show_progress="hidden") \
+    ctx.blocks.load(on_load, outputs=[run, overlay_runs], api_visibility="private", show_progress="hidden") \
         .then(refresh, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
     ctx.export("runs.run", run)

@@ -56,6 +56,12 @@ def _sampling_args(p: argparse.ArgumentParser, cfg_scale: float = 1.0, batch_siz
                    help=f"where run ids in --weights are looked up (default {paths.RUNS_DIR})")
 
 
+def _seeds_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-seeds", type=int, default=3,
+                   help="sampling seeds seed, seed+1, ... (default 3): numbers are mean ± std over them, and a "
+                        "change is called better/worse only when its 95%% interval excludes zero")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     weights_help = ("generator weights: a file, a checkpoint folder, a run folder (last checkpoint) or a run id "
                     "[@STEP]; default: the preset's own weights (the base model)")
@@ -86,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", default=None, help="CLIP folder or hub id for the clip metric")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumed when it exists)")
     _sampling_args(p)
+    _seeds_arg(p)
     p.set_defaults(func=cmd_fid)
 
     p = eval_subparsers(sub).add_parser(
@@ -97,7 +104,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-weights", default=None, help="the base model (default: the preset's weights); " + weights_help)
     p.add_argument("--aligned-weights", required=True, help="the aligned model: " + weights_help)
     p.add_argument("--classes", nargs="+", default=None, help="class ids or names (default: the first 10)")
-    p.add_argument("--per-class", type=int, default=50, help="samples per class and set (default 50)")
+    p.add_argument("--per-class", type=int, default=100,
+                   help="samples per class, set and seed (default 100: with the 10 demo classes the same 1000 samples "
+                        "as `eval fid --num-samples 1000`)")
     p.add_argument("--real", default="shapes",
                    help="real images: 'shapes[:split]' (demo, default split reference) or an ImageNet-layout folder")
     p.add_argument("--extractor", default=None, help="demo, clip, dinov2 or inception (default: demo for the demo, else inception)")
@@ -106,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None, help="resize samples (and real images) to this side")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumed when it exists)")
     _sampling_args(p)
+    _seeds_arg(p)
     p.set_defaults(func=cmd_embeddings)
 
     p = eval_subparsers(sub).add_parser(
@@ -135,6 +145,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clip-model", default=None, help="CLIP folder or hub id (default openai/clip-vit-large-patch14)")
     p.add_argument("--out", type=Path, required=True, help="output folder (resumed when it exists)")
     _sampling_args(p)
+    _seeds_arg(p)
     p.set_defaults(func=cmd_clip)
 
     p = eval_subparsers(sub).add_parser(
@@ -175,8 +186,8 @@ def _sampling_fields(args) -> dict:
 def _print_metrics(results: dict, out: Path) -> None:
     s = results["setting"]
     print(f"{results['model']} ({results['checkpoint']}): {s['num_samples']} samples, cfg {s['cfg_scale']}")
-    for name, value in results["metrics"].items():
-        print(f"  {name:<16} {value:.4f}")
+    for name, v in results["spread"].items():
+        print(f"  {name:<16} {v['mean']:.4f} ± {v['std']:.4f}  (seeds: {', '.join(f'{x:.4f}' for x in v['values'])})")
     print(f"samples: {results['npz']}\nresults: {out / 'results.json'}")
 
 
@@ -188,7 +199,7 @@ def cmd_fid(args) -> int:
                      prompts_file=str(args.prompts) if args.prompts else None, metrics=args.metrics,
                      extractor=args.extractor, extractor_path=args.extractor_path, reference=args.reference,
                      reference_count=args.reference_count, clip_model=args.clip_model, k=args.k,
-                     **_sampling_fields(args))
+                     num_seeds=args.num_seeds, **_sampling_fields(args))
     bar = _Bar("sampling")
     try:
         results = evaluate(cfg, args.out, runs_dir=args.runs_dir, progress=bar, log=print)
@@ -205,7 +216,7 @@ def cmd_embeddings(args) -> int:
     cfg = EmbeddingConfig(model=args.model, base_weights=args.base_weights, aligned_weights=args.aligned_weights,
                           classes=args.classes, per_class=args.per_class, real=args.real, extractor=args.extractor,
                           extractor_path=args.extractor_path, projections=args.projection, image_size=args.image_size,
-                          **_sampling_fields(args))
+                          num_seeds=args.num_seeds, **_sampling_fields(args))
     bar = _Bar("base + aligned samples")
     try:
         report = embedding_shift(cfg, args.out, runs_dir=args.runs_dir, progress=bar, log=print)
@@ -254,7 +265,8 @@ def cmd_clip(args) -> int:
     cfg = EvalConfig(model=args.model, weights=args.weights, label=args.label,
                      num_samples=count * args.images_per_prompt, classes=args.classes,
                      prompts_file=str(args.prompts) if args.prompts else None, metrics=["clip"],
-                     clip_model=args.clip_model, clip_template=args.template, **_sampling_fields(args))
+                     clip_model=args.clip_model, clip_template=args.template, num_seeds=args.num_seeds,
+                     **_sampling_fields(args))
     bar = _Bar("sampling")
     try:
         results = evaluate(cfg, args.out, runs_dir=args.runs_dir, progress=bar, log=print)
@@ -262,9 +274,9 @@ def cmd_clip(args) -> int:
         bar.close()
     if results is None:
         return 0
-    m = results["metrics"]
-    print(f"CLIP score (100 x cosine, mean over {cfg.num_samples} images): {m['clip_score']:.3f} "
-          f"(std {m['clip_score_std']:.3f})")
+    s = results["spread"]["clip_score"]
+    print(f"CLIP score (100 x cosine, mean over {cfg.num_samples} images): {s['mean']:.3f} "
+          f"± {s['std']:.3f} (std over {len(s['values'])} seeds)")
     worst = sorted(results["clip_per_text"].items(), key=lambda kv: kv[1])[:5]
     for text, score in worst:
         print(f"  lowest: {score:7.3f}  {text}")

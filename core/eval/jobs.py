@@ -9,8 +9,10 @@ resume); the UI submits them with `submit_eval` / `submit_embeddings`, or direct
 A run's progress is its number of samples on disk (`set_progress(done, total)`), so a stopped run
 resumes where its samples end. Files of an evaluation folder (a run folder, or the CLI's --out)::
 
-    results.json           numbers and what they were measured on (`RESULTS_FORMAT`, below)
-    sampling/              spec.json, samples/000000.png ..., samples.npz (core.eval.sampling)
+    results.json           numbers (mean and per seed) and what they were measured on (`RESULTS_FORMAT`)
+    sampling/seed-<s>/     spec.json, samples/000000.png ..., samples.npz (core.eval.sampling), per seed
+    features/              seed-<s>.npy and reference.npy: the features behind FD / precision / recall,
+                           for the paired bootstrap of `pair_verdicts` (not with Inception)
 
 and of an embedding-shift folder::
 
@@ -28,7 +30,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
@@ -44,7 +46,8 @@ from core.eval.sampling import ProgressFn, SamplingSpec, run_sampling
 EVAL_ENTRY = "core.eval.jobs:run_eval"
 EMBEDDINGS_ENTRY = "core.eval.jobs:run_embeddings"
 RESULTS_FILE = "results.json"
-SAMPLING_DIR = "sampling"
+SAMPLING_DIR = "sampling"  # one sub-folder per seed: sampling/seed-<s>/
+FEATURES_DIR = "features"  # seed-<s>.npy and reference.npy (not for Inception: torch-fidelity keeps its own)
 FIGURES_DIR = "figures"
 EMBEDDINGS_FILE = "embeddings.json"
 RESULTS_FORMAT = "vapi-eval/1"
@@ -319,7 +322,8 @@ class EvalConfig:
     temperature: float = 1.0  # App. D
     top_k: int = 0  # App. D (0 = off)
     top_p: float = 1.0  # App. D (1 = off)
-    seed: int = 0
+    seed: int = 0  # first sampling seed
+    num_seeds: int = 3  # seeds seed, seed+1, ...: every metric is mean ± std over them, verdicts carry an interval
     batch_size: int = 32
     image_size: Optional[int] = None  # resize before saving; Table 2: 256 (384 px samples)
     precision: str = "fp32"  # fp32 | bf16
@@ -348,7 +352,7 @@ class EvalConfig:
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown or not self.metrics or len(set(self.metrics)) != len(self.metrics):
             raise ConfigError("metrics", f"choose one or more of {', '.join(METRICS)} (each once), got {self.metrics}")
-        for name in ("num_samples", "k", "isc_splits"):
+        for name in ("num_samples", "num_seeds", "k", "isc_splits"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, f"must be a positive integer, got {value!r}")
@@ -398,6 +402,13 @@ class EvalConfig:
                             classes=tuple(classes) if classes is not None else None,
                             prompts=tuple(prompts) if prompts is not None else None)
 
+    def seeds(self) -> list[int]:
+        return [self.seed + j for j in range(self.num_seeds)]
+
+    @property
+    def total_samples(self) -> int:
+        return self.num_samples * self.num_seeds
+
     def setting(self, spec: SamplingSpec) -> dict:
         """What the numbers depend on besides the model: sampling (minus model and weights) and how they
         are measured. Which metrics were asked for is not part of it, so an evaluation of FID alone
@@ -408,7 +419,7 @@ class EvalConfig:
         if sampling["prompts"] is not None:
             text = "\n".join(sampling["prompts"]).encode("utf-8")
             sampling["prompts"] = {"count": len(spec.prompts), "sha256": hashlib.sha256(text).hexdigest()}
-        return {**sampling, "num_samples": self.num_samples, "extractor": self.extractor,
+        return {**sampling, "num_samples": self.num_samples, "num_seeds": self.num_seeds, "extractor": self.extractor,
                 "extractor_path": self.extractor_path, "reference": self.reference,
                 "reference_count": self.reference_count, "k": self.k, "isc_splits": self.isc_splits,
                 "clip_model": self.clip_model, "clip_template": self.clip_template}
@@ -493,55 +504,97 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
     log(f"[eval] {cfg.model} ({weights.checkpoint}): {cfg.num_samples} samples, cfg {cfg.cfg_scale}, "
         f"metrics {', '.join(cfg.metrics)}" + (f" with {cfg.extractor} features" if needs_features else ""))
 
-    sampled = run_sampling(spec, cfg.num_samples, out_dir / SAMPLING_DIR, device=cfg.device,
-                           progress=_sampling_progress(progress, log, "[eval] sampling"), should_stop=should_stop)
-    if not sampled.complete:
-        log(f"[eval] stopped with {sampled.written} new samples; run it again to continue")
+    seeds = cfg.seeds()
+    report = _sampling_progress(progress, log, "[eval] sampling")
+    sampled_sets = []
+    for j, seed in enumerate(seeds):
+        def seed_progress(done: int, total: int, j: int = j) -> None:
+            report(j * cfg.num_samples + done, cfg.total_samples)
+
+        sampled = run_sampling(replace(spec, seed=seed), cfg.num_samples, out_dir / SAMPLING_DIR / f"seed-{seed}",
+                               device=cfg.device, progress=seed_progress, should_stop=should_stop)
+        if not sampled.complete:
+            log(f"[eval] stopped with {sampled.written} new samples of seed {seed}; run it again to continue")
+            return None
+        sampled_sets.append(sampled)
+    if any(x.npz is None for x in sampled_sets):  # a process other than the main one: it only samples
         return None
-    if sampled.npz is None:
-        return None
-    log(f"[eval] {cfg.num_samples} samples in {sampled.out_dir} ({sampled.samples_per_second:.2f}/s this run); "
-        "computing metrics")
+    seconds = sum(x.seconds for x in sampled_sets)
+    log(f"[eval] {cfg.num_samples} samples x {len(seeds)} seeds in {out_dir / SAMPLING_DIR} "
+        f"({cfg.total_samples / max(seconds, 1e-9):.2f}/s this run); computing metrics")
     start = time.perf_counter()
-    metrics: dict[str, float] = {}
+    per_seed: list[dict[str, float]] = [{} for _ in seeds]
     per_text: dict[str, float] = {}
+    features: Optional[dict] = None
     if needs_features:
-        metrics.update(_feature_metrics(cfg, extractor, sampled.npz, reference, device))
+        real = None
+        if cfg.extractor != "inception" and ("fid" in cfg.metrics or "prc" in cfg.metrics):
+            from core.eval.extractors import extract
+
+            extractor.to(device)
+            real = extract(extractor, reference).features
+        files = []
+        for j, (seed, sampled) in enumerate(zip(seeds, sampled_sets)):
+            values, feats = _feature_metrics(cfg, extractor, sampled.npz, reference, device, real)
+            per_seed[j].update(values)
+            if feats is not None:
+                files.append(_save_features(out_dir / FEATURES_DIR / f"seed-{seed}.npy", feats))
+        if real is not None and files:
+            features = {"reference": str(_save_features(out_dir / FEATURES_DIR / "reference.npy", real)),
+                        "seeds": [str(f) for f in files]}
     if clip is not None:
         clip.to(device)
-        if prompts is not None:
-            texts = [prompts[int(i)] for i in sampled.labels]
-        else:
-            from core.data.classes import class_names_for
+        for j, sampled in enumerate(sampled_sets):
+            if prompts is not None:
+                texts = [prompts[int(i)] for i in sampled.labels]
+            else:
+                from core.data.classes import class_names_for
 
-            names = class_names_for(num_classes_of(cfg.model) or 0)
-            texts = [cfg.clip_template.format(names[int(c)]) for c in sampled.labels]
-        scores = clip_score(clip, sampled.npz, texts)
-        metrics.update(clip_score=scores["clip_score"], clip_score_std=scores["clip_score_std"])
-        per_text = scores["per_text"]
+                names = class_names_for(num_classes_of(cfg.model) or 0)
+                texts = [cfg.clip_template.format(names[int(c)]) for c in sampled.labels]
+            scores = clip_score(clip, sampled.npz, texts)
+            per_seed[j].update(clip_score=scores["clip_score"])
+            if j == 0:
+                per_text = scores["per_text"]
+    from core.eval.verdict import spread
+
+    spreads = {k: asdict(spread([row[k] for row in per_seed])) for k in per_seed[0]}
+    metrics = {k: v["mean"] for k, v in spreads.items()}
     results = {
         "format": RESULTS_FORMAT, "kind": "eval", "label": cfg.label, "model": cfg.model,
         "weights": weights.path, "checkpoint": weights.checkpoint, "run_id": weights.run_id, "step": weights.step,
-        "setting": cfg.setting(spec), "metrics": metrics, "clip_per_text": per_text,
-        "npz": str(sampled.npz), "sampling_dir": str(sampled.out_dir),
-        "timing": {"sampling_s": sampled.seconds, "metrics_s": time.perf_counter() - start,
-                   "samples_per_s": sampled.samples_per_second},
+        "setting": cfg.setting(spec), "metrics": metrics, "spread": spreads, "seeds": seeds,
+        "features": features, "clip_per_text": per_text,
+        "npz": str(sampled_sets[0].npz), "npz_per_seed": [str(x.npz) for x in sampled_sets],
+        "sampling_dir": str(out_dir / SAMPLING_DIR),
+        "timing": {"sampling_s": seconds, "metrics_s": time.perf_counter() - start,
+                   "samples_per_s": cfg.total_samples / max(seconds, 1e-9)},
         "finished_at": time.time(),
     }
     _write_json(out_dir / RESULTS_FILE, results)
-    log("[eval] " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    log("[eval] " + ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g}" for k, v in spreads.items())
+        + f" (mean ± std over {len(seeds)} seeds)")
     return results
 
 
-def _feature_metrics(cfg: EvalConfig, extractor, npz: Path, reference, device: torch.device) -> dict[str, float]:
-    """FID / IS / precision / recall: torch-fidelity for Inception, core.eval.metrics otherwise."""
+def _save_features(path: Path, feats) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = feats.numpy() if torch.is_tensor(feats) else np.asarray(feats)
+    np.save(path, arr.astype(np.float32))
+    return path
+
+
+def _feature_metrics(cfg: EvalConfig, extractor, npz: Path, reference, device: torch.device,
+                     real: Optional[torch.Tensor] = None) -> tuple[dict[str, float], Optional[torch.Tensor]]:
+    """FID / IS / precision / recall of one sample set, and its features (None through torch-fidelity):
+    torch-fidelity for Inception, core.eval.metrics otherwise. real: the reference's features."""
     from core.eval import metrics as M
     from core.eval.extractors import extract, fidelity_metrics
 
     fid, isc, prc = ("fid" in cfg.metrics), ("isc" in cfg.metrics), ("prc" in cfg.metrics)
     if cfg.extractor == "inception":
         return fidelity_metrics(npz, reference, fid=fid, isc=isc, prc=prc, weights_path=cfg.extractor_path,
-                                isc_splits=cfg.isc_splits, prc_k=cfg.k, cuda=device.type == "cuda")
+                                isc_splits=cfg.isc_splits, prc_k=cfg.k, cuda=device.type == "cuda"), None
     extractor.to(device)
     gen = extract(extractor, npz)
     out: dict[str, float] = {}
@@ -549,13 +602,14 @@ def _feature_metrics(cfg: EvalConfig, extractor, npz: Path, reference, device: t
         score = M.inception_score_from_logits(gen.logits, splits=cfg.isc_splits)
         out.update(is_mean=score.mean, is_std=score.std)
     if fid or prc:
-        real = extract(extractor, reference).features
+        if real is None:
+            real = extract(extractor, reference).features
         if fid:
             out["fid"] = M.fid_from_features(real, gen.features)
         if prc:
             pr = M.precision_recall(real, gen.features, k=cfg.k)
             out.update(precision=pr.precision, recall=pr.recall)
-    return out
+    return out, gen.features
 
 
 def _write_json(path: Path, obj) -> None:
@@ -585,7 +639,7 @@ def run_eval(config: dict, run_dir: Path, recorder, resume: bool) -> None:
                        progress=_logging_progress(log, "[eval] sampling", recorder.set_progress),
                        should_stop=recorder.should_stop, log=log)
     if results is not None:
-        recorder.log_metrics(cfg.num_samples, {**results["metrics"],
+        recorder.log_metrics(cfg.total_samples, {**results["metrics"],
                                                "samples_per_s": results["timing"]["samples_per_s"]})
 
 
@@ -594,7 +648,7 @@ def submit_eval(launcher, config: dict | EvalConfig, devices: str = "cpu", name:
     cfg = config if isinstance(config, EvalConfig) else EvalConfig.from_dict(config)
     weights = check_eval(cfg, launcher.store.runs_dir)
     name = name or f"eval {cfg.model} {cfg.label or weights.checkpoint}"
-    return launcher.submit(name, {"entry": EVAL_ENTRY, **cfg.to_dict()}, devices, cfg.num_samples)
+    return launcher.submit(name, {"entry": EVAL_ENTRY, **cfg.to_dict()}, devices, cfg.total_samples)
 
 
 # ------------------------------------------------------------------------------------------ embeddings
@@ -607,7 +661,8 @@ class EmbeddingConfig:
     base_weights: Optional[str] = None  # None: the preset's weights
     aligned_weights: Optional[str] = None  # required: see resolve_weights
     classes: Optional[list] = None  # ids or names; None: the first 10 classes
-    per_class: int = 50  # samples per class and set
+    per_class: int = 100  # samples per class, set and seed (demo: 10 x 100 = Evaluate's 1000 samples)
+    num_seeds: int = 3  # seeds seed, seed+1, ...: overall numbers are mean ± std, verdicts carry an interval
     real: str = "shapes"  # "shapes[:split]" (demo; default split "reference") or an ImageNet-layout folder
     extractor: Optional[str] = None  # None: demo for the demo preset, inception otherwise
     extractor_path: Optional[str] = None
@@ -633,6 +688,8 @@ class EmbeddingConfig:
             raise ConfigError("aligned_weights", "name the aligned model: a checkpoint file or folder, a run folder or a run id")
         if isinstance(self.per_class, bool) or not isinstance(self.per_class, int) or self.per_class <= self.k:
             raise ConfigError("per_class", f"must be an integer > k={self.k} (per-class numbers need it), got {self.per_class!r}")
+        if isinstance(self.num_seeds, bool) or not isinstance(self.num_seeds, int) or self.num_seeds < 1:
+            raise ConfigError("num_seeds", f"must be a positive integer, got {self.num_seeds!r}")
         if self.extractor is None:
             self.extractor = "demo" if registry.get_generator(self.model).embedded else "inception"
         if self.extractor not in EXTRACTORS:
@@ -672,16 +729,20 @@ class EmbeddingConfig:
                             top_k=self.top_k, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size,
                             image_size=self.image_size, precision=self.precision, classes=tuple(self.class_ids()))
 
+    def seeds(self) -> list[int]:
+        return [self.seed + j for j in range(self.num_seeds)]
+
     @property
     def total_samples(self) -> int:
-        """Samples drawn in all: per_class x classes, for base and for aligned."""
-        return 2 * self.per_class * len(self.class_ids())
+        """Samples drawn in all: per_class x classes x seeds, for base and for aligned."""
+        return 2 * self.per_class * len(self.class_ids()) * self.num_seeds
 
 
 def real_images(real: str, classes: Sequence[int], per_class: int, image_size: int) -> tuple[torch.Tensor, np.ndarray]:
     """`per_class` real images of each class: ([K*n, 3, S, S] in [-1, 1], labels [K*n]).
 
-    "shapes[:split]": scenes c, c+10, c+20, ... of the split (the label of scene i is i % 10);
+    "shapes[:split]": scenes c, c+10, c+20, ... of the split (the label of scene i is i % 10), in index
+    order: with all 10 classes, scenes 0 .. 10n-1 in order, the very set and order of Evaluate's reference;
     a folder in the ImageNet layout: the first `per_class` images of each class folder, by path.
     """
     from core.data import shapes
@@ -691,7 +752,7 @@ def real_images(real: str, classes: Sequence[int], per_class: int, image_size: i
         bad = [c for c in classes if c >= shapes.NUM_CLASSES]
         if bad:
             raise ConfigError("classes", f"class {bad[0]} is not a shapes class (0..{shapes.NUM_CLASSES - 1})")
-        indices = [c + shapes.NUM_CLASSES * j for c in classes for j in range(per_class)]
+        indices = sorted(c + shapes.NUM_CLASSES * j for c in classes for j in range(per_class))
         images, labels = shapes.images_tensor(split, indices, image_size)
         return images, labels.numpy()
     from core.data.imagefolder import ImageFolderDataset
@@ -781,34 +842,60 @@ def embedding_shift(cfg: EmbeddingConfig, out_dir: str | Path, *, runs_dir: Opti
     log(f"[embeddings] {cfg.model}: base {base.checkpoint} vs aligned {aligned.checkpoint}, {len(classes)} classes x "
         f"{cfg.per_class}, {cfg.extractor} features")
 
-    sets = {}
+    seeds = cfg.seeds()
+    npzs: dict[str, list] = {"base": [], "aligned": []}
+    labels: dict[str, list] = {"base": [], "aligned": []}
     for offset, (name, ref) in enumerate((("base", base), ("aligned", aligned))):
-        def report(done: int, total: int, offset: int = offset) -> None:
-            if progress is not None:
-                progress(offset * n + done, 2 * n)
+        for j, seed in enumerate(seeds):
+            def report(done: int, total: int, at: int = (offset * len(seeds) + j) * n) -> None:
+                if progress is not None:
+                    progress(at + done, cfg.total_samples)
 
-        sampled = run_sampling(cfg.sampling_spec(ref.path), n, out_dir / name, device=cfg.device,
-                               progress=report if progress is not None else _sampling_progress(None, log, f"[embeddings] {name}"),
-                               should_stop=should_stop)
-        if not sampled.complete:
-            log(f"[embeddings] stopped while sampling {name}; run it again to continue")
-            return None
-        if sampled.npz is None:
-            return None
-        sets[name] = (sampled.npz, sampled.labels)
+            sampled = run_sampling(replace(cfg.sampling_spec(ref.path), seed=seed), n, out_dir / name / f"seed-{seed}",
+                                   device=cfg.device,
+                                   progress=report if progress is not None else _sampling_progress(None, log, f"[embeddings] {name}"),
+                                   should_stop=should_stop)
+            if not sampled.complete:
+                log(f"[embeddings] stopped while sampling {name}; run it again to continue")
+                return None
+            npzs[name].append(sampled.npz)
+            labels[name].append(sampled.labels)
+    if any(npz is None for group in npzs.values() for npz in group):  # not the main process: it only samples
+        return None
     log("[embeddings] extracting features and projecting")
     extractor.to(device)
-    feats = {name: FeatureSet(extract(extractor, npz).features.numpy(), labels) for name, (npz, labels) in sets.items()}
-    real = FeatureSet(extract(extractor, real_x).features.numpy(), real_y)
+    per_seed = {name: [extract(extractor, npz).features.numpy() for npz in npzs[name]] for name in npzs}
+    real_f = extract(extractor, real_x).features.numpy()
+    from core.eval import verdict as V
+
+    verdicts = V.compare_features(real_f, per_seed["base"], per_seed["aligned"], k=cfg.k)
+    # maps and per-class numbers: all seeds pooled
+    feats = {name: FeatureSet(np.concatenate(per_seed[name]), np.concatenate(labels[name])) for name in per_seed}
+    real = FeatureSet(real_f, real_y)
     shift = analyze_embedding_shift(real, feats["base"], feats["aligned"], methods=cfg.projections, seed=cfg.seed,
                                     k=cfg.k, max_points_per_set=cfg.max_points_per_set)
+    per_class_verdicts = {}
+    for c in classes:
+        rc = real_f[real_y == c]
+        bs = [f[y == c] for f, y in zip(per_seed["base"], labels["base"])]
+        As = [f[y == c] for f, y in zip(per_seed["aligned"], labels["aligned"])]
+        if len(rc) > cfg.k and all(len(x) > cfg.k for x in bs + As):
+            per_class_verdicts[str(c)] = V.compare_features(rc, bs, As, k=cfg.k, n_boot=100, metrics=("fd",))["fd"].to_dict()
+    # overall numbers: mean over seeds, as Evaluate's (the pooled set's FD is lower by its smaller bias)
+    for name in ("base", "aligned"):
+        d = shift.overall[name]
+        shift.overall[name] = replace(d, frechet=getattr(verdicts["fd"], name).mean,
+                                      precision=getattr(verdicts["precision"], name).mean,
+                                      recall=getattr(verdicts["recall"], name).mean, n_model=n)
     shift.to_json(out_dir / EMBEDDINGS_FILE)
     figures = save_figures(shift, out_dir / FIGURES_DIR)
     class_names = {str(c): names[c] for c in classes}
     results = {
         "format": EMBEDDINGS_FORMAT, "kind": "embeddings", "model": cfg.model,
         "base": asdict(base), "aligned": asdict(aligned), "config": cfg.to_dict(), "class_names": class_names,
-        "overall": {m: _distance_dict(d) for m, d in shift.overall.items()},
+        "seeds": seeds, "overall": {m: _distance_dict(d) for m, d in shift.overall.items()},
+        "verdicts": {("fid" if m == "fd" else m): v.to_dict() for m, v in verdicts.items()},
+        "per_class_verdicts": per_class_verdicts,
         "per_class": {lab: {m: _distance_dict(d) for m, d in row.items()} for lab, row in shift.per_label.items()},
         "skipped_classes": shift.skipped_labels, "counts": shift.counts,
         "embeddings_json": str(out_dir / EMBEDDINGS_FILE), "figures": {k: str(v) for k, v in figures.items()},
@@ -950,21 +1037,60 @@ def evaluation_summary(runs_dir: Optional[str | Path] = None, folders: Sequence[
         base_metrics = base[1]["metrics"] if base is not None and checkpoint != "base" else None
         delta = ({k: v - base_metrics[k] for k, v in r["metrics"].items() if k in base_metrics}
                  if base_metrics is not None else None)
+        verdicts = pair_verdicts(base[1], r) if base_metrics is not None else None
         rows.append({"model": model, "setting": r["setting"], "setting_key": setting_key, "checkpoint": checkpoint,
                      "run_id": r.get("run_id"), "step": r.get("step"), "label": r.get("label", ""),
                      "metrics": r["metrics"], "base_metrics": base_metrics, "delta": delta, "source": source,
-                     "finished_at": r.get("finished_at")})
+                     "spread": _spread_of(r), "base_spread": _spread_of(base[1]) if base_metrics is not None else None,
+                     "verdicts": verdicts, "finished_at": r.get("finished_at")})
     rows.sort(key=lambda row: (row["model"], row["setting_key"], row["checkpoint"] != "base",
                                row["run_id"] or "", row["step"] or 0, row["checkpoint"]))
     return rows
 
 
 SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")
+_VERDICTS: dict[tuple, dict] = {}  # (base result, checkpoint result) -> verdicts: a bootstrap is ~1 s per pair
+
+
+def _spread_of(results: dict) -> dict:
+    """{metric: {mean, std, values}} of a result; a result of one seed (older format) as one value."""
+    if isinstance(results.get("spread"), dict):
+        return results["spread"]
+    return {k: {"mean": v, "std": 0.0, "values": [v]} for k, v in results["metrics"].items()}
+
+
+def pair_verdicts(base: dict, checkpoint: dict) -> dict[str, dict]:
+    """{metric: Verdict dict} of a checkpoint's evaluation against its base's under the same setting:
+    FD / precision / recall from the stored features (paired bootstrap, `core.eval.verdict`), other
+    metrics (IS, CLIP score, Inception FID through torch-fidelity) from their per-seed values."""
+    from core.eval import verdict as V
+
+    key = tuple((r.get("sampling_dir"), r.get("finished_at")) for r in (base, checkpoint))
+    if key in _VERDICTS:
+        return _VERDICTS[key]
+    out: dict[str, dict] = {}
+    bf, cf = base.get("features"), checkpoint.get("features")
+    if bf and cf and len(bf["seeds"]) == len(cf["seeds"]) and all(
+            Path(f).is_file() for f in [cf["reference"], *bf["seeds"], *cf["seeds"]]):
+        wanted = [m for m in ("fd", "precision", "recall") if (m if m != "fd" else "fid") in checkpoint["metrics"]]
+        found = V.compare_features(np.load(cf["reference"]), [np.load(f) for f in bf["seeds"]],
+                                   [np.load(f) for f in cf["seeds"]], k=int(checkpoint["setting"].get("k", 3)),
+                                   metrics=wanted)
+        out.update({("fid" if m == "fd" else m): v.to_dict() for m, v in found.items()})
+    base_spread, spread = _spread_of(base), _spread_of(checkpoint)
+    for m in SUMMARY_METRICS:
+        if m in out or m not in spread or m not in base_spread:
+            continue
+        if len(base_spread[m]["values"]) != len(spread[m]["values"]):
+            continue
+        out[m] = V.from_seed_values(m, base_spread[m]["values"], spread[m]["values"]).to_dict()
+    _VERDICTS[key] = out
+    return out
 
 
 def summary_table(rows: Sequence[dict]) -> str:
     """Rows of `evaluation_summary` as text: one block per model and setting, each checkpoint's
-    numbers with the base model's in brackets."""
+    numbers with the base model's in brackets, then per metric the change, its interval and verdict."""
     if not rows:
         return "no finished evaluations"
     lines = []
@@ -986,4 +1112,9 @@ def summary_table(rows: Sequence[dict]) -> str:
             cells.append(f"{text:>20}")
         title = row["checkpoint"] + (f" [{row['label']}]" if row["label"] else "")
         lines.append(f"  {title[:40]:<40} " + " ".join(cells))
+        for m, v in (row.get("verdicts") or {}).items():
+            b, c = v["base"], v["aligned"]
+            interval = "no interval (one seed)" if v["method"] == "none" else f"[{v['low']:+.4g}, {v['high']:+.4g}]"
+            lines.append(f"    {m}: {b['mean']:.4g} ± {b['std']:.2g} -> {c['mean']:.4g} ± {c['std']:.2g} over "
+                         f"{v['seeds']} seeds, change {v['delta']:+.4g}, 95% {interval} ({v['method']}): {v['verdict']}")
     return "\n".join(lines).lstrip("\n")

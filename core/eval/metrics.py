@@ -187,6 +187,23 @@ def precision_recall(real, generated, k: int = 3, chunk_size: int = 1024,
     return PrecisionRecall(precision=precision, recall=recall, k=k)
 
 
+def manifold_indicators(real, generated, k: int = 3, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-point terms of `precision_recall`: (inside_real [M] bool, one per generated sample: inside the
+    real manifold; inside_generated [N] bool, one per real sample). Their means are precision and recall."""
+    r = _features("real", real, min_rows=k + 1)
+    g = _features("generated", generated, min_rows=k + 1)
+    dtype = torch.float64 if (r.dtype == np.float64 and g.dtype == np.float64) else torch.float32
+    rt, gt = torch.as_tensor(r, dtype=dtype), torch.as_tensor(g, dtype=dtype)
+
+    def inside(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor) -> np.ndarray:
+        out = []
+        for s in range(0, queries.shape[0], chunk_size):
+            out.append((torch.cdist(queries[s:s + chunk_size], support) <= radii[None, :]).any(dim=1))
+        return torch.cat(out).numpy()
+
+    return inside(gt, rt, _knn_radii(rt, k, chunk_size)), inside(rt, gt, _knn_radii(gt, k, chunk_size))
+
+
 class InceptionScore(NamedTuple):
     mean: float  # over splits
     std: float   # over splits (population std, as improved-GAN and torch-fidelity)

@@ -90,8 +90,14 @@ def draw_uniforms(batch: int, n: int, device, generator: Optional[torch.Generato
 @torch.no_grad()
 def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: Optional[torch.Generator] = None, seeds: Optional[Sequence[int]] = None,
-             cond_mask: Optional[Tensor] = None, return_logprobs: bool = False) -> SampleOutput:
+             cond_mask: Optional[Tensor] = None, return_logprobs: bool = False,
+             prefix: Optional[Tensor] = None) -> SampleOutput:
     """Sample N image tokens per condition from a LlamaGen-style model (prefill + decode_one).
+
+    prefix: [B, P] tokens forced at positions 0..P-1 (a shared-prefix continuation); the model samples
+    positions P..N-1 with the same uniforms u[:, P:] it would use without a prefix, so two models
+    continuing one prefix with one seed differ only by what each does after it, and a model
+    continuing its own sample's prefix reproduces that sample. Their logprobs are the model's.
 
     cond: [B] class ids or [B, C, D] caption features; cond_mask: [B, C] bool for padded captions.
     cfg_scale > 1 runs the conditional and the null condition as one doubled batch and mixes
@@ -99,6 +105,9 @@ def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float 
     """
     check_sampling_args(cfg_scale, temperature, top_k, top_p)
     B, N = cond.shape[0], model.num_tokens
+    P = 0 if prefix is None else prefix.shape[1]
+    if prefix is not None and (prefix.shape[0] != B or P > N):
+        raise ConfigError("prefix", f"expected [{B}, <= {N}] tokens, got {list(prefix.shape)}")
     u = draw_uniforms(B, N, cond.device, generator, seeds).float()
     guided = cfg_scale != 1.0
     if guided:
@@ -118,7 +127,11 @@ def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float 
     logprobs = torch.empty(B, N, dtype=torch.float32, device=cond.device)
     logits = guide(model.prefill(cond_in, cache, cond_mask=mask_in))
     for i in range(N):
-        tok, lp = pick(logits, u[:, i], temperature, top_k, top_p)
+        if i < P:
+            tok = prefix[:, i].to(tokens.device)
+            lp = torch.log_softmax(logits.float() / max(temperature, 1e-8), dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+        else:
+            tok, lp = pick(logits, u[:, i], temperature, top_k, top_p)
         tokens[:, i], logprobs[:, i] = tok, lp
         if i + 1 < N:
             logits = guide(model.decode_one(torch.cat([tok, tok]) if guided else tok, cache))
@@ -132,12 +145,27 @@ def generate_images(policy, tokenizer, cond: Tensor, *, seeds: Sequence[int], ba
 
     Row i depends only on (cond[i], seeds[i]) and the sampling settings, not on the batching.
     """
+    return decode_tokens(tokenizer, generate_tokens(policy, cond, seeds=seeds, batch_size=batch_size,
+                                                    cond_mask=cond_mask, **sampling), batch_size)
+
+
+@torch.no_grad()
+def decode_tokens(tokenizer, tokens: Tensor, batch_size: int = 32) -> Tensor:
+    """[B, N] tokens -> [B, 3, H, W] images in [-1, 1], decoded in batches."""
+    return torch.cat([tokenizer.decode(tokens[s:s + batch_size]).float().clamp(-1, 1)
+                      for s in range(0, tokens.shape[0], batch_size)])
+
+
+@torch.no_grad()
+def generate_tokens(policy, cond: Tensor, *, seeds: Sequence[int], batch_size: int = 32,
+                    cond_mask: Optional[Tensor] = None, prefix: Optional[Tensor] = None, **sampling) -> Tensor:
+    """Sample one token sequence per (cond[i], seeds[i]) (after prefix[i] if given), in batches. -> [B, N]."""
     if len(seeds) != cond.shape[0]:
         raise ConfigError("seeds", f"got {len(seeds)} seeds for {cond.shape[0]} conditions")
     out = []
     for s in range(0, cond.shape[0], batch_size):
         sl = slice(s, s + batch_size)
-        toks = generate(policy, cond[sl], seeds=list(seeds[sl]),
-                        cond_mask=cond_mask[sl] if cond_mask is not None else None, **sampling).tokens
-        out.append(tokenizer.decode(toks).float().clamp(-1, 1))
+        out.append(generate(policy, cond[sl], seeds=list(seeds[sl]),
+                            cond_mask=cond_mask[sl] if cond_mask is not None else None,
+                            prefix=prefix[sl] if prefix is not None else None, **sampling).tokens)
     return torch.cat(out)
