@@ -114,3 +114,20 @@ def train_demo_run(store, steps: int = 2, name: str = "trained", **overrides) ->
     Trainer(cfg, run.run_dir, RunRecorder(run.run_dir, is_main=True), log=lambda m: None).train()
     store.set_status(run.id, "finished")
     return run.id, steps
+
+
+def wait_for(predicate, what: str, timeout: float, poll: float = 0.05, tick=None):
+    """Poll `predicate` (after `tick.tick()` when a launcher is given) until it returns something true; return it.
+    AssertionError naming `what` after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if tick is not None:
+            tick.tick()
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(poll)

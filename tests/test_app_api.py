@@ -32,6 +32,7 @@ from core.runs.launcher import free_port
 from core.runs.store import STOPPED
 from core.vapi.config import parse_overrides, resolve
 from tests.helpers import served_app, train_demo_run
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = {"__type__": "update"}  # an output the handler left unchanged, as gradio_client returns it
@@ -43,14 +44,7 @@ TINY = dict(max_steps=160, per_device_train_batch_size=2, global_batch_size=2, n
 
 
 def wait_for(predicate, what: str, timeout: float = TIMEOUT_S, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(poll)
+    return helpers.wait_for(predicate, what, timeout, poll=poll)
 
 
 class UI:

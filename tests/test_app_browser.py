@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,22 @@ def served(tiny_demo, tmp_path, monkeypatch):
         pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
     with served_app(tmp_path, monkeypatch, [tmp_path]) as served:
         yield served
+
+
+@contextmanager
+def browser_page(url: str):
+    """A headless Chromium page on the workbench at `url`, once its Launch form is there."""
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(url)
+            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
+            yield page
+        finally:
+            browser.close()
 
 
 def screenshot(page, folder: Path, name: str) -> Path:
@@ -59,75 +76,68 @@ def set_field(page, key: str, value: str) -> None:
 
 
 def test_tabs_a_run_and_a_comparison_in_chromium(served, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     app, url = served
     shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(url)
-            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
-            expect(page.locator("#demo-note")).to_contain_text("pixel-only")
+    with browser_page(url) as page:
+        expect(page.locator("#demo-note")).to_contain_text("pixel-only")
 
-            # an invalid value is flagged under its field, live
-            page.get_by_role("button", name="Objective (Eq. 11)").click()
-            set_field(page, "beta", "-1")
-            expect(page.locator("#launch-status")).to_contain_text("beta: must be >= 0", timeout=20_000)
-            expect(page.locator("#field-beta")).to_have_class(re.compile("field-error"), timeout=20_000)
-            expect(page.locator("#field-beta")).to_contain_text("must be >= 0", timeout=20_000)
-            set_field(page, "beta", "0.1")
-            expect(page.locator("#launch-status")).not_to_contain_text("beta", timeout=20_000)
+        # an invalid value is flagged under its field, live
+        page.get_by_role("button", name="Objective (Eq. 11)").click()
+        set_field(page, "beta", "-1")
+        expect(page.locator("#launch-status")).to_contain_text("beta: must be >= 0", timeout=20_000)
+        expect(page.locator("#field-beta")).to_have_class(re.compile("field-error"), timeout=20_000)
+        expect(page.locator("#field-beta")).to_contain_text("must be >= 0", timeout=20_000)
+        set_field(page, "beta", "0.1")
+        expect(page.locator("#launch-status")).not_to_contain_text("beta", timeout=20_000)
 
-            # a tiny demo run from the form
-            set_field(page, "data_subset", "20")
-            page.get_by_role("button", name="Rollout (teacher-forced sampling)").click()
-            set_field(page, "num_generations", "2")
-            page.get_by_role("button", name="Optimisation").click()
-            set_field(page, "global_batch_size", "2")
-            set_field(page, "per_device_train_batch_size", "2")
-            set_field(page, "max_steps", "40")
-            page.get_by_role("button", name="Checkpoints, metrics and previews").click()
-            set_field(page, "preview_steps", "20")
-            set_field(page, "save_steps", "20")
-            set_field(page, "preview_seeds", "0, 1")
-            expect(page.locator("#launch-cli")).to_contain_text("max_steps=40", timeout=20_000)
-            expect(page.locator("#launch-cli")).to_contain_text("preview_seeds=[0, 1]", timeout=20_000)
-            screenshot(page, shots, "launch")
+        # a tiny demo run from the form
+        set_field(page, "data_subset", "20")
+        page.get_by_role("button", name="Rollout (teacher-forced sampling)").click()
+        set_field(page, "num_generations", "2")
+        page.get_by_role("button", name="Optimisation").click()
+        set_field(page, "global_batch_size", "2")
+        set_field(page, "per_device_train_batch_size", "2")
+        set_field(page, "max_steps", "40")
+        page.get_by_role("button", name="Checkpoints, metrics and previews").click()
+        set_field(page, "preview_steps", "20")
+        set_field(page, "save_steps", "20")
+        set_field(page, "preview_seeds", "0, 1")
+        expect(page.locator("#launch-cli")).to_contain_text("max_steps=40", timeout=20_000)
+        expect(page.locator("#launch-cli")).to_contain_text("preview_seeds=[0, 1]", timeout=20_000)
+        screenshot(page, shots, "launch")
 
-            page.locator("#launch-button").click()
-            expect(page.locator("#launch-status")).to_contain_text("Launched", timeout=30_000)
-            expect(page.locator("#runs-plot")).to_be_visible(timeout=30_000)  # the launch switched to Runs
-            expect(page.locator("#runs-header")).to_contain_text("step", timeout=WAIT_MS)
-            expect(page.locator("#runs-plot .js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=WAIT_MS)
-            expect(page.locator("#runs-gallery img").first).to_be_visible(timeout=WAIT_MS)
-            expect(page.locator("#runs-header")).to_contain_text("finished", timeout=WAIT_MS)
-            expect(page.locator("#runs-board img").first).to_be_visible(timeout=WAIT_MS)
-            page.wait_for_timeout(1500)  # plotly draws asynchronously
-            screenshot(page, shots, "runs")
+        page.locator("#launch-button").click()
+        expect(page.locator("#launch-status")).to_contain_text("Launched", timeout=30_000)
+        expect(page.locator("#runs-plot")).to_be_visible(timeout=30_000)  # the launch switched to Runs
+        expect(page.locator("#runs-header")).to_contain_text("step", timeout=WAIT_MS)
+        expect(page.locator("#runs-plot .js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=WAIT_MS)
+        expect(page.locator("#runs-gallery img").first).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator("#runs-header")).to_contain_text("finished", timeout=WAIT_MS)
+        expect(page.locator("#runs-board img").first).to_be_visible(timeout=WAIT_MS)
+        page.wait_for_timeout(1500)  # plotly draws asynchronously
+        screenshot(page, shots, "runs")
 
-            # a browser refresh loses nothing: the page reads the run back from the store
-            run_id = app.ctx.store.list_runs()[0].id
-            page.reload()
-            page.get_by_role("tab", name="Runs").click()
-            expect(page.locator("#runs-header")).to_contain_text(run_id, timeout=30_000)
-            expect(page.locator("#runs-header")).to_contain_text("finished")
-            expect(page.locator("#runs-plot .js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=30_000)
+        # a browser refresh loses nothing: the page reads the run back from the store
+        run_id = app.ctx.store.list_runs()[0].id
+        page.reload()
+        page.get_by_role("tab", name="Runs").click()
+        expect(page.locator("#runs-header")).to_contain_text(run_id, timeout=30_000)
+        expect(page.locator("#runs-header")).to_contain_text("finished")
+        expect(page.locator("#runs-plot .js-plotly-plot .scatterlayer .trace").first).to_be_attached(timeout=30_000)
 
-            page.get_by_role("tab", name="Compare").click()
-            expect(page.locator("#compare-generate")).to_be_visible()
-            expect(page.locator("#compare-aligned input")).to_have_value(re.compile("step 40"), timeout=20_000)
-            page.locator("#compare-generate").click()
-            expect(page.locator("#compare-status")).to_contain_text("teacher-forced", timeout=WAIT_MS)
-            # 4 classes x 4 seeds, each row ground truth | base | aligned | difference
-            expect(page.locator("#compare-gallery img")).to_have_count(64, timeout=30_000)
-            expect(page.locator(".pair-slider")).to_have_count(16, timeout=30_000)
-            page.wait_for_timeout(500)
-            screenshot(page, shots, "compare")
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Compare").click()
+        expect(page.locator("#compare-generate")).to_be_visible()
+        expect(page.locator("#compare-aligned input")).to_have_value(re.compile("step 40"), timeout=20_000)
+        page.locator("#compare-generate").click()
+        expect(page.locator("#compare-status")).to_contain_text("teacher-forced", timeout=WAIT_MS)
+        # 4 classes x 4 seeds, each row ground truth | base | aligned | difference
+        expect(page.locator("#compare-gallery img")).to_have_count(64, timeout=30_000)
+        expect(page.locator(".pair-slider")).to_have_count(16, timeout=30_000)
+        page.wait_for_timeout(500)
+        screenshot(page, shots, "compare")
     assert {p.name for p in shots.glob("*.png")} >= {"launch.png", "runs.png", "compare.png"}
 
 
@@ -164,57 +174,50 @@ def served_with_standins(tiny_demo, tmp_path, monkeypatch):
 
 
 def test_each_paper_preset_fills_the_form_and_launches_in_chromium(served_with_standins, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     (app, url), data = served_with_standins
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(url)
-            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
-            for preset, (kind, table7) in PAPER_FORM.items():
-                page.get_by_role("tab", name="Launch").click()
-                page.locator("#field-preset input").click()
-                page.get_by_role("option", name=preset, exact=True).click()
-                expect(field(page, "name")).to_have_value(preset, timeout=20_000)
-                expect(page.locator(f"#field-data input[value={kind}]")).to_be_checked(timeout=20_000)
-                reveal(page, "Optimisation", "learning_rate")
-                reveal(page, "Rollout (teacher-forced sampling)", "xi")
-                for key, value in table7.items():
-                    expect(field(page, key)).to_have_value(value, timeout=20_000)
-                expect(field(page, "global_batch_size")).to_have_value("128")
-                expect(field(page, "num_generations")).to_have_value("8")
-                # a data folder, as a user types it; offline the LPIPS weights are missing and say so
-                set_field(page, "data_path", str(data[kind]))
-                page.locator("#launch-button").click()
-                expect(page.locator("#launch-status")).to_contain_text("vgg16-397923af.pth", timeout=60_000)
-                reveal(page, "Reward (Eq. 10)", "reward_weights__lpips")
-                set_field(page, "reward_weights__lpips", "0")
-                # a run this CPU finishes: 1 step of 4 images x 2 samples, one preview seed
-                set_field(page, "max_steps", "1")
-                set_field(page, "global_batch_size", "4")
-                set_field(page, "per_device_train_batch_size", "2")
-                set_field(page, "num_generations", "2")
-                reveal(page, "Checkpoints, metrics and previews", "preview_seeds")
-                set_field(page, "preview_seeds", "0")
-                expect(page.locator("#launch-cli")).to_contain_text(f"--preset {preset}", timeout=20_000)
-                page.locator("#launch-button").click()
-                expect(page.locator("#launch-status")).to_contain_text("Launched", timeout=60_000)
-                expect(page.locator("#runs-table")).to_contain_text(preset, timeout=60_000)
-            # every launched run trains on its stand-in and finishes (they queue on the one CPU device)
-            store = app.ctx.store
-            deadline = 240
-            for _ in range(deadline):
-                runs = store.list_runs()
-                if len(runs) == 4 and all(r.status == "finished" for r in runs):
-                    break
-                assert not any(r.status == "failed" for r in runs), [(r.name, r.message) for r in runs]
-                page.wait_for_timeout(1000)
-            assert sorted(r.name for r in store.list_runs()) == sorted(PAPER_FORM)
-            assert all(r.status == "finished" and r.step == 1 for r in store.list_runs())
-            page.get_by_role("tab", name="Runs").click()
-            for preset in PAPER_FORM:
-                expect(page.locator("#runs-table")).to_contain_text(preset, timeout=30_000)
-        finally:
-            browser.close()
+    with browser_page(url) as page:
+        for preset, (kind, table7) in PAPER_FORM.items():
+            page.get_by_role("tab", name="Launch").click()
+            page.locator("#field-preset input").click()
+            page.get_by_role("option", name=preset, exact=True).click()
+            expect(field(page, "name")).to_have_value(preset, timeout=20_000)
+            expect(page.locator(f"#field-data input[value={kind}]")).to_be_checked(timeout=20_000)
+            reveal(page, "Optimisation", "learning_rate")
+            reveal(page, "Rollout (teacher-forced sampling)", "xi")
+            for key, value in table7.items():
+                expect(field(page, key)).to_have_value(value, timeout=20_000)
+            expect(field(page, "global_batch_size")).to_have_value("128")
+            expect(field(page, "num_generations")).to_have_value("8")
+            # a data folder, as a user types it; offline the LPIPS weights are missing and say so
+            set_field(page, "data_path", str(data[kind]))
+            page.locator("#launch-button").click()
+            expect(page.locator("#launch-status")).to_contain_text("vgg16-397923af.pth", timeout=60_000)
+            reveal(page, "Reward (Eq. 10)", "reward_weights__lpips")
+            set_field(page, "reward_weights__lpips", "0")
+            # a run this CPU finishes: 1 step of 4 images x 2 samples, one preview seed
+            set_field(page, "max_steps", "1")
+            set_field(page, "global_batch_size", "4")
+            set_field(page, "per_device_train_batch_size", "2")
+            set_field(page, "num_generations", "2")
+            reveal(page, "Checkpoints, metrics and previews", "preview_seeds")
+            set_field(page, "preview_seeds", "0")
+            expect(page.locator("#launch-cli")).to_contain_text(f"--preset {preset}", timeout=20_000)
+            page.locator("#launch-button").click()
+            expect(page.locator("#launch-status")).to_contain_text("Launched", timeout=60_000)
+            expect(page.locator("#runs-table")).to_contain_text(preset, timeout=60_000)
+        # every launched run trains on its stand-in and finishes (they queue on the one CPU device)
+        store = app.ctx.store
+        deadline = 240
+        for _ in range(deadline):
+            runs = store.list_runs()
+            if len(runs) == 4 and all(r.status == "finished" for r in runs):
+                break
+            assert not any(r.status == "failed" for r in runs), [(r.name, r.message) for r in runs]
+            page.wait_for_timeout(1000)
+        assert sorted(r.name for r in store.list_runs()) == sorted(PAPER_FORM)
+        assert all(r.status == "finished" and r.step == 1 for r in store.list_runs())
+        page.get_by_role("tab", name="Runs").click()
+        for preset in PAPER_FORM:
+            expect(page.locator("#runs-table")).to_contain_text(preset, timeout=30_000)

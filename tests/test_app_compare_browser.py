@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import served_app, train_demo_run
-from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, screenshot
+from tests.test_app_browser import CHROMIUM, WAIT_MS, browser_page, screenshot
 from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.browser
@@ -39,7 +39,7 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - th
 
 
 def test_compare_views_and_runs_overlay_in_chromium(served, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     app, url = served
     store = app.ctx.store
@@ -47,71 +47,64 @@ def test_compare_views_and_runs_overlay_in_chromium(served, tmp_path):
     aligned, step = train_demo_run(store, 2, name="aligned from the base", learning_rate=1e-2)
     shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(url)
-            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
-            field = page.locator("#field-data_subset")
-            expect(field).to_contain_text("images used (data_subset)")  # words, with the config key beside
-            info = field.locator("[data-testid='block-info']").first
-            expect(info).to_be_visible()
-            assert info.evaluate(CONTRAST_JS) >= 4.5, info.evaluate("el => getComputedStyle(el).color")
+    with browser_page(url) as page:
+        field = page.locator("#field-data_subset")
+        expect(field).to_contain_text("images used (data_subset)")  # words, with the config key beside
+        info = field.locator("[data-testid='block-info']").first
+        expect(info).to_be_visible()
+        assert info.evaluate(CONTRAST_JS) >= 4.5, info.evaluate("el => getComputedStyle(el).color")
 
-            page.get_by_role("tab", name="Compare").click()
-            expect(page.locator("#compare-aligned input")).to_have_value(re.compile(f"{aligned}.*step {step}"),
-                                                                        timeout=20_000)
-            expect(page.locator("#compare-base input")).to_have_value(re.compile("demo-c2i"))
-            seeds = page.locator("#compare-seeds textarea, #compare-seeds input").first
-            seeds.fill("0, 1")
-            seeds.press("Tab")
-            samples = page.locator("#compare-class-samples input")
-            samples.fill("8")
-            samples.press("Tab")
-            page.locator("#compare-generate").click()  # the teacher-forced view is the default
-            status = page.locator("#compare-status")
-            expect(status).to_contain_text("teacher-forced on held-out images", timeout=WAIT_MS)
-            expect(status).to_contain_text("Reward term mse")
-            gallery = page.locator("#compare-gallery")
-            expect(gallery.locator("img")).to_have_count(4 * 2 * 4, timeout=30_000)  # classes x seeds x panels
-            for text in ("ground truth", "base · circle · seed 0 · mse", "aligned · circle · seed 0 · mse",
-                         "|base − aligned|", "judge"):
-                expect(gallery).to_contain_text(text)
-            table = page.locator("#compare-classes-table")
-            expect(table).to_be_visible()
-            expect(table).to_contain_text("circle")
-            expect(table).to_contain_text(re.compile("within noise|better|worse"))
-            page.wait_for_timeout(500)
-            screenshot(page, shots, "compare-teacher-forced")
+        page.get_by_role("tab", name="Compare").click()
+        expect(page.locator("#compare-aligned input")).to_have_value(re.compile(f"{aligned}.*step {step}"),
+                                                                    timeout=20_000)
+        expect(page.locator("#compare-base input")).to_have_value(re.compile("demo-c2i"))
+        seeds = page.locator("#compare-seeds textarea, #compare-seeds input").first
+        seeds.fill("0, 1")
+        seeds.press("Tab")
+        samples = page.locator("#compare-class-samples input")
+        samples.fill("8")
+        samples.press("Tab")
+        page.locator("#compare-generate").click()  # the teacher-forced view is the default
+        status = page.locator("#compare-status")
+        expect(status).to_contain_text("teacher-forced on held-out images", timeout=WAIT_MS)
+        expect(status).to_contain_text("Reward term mse")
+        gallery = page.locator("#compare-gallery")
+        expect(gallery.locator("img")).to_have_count(4 * 2 * 4, timeout=30_000)  # classes x seeds x panels
+        for text in ("ground truth", "base · circle · seed 0 · mse", "aligned · circle · seed 0 · mse",
+                     "|base − aligned|", "judge"):
+            expect(gallery).to_contain_text(text)
+        table = page.locator("#compare-classes-table")
+        expect(table).to_be_visible()
+        expect(table).to_contain_text("circle")
+        expect(table).to_contain_text(re.compile("within noise|better|worse"))
+        page.wait_for_timeout(500)
+        screenshot(page, shots, "compare-teacher-forced")
 
-            page.get_by_label("shared prefix").check()
-            prefix = page.locator("#compare-prefix input[type='number']")
-            prefix.fill("3")
-            prefix.press("Tab")
-            samples.fill("0")
-            samples.press("Tab")
-            page.locator("#compare-generate").click()
-            expect(status).to_contain_text("k = 3 rows = 24 tokens", timeout=WAIT_MS)
-            expect(gallery.locator("img")).to_have_count(4 * 2 * 3, timeout=30_000)  # base | aligned | difference
-            expect(gallery).to_contain_text("|base − aligned|")
-            expect(table).to_be_hidden()
-            page.wait_for_timeout(500)
-            screenshot(page, shots, "compare-prefix")
+        page.get_by_label("shared prefix").check()
+        prefix = page.locator("#compare-prefix input[type='number']")
+        prefix.fill("3")
+        prefix.press("Tab")
+        samples.fill("0")
+        samples.press("Tab")
+        page.locator("#compare-generate").click()
+        expect(status).to_contain_text("k = 3 rows = 24 tokens", timeout=WAIT_MS)
+        expect(gallery.locator("img")).to_have_count(4 * 2 * 3, timeout=30_000)  # base | aligned | difference
+        expect(gallery).to_contain_text("|base − aligned|")
+        expect(table).to_be_hidden()
+        page.wait_for_timeout(500)
+        screenshot(page, shots, "compare-prefix")
 
-            page.get_by_role("tab", name="Runs").click()
-            page.get_by_role("button", name=re.compile("Overlay runs")).click()  # a closed section: the page stays short
-            pick = page.locator("#runs-overlay-runs input")
-            for run_id in (first, aligned):
-                pick.click()
-                page.get_by_role("option", name=re.compile(re.escape(run_id))).click()
-            overlay = page.locator("#runs-overlay")
-            expect(overlay.locator(".js-plotly-plot")).to_be_attached(timeout=30_000)
-            expect(overlay.locator(".legend")).to_contain_text(first, timeout=30_000)
-            expect(overlay.locator(".legend")).to_contain_text(aligned)
-            page.locator("#runs-overlay-csv").click()
-            expect(page.locator("#runs-overlay-file")).to_contain_text(re.compile(r"metrics\s*\.csv"), timeout=30_000)
-            page.wait_for_timeout(1500)  # plotly draws asynchronously
-            screenshot(page, shots, "runs-overlay")
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Runs").click()
+        page.get_by_role("button", name=re.compile("Overlay runs")).click()  # a closed section: the page stays short
+        pick = page.locator("#runs-overlay-runs input")
+        for run_id in (first, aligned):
+            pick.click()
+            page.get_by_role("option", name=re.compile(re.escape(run_id))).click()
+        overlay = page.locator("#runs-overlay")
+        expect(overlay.locator(".js-plotly-plot")).to_be_attached(timeout=30_000)
+        expect(overlay.locator(".legend")).to_contain_text(first, timeout=30_000)
+        expect(overlay.locator(".legend")).to_contain_text(aligned)
+        page.locator("#runs-overlay-csv").click()
+        expect(page.locator("#runs-overlay-file")).to_contain_text(re.compile(r"metrics\s*\.csv"), timeout=30_000)
+        page.wait_for_timeout(1500)  # plotly draws asynchronously
+        screenshot(page, shots, "runs-overlay")

@@ -12,7 +12,7 @@ import pytest
 
 from core.runs.store import RunStore
 from tests.helpers import served_app
-from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, screenshot
+from tests.test_app_browser import CHROMIUM, WAIT_MS, browser_page, screenshot
 from tests.test_app_eval_tabs import aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
 
 pytestmark = pytest.mark.browser
@@ -35,52 +35,45 @@ def fill(page, elem_id: str, value: str) -> None:
 
 
 def test_evaluate_and_embeddings_tabs_in_chromium(served, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     app, url, aligned = served
     shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
-            page.goto(url)
-            expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
+    with browser_page(url) as page:
 
-            page.get_by_role("tab", name="Evaluate").click()
-            expect(page.locator("#eval-launch")).to_be_visible()
-            expect(page.locator("#eval-source input")).to_have_value(f"run · {aligned} · step 5", timeout=20_000)
-            fill(page, "eval-num_samples", "-1")  # an error shows under its input, and nothing is queued
-            page.locator("#eval-launch").click()
-            expect(page.locator("#eval-status")).to_contain_text("num_samples", timeout=20_000)
-            expect(page.locator("#eval-num_samples")).to_contain_text("must be >= 1", timeout=20_000)
-            assert len(app.ctx.store.list_runs()) == 1
-            fill(page, "eval-num_samples", "12")
-            page.locator("#eval-launch").click()
-            expect(page.locator("#eval-status")).to_contain_text("Queued", timeout=30_000)
-            summary = page.locator("#eval-summary")
-            expect(summary).to_contain_text("FD (demo evaluator)", timeout=WAIT_MS)
-            expect(summary).to_contain_text(f"{aligned}@5", timeout=WAIT_MS)
-            expect(page.locator("#eval-jobs")).to_contain_text("36/36", timeout=WAIT_MS)  # 12 samples x 3 seeds
-            expect(summary).to_contain_text("±", timeout=WAIT_MS)
-            expect(summary).to_contain_text("bootstrap", timeout=WAIT_MS)
-            expect(page.locator("#eval-progress")).not_to_contain_text("running", timeout=WAIT_MS)
-            screenshot(page, shots, "evaluate")
+        page.get_by_role("tab", name="Evaluate").click()
+        expect(page.locator("#eval-launch")).to_be_visible()
+        expect(page.locator("#eval-source input")).to_have_value(f"run · {aligned} · step 5", timeout=20_000)
+        fill(page, "eval-num_samples", "-1")  # an error shows under its input, and nothing is queued
+        page.locator("#eval-launch").click()
+        expect(page.locator("#eval-status")).to_contain_text("num_samples", timeout=20_000)
+        expect(page.locator("#eval-num_samples")).to_contain_text("must be >= 1", timeout=20_000)
+        assert len(app.ctx.store.list_runs()) == 1
+        fill(page, "eval-num_samples", "12")
+        page.locator("#eval-launch").click()
+        expect(page.locator("#eval-status")).to_contain_text("Queued", timeout=30_000)
+        summary = page.locator("#eval-summary")
+        expect(summary).to_contain_text("FD (demo evaluator)", timeout=WAIT_MS)
+        expect(summary).to_contain_text(f"{aligned}@5", timeout=WAIT_MS)
+        expect(page.locator("#eval-jobs")).to_contain_text("36/36", timeout=WAIT_MS)  # 12 samples x 3 seeds
+        expect(summary).to_contain_text("±", timeout=WAIT_MS)
+        expect(summary).to_contain_text("bootstrap", timeout=WAIT_MS)
+        expect(page.locator("#eval-progress")).not_to_contain_text("running", timeout=WAIT_MS)
+        screenshot(page, shots, "evaluate")
 
-            page.get_by_role("tab", name="Embeddings").click()
-            expect(page.locator("#emb-launch")).to_be_visible()
-            expect(page.locator("#emb-base")).to_contain_text("demo-c2i")
-            fill(page, "emb-per_class", "6")
-            page.locator("#emb-launch").click()
-            expect(page.locator("#emb-status")).to_contain_text("finished", timeout=WAIT_MS)
-            traces = page.locator("#emb-scatter .js-plotly-plot .scatterlayer .trace")
-            expect(traces.first).to_be_attached(timeout=30_000)
-            expect(page.locator("#emb-scatter")).to_contain_text("aligned")
-            expect(page.locator("#emb-distance .js-plotly-plot")).to_be_attached(timeout=30_000)
-            expect(page.locator("#emb-table")).to_contain_text("overall")
-            expect(page.locator("#emb-caption")).to_contain_text("not Inception FID")
-            page.wait_for_timeout(1500)  # plotly draws asynchronously
-            screenshot(page, shots, "embeddings")
-        finally:
-            browser.close()
+        page.get_by_role("tab", name="Embeddings").click()
+        expect(page.locator("#emb-launch")).to_be_visible()
+        expect(page.locator("#emb-base")).to_contain_text("demo-c2i")
+        fill(page, "emb-per_class", "6")
+        page.locator("#emb-launch").click()
+        expect(page.locator("#emb-status")).to_contain_text("finished", timeout=WAIT_MS)
+        traces = page.locator("#emb-scatter .js-plotly-plot .scatterlayer .trace")
+        expect(traces.first).to_be_attached(timeout=30_000)
+        expect(page.locator("#emb-scatter")).to_contain_text("aligned")
+        expect(page.locator("#emb-distance .js-plotly-plot")).to_be_attached(timeout=30_000)
+        expect(page.locator("#emb-table")).to_contain_text("overall")
+        expect(page.locator("#emb-caption")).to_contain_text("not Inception FID")
+        page.wait_for_timeout(1500)  # plotly draws asynchronously
+        screenshot(page, shots, "embeddings")
     assert {p.name for p in shots.glob("*.png")} >= {"evaluate.png", "embeddings.png"}

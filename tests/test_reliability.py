@@ -18,6 +18,7 @@ import pytest
 from core.runs import FAILED, FINISHED, RUNNING, STOPPED, RunStore
 from core.runs.launcher import kill_process_tree
 from core.runs.store import process_alive, process_start_time
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = "tests.fake_worker:run"
@@ -43,14 +44,7 @@ def store(tmp_path) -> RunStore:
 
 
 def wait_for(predicate, what: str, timeout: float = TIMEOUT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    return helpers.wait_for(predicate, what, timeout)
 
 
 def core(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -25,6 +25,7 @@ from core.runs.launcher import group_alive, kill_process_tree, worker_command
 from core.runs.store import (
     METRICS_FILE, STOP_FILE, devices_conflict, normalize_devices, process_alive, process_start_time,
 )
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY = "tests.fake_worker:run"
@@ -36,16 +37,7 @@ def fake(**options) -> dict:
 
 
 def wait_for(predicate, what: str, timeout: float = TIMEOUT_S, tick: Launcher | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        if tick is not None:
-            tick.tick()
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    return helpers.wait_for(predicate, what, timeout, tick=tick)
 
 
 def metrics_file_steps(run) -> list[int]:
