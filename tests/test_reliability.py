@@ -106,11 +106,12 @@ def test_train_refuses_busy_devices_and_starts_once_a_killed_foreground_worker_i
     wrapper = wrapper_script(tmp_path, run.run_dir)
     try:
         wait_for(lambda: store.get(run.id).status == RUNNING and store.get(run.id).worker_pid, "the foreground run")
-        before = sorted(p.name for p in store.runs_dir.iterdir())
+        before = sorted(p.name for p in store.runs_dir.iterdir() if p.is_dir())  # run folders (not runs.db-wal / -shm)
         r = core("train", *TINY, "--set", "max_steps=1", "--runs-dir", str(store.runs_dir))
         assert r.returncode == 3, r.stdout + r.stderr
         assert f"devices cpu are used by run {run.id}" in r.stderr and "--wait" in r.stderr
-        assert sorted(p.name for p in store.runs_dir.iterdir()) == before  # nothing queued, no folder
+        assert sorted(p.name for p in store.runs_dir.iterdir() if p.is_dir()) == before  # nothing queued, no folder
+        assert [r.id for r in store.list_runs()] == [run.id]  # and no row in the index
 
         waiting = subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", "max_steps=1",
                                     "--runs-dir", str(store.runs_dir), "--wait"], cwd=ROOT,
