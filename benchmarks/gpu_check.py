@@ -122,19 +122,25 @@ def step_check(dry: bool) -> list[tuple[str, str]]:
         batch = Batch(images=images, cond=labels, tokens=tok.encode(images))
     T = batch.tokens.shape[1]
     opt = torch.optim.AdamW(gen.parameters(), lr=1e-6, weight_decay=1e-4)
-    rows = [("setting", what), ("step", f"{images_per_step} images x G {G} = {images_per_step // micro} micro-batches "
-                                       f"of {micro} images, {T} tokens each")]
+    # per-sample (the reference): the authors back-propagate B*G sequences in chunks of 8 (--train-batch-size 8), so
+    # its micro-batch is 1 image = G sequences; the grouped schedule's is `micro` images = `micro` sequences
+    micro_of = {"grouped": micro, "per-sample": 1}
+    rows = [("setting", what), ("step", f"{images_per_step} images x G {G}; micro-batches of {micro} images (grouped) "
+                                       f"or 1 image = {G} sequences (per-sample); {T} tokens each")]
     results = {}
     for schedule in ("grouped", "per-sample"):
+        mb = micro_of[schedule]
+        sub = Batch(images=batch.images[:mb], cond=batch.cond[:mb], tokens=batch.tokens[:mb])
         cfg = resolve(None, {"schedule": schedule, "num_generations": G, "global_batch_size": images_per_step,
-                             "per_device_train_batch_size": micro, "reward_chunk_size": 32})
+                             "per_device_train_batch_size": mb, "reward_chunk_size": 32})
 
         def full_step():
-            for m in range(images_per_step // micro):
+            steps = images_per_step // mb
+            for m in range(steps):
                 with amp:
-                    out = objective.compute_loss(gen, tok, batch, cfg, xi=0.0,
+                    out = objective.compute_loss(gen, tok, sub, cfg, xi=0.0,
                                                  generator=torch.Generator(device=device).manual_seed(m))
-                (out.loss / (images_per_step // micro)).backward()
+                (out.loss / steps).backward()
             torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
