@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -83,21 +81,10 @@ def peak_flops(device) -> float | None:
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def timed(fn, device, repeats: int = 1) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return (time.perf_counter() - t0) / repeats
-
-
 def step_check(dry: bool) -> list[tuple[str, str]]:
     from core.models import llamagen, vq
     from core.vapi import objective
+    from core.vapi.bench import median_seconds
     from core.vapi.config import resolve
     from core.vapi.objective import Batch
 
@@ -147,7 +134,7 @@ def step_check(dry: bool) -> list[tuple[str, str]]:
 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        results[schedule] = timed(full_step, device)
+        results[schedule] = median_seconds(full_step, 1)
         mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
         rows.append((f"step, {schedule}", f"{results[schedule]:.2f} s/step (100 steps: {results[schedule] * 100 / 60:.1f} min), "
                                           f"peak memory {mem:.1f} GiB"))
@@ -161,12 +148,12 @@ def step_check(dry: bool) -> list[tuple[str, str]]:
             logits = gen(batch.cond, batch.tokens[:, :-1])
         logits.float().logsumexp(-1).mean().backward()
 
-    t_fb = timed(fwd_bwd, device, repeats=2)
+    t_fb = median_seconds(fwd_bwd, 2)
     gen.zero_grad(set_to_none=True)
     with torch.no_grad(), amp:
         logits = gen(batch.cond, batch.tokens[:, :-1])
     samples = objective.sample_groups(logits, G, 1.0, None)
-    t_reward = timed(lambda: objective.score_samples(tok, samples, images, cfg.reward_weights, 32), device)
+    t_reward = median_seconds(lambda: objective.score_samples(tok, samples, images, cfg.reward_weights, 32), 1)
     flops = gpt_flops(gen, T) * micro
     peak = peak_flops(device)
     mfu = f", MFU {flops / t_fb / peak:.0%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""

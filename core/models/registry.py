@@ -103,6 +103,7 @@ def register_tokenizer(preset: TokenizerPreset) -> None:
 
 PLUGINS_ENV = "VAPI_PLUGINS"  # os.pathsep-separated Python files that register presets (private models, test stand-ins)
 _loaded_plugins: set[str] = set()
+_env_done = ""  # the $VAPI_PLUGINS value whose files are all loaded
 
 
 def load_plugins(files: Optional[list[str]] = None) -> None:
@@ -113,8 +114,13 @@ def load_plugins(files: Optional[list[str]] = None) -> None:
     import importlib.util
     import os
 
-    if files is None:
-        files = [f for f in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if f.strip()]
+    global _env_done
+    from_env = files is None
+    if from_env:
+        value = os.environ.get(PLUGINS_ENV, "")
+        if value == _env_done:  # the registry asks on every look-up: no file-system work once these are in
+            return
+        files = [f for f in value.split(os.pathsep) if f.strip()]
     for f in files:
         path = Path(f).expanduser().resolve()
         if str(path) in _loaded_plugins:
@@ -125,6 +131,8 @@ def load_plugins(files: Optional[list[str]] = None) -> None:
         module = importlib.util.module_from_spec(spec)
         _loaded_plugins.add(str(path))
         spec.loader.exec_module(module)
+    if from_env:
+        _env_done = value
 
 
 def _ensure_demo_registered() -> None:

@@ -12,7 +12,8 @@ from core.vapi.config import parse_overrides, resolve
 from core.vapi.objective import Batch
 
 
-def _timed(fn, repeats: int) -> float:
+def median_seconds(fn, repeats: int) -> float:
+    """Median wall time of `fn` over `repeats` calls after one warm-up call (CUDA synchronised)."""
     fn()  # warm-up
     times = []
     for _ in range(repeats):
@@ -57,9 +58,9 @@ def bench_step(preset_name: str, overrides: list[str], batch: int | None, repeat
             out = objective.compute_loss(gen, tok, data, c, xi=c.xi, generator=torch.Generator(device=dev).manual_seed(1))
             out.loss.backward()
 
-        results[schedule] = _timed(step, repeats)
+        results[schedule] = median_seconds(step, repeats)
     samples = objective.sample_groups(gen.teacher_forced_logits(data.cond, data.tokens[:, :-1]).detach(), cfg.num_generations, 1.0, None)
-    score = _timed(lambda: objective.score_samples(tok, samples, images, cfg.reward_weights, cfg.reward_chunk_size), repeats)
+    score = median_seconds(lambda: objective.score_samples(tok, samples, images, cfg.reward_weights, cfg.reward_chunk_size), repeats)
     ratio = results["per-sample"] / results["grouped"]
     print(f"preset {preset_name} ({cfg.model}, {p.size}, {gen.num_tokens} tokens) on {dev}, B={B} images, "
           f"G={cfg.num_generations}, threads {torch.get_num_threads()}, median of {repeats}")
