@@ -38,7 +38,7 @@ _SECTION_GROUP = {  # first words of a section comment in config.py -> group
 }
 # Fields config.py leaves without a comment; everything else takes its help from there.
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "method": C.METHODS, "data": C.DATA_KINDS, "prior": C.PRIORS, "schedule": C.SCHEDULES, "rollout_mode": C.ROLLOUT_MODES,
+    "method": C.METHODS, "data": C.DATA_KINDS, "prior": C.PRIORS, "rollout_mode": C.ROLLOUT_MODES,
     "xi_schedule": C.XI_SCHEDULES, "lr_scheduler": C.LR_SCHEDULERS, "mixed_precision": C.PRECISIONS,
     "report_to": C.TRACKERS,
 }
@@ -131,7 +131,7 @@ WORDS = {
     "data_path": "data folder", "data_subset": "images used", "image_size": "image size (px)",
     "num_generations": "samples per image G", "temperature": "sampling temperature τ", "xi": "context noise ξ",
     "xi_schedule": "ξ schedule", "xi_end": "final ξ", "cond_drop_prob": "condition dropout",
-    "reward_chunk_size": "decode chunk size", "schedule": "forward schedule", "rollout_mode": "rollout model mode",
+    "reward_chunk_size": "decode chunk size", "rollout_mode": "rollout model mode",
     "beta": "prior weight β", "prior": "prior", "epsilon": "PPO clip ε", "advantage_clip": "advantage clip A_max",
     "policy_coef": "policy loss weight", "num_iterations": "PPO iterations per rollout",
     "learning_rate": "learning rate", "weight_decay": "weight decay", "adam_beta1": "Adam β1",
@@ -443,7 +443,7 @@ def preflight(plan: LaunchPlan) -> None:
     form field: ConfigError keeps its field, a data problem is data_path, a missing LPIPS backbone is
     its reward weight, other missing weights are the model's."""
     from core.vapi import rewards
-    from core.vapi.trainer import Trainer
+    from core.vapi.preflight import preflight as preflight_run
 
     cfg = plan.cfg
     for reward, weight in cfg.reward_weights.items():
@@ -453,7 +453,7 @@ def preflight(plan: LaunchPlan) -> None:
             except MissingWeightsError as e:
                 raise ConfigError(f"reward_weights.{reward}", str(e)) from None
     try:
-        Trainer(cfg, Path(".")).preflight()
+        preflight_run(cfg)
     except ConfigError:
         raise
     except DataError as e:

@@ -84,7 +84,8 @@ def peak_flops(device) -> float | None:
 def step_check(dry: bool) -> list[tuple[str, str]]:
     from core.models import llamagen, vq
     from core.vapi import objective
-    from core.vapi.bench import median_seconds
+    from benchmarks.reference_step import SCHEDULES
+    from benchmarks.step import median_seconds
     from core.vapi.config import resolve
     from core.vapi.objective import Batch
 
@@ -115,18 +116,17 @@ def step_check(dry: bool) -> list[tuple[str, str]]:
     rows = [("setting", what), ("step", f"{images_per_step} images x G {G}; micro-batches of {micro} images (grouped) "
                                        f"or 1 image = {G} sequences (per-sample); {T} tokens each")]
     results = {}
-    for schedule in ("grouped", "per-sample"):
+    for schedule, loss_fn in SCHEDULES.items():
         mb = micro_of[schedule]
         sub = Batch(images=batch.images[:mb], cond=batch.cond[:mb], tokens=batch.tokens[:mb])
-        cfg = resolve(None, {"schedule": schedule, "num_generations": G, "global_batch_size": images_per_step,
+        cfg = resolve(None, {"num_generations": G, "global_batch_size": images_per_step,
                              "per_device_train_batch_size": mb, "reward_chunk_size": 32})
 
         def full_step():
             steps = images_per_step // mb
             for m in range(steps):
                 with amp:
-                    out = objective.compute_loss(gen, tok, sub, cfg, xi=0.0,
-                                                 generator=torch.Generator(device=device).manual_seed(m))
+                    out = loss_fn(gen, tok, sub, cfg, xi=0.0, generator=torch.Generator(device=device).manual_seed(m))
                 (out.loss / steps).backward()
             torch.nn.utils.clip_grad_norm_(gen.parameters(), 1.0)
             opt.step()

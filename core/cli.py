@@ -14,7 +14,7 @@ from core.errors import UserError
 COMMAND_MODULES = (
     "core.models.cli",   # info, download, sample
     "core.runs.cli",     # runs list, show, stop, resume, delete
-    "core.vapi.cli",     # train, bench step
+    "core.vapi.cli",     # train
     "core.eval.cli",     # eval fid, embeddings, geneval-export, clip, summary (+ demo)
     "core.eval.compare_cli",  # compare (free / teacher-forced / prefix views)
     "core.models.demo_build",  # demo build

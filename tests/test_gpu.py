@@ -3,6 +3,7 @@ Imports only torch and the project's core, so a bare GPU machine (no gradio/lpip
 import pytest
 import torch
 
+from benchmarks import reference_step
 from core.vapi import objective
 from core.vapi.config import resolve
 from core.vapi.objective import Batch
@@ -23,10 +24,10 @@ def batch_on(dev, B=3):
 def test_grouped_equals_per_sample_on_cuda():
     tok, batch = batch_on(DEV)
     grads = []
-    for schedule in ("grouped", "per-sample"):
+    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}})
+    for loss_fn in (objective.compute_loss, reference_step.per_sample_loss):
         pol = tiny_gpt().to(DEV)
-        cfg = resolve(None, {"schedule": schedule, "num_generations": 4, "reward_weights": {"mse": 1.0}})
-        out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator(device=DEV).manual_seed(3))
+        out = loss_fn(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator(device=DEV).manual_seed(3))
         out.loss.backward()
         grads.append({n: p.grad.clone() for n, p in pol.named_parameters()})
     for n in grads[0]:

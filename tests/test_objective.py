@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from benchmarks import reference_step
 from core.errors import ConfigError
 from core.vapi import noise, objective, rewards
 from core.vapi.config import VapiConfig, parse_overrides, resolve
@@ -143,7 +144,7 @@ def test_config_defaults_are_the_papers():
     ({"num_generations": 1}, "num_generations"), ({"xi": 1.0}, "xi"), ({"beta": -1}, "beta"),
     ({"reward_weights": {"psnr": 1}}, "reward_weights.psnr"), ({"reward_weights": {"mse": 0}}, "reward_weights"), ({"reward_weights.mse": -1}, "reward_weights.mse"),
     ({"data": "imagefolder"}, "data_path"), ({"global_batch_size": 20, "per_device_train_batch_size": 8}, "global_batch_size"),
-    ({"prior": "l2"}, "prior"), ({"schedule": "fast"}, "schedule"), ({"mixed_precision": "fp8"}, "mixed_precision"),
+    ({"prior": "l2"}, "prior"), ({"rollout_mode": "fast"}, "rollout_mode"), ({"mixed_precision": "fp8"}, "mixed_precision"),
     ({"lr": 1e-6}, "lr"), ({"data_subset": 2.5}, "data_subset"), ({"temperature": 0}, "temperature"),
 ])
 def test_bad_config_names_the_field(override, field):
@@ -181,11 +182,10 @@ def test_grouped_and_per_sample_schedules_give_the_same_loss_and_gradients(prior
     tok, batch = make_batch()
     ref = tiny_gpt(seed=9) if prior == "kl" else None
     results = []
-    for schedule in ("grouped", "per-sample"):
+    cfg = resolve(None, {"prior": prior, "num_generations": 4, "cond_drop_prob": 0.3, "reward_weights": {"mse": 1.0, "l1": 0.5}})
+    for loss_fn in (objective.compute_loss, reference_step.per_sample_loss):
         pol = tiny_gpt()
-        cfg = resolve(None, {"schedule": schedule, "prior": prior, "num_generations": 4, "cond_drop_prob": 0.3,
-                             "reward_weights": {"mse": 1.0, "l1": 0.5}})
-        out = objective.compute_loss(pol, tok, batch, cfg, xi=xi, generator=torch.Generator().manual_seed(3), ref_policy=ref)
+        out = loss_fn(pol, tok, batch, cfg, xi=xi, generator=torch.Generator().manual_seed(3), ref_policy=ref)
         out.loss.backward()
         results.append((out, {n: p.grad.clone() for n, p in pol.named_parameters()}))
     (a, ga), (b, gb) = results
@@ -318,3 +318,62 @@ def test_tied_groups_get_zero_advantage_and_are_counted():
     # without the guard the rounding noise would have become full-size advantages
     raw = (r[0] - r[0].mean()) / (r[0].std() + 1e-8)
     assert raw.abs().max() > 0.5
+
+
+def test_a_run_config_written_with_the_retired_schedule_field_still_loads():
+    old = {**VapiConfig().to_dict(), "schedule": "grouped"}  # config.json of a run from before the field was retired
+    assert VapiConfig.from_dict(old) == VapiConfig()
+    with pytest.raises(ConfigError, match="schedule.*benchmarks/reference_step.py"):
+        VapiConfig.from_dict({**old, "schedule": "per-sample"})
+
+
+# ----------------------------------------------------------------------------- extensions beyond the paper (issue 15)
+def test_patch_mse_splits_the_pixel_mse_over_the_token_grid():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(2, 3, 8, 8, generator=g) * 2 - 1
+    pred = images.clone()
+    pred[1, :, :4, 4:] += 0.5  # the top-right quarter of image 1 only: token 1 of a 2x2 grid
+    ref = rewards.Reference(images)
+    item = torch.tensor([0, 1])
+    d = rewards.patch_mse(pred, ref, item, 2)
+    assert d.shape == (2, 4) and torch.equal(d[0], torch.zeros(4))
+    assert d[1, 1] == pytest.approx(0.25) and d[1, [0, 2, 3]].abs().max() == 0
+    assert torch.allclose(d.mean(1), rewards.mse(pred, ref, item))
+
+
+def test_token_advantages_normalise_each_position_over_the_group():
+    r = torch.tensor([[[1.0, 5.0], [3.0, 5.0]]])  # B 1, G 2, N 2: position 1 tied
+    a, tied = objective.token_advantages(r, clip=5.0)
+    s = 2 ** -0.5  # (r - mean) / std with the unbiased std of two values: +-1/sqrt(2)
+    assert torch.allclose(a, torch.tensor([[[-s, 0.0], [s, 0.0]]]), atol=1e-6) and not tied.any()
+    assert objective.token_advantages(torch.ones(1, 3, 4), 5.0)[1].all()
+
+
+def test_policy_skip_tokens_leaves_the_first_positions_out_of_the_policy_loss():
+    logp = torch.zeros(1, 2, 3, requires_grad=True)
+    old = torch.zeros(1, 2, 3)
+    adv = torch.tensor([[1.0, -1.0]])
+    full, _ = objective.clipped_policy_loss(logp, old, adv, 0.2)
+    skipped, _ = objective.clipped_policy_loss(logp, old, adv, 0.2, skip_first=1)
+    assert full.item() == pytest.approx(0.0) and skipped.item() == pytest.approx(0.0)
+    skipped.backward()
+    assert torch.equal(logp.grad[..., 0], torch.zeros(1, 2))  # position 0 gets no policy gradient
+    assert torch.allclose(logp.grad[..., 1:], torch.tensor([[[-0.25, -0.25], [0.25, 0.25]]]))  # -A / (G * 2 positions)
+    with pytest.raises(ConfigError, match="policy_skip_tokens"):
+        objective.clipped_policy_loss(logp, old, adv, 0.2, skip_first=3)
+
+
+def test_per_token_reward_runs_a_step_with_an_advantage_per_token():
+    tok, batch = make_batch()
+    pol = tiny_gpt()
+    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "reward_per_token": True,
+                         "policy_skip_tokens": 1})
+    out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(0))
+    B, N = batch.tokens.shape
+    assert out.rollout.advantages.shape == (B, 4, N)
+    assert out.rollout.distances[objective.PER_TOKEN].shape == (B, 4, N)
+    assert torch.allclose(out.rollout.distances[objective.PER_TOKEN].mean(-1), out.rollout.distances["mse"], atol=1e-6)
+    out.loss.backward()
+    assert all(p.grad is not None for p in pol.parameters())
+    with pytest.raises(ConfigError, match="reward_per_token"):
+        resolve(None, {"reward_per_token": True})  # MSE + LPIPS: the per-token reward is MSE only

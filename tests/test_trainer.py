@@ -15,6 +15,7 @@ from core.runs.recorder import RunRecorder
 from core.runs.store import RunStore
 from core.vapi import rewards
 from core.vapi.config import resolve
+from core.vapi.preflight import preflight
 from core.vapi.trainer import ENTRY, NonFiniteError, Trainer
 from tests.helpers import tiny_gpt
 
@@ -227,9 +228,9 @@ def test_bad_inputs_are_rejected_before_any_work(tiny_demo, tmp_path, monkeypatc
         Trainer(cfg, tmp_path).setup()
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     with pytest.raises(MissingWeightsError, match="vgg16"):
-        Trainer(resolve(None, {**SMALL, "reward_weights": {"mse": 1.0, "lpips": 1.0}}), tmp_path).preflight()
+        preflight(resolve(None, {**SMALL, "reward_weights": {"mse": 1.0, "lpips": 1.0}}))
     with pytest.raises(ConfigError, match="init_weights"):
-        Trainer(resolve(None, {**SMALL, "init_weights": str(tmp_path / "nope.pt")}), tmp_path).preflight()
+        preflight(resolve(None, {**SMALL, "init_weights": str(tmp_path / "nope.pt")}))
 
 
 def test_cli_train_rejects_bad_input_without_creating_a_run(tiny_demo, tmp_path):
@@ -317,3 +318,37 @@ def test_fsdp_branches_save_and_load_the_trained_module_of_the_decoder_baseline(
     assert len(seen) == 5 and all(m is trainer.tokenizer for m in seen)  # state dict, optimizer state, load, optimizer load
     sd, _ = checkpoint.read_file(run_dir / "checkpoints" / "step-000002" / "tokenizer.pt")
     assert set(sd) == set(trainer.tokenizer.state_dict())
+
+
+def test_each_method_object_says_what_it_trains_and_the_loop_has_no_method_branches():
+    """The trainer's loop is method-free: what differs between VA-π, STE and the decoder baseline is in
+    core/vapi/methods.py (the trained module, the loss, the checkpoint file)."""
+    import ast
+    import inspect
+
+    from core.vapi import methods
+    from core.vapi.config import METHODS
+
+    assert tuple(methods.REGISTRY) == METHODS
+    pol, tok = tiny_gpt(), __import__("tests.helpers", fromlist=["tiny_vq"]).tiny_vq()
+    for name, expect_file, expect_trained in (("vapi", "model.pt", pol), ("ste", "model.pt", pol),
+                                              ("decoder", "tokenizer.pt", tok)):
+        m = methods.method_of(resolve(None, {"method": name}))
+        trained = m.trainable(pol, tok)
+        assert trained is expect_trained and m.weights_file == expect_file
+        grads = {n for n, p in trained.named_parameters() if p.requires_grad}
+        if name == "decoder":
+            assert grads and all(n.startswith(("decoder.", "post_quant_conv.")) for n in grads)
+            assert not any(p.requires_grad for p in pol.parameters()) and not pol.training
+        else:
+            assert grads == {n for n, _ in pol.named_parameters()} and pol.training
+            assert not any(p.requires_grad for p in tok.parameters())
+    assert methods.method_of(resolve(None, {"prior": "kl"})).uses_reference(resolve(None, {"prior": "kl"}))
+    src = inspect.getsource(__import__("core.vapi.trainer", fromlist=["Trainer"]))
+    def branches_on_a_method_name(n):
+        sides = [n.left, *n.comparators]
+        return (any(isinstance(x, ast.Attribute) and x.attr == "method" for x in sides)
+                and any(isinstance(x, (ast.Constant, ast.Tuple)) for x in sides))
+
+    found = [n.lineno for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Compare) and branches_on_a_method_name(n)]
+    assert found == [], f"trainer.py lines {found} compare cfg.method with a name: move that into core/vapi/methods.py"

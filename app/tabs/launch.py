@@ -37,7 +37,7 @@ LAYOUT = {  # inputs per row in each section, in order; fields not named here fo
     "rollout": [["num_generations", "temperature"], ["xi", "xi_schedule"], ["cond_drop_prob"]],
     "reward": [["reward_weights.mse", "reward_weights.lpips"], ["reward_weights.l1", "reward_weights.lpips-alex"],
                ["reward_chunk_size"]],
-    "objective": [["beta", "prior"], ["epsilon", "advantage_clip"], ["num_iterations", "schedule"]],
+    "objective": [["beta", "prior"], ["epsilon", "advantage_clip"], ["num_iterations", "rollout_mode"]],
     "optimisation": [["learning_rate", "weight_decay"], ["adam_beta1", "adam_beta2"], ["max_grad_norm", "lr_scheduler"],
                      ["global_batch_size", "per_device_train_batch_size"], ["max_steps", "warmup_steps"],
                      ["mixed_precision", "seed"], ["gradient_checkpointing"]],

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from core.vapi import noise, rewards
 from core.vapi.config import VapiConfig
-from core.vapi.objective import Batch, ce_prior, drop_condition, entropy, unwrapped
+from core.vapi.objective import Batch, ce_prior, drop_condition, entropy, new_rollout_noise, unwrapped
 
 
 def recon_loss(pred: torch.Tensor, images: torch.Tensor, weights: dict, tokenizer=None) -> tuple[torch.Tensor, dict]:
@@ -33,10 +33,7 @@ def recon_loss(pred: torch.Tensor, images: torch.Tensor, weights: dict, tokenize
 
 def ste_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
              generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, dict]:
-    B = batch.tokens.shape[0]
-    gen_dev = generator.device if generator is not None else batch.tokens.device
-    context = noise.corrupt(batch.tokens[:, :-1], xi, unwrapped(policy).vocab_size, generator)
-    drop = (torch.rand(B, generator=generator, device=gen_dev) < cfg.cond_drop_prob).to(batch.tokens.device)
+    context, drop = new_rollout_noise(batch, cfg, unwrapped(policy).vocab_size, xi, generator)
     cond, mask = drop_condition(policy, batch.cond, batch.cond_mask, drop)
     logits = policy(cond, context, cond_mask=mask)  # [B, N, V]; the module's forward is the teacher-forced pass
     soft = torch.softmax(logits.float() / cfg.temperature, dim=-1)

@@ -1,4 +1,4 @@
-"""`python -m core train ...` and `python -m core bench step ...`."""
+"""`python -m core train ...`."""
 from __future__ import annotations
 
 import argparse
@@ -26,19 +26,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="when another run uses the devices, wait for them to be free (default: exit with code 3)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
-
-    b = sub.add_parser("bench", help="benchmarks of the engine", description="Benchmarks that print figures.")
-    bsub = b.add_subparsers(dest="bench", metavar="BENCH")
-    bsub.required = True
-    s = bsub.add_parser("step", help="VA-π step time, grouped vs per-sample schedule",
-                        description="Time one VA-π optimizer step (forward, rollout, rewards, backward) with the grouped "
-                                    "schedule (one forward of B sequences) and the reference per-sample schedule (B*G).")
-    s.add_argument("--preset", default="demo-c2i")
-    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    s.add_argument("--batch", type=int, default=None, help="images per step (default: the preset's per-device batch)")
-    s.add_argument("--repeats", type=int, default=3)
-    s.add_argument("--random-init", action="store_true", help="random weights of the preset's architecture (speed only)")
-    s.set_defaults(func=cmd_bench_step)
 
 
 class _Tee:
@@ -153,7 +140,8 @@ def cmd_train(args) -> int:
     from core.runs.launcher import Launcher
     from core.runs.store import LOG_FILE, RunNotFoundError, RunStore, process_start_time, write_json_atomic
     from core.vapi import config as C
-    from core.vapi.trainer import ENTRY, Trainer
+    from core.vapi.preflight import preflight
+    from core.vapi.trainer import ENTRY
 
     me = {"worker_pid": os.getpid(), "worker_start": process_start_time(os.getpid())}
     if args.resume is not None:
@@ -170,7 +158,7 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
-        Trainer(cfg, ".").preflight()
+        preflight(cfg)
         launcher = Launcher(store)
         try:
             _start_when_free(lambda: launcher.resume_in_place(run_dir.name, claim=me, total_steps=cfg.max_steps),
@@ -187,7 +175,7 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
-        Trainer(cfg, ".").preflight()  # bad input: an error now, and no run folder is created
+        preflight(cfg)  # bad input: an error now, and no run folder is created
         devices = _check_devices(args.devices or _devices_of(cfg.device))
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
@@ -217,10 +205,3 @@ def cmd_train(args) -> int:
     if rc == 3:
         return 3
     return 0 if run.status in ("finished", "stopped") else 1
-
-
-def cmd_bench_step(args) -> int:
-    from core.vapi.bench import bench_step
-
-    bench_step(args.preset, args.overrides, args.batch, args.repeats, args.random_init)
-    return 0

@@ -23,7 +23,6 @@ from core.errors import ConfigError
 METHODS = ("vapi", "ste", "decoder")
 DATA_KINDS = ("shapes", "imagefolder", "captions")
 PRIORS = ("ce", "kl")
-SCHEDULES = ("grouped", "per-sample")
 ROLLOUT_MODES = ("train", "eval", "twice")
 XI_SCHEDULES = ("constant", "linear", "cosine")
 LR_SCHEDULERS = ("constant", "cosine")
@@ -52,14 +51,15 @@ class VapiConfig:
     # ---------------------------------------------------------------- reward (Eq. 10)
     reward_weights: dict = field(default_factory=lambda: {"mse": 1.0, "lpips": 1.0})  # Table 7 / script: w_mse 1, w_lpips 1
     reward_chunk_size: int = 32  # decoded images per chunk when decoding and scoring the B*G samples
+    reward_per_token: bool = False  # EXTENSION beyond the paper: each token's reward is -MSE of its own patch of the decoded sample, normalised per position over the G samples; the policy loss credits each token with it (the paper: one reward per sequence)
     # ---------------------------------------------------------------- objective (Eq. 11)
     beta: float = 0.1  # weight of the prior term, Table 7
     policy_coef: float = 1.0  # weight of the policy term; 0 = Table 4's "L_prior only" ablation
     prior: str = "ce"  # "ce": CE on the noisy context with clean targets (Eq. 9) | "kl": KL(pi || pi_ref) (Fig. 4 ablation)
     epsilon: float = 0.2  # PPO clip range, authors' script (--clip-range 0.2)
     advantage_clip: float = 5.0  # A_max, Table 7
+    policy_skip_tokens: int = 0  # EXTENSION beyond the paper: leading token positions left out of the policy loss (0 = the paper; 1 keeps the reward away from the first token, which has no image prefix)
     num_iterations: int = 1  # PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences
-    schedule: str = "grouped"  # "grouped": one forward of B sequences | "per-sample": the reference's B*G forward (tests, benchmark)
     rollout_mode: str = "train"  # the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode forward without condition dropout; the gradient forward is "train": train mode (dropout, condition dropout), CE on it, as all three of the authors' launch scripts pass | "eval": eval mode for the whole step (their argparse default; ratio 1 on the first update) | "twice": policy loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no dropout layers, and only the condition-dropped rows re-run); twice 2 with grad
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = 1e-6  # Table 7 (LlamaGen); Janus-Pro 1e-7
@@ -167,8 +167,11 @@ class VapiConfig:
         need(self.prior in PRIORS, "prior", f"must be one of {PRIORS}")
         need(self.epsilon > 0, "epsilon", "must be > 0")
         need(self.advantage_clip > 0, "advantage_clip", "must be > 0")
+        need(self.policy_skip_tokens >= 0, "policy_skip_tokens", "must be >= 0 (0 = every position, as the paper)")
+        need(not self.reward_per_token or set(self.reward_weights) == {"mse"}, "reward_per_token",
+             'the per-token reward is the patch-local MSE: set reward_weights={"mse": 1}')
+        need(not self.reward_per_token or self.method == "vapi", "reward_per_token", "applies to method=vapi only")
         need(self.num_iterations >= 1, "num_iterations", "must be >= 1")
-        need(self.schedule in SCHEDULES, "schedule", f"must be one of {SCHEDULES}")
         need(self.rollout_mode in ROLLOUT_MODES, "rollout_mode", f"must be one of {ROLLOUT_MODES}, got {self.rollout_mode!r}")
         need(self.learning_rate >= 0, "learning_rate", "must be >= 0")
         need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
@@ -222,6 +225,7 @@ class VapiConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VapiConfig":
+        d = retire_fields(d)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -230,6 +234,25 @@ class VapiConfig:
 
     def replace(self, **changes) -> "VapiConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Fields older runs' config.json may hold, with the one value that meant what the code now always does. A run
+# folder written before a field was retired still loads; any other value is an error that says where it went.
+RETIRED_FIELDS: dict[str, tuple[Any, str]] = {
+    "schedule": ("grouped", "training always runs the grouped schedule; the authors' per-sample schedule is the "
+                            "reference in benchmarks/reference_step.py (python -m benchmarks.step times both)"),
+}
+
+
+def retire_fields(d: dict) -> dict:
+    """`d` without the retired fields it holds at their retired value; another value raises ConfigError."""
+    out = dict(d)
+    for name, (value, why) in RETIRED_FIELDS.items():
+        if name in out:
+            if out[name] != value:
+                raise ConfigError(name, f"is no longer a run setting ({why}); got {out[name]!r}")
+            del out[name]
+    return out
 
 
 # ----------------------------------------------------------------------------- presets

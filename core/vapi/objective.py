@@ -1,14 +1,14 @@
-"""The VA-π objective: one step of DESIGN.md §1, one readable function per line of it.
+"""The VA-π objective: one micro-batch of the step, one readable function per line of it.
 
 Departures from the paper / the authors' code, on purpose:
 - ONE teacher-forced forward of B sequences per micro-batch, shared by the G samples of each
   image (the reference recomputes it for B*G sequences, plus once more without grad for sampling).
   The logits are identical because the G samples share the noisy context; gradients are equal up
   to float summation order when the forward has no dropout (tests/test_objective.py compares them
-  with `schedule="per-sample"`). With dropout (rollout_mode "train" on the real LlamaGen configs) the
-  G samples of an image share one dropout mask where the reference draws one per sample: the same
-  gradient in expectation, a different variance.
-- Rollout modes follow the authors' --sample-model-mode (see compute_loss). The rollout forward is
+  with the reference's per-sample schedule, kept in benchmarks/reference_step.py). With dropout
+  (rollout_mode "train" on the real LlamaGen configs) the G samples of an image share one dropout
+  mask where the reference draws one per sample: the same gradient in expectation, a different variance.
+- Rollout modes follow the authors' --sample-model-mode (see gradient_forwards). The rollout forward is
   re-used instead of re-run where that is exact (eval mode; train mode without dropout layers).
 - Condition dropout is drawn once per image and shared by its G samples and by every re-forward
   of the same rollout (the authors draw it per row of B*G, inside the train-mode forward).
@@ -23,6 +23,7 @@ Legend: B images, G samples per image, N tokens per image, V vocabulary (codeboo
 """
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.errors import ConfigError
 from core.vapi import noise, rewards
 from core.vapi.config import VapiConfig
 
@@ -50,7 +52,7 @@ class Rollout:
     samples: Tensor  # X, [B, G, N]
     old_logprobs: Tensor  # log pi_old(X), [B, G, N]
     rewards: Tensor  # r, [B, G]
-    advantages: Tensor  # A (normalised in the group, clipped), [B, G]
+    advantages: Tensor  # A (normalised in the group, clipped), [B, G]; [B, G, N] with reward_per_token
     distances: dict = field(default_factory=dict)  # {reward name: [B, G]} per-term distances (lower is better)
     tied: Optional[Tensor] = None  # [B] bool: groups whose rewards were equal up to rounding (advantage 0)
 
@@ -78,8 +80,6 @@ def drop_condition(policy, cond: Tensor, cond_mask: Optional[Tensor], drop: Tens
     policy = unwrapped(policy)
     if not bool(drop.any()):
         return cond, cond_mask
-    if hasattr(policy, "drop_condition"):
-        return policy.drop_condition(cond, cond_mask, drop)
     null = policy.null_condition(cond)
     d = drop.view(-1, *([1] * (cond.ndim - 1)))
     return torch.where(d, null, cond), cond_mask
@@ -118,16 +118,31 @@ def group_advantages_with_ties(r: Tensor, clip: float) -> tuple[Tensor, Tensor]:
     return torch.where(tied[:, None], torch.zeros_like(a), a), tied
 
 
+def token_advantages(r: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """Per-token advantages of the per-token reward extension: each position normalised over the G samples
+    of its image, as group_advantages_with_ties does for whole sequences. r [B, G, N] -> ([B, G, N], tied [B])
+    where a group is tied when every one of its positions is."""
+    B, G, N = r.shape
+    a, tied = group_advantages_with_ties(r.permute(0, 2, 1).reshape(B * N, G), clip)  # one group per (image, position)
+    return a.view(B, N, G).permute(0, 2, 1), tied.view(B, N).all(dim=1)
+
+
 def group_advantages(r: Tensor, clip: float) -> Tensor:
     """group_advantages_with_ties without the tie mask. r [B, G] -> [B, G]."""
     return group_advantages_with_ties(r, clip)[0]
 
 
-def clipped_policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, epsilon: float) -> tuple[Tensor, Tensor]:
-    """PPO: mean_{B,G,N} max(-A rho, -A clip(rho, 1-eps, 1+eps)). logp/old [B,G,N], adv [B,G].
+def clipped_policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, epsilon: float,
+                        skip_first: int = 0) -> tuple[Tensor, Tensor]:
+    """PPO: mean_{B,G,N} max(-A rho, -A clip(rho, 1-eps, 1+eps)). logp/old [B,G,N], adv [B,G] (one per
+    sequence) or [B,G,N] (per token). skip_first: leading positions left out of the mean (an extension).
     Returns (loss, fraction of tokens where the clipped branch was taken)."""
+    a = adv.unsqueeze(-1) if adv.ndim == 2 else adv
+    if skip_first >= logp.shape[-1]:
+        raise ConfigError("policy_skip_tokens", f"{skip_first} leaves none of the {logp.shape[-1]} positions in the policy loss")
+    if skip_first:
+        logp, old_logp, a = logp[..., skip_first:], old_logp[..., skip_first:], a[..., skip_first:] if a.shape[-1] > 1 else a
     ratio = torch.exp(logp - old_logp)
-    a = adv.unsqueeze(-1)
     unclipped = -a * ratio
     clipped = -a * ratio.clamp(1 - epsilon, 1 + epsilon)
     loss = torch.maximum(unclipped, clipped).mean()
@@ -152,24 +167,33 @@ def entropy(logits: Tensor, temperature: float) -> Tensor:
     return -(logp.exp() * logp).sum(-1).mean()
 
 
+PER_TOKEN = "patch_mse"  # the key of the per-token distances [B, G, N] in a rollout's distances
+
+
 @torch.no_grad()
-def score_samples(tokenizer, samples: Tensor, images: Tensor, weights: dict, chunk: int) -> tuple[Tensor, dict]:
+def score_samples(tokenizer, samples: Tensor, images: Tensor, weights: dict, chunk: int,
+                  per_token: bool = False) -> tuple[Tensor, dict]:
     """Decode X [B, G, N] in chunks and score against the ground truth -> (r [B, G], {name: distance [B, G]}).
     Decode and distances run in fp32 whatever autocast the caller is under (as the authors' reward; under bf16
-    0.4% of the demo's advantages changed sign)."""
+    0.4% of the demo's advantages changed sign). per_token: also the patch MSE of every token, [B, G, N] under
+    the key PER_TOKEN (the per-token reward extension; N must be a square grid)."""
     B, G, N = samples.shape
     flat = samples.reshape(B * G, N)
     item = torch.arange(B, device=samples.device).repeat_interleave(G)
     ref = rewards.Reference(images.float(), tokenizer)
     parts: dict[str, list[Tensor]] = {}
+    grid = math.isqrt(N)
     for s in range(0, B * G, chunk):
         with fp32(samples.device):
             pred = tokenizer.decode(flat[s:s + chunk]).float()
             scored = rewards.score(pred, ref, item[s:s + chunk], weights)
+            if per_token:
+                scored[PER_TOKEN] = rewards.patch_mse(pred, ref, item[s:s + chunk], grid)
         for name, d in scored.items():
             parts.setdefault(name, []).append(d.float())
-    dist = {k: torch.cat(v).view(B, G) for k, v in parts.items()}
-    return rewards.combine(dist, weights), dist
+    dist = {k: torch.cat(v).view(B, G, -1).squeeze(-1) if k != PER_TOKEN else torch.cat(v).view(B, G, N)
+            for k, v in parts.items()}
+    return rewards.combine({k: d for k, d in dist.items() if k != PER_TOKEN}, weights), dist
 
 
 # ----------------------------------------------------------------------------- the step
@@ -194,22 +218,18 @@ def model_mode(model, train: bool):
         model.train(was)
 
 
-def teacher_forced(policy, batch: Batch, context: Tensor, drop: Tensor, repeat: int = 1) -> Tensor:
-    """pi_theta(c, x~): [B * repeat, N, V] in the policy's current mode. repeat > 1 is the reference's per-sample
-    forward. Calls the module (its forward is the teacher-forced pass) so DDP/FSDP wrappers see it."""
+def teacher_forced(policy, batch: Batch, context: Tensor, drop: Tensor) -> Tensor:
+    """pi_theta(c, x~): [B, N, V] in the policy's current mode. Calls the module (its forward is the
+    teacher-forced pass) so DDP/FSDP wrappers see it."""
     cond, mask = drop_condition(policy, batch.cond, batch.cond_mask, drop)
-    if repeat > 1:
-        cond = cond.repeat_interleave(repeat, dim=0)
-        mask = mask.repeat_interleave(repeat, dim=0) if mask is not None else None
-        context = context.repeat_interleave(repeat, dim=0)
     return policy(cond, context, cond_mask=mask)
 
 
-def forward_in_mode(policy, batch: Batch, context: Tensor, drop: Tensor, *, train: bool, repeat: int = 1) -> Tensor:
+def forward_in_mode(policy, batch: Batch, context: Tensor, drop: Tensor, *, train: bool) -> Tensor:
     """The teacher-forced forward of a rollout mode's phase: train mode drops the condition where `drop` [B] is
     True (and runs dropout layers); eval mode never drops it."""
     with model_mode(policy, train):
-        return teacher_forced(policy, batch, context, drop if train else torch.zeros_like(drop), repeat)
+        return teacher_forced(policy, batch, context, drop if train else torch.zeros_like(drop))
 
 
 @torch.no_grad()
@@ -239,81 +259,95 @@ def new_rollout_noise(batch: Batch, cfg: VapiConfig, vocab_size: int, xi: float,
     return context, drop
 
 
-def compute_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
-                 generator: Optional[torch.Generator] = None, ref_policy=None,
-                 rollout: Optional[Rollout] = None) -> StepOutput:
-    """loss = policy_coef * L_pg + beta * L_prior for one micro-batch (DESIGN §1; policy_coef is 1 but in ablations).
-
-    rollout=None draws a new rollout (noisy context, condition dropout, G samples, rewards); a
-    stored rollout is re-used for PPO iterations 2..num_iterations (one re-forward of B sequences).
-    cfg.rollout_mode picks the model mode of each forward, as the authors' --sample-model-mode:
-      rollout (sampling, old log-probs)  eval, no condition dropout, no grad   (every mode)
-      policy-loss forward (with grad)    train: train mode + condition dropout | eval, twice: eval mode
-      prior forward                      train, eval: the policy-loss forward | twice: a second, train-mode forward
-    Under "train" with dropout layers the ratio differs from 1 on the first update and the PPO clip acts.
-    """
-    B, N = batch.tokens.shape
-    G, tau = cfg.num_generations, cfg.temperature
-    per_sample = cfg.schedule == "per-sample"
-    rep = G if per_sample else 1
-    fresh = rollout is None
-    if fresh:
-        context, drop = new_rollout_noise(batch, cfg, unwrapped(policy).vocab_size, xi, generator)
-    else:
-        context, drop = rollout.context, rollout.drop
-    pg_train = cfg.rollout_mode == "train"
-    prior_train = cfg.rollout_mode in ("train", "twice")
-
-    logits_pg = forward_in_mode(policy, batch, context, drop, train=pg_train, repeat=rep)  # [B*rep, N, V], with grad
+def gradient_forwards(policy, batch: Batch, context: Tensor, drop: Tensor, cfg: VapiConfig) -> tuple[Tensor, Tensor]:
+    """The forwards with grad of a rollout mode (the authors' --sample-model-mode) -> (policy-loss logits, prior
+    logits), each [B, N, V]:
+      policy-loss forward   train: train mode + condition dropout | eval, twice: eval mode
+      prior forward         train, eval: the policy-loss forward  | twice: a second, train-mode forward"""
+    logits_pg = forward_in_mode(policy, batch, context, drop, train=cfg.rollout_mode == "train")
     if cfg.rollout_mode == "twice":
-        logits_prior = forward_in_mode(policy, batch, context, drop, train=True, repeat=rep)
-    else:
-        logits_prior = logits_pg
-    targets_prior = batch.tokens.repeat_interleave(rep, dim=0)
+        return logits_pg, forward_in_mode(policy, batch, context, drop, train=True)
+    return logits_pg, logits_pg
 
-    if fresh:
-        if per_sample:
-            logits_roll = rollout_logits(policy, batch, context, drop)
-        elif pg_train:
-            logits_roll = rollout_logits(policy, batch, context, drop, train_logits=logits_pg)
-        else:
-            logits_roll = logits_pg.detach()  # the eval-mode forward IS the rollout's: one forward serves both
-        samples = sample_groups(logits_roll, G, tau, generator)  # [B, G, N]
-        old = gather_logprobs(logits_roll, samples, tau)  # log pi_old(X), [B, G, N]
-        r, dist = score_samples(tokenizer, samples, batch.images, cfg.reward_weights, cfg.reward_chunk_size)
+
+@torch.no_grad()
+def sample_rollout(policy, tokenizer, batch: Batch, cfg: VapiConfig, context: Tensor, drop: Tensor,
+                   generator: Optional[torch.Generator] = None, policy_logits: Optional[Tensor] = None) -> Rollout:
+    """The rollout of one micro-batch on a drawn context: G samples per image from the eval-mode forward without
+    condition dropout (the authors sample after `gpt.eval()`), their old log-probs, rewards and advantages.
+
+    `policy_logits` [B, N, V]: the policy-loss forward already run on this context (gradient_forwards). Under
+    rollout_mode "eval"/"twice" it IS the eval-mode forward and serves as the rollout's; under "train" it is
+    re-used where that is exact (rollout_logits). None: the rollout runs its own eval-mode forward."""
+    if policy_logits is None:
+        logits = rollout_logits(policy, batch, context, drop)
+    elif cfg.rollout_mode == "train":
+        logits = rollout_logits(policy, batch, context, drop, train_logits=policy_logits)
+    else:
+        logits = policy_logits.detach()
+    samples = sample_groups(logits, cfg.num_generations, cfg.temperature, generator)  # [B, G, N]
+    old = gather_logprobs(logits, samples, cfg.temperature)  # log pi_old(X), [B, G, N]
+    r, dist = score_samples(tokenizer, samples, batch.images, cfg.reward_weights, cfg.reward_chunk_size,
+                            per_token=cfg.reward_per_token)
+    if cfg.reward_per_token:  # extension: each token credited with its own patch's error, [B, G, N]
+        adv, tied = token_advantages(-dist[PER_TOKEN], cfg.advantage_clip)
+    else:
         adv, tied = group_advantages_with_ties(r, cfg.advantage_clip)  # [B, G], [B]
-    else:
-        samples, r, dist, adv = rollout.samples, rollout.rewards, rollout.distances, rollout.advantages
-        old, tied = rollout.old_logprobs, rollout.tied
+    return Rollout(context=context, drop=drop, samples=samples, old_logprobs=old, rewards=r, advantages=adv,
+                   distances=dist, tied=tied)
 
-    if per_sample:
-        logp = torch.log_softmax(logits_pg.float() / tau, dim=-1).gather(
-            -1, samples.reshape(B * G, N, 1)).view(B, G, N)
-    else:
-        logp = gather_logprobs(logits_pg, samples, tau)  # [B, G, N], from the SAME logits
-    loss_pg, clip_frac = clipped_policy_loss(logp, old, adv, cfg.epsilon)
 
+def rollout_loss(rollout: Rollout, logp: Tensor, logits_prior: Tensor, targets: Tensor, cfg: VapiConfig,
+                 ref_logits: Optional[Tensor] = None) -> tuple[Tensor, dict]:
+    """loss = policy_coef * L_pg + beta * L_prior (Eq. 11) from tensors only -> (loss, metrics).
+    logp [B, G, N]: log pi_theta of the rollout's samples; logits_prior [R, N, V] with `targets` [R, N] (R = B,
+    or B*G for the reference's per-sample schedule); ref_logits [R, N, V]: the frozen reference's, for prior "kl"."""
+    loss_pg, clip_frac = clipped_policy_loss(logp, rollout.old_logprobs, rollout.advantages, cfg.epsilon,
+                                             cfg.policy_skip_tokens)
     if cfg.prior == "ce":
-        loss_prior = ce_prior(logits_prior, targets_prior)
+        loss_prior = ce_prior(logits_prior, targets)
     else:
-        if ref_policy is None:
+        if ref_logits is None:
             raise ValueError("prior='kl' needs the frozen reference policy")
-        with torch.no_grad():  # the reference sees the prior forward's condition (dropped where it was)
-            ref_logits = teacher_forced(ref_policy, batch, context, drop if prior_train else torch.zeros_like(drop), repeat=rep)
-        loss_prior = kl_prior(logits_prior, ref_logits, tau)
+        loss_prior = kl_prior(logits_prior, ref_logits, cfg.temperature)
     loss = cfg.policy_coef * loss_pg + cfg.beta * loss_prior
-
-    new_rollout = rollout or Rollout(context=context, drop=drop, samples=samples, old_logprobs=old,
-                                     rewards=r, advantages=adv, distances=dist, tied=tied)
+    r, samples = rollout.rewards, rollout.samples
     metrics = {
         "loss": loss.item(), "loss_pg": loss_pg.item(), "loss_prior": loss_prior.item(),
         "reward_mean": r.mean().item(), "reward_std": r.std().item(),
-        "clip_frac": clip_frac.item(), "entropy": entropy(logits_prior, tau).item(),
-        "ratio_mean": torch.exp(logp.detach() - old).mean().item(), "xi": xi,
-        "cond_dropped": drop.float().mean().item() if prior_train or pg_train else 0.0,
-        "tied_groups": tied.float().mean().item(),
-        "token_match": (samples == batch.tokens[:, None, :]).float().mean().item(),
+        "clip_frac": clip_frac.item(), "entropy": entropy(logits_prior, cfg.temperature).item(),
+        "ratio_mean": torch.exp(logp.detach() - rollout.old_logprobs).mean().item(),
+        "cond_dropped": rollout.drop.float().mean().item() if cfg.rollout_mode != "eval" else 0.0,
+        "tied_groups": rollout.tied.float().mean().item(),
+        "token_match": (samples == targets[::targets.shape[0] // samples.shape[0], None, :]).float().mean().item(),
     }
-    for name, d in dist.items():
+    for name, d in rollout.distances.items():
         metrics[f"dist_{name}"] = d.mean().item()
-    return StepOutput(loss=loss, metrics=metrics, rollout=new_rollout)
+    return loss, metrics
+
+
+def compute_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
+                 generator: Optional[torch.Generator] = None, ref_policy=None,
+                 rollout: Optional[Rollout] = None) -> StepOutput:
+    """One micro-batch of VA-π (the VA-π step): draw a noisy context and condition dropout, run the gradient
+    forward(s), sample the rollout from the same logits where exact, and return the loss with its metrics.
+
+    rollout=None draws a new rollout; a stored one is re-used for PPO iterations 2..num_iterations (one
+    re-forward of B sequences on its context). See gradient_forwards for the model mode of each forward; under
+    "train" with dropout layers the ratio differs from 1 on the first update and the PPO clip acts.
+    """
+    if rollout is None:
+        context, drop = new_rollout_noise(batch, cfg, unwrapped(policy).vocab_size, xi, generator)
+    else:
+        context, drop = rollout.context, rollout.drop
+    logits_pg, logits_prior = gradient_forwards(policy, batch, context, drop, cfg)
+    if rollout is None:
+        rollout = sample_rollout(policy, tokenizer, batch, cfg, context, drop, generator, policy_logits=logits_pg)
+    ref_logits = None
+    if cfg.prior == "kl" and ref_policy is not None:
+        with torch.no_grad():  # the reference sees the prior forward's condition (dropped where it was)
+            ref_logits = teacher_forced(ref_policy, batch, context,
+                                        drop if cfg.rollout_mode != "eval" else torch.zeros_like(drop))
+    logp = gather_logprobs(logits_pg, rollout.samples, cfg.temperature)  # [B, G, N], from the SAME logits
+    loss, metrics = rollout_loss(rollout, logp, logits_prior, batch.tokens, cfg, ref_logits)
+    return StepOutput(loss=loss, metrics={**metrics, "xi": xi}, rollout=rollout)

@@ -188,6 +188,13 @@ def score(pred: Tensor, ref: Reference, item: Tensor, weights: dict[str, float])
     return {name: REWARDS[name](pred, ref, item) for name, w in weights.items() if w > 0}
 
 
+def patch_mse(pred: Tensor, ref: Reference, item: Tensor, grid: int) -> Tensor:
+    """Per-token distances for the per-token reward extension: the pixel MSE of each token's patch, the image
+    cut into a grid x grid raster in the tokens' order. -> [M, grid * grid]; their mean is `mse`."""
+    err = (pred.float() - ref.images[item].float()).pow(2).mean(dim=1, keepdim=True)  # [M, 1, H, W]
+    return torch.nn.functional.adaptive_avg_pool2d(err, grid).flatten(1)
+
+
 def combine(terms: dict[str, Tensor], weights: dict[str, float]) -> Tensor:
     """r = -sum_k w_k d_k, per sample."""
     total = None

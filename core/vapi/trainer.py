@@ -32,10 +32,11 @@ import torch
 
 from core.errors import ConfigError, UserError
 from core.seeding import derive_seed
-from core.vapi import baselines, objective, rewards
-from core.data.build import check_readable
-from core.vapi.config import VapiConfig, check_preview
+from core.vapi import objective
+from core.vapi.config import VapiConfig
+from core.vapi.methods import Models, method_of
 from core.vapi.objective import Batch
+from core.vapi.preflight import preflight
 
 DEFAULT_IMAGENET_PREVIEW = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i classes
 
@@ -75,6 +76,7 @@ class StepPlan:
 class Trainer:
     def __init__(self, cfg: VapiConfig, run_dir: str | Path, recorder=None, *, log: Callable[[str], None] = print):
         self.cfg = cfg
+        self.method = method_of(cfg)
         self.run_dir = Path(run_dir)
         self.recorder = recorder
         self._log = log
@@ -90,45 +92,17 @@ class Trainer:
         return acc is None or acc.is_main_process
 
     # ------------------------------------------------------------------ setup
-    def preflight(self) -> None:
-        """Every input check that needs no big allocation, before any heavy work."""
-        from core.models import registry
-
-        cfg = self.cfg
-        if cfg.device != "auto":
-            from core import device as devmod
-
-            devmod.resolve(cfg.device)  # cuda on a machine without CUDA: an error now, not in the worker
-        preset = registry.get_generator(cfg.model)
-        if preset.task == "c2i" and cfg.data == "captions":
-            raise ConfigError("data", f"{cfg.model} is class-conditional: use data=imagefolder or shapes, not captions")
-        if preset.task == "t2i" and cfg.data != "captions":
-            raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions")
-        if cfg.data == "shapes" and preset.size != "demo":
-            raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i)")
-        self.preset = preset
-        check_preview(cfg, int(preset.overrides.get("num_classes", 1000)) if preset.task == "c2i" else None)
-        self.dataset = self._build_dataset()  # lists (and spot-checks) the data before any weights are read
-        check_readable(self.dataset, cfg.data_path)
-        if cfg.init_weights is None:
-            registry.require_files(cfg.model)
-        else:
-            if not Path(cfg.init_weights).is_file():
-                raise ConfigError("init_weights", f"file not found: {cfg.init_weights}")
-            tok = registry.get_tokenizer(preset.tokenizer)
-            if not tok.present:
-                raise registry.MissingWeightsError(f"missing tokenizer {tok.path} — {registry.download_hint(tok.filename, tok.repo_id)}")
-        rewards.check_available(cfg.reward_weights)
-
     def setup(self) -> None:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         from core import device as devmod
         from core.models import load
+        from core.models.load import condition_encoder
 
         cfg = self.cfg
-        self.preflight()
+        checked = preflight(cfg)
+        self.preset, self.dataset = checked.preset, checked.dataset
         dev = devmod.resolve(cfg.device) if cfg.device != "auto" else None
         cpu = (dev is not None and dev.type == "cpu") or not torch.cuda.is_available()
         if dev is not None and dev.type == "cuda" and dev.index is not None:
@@ -149,38 +123,30 @@ class Trainer:
         self.plan = StepPlan(len(self.dataset), cfg.global_batch_size, cfg.per_device_train_batch_size, self.world, cfg.seed)
 
         # --- models
-        self.policy, self.tokenizer = load.load_pair(cfg.model, cfg.init_weights, self.device)
-        self.tokenizer.requires_grad_(False)
-        if self.preset.task == "c2i":
-            self._check_classes()
-        self.policy.gradient_checkpointing = cfg.gradient_checkpointing
-        self.ref_policy = None
-        if cfg.prior == "kl" and cfg.method == "vapi":
-            self.ref_policy = load.load_generator(cfg.model, cfg.init_weights, self.device)
-            self.ref_policy.requires_grad_(False)
-        self.cond_encoder = self._condition_encoder()
+        policy, tokenizer = load.load_pair(cfg.model, cfg.init_weights, self.device)
+        if self.preset.task == "c2i" and cfg.data == "imagefolder":
+            from core.data.imagefolder import check_num_classes
 
-        # --- what is trained
-        if cfg.method == "decoder":
-            self.policy.requires_grad_(False)
-            self.policy.eval()
-            for p in baselines.decoder_parameters(self.tokenizer):
-                p.requires_grad_(True)
-            self.tokenizer.decoder.train()
-            self.trained = self.tokenizer
-        else:
-            self.policy.train()  # the baselines' mode; VA-π sets each forward's mode from cfg.rollout_mode
-            self.trained = self.policy
-        decay = [p for n, p in self.trained.named_parameters() if p.requires_grad and "norm" not in n]
-        no_decay = [p for n, p in self.trained.named_parameters() if p.requires_grad and "norm" in n]
+            check_num_classes(self.dataset, policy.config.num_classes)
+        policy.gradient_checkpointing = cfg.gradient_checkpointing
+        ref_policy = None
+        if self.method.uses_reference(cfg):
+            ref_policy = load.load_generator(cfg.model, cfg.init_weights, self.device)
+            ref_policy.requires_grad_(False)
+
+        # --- what is trained (the method decides), prepared by accelerate
+        trained = self.method.trainable(policy, tokenizer)
+        decay = [p for n, p in trained.named_parameters() if p.requires_grad and "norm" not in n]
+        no_decay = [p for n, p in trained.named_parameters() if p.requires_grad and "norm" in n]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}],
                                       lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
-        if cfg.method == "decoder":
-            self.tokenizer, self.optimizer, self.scheduler = acc.prepare(self.tokenizer, optimizer, scheduler)
-        else:
-            self.policy, self.optimizer, self.scheduler = acc.prepare(self.policy, optimizer, scheduler)
+        self.trained_prepared, self.optimizer, self.scheduler = acc.prepare(trained, optimizer, scheduler)
+        modules = {"generator": policy, "tokenizer": tokenizer, self.method.trains: self.trained_prepared}
+        self.models = Models(policy=modules["generator"], tokenizer=modules["tokenizer"], ref_policy=ref_policy,
+                             unwrap=self.unwrap)
+        self.cond_encoder = condition_encoder(policy, self.preset.task, self.device)  # captions -> condition; None for c2i
         self.token_cache: dict[int, torch.Tensor] = {}  # dataset index -> x* [N], always encoded in fp32 (encode_fp32)
         if trackers:
             acc.init_trackers(self.run_dir.name, config=cfg.to_dict())
@@ -194,24 +160,15 @@ class Trainer:
             return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
         return 1.0
 
-    def _build_dataset(self):
-        from core.data.build import build_dataset
+    @property
+    def policy(self):
+        """The generator (as prepared by accelerate when the method trains it)."""
+        return self.models.policy
 
-        cfg = self.cfg
-        return build_dataset(cfg.data, cfg.data_path, image_size=self.preset.image_size, subset=cfg.data_subset,
-                             seed=cfg.seed)
-
-    def _check_classes(self) -> None:
-        if self.cfg.data == "imagefolder":
-            from core.data.imagefolder import check_num_classes
-
-            check_num_classes(self.dataset, self.policy.config.num_classes)
-
-    def _condition_encoder(self):
-        """captions -> model condition for text-conditional families; None for class ids."""
-        from core.models.load import condition_encoder
-
-        return condition_encoder(self.policy, self.preset.task, self.device)
+    @property
+    def tokenizer(self):
+        """The tokenizer (as prepared by accelerate when the method trains it)."""
+        return self.models.tokenizer
 
     # ------------------------------------------------------------------ data
     def unwrap(self, model):
@@ -258,7 +215,7 @@ class Trainer:
             return
         from core.models import checkpoint
 
-        name = "tokenizer.pt" if self.cfg.method == "decoder" else "model.pt"
+        name = self.method.weights_file
         meta = {"step": step, "method": self.cfg.method, "world_size": self.world}
         with self.recorder.save_checkpoint(step) as d:
             checkpoint.save_upstream(state, d / name, config=self.cfg.to_dict())
@@ -273,7 +230,7 @@ class Trainer:
             from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-            model = self.trained_prepared  # the tokenizer under the decoder baseline
+            model = self.trained_prepared
             with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
                                       FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
                                       FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True)):
@@ -288,8 +245,8 @@ class Trainer:
         meta = json.loads((path / "trainer_state.json").read_text())
         if meta.get("method", self.cfg.method) != self.cfg.method:
             raise ConfigError("method", f"{path} was written by method {meta['method']!r}, the run says {self.cfg.method!r}")
-        model = self.trained_prepared  # the tokenizer under the decoder baseline
-        name = "tokenizer.pt" if self.cfg.method == "decoder" else "model.pt"
+        model = self.trained_prepared
+        name = self.method.weights_file
         sd, _ = checkpoint.read_file(path / name)
         if self.accelerator.distributed_type == DistributedType.FSDP:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
@@ -370,7 +327,7 @@ class Trainer:
     def capture_kl_probe(self) -> None:
         """Keep the base model's log-probs on a few fixed images (clean context, eval mode)."""
         self.kl_probe = None
-        if self.cfg.kl_probe_size <= 0 or self.cfg.method == "decoder":
+        if self.cfg.kl_probe_size <= 0 or not self.method.probes_kl:
             return
         n = min(self.cfg.kl_probe_size, len(self.dataset))
         idx = list(np.random.default_rng(derive_seed(self.cfg.seed, 0x9B0BE)).choice(len(self.dataset), n, replace=False))
@@ -402,17 +359,10 @@ class Trainer:
         cfg = self.cfg
         g = torch.Generator(device=self.device).manual_seed(derive_seed(cfg.seed, step, micro * self.world + self.rank))
         torch.manual_seed(derive_seed(cfg.seed, 0xD0, step, micro * self.world + self.rank))  # dropout
-        xi = cfg.xi_at(step)
-        if cfg.method == "ste":
-            return baselines.ste_loss(self.policy, self.unwrap(self.tokenizer), batch, cfg, xi=xi, generator=g)
-        if cfg.method == "decoder":
-            return baselines.decoder_loss(self.unwrap(self.policy), self.tokenizer, batch, cfg, xi=xi, generator=g)
-        k = step % cfg.num_iterations
-        rollout = rollouts.get(micro) if k > 0 else None
-        out = objective.compute_loss(self.policy, self.unwrap(self.tokenizer), batch, cfg, xi=xi, generator=g,
-                                     ref_policy=self.ref_policy, rollout=rollout)
-        rollouts[micro] = out.rollout
-        return out.loss, out.metrics
+        rollout = rollouts.get(micro) if step % cfg.num_iterations > 0 else None  # PPO iterations 2.. re-use it
+        loss, metrics, rollouts[micro] = self.method.loss(self.models, batch, cfg, xi=cfg.xi_at(step), generator=g,
+                                                          rollout=rollout)
+        return loss, metrics
 
     def rollout_step(self, step: int) -> int:
         """The step that produced the rollout used at `step` (PPO iterations re-use it)."""
@@ -457,13 +407,9 @@ class Trainer:
         vec = torch.tensor([sums[k] for k in names], device=self.device, dtype=torch.float64)
         vec = acc.reduce(vec, reduction="mean") if self.world > 1 else vec
         metrics = dict(zip(names, vec.tolist()))
-        g = cfg.num_generations if cfg.method == "vapi" else 1
-        metrics.update(grad_norm=grad_norm, lr=lr, step_time=dt, samples_per_s=cfg.global_batch_size * g / dt)
+        samples = cfg.global_batch_size * self.method.samples_per_image(cfg)
+        metrics.update(grad_norm=grad_norm, lr=lr, step_time=dt, samples_per_s=samples / dt)
         return metrics
-
-    @property
-    def trained_prepared(self):
-        return self.tokenizer if self.cfg.method == "decoder" else self.policy
 
     def _stop_requested(self) -> bool:
         flag = bool(self.recorder is not None and self.recorder.should_stop())
@@ -472,7 +418,7 @@ class Trainer:
             flag = bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
         return flag
 
-    def train(self, resume: bool = False, progress: Optional[Callable[[int, int, dict], None]] = None) -> dict:
+    def train(self, resume: bool = False) -> dict:
         """Run to max_steps (or until a stop request). Returns the last step's metrics."""
         cfg = self.cfg
         self.setup()
@@ -520,11 +466,8 @@ class Trainer:
                 saved = done
             elapsed = time.perf_counter() - t_start
             eta = elapsed / (done - start) * (cfg.max_steps - done)
-            if progress is not None:
-                progress(done, cfg.max_steps, last)
-            else:
-                self.log(f"[step {done}/{cfg.max_steps}] reward {last.get('reward_mean', float('nan')):.4f} "
-                         f"loss {last['loss']:.4f} grad {last['grad_norm']:.3f} {last['step_time']:.2f}s/step ETA {eta:.0f}s")
+            self.log(f"[step {done}/{cfg.max_steps}] reward {last.get('reward_mean', float('nan')):.4f} "
+                     f"loss {last['loss']:.4f} grad {last['grad_norm']:.3f} {last['step_time']:.2f}s/step ETA {eta:.0f}s")
         # every process done, then end the trackers and (under a distributed launch) destroy the process
         # group: left to interpreter exit, a rank that finishes first can abort in gloo's teardown (SIGABRT)
         self.accelerator.wait_for_everyone()

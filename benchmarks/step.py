@@ -1,4 +1,9 @@
-"""`python -m core bench step`: step time of the grouped vs the per-sample (reference) schedule."""
+"""Step time of the grouped vs the per-sample (reference) schedule of a VA-π micro-batch.
+
+    python -m benchmarks.step --preset demo-c2i
+    python -m benchmarks.step --preset llamagen-c2i-xl --set model=llamagen-c2i-b-256 --set data_path=DIR \
+        --set 'reward_weights={"mse": 1}' --random-init --batch 2
+"""
 from __future__ import annotations
 
 import statistics
@@ -10,6 +15,7 @@ from core.models import load, registry
 from core.vapi import objective
 from core.vapi.config import parse_overrides, resolve
 from core.vapi.objective import Batch
+from benchmarks.reference_step import SCHEDULES
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -50,12 +56,10 @@ def bench_step(preset_name: str, overrides: list[str], batch: int | None, repeat
     with torch.no_grad():
         data = Batch(images=images, cond=labels, tokens=tok.encode(images))
     results = {}
-    for schedule in ("grouped", "per-sample"):
-        c = cfg.replace(schedule=schedule)
-
+    for schedule, loss_fn in SCHEDULES.items():
         def step():
             gen.zero_grad(set_to_none=True)
-            out = objective.compute_loss(gen, tok, data, c, xi=c.xi, generator=torch.Generator(device=dev).manual_seed(1))
+            out = loss_fn(gen, tok, data, cfg, xi=cfg.xi, generator=torch.Generator(device=dev).manual_seed(1))
             out.loss.backward()
 
         results[schedule] = median_seconds(step, repeats)
@@ -68,3 +72,20 @@ def bench_step(preset_name: str, overrides: list[str], batch: int | None, repeat
     print(f"  per-sample (1 + {cfg.num_generations} x {B} sequences, the reference): {results['per-sample']:.3f} s/step")
     print(f"  speed-up: {ratio:.2f}x   (decode + reward of the {B * cfg.num_generations} samples, common to both: {score:.3f} s)")
     return {**results, "ratio": ratio, "decode_reward": score}
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="demo-c2i")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--batch", type=int, default=None, help="images per step (default: the preset's per-device batch)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--random-init", action="store_true", help="random weights of the preset's architecture (speed only)")
+    args = ap.parse_args()
+    bench_step(args.preset, args.overrides, args.batch, args.repeats, args.random_init)
+
+
+if __name__ == "__main__":
+    main()
