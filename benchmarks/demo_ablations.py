@@ -41,6 +41,9 @@ VARIANTS: dict[str, dict] = {
     # issue 15: the paper's data fraction (12.8K of ImageNet's 1.28M = 1%; here 1000 of the generator's 100K
     # training scenes) and 5x the steps
     "1% data, 5x steps": {"data_subset": 1000, "max_steps": 500, "save_steps": 100},
+    # issue 15, labelled extensions beyond the paper (core/vapi/config.py says so at each field)
+    "no policy loss on the first token (extension)": {"policy_skip_tokens": 1},
+    "per-token reward (extension)": {"reward_per_token": True},
 }
 METRICS = ("demo_fid", "class_accuracy", "diversity", "precision", "recall")
 
