@@ -3,22 +3,19 @@ from the form's values back to a validated run (a preset plus the fields that di
 equivalent `python -m core train` command, and the form field an input error belongs to.
 
 Every VapiConfig field is on the form except `device`, which follows from the device picker, and
-`reward_weights`, shown as one weight per registered reward. Help texts are the comments written
-next to each field in core/vapi/config.py (meaning and paper source); groups follow that file's
-section comments.
+`reward_weights`, shown as one weight per registered reward. Help text (meaning and paper source),
+group and choices are each field's metadata in core/vapi/config.py, read through core.configmeta.
 """
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import math
 import shlex
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from core import configmeta
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.vapi import config as C
 
@@ -32,18 +29,10 @@ GROUP_TITLES = {
     "optimisation": "Optimisation",
     "checkpoints": "Checkpoints, metrics and previews",
 }
-_SECTION_GROUP = {  # first words of a section comment in config.py -> group
-    "what is trained": "model", "data": "data", "rollout": "rollout", "reward": "reward",
-    "objective": "objective", "optimisation": "optimisation", "checkpoints": "checkpoints",
-}
-# Fields config.py leaves without a comment; everything else takes its help from there.
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "method": C.METHODS, "data": C.DATA_KINDS, "prior": C.PRIORS, "schedule": C.SCHEDULES, "rollout_mode": C.ROLLOUT_MODES,
-    "xi_schedule": C.XI_SCHEDULES, "lr_scheduler": C.LR_SCHEDULERS, "mixed_precision": C.PRECISIONS,
-    "report_to": C.TRACKERS,
-}
 _KIND_BY_NAME = {"preview_classes": "classes", "preview_prompts": "lines", "preview_seeds": "int_list",
                  "report_to": "multichoice", "model": "model"}
+_KIND_BY_TYPE = {(bool, False): "bool", (int, False): "int", (float, False): "float", (float, True): "optional_float",
+                 (str, False): "text", (str, True): "optional_text"}  # (type, Optional) -> input kind
 HIDDEN = frozenset({"device"})  # set from the device picker
 MAX_NAME = 80
 EXTRA_KEYS = ("preset", "name", "devices")  # form inputs that are not config fields
@@ -61,67 +50,29 @@ class FormField:
     choices: tuple = ()
 
 
-def _config_comments() -> tuple[dict[str, str], dict[str, str]]:
-    """(field -> the comment on its line, field -> group) read from VapiConfig's source."""
-    source = inspect.getsource(C)
-    lines = source.splitlines()
-    tree = ast.parse(source)
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "VapiConfig")
-    comments, groups = {}, {}
-    group = "model"
-    row = cls.lineno
-    for node in cls.body:
-        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
-            continue
-        for text in lines[row:node.lineno - 1]:  # section comments between the previous field and this one
-            stripped = text.strip()
-            if stripped.startswith("# --"):
-                title = stripped.lstrip("# -").lower()
-                group = next((g for key, g in _SECTION_GROUP.items() if title.startswith(key)), group)
-        row = node.end_lineno
-        tail = lines[node.end_lineno - 1].encode()[node.end_col_offset:].decode()  # AST offsets count bytes
-        if tail.strip().startswith("#"):
-            comments[node.target.id] = tail.strip()[1:].strip()
-        groups[node.target.id] = group
-    return comments, groups
-
-
 def _build_fields() -> list[FormField]:
     from core.vapi.rewards import REWARDS
 
-    comments, groups = _config_comments()
-    hints = typing.get_type_hints(C.VapiConfig)
-    defaults = C.VapiConfig().to_dict()
     out = []
-    for f in fields(C.VapiConfig):
-        if f.name in HIDDEN:
+    for spec in configmeta.specs(C.VapiConfig):
+        if spec.name in HIDDEN:
             continue
-        help_text = comments.get(f.name)
-        if f.name == "reward_weights":
-            order = list(defaults["reward_weights"]) + sorted(set(REWARDS) - set(defaults["reward_weights"]))
+        if spec.name == "reward_weights":
+            order = list(spec.default) + sorted(set(REWARDS) - set(spec.default))
             for reward in order:
-                out.append(FormField(f"reward_weights.{reward}", groups[f.name], "float",
-                                     f"weight w of -d_{reward} in the reward (0 = off); {help_text}",
-                                     float(defaults["reward_weights"].get(reward, 0.0))))
+                out.append(FormField(f"reward_weights.{reward}", spec.group, "float",
+                                     f"weight w of -d_{reward} in the reward (0 = off); {spec.help}",
+                                     float(spec.default.get(reward, 0.0))))
             continue
-        hint = hints[f.name]
-        optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
-        if f.name in _KIND_BY_NAME:
-            kind = _KIND_BY_NAME[f.name]
-        elif f.name in _CHOICES:
+        if spec.name in _KIND_BY_NAME:
+            kind = _KIND_BY_NAME[spec.name]
+        elif spec.choices:
             kind = "choice"
-        elif base is bool:
-            kind = "bool"
-        elif base is int:
-            kind = "int"
-        elif base is float:
-            kind = "optional_float" if optional else "float"
-        elif base is str:
-            kind = "optional_text" if optional else "text"
+        elif (spec.type, spec.optional) in _KIND_BY_TYPE:
+            kind = _KIND_BY_TYPE[spec.type, spec.optional]
         else:
-            raise TypeError(f"VapiConfig.{f.name}: no form input for type {hint!r}; add it to app/form.py")
-        out.append(FormField(f.name, groups[f.name], kind, help_text, defaults[f.name], _CHOICES.get(f.name, ())))
+            raise TypeError(f"VapiConfig.{spec.name}: no form input for type {spec.type!r}; add it to app/form.py")
+        out.append(FormField(spec.name, spec.group, kind, spec.help, spec.default, spec.choices))
     return out
 
 
