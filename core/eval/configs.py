@@ -76,7 +76,7 @@ _SHARED: dict[str, tuple] = {
                                         "CLIP/DINOv2 folder or hub id; None: the default location"),
     "cfg_scale": (1.0, "sampling", "classifier-free guidance scale (1 = off). Table 2: w/o cfg 1.0, w/ cfg 2.0 "
                                    "(LlamaGen-XL) or 1.75 (XXL)"),
-    "temperature": (1.0, "sampling", "sampling temperature, App. D"),
+    "temperature": (1.0, "sampling", "sampling temperature, App. D (0 = greedy)"),
     "top_k": (0, "sampling", "top-k sampling, App. D (0 = off)"),
     "top_p": (1.0, "sampling", "nucleus sampling, App. D (1 = off)"),
     "seed": (0, "sampling", "first sampling seed: sample i uses a seed derived from (seed, i), so a rerun draws the "
@@ -234,8 +234,8 @@ class EmbeddingConfig:
     aligned_weights: Optional[str] = setting(None, group="model", help=f"the aligned model (required): {WEIGHTS_HELP}")
     classes: Optional[list] = setting(None, group="sampling", help="class ids or names; None: the first 10 classes")
     per_class: int = setting(100, group="sampling", help="samples per class, set and seed, more than k (100 with the "
-                                                         "10 demo classes: the same 1000 samples as `eval fid "
-                                                         "--num-samples 1000`)")
+                                                         "10 demo classes: the same 1000 samples per seed as an "
+                                                         "evaluation of 1000 samples)")
     num_seeds: int = _shared("num_seeds")
     real: str = setting("shapes", group="measure", help="real images: 'shapes[:split]' (demo; default split "
                                                         "reference) or an ImageNet-layout folder")
