@@ -267,22 +267,10 @@ def from_form(name: str, raw: Any, model: str | None = None) -> Any:
 
 def parse_devices(selected: Sequence[str] | str | None) -> tuple[str, str]:
     """The device picker's selection -> (device set for the launcher, the config's device field)."""
-    from core.runs.store import normalize_devices
+    from core.device import picked_devices
 
-    items = [selected] if isinstance(selected, str) else list(selected or [])
-    items = [str(x).strip() for x in items if str(x).strip()]
-    if not items:
-        raise ConfigError("devices", "pick cpu or at least one GPU")
-    if "cpu" in items:
-        if len(items) > 1:
-            raise ConfigError("devices", "cpu cannot be combined with GPUs; pick cpu alone or GPUs only")
-        return "cpu", "cpu"
-    ids = []
-    for item in items:
-        if not item.startswith("cuda:") or not item[5:].isdigit():
-            raise ConfigError("devices", f"{item!r} is not a device; pick from the list")
-        ids.append(item[5:])
-    return normalize_devices("cuda:" + ",".join(ids)), "cuda"
+    devices = picked_devices(selected)
+    return devices, ("cpu" if devices == "cpu" else "cuda")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -328,7 +316,7 @@ def _cli_value(value: Any) -> str:
 
 def cli_command(preset: str, overrides: dict[str, Any], devices: str, name: str) -> str:
     """`python -m core train --preset P --set k=v ...` for the same run (only fields that differ from P)."""
-    from core.runs.store import gpu_ids
+    from core.device import gpu_ids
 
     args = ["python", "-m", "core", "train", "--preset", preset]
     if name and name != preset:

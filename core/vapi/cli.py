@@ -58,36 +58,7 @@ class _Tee:
         return self.streams[0].isatty()
 
 
-def _devices_of(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return "cuda:0" if device == "cuda" else device
-
-
 FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
-
-
-def _check_devices(devices: str) -> str:
-    """--devices: a valid device set whose GPUs exist on this machine."""
-    import torch
-
-    from core.errors import ConfigError
-    from core.runs.store import gpu_ids, normalize_devices
-
-    try:
-        devices = normalize_devices(devices)
-    except ConfigError as e:
-        raise ConfigError("--devices", str(e).split(": ", 1)[1]) from None
-    ids = gpu_ids(devices)
-    if ids:
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ConfigError("--devices", f"{devices}: this machine has no CUDA GPU; use --devices cpu")
-        if max(ids) >= n:
-            raise ConfigError("--devices", f"{devices}: only {n} GPU(s) are visible; use cuda:0..cuda:{n - 1}")
-    return devices
 
 
 def _resume_config(run_dir: Path, overrides: list[str]):
@@ -188,7 +159,9 @@ def cmd_train(args) -> int:
             print(cfg.to_json())
             return 0
         Trainer(cfg, ".").preflight()  # bad input: an error now, and no run folder is created
-        devices = _check_devices(args.devices or _devices_of(cfg.device))
+        from core.device import check_visible, devices_of
+
+        devices = check_visible(args.devices or devices_of(cfg.device))
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
         else:
