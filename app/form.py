@@ -91,7 +91,7 @@ WORDS = {
     "max_steps": "training steps", "warmup_steps": "warm-up steps", "lr_scheduler": "learning-rate schedule",
     "mixed_precision": "precision", "seed": "seed", "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept", "logging_steps": "log every N steps",
-    "preview_steps": "preview every N steps", "num_workers": "data loader workers",
+    "preview_steps": "preview every N steps",
     "cache_tokens": "cache the x* tokens", "preview_classes": "preview classes",
     "preview_prompts": "preview prompts", "preview_seeds": "preview seeds", "kl_probe_size": "KL probe size",
     "report_to": "also report to", "gradient_checkpointing": "gradient checkpointing",

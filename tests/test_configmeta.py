@@ -91,3 +91,13 @@ def test_every_field_of_the_real_configs_has_help_and_a_group():
     assert configmeta.spec_of(VapiConfig, "method").choices == ("vapi", "ste", "decoder")
     with pytest.raises(ConfigError, match="^colour: not a field of a run config"):
         VapiConfig.from_dict({"colour": 1})
+
+
+def test_a_retired_field_in_an_old_run_config_loads_but_cannot_be_set():
+    from core.vapi import config as C
+
+    old = {**C.VapiConfig().to_dict(), "num_workers": 2}  # a config.json written before the field was dropped
+    assert C.VapiConfig.from_dict(old) == C.VapiConfig()
+    assert C.resolve(base=old, overrides={"max_steps": 5}) == C.VapiConfig(max_steps=5)
+    with pytest.raises(ConfigError, match="^num_workers: is no longer a setting"):
+        C.resolve("demo-c2i", {"num_workers": 0})

@@ -34,7 +34,7 @@ EXTRA_INFO = {
 DATA_LABELS = {"shapes": "demo shapes domain", "imagefolder": "ImageNet-layout folder", "captions": "caption folder"}
 LAYOUT = {  # inputs per row in each section, in order; fields not named here follow one per row
     "model": [["method", "init_weights"]],
-    "data": [["data_path", "data_subset"], ["num_workers", "cache_tokens"]],
+    "data": [["data_path", "data_subset"], ["cache_tokens"]],
     "rollout": [["num_generations", "temperature"], ["xi", "xi_schedule"], ["cond_drop_prob"]],
     "reward": [["reward_weights.mse", "reward_weights.lpips"], ["reward_weights.l1", "reward_weights.lpips-alex"],
                ["reward_chunk_size"]],

@@ -31,12 +31,15 @@ XI_SCHEDULES = ("constant", "linear", "cosine")
 LR_SCHEDULERS = ("constant", "cosine")
 PRECISIONS = ("bf16", "fp16", "no")
 TRACKERS = ("tensorboard", "wandb")
+# Fields a run config no longer has -> why. A config.json or preset that still holds one loads (the value is
+# dropped); naming one in --set is an error.
+RETIRED = {"num_workers": "no DataLoader read it (the trainer indexes its dataset in the training process)"}
 
 
 @dataclass
 class VapiConfig:
     """One run's settings. Each field's metadata holds its help text (meaning and source) and its form group
-    (the section comments below); core.configmeta reads them for the Launch form and the CLI."""
+    (the section comments below); the Launch form reads them through core.configmeta."""
 
     # ---------------------------------------------------------------- what is trained
     method: str = setting("vapi", group="model", choices=METHODS, help=
@@ -53,7 +56,6 @@ class VapiConfig:
     data_subset: Optional[float] = setting(None, group="data", help=
         "a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I "
         "presets: 0.01 (§5.1)")
-    num_workers: int = setting(2, group="data", help="DataLoader workers")
     cache_tokens: bool = setting(True, group="data", help=
         "x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once")
     # ---------------------------------------------------------------- rollout (teacher-forced sampling)
@@ -193,7 +195,6 @@ class VapiConfig:
         if self.data_subset is not None:
             need(self.data_subset > 0, "data_subset", "must be > 0 (a fraction <= 1 or an image count), or null for all")
             need(self.data_subset <= 1 or float(self.data_subset).is_integer(), "data_subset", "above 1 it is an image count and must be whole")
-        need(self.num_workers >= 0, "num_workers", "must be >= 0")
         need(self.num_generations >= 2, "num_generations", "must be >= 2: advantages are relative to the group")
         need(self.temperature > 0, "temperature", "must be > 0")
         need(0.0 <= self.xi < 1.0, "xi", "must be in [0, 1)")
@@ -269,7 +270,7 @@ class VapiConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "VapiConfig":
         """From a config mapping; an unknown key is a ConfigError naming it."""
-        return configmeta.from_dict(cls, d, "a run config")
+        return configmeta.from_dict(cls, d, "a run config", ignore=RETIRED)
 
     def replace(self, **changes) -> "VapiConfig":
         return dataclasses.replace(self, **changes)
@@ -321,7 +322,7 @@ def preset_values(name: Optional[str]) -> dict[str, Any]:
     until the user gives one, so forms start from this and validate only what the user submits."""
     out = configmeta.defaults(VapiConfig)  # the defaults without __post_init__'s checks
     if name:
-        out.update(preset(name))
+        out.update({k: v for k, v in preset(name).items() if k not in RETIRED})
     return out
 
 
@@ -350,6 +351,8 @@ def resolve(preset_name: Optional[str] = None, overrides: Optional[dict[str, Any
     if preset_name:
         d.update(preset(preset_name))
     for k, v in (overrides or {}).items():
+        if k in RETIRED:
+            raise ConfigError(k, f"is no longer a setting: {RETIRED[k]}")
         if "." in k:
             top, sub = k.split(".", 1)
             if not isinstance(d.get(top), dict):
