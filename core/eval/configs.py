@@ -70,79 +70,46 @@ def class_ids_of(model: str, classes: Optional[Sequence], field_name: str = "cla
 WEIGHTS_HELP = "a weights file, a checkpoint folder, a run folder (its last checkpoint) or a run id [@STEP]"
 PRECISIONS = ("fp32", "bf16")
 PROJECTIONS = ("tsne", "umap")  # core.eval.embeddings.METHODS
-# Fields both jobs have, with one default and one help text: {name: (default, group, help)}.
-_SHARED: dict[str, tuple] = {
-    "extractor_path": (None, "measure", "the extractor's weights: Inception .pth file, demo evaluator .safetensors, "
-                                        "CLIP/DINOv2 folder or hub id; None: the default location"),
-    "cfg_scale": (1.0, "sampling", "classifier-free guidance scale (1 = off). Table 2: w/o cfg 1.0, w/ cfg 2.0 "
-                                   "(LlamaGen-XL) or 1.75 (XXL)"),
-    "temperature": (1.0, "sampling", "sampling temperature, App. D (0 = greedy)"),
-    "top_k": (0, "sampling", "top-k sampling, App. D (0 = off)"),
-    "top_p": (1.0, "sampling", "nucleus sampling, App. D (1 = off)"),
-    "seed": (0, "sampling", "first sampling seed: sample i uses a seed derived from (seed, i), so a rerun draws the "
-                            "same images"),
-    "num_seeds": (3, "sampling", "sampling seeds seed, seed+1, ...: numbers are mean ± std over them, and a change is "
-                                 "called better/worse only when its 95% interval excludes zero (at least 3 for a spread)"),
-    "batch_size": (32, "sampling", "samples per batch; part of a sample folder's identity (a folder resumes only "
-                                   "with the same)"),
-    "image_size": (None, "sampling", "resize samples to this side before measuring (Table 2: 256 for 384 px models); "
-                                     "None: native size"),
-    "precision": ("fp32", "sampling", "generator dtype while sampling (LlamaGen samples in bf16)"),
-    "k": (3, "measure", "precision/recall neighbourhood (Kynkäänniemi et al. 2019; ADM's evaluator)"),
-    "device": ("auto", "sampling", "auto, cpu, cuda or cuda:N (auto under accelerate launch)"),
-}
 SAMPLING_FIELDS = ("cfg_scale", "temperature", "top_k", "top_p", "seed", "batch_size", "precision", "device")
 
 
-def _shared(name: str):
-    """The field `name` as both job configs declare it."""
-    default, group, help_text = _SHARED[name]
-    return setting(default, group=group, help=help_text, choices=PRECISIONS if name == "precision" else ())
+@dataclass
+class JobSettings:
+    """The sampling and measuring settings both jobs have, each with one default and one help text. Their
+    fields come first in EvalConfig and EmbeddingConfig (keyword construction only)."""
+
+    cfg_scale: float = setting(1.0, group="sampling", help="classifier-free guidance scale (1 = off). Table 2: w/o cfg 1.0, w/ cfg 2.0 (LlamaGen-XL) or 1.75 (XXL)")
+    temperature: float = setting(1.0, group="sampling", help="sampling temperature, App. D (0 = greedy)")
+    top_k: int = setting(0, group="sampling", help="top-k sampling, App. D (0 = off)")
+    top_p: float = setting(1.0, group="sampling", help="nucleus sampling, App. D (1 = off)")
+    seed: int = setting(0, group="sampling", help="first sampling seed: sample i uses a seed derived from (seed, i), so a rerun draws the same images")
+    num_seeds: int = setting(3, group="sampling", help="sampling seeds seed, seed+1, ...: numbers are mean ± std over them, and a change is called better/worse only when its 95% interval excludes zero (at least 3 for a spread)")
+    batch_size: int = setting(32, group="sampling", help="samples per batch; part of a sample folder's identity (a folder resumes only with the same)")
+    image_size: Optional[int] = setting(None, group="sampling", help="resize samples to this side before measuring (Table 2: 256 for 384 px models); None: native size")
+    precision: str = setting("fp32", group="sampling", choices=PRECISIONS, help="generator dtype while sampling (LlamaGen samples in bf16)")
+    device: str = setting("auto", group="sampling", help="auto, cpu, cuda or cuda:N (auto under accelerate launch)")
+    extractor_path: Optional[str] = setting(None, group="measure", help="the extractor's weights: Inception .pth file, demo evaluator .safetensors, CLIP/DINOv2 folder or hub id; None: the default location")
+    k: int = setting(3, group="measure", help="precision/recall neighbourhood (Kynkäänniemi et al. 2019; ADM's evaluator)")
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(JobSettings):
     """One model, one sampling setting, several metrics. Defaults: Table 2's protocol w/o CFG."""
 
     model: str = setting("demo-c2i", group="model", help="generator preset (python -m core info lists them)")
-    weights: Optional[str] = setting(None, group="model", help=f"generator weights: {WEIGHTS_HELP}; None: the "
-                                                               "preset's own weights (the base model)")
-    label: str = setting("", group="model", help="free text shown with the results and in `eval summary`, "
-                                                 "e.g. 'aligned, step 100'")
-    num_samples: int = setting(50_000, group="sampling", help="images to sample per seed; Table 2: 50000 "
-                                                              "(50 per ImageNet class)")
-    cfg_scale: float = _shared("cfg_scale")
-    temperature: float = _shared("temperature")
-    top_k: int = _shared("top_k")
-    top_p: float = _shared("top_p")
-    seed: int = _shared("seed")
-    num_seeds: int = _shared("num_seeds")
-    batch_size: int = _shared("batch_size")
-    image_size: Optional[int] = _shared("image_size")
-    precision: str = _shared("precision")
-    classes: Optional[list] = setting(None, group="sampling", help="class-conditional: class ids or names to cycle "
-                                                                   "through; None: all classes")
+    weights: Optional[str] = setting(None, group="model", help=f"generator weights: {WEIGHTS_HELP}; None: the preset's own weights (the base model)")
+    label: str = setting("", group="model", help="free text shown with the results and in `eval summary`, e.g. 'aligned, step 100'")
+    num_samples: int = setting(50_000, group="sampling", help="images to sample per seed; Table 2: 50000 (50 per ImageNet class)")
+    classes: Optional[list] = setting(None, group="sampling", help="class-conditional: class ids or names to cycle through; None: all classes")
     prompts: Optional[list[str]] = setting(None, group="sampling", help="text-to-image: prompts to cycle through")
-    prompts_file: Optional[str] = setting(None, group="sampling", help="text-to-image: a .txt (one per line) or "
-                                                                       ".jsonl prompt file, instead of prompts")
-    metrics: list[str] = setting(default_factory=lambda: ["fid", "isc", "prc"], group="measure", choices=METRICS,
-                                 help="FID/FD and precision/recall need a reference set; IS needs class logits "
-                                      "(demo or Inception); clip is the CLIP score")
-    extractor: str = setting("inception", group="measure", help="features for FID/IS/precision/recall: inception "
-                                                                "(FID proper), dinov2, clip or demo (the demo evaluator)")
-    extractor_path: Optional[str] = _shared("extractor_path")
-    reference: Optional[str] = setting(None, group="measure", help="reference set: an .npz batch (ADM layout, e.g. "
-                                                                   "VIRTUAL_imagenet256_labeled.npz), an image folder, "
-                                                                   "or 'shapes[:split]' for the demo domain")
-    reference_count: Optional[int] = setting(None, group="measure", help="images taken from a folder / shapes "
-                                                                         "reference (None: num_samples)")
-    clip_model: Optional[str] = setting(None, group="measure", help="CLIP folder or hub id for the clip metric "
-                                                                    "(None: openai/clip-vit-large-patch14)")
-    clip_template: str = setting(DEFAULT_CLIP_TEMPLATE, group="measure", help="class-conditional: the CLIP text of "
-                                                                              "a class, {} = its name")
-    k: int = _shared("k")
+    prompts_file: Optional[str] = setting(None, group="sampling", help="text-to-image: a .txt (one per line) or .jsonl prompt file, instead of prompts")
+    metrics: list[str] = setting(default_factory=lambda: ["fid", "isc", "prc"], group="measure", choices=METRICS, help="FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception); clip is the CLIP score")
+    extractor: str = setting("inception", group="measure", help="features for FID/IS/precision/recall: inception (FID proper), dinov2, clip or demo (the demo evaluator)")
+    reference: Optional[str] = setting(None, group="measure", help="reference set: an .npz batch (ADM layout, e.g. VIRTUAL_imagenet256_labeled.npz), an image folder, or 'shapes[:split]' for the demo domain")
+    reference_count: Optional[int] = setting(None, group="measure", help="images taken from a folder / shapes reference (None: num_samples)")
+    clip_model: Optional[str] = setting(None, group="measure", help="CLIP folder or hub id for the clip metric (None: openai/clip-vit-large-patch14)")
+    clip_template: str = setting(DEFAULT_CLIP_TEMPLATE, group="measure", help="class-conditional: the CLIP text of a class, {} = its name")
     isc_splits: int = setting(10, group="measure", help="Inception Score splits (improved-GAN, ADM, torch-fidelity)")
-    device: str = _shared("device")
 
     def __post_init__(self):
         from core.eval.extractors import EXTRACTORS
@@ -225,37 +192,18 @@ class EvalConfig:
 
 
 @dataclass
-class EmbeddingConfig:
+class EmbeddingConfig(JobSettings):
     """Real vs base vs aligned samples of some classes in one feature space (Fig. 1b-c)."""
 
     model: str = setting("demo-c2i", group="model", help="class-conditional generator preset")
-    base_weights: Optional[str] = setting(None, group="model", help=f"the base model: {WEIGHTS_HELP}; None: the "
-                                                                    "preset's weights")
+    base_weights: Optional[str] = setting(None, group="model", help=f"the base model: {WEIGHTS_HELP}; None: the preset's weights")
     aligned_weights: Optional[str] = setting(None, group="model", help=f"the aligned model (required): {WEIGHTS_HELP}")
     classes: Optional[list] = setting(None, group="sampling", help="class ids or names; None: the first 10 classes")
-    per_class: int = setting(100, group="sampling", help="samples per class, set and seed, more than k (100 with the "
-                                                         "10 demo classes: the same 1000 samples per seed as an "
-                                                         "evaluation of 1000 samples)")
-    num_seeds: int = _shared("num_seeds")
-    real: str = setting("shapes", group="measure", help="real images: 'shapes[:split]' (demo; default split "
-                                                        "reference) or an ImageNet-layout folder")
-    extractor: Optional[str] = setting(None, group="measure", help="the feature space: demo, clip, dinov2 or "
-                                                                   "inception; None: demo for the demo preset, "
-                                                                   "inception otherwise")
-    extractor_path: Optional[str] = _shared("extractor_path")
-    projections: list[str] = setting(default_factory=lambda: list(PROJECTIONS), group="measure", choices=PROJECTIONS,
-                                     help="2-D maps fitted on all three sets (real, base, aligned) together")
-    cfg_scale: float = _shared("cfg_scale")
-    temperature: float = _shared("temperature")
-    top_k: int = _shared("top_k")
-    top_p: float = _shared("top_p")
-    seed: int = _shared("seed")
-    batch_size: int = _shared("batch_size")
-    image_size: Optional[int] = _shared("image_size")
-    precision: str = _shared("precision")
-    k: int = _shared("k")
+    per_class: int = setting(100, group="sampling", help="samples per class, set and seed, more than k (100 with the 10 demo classes: the same 1000 samples per seed as an evaluation of 1000 samples)")
+    real: str = setting("shapes", group="measure", help="real images: 'shapes[:split]' (demo; default split reference) or an ImageNet-layout folder")
+    extractor: Optional[str] = setting(None, group="measure", help="the feature space: demo, clip, dinov2 or inception; None: demo for the demo preset, inception otherwise")
+    projections: list[str] = setting(default_factory=lambda: list(PROJECTIONS), group="measure", choices=PROJECTIONS, help="2-D maps fitted on all three sets (real, base, aligned) together")
     max_points_per_set: int = setting(2000, group="measure", help="points per set on the maps (the numbers use all)")
-    device: str = _shared("device")
 
     def __post_init__(self):
         from core.eval.embeddings import METHODS

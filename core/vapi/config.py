@@ -42,99 +42,58 @@ class VapiConfig:
     (the section comments below); the Launch form reads them through core.configmeta."""
 
     # ---------------------------------------------------------------- what is trained
-    method: str = setting("vapi", group="model", choices=METHODS, help=
-        "\"vapi\" (§4) | \"ste\": STE generator post-training (App. C.1) | \"decoder\": tokenizer-decoder post-"
-        "training (App. C.2)")
+    method: str = setting("vapi", group="model", choices=METHODS, help="\"vapi\" (§4) | \"ste\": STE generator post-training (App. C.1) | \"decoder\": tokenizer-decoder post-training (App. C.2)")
     model: str = setting("demo-c2i", group="model", help="generator preset (python -m core info lists them)")
-    init_weights: Optional[str] = setting(None, group="model", help=
-        "start from this checkpoint instead of the preset's published weights")
+    init_weights: Optional[str] = setting(None, group="model", help="start from this checkpoint instead of the preset's published weights")
     # ---------------------------------------------------------------- data
-    data: str = setting("shapes", group="data", choices=DATA_KINDS, help=
-        "\"shapes\" (embedded demo domain) | \"imagefolder\" (ImageNet layout) | \"captions\" (images + "
-        "captions.jsonl)")
+    data: str = setting("shapes", group="data", choices=DATA_KINDS, help="\"shapes\" (embedded demo domain) | \"imagefolder\" (ImageNet layout) | \"captions\" (images + captions.jsonl)")
     data_path: Optional[str] = setting(None, group="data", help="folder for imagefolder / captions")
-    data_subset: Optional[float] = setting(None, group="data", help=
-        "a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I "
-        "presets: 0.01 (§5.1)")
-    cache_tokens: bool = setting(True, group="data", help=
-        "x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once")
+    data_subset: Optional[float] = setting(None, group="data", help="a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I presets: 0.01 (§5.1)")
+    cache_tokens: bool = setting(True, group="data", help="x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once")
     # ---------------------------------------------------------------- rollout (teacher-forced sampling)
     num_generations: int = setting(8, group="rollout", help="G, Table 7")
-    temperature: float = setting(1.0, group="rollout", help=
-        "tau for sampling and log-probs, authors' script (--temperature 1.0, no top-k/top-p)")
-    xi: float = setting(0.0, group="rollout", help=
-        "contextual noise rate of K_xi (Eq. 28-29), Table 7: C2I 0, LlamaGen T2I 0.5, Janus-Pro 0.95")
-    xi_schedule: str = setting("constant", group="rollout", choices=XI_SCHEDULES, help=
-        "\"constant\" | \"linear\" / \"cosine\": ramp 0 -> xi over max_steps (the authors' code has both)")
-    cond_drop_prob: float = setting(0.1, group="rollout", help=
-        "label/caption dropout kept at the model's training rate so CFG stays usable (authors' --uncond-"
-        "prob 0.1)")
+    temperature: float = setting(1.0, group="rollout", help="tau for sampling and log-probs, authors' script (--temperature 1.0, no top-k/top-p)")
+    xi: float = setting(0.0, group="rollout", help="contextual noise rate of K_xi (Eq. 28-29), Table 7: C2I 0, LlamaGen T2I 0.5, Janus-Pro 0.95")
+    xi_schedule: str = setting("constant", group="rollout", choices=XI_SCHEDULES, help="\"constant\" | \"linear\" / \"cosine\": ramp 0 -> xi over max_steps (the authors' code has both)")
+    cond_drop_prob: float = setting(0.1, group="rollout", help="label/caption dropout kept at the model's training rate so CFG stays usable (authors' --uncond-prob 0.1)")
     # ---------------------------------------------------------------- reward (Eq. 10)
-    reward_weights: dict = setting(default_factory=lambda: {"mse": 1.0, "lpips": 1.0}, group="reward", help=
-        "Table 7 / script: w_mse 1, w_lpips 1")
-    reward_chunk_size: int = setting(32, group="reward", help=
-        "decoded images per chunk when decoding and scoring the B*G samples")
+    reward_weights: dict = setting(default_factory=lambda: {"mse": 1.0, "lpips": 1.0}, group="reward", help="Table 7 / script: w_mse 1, w_lpips 1")
+    reward_chunk_size: int = setting(32, group="reward", help="decoded images per chunk when decoding and scoring the B*G samples")
     # ---------------------------------------------------------------- objective (Eq. 11)
     beta: float = setting(0.1, group="objective", help="weight of the prior term, Table 7")
-    policy_coef: float = setting(1.0, group="objective", help=
-        "weight of the policy term; 0 = Table 4's \"L_prior only\" ablation")
-    prior: str = setting("ce", group="objective", choices=PRIORS, help=
-        "\"ce\": CE on the noisy context with clean targets (Eq. 9) | \"kl\": KL(pi || pi_ref) (Fig. 4 "
-        "ablation)")
+    policy_coef: float = setting(1.0, group="objective", help="weight of the policy term; 0 = Table 4's \"L_prior only\" ablation")
+    prior: str = setting("ce", group="objective", choices=PRIORS, help="\"ce\": CE on the noisy context with clean targets (Eq. 9) | \"kl\": KL(pi || pi_ref) (Fig. 4 ablation)")
     epsilon: float = setting(0.2, group="objective", help="PPO clip range, authors' script (--clip-range 0.2)")
     advantage_clip: float = setting(5.0, group="objective", help="A_max, Table 7")
-    num_iterations: int = setting(1, group="objective", help=
-        "PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences")
-    schedule: str = setting("grouped", group="objective", choices=SCHEDULES, help=
-        "\"grouped\": one forward of B sequences | \"per-sample\": the reference's B*G forward (tests, "
-        "benchmark)")
-    rollout_mode: str = setting("train", group="objective", choices=ROLLOUT_MODES, help=
-        "the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode "
-        "forward without condition dropout; the gradient forward is \"train\": train mode (dropout, "
-        "condition dropout), CE on it, as all three of the authors' launch scripts pass | \"eval\": eval "
-        "mode for the whole step (their argparse default; ratio 1 on the first update) | \"twice\": policy "
-        "loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 "
-        "forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no "
-        "dropout layers, and only the condition-dropped rows re-run); twice 2 with grad")
+    num_iterations: int = setting(1, group="objective", help="PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences")
+    schedule: str = setting("grouped", group="objective", choices=SCHEDULES, help="\"grouped\": one forward of B sequences | \"per-sample\": the reference's B*G forward (tests, benchmark)")
+    rollout_mode: str = setting("train", group="objective", choices=ROLLOUT_MODES, help="the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode forward without condition dropout; the gradient forward is \"train\": train mode (dropout, condition dropout), CE on it, as all three of the authors' launch scripts pass | \"eval\": eval mode for the whole step (their argparse default; ratio 1 on the first update) | \"twice\": policy loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no dropout layers, and only the condition-dropped rows re-run); twice 2 with grad")
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = setting(1e-6, group="optimisation", help="Table 7 (LlamaGen); Janus-Pro 1e-7")
     weight_decay: float = setting(1e-4, group="optimisation", help="Table 7")
     adam_beta1: float = setting(0.9, group="optimisation", help="authors' script")
     adam_beta2: float = setting(0.999, group="optimisation", help="authors' script")
     max_grad_norm: float = setting(1.0, group="optimisation", help="Table 7")
-    lr_scheduler: str = setting("constant", group="optimisation", choices=LR_SCHEDULERS, help=
-        "authors' script uses a constant lr")
-    warmup_steps: int = setting(0, group="optimisation", help=
-        "linear learning-rate warm-up over the first K steps (the authors' script: none)")
-    global_batch_size: int = setting(128, group="optimisation", help=
-        "images per optimizer step over all processes, Table 7")
-    per_device_train_batch_size: int = setting(16, group="optimisation", help=
-        "images per micro-batch per process (authors' script: 16 images x G 8 per GPU)")
+    lr_scheduler: str = setting("constant", group="optimisation", choices=LR_SCHEDULERS, help="authors' script uses a constant lr")
+    warmup_steps: int = setting(0, group="optimisation", help="linear learning-rate warm-up over the first K steps (the authors' script: none)")
+    global_batch_size: int = setting(128, group="optimisation", help="images per optimizer step over all processes, Table 7")
+    per_device_train_batch_size: int = setting(16, group="optimisation", help="images per micro-batch per process (authors' script: 16 images x G 8 per GPU)")
     max_steps: int = setting(100, group="optimisation", help="Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100")
-    mixed_precision: str = setting("bf16", group="optimisation", choices=PRECISIONS, help=
-        "Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu")
-    mixed_precision_on_cpu: bool = setting(False, group="optimisation", help=
-        "autocast on CPU too (bf16 only; slower on most CPUs): tests the bf16 path without a GPU")
-    gradient_checkpointing: bool = setting(False, group="optimisation", help=
-        "recompute block activations in backward: less memory, ~30% more compute")
-    seed: int = setting(0, group="optimisation", help=
-        "data order, rollouts, condition dropout: a run is reproducible from it")
-    device: str = setting("auto", group="optimisation", help=
-        "\"auto\" | \"cpu\" | \"cuda\" | \"cuda:N\" (single process; multi-GPU goes through accelerate launch)")
+    mixed_precision: str = setting("bf16", group="optimisation", choices=PRECISIONS, help="Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu")
+    mixed_precision_on_cpu: bool = setting(False, group="optimisation", help="autocast on CPU too (bf16 only; slower on most CPUs): tests the bf16 path without a GPU")
+    gradient_checkpointing: bool = setting(False, group="optimisation", help="recompute block activations in backward: less memory, ~30% more compute")
+    seed: int = setting(0, group="optimisation", help="data order, rollouts, condition dropout: a run is reproducible from it")
+    device: str = setting("auto", group="optimisation", help="\"auto\" | \"cpu\" | \"cuda\" | \"cuda:N\" (single process; multi-GPU goes through accelerate launch)")
     # ---------------------------------------------------------------- checkpoints, metrics, previews
     save_steps: int = setting(50, group="checkpoints", help="checkpoint every K steps (and at the end)")
     logging_steps: int = setting(1, group="checkpoints", help="record metrics every K optimizer steps")
     preview_steps: int = setting(25, group="checkpoints", help="sample grid every K steps (step 0 = the base model)")
-    preview_classes: Optional[list] = setting(None, group="checkpoints", help=
-        "class ids for the grids (default: spread over the classes)")
+    preview_classes: Optional[list] = setting(None, group="checkpoints", help="class ids for the grids (default: spread over the classes)")
     preview_prompts: Optional[list] = setting(None, group="checkpoints", help="prompts for text-conditional models")
-    preview_seeds: list = setting(default_factory=lambda: [0, 1, 2, 3], group="checkpoints", help=
-        "one grid column per seed, the same at every step")
-    preview_cfg_scale: float = setting(1.0, group="checkpoints", help='the paper trains and reports "w/o CFG" first')
-    kl_probe_size: int = setting(4, group="checkpoints", help=
-        "images whose base logits are kept to report KL(pi || pi_base)")
-    report_to: list = setting(default_factory=list, group="checkpoints", choices=TRACKERS, help=
-        "accelerate trackers: \"tensorboard\", \"wandb\"")
+    preview_seeds: list = setting(default_factory=lambda: [0, 1, 2, 3], group="checkpoints", help="one grid column per seed, the same at every step")
+    preview_cfg_scale: float = setting(1.0, group="checkpoints", help="the paper trains and reports \"w/o CFG\" first")
+    kl_probe_size: int = setting(4, group="checkpoints", help="images whose base logits are kept to report KL(pi || pi_base)")
+    report_to: list = setting(default_factory=list, group="checkpoints", choices=TRACKERS, help="accelerate trackers: \"tensorboard\", \"wandb\"")
 
     def __post_init__(self):
         self.validate()
