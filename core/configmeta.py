@@ -138,3 +138,18 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, names: Itera
 def values_from_args(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """{field: parsed value} of the options `add_arguments` added."""
     return {name: getattr(args, name) for name in names}
+
+
+def describe(cls: type, skip: Iterable[str] = ()) -> str:
+    """Every field as "name = default: help", under its group: the field list a `--set KEY=VALUE` CLI shows."""
+    lines: list[str] = []
+    group = None
+    for spec in specs(cls):
+        if spec.name in set(skip):
+            continue
+        if spec.group != group:
+            group = spec.group
+            lines.append(f"{group or 'other'}:")
+        choices = f" (one of {', '.join(spec.choices)})" if spec.choices else ""
+        lines.append(f"  {spec.name} = {json.dumps(spec.default)}: {spec.help}{choices}")
+    return "\n".join(lines)

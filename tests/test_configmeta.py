@@ -101,3 +101,13 @@ def test_a_retired_field_in_an_old_run_config_loads_but_cannot_be_set():
     assert C.resolve(base=old, overrides={"max_steps": 5}) == C.VapiConfig(max_steps=5)
     with pytest.raises(ConfigError, match="^num_workers: is no longer a setting"):
         C.resolve("demo-c2i", {"num_workers": 0})
+
+
+def test_the_train_cli_lists_every_config_field_with_its_default_and_help():
+    from core.vapi.config import VapiConfig
+
+    text = configmeta.describe(VapiConfig)
+    for spec in configmeta.specs(VapiConfig):
+        assert f"  {spec.name} = " in text and spec.help in text
+    assert '  beta = 0.1: weight of the prior term, Table 7\n' in text
+    assert "  method = \"vapi\": " in text and "(one of vapi, ste, decoder)" in text

@@ -10,9 +10,15 @@ from core import paths
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from core import configmeta
+    from core.vapi.config import VapiConfig
+
     p = sub.add_parser("train", help="run VA-π (or a baseline) in the foreground, as a run folder the UI can show",
-                       description="Post-train a generator. The run is a folder in the runs dir (config, log, metrics, "
-                                   "checkpoints, sample grids) that the workbench UI lists; Ctrl-C stops it with a checkpoint.")
+                       description="Post-train a generator. The run is a folder in the runs dir (config, log, metrics,\n"
+                                   "checkpoints, sample grids) that the workbench UI lists; Ctrl-C stops it with a checkpoint.",
+                       epilog="config fields for --set KEY=VALUE (default: meaning and source):\n"
+                              + configmeta.describe(VapiConfig),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help="a preset: demo-c2i, llamagen-c2i-xxl, llamagen-c2i-xl, llamagen-t2i-xl, janus-pro-1b")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable), e.g. --set learning_rate=1e-6 --set reward_weights.lpips=0")
