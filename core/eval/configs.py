@@ -8,12 +8,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from core import configmeta
 from core.configmeta import setting
 from core.errors import ConfigError, DataError
-from core.eval.sampling import SamplingSpec
+
+if TYPE_CHECKING:  # sampling imports torch: the CLI builds its options from these configs without it
+    from core.eval.sampling import SamplingSpec
 
 METRICS = ("fid", "isc", "prc", "clip")
 NO_LOGITS = ("clip", "dinov2")  # extractors without a classifier head: no Inception Score
@@ -160,6 +162,8 @@ class EvalConfig(JobSettings):
         return read_prompts(self.prompts_file) if self.prompts_file is not None else self.prompts
 
     def sampling_spec(self, weights: Optional[str], prompts: Optional[Sequence[str]]) -> SamplingSpec:
+        from core.eval.sampling import SamplingSpec
+
         classes = class_ids_of(self.model, self.classes) if self.classes is not None else None
         return SamplingSpec(model=self.model, weights=weights, cfg_scale=self.cfg_scale, temperature=self.temperature,
                             top_k=self.top_k, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size,
@@ -247,6 +251,8 @@ class EmbeddingConfig(JobSettings):
         return ids
 
     def sampling_spec(self, weights: Optional[str]) -> SamplingSpec:
+        from core.eval.sampling import SamplingSpec
+
         return SamplingSpec(model=self.model, weights=weights, cfg_scale=self.cfg_scale, temperature=self.temperature,
                             top_k=self.top_k, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size,
                             image_size=self.image_size, precision=self.precision, classes=tuple(self.class_ids()))
