@@ -3,22 +3,19 @@ from the form's values back to a validated run (a preset plus the fields that di
 equivalent `python -m core train` command, and the form field an input error belongs to.
 
 Every VapiConfig field is on the form except `device`, which follows from the device picker, and
-`reward_weights`, shown as one weight per registered reward. Help texts are the comments written
-next to each field in core/vapi/config.py (meaning and paper source); groups follow that file's
-section comments.
+`reward_weights`, shown as one weight per registered reward. Help text (meaning and paper source),
+group and choices are each field's metadata in core/vapi/config.py, read through core.configmeta.
 """
 from __future__ import annotations
 
-import ast
-import inspect
 import json
 import math
 import shlex
-import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from core import configmeta
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.vapi import config as C
 
@@ -32,18 +29,10 @@ GROUP_TITLES = {
     "optimisation": "Optimisation",
     "checkpoints": "Checkpoints, metrics and previews",
 }
-_SECTION_GROUP = {  # first words of a section comment in config.py -> group
-    "what is trained": "model", "data": "data", "rollout": "rollout", "reward": "reward",
-    "objective": "objective", "optimisation": "optimisation", "checkpoints": "checkpoints",
-}
-# Fields config.py leaves without a comment; everything else takes its help from there.
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "method": C.METHODS, "data": C.DATA_KINDS, "prior": C.PRIORS, "rollout_mode": C.ROLLOUT_MODES,
-    "xi_schedule": C.XI_SCHEDULES, "lr_scheduler": C.LR_SCHEDULERS, "mixed_precision": C.PRECISIONS,
-    "report_to": C.TRACKERS,
-}
 _KIND_BY_NAME = {"preview_classes": "classes", "preview_prompts": "lines", "preview_seeds": "int_list",
                  "report_to": "multichoice", "model": "model"}
+_KIND_BY_TYPE = {(bool, False): "bool", (int, False): "int", (float, False): "float", (float, True): "optional_float",
+                 (str, False): "text", (str, True): "optional_text"}  # (type, Optional) -> input kind
 HIDDEN = frozenset({"device"})  # set from the device picker
 MAX_NAME = 80
 EXTRA_KEYS = ("preset", "name", "devices")  # form inputs that are not config fields
@@ -61,67 +50,29 @@ class FormField:
     choices: tuple = ()
 
 
-def _config_comments() -> tuple[dict[str, str], dict[str, str]]:
-    """(field -> the comment on its line, field -> group) read from VapiConfig's source."""
-    source = inspect.getsource(C)
-    lines = source.splitlines()
-    tree = ast.parse(source)
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "VapiConfig")
-    comments, groups = {}, {}
-    group = "model"
-    row = cls.lineno
-    for node in cls.body:
-        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
-            continue
-        for text in lines[row:node.lineno - 1]:  # section comments between the previous field and this one
-            stripped = text.strip()
-            if stripped.startswith("# --"):
-                title = stripped.lstrip("# -").lower()
-                group = next((g for key, g in _SECTION_GROUP.items() if title.startswith(key)), group)
-        row = node.end_lineno
-        tail = lines[node.end_lineno - 1].encode()[node.end_col_offset:].decode()  # AST offsets count bytes
-        if tail.strip().startswith("#"):
-            comments[node.target.id] = tail.strip()[1:].strip()
-        groups[node.target.id] = group
-    return comments, groups
-
-
 def _build_fields() -> list[FormField]:
     from core.vapi.rewards import REWARDS
 
-    comments, groups = _config_comments()
-    hints = typing.get_type_hints(C.VapiConfig)
-    defaults = C.VapiConfig().to_dict()
     out = []
-    for f in fields(C.VapiConfig):
-        if f.name in HIDDEN:
+    for spec in configmeta.specs(C.VapiConfig):
+        if spec.name in HIDDEN:
             continue
-        help_text = comments.get(f.name)
-        if f.name == "reward_weights":
-            order = list(defaults["reward_weights"]) + sorted(set(REWARDS) - set(defaults["reward_weights"]))
+        if spec.name == "reward_weights":
+            order = list(spec.default) + sorted(set(REWARDS) - set(spec.default))
             for reward in order:
-                out.append(FormField(f"reward_weights.{reward}", groups[f.name], "float",
-                                     f"weight w of -d_{reward} in the reward (0 = off); {help_text}",
-                                     float(defaults["reward_weights"].get(reward, 0.0))))
+                out.append(FormField(f"reward_weights.{reward}", spec.group, "float",
+                                     f"weight w of -d_{reward} in the reward (0 = off); {spec.help}",
+                                     float(spec.default.get(reward, 0.0))))
             continue
-        hint = hints[f.name]
-        optional = typing.get_origin(hint) is typing.Union and type(None) in typing.get_args(hint)
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
-        if f.name in _KIND_BY_NAME:
-            kind = _KIND_BY_NAME[f.name]
-        elif f.name in _CHOICES:
+        if spec.name in _KIND_BY_NAME:
+            kind = _KIND_BY_NAME[spec.name]
+        elif spec.choices:
             kind = "choice"
-        elif base is bool:
-            kind = "bool"
-        elif base is int:
-            kind = "int"
-        elif base is float:
-            kind = "optional_float" if optional else "float"
-        elif base is str:
-            kind = "optional_text" if optional else "text"
+        elif (spec.type, spec.optional) in _KIND_BY_TYPE:
+            kind = _KIND_BY_TYPE[spec.type, spec.optional]
         else:
-            raise TypeError(f"VapiConfig.{f.name}: no form input for type {hint!r}; add it to app/form.py")
-        out.append(FormField(f.name, groups[f.name], kind, help_text, defaults[f.name], _CHOICES.get(f.name, ())))
+            raise TypeError(f"VapiConfig.{spec.name}: no form input for type {spec.type!r}; add it to app/form.py")
+        out.append(FormField(spec.name, spec.group, kind, spec.help, spec.default, spec.choices))
     return out
 
 
@@ -140,7 +91,7 @@ WORDS = {
     "max_steps": "training steps", "warmup_steps": "warm-up steps", "lr_scheduler": "learning-rate schedule",
     "mixed_precision": "precision", "seed": "seed", "save_steps": "checkpoint every N steps",
     "save_total_limit": "checkpoints kept", "logging_steps": "log every N steps",
-    "preview_steps": "preview every N steps", "num_workers": "data loader workers",
+    "preview_steps": "preview every N steps",
     "cache_tokens": "cache the x* tokens", "preview_classes": "preview classes",
     "preview_prompts": "preview prompts", "preview_seeds": "preview seeds", "kl_probe_size": "KL probe size",
     "report_to": "also report to", "gradient_checkpointing": "gradient checkpointing",
@@ -316,22 +267,10 @@ def from_form(name: str, raw: Any, model: str | None = None) -> Any:
 
 def parse_devices(selected: Sequence[str] | str | None) -> tuple[str, str]:
     """The device picker's selection -> (device set for the launcher, the config's device field)."""
-    from core.runs.store import normalize_devices
+    from core.device import picked_devices
 
-    items = [selected] if isinstance(selected, str) else list(selected or [])
-    items = [str(x).strip() for x in items if str(x).strip()]
-    if not items:
-        raise ConfigError("devices", "pick cpu or at least one GPU")
-    if "cpu" in items:
-        if len(items) > 1:
-            raise ConfigError("devices", "cpu cannot be combined with GPUs; pick cpu alone or GPUs only")
-        return "cpu", "cpu"
-    ids = []
-    for item in items:
-        if not item.startswith("cuda:") or not item[5:].isdigit():
-            raise ConfigError("devices", f"{item!r} is not a device; pick from the list")
-        ids.append(item[5:])
-    return normalize_devices("cuda:" + ",".join(ids)), "cuda"
+    devices = picked_devices(selected)
+    return devices, ("cpu" if devices == "cpu" else "cuda")
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -377,7 +316,7 @@ def _cli_value(value: Any) -> str:
 
 def cli_command(preset: str, overrides: dict[str, Any], devices: str, name: str) -> str:
     """`python -m core train --preset P --set k=v ...` for the same run (only fields that differ from P)."""
-    from core.runs.store import gpu_ids
+    from core.device import gpu_ids
 
     args = ["python", "-m", "core", "train", "--preset", preset]
     if name and name != preset:

@@ -16,13 +16,6 @@ def to_uint8(images: Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def from_uint8(arr: np.ndarray) -> Tensor:
-    """[B, H, W, 3] or [H, W, 3] uint8 -> [B, 3, H, W] float in [-1, 1]."""
-    if arr.ndim == 3:
-        arr = arr[None]
-    return torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
 GRID_PAD = 2  # pixels of white between tiles of `grid`
 
 

@@ -207,7 +207,7 @@ def bad_cases(tmp: Path, data_root: Path, runs_dir: Path) -> list[tuple[dict, st
         (dict(per_device_train_batch_size=0), "per_device_train_batch_size"),
         (dict(num_iterations=0), "num_iterations"),
         (dict(reward_chunk_size=0), "reward_chunk_size"),
-        (dict(num_workers=-1), "num_workers"),
+        (dict(policy_coef=-1), "policy_coef"),
         (dict(kl_probe_size=-1), "kl_probe_size"),
         (dict(save_steps=0), "save_steps"),
         (dict(preview_cfg_scale=0.5), "preview_cfg_scale"),

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, default_collate
 from torchvision import transforms as tvt
 from torchvision.datasets import ImageFolder
 
 from core.data import imagefolder
-from core.data.build import build_dataset, collate, collate_captions, collate_classes
+from core.data.build import build_dataset
 from core.data.captions import CaptionDataset
 from core.data.imagefolder import (
     ImageFolderDataset, StringTable, balanced_quota, check_num_classes, stable_key, subset_size,
@@ -342,7 +342,7 @@ def test_imagefolder_pickles_and_loads_in_workers(tmp_path):
     ds = ImageFolderDataset(tmp_path, image_size=8, subset=4, seed=1)
     copy = pickle.loads(pickle.dumps(ds))
     assert torch.equal(copy[1][0], ds[1][0]) and copy.label(1) == ds.label(1)
-    loader = DataLoader(ds, batch_size=4, num_workers=1, collate_fn=collate_classes)
+    loader = DataLoader(ds, batch_size=4, num_workers=1)
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 8, 8) and labels.dtype == torch.long
     assert labels.tolist() == [ds.label(i) for i in range(4)]
@@ -481,7 +481,7 @@ def test_build_dataset_kinds(tmp_path):
     assert isinstance(caps, CaptionDataset) and len(caps) == 7
     shapes = build_dataset("shapes", None, 16, subset=0.01, seed=0)  # the config default: 1% of 10k scenes
     assert len(shapes) == 100 and shapes.num_classes == 10
-    images, labels = collate([shapes[i] for i in range(10)])
+    images, labels = default_collate([shapes[i] for i in range(10)])
     assert images.shape == (10, 3, 16, 16) and labels.tolist() == list(range(10))
     second = build_dataset("shapes", "val", 16, subset=20, seed=1, with_captions=True)
     assert len(second) == 20 and second.num_classes is None
@@ -519,16 +519,3 @@ def test_build_dataset_checks_the_model_classes(tmp_path):
         build_dataset("imagefolder", tmp_path, 8, num_classes=1000)
     with pytest.raises(DataError, match="captions, not class labels"):
         build_dataset("shapes", "", 16, subset=10, with_captions=True, num_classes=10)
-
-
-def test_collate_functions():
-    images = [torch.full((3, 4, 4), float(i)) for i in range(3)]
-    x, y = collate_classes([(im, i) for i, im in enumerate(images)])
-    assert x.shape == (3, 3, 4, 4) and y.dtype == torch.long and y.tolist() == [0, 1, 2]
-    assert torch.equal(x[2], images[2])
-    x, captions = collate([(im, f"c{i}") for i, im in enumerate(images)])
-    assert x.shape == (3, 3, 4, 4) and captions == ["c0", "c1", "c2"]
-    with pytest.raises(ValueError, match="caption string"):
-        collate_captions([(images[0], 1)])
-    with pytest.raises(ValueError, match="pairs"):
-        collate([(images[0], 1, "c")])

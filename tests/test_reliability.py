@@ -376,7 +376,8 @@ def test_weights_of_the_wrong_kind_are_an_error_at_load(tmp_path):
     ("max_steps=-3", "max_steps: must be >= 1"),
     ("learning_rate=Infinity", "learning_rate: must be a finite number"),
     ("cache_tokens=no", "cache_tokens: must be true or false"),
-    ("num_workers=2.5", "num_workers: must be a whole number"),
+    ("reward_chunk_size=2.5", "reward_chunk_size: must be a whole number"),
+    ("num_workers=2", "num_workers: is no longer a setting"),
     ('preview_seeds=["a"]', "preview_seeds: must be a list of whole numbers"),
     ("preview_classes=[99]", "preview_classes: class ids [99] out of range"),
 ])

@@ -16,15 +16,14 @@ from pathlib import Path
 import pytest
 from accelerate.commands.launch import launch_command_parser
 
+from core.device import devices_conflict, normalize_devices
 from core.errors import ConfigError, UserError
 from core.runs import (
     ACTIVE, FAILED, FINISHED, QUEUED, RUNNING, STATUSES, STOPPED, STOPPING, Launcher, RunNotFoundError,
     RunRecorder, RunStateError, RunStore,
 )
 from core.runs.launcher import group_alive, kill_process_tree, worker_command
-from core.runs.store import (
-    METRICS_FILE, STOP_FILE, devices_conflict, normalize_devices, process_alive, process_start_time,
-)
+from core.runs.store import METRICS_FILE, STOP_FILE, process_alive, process_start_time
 from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent

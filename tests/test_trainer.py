@@ -22,7 +22,7 @@ from tests.helpers import tiny_gpt
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(model="demo-c2i", data="shapes", data_subset=40, reward_weights={"mse": 1.0}, num_generations=4,
              global_batch_size=4, per_device_train_batch_size=2, max_steps=4, learning_rate=3e-3, save_steps=2,
-             preview_steps=2, num_workers=0, device="cpu", kl_probe_size=2)
+             preview_steps=2, device="cpu", kl_probe_size=2)
 
 
 def new_run(tmp_path, **over):

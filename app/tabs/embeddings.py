@@ -17,21 +17,20 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from app import form, views
+from app import form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext
-from app.tabs.evaluate import (EXTRACTORS, JOB_INFOS, check_extractor, class_items, default_devices, error_target, error_text,
+from app.tabs.evaluate import (EXTRACTORS, check_extractor, class_items, default_devices, error_target, error_text,
                                extractor_path_of, feature_space, field_updates, message, parse_device_set,
                                parse_number, progress_bar, renamed, roots_text, signature)
 from app.tabs.launch import device_choices
+from core import configmeta
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "embeddings"
 LABEL = "Embeddings"
 DEFAULT_CLASSES = 10  # classes preselected for a run (the first ones of its model): all 10 of the demo
-DEFAULT_PER_CLASS = 100  # x 10 demo classes = Evaluate's default 1000 samples per seed: the same samples behind both
-DEFAULT_SEEDS = 3
 PROJECTION_CHOICES = [("t-SNE", "tsne"), ("UMAP", "umap")]
 DISTANCE_CHOICES = [("Fréchet distance", "frechet"), ("precision", "precision"), ("recall", "recall")]
 TABLE_HEADERS = ["class", "FD base", "FD aligned", "Δ FD (aligned − base)", "Δ FD 95% interval", "FD verdict",
@@ -151,7 +150,7 @@ def plan_embeddings(app, values: dict):
                   top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
                   top_p=parse_number("top_p", values.get("top_p")),
                   seed=parse_number("seed", values.get("seed"), whole=True, minimum=0),
-                  num_seeds=parse_number("num_seeds", values.get("num_seeds", DEFAULT_SEEDS), whole=True, minimum=1),
+                  num_seeds=parse_number("num_seeds", values.get("num_seeds", configmeta.defaults(EmbeddingConfig)["num_seeds"]), whole=True, minimum=1),
                   batch_size=parse_number("batch_size", values.get("batch_size"), whole=True, minimum=1),
                   device=device)
     try:
@@ -322,28 +321,23 @@ def new_view() -> dict:
 
 # ----------------------------------------------------------------------------- the tab
 def infos(app) -> dict[str, str]:
+    """Each input's help: an EmbeddingConfig field's own (core/eval/configs.py), with what the page adds."""
+    from core.eval.configs import EmbeddingConfig
+
     roots = roots_text(app)
-    return {**JOB_INFOS,
+    field = jobform.job_helps(EmbeddingConfig, KEYS)
+    return {**field,
         "run": "the aligned model: a run with a checkpoint",
         "step": "its checkpoint (default: the last)",
-        "classes": "type to search the class names; empty = the first 10 classes",
-        "per_class": "samples per class for each of real, base and aligned, per seed (more than k = 3); with all "
-                     "10 demo classes, 100 = Evaluate's 1000 samples: the two tabs then measure the same samples",
-        "num_seeds": "sampling seeds seed, seed+1, ...: overall numbers are mean ± std; a change is called "
-                     "better/worse only when its 95% interval excludes zero (at least 3 for a spread)",
-        "real": f"demo: 'shapes' (the held-out reference split; 'shapes:val' etc.); otherwise an ImageNet-layout "
-                f"folder inside the data roots: {roots}",
-        "extractor": "the feature space: demo evaluator (demo), Inception (FID's), CLIP or DINOv2",
-        "projections": "2-D maps fitted on all three sets together",
-        "cfg_scale": "classifier-free guidance for both models (1 = off)",
-        "temperature": "1.0 (App. D)",
-        "top_k": "0 = off",
-        "top_p": "1 = off",
-        "seed": "base and aligned use the same seeds",
+        "classes": f"type to search the class names; {field['classes']}",
+        "real": f"{field['real']}; a folder inside the data roots: {roots}",
+        "seed": f"{field['seed']}; base and aligned use the same seeds",
     }
 
 
 def build(ctx: BuildContext) -> None:
+    from core.eval.configs import EmbeddingConfig
+
     app = ctx.app
     store = app.store
     info = infos(app)
@@ -357,6 +351,10 @@ def build(ctx: BuildContext) -> None:
 
     def common(key: str) -> dict:
         return dict(label=key, info=info[key], elem_id=f"emb-{key}")
+
+    def field(key: str, **overrides):
+        """The input of an EmbeddingConfig field: its kind, default and help from the field."""
+        return jobform.field_input(EmbeddingConfig, key, "emb", info=info[key], **overrides)
 
     gr.Markdown("Sample the same classes and seeds from a run's checkpoint (aligned) and its base model, embed "
                 "them with real images in one feature space, and see where each set sits: the joint map with "
@@ -374,24 +372,18 @@ def build(ctx: BuildContext) -> None:
                 comps["classes"] = gr.Dropdown(choices=form.class_choices(model0), value=default_classes(model0),
                                                multiselect=True, filterable=True, allow_custom_value=True, scale=3,
                                                **common("classes"))
-                comps["per_class"] = gr.Number(value=DEFAULT_PER_CLASS, step=1, scale=1, **common("per_class"))
+                comps["per_class"] = field("per_class", scale=1)
             with gr.Row(equal_height=False):
-                comps["real"] = gr.Textbox(value="shapes" if is_embedded(model0) else "", **common("real"))
-                comps["extractor"] = gr.Dropdown(choices=list(EXTRACTORS),
-                                                 value="demo" if is_embedded(model0) else "inception",
-                                                 **common("extractor"))
-                comps["extractor_path"] = gr.Textbox(value="", **common("extractor_path"))
-            comps["projections"] = gr.CheckboxGroup(choices=PROJECTION_CHOICES, value=["tsne"],
-                                                    **common("projections"))
+                comps["real"] = field("real", value="shapes" if is_embedded(model0) else "")
+                comps["extractor"] = field("extractor", choices=list(EXTRACTORS),
+                                           value="demo" if is_embedded(model0) else "inception")
+                comps["extractor_path"] = field("extractor_path")
+            # t-SNE only by default: UMAP adds a second fit on every point
+            comps["projections"] = field("projections", choices=PROJECTION_CHOICES, value=["tsne"])
             with gr.Accordion("Sampling", open=False):
                 with gr.Row(equal_height=False):
-                    comps["cfg_scale"] = gr.Number(value=1.0, **common("cfg_scale"))
-                    comps["temperature"] = gr.Number(value=1.0, **common("temperature"))
-                    comps["top_k"] = gr.Number(value=0, step=1, **common("top_k"))
-                    comps["top_p"] = gr.Number(value=1.0, **common("top_p"))
-                    comps["seed"] = gr.Number(value=0, step=1, **common("seed"))
-                    comps["num_seeds"] = gr.Number(value=DEFAULT_SEEDS, step=1, **common("num_seeds"))
-                    comps["batch_size"] = gr.Number(value=32, step=1, **common("batch_size"))
+                    for key in ("cfg_scale", "temperature", "top_k", "top_p", "seed", "num_seeds", "batch_size"):
+                        comps[key] = field(key)
         with gr.Column(scale=2, min_width=320):
             comps["devices"] = gr.CheckboxGroup(choices=device_choices(app), value=default_devices(),
                                                 **common("devices"))

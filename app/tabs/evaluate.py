@@ -25,11 +25,11 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from app import comparison, form, views
+from app import comparison, form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext
 from app.tabs.launch import device_choices
-from core import paths
+from core import configmeta, paths
 from core.errors import CheckpointError, ConfigError, DataError, MissingWeightsError, UserError
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -309,7 +309,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
                                            "untick CFG for none")
     else:
         cfg_scale = 1.0
-    num_seeds = parse_number("num_seeds", values.get("num_seeds", 3), whole=True, minimum=1)
+    num_seeds = parse_number("num_seeds", values.get("num_seeds", configmeta.defaults(jobs.EvalConfig)["num_seeds"]), whole=True, minimum=1)
     sampling = dict(cfg_scale=cfg_scale, num_seeds=num_seeds,
                     temperature=parse_number("temperature", values.get("temperature"), minimum=0),
                     top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
@@ -543,42 +543,24 @@ def refresh_view(app, view: Optional[dict]) -> tuple:
 
 
 # ----------------------------------------------------------------------------- the tab
-# Help texts both job forms (Evaluate, Embeddings) show for the same field.
-JOB_INFOS = {
-    "batch_size": "samples per batch",
-    "extractor_path": "empty = the default location; a weights file (Inception, demo) or folder / hub id "
-                      "(CLIP, DINOv2) inside the checkpoints folder or the data roots",
-    "devices": "the job waits while another run uses one of its devices",
-}
-
-
 def roots_text(app) -> str:
     return ", ".join(str(r) for r in app.data_roots) or "(none: start the app with --data-root)"
 
 
 def infos(app) -> dict[str, str]:
+    """Each input's help: an EvalConfig field's own (core/eval/configs.py), with what the page adds."""
+    from core.eval.configs import EvalConfig
+
     roots = roots_text(app)
-    return {**JOB_INFOS,
+    field = jobform.job_helps(EvalConfig, KEYS)
+    return {**field,
         "source": "a generator preset (the base model) or a run checkpoint (run · step)",
-        "label": "free text shown with the results, e.g. 'aligned, step 100'",
-        "num_samples": "images to sample; Table 2: 50000 (50 per ImageNet class)",
-        "classes": "type to search; empty = cycle through all classes",
-        "prompts": "one per line; samples cycle through them",
+        "classes": f"type to search; {field['classes']}",
+        "prompts": f"one per line; {field['prompts']}",
         "cfg": "classifier-free guidance on (Table 2 reports both)",
-        "cfg_scale": "with CFG: 2.0 for GPT-XL, 1.75 for GPT-XXL (Table 2)",
-        "temperature": "1.0 (App. D); 0 = greedy",
-        "top_k": "0 = off (App. D)",
-        "top_p": "1 = off (App. D)",
-        "seed": "sample i uses a seed derived from (seed, i): reruns draw the same images",
-        "num_seeds": "sampling seeds seed, seed+1, ...: numbers are mean ± std over them; a change is called "
-                     "better/worse only when its 95% interval excludes zero (at least 3 for a spread)",
-        "image_size": "resize samples before measuring (Table 2: 256 for 384 px models); empty = native",
-        "precision": "generator dtype while sampling",
-        "metrics": "FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception)",
-        "extractor": "features for FID/IS/precision/recall: FID proper is Inception; demo = the demo evaluator",
         "reference_kind": "what the samples are measured against",
-        "reference": f"a folder or .npz inside the data roots: {roots} (a relative path is looked up in each)",
-        "clip_model": "for the CLIP score: a folder or hub id; empty = openai/clip-vit-large-patch14",
+        "reference": f"{field['reference']}; a folder or .npz inside the data roots: {roots} (a relative path is "
+                     "looked up in each)",
         "with_base": "also queue the base model (the preset's weights) under the same setting, unless it has a "
                      "result or a job already: the table puts the two side by side",
     }
@@ -593,6 +575,7 @@ def default_source(store) -> str:
 
 
 def build(ctx: BuildContext) -> None:
+    from core.eval.configs import EvalConfig
     from core.models import registry
 
     app = ctx.app
@@ -608,6 +591,10 @@ def build(ctx: BuildContext) -> None:
     def common(key: str) -> dict:
         return dict(label=key, info=info[key], elem_id=f"eval-{key}")
 
+    def field(key: str, **overrides):
+        """The input of an EvalConfig field: its kind, default and help from the field."""
+        return jobform.field_input(EvalConfig, key, "eval", info=info[key], **overrides)
+
     gr.Markdown("Measure a preset or a run checkpoint: FID (or FD in another feature space), Inception Score, "
                 "precision/recall, CLIP score. The job runs in the background, like a training run; the table "
                 "at the bottom puts each checkpoint beside its base model.", elem_classes=["tab-intro"])
@@ -616,10 +603,10 @@ def build(ctx: BuildContext) -> None:
             with gr.Row(equal_height=False):
                 comps["source"] = gr.Dropdown(choices=comparison.source_choices(app.store), value=source0,
                                               filterable=True, allow_custom_value=True, scale=3, **common("source"))
-                comps["label"] = gr.Textbox(value="", scale=2, **common("label"))
+                comps["label"] = field("label", scale=2)
             with gr.Row(equal_height=False):
-                comps["num_samples"] = gr.Number(value=1000 if embedded0 else 50_000, step=1, scale=1,
-                                                 **common("num_samples"))
+                # the demo's default: 1000 samples (10 classes x 100) measure in seconds on a CPU
+                comps["num_samples"] = field("num_samples", scale=1, **({"value": 1000} if embedded0 else {}))
                 comps["classes"] = gr.Dropdown(choices=form.class_choices(preset0), value=[], multiselect=True,
                                                filterable=True, allow_custom_value=True, scale=3,
                                                visible=form.model_task(preset0) != "t2i", **common("classes"))
@@ -627,28 +614,25 @@ def build(ctx: BuildContext) -> None:
                                               **common("prompts"))
             with gr.Row(equal_height=False):
                 comps["cfg"] = gr.Checkbox(value=False, min_width=120, **common("cfg"))
-                comps["cfg_scale"] = gr.Number(value=2.0, min_width=120, **common("cfg_scale"))
-                comps["temperature"] = gr.Number(value=1.0, min_width=120, **common("temperature"))
-                comps["top_k"] = gr.Number(value=0, step=1, min_width=120, **common("top_k"))
-                comps["top_p"] = gr.Number(value=1.0, min_width=120, **common("top_p"))
+                # the scale used once "cfg" is ticked (unticked, the job samples at 1.0): GPT-XL's 2.0
+                comps["cfg_scale"] = field("cfg_scale", value=2.0, min_width=120)
+                comps["temperature"] = field("temperature", min_width=120)
+                comps["top_k"] = field("top_k", min_width=120)
+                comps["top_p"] = field("top_p", min_width=120)
             with gr.Row(equal_height=False):
-                comps["metrics"] = gr.CheckboxGroup(choices=METRIC_CHOICES, value=["fid", "isc", "prc"],
-                                                    **common("metrics"))
-                comps["extractor"] = gr.Dropdown(choices=list(EXTRACTORS), value="demo" if embedded0 else "inception",
-                                                 **common("extractor"))
-                comps["extractor_path"] = gr.Textbox(value="", **common("extractor_path"))
+                comps["metrics"] = field("metrics", choices=METRIC_CHOICES)
+                comps["extractor"] = field("extractor", choices=list(EXTRACTORS),
+                                           **({"value": "demo"} if embedded0 else {}))
+                comps["extractor_path"] = field("extractor_path")
             with gr.Row(equal_height=False):
                 comps["reference_kind"] = gr.Radio(choices=REFERENCE_CHOICES, value="shapes" if embedded0 else "npz",
                                                    **common("reference_kind"))
-                comps["reference"] = gr.Textbox(value="", **common("reference"))
+                comps["reference"] = field("reference")
             with gr.Accordion("Sampling and metric details", open=False):
                 with gr.Row(equal_height=False):
-                    comps["seed"] = gr.Number(value=0, step=1, **common("seed"))
-                    comps["num_seeds"] = gr.Number(value=3, step=1, **common("num_seeds"))
-                    comps["batch_size"] = gr.Number(value=32, step=1, **common("batch_size"))
-                    comps["image_size"] = gr.Number(value=None, step=1, **common("image_size"))
-                    comps["precision"] = gr.Dropdown(choices=["fp32", "bf16"], value="fp32", **common("precision"))
-                comps["clip_model"] = gr.Textbox(value="", **common("clip_model"))
+                    for key in ("seed", "num_seeds", "batch_size", "image_size", "precision"):
+                        comps[key] = field(key)
+                comps["clip_model"] = field("clip_model")
         with gr.Column(scale=2, min_width=320):
             comps["devices"] = gr.CheckboxGroup(choices=device_choices(app), value=default_devices(),
                                                 **common("devices"))

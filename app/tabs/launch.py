@@ -17,6 +17,7 @@ import gradio as gr
 from app import form
 from app.tabs import BuildContext
 from app.views import run_choices
+from core.device import parse_devices
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import ACTIVE
 from core.vapi import config as C
@@ -33,7 +34,7 @@ EXTRA_INFO = {
 DATA_LABELS = {"shapes": "demo shapes domain", "imagefolder": "ImageNet-layout folder", "captions": "caption folder"}
 LAYOUT = {  # inputs per row in each section, in order; fields not named here follow one per row
     "model": [["method", "init_weights"]],
-    "data": [["data_path", "data_subset"], ["num_workers", "cache_tokens"]],
+    "data": [["data_path", "data_subset"], ["cache_tokens"]],
     "rollout": [["num_generations", "temperature"], ["xi", "xi_schedule"], ["cond_drop_prob"]],
     "reward": [["reward_weights.mse", "reward_weights.lpips"], ["reward_weights.l1", "reward_weights.lpips-alex"],
                ["reward_chunk_size"]],
@@ -102,7 +103,7 @@ def device_choices(ctx) -> list[tuple[str, str]]:
 
     busy: dict[str, str] = {}
     for run in ctx.store.list_runs(ACTIVE):
-        for d in (["cpu"] if run.devices == "cpu" else [f"cuda:{i}" for i in run.devices[5:].split(",")]):
+        for d in parse_devices(run.devices):
             busy[d] = run.id
     out = []
     for d in device.report():

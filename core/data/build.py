@@ -1,4 +1,4 @@
-"""The trainer's data: one factory over the three kinds of dataset, and batch collation.
+"""The trainer's data: one factory over the three kinds of dataset.
 
 Every dataset built here is map-style, picklable and yields (image [3, H, W] float32 in [-1, 1],
 condition), the condition being a class id (int) or a caption (str); `num_classes` is the number of
@@ -8,9 +8,8 @@ class ids, or None for captioned data. Errors name the VapiConfig field behind t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
-import torch
 from torch.utils.data import Dataset
 
 from core.errors import ConfigError, DataError
@@ -132,33 +131,3 @@ def build_dataset(kind: str, path: Optional[str | Path], image_size: int, subset
     if num_classes is not None:
         check_num_classes(dataset, num_classes)
     return dataset
-
-
-# ----------------------------------------------------------------------------- collation
-def _check_pairs(batch: Sequence[tuple]) -> None:
-    if not batch:
-        raise ValueError("cannot collate an empty batch")
-    if any(len(item) != 2 for item in batch):
-        raise ValueError(f"expected (image, condition) pairs, got items of length {len(batch[0])}")
-
-
-def collate_classes(batch: Sequence[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """[(image [3, H, W], class id)] -> (images [B, 3, H, W], labels [B] long)."""
-    _check_pairs(batch)
-    images = torch.stack([image for image, _ in batch])  # [B, 3, H, W]
-    labels = torch.tensor([int(label) for _, label in batch], dtype=torch.long)  # [B]
-    return images, labels
-
-
-def collate_captions(batch: Sequence[tuple[torch.Tensor, str]]) -> tuple[torch.Tensor, list[str]]:
-    """[(image [3, H, W], caption)] -> (images [B, 3, H, W], captions: list of B str)."""
-    _check_pairs(batch)
-    if not all(isinstance(caption, str) for _, caption in batch):
-        raise ValueError("collate_captions: every condition must be a caption string")
-    return torch.stack([image for image, _ in batch]), [caption for _, caption in batch]
-
-
-def collate(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor | list[str]]:
-    """collate_captions when the conditions are strings, collate_classes otherwise."""
-    _check_pairs(batch)
-    return collate_captions(batch) if isinstance(batch[0][1], str) else collate_classes(batch)

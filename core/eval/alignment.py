@@ -5,7 +5,7 @@ Three views of base vs aligned for the same conditions and seeds:
 - "free": free-running samples (`core.models.generate`), the same uniforms for both models. They are
   samples of two distributions, not a before/after of one image: one differing token early in the
   sequence sends the rest down another path, so pairs are rarely alike.
-- "teacher-forced": what VA-π optimises (DESIGN §1). For a held-out real image I of the class,
+- "teacher-forced": what VA-π optimises (core/vapi/objective.py). For a held-out real image I of the class,
   x* = Q(E(I)) (fp32, no autocast); each model gives its teacher-forced logits on x*; one token per
   position is drawn from softmax(logits / tau) by inverse CDF from ONE uniform tensor shared by both
   models (per row, from the row's seed), decoded and scored with the reward's terms (MSE; LPIPS

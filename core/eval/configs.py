@@ -6,12 +6,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
+from core import configmeta
+from core.configmeta import setting
 from core.errors import ConfigError, DataError
-from core.eval.sampling import SamplingSpec
+
+if TYPE_CHECKING:  # sampling imports torch: the CLI builds its options from these configs without it
+    from core.eval.sampling import SamplingSpec
 
 METRICS = ("fid", "isc", "prc", "clip")
 NO_LOGITS = ("clip", "dinov2")  # extractors without a classifier head: no Inception Score
@@ -65,36 +69,49 @@ def class_ids_of(model: str, classes: Optional[Sequence], field_name: str = "cla
 
 
 
+WEIGHTS_HELP = "a weights file, a checkpoint folder, a run folder (its last checkpoint) or a run id [@STEP]"
+PRECISIONS = ("fp32", "bf16")
+PROJECTIONS = ("tsne", "umap")  # core.eval.embeddings.METHODS
+SAMPLING_FIELDS = ("cfg_scale", "temperature", "top_k", "top_p", "seed", "batch_size", "precision", "device")
+
+
 @dataclass
-class EvalConfig:
+class JobSettings:
+    """The sampling and measuring settings both jobs have, each with one default and one help text. Their
+    fields come first in EvalConfig and EmbeddingConfig (keyword construction only)."""
+
+    cfg_scale: float = setting(1.0, group="sampling", help="classifier-free guidance scale (1 = off). Table 2: w/o cfg 1.0, w/ cfg 2.0 (LlamaGen-XL) or 1.75 (XXL)")
+    temperature: float = setting(1.0, group="sampling", help="sampling temperature, App. D (0 = greedy)")
+    top_k: int = setting(0, group="sampling", help="top-k sampling, App. D (0 = off)")
+    top_p: float = setting(1.0, group="sampling", help="nucleus sampling, App. D (1 = off)")
+    seed: int = setting(0, group="sampling", help="first sampling seed: sample i uses a seed derived from (seed, i), so a rerun draws the same images")
+    num_seeds: int = setting(3, group="sampling", help="sampling seeds seed, seed+1, ...: numbers are mean ± std over them, and a change is called better/worse only when its 95% interval excludes zero (at least 3 for a spread)")
+    batch_size: int = setting(32, group="sampling", help="samples per batch; part of a sample folder's identity (a folder resumes only with the same)")
+    image_size: Optional[int] = setting(None, group="sampling", help="resize samples to this side before measuring (Table 2: 256 for 384 px models); None: native size")
+    precision: str = setting("fp32", group="sampling", choices=PRECISIONS, help="generator dtype while sampling (LlamaGen samples in bf16)")
+    device: str = setting("auto", group="sampling", help="auto, cpu, cuda or cuda:N (auto under accelerate launch)")
+    extractor_path: Optional[str] = setting(None, group="measure", help="the extractor's weights: Inception .pth file, demo evaluator .safetensors, CLIP/DINOv2 folder or hub id; None: the default location")
+    k: int = setting(3, group="measure", help="precision/recall neighbourhood (Kynkäänniemi et al. 2019; ADM's evaluator)")
+
+
+@dataclass
+class EvalConfig(JobSettings):
     """One model, one sampling setting, several metrics. Defaults: Table 2's protocol w/o CFG."""
 
-    model: str = "demo-c2i"  # generator preset
-    weights: Optional[str] = None  # see resolve_weights; None: the preset's weights (base model)
-    label: str = ""  # free text for summaries, e.g. "aligned, step 100"
-    num_samples: int = 50_000  # Table 2: 50k samples, 50 per ImageNet class
-    cfg_scale: float = 1.0  # Table 2 w/o cfg; w/ cfg: 2.0 (XL), 1.75 (XXL)
-    temperature: float = 1.0  # App. D
-    top_k: int = 0  # App. D (0 = off)
-    top_p: float = 1.0  # App. D (1 = off)
-    seed: int = 0  # first sampling seed
-    num_seeds: int = 3  # seeds seed, seed+1, ...: every metric is mean ± std over them, verdicts carry an interval
-    batch_size: int = 32
-    image_size: Optional[int] = None  # resize before saving; Table 2: 256 (384 px samples)
-    precision: str = "fp32"  # fp32 | bf16
-    classes: Optional[list] = None  # c2i: ids or names to cycle through; None: all classes
-    prompts: Optional[list[str]] = None  # t2i: prompts to cycle through
-    prompts_file: Optional[str] = None  # t2i: .txt / .jsonl prompt file (instead of prompts)
-    metrics: list[str] = field(default_factory=lambda: ["fid", "isc", "prc"])  # of METRICS
-    extractor: str = "inception"  # inception | dinov2 | clip | demo (FID/IS/precision/recall)
-    extractor_path: Optional[str] = None  # its weights file / folder; None: the default location
-    reference: Optional[str] = None  # .npz (ADM layout), image folder, or "shapes[:split]" (demo)
-    reference_count: Optional[int] = None  # images of a folder / shapes reference (default num_samples)
-    clip_model: Optional[str] = None  # CLIP folder or hub id for the "clip" metric (default ViT-L/14)
-    clip_template: str = DEFAULT_CLIP_TEMPLATE  # c2i: CLIP text of a class, "{}" = its name
-    k: int = 3  # precision/recall neighbourhood (Kynkäänniemi et al. 2019; ADM's evaluator)
-    isc_splits: int = 10  # Inception Score splits (improved-GAN, ADM, torch-fidelity)
-    device: str = "auto"
+    model: str = setting("demo-c2i", group="model", help="generator preset (python -m core info lists them)")
+    weights: Optional[str] = setting(None, group="model", help=f"generator weights: {WEIGHTS_HELP}; None: the preset's own weights (the base model)")
+    label: str = setting("", group="model", help="free text shown with the results and in `eval summary`, e.g. 'aligned, step 100'")
+    num_samples: int = setting(50_000, group="sampling", help="images to sample per seed; Table 2: 50000 (50 per ImageNet class)")
+    classes: Optional[list] = setting(None, group="sampling", help="class-conditional: class ids or names to cycle through; None: all classes")
+    prompts: Optional[list[str]] = setting(None, group="sampling", help="text-to-image: prompts to cycle through")
+    prompts_file: Optional[str] = setting(None, group="sampling", help="text-to-image: a .txt (one per line) or .jsonl prompt file, instead of prompts")
+    metrics: list[str] = setting(default_factory=lambda: ["fid", "isc", "prc"], group="measure", choices=METRICS, help="FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception); clip is the CLIP score")
+    extractor: str = setting("inception", group="measure", help="features for FID/IS/precision/recall: inception (FID proper), dinov2, clip or demo (the demo evaluator)")
+    reference: Optional[str] = setting(None, group="measure", help="reference set: an .npz batch (ADM layout, e.g. VIRTUAL_imagenet256_labeled.npz), an image folder, or 'shapes[:split]' for the demo domain")
+    reference_count: Optional[int] = setting(None, group="measure", help="images taken from a folder / shapes reference (None: num_samples)")
+    clip_model: Optional[str] = setting(None, group="measure", help="CLIP folder or hub id for the clip metric (None: openai/clip-vit-large-patch14)")
+    clip_template: str = setting(DEFAULT_CLIP_TEMPLATE, group="measure", help="class-conditional: the CLIP text of a class, {} = its name")
+    isc_splits: int = setting(10, group="measure", help="Inception Score splits (improved-GAN, ADM, torch-fidelity)")
 
     def __post_init__(self):
         from core.eval.extractors import EXTRACTORS
@@ -136,12 +153,7 @@ class EvalConfig:
     @classmethod
     def from_dict(cls, d: dict) -> EvalConfig:
         """From a run's config.json (its "entry" key is ignored); unknown keys are an error."""
-        d = {k: v for k, v in d.items() if k != "entry"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"not a field of an evaluation; the fields are {', '.join(sorted(known))}")
-        return cls(**d)
+        return configmeta.from_dict(cls, d, "an evaluation", ignore=("entry",))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -150,6 +162,8 @@ class EvalConfig:
         return read_prompts(self.prompts_file) if self.prompts_file is not None else self.prompts
 
     def sampling_spec(self, weights: Optional[str], prompts: Optional[Sequence[str]]) -> SamplingSpec:
+        from core.eval.sampling import SamplingSpec
+
         classes = class_ids_of(self.model, self.classes) if self.classes is not None else None
         return SamplingSpec(model=self.model, weights=weights, cfg_scale=self.cfg_scale, temperature=self.temperature,
                             top_k=self.top_k, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size,
@@ -182,30 +196,18 @@ class EvalConfig:
 
 
 @dataclass
-class EmbeddingConfig:
+class EmbeddingConfig(JobSettings):
     """Real vs base vs aligned samples of some classes in one feature space (Fig. 1b-c)."""
 
-    model: str = "demo-c2i"
-    base_weights: Optional[str] = None  # None: the preset's weights
-    aligned_weights: Optional[str] = None  # required: see resolve_weights
-    classes: Optional[list] = None  # ids or names; None: the first 10 classes
-    per_class: int = 100  # samples per class, set and seed (demo: 10 x 100 = Evaluate's 1000 samples)
-    num_seeds: int = 3  # seeds seed, seed+1, ...: overall numbers are mean ± std, verdicts carry an interval
-    real: str = "shapes"  # "shapes[:split]" (demo; default split "reference") or an ImageNet-layout folder
-    extractor: Optional[str] = None  # None: demo for the demo preset, inception otherwise
-    extractor_path: Optional[str] = None
-    projections: list[str] = field(default_factory=lambda: ["tsne", "umap"])
-    cfg_scale: float = 1.0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 32
-    image_size: Optional[int] = None
-    precision: str = "fp32"
-    k: int = 3  # precision/recall neighbourhood
-    max_points_per_set: int = 2000  # points per set on the maps (numbers use all)
-    device: str = "auto"
+    model: str = setting("demo-c2i", group="model", help="class-conditional generator preset")
+    base_weights: Optional[str] = setting(None, group="model", help=f"the base model: {WEIGHTS_HELP}; None: the preset's weights")
+    aligned_weights: Optional[str] = setting(None, group="model", help=f"the aligned model (required): {WEIGHTS_HELP}")
+    classes: Optional[list] = setting(None, group="sampling", help="class ids or names; None: the first 10 classes")
+    per_class: int = setting(100, group="sampling", help="samples per class, set and seed, more than k (100 with the 10 demo classes: the same 1000 samples per seed as an evaluation of 1000 samples)")
+    real: str = setting("shapes", group="measure", help="real images: 'shapes[:split]' (demo; default split reference) or an ImageNet-layout folder")
+    extractor: Optional[str] = setting(None, group="measure", help="the feature space: demo, clip, dinov2 or inception; None: demo for the demo preset, inception otherwise")
+    projections: list[str] = setting(default_factory=lambda: list(PROJECTIONS), group="measure", choices=PROJECTIONS, help="2-D maps fitted on all three sets (real, base, aligned) together")
+    max_points_per_set: int = setting(2000, group="measure", help="points per set on the maps (the numbers use all)")
 
     def __post_init__(self):
         from core.eval.embeddings import METHODS
@@ -233,12 +235,8 @@ class EmbeddingConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> EmbeddingConfig:
-        d = {k: v for k, v in d.items() if k != "entry"}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"not a field of an embedding comparison; the fields are {', '.join(sorted(known))}")
-        return cls(**d)
+        """From a run's config.json (its "entry" key is ignored); unknown keys are an error."""
+        return configmeta.from_dict(cls, d, "an embedding comparison", ignore=("entry",))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -253,6 +251,8 @@ class EmbeddingConfig:
         return ids
 
     def sampling_spec(self, weights: Optional[str]) -> SamplingSpec:
+        from core.eval.sampling import SamplingSpec
+
         return SamplingSpec(model=self.model, weights=weights, cfg_scale=self.cfg_scale, temperature=self.temperature,
                             top_k=self.top_k, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size,
                             image_size=self.image_size, precision=self.precision, classes=tuple(self.class_ids()))

@@ -43,7 +43,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -51,6 +51,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core import configmeta
 from core.errors import ConfigError, DataError
 from core.seeding import derive_seed
 
@@ -121,11 +122,8 @@ class SamplingSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> SamplingSpec:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"not a sampling setting; the settings are {', '.join(sorted(known))}")
-        return cls(**d)
+        """From a sample folder's spec; an unknown key is a ConfigError naming it."""
+        return configmeta.from_dict(cls, d, "a sampling spec")
 
 
 def labels_of(spec: SamplingSpec, indices, num_classes: Optional[int] = None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Janus-Pro as a VA-π policy and tokenizer, through transformers' Janus implementation.
 
 `JanusPolicy` wraps `transformers.JanusForConditionalGeneration` in the engine's Policy protocol
-(DESIGN §2) and in the mode methods `core.models.generate.generate` drives (`null_condition`,
+(core/models/protocols.py) and in the mode methods `core.models.generate.generate` drives (`null_condition`,
 `new_cache`, `prefill`, `decode_one`), so Janus samples with the same sampler, seeds
 and CFG formula as LlamaGen. `JanusTokenizer` wraps the model's `JanusVQVAE`.
 

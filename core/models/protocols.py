@@ -1,4 +1,4 @@
-"""The two seams the VA-π engine depends on (DESIGN §2). Families adapt to these; the engine
+"""The two seams the VA-π engine depends on. Families adapt to these; the engine
 imports nothing else from core.models."""
 from __future__ import annotations
 

@@ -97,10 +97,6 @@ def register_generator(preset: GeneratorPreset) -> None:
     GENERATORS[preset.name] = preset
 
 
-def register_tokenizer(preset: TokenizerPreset) -> None:
-    TOKENIZERS[preset.name] = preset
-
-
 PLUGINS_ENV = "VAPI_PLUGINS"  # os.pathsep-separated Python files that register presets (private models, test stand-ins)
 _loaded_plugins: set[str] = set()
 _env_done = ""  # the $VAPI_PLUGINS value whose files are all loaded
@@ -108,7 +104,7 @@ _env_done = ""  # the $VAPI_PLUGINS value whose files are all loaded
 
 def load_plugins(files: Optional[list[str]] = None) -> None:
     """Import each plugin file once (default: the files named by $VAPI_PLUGINS). A plugin calls
-    register_generator / register_tokenizer, e.g. to put a private fine-tune under a preset name, or a tiny
+    register_generator (or adds to TOKENIZERS), e.g. to put a private fine-tune under a preset name, or a tiny
     random stand-in under a paper preset's name for tests. Workers inherit the variable, so a run launched
     from the UI sees the same presets as the UI."""
     import importlib.util
@@ -161,11 +157,6 @@ def get_tokenizer(name: str) -> TokenizerPreset:
 def all_generators() -> list[GeneratorPreset]:
     _ensure_demo_registered()
     return list(GENERATORS.values())
-
-
-def all_tokenizers() -> list[TokenizerPreset]:
-    _ensure_demo_registered()
-    return list(TOKENIZERS.values())
 
 
 def download_hint(filename: str, repo_id: Optional[str]) -> str:

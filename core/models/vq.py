@@ -4,7 +4,7 @@ Upstream: FoundationVision/LlamaGen `tokenizer/tokenizer_image/vq_model.py`. Sam
 names (including the `quantize.codebook_used` buffer), same math: a conv encoder, a 1x1 projection
 to `codebook_embed_dim`, nearest-neighbour lookup in an L2-normalised codebook, a conv decoder.
 
-Tokenizer protocol (DESIGN §2): `codebook_size`, `grid` (h, w), `encode(images [B,3,H,W] in [-1,1])
+Tokenizer protocol (core/models/protocols.py): `codebook_size`, `grid` (h, w), `encode(images [B,3,H,W] in [-1,1])
 -> [B, N] long`, `decode(tokens [B, N]) -> [B, 3, H, W]`. Lower-level pieces (`encode_latent`,
 `quantize`, `embed`, `decode_latent`) serve tokenizer training and the STE / decoder baselines.
 """

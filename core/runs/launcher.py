@@ -27,11 +27,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from core.errors import CheckpointError, ConfigError
+from core.device import gpu_ids
 from core.paths import ROOT
 from core.runs.store import (
     ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STEP_DIR_RE,
     STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, final_status_in_folder,
-    gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state, tail_lines,
+    parent_pid, process_alive, process_session, process_start_time, process_state, tail_lines,
 )
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed

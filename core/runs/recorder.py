@@ -30,10 +30,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.device import parse_devices
 from core.errors import UserError
 from core.runs.store import (
     CHECKPOINTS_DIR, SAMPLES_DIR, STOP_FILE, TRAINER_STATE_FILE, Checkpoint, RunStore, find_last_checkpoint,
-    parse_devices,
 )
 from core.runs.threads import ThreadBalancer
 

@@ -51,6 +51,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.device import devices_conflict, normalize_devices, parse_devices
 from core.errors import ConfigError, UserError
 
 QUEUED = "queued"
@@ -216,48 +217,6 @@ class Run:
 class Checkpoint:
     step: int
     path: Path  # the checkpoints/step-NNNNNN folder
-
-
-# ---------------------------------------------------------------------------------------------
-# device sets
-
-
-def parse_devices(devices: str) -> tuple[str, ...]:
-    """'cpu' -> ('cpu',); 'cuda' -> ('cuda:0',); 'cuda:1,0' or 'cuda:0,cuda:1' -> ('cuda:0', 'cuda:1')."""
-    hint = "expected 'cpu', 'cuda:0' or a GPU list like 'cuda:0,1'"
-    if not isinstance(devices, str) or not devices.strip():
-        raise ConfigError("devices", f"empty device set; {hint}")
-    text = devices.strip().lower()
-    if text == "cpu":
-        return ("cpu",)
-    if text == "cuda":
-        return ("cuda:0",)
-    if not text.startswith("cuda:"):
-        raise ConfigError("devices", f"{devices!r} is not a device set; {hint}")
-    ids = set()
-    for item in text[len("cuda:"):].split(","):
-        item = item.strip().removeprefix("cuda:")
-        if not item.isdigit():
-            raise ConfigError("devices", f"{devices!r}: {item!r} is not a GPU index; {hint}")
-        ids.add(int(item))
-    return tuple(f"cuda:{i}" for i in sorted(ids))
-
-
-def normalize_devices(devices: str) -> str:
-    """Canonical text of a device set: 'cpu' or 'cuda:0,1'."""
-    parts = parse_devices(devices)
-    if parts == ("cpu",):
-        return "cpu"
-    return "cuda:" + ",".join(p.removeprefix("cuda:") for p in parts)
-
-
-def gpu_ids(devices: str) -> list[int]:
-    """GPU indices of a device set; [] for 'cpu'."""
-    return [int(p.removeprefix("cuda:")) for p in parse_devices(devices) if p != "cpu"]
-
-
-def devices_conflict(a: str, b: str) -> bool:
-    return bool(set(parse_devices(a)) & set(parse_devices(b)))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -74,7 +74,8 @@ def lease(runs_dir: str | os.PathLike, threads: int) -> Iterator[None]:
 
 def active_cpu_runs(store) -> list:
     """Running or stopping runs of this host whose device set includes the CPU."""
-    from core.runs.store import ACTIVE, parse_devices
+    from core.device import parse_devices
+    from core.runs.store import ACTIVE
 
     return [r for r in store.list_runs(ACTIVE) if r.host == store.host and "cpu" in parse_devices(r.devices)]
 

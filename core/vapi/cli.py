@@ -10,9 +10,15 @@ from core import paths
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from core import configmeta
+    from core.vapi.config import VapiConfig
+
     p = sub.add_parser("train", help="run VA-π (or a baseline) in the foreground, as a run folder the UI can show",
-                       description="Post-train a generator. The run is a folder in the runs dir (config, log, metrics, "
-                                   "checkpoints, sample grids) that the workbench UI lists; Ctrl-C stops it with a checkpoint.")
+                       description="Post-train a generator. The run is a folder in the runs dir (config, log, metrics,\n"
+                                   "checkpoints, sample grids) that the workbench UI lists; Ctrl-C stops it with a checkpoint.",
+                       epilog="config fields for --set KEY=VALUE (default: meaning and source):\n"
+                              + configmeta.describe(VapiConfig),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default=None, help="a preset: demo-c2i, llamagen-c2i-xxl, llamagen-c2i-xl, llamagen-t2i-xl, janus-pro-1b")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable), e.g. --set learning_rate=1e-6 --set reward_weights.lpips=0")
@@ -45,36 +51,7 @@ class _Tee:
         return self.streams[0].isatty()
 
 
-def _devices_of(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return "cuda:0" if device == "cuda" else device
-
-
 FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
-
-
-def _check_devices(devices: str) -> str:
-    """--devices: a valid device set whose GPUs exist on this machine."""
-    import torch
-
-    from core.errors import ConfigError
-    from core.runs.store import gpu_ids, normalize_devices
-
-    try:
-        devices = normalize_devices(devices)
-    except ConfigError as e:
-        raise ConfigError("--devices", str(e).split(": ", 1)[1]) from None
-    ids = gpu_ids(devices)
-    if ids:
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ConfigError("--devices", f"{devices}: this machine has no CUDA GPU; use --devices cpu")
-        if max(ids) >= n:
-            raise ConfigError("--devices", f"{devices}: only {n} GPU(s) are visible; use cuda:0..cuda:{n - 1}")
-    return devices
 
 
 def _resume_config(run_dir: Path, overrides: list[str]):
@@ -176,7 +153,9 @@ def cmd_train(args) -> int:
             print(cfg.to_json())
             return 0
         preflight(cfg)  # bad input: an error now, and no run folder is created
-        devices = _check_devices(args.devices or _devices_of(cfg.device))
+        from core.device import check_visible, devices_of
+
+        devices = check_visible(args.devices or devices_of(cfg.device))
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
         else:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Optional
 
+from core import configmeta
+from core.configmeta import setting
 from core.errors import ConfigError
 
 METHODS = ("vapi", "ste", "decoder")
@@ -28,65 +30,74 @@ XI_SCHEDULES = ("constant", "linear", "cosine")
 LR_SCHEDULERS = ("constant", "cosine")
 PRECISIONS = ("bf16", "fp16", "no")
 TRACKERS = ("tensorboard", "wandb")
+# Fields a run config no longer has -> why. A config.json or preset that still holds one loads (the value is
+# dropped); naming one in --set is an error.
+RETIRED = {  # fields older runs' config.json may hold: dropped on load, an error in --set / the form
+    "num_workers": "no DataLoader read it (the trainer indexes its dataset in the training process)",
+    "schedule": "training always runs the grouped schedule; the authors' per-sample schedule (equal loss and "
+                "gradients) is the reference in benchmarks/reference_step.py, timed by python -m benchmarks.step",
+}
 
 
 @dataclass
 class VapiConfig:
+    """One run's settings. Each field's metadata holds its help text (meaning and source) and its form group
+    (the section comments below); the Launch form reads them through core.configmeta."""
+
     # ---------------------------------------------------------------- what is trained
-    method: str = "vapi"  # "vapi" (§4) | "ste": STE generator post-training (App. C.1) | "decoder": tokenizer-decoder post-training (App. C.2)
-    model: str = "demo-c2i"  # generator preset (python -m core info lists them)
-    init_weights: Optional[str] = None  # start from this checkpoint instead of the preset's published weights
+    method: str = setting("vapi", group="model", choices=METHODS, help="\"vapi\" (§4) | \"ste\": STE generator post-training (App. C.1) | \"decoder\": tokenizer-decoder post-training (App. C.2)")
+    model: str = setting("demo-c2i", group="model", help="generator preset (python -m core info lists them)")
+    init_weights: Optional[str] = setting(None, group="model", help="start from this checkpoint instead of the preset's published weights")
     # ---------------------------------------------------------------- data
-    data: str = "shapes"  # "shapes" (embedded demo domain) | "imagefolder" (ImageNet layout) | "captions" (images + captions.jsonl)
-    data_path: Optional[str] = None  # folder for imagefolder / captions
-    data_subset: Optional[float] = None  # a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I presets: 0.01 (§5.1)
-    num_workers: int = 2  # DataLoader workers
-    cache_tokens: bool = True  # x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once
+    data: str = setting("shapes", group="data", choices=DATA_KINDS, help="\"shapes\" (embedded demo domain) | \"imagefolder\" (ImageNet layout) | \"captions\" (images + captions.jsonl)")
+    data_path: Optional[str] = setting(None, group="data", help="folder for imagefolder / captions")
+    data_subset: Optional[float] = setting(None, group="data", help="a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I presets: 0.01 (§5.1)")
+    cache_tokens: bool = setting(True, group="data", help="x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once")
     # ---------------------------------------------------------------- rollout (teacher-forced sampling)
-    num_generations: int = 8  # G, Table 7
-    temperature: float = 1.0  # tau for sampling and log-probs, authors' script (--temperature 1.0, no top-k/top-p)
-    xi: float = 0.0  # contextual noise rate of K_xi (Eq. 28-29), Table 7: C2I 0, LlamaGen T2I 0.5, Janus-Pro 0.95
-    xi_schedule: str = "constant"  # "constant" | "linear" / "cosine": ramp 0 -> xi over max_steps (the authors' code has both)
-    cond_drop_prob: float = 0.1  # label/caption dropout kept at the model's training rate so CFG stays usable (authors' --uncond-prob 0.1)
+    num_generations: int = setting(8, group="rollout", help="G, Table 7")
+    temperature: float = setting(1.0, group="rollout", help="tau for sampling and log-probs, authors' script (--temperature 1.0, no top-k/top-p)")
+    xi: float = setting(0.0, group="rollout", help="contextual noise rate of K_xi (Eq. 28-29), Table 7: C2I 0, LlamaGen T2I 0.5, Janus-Pro 0.95")
+    xi_schedule: str = setting("constant", group="rollout", choices=XI_SCHEDULES, help="\"constant\" | \"linear\" / \"cosine\": ramp 0 -> xi over max_steps (the authors' code has both)")
+    cond_drop_prob: float = setting(0.1, group="rollout", help="label/caption dropout kept at the model's training rate so CFG stays usable (authors' --uncond-prob 0.1)")
     # ---------------------------------------------------------------- reward (Eq. 10)
-    reward_weights: dict = field(default_factory=lambda: {"mse": 1.0, "lpips": 1.0})  # Table 7 / script: w_mse 1, w_lpips 1
-    reward_chunk_size: int = 32  # decoded images per chunk when decoding and scoring the B*G samples
-    reward_per_token: bool = False  # EXTENSION beyond the paper: each token's reward is -MSE of its own patch of the decoded sample, normalised per position over the G samples; the policy loss credits each token with it (the paper: one reward per sequence)
+    reward_weights: dict = setting(default_factory=lambda: {"mse": 1.0, "lpips": 1.0}, group="reward", help="Table 7 / script: w_mse 1, w_lpips 1")
+    reward_chunk_size: int = setting(32, group="reward", help="decoded images per chunk when decoding and scoring the B*G samples")
+    reward_per_token: bool = setting(False, group="reward", help="EXTENSION beyond the paper: each token's reward is -MSE of its own patch of the decoded sample, normalised per position over the G samples; the policy loss credits each token with it (the paper: one reward per sequence)")
     # ---------------------------------------------------------------- objective (Eq. 11)
-    beta: float = 0.1  # weight of the prior term, Table 7
-    policy_coef: float = 1.0  # weight of the policy term; 0 = Table 4's "L_prior only" ablation
-    prior: str = "ce"  # "ce": CE on the noisy context with clean targets (Eq. 9) | "kl": KL(pi || pi_ref) (Fig. 4 ablation)
-    epsilon: float = 0.2  # PPO clip range, authors' script (--clip-range 0.2)
-    advantage_clip: float = 5.0  # A_max, Table 7
-    policy_skip_tokens: int = 0  # EXTENSION beyond the paper: leading token positions left out of the policy loss (0 = the paper; 1 keeps the reward away from the first token, which has no image prefix)
-    num_iterations: int = 1  # PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences
-    rollout_mode: str = "train"  # the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode forward without condition dropout; the gradient forward is "train": train mode (dropout, condition dropout), CE on it, as all three of the authors' launch scripts pass | "eval": eval mode for the whole step (their argparse default; ratio 1 on the first update) | "twice": policy loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no dropout layers, and only the condition-dropped rows re-run); twice 2 with grad
+    beta: float = setting(0.1, group="objective", help="weight of the prior term, Table 7")
+    policy_coef: float = setting(1.0, group="objective", help="weight of the policy term; 0 = Table 4's \"L_prior only\" ablation")
+    prior: str = setting("ce", group="objective", choices=PRIORS, help="\"ce\": CE on the noisy context with clean targets (Eq. 9) | \"kl\": KL(pi || pi_ref) (Fig. 4 ablation)")
+    epsilon: float = setting(0.2, group="objective", help="PPO clip range, authors' script (--clip-range 0.2)")
+    advantage_clip: float = setting(5.0, group="objective", help="A_max, Table 7")
+    policy_skip_tokens: int = setting(0, group="objective", help="EXTENSION beyond the paper: leading token positions left out of the policy loss (0 = the paper; 1 keeps the reward away from the first token, which has no image prefix)")
+    num_iterations: int = setting(1, group="objective", help="PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences")
+    rollout_mode: str = setting("train", group="objective", choices=ROLLOUT_MODES, help="the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode forward without condition dropout; the gradient forward is \"train\": train mode (dropout, condition dropout), CE on it, as all three of the authors' launch scripts pass | \"eval\": eval mode for the whole step (their argparse default; ratio 1 on the first update) | \"twice\": policy loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no dropout layers, and only the condition-dropped rows re-run); twice 2 with grad")
     # ---------------------------------------------------------------- optimisation
-    learning_rate: float = 1e-6  # Table 7 (LlamaGen); Janus-Pro 1e-7
-    weight_decay: float = 1e-4  # Table 7
-    adam_beta1: float = 0.9  # authors' script
-    adam_beta2: float = 0.999  # authors' script
-    max_grad_norm: float = 1.0  # Table 7
-    lr_scheduler: str = "constant"  # authors' script uses a constant lr
-    warmup_steps: int = 0  # linear learning-rate warm-up over the first K steps (the authors' script: none)
-    global_batch_size: int = 128  # images per optimizer step over all processes, Table 7
-    per_device_train_batch_size: int = 16  # images per micro-batch per process (authors' script: 16 images x G 8 per GPU)
-    max_steps: int = 100  # Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100
-    mixed_precision: str = "bf16"  # Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu
-    mixed_precision_on_cpu: bool = False  # autocast on CPU too (bf16 only; slower on most CPUs): tests the bf16 path without a GPU
-    gradient_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
-    seed: int = 0  # data order, rollouts, condition dropout: a run is reproducible from it
-    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N" (single process; multi-GPU goes through accelerate launch)
+    learning_rate: float = setting(1e-6, group="optimisation", help="Table 7 (LlamaGen); Janus-Pro 1e-7")
+    weight_decay: float = setting(1e-4, group="optimisation", help="Table 7")
+    adam_beta1: float = setting(0.9, group="optimisation", help="authors' script")
+    adam_beta2: float = setting(0.999, group="optimisation", help="authors' script")
+    max_grad_norm: float = setting(1.0, group="optimisation", help="Table 7")
+    lr_scheduler: str = setting("constant", group="optimisation", choices=LR_SCHEDULERS, help="authors' script uses a constant lr")
+    warmup_steps: int = setting(0, group="optimisation", help="linear learning-rate warm-up over the first K steps (the authors' script: none)")
+    global_batch_size: int = setting(128, group="optimisation", help="images per optimizer step over all processes, Table 7")
+    per_device_train_batch_size: int = setting(16, group="optimisation", help="images per micro-batch per process (authors' script: 16 images x G 8 per GPU)")
+    max_steps: int = setting(100, group="optimisation", help="Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100")
+    mixed_precision: str = setting("bf16", group="optimisation", choices=PRECISIONS, help="Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu")
+    mixed_precision_on_cpu: bool = setting(False, group="optimisation", help="autocast on CPU too (bf16 only; slower on most CPUs): tests the bf16 path without a GPU")
+    gradient_checkpointing: bool = setting(False, group="optimisation", help="recompute block activations in backward: less memory, ~30% more compute")
+    seed: int = setting(0, group="optimisation", help="data order, rollouts, condition dropout: a run is reproducible from it")
+    device: str = setting("auto", group="optimisation", help="\"auto\" | \"cpu\" | \"cuda\" | \"cuda:N\" (single process; multi-GPU goes through accelerate launch)")
     # ---------------------------------------------------------------- checkpoints, metrics, previews
-    save_steps: int = 50  # checkpoint every K steps (and at the end)
-    logging_steps: int = 1  # record metrics every K optimizer steps
-    preview_steps: int = 25  # sample grid every K steps (step 0 = the base model)
-    preview_classes: Optional[list] = None  # class ids for the grids (default: spread over the classes)
-    preview_prompts: Optional[list] = None  # prompts for text-conditional models
-    preview_seeds: list = field(default_factory=lambda: [0, 1, 2, 3])  # one grid column per seed, the same at every step
-    preview_cfg_scale: float = 1.0  # the paper trains and reports "w/o CFG" first
-    kl_probe_size: int = 4  # images whose base logits are kept to report KL(pi || pi_base)
-    report_to: list = field(default_factory=list)  # accelerate trackers: "tensorboard", "wandb"
+    save_steps: int = setting(50, group="checkpoints", help="checkpoint every K steps (and at the end)")
+    logging_steps: int = setting(1, group="checkpoints", help="record metrics every K optimizer steps")
+    preview_steps: int = setting(25, group="checkpoints", help="sample grid every K steps (step 0 = the base model)")
+    preview_classes: Optional[list] = setting(None, group="checkpoints", help="class ids for the grids (default: spread over the classes)")
+    preview_prompts: Optional[list] = setting(None, group="checkpoints", help="prompts for text-conditional models")
+    preview_seeds: list = setting(default_factory=lambda: [0, 1, 2, 3], group="checkpoints", help="one grid column per seed, the same at every step")
+    preview_cfg_scale: float = setting(1.0, group="checkpoints", help="the paper trains and reports \"w/o CFG\" first")
+    kl_probe_size: int = setting(4, group="checkpoints", help="images whose base logits are kept to report KL(pi || pi_base)")
+    report_to: list = setting(default_factory=list, group="checkpoints", choices=TRACKERS, help="accelerate trackers: \"tensorboard\", \"wandb\"")
 
     def __post_init__(self):
         self.validate()
@@ -147,7 +158,6 @@ class VapiConfig:
         if self.data_subset is not None:
             need(self.data_subset > 0, "data_subset", "must be > 0 (a fraction <= 1 or an image count), or null for all")
             need(self.data_subset <= 1 or float(self.data_subset).is_integer(), "data_subset", "above 1 it is an image count and must be whole")
-        need(self.num_workers >= 0, "num_workers", "must be >= 0")
         need(self.num_generations >= 2, "num_generations", "must be >= 2: advantages are relative to the group")
         need(self.temperature > 0, "temperature", "must be > 0")
         need(0.0 <= self.xi < 1.0, "xi", "must be in [0, 1)")
@@ -225,34 +235,11 @@ class VapiConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "VapiConfig":
-        d = retire_fields(d)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown config field; known fields: {', '.join(sorted(known))}")
-        return cls(**d)
+        """From a config mapping; an unknown key is a ConfigError naming it."""
+        return configmeta.from_dict(cls, d, "a run config", ignore=RETIRED)
 
     def replace(self, **changes) -> "VapiConfig":
         return dataclasses.replace(self, **changes)
-
-
-# Fields older runs' config.json may hold, with the one value that meant what the code now always does. A run
-# folder written before a field was retired still loads; any other value is an error that says where it went.
-RETIRED_FIELDS: dict[str, tuple[Any, str]] = {
-    "schedule": ("grouped", "training always runs the grouped schedule; the authors' per-sample schedule is the "
-                            "reference in benchmarks/reference_step.py (python -m benchmarks.step times both)"),
-}
-
-
-def retire_fields(d: dict) -> dict:
-    """`d` without the retired fields it holds at their retired value; another value raises ConfigError."""
-    out = dict(d)
-    for name, (value, why) in RETIRED_FIELDS.items():
-        if name in out:
-            if out[name] != value:
-                raise ConfigError(name, f"is no longer a run setting ({why}); got {out[name]!r}")
-            del out[name]
-    return out
 
 
 # ----------------------------------------------------------------------------- presets
@@ -299,12 +286,9 @@ def preset(name: str) -> dict[str, Any]:
 def preset_values(name: Optional[str]) -> dict[str, Any]:
     """Every field of a preset (defaults + the preset's changes), NOT validated: a paper preset has no data_path
     until the user gives one, so forms start from this and validate only what the user submits."""
-    d = VapiConfig.__new__(VapiConfig)  # the defaults without __post_init__'s checks
-    for f in fields(VapiConfig):
-        setattr(d, f.name, f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
-    out = asdict(d)
+    out = configmeta.defaults(VapiConfig)  # the defaults without __post_init__'s checks
     if name:
-        out.update(preset(name))
+        out.update({k: v for k, v in preset(name).items() if k not in RETIRED})
     return out
 
 
@@ -333,6 +317,8 @@ def resolve(preset_name: Optional[str] = None, overrides: Optional[dict[str, Any
     if preset_name:
         d.update(preset(preset_name))
     for k, v in (overrides or {}).items():
+        if k in RETIRED:
+            raise ConfigError(k, f"is no longer a setting: {RETIRED[k]}")
         if "." in k:
             top, sub = k.split(".", 1)
             if not isinstance(d.get(top), dict):
