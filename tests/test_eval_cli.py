@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import checkpoints
 from core.cli import main
 from core.errors import ConfigError, DataError, MissingWeightsError
 from core.eval import jobs
@@ -177,18 +178,18 @@ def test_weights_are_found_by_file_checkpoint_run_folder_and_run_id(tiny_demo, s
     (later / "tokenizer.pt").write_bytes(b"")  # a decoder-baseline checkpoint
     (later / "trainer_state.json").write_text('{"step": 9}')
     model = str(run_dir / "checkpoints" / "step-000005" / "model.pt")
-    assert jobs.resolve_weights(None) == jobs.WeightsRef() and jobs.resolve_weights("base").checkpoint == "base"
-    assert jobs.resolve_weights(model) == jobs.WeightsRef(model, run_id, 5)
-    assert jobs.resolve_weights(run_dir / "checkpoints" / "step-000005").checkpoint == f"{run_id}@5"
-    assert jobs.resolve_weights(f"{run_id}@5", store.runs_dir).path == model
+    assert checkpoints.resolve_weights(None) == checkpoints.WeightsRef() and checkpoints.resolve_weights("base").checkpoint == "base"
+    assert checkpoints.resolve_weights(model) == checkpoints.WeightsRef(model, run_id, 5)
+    assert checkpoints.resolve_weights(run_dir / "checkpoints" / "step-000005").checkpoint == f"{run_id}@5"
+    assert checkpoints.resolve_weights(f"{run_id}@5", store.runs_dir).path == model
     with pytest.raises(ConfigError, match="^weights: .*decoder baseline"):
-        jobs.resolve_weights(run_dir)  # the last checkpoint holds a tokenizer
+        checkpoints.resolve_weights(run_dir)  # the last checkpoint holds a tokenizer
     with pytest.raises(ConfigError, match="^weights: .*no checkpoint at step 7; it has steps 5, 9"):
-        jobs.resolve_weights(f"{run_id}@7", store.runs_dir)
+        checkpoints.resolve_weights(f"{run_id}@7", store.runs_dir)
     with pytest.raises(ConfigError, match="^weights: 'nothing-like-this'"):
-        jobs.resolve_weights("nothing-like-this", store.runs_dir)
+        checkpoints.resolve_weights("nothing-like-this", store.runs_dir)
     with pytest.raises(ConfigError, match="no run store"):
-        jobs.resolve_weights("abc", tmp_path / "elsewhere")
+        checkpoints.resolve_weights("abc", tmp_path / "elsewhere")
 
 
 def test_real_images_and_references_from_folders_npz_and_prompt_files(tiny_demo, tmp_path):

@@ -123,7 +123,8 @@ def real_of(app, text: Optional[str], model: str) -> str:
 
 def plan_embeddings(app, values: dict):
     """Form values -> (EmbeddingConfig, device set), every input and file checked. Raises ConfigError(input)."""
-    from core.eval.jobs import EmbeddingConfig, resolve_weights
+    from core.checkpoints import ref_text, resolve_weights
+    from core.eval.jobs import EmbeddingConfig
     from core.models import registry
 
     store = app.store
@@ -141,7 +142,7 @@ def plan_embeddings(app, values: dict):
     if not projections:
         raise ConfigError("projections", "pick t-SNE, UMAP or both")
     device_set, device = parse_device_set(values.get("devices"))
-    fields = dict(model=model, base_weights=init, aligned_weights=f"{run_id}@{step}", classes=items or None,
+    fields = dict(model=model, base_weights=init, aligned_weights=ref_text(run_id, step), classes=items or None,
                   per_class=parse_number("per_class", values.get("per_class"), whole=True, minimum=1),
                   real=real_of(app, values.get("real"), model), extractor=extractor,
                   extractor_path=extractor_path_of(app, extractor, values.get("extractor_path")),

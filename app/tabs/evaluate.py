@@ -233,23 +233,15 @@ class EvalPlan:
 
 
 def source_weights(app, value: Optional[str]) -> tuple[str, Optional[str]]:
-    """A source ("preset:<name>" | "run:<id>:<step>") -> (preset, weights for core.eval.jobs: None for the
-    preset's own weights, "<run id>@<step>" for a checkpoint). ConfigError("source")."""
-    from core.eval.jobs import resolve_weights
-
+    """A source ("preset:<name>" | "<run id>@<step>") -> (preset, weights for core.eval.jobs: None for the
+    preset's own weights, the checkpoint's "<run id>@<step>" otherwise). ConfigError("source")."""
     source = comparison.parse_source(value, app.store, "source")
     if source.tokenizer_weights is not None:
         raise ConfigError("source", f"{source.label} is a decoder-baseline checkpoint (a post-trained tokenizer); "
                                     "evaluating tokenizer checkpoints is not supported")
     if source.generator_weights is None:
         return source.preset, None
-    _, run_id, step = source.value.split(":")
-    weights = f"{run_id}@{step}"
-    try:
-        resolve_weights(weights, app.runs_dir)
-    except ConfigError as e:
-        raise renamed(e, {e.field: "source"}) from None
-    return source.preset, weights
+    return source.preset, source.value
 
 
 def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> str:

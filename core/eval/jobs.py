@@ -22,11 +22,13 @@ and of an embedding-shift folder::
     base/, aligned/        the two sample folders
 
 Model weights are named as a file, a checkpoint folder (``runs/<id>/checkpoints/step-N``), a run
-folder (its last checkpoint), or a run id (fragment) with an optional ``@step``; see `resolve_weights`.
+folder (its last checkpoint), or a run id (fragment) with an optional ``@step``: the grammar of
+`core.checkpoints.resolve_weights`.
 """
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +41,7 @@ from torch.utils.data import Dataset
 
 from core import device as devmod
 from core import paths
+from core.checkpoints import WeightsRef, resolve_weights
 from core.errors import ConfigError, DataError, MissingWeightsError
 from core.eval.configs import (DEFAULT_CLIP_TEMPLATE, METRICS, NO_LOGITS, EmbeddingConfig, EvalConfig, class_ids_of,
                                num_classes_of, read_prompts)
@@ -56,97 +59,6 @@ EMBEDDINGS_FORMAT = "vapi-embeddings/1"
 SHAPES_PREFIX = "shapes"
 
 Log = Callable[[str], None]
-
-
-# ------------------------------------------------------------------------------------------ weights
-
-@dataclass(frozen=True)
-class WeightsRef:
-    """Generator weights to evaluate: a file, or None for the preset's own (the base model)."""
-
-    path: Optional[str] = None
-    run_id: Optional[str] = None  # set when the file is a run's checkpoint
-    step: Optional[int] = None
-
-    @property
-    def checkpoint(self) -> str:
-        """"base", "<run id>@<step>", or the file path: the key summaries group by."""
-        if self.path is None:
-            return "base"
-        if self.run_id is not None:
-            return f"{self.run_id}@{self.step}"
-        return self.path
-
-
-def _checkpoint_file(folder: Path) -> Path:
-    model = folder / "model.pt"
-    if model.is_file():
-        return model
-    if (folder / "tokenizer.pt").is_file():
-        raise ConfigError("weights", f"{folder} holds a post-trained tokenizer (decoder baseline), not generator "
-                                     "weights; evaluating tokenizer checkpoints is not supported")
-    raise ConfigError("weights", f"{folder}: no model.pt in this checkpoint folder")
-
-
-def _from_file(path: Path) -> WeightsRef:
-    """A weights file; when it sits in <run>/checkpoints/step-N/, its run and step too."""
-    from core.runs.store import CHECKPOINTS_DIR, STEP_DIR_RE, TRAINER_STATE_FILE
-
-    path = path.resolve()
-    step_dir = path.parent
-    m = STEP_DIR_RE.fullmatch(step_dir.name)
-    if m and step_dir.parent.name == CHECKPOINTS_DIR:
-        try:
-            step = int(json.loads((step_dir / TRAINER_STATE_FILE).read_text())["step"])
-        except (OSError, ValueError, KeyError, TypeError):
-            step = int(m.group(1))
-        return WeightsRef(str(path), step_dir.parent.parent.name, step)
-    return WeightsRef(str(path))
-
-
-def resolve_weights(ref: Optional[str | Path], runs_dir: Optional[str | Path] = None) -> WeightsRef:
-    """Turn what a user names into a weights file.
-
-    ref: None, "" or "base" (the preset's weights); a file; a checkpoint folder (holds model.pt);
-    a run folder (its last checkpoint); or a run id, or a unique fragment of one, in `runs_dir`
-    (default `core.paths.RUNS_DIR`), optionally with "@STEP" for another checkpoint than the last.
-    """
-    from core.runs.store import CHECKPOINTS_DIR, DB_FILE, RunNotFoundError, RunStore, list_checkpoints
-
-    if ref is None or str(ref).strip() in ("", "base"):
-        return WeightsRef()
-    text = str(ref).strip()
-    path = Path(text).expanduser()
-    if path.is_file():
-        return _from_file(path)
-    if path.is_dir():
-        if (path / CHECKPOINTS_DIR).is_dir():
-            found = list_checkpoints(path)
-            if not found:
-                raise ConfigError("weights", f"run folder {path} has no complete checkpoint yet")
-            return _from_file(_checkpoint_file(found[-1].path))
-        return _from_file(_checkpoint_file(path))
-    runs = Path(runs_dir) if runs_dir is not None else paths.RUNS_DIR
-    run_ref, _, step_text = text.partition("@")
-    if not (runs / DB_FILE).is_file():
-        raise ConfigError("weights", f"{text!r} is not a file or folder, and there is no run store in {runs} to "
-                                     "look it up as a run id")
-    try:
-        run = RunStore(runs).find(run_ref)
-    except RunNotFoundError as e:
-        raise ConfigError("weights", f"{text!r} is not a file or folder, nor a run: {e}") from None
-    found = list_checkpoints(run.run_dir)
-    if not found:
-        raise ConfigError("weights", f"run {run.id} has no complete checkpoint yet")
-    if not step_text:
-        return _from_file(_checkpoint_file(found[-1].path))
-    if not step_text.isdigit():
-        raise ConfigError("weights", f"{text!r}: the part after @ must be a step number")
-    match = [c for c in found if c.step == int(step_text)]
-    if not match:
-        raise ConfigError("weights", f"run {run.id} has no checkpoint at step {step_text}; it has steps "
-                                     f"{', '.join(str(c.step) for c in found)}")
-    return _from_file(_checkpoint_file(match[0].path))
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -454,10 +366,11 @@ def _feature_metrics(cfg: EvalConfig, extractor, npz: Path, reference, device: t
 
 
 def _write_json(path: Path, obj) -> None:
-    from core.runs.store import write_json_atomic
-
+    """JSON into a temporary file beside `path`, then renamed over it: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, obj)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _print_flush(message: str) -> None:

@@ -26,11 +26,12 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from core.errors import CheckpointError, ConfigError
+from core.checkpoints import check_states
+from core.errors import ConfigError
 from core.paths import ROOT
 from core.runs.store import (
-    ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STEP_DIR_RE,
-    STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, final_status_in_folder,
+    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING,
+    STOPPED, STOPPING, Run, RunStateError, RunStore, all_processes, final_status_in_folder,
     gpu_ids, parent_pid, process_alive, process_session, process_start_time, process_state, tail_lines,
 )
 
@@ -176,23 +177,7 @@ def check_resumable(run_dir: Path) -> None:
                                             "resolved config)") from None
     if not isinstance(config, dict):
         raise ConfigError(str(config_path), "must hold a JSON object; fix the file")
-    root = run_dir / CHECKPOINTS_DIR
-    if root.is_dir() and not root.is_symlink():
-        for child in sorted(root.iterdir()):
-            if not (child.is_dir() and STEP_DIR_RE.fullmatch(child.name)):
-                continue
-            state = child / TRAINER_STATE_FILE
-            try:
-                step = json.loads(state.read_text()).get("step")
-            except FileNotFoundError:
-                continue  # an incomplete folder: never counted as a checkpoint
-            except (OSError, ValueError, AttributeError) as e:
-                raise CheckpointError(f"{state}: not a JSON object with an integer \"step\" ({e}); fix it or "
-                                      f"delete {child} to resume from the checkpoint before it") from None
-            if isinstance(step, bool) or not isinstance(step, int) or step != int(STEP_DIR_RE.fullmatch(child.name)[1]):
-                raise CheckpointError(f"{state}: \"step\" is {step!r}, expected the integer "
-                                      f"{int(STEP_DIR_RE.fullmatch(child.name)[1])} of its folder; fix it or delete "
-                                      f"{child} to resume from the checkpoint before it")
+    check_states(run_dir)
 
 
 class Launcher:

@@ -9,10 +9,7 @@ Folder layout (the trainer, the UI and the CLI rely on it)::
         log.txt                         worker stdout + stderr, appended by every attempt
         metrics.jsonl                   one object per optimizer step: {"step": int, "time": float, <name>: float}
         stop.request                    present while a stop is requested (the worker polls it)
-        checkpoints/step-000010/        one folder per checkpoint, renamed into place when complete;
-            trainer_state.json          ... holds at least {"step": 10}; folders without it are ignored
-        checkpoints/.tmp-step-NNNNNN-PID  a checkpoint being written (never read; removed on resume, as is
-                                        .old-step-NNNNNN-PID; nothing else under checkpoints/ is deleted)
+        checkpoints/                    the run's checkpoints; their layout is `core.checkpoints`'s
         samples/step-000000.png         sample grids, step 0 = the base model
 
 Statuses::
@@ -51,6 +48,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.checkpoints import CHECKPOINTS_DIR, Checkpoint, find_last, list_checkpoints, remove_partial
 from core.errors import ConfigError, UserError
 
 QUEUED = "queued"
@@ -77,13 +75,8 @@ STATUS_FILE = "status.json"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 STOP_FILE = "stop.request"
-CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
-TRAINER_STATE_FILE = "trainer_state.json"
-STEP_DIR_RE = re.compile(r"step-(\d+)")
 SAMPLE_RE = re.compile(r"step-(\d+)\.png")
-# the only folders a resume may delete: what RunRecorder.save_checkpoint leaves when a write was cut off
-PARTIAL_CHECKPOINT_RE = re.compile(r"\.(tmp|old)-step-\d+-\d+")
 
 WAITING = "waiting"  # the message of a queued run that waits for a device starts with it
 BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
@@ -210,12 +203,6 @@ class Run:
         d = asdict(self)
         d["run_dir"] = str(self.run_dir)
         return d
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    path: Path  # the checkpoints/step-NNNNNN folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,30 +381,6 @@ def tail_lines(path: Path, n: int = 20, max_bytes: int = 65536) -> list[str]:
     if size > max_bytes and lines:
         lines = lines[1:]  # the first line was cut by the seek
     return lines[-n:] if n > 0 else []
-
-
-def list_checkpoints(run_dir: Path) -> list[Checkpoint]:
-    """Complete checkpoints of a run folder, by step. A folder counts once trainer_state.json in it
-    holds an integer "step"; temporary (dot-prefixed) and unreadable folders are skipped."""
-    found = []
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return found
-    for child in root.iterdir():
-        if not (child.is_dir() and STEP_DIR_RE.fullmatch(child.name)):
-            continue
-        try:
-            step = json.loads((child / TRAINER_STATE_FILE).read_text())["step"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(step, int) and not isinstance(step, bool):
-            found.append(Checkpoint(step=step, path=child))
-    return sorted(found, key=lambda c: c.step)
-
-
-def find_last_checkpoint(run_dir: Path) -> Checkpoint | None:
-    checkpoints = list_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
 
 
 def _read_metrics_file(path: Path) -> list[dict]:
@@ -972,11 +935,7 @@ class RunStore:
         for sample_step, sample in self.samples(run_id):
             if sample_step > step:
                 sample.unlink(missing_ok=True)
-        ckpt_root = run_dir / CHECKPOINTS_DIR
-        if ckpt_root.is_dir() and not ckpt_root.is_symlink():  # never delete through a link
-            for child in ckpt_root.iterdir():
-                if PARTIAL_CHECKPOINT_RE.fullmatch(child.name) and child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
+        remove_partial(run_dir)
         return removed
 
     # -- files ------------------------------------------------------------------------------
@@ -985,7 +944,7 @@ class RunStore:
         return list_checkpoints(self.run_dir(run_id))
 
     def last_checkpoint(self, run_id: str) -> Checkpoint | None:
-        return find_last_checkpoint(self.run_dir(run_id))
+        return find_last(self.run_dir(run_id))
 
     def samples(self, run_id: str) -> list[tuple[int, Path]]:
         """(step, path) of the sample grids samples/step-NNNNNN.png, by step."""

@@ -30,12 +30,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.checkpoints import find_last, step_dir_name
 from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.recorder import RunRecorder
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STATUS_FILE, STOP_FILE, STOPPED, STOPPING,
-    RunStateError, RunStore, find_last_checkpoint, parent_pid, process_start_time, tail_lines, write_final_status,
+    RunStateError, RunStore, parent_pid, process_start_time, tail_lines, write_final_status,
 )
 
 LOG_TAIL_LINES = 20  # lines of log.txt kept in a failed run's message
@@ -175,8 +176,8 @@ def _finish(store: RunStore, run_id: str, run_dir: Path, stop_signal: str | None
     step = run.step
     if store.try_set_status(run_id, FINISHED, expect={RUNNING}, message=f"finished at step {step}"):
         return
-    ckpt = find_last_checkpoint(run_dir)
-    where = f"checkpoint step-{ckpt.step:06d}" if ckpt else "no checkpoint"
+    ckpt = find_last(run_dir)
+    where = f"checkpoint {step_dir_name(ckpt.step)}" if ckpt else "no checkpoint"
     by = f" by {stop_signal}" if stop_signal else ""
     if store.try_set_status(run_id, STOPPED, expect={STOPPING}, message=f"stopped{by} at step {step} ({where})"):
         return
