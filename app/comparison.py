@@ -288,7 +288,7 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
         per_class_rows, notes = [], []
         if per_class:
             from core.errors import CheckpointError
-            from core.eval.jobs import build_metric_extractor
+            from core.eval.inputs import build_metric_extractor
 
             try:
                 extractor = build_metric_extractor("demo" if b.embedded else "inception", None, dev)

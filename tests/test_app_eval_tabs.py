@@ -117,7 +117,7 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):
 
 
 def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(served):
-    from core.eval.jobs import evaluation_summary
+    from core.eval.summary import evaluation_summary
 
     ui, store, aligned = served.ui, served.store, served.aligned
     out = ui.call("/launch_eval", source=f"{aligned}@{STEP}", label="aligned", **EVAL)

@@ -1,7 +1,7 @@
 """Evaluate tab: FID / IS / precision / recall / CLIP score of a preset or a run checkpoint as a background
 job, its progress, and every finished evaluation per checkpoint with the base model beside it.
 
-A job is a run of the store (`core.eval.jobs.submit_eval`, entry `run_eval`): it survives a closed
+A job is a run of the store (`core.eval.eval_job.submit_eval`, entry `run_eval`): it survives a closed
 browser, shows in the Runs tab too, and its progress is the number of samples on disk. Nothing is
 sampled or measured in a request handler. Every input is checked before a job is queued (paths
 confined to the app's roots, class names, the extractor's and the model's weights); an error is shown
@@ -42,7 +42,7 @@ METRIC_CHOICES = [("FID / FD", "fid"), ("Inception Score", "isc"), ("precision /
                   ("CLIP score", "clip")]
 REFERENCE_CHOICES = [("demo shapes (held-out reference split)", "shapes"), ("image folder", "folder"),
                      (".npz batch (ADM layout)", "npz")]
-SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")  # core.eval.jobs.SUMMARY_METRICS
+SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")  # core.eval.summary.SUMMARY_METRICS
 JOB_HEADERS = ["job", "label", "model", "weights", "status", "samples", "message"]
 SUMMARY_HEADERS = ["model", "setting", "checkpoint", "metric", "base", "checkpoint value", "Δ (checkpoint − base)",
                    "95% interval of Δ", "verdict"]
@@ -148,7 +148,7 @@ def check_extractor(extractor: str, path: Optional[str], field: str = "extractor
     """ConfigError(field) when the extractor's weights are not on disk. Cheap: only the small demo
     evaluator is loaded; Inception's file is looked up; CLIP / DINOv2 are looked up in the cache."""
     from core.eval import extractors as X
-    from core.eval.jobs import build_metric_extractor
+    from core.eval.inputs import build_metric_extractor
 
     if extractor not in EXTRACTORS:
         raise ConfigError(field, f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
@@ -226,14 +226,14 @@ def progress_bar(done: int, total: int, width: int = 20) -> str:
 # ----------------------------------------------------------------------------- the evaluation job
 @dataclass(frozen=True)
 class EvalPlan:
-    config: Any  # core.eval.jobs.EvalConfig
+    config: Any  # core.eval.configs.EvalConfig
     devices: str
     base: Any = None  # EvalConfig of the base model under the same setting, when it has no result yet
     warning: Optional[str] = None  # the sample size is too small for the numbers to mean much
 
 
 def source_weights(app, value: Optional[str]) -> tuple[str, Optional[str]]:
-    """A source ("preset:<name>" | "<run id>@<step>") -> (preset, weights for core.eval.jobs: None for the
+    """A source ("preset:<name>" | "<run id>@<step>") -> (preset, weights for core.eval.eval_job: None for the
     preset's own weights, the checkpoint's "<run id>@<step>" otherwise). ConfigError("source")."""
     source = comparison.parse_source(value, app.store, "source")
     if source.tokenizer_weights is not None:
@@ -264,7 +264,7 @@ def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> 
 
 
 def _eval_config(**fields):
-    from core.eval.jobs import EvalConfig
+    from core.eval.configs import EvalConfig
 
     try:
         return EvalConfig(**fields)
@@ -274,7 +274,7 @@ def _eval_config(**fields):
 
 def plan_eval(app, values: dict) -> EvalPlan:
     """Form values -> an EvalPlan whose every input and file was checked. Raises ConfigError(input)."""
-    from core.eval import jobs
+    from core.eval import configs, eval_job
     from core.models import registry
 
     preset, weights = source_weights(app, values.get("source"))
@@ -288,7 +288,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
     classes = prompts = None
     if task == "c2i":
         items = class_items(values.get("classes"))
-        classes = jobs.class_ids_of(preset, items) if items else None
+        classes = configs.class_ids_of(preset, items) if items else None
     else:
         prompts = [p.strip() for p in str(values.get("prompts") or "").splitlines() if p.strip()]
         if not prompts:
@@ -335,7 +335,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
         except MissingWeightsError as e:
             raise ConfigError("clip_model", str(e)) from None
     try:
-        jobs.check_eval(cfg, app.runs_dir)
+        eval_job.check_eval(cfg, app.runs_dir)
     except ConfigError as e:
         raise renamed(e, ALIASES) from None
     except DataError as e:
@@ -356,7 +356,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
 def feature_dim(extractor: str, path: Optional[str]) -> int:
     """Dimensions of an extractor's features (the demo evaluator's from its file; the others' defaults)."""
     if extractor == "demo":
-        from core.eval.jobs import build_metric_extractor
+        from core.eval.inputs import build_metric_extractor
 
         return int(build_metric_extractor("demo", path).evaluator.config.feature_dim)
     return FEATURE_DIMS.get(extractor, 2048)
@@ -369,18 +369,18 @@ def setting_key(cfg) -> str:
 
 def base_is_covered(app, cfg) -> bool:
     """Whether the base model has a result, or a queued or running job, under `cfg`'s setting."""
-    from core.eval.jobs import EVAL_ENTRY, EvalConfig, evaluation_summary
+    from core.eval.configs import EvalConfig
+    from core.eval.summary import evaluation_summary
 
     key = setting_key(cfg)
     for row in evaluation_summary(app.runs_dir):
         if row["model"] == cfg.model and row["checkpoint"] == "base" and row["setting_key"] == key:
             return True
     for run in app.store.list_runs([QUEUED, *ACTIVE]):
+        if run.kind != views.EVAL_KIND:
+            continue
         try:
-            config = app.store.read_config(run.id)
-            if config.get("entry") != EVAL_ENTRY:
-                continue
-            other = EvalConfig.from_dict(config)
+            other = EvalConfig.from_dict(app.store.read_config(run.id))
         except (OSError, ValueError, UserError):
             continue
         if other.weights is None and other.model == cfg.model and setting_key(other) == key:
@@ -512,14 +512,14 @@ def new_view() -> dict:
 
 def refresh_view(app, view: Optional[dict]) -> tuple:
     """(jobs table, progress markdown, results table, view); gr.skip() where nothing changed."""
-    from core.eval.jobs import evaluation_summary
+    from core.eval.summary import evaluation_summary
 
     app.ticker.tick_if_due()
     view = {**new_view(), **(view if isinstance(view, dict) else {})}
     store = app.store
     skip = gr.skip()
     runs = store.list_runs()
-    kinds = views.run_kinds(store, runs, view["kinds"])
+    kinds = {r.id: r.kind for r in runs}
     evals = [r for r in runs if kinds[r.id] == views.EVAL_KIND]
     info = {r.id: view["info"][r.id] if r.id in view["info"] else job_info(store, r.id) for r in evals}
     rows = [job_row(store, r, info[r.id]) for r in evals[:MAX_JOBS]]
@@ -579,7 +579,7 @@ def infos(app) -> dict[str, str]:
 def default_source(store) -> str:
     """The newest finished training run's last checkpoint (else any run's newest checkpoint, else the demo)."""
     for run in store.list_runs([FINISHED]):
-        if views.run_kind(store, run.id) == views.TRAIN_KIND and store.last_checkpoint(run.id) is not None:
+        if run.kind == views.TRAIN_KIND and store.last_checkpoint(run.id) is not None:
             return comparison.latest_checkpoint_value(store, run.id)
     return comparison.latest_checkpoint_value(store) or comparison.preset_value("demo-c2i")
 
@@ -667,7 +667,7 @@ def build(ctx: BuildContext) -> None:
     inputs = [comps[k] for k in KEYS]
 
     def submit(cfg, devices: str):
-        from core.eval.jobs import submit_eval
+        from core.eval.eval_job import submit_eval
 
         name = f"eval {cfg.model} {cfg.label or ('base' if cfg.weights is None else cfg.weights)}"
         return submit_eval(app.launcher, cfg, devices, name)

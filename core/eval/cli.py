@@ -192,7 +192,8 @@ def _print_metrics(results: dict, out: Path) -> None:
 
 
 def cmd_fid(args) -> int:
-    from core.eval.jobs import EvalConfig, evaluate
+    from core.eval.configs import EvalConfig
+    from core.eval.eval_job import evaluate
 
     cfg = EvalConfig(model=args.model, weights=args.weights, label=args.label, num_samples=args.num_samples,
                      image_size=args.image_size, classes=args.classes,
@@ -211,7 +212,8 @@ def cmd_fid(args) -> int:
 
 
 def cmd_embeddings(args) -> int:
-    from core.eval.jobs import EmbeddingConfig, embedding_shift, shift_table
+    from core.eval.configs import EmbeddingConfig
+    from core.eval.shift_job import embedding_shift, shift_table
 
     cfg = EmbeddingConfig(model=args.model, base_weights=args.base_weights, aligned_weights=args.aligned_weights,
                           classes=args.classes, per_class=args.per_class, real=args.real, extractor=args.extractor,
@@ -232,7 +234,7 @@ def cmd_embeddings(args) -> int:
 
 
 def cmd_geneval(args) -> int:
-    from core.eval.jobs import export_geneval_samples
+    from core.eval.geneval import export_geneval_samples
 
     bar = _Bar("GenEval samples")
     try:
@@ -249,7 +251,8 @@ def cmd_geneval(args) -> int:
 
 def cmd_clip(args) -> int:
     from core.errors import ConfigError
-    from core.eval.jobs import EvalConfig, class_ids_of, num_classes_of, evaluate, read_prompts
+    from core.eval.configs import EvalConfig, class_ids_of, num_classes_of, read_prompts
+    from core.eval.eval_job import evaluate
     from core.models import registry
 
     if args.images_per_prompt < 1:
@@ -287,7 +290,7 @@ def cmd_clip(args) -> int:
 def cmd_summary(args) -> int:
     import json
 
-    from core.eval.jobs import evaluation_summary, summary_table
+    from core.eval.summary import evaluation_summary, summary_table
 
     rows = evaluation_summary(args.runs_dir, args.folders)
     print(json.dumps(rows, indent=2) if args.json else summary_table(rows))

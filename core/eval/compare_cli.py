@@ -66,7 +66,7 @@ def cmd_compare(args) -> int:
     from core.data.classes import class_names_for, resolve_classes
     from core.eval import alignment as A
     from core.checkpoints import resolve_weights
-    from core.eval.jobs import build_metric_extractor
+    from core.eval.inputs import build_metric_extractor
     from core.models import load, registry
     from core.models.generate import check_sampling_args
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from core.checkpoints import check_states
 from core.errors import ConfigError
 from core.paths import ROOT
+from core.runs import entries
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING,
     STOPPED, STOPPING, Run, RunStateError, RunStore, all_processes, final_status_in_folder,
@@ -41,7 +42,7 @@ KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the process
 LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
 MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
-DEFAULT_ENTRY = "core.vapi.trainer:run_worker"
+DEFAULT_ENTRY = entries.TRAIN_ENTRY
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
