@@ -20,7 +20,7 @@ import gradio as gr
 from app import form, views
 from app.safety import confine
 from app.tabs import BuildContext
-from app.tabs.evaluate import (EXTRACTORS, JOB_INFOS, check_extractor, class_items, default_devices, error_target, error_text,
+from app.tabs.shared import (EXTRACTORS, JOB_INFOS, check_extractor, class_items, default_devices, error_target, error_text,
                                extractor_path_of, feature_space, field_updates, message, parse_device_set,
                                parse_number, progress_bar, renamed, roots_text, signature)
 from app.tabs.launch import device_choices
