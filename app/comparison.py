@@ -78,14 +78,20 @@ def source_choices(store: RunStore) -> list[tuple[str, str]]:
     return out
 
 
-def latest_checkpoint_value(store: RunStore, run_id: str | None = None) -> Optional[str]:
-    """The newest checkpoint of `run_id` (or of the newest run that has one)."""
+def latest_checkpoint(store: RunStore, run_id: str | None = None) -> Optional[tuple[str, int]]:
+    """(run id, step) of the newest checkpoint of `run_id` (or of the newest run that has one)."""
     runs = [store.get(run_id)] if run_id else store.list_runs()
     for run in runs:
         ckpt = store.last_checkpoint(run.id)
         if ckpt is not None:
-            return run_value(run.id, ckpt.step)
+            return run.id, ckpt.step
     return None
+
+
+def latest_checkpoint_value(store: RunStore, run_id: str | None = None) -> Optional[str]:
+    """The source value of `latest_checkpoint`."""
+    found = latest_checkpoint(store, run_id)
+    return run_value(*found) if found is not None else None
 
 
 def parse_source(value: str | None, store: RunStore, field: str) -> Source:
