@@ -154,6 +154,15 @@ def test_entries_map_old_names_to_the_entry_points_that_exist_now():
     for old, new in entries.RENAMED.items():
         assert entries.current(old) == new and entries.kind_of(old) == entries.kind_of(new) != entries.TRAIN
     assert entries.current(ENTRY) == ENTRY and entries.kind_of(ENTRY) == entries.TRAIN
+    from core.eval import eval_job, shift_job
+    from core.vapi import trainer
+
+    assert (eval_job.EVAL_ENTRY, shift_job.EMBEDDINGS_ENTRY, trainer.ENTRY) == (
+        entries.EVAL_ENTRY, entries.EMBEDDINGS_ENTRY, entries.TRAIN_ENTRY)
+    from core.runs.worker import resolve_entry  # a run made before the split resumes with the moved function
+
+    assert resolve_entry({"entry": "core.eval.jobs:run_eval"}) is eval_job.run_eval
+    assert resolve_entry({"entry": "core.eval.jobs:run_embeddings"}) is shift_job.run_embeddings
 
 
 def test_requeue_clears_the_previous_attempt_and_joins_the_end_of_the_queue(store):
