@@ -907,7 +907,7 @@ class RunStore:
         - the metrics table (and the run's step): what the UI and the CLI read.
 
         status.json is not rewritten per point (nothing reads a running run's step there: a rebuild
-        takes the step from metrics.jsonl); it follows the row at every status change."""
+        takes the step from metrics.jsonl); every other write to the row rewrites it."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         clean = {}
