@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from core.checkpoints import check_states
+from core.checkpoints import check_states, step_dir_name
 from core.errors import ConfigError
 from core.paths import ROOT
 from core.runs import entries
@@ -317,7 +317,7 @@ class Launcher:
         ckpt = self.store.last_checkpoint(run.id)
         if ckpt is None:
             return "no checkpoint yet: resume starts it again from step 0"
-        return f"resume continues from checkpoint step-{ckpt.step:06d}"
+        return f"resume continues from checkpoint {step_dir_name(ckpt.step)}"
 
     # -- user actions -----------------------------------------------------------------------
 
@@ -370,7 +370,7 @@ class Launcher:
         step = ckpt.step if ckpt is not None else 0
         self.store.trim_after(run_id, step)
         self.store.clear_stop_request(run_id)
-        message = (f"resumed from checkpoint step-{step:06d}" if ckpt is not None
+        message = (f"resumed from checkpoint {step_dir_name(step)}" if ckpt is not None
                    else "resumed without a checkpoint: starts again from step 0")
         fields = {"resume": 1, "step": step, "message": message}
         if total_steps is not None:
