@@ -5,7 +5,7 @@ per-class numbers) are `core.eval.alignment`'s; this module resolves the sources
 through the app's cache and writes the files the page shows.
 
 A side is a *source*: a generator preset with its published (or embedded) weights, written
-"preset:<name>", or a run checkpoint, "run:<run id>:<step>". Both sides sample the same (condition,
+"preset:<name>", or a run checkpoint named in `core.checkpoints`' weights grammar, "<run id>@<step>". Both sides sample the same (condition,
 seed) list; `core.models.generate.generate_images` makes row i depend only on (cond[i], seeds[i]),
 so equal weights give equal images and any difference comes from the weights.
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from core.checkpoints import ref_text, resolve_weights
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import RunNotFoundError, RunStore
 
@@ -31,7 +32,7 @@ CLASS_SEEDS = (0, 1, 2)  # seeds of the per-class numbers: a verdict carries its
 
 @dataclass(frozen=True)
 class Source:
-    value: str  # "preset:<name>" | "run:<run id>:<step>"
+    value: str  # "preset:<name>" | "<run id>@<step>" (core.checkpoints.ref_text)
     label: str
     preset: str  # generator preset
     generator_weights: Optional[Path]  # None: the preset's own weights
@@ -63,7 +64,7 @@ def preset_value(name: str) -> str:
 
 
 def run_value(run_id: str, step: int) -> str:
-    return f"run:{run_id}:{step}"
+    return ref_text(run_id, step)
 
 
 def source_choices(store: RunStore) -> list[tuple[str, str]]:
@@ -77,14 +78,20 @@ def source_choices(store: RunStore) -> list[tuple[str, str]]:
     return out
 
 
-def latest_checkpoint_value(store: RunStore, run_id: str | None = None) -> Optional[str]:
-    """The newest checkpoint of `run_id` (or of the newest run that has one)."""
+def latest_checkpoint(store: RunStore, run_id: str | None = None) -> Optional[tuple[str, int]]:
+    """(run id, step) of the newest checkpoint of `run_id` (or of the newest run that has one)."""
     runs = [store.get(run_id)] if run_id else store.list_runs()
     for run in runs:
         ckpt = store.last_checkpoint(run.id)
         if ckpt is not None:
-            return run_value(run.id, ckpt.step)
+            return run.id, ckpt.step
     return None
+
+
+def latest_checkpoint_value(store: RunStore, run_id: str | None = None) -> Optional[str]:
+    """The source value of `latest_checkpoint`."""
+    found = latest_checkpoint(store, run_id)
+    return run_value(*found) if found is not None else None
 
 
 def parse_source(value: str | None, store: RunStore, field: str) -> Source:
@@ -99,26 +106,23 @@ def parse_source(value: str | None, store: RunStore, field: str) -> Source:
         except ConfigError as e:
             raise ConfigError(field, str(e)) from None
         return Source(text, f"preset {name}", name, None, None)
-    m = re.fullmatch(r"run:([A-Za-z0-9][A-Za-z0-9._-]*):(\d+)", text)
-    if not m:
+    weights = resolve_weights(text, store.runs_dir, field=field, tokenizer_ok=True)
+    if weights.run_id is None or not Path(weights.path).is_relative_to(store.runs_dir.resolve()):
         raise ConfigError(field, f"{text!r}: pick a preset or a run checkpoint from the list")
-    run_id, step = m.group(1), int(m.group(2))
+    run_id, step = weights.run_id, weights.step
     try:
         store.get(run_id)
     except RunNotFoundError:
         raise ConfigError(field, f"run {run_id} does not exist (deleted?)") from None
-    ckpt = next((c for c in store.checkpoints(run_id) if c.step == step), None)
-    if ckpt is None:
-        raise ConfigError(field, f"run {run_id} has no checkpoint at step {step}")
     config = store.read_config(run_id)
     preset = config.get("model")
     if not isinstance(preset, str):
         raise ConfigError(field, f"run {run_id}: its config names no model preset")
-    if config.get("method") == "decoder":
+    if weights.is_tokenizer:
         init = config.get("init_weights")
-        return Source(text, f"{run_id} step {step}", preset, Path(init) if init else None,
-                      ckpt.path / "tokenizer.pt")
-    return Source(text, f"{run_id} step {step}", preset, ckpt.path / "model.pt", None)
+        return Source(weights.checkpoint, f"{run_id} step {step}", preset, Path(init) if init else None,
+                      Path(weights.path))
+    return Source(weights.checkpoint, f"{run_id} step {step}", preset, Path(weights.path), None)
 
 
 def _file_key(path: Optional[Path]) -> tuple:
@@ -290,7 +294,7 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
         per_class_rows, notes = [], []
         if per_class:
             from core.errors import CheckpointError
-            from core.eval.jobs import build_metric_extractor
+            from core.eval.inputs import build_metric_extractor
 
             try:
                 extractor = build_metric_extractor("demo" if b.embedded else "inception", None, dev)

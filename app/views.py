@@ -1,41 +1,24 @@
 """Text the tabs show about runs: the run list, progress, ETA, latest reward. Read from the store only.
 
 Runs are training runs or evaluation jobs (FID/IS/precision/recall, embedding shift) of the same
-store; `run_kind` tells them apart by the worker entry their config names. For a job, "step" counts
-samples drawn.
+store; the store's `Run.kind` tells them apart. For a job, "step" counts samples drawn.
 """
 from __future__ import annotations
 
 import time
 from typing import Optional
 
+from core.runs import entries
 from core.runs.store import ACTIVE, QUEUED, RUNNING, Run, RunStore
 
 ETA_WINDOW = 20  # steps whose timestamps estimate the time per step
 TABLE_HEADERS = ["run", "name", "kind", "status", "step", "ETA", "reward", "devices", "created"]
-EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND = "eval", "embeddings", "train"
+EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND = entries.EVAL, entries.EMBEDDINGS, entries.TRAIN
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
     """(label, run id) for the run selectors, newest first."""
     return [(r.id if r.name in r.id else f"{r.id} · {r.name}", r.id) for r in store.list_runs()]
-
-
-def run_kind(store: RunStore, run_id: str) -> str:
-    """"eval", "embeddings" or "train": which worker entry the run's config names."""
-    from core.eval.jobs import EMBEDDINGS_ENTRY, EVAL_ENTRY
-
-    try:
-        entry = store.read_config(run_id).get("entry")
-    except (OSError, ValueError, AttributeError):  # folder gone or config unreadable: show it as training
-        return TRAIN_KIND
-    return {EVAL_ENTRY: EVAL_KIND, EMBEDDINGS_ENTRY: EMBEDDINGS_KIND}.get(entry, TRAIN_KIND)
-
-
-def run_kinds(store: RunStore, runs: list[Run], known: dict[str, str]) -> dict[str, str]:
-    """Kinds of `runs` (run id -> kind), reading only the configs of runs missing from `known` (a
-    config never changes once written)."""
-    return {r.id: known[r.id] if r.id in known else run_kind(store, r.id) for r in runs}
 
 
 def duration(seconds: Optional[float]) -> str:
@@ -102,9 +85,9 @@ def job_results(store: RunStore, run: Run) -> Optional[str]:
     curves); None for a training run."""
     import json
 
-    from core.eval.jobs import RESULTS_FILE
+    from core.eval.job_io import RESULTS_FILE
 
-    kind = run_kind(store, run.id)
+    kind = run.kind
     if kind == TRAIN_KIND:
         return None
     tab = "Evaluate" if kind == EVAL_KIND else "Embeddings"

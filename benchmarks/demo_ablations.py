@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.checkpoints import MODEL_FILE
 from core.eval import demo_report
 from core.runs.recorder import RunRecorder
 from core.runs.store import RunStore
@@ -72,7 +73,7 @@ def run_variant(name: str, overrides: dict, root: Path) -> dict:
     t = time.perf_counter()
     Trainer(cfg, run_dir, RunRecorder(run_dir, is_main=True), log=lambda m: None).train()
     train_s = time.perf_counter() - t
-    weights = Path(store.last_checkpoint(run.id).path) / "model.pt"
+    weights = Path(store.last_checkpoint(run.id).path) / MODEL_FILE
     rows = store.read_metrics(run.id)
     res = demo_report.evaluate_checkpoint(weights=weights, log=lambda m: None)
     return {"overrides": overrides, "train_seconds": round(train_s, 1), "kl_base": rows[-1].get("kl_base"),

@@ -67,7 +67,7 @@ def main() -> int:
     from app import views
 
     store = app.ctx.store
-    runs = [r for r in store.list_runs() if views.run_kind(store, r.id) == views.TRAIN_KIND]  # not eval jobs
+    runs = [r for r in store.list_runs() if r.kind == views.TRAIN_KIND]  # not eval jobs
     newest, other = runs[0].id, runs[1].id
     args.out.mkdir(parents=True, exist_ok=True)
     try:

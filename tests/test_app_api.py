@@ -285,7 +285,7 @@ def test_compare_pairs_use_the_same_seeds(served):
 
     store, client = served.store, served.ui.client
     run_id, step = make_checkpoint(store)
-    aligned = f"run:{run_id}:{step}"
+    aligned = f"{run_id}@{step}"
     status, gallery, zip_path, _, _ = client.predict("preset:demo-c2i", aligned, [0, 3], "", "0, 1", 1.0, 1.0, 0, 1.0,
                                                      "cpu", "free", 2, 0, api_name="/compare")
     assert status.startswith("✓ **free-running: samples of two distributions") and "4 rows" in status, status
@@ -348,8 +348,8 @@ def test_compare_pairs_use_the_same_seeds(served):
 
     # bad inputs name the field
     for args, field in ((("preset:demo-c2i", aligned, [0], "", "x", 1.0, 1.0, 0, 1.0, "cpu"), "seeds"),
-                        (("preset:demo-c2i", "run:nope:3", [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "aligned"),
-                        (("preset:demo-c2i", f"run:{run_id}:999", [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "aligned"),
+                        (("preset:demo-c2i", "nope@3", [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "aligned"),
+                        (("preset:demo-c2i", f"{run_id}@999", [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "aligned"),
                         (("preset:demo-c2i", aligned, [0], "", "0", 0.5, 1.0, 0, 1.0, "cpu"), "cfg_scale"),
                         (("preset:demo-c2i", aligned, [0], "", "0", 1.0, 1.0, 0, 1.5, "cpu"), "top_p"),
                         (("preset:llamagen-c2i-b-256", aligned, [0], "", "0", 1.0, 1.0, 0, 1.0, "cpu"), "base"),
@@ -441,7 +441,7 @@ def test_the_form_covers_every_config_field_and_its_cli_is_equivalent():
 def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panels(served, tmp_path):
     import csv
 
-    from core.eval.jobs import EVAL_ENTRY
+    from core.eval.eval_job import EVAL_ENTRY
     from core.vapi.trainer import ENTRY
 
     store, client = served.store, served.ui.client

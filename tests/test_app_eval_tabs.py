@@ -117,10 +117,10 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):
 
 
 def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(served):
-    from core.eval.jobs import evaluation_summary
+    from core.eval.summary import evaluation_summary
 
     ui, store, aligned = served.ui, served.store, served.aligned
-    out = ui.call("/launch_eval", source=f"run:{aligned}:{STEP}", label="aligned", **EVAL)
+    out = ui.call("/launch_eval", source=f"{aligned}@{STEP}", label="aligned", **EVAL)
     status = out["evaluate status"]
     assert status.startswith("✓ **Queued**") and "base model under the same setting" in status, status
     jobs = [r for r in store.list_runs() if r.id != aligned]
@@ -161,7 +161,7 @@ def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(s
     assert summary["metrics"]["fid"] != summary["base_metrics"]["fid"]  # other weights, other samples
 
     # the base now has a result under this setting: a second launch would queue the checkpoint alone
-    values = {**{k: None for k in evaluate.KEYS}, "source": f"run:{aligned}:{STEP}", "with_base": True, "cfg": False,
+    values = {**{k: None for k in evaluate.KEYS}, "source": f"{aligned}@{STEP}", "with_base": True, "cfg": False,
               "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0, "precision": "fp32", "label": "aligned",
               **EVAL}
     assert evaluate.plan_eval(served.app.ctx, values).base is None
@@ -234,7 +234,7 @@ def bad_paths(tmp: Path, data_root: Path) -> Path:
 def test_bad_inputs_are_rejected_with_the_input_named_and_no_job(served):
     ui, store, aligned = served.ui, served.store, served.aligned
     outside = bad_paths(served.tmp, served.data_root)
-    source = f"run:{aligned}:{STEP}"
+    source = f"{aligned}@{STEP}"
     eval_cases = [
         (dict(reference_kind="folder", reference=str(outside)), "reference", "outside the allowed roots"),
         (dict(reference_kind="folder", reference="../elsewhere"), "reference", "'..' is not allowed"),
@@ -253,8 +253,8 @@ def test_bad_inputs_are_rejected_with_the_input_named_and_no_job(served):
         (dict(top_p=1.5), "top_p", "(0, 1]"),
         (dict(image_size=4), "image_size", ">= 8"),
         (dict(devices=[]), "devices", "pick cpu"),
-        (dict(source="run:nope:3"), "source", "does not exist"),
-        (dict(source=f"run:{aligned}:9"), "source", "no checkpoint at step 9"),
+        (dict(source="nope@3"), "source", "does not exist"),
+        (dict(source=f"{aligned}@9"), "source", "no checkpoint at step 9"),
         (dict(source="preset:llamagen-c2i-b-256", with_base=False), "source", "c2i_B_256.pt"),
     ]
     for fields, field, why in eval_cases:

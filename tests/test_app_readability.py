@@ -57,4 +57,4 @@ def test_evaluate_source_follows_the_newest_finished_training_run(tiny_demo, tmp
         if status == FINISHED:
             store.set_status(run.id, FINISHED)
         made.append(run.id)
-    assert default_source(store) == f"run:{made[1]}:2"  # the newest finished one, not the running one
+    assert default_source(store) == f"{made[1]}@2"  # the newest finished one, not the running one

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from core import checkpoints
 from core.cli import main
 from core.errors import ConfigError, DataError, MissingWeightsError
-from core.eval import jobs
+from core.eval import configs, eval_job, inputs, job_io, shift_job, summary
 from core.eval.cli import add_eval_command, register
 from core.runs import FINISHED, RUNNING, Launcher, RunStore
 from tests.helpers import tiny_gpt, train_tiny_evaluator
@@ -57,8 +58,8 @@ def _aligned_run(store: RunStore, step: int = 5, seed: int = 1) -> str:
     return run.id
 
 
-def _config(evaluator, **change) -> jobs.EvalConfig:
-    return jobs.EvalConfig(**{**dict(num_samples=SAMPLES, batch_size=BATCH, extractor="demo", extractor_path=evaluator,
+def _config(evaluator, **change) -> configs.EvalConfig:
+    return configs.EvalConfig(**{**dict(num_samples=SAMPLES, batch_size=BATCH, extractor="demo", extractor_path=evaluator,
                                      reference="shapes", device="cpu", num_seeds=1), **change})
 
 
@@ -72,31 +73,31 @@ def test_eval_jobs_run_through_the_worker_and_the_summary_puts_base_beside_each_
 
     aligned_id = _aligned_run(store)
     launcher = Launcher(store)
-    base = jobs.submit_eval(launcher, _config(evaluator, label="base"), "cpu")  # a detached worker process
+    base = eval_job.submit_eval(launcher, _config(evaluator, label="base"), "cpu")  # a detached worker process
     done = launcher.wait(base.id, timeout=120)
     assert done.status == FINISHED, store.log_tail(base.id, 40)
     assert (done.step, done.total_steps) == (SAMPLES, SAMPLES)
-    results = json.loads((done.run_dir / jobs.RESULTS_FILE).read_text())
+    results = json.loads((done.run_dir / job_io.RESULTS_FILE).read_text())
     assert _finite(results["metrics"]) and results["checkpoint"] == "base"
     assert store.latest_metrics(base.id)["fid"] == results["metrics"]["fid"]
-    assert (done.run_dir / jobs.SAMPLING_DIR / "seed-0" / "samples.npz").is_file()
+    assert (done.run_dir / eval_job.SAMPLING_DIR / "seed-0" / "samples.npz").is_file()
     assert "[eval] sampling: 12/12 samples" in store.log_tail(base.id, 40)
 
     # the aligned checkpoint named by run id and step, run by the worker in this process
-    aligned = store.create_run("eval aligned", {"entry": jobs.EVAL_ENTRY,
+    aligned = store.create_run("eval aligned", {"entry": eval_job.EVAL_ENTRY,
                                                 **_config(evaluator, weights=f"{aligned_id[-8:]}@5").to_dict()},
                                "cpu", SAMPLES)
     assert worker.main(["--run-dir", str(aligned.run_dir)]) == 0
     assert store.get(aligned.id).status == FINISHED
 
-    rows = jobs.evaluation_summary(store.runs_dir)
+    rows = summary.evaluation_summary(store.runs_dir)
     assert [r["checkpoint"] for r in rows] == ["base", f"{aligned_id}@5"]
     base_row, aligned_row = rows
     assert base_row["base_metrics"] is None and (aligned_row["run_id"], aligned_row["step"]) == (aligned_id, 5)
     assert aligned_row["base_metrics"] == base_row["metrics"]
     assert aligned_row["delta"]["fid"] == pytest.approx(aligned_row["metrics"]["fid"] - base_row["metrics"]["fid"])
     assert aligned_row["metrics"]["fid"] != base_row["metrics"]["fid"]  # other weights, other samples
-    table = jobs.summary_table(rows)
+    table = summary.summary_table(rows)
     assert f"{aligned_id}@5" in table and f"({base_row['metrics']['fid']:.4g})" in table
 
 
@@ -114,14 +115,14 @@ def test_a_stopped_eval_job_resumes_from_its_samples(tiny_demo, evaluator, tmp_p
         def should_stop(self):
             return self.stop_after is not None and self.progress[-1][0] >= self.stop_after
 
-    config = {"entry": jobs.EVAL_ENTRY, **_config(evaluator).to_dict()}
+    config = {"entry": eval_job.EVAL_ENTRY, **_config(evaluator).to_dict()}
     first = Recorder(stop_after=BATCH)
-    jobs.run_eval(config, tmp_path, first, resume=False)
-    assert not (tmp_path / jobs.RESULTS_FILE).exists() and first.metrics == []
+    eval_job.run_eval(config, tmp_path, first, resume=False)
+    assert not (tmp_path / job_io.RESULTS_FILE).exists() and first.metrics == []
     stopped_at = first.progress[-1][0]
     assert BATCH <= stopped_at < SAMPLES  # a block in flight when the stop came is still written
     second = Recorder(stop_after=None)
-    jobs.run_eval(config, tmp_path, second, resume=True)
+    eval_job.run_eval(config, tmp_path, second, resume=True)
     assert second.progress[0] == (stopped_at, SAMPLES) and second.progress[-1] == (SAMPLES, SAMPLES)
     assert [step for step, _ in second.metrics] == [SAMPLES] and _finite(second.metrics[0][1])
 
@@ -134,7 +135,7 @@ def test_missing_inception_weights_fail_before_any_sampling(tiny_demo, tmp_path,
     assert rc == 2 and "weights-inception-2015-12-05-6726825d.pth not found" in err and "curl" in err
     assert not out.exists()
     with pytest.raises(MissingWeightsError, match="Inception-v3 FID weights"):
-        jobs.submit_eval(Launcher(store), jobs.EvalConfig(num_samples=20, reference="shapes", device="cpu"), "cpu")
+        eval_job.submit_eval(Launcher(store), configs.EvalConfig(num_samples=20, reference="shapes", device="cpu"), "cpu")
     assert store.list_runs() == []
 
 
@@ -162,11 +163,11 @@ def test_eval_config_errors_name_the_field(tiny_demo):
                          ({"cfg_scale": 0.0}, "cfg_scale"), ({"classes": ["no such class"]}, "classes"),
                          ({"model": "gpt-9"}, "model"), ({"clip_template": "a photo"}, "clip_template")]:
         with pytest.raises(ConfigError, match=f"^{name}:"):
-            jobs.EvalConfig(**{**dict(reference="shapes"), **change})
+            configs.EvalConfig(**{**dict(reference="shapes"), **change})
     with pytest.raises(ConfigError, match="^steps:"):
-        jobs.EvalConfig.from_dict({"entry": jobs.EVAL_ENTRY, "steps": 3})
+        configs.EvalConfig.from_dict({"entry": eval_job.EVAL_ENTRY, "steps": 3})
     with pytest.raises(ConfigError, match="^reference: 'shapes:test'"):
-        jobs.reference_input("shapes:test", 16, 4)
+        inputs.reference_input("shapes:test", 16, 4)
 
 
 def test_weights_are_found_by_file_checkpoint_run_folder_and_run_id(tiny_demo, store, tmp_path):
@@ -177,18 +178,18 @@ def test_weights_are_found_by_file_checkpoint_run_folder_and_run_id(tiny_demo, s
     (later / "tokenizer.pt").write_bytes(b"")  # a decoder-baseline checkpoint
     (later / "trainer_state.json").write_text('{"step": 9}')
     model = str(run_dir / "checkpoints" / "step-000005" / "model.pt")
-    assert jobs.resolve_weights(None) == jobs.WeightsRef() and jobs.resolve_weights("base").checkpoint == "base"
-    assert jobs.resolve_weights(model) == jobs.WeightsRef(model, run_id, 5)
-    assert jobs.resolve_weights(run_dir / "checkpoints" / "step-000005").checkpoint == f"{run_id}@5"
-    assert jobs.resolve_weights(f"{run_id}@5", store.runs_dir).path == model
+    assert checkpoints.resolve_weights(None) == checkpoints.WeightsRef() and checkpoints.resolve_weights("base").checkpoint == "base"
+    assert checkpoints.resolve_weights(model) == checkpoints.WeightsRef(model, run_id, 5)
+    assert checkpoints.resolve_weights(run_dir / "checkpoints" / "step-000005").checkpoint == f"{run_id}@5"
+    assert checkpoints.resolve_weights(f"{run_id}@5", store.runs_dir).path == model
     with pytest.raises(ConfigError, match="^weights: .*decoder baseline"):
-        jobs.resolve_weights(run_dir)  # the last checkpoint holds a tokenizer
+        checkpoints.resolve_weights(run_dir)  # the last checkpoint holds a tokenizer
     with pytest.raises(ConfigError, match="^weights: .*no checkpoint at step 7; it has steps 5, 9"):
-        jobs.resolve_weights(f"{run_id}@7", store.runs_dir)
+        checkpoints.resolve_weights(f"{run_id}@7", store.runs_dir)
     with pytest.raises(ConfigError, match="^weights: 'nothing-like-this'"):
-        jobs.resolve_weights("nothing-like-this", store.runs_dir)
+        checkpoints.resolve_weights("nothing-like-this", store.runs_dir)
     with pytest.raises(ConfigError, match="no run store"):
-        jobs.resolve_weights("abc", tmp_path / "elsewhere")
+        checkpoints.resolve_weights("abc", tmp_path / "elsewhere")
 
 
 def test_real_images_and_references_from_folders_npz_and_prompt_files(tiny_demo, tmp_path):
@@ -201,28 +202,28 @@ def test_real_images_and_references_from_folders_npz_and_prompt_files(tiny_demo,
         (tmp_path / "real" / name).mkdir(parents=True)
         for j in range(5):
             Image.fromarray(rng.integers(0, 256, (20 + j, 24, 3), dtype=np.uint8)).save(tmp_path / "real" / name / f"{j}.png")
-    images, labels = jobs.real_images(str(tmp_path / "real"), [0, 2], 4, 16)
+    images, labels = inputs.real_images(str(tmp_path / "real"), [0, 2], 4, 16)
     assert images.shape == (8, 3, 16, 16) and labels.tolist() == [0] * 4 + [2] * 4
     with pytest.raises(DataError, match="class 1 has 5 images, fewer than per_class=6"):
-        jobs.real_images(str(tmp_path / "real"), [1], 6, 16)
-    shapes_x, shapes_y = jobs.real_images("shapes:val", [3, 7], 2, 16)
+        inputs.real_images(str(tmp_path / "real"), [1], 6, 16)
+    shapes_x, shapes_y = inputs.real_images("shapes:val", [3, 7], 2, 16)
     assert shapes_x.shape == (4, 3, 16, 16) and shapes_y.tolist() == [3, 7, 3, 7]  # scenes 3, 7, 13, 17: index order
 
-    folder = jobs.reference_input(str(tmp_path / "real"), 16, 6)
+    folder = inputs.reference_input(str(tmp_path / "real"), 16, 6)
     assert len(folder) == 6 and folder[0].dtype == torch.uint8 and folder[0].shape == (3, 16, 16)
     (tmp_path / "real" / "n001" / "9.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="9.png: unreadable image"):
-        jobs.reference_input(str(tmp_path / "real"), 16, None)[5]
+        inputs.reference_input(str(tmp_path / "real"), 16, None)[5]
     npz = write_npz(tmp_path / "ref.npz", np.zeros((4, 16, 16, 3), np.uint8))
-    assert jobs.reference_input(str(npz), 16, 2) == npz
-    assert len(jobs.reference_input("shapes", 16, 3)) == 3
+    assert inputs.reference_input(str(npz), 16, 2) == npz
+    assert len(inputs.reference_input("shapes", 16, 3)) == 3
 
     (tmp_path / "p.txt").write_text("a red circle\n\n two stars \n")
     (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle"}\n{"caption": "two stars"}\n')
-    assert jobs.read_prompts(tmp_path / "p.txt") == jobs.read_prompts(tmp_path / "p.jsonl") == ["a red circle", "two stars"]
+    assert configs.read_prompts(tmp_path / "p.txt") == configs.read_prompts(tmp_path / "p.jsonl") == ["a red circle", "two stars"]
     (tmp_path / "bad.jsonl").write_text('{"prompt": "x"}\n{"label": 3}\n')
     with pytest.raises(DataError, match="bad.jsonl:2"):
-        jobs.read_prompts(tmp_path / "bad.jsonl")
+        configs.read_prompts(tmp_path / "bad.jsonl")
 
 
 def test_cli_fid_writes_json_and_a_second_call_only_measures(tiny_demo, evaluator, tmp_path, capsys):
@@ -244,7 +245,7 @@ def test_cli_fid_writes_json_and_a_second_call_only_measures(tiny_demo, evaluato
             for name in ("samples/000000.png", "samples.npz")] == stamps
     assert main([*argv[:-2], "--cfg-scale", "2", "--out", str(out)]) == 2  # another setting, same folder
     assert "cfg_scale was 1.0, now 2.0" in capsys.readouterr().err
-    assert len(jobs.evaluation_summary(tmp_path / "no-runs", [out])) == 1
+    assert len(summary.evaluation_summary(tmp_path / "no-runs", [out])) == 1
 
 
 def test_two_processes_under_torch_distributed_share_the_samples_of_one(tiny_demo, evaluator, tmp_path):
@@ -291,13 +292,13 @@ def test_cli_embeddings_draws_the_three_sets_with_finite_numbers(tiny_demo, eval
     base = np.load(out / "base" / "seed-0" / "samples.npz")["arr_1"]
     assert base.tolist() == [0, 1, 2] * 6
     with pytest.raises(ConfigError, match="^classes: class 0 is listed more than once"):
-        jobs.EmbeddingConfig(aligned_weights=aligned, classes=["0", "circle"]).class_ids()
+        configs.EmbeddingConfig(aligned_weights=aligned, classes=["0", "circle"]).class_ids()
 
     # the same analysis as a background run of the run manager
-    config = jobs.EmbeddingConfig(aligned_weights=f"{aligned}@5", classes=[4, 5], per_class=4, batch_size=4,
+    config = configs.EmbeddingConfig(aligned_weights=f"{aligned}@5", classes=[4, 5], per_class=4, batch_size=4,
                                   extractor_path=evaluator, projections=["tsne"], device="cpu", num_seeds=1)
     launcher = Launcher(store)
-    run = launcher.wait(jobs.submit_embeddings(launcher, config, "cpu").id, timeout=120)
+    run = launcher.wait(shift_job.submit_embeddings(launcher, config, "cpu").id, timeout=120)
     assert run.status == FINISHED and run.step == run.total_steps == 16, store.log_tail(run.id, 40)
     logged = store.latest_metrics(run.id)
     job = json.loads((run.run_dir / "results.json").read_text())

@@ -225,7 +225,7 @@ def test_a_missing_text_encoder_is_reported_before_the_generator_loads(t2i, tmp_
 def test_geneval_export_lays_out_each_prompts_images(t2i, tmp_path):
     from core import paths
     from core.eval.geneval import read_geneval_folder, read_geneval_prompts
-    from core.eval.jobs import export_geneval_samples
+    from core.eval.geneval import export_geneval_samples
 
     rows = read_geneval_prompts(paths.ASSETS_DIR / "geneval" / "evaluation_metadata.jsonl")[:3]
     prompts_file = tmp_path / "three.jsonl"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.eval import jobs
+from core.eval import configs, eval_job, shift_job, summary
 from tests.helpers import tiny_gpt, train_tiny_evaluator
 
 SAMPLES = 40  # per seed: 4 per demo class
@@ -32,10 +32,10 @@ def checkpoint(path, scale: float, sharpen: float = 1.0):
 
 
 def evaluate(evaluator, out, weights=None):
-    cfg = jobs.EvalConfig(num_samples=SAMPLES, batch_size=BATCH, extractor="demo", extractor_path=evaluator,
+    cfg = configs.EvalConfig(num_samples=SAMPLES, batch_size=BATCH, extractor="demo", extractor_path=evaluator,
                           reference="shapes", metrics=["fid", "prc"], device="cpu", num_seeds=3, weights=weights,
                           label="" if weights else "base")
-    return jobs.evaluate(cfg, out, log=lambda m: None)
+    return eval_job.evaluate(cfg, out, log=lambda m: None)
 
 
 @pytest.mark.slow
@@ -45,15 +45,15 @@ def test_evaluate_and_embeddings_agree_on_fd_and_verdict(tiny_demo, evaluator, t
     for name, scale, sharpen in (("near", 1e-4, 1.0), ("far", 0.0, 30.0)):
         weights = checkpoint(tmp_path / f"{name}.pt", scale, sharpen)
         evaluate(evaluator, tmp_path / f"eval-{name}", weights)
-        rows = jobs.evaluation_summary(tmp_path / "no-runs", folders=[tmp_path / "eval-base", tmp_path / f"eval-{name}"])
+        rows = summary.evaluation_summary(tmp_path / "no-runs", folders=[tmp_path / "eval-base", tmp_path / f"eval-{name}"])
         row = next(r for r in rows if r["checkpoint"] != "base")
         from_eval = row["verdicts"]
         assert from_eval["fid"]["method"] == "bootstrap" and from_eval["fid"]["seeds"] == 3
 
-        emb = jobs.EmbeddingConfig(aligned_weights=weights, per_class=SAMPLES // 10, extractor="demo",
+        emb = configs.EmbeddingConfig(aligned_weights=weights, per_class=SAMPLES // 10, extractor="demo",
                                    extractor_path=evaluator, projections=["tsne"], batch_size=BATCH, device="cpu",
                                    num_seeds=3)
-        report = jobs.embedding_shift(emb, tmp_path / f"emb-{name}", log=lambda m: None)
+        report = shift_job.embedding_shift(emb, tmp_path / f"emb-{name}", log=lambda m: None)
         from_emb = report.results["verdicts"]
         for metric in ("fid", "precision", "recall"):
             e, m = from_eval[metric], from_emb[metric]

@@ -262,6 +262,7 @@ def test_full_disk_during_a_checkpoint_fails_the_run_with_the_reason_and_keeps_t
 def test_a_write_error_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
     from collections import namedtuple
 
+    from core import checkpoints
     from core.runs import recorder as rec
 
     store = RunStore(tmp_path / "runs")
@@ -271,8 +272,8 @@ def test_a_write_error_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
         (d / "model.pt").write_bytes(b"x" * 3 * 2**20)
     usage = namedtuple("usage", "total used free")
     with monkeypatch.context() as m:
-        m.setattr(rec.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 4096))
-        with pytest.raises(rec.DiskFullError, match=r"no space left on .* \(needed ~3 MB for a checkpoint"):
+        m.setattr(checkpoints.shutil, "disk_usage", lambda p: usage(10 * 2**30, 10 * 2**30, 4096))
+        with pytest.raises(checkpoints.DiskFullError, match=r"no space left on .* \(needed ~3 MB for a checkpoint"):
             with recorder.save_checkpoint(2) as d:
                 (d / "model.pt").write_bytes(b"x" * 1000)
                 raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 1024 vs 960")
@@ -288,7 +289,7 @@ def test_a_failure_that_cannot_be_written_to_runs_db_is_kept_in_status_json(stor
 
     from core.runs import Launcher
     from core.runs import worker
-    from core.runs.recorder import DiskFullError
+    from core.checkpoints import DiskFullError
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -122,6 +122,48 @@ def test_a_version_1_index_gains_the_run_time_column(tmp_path):
     assert store.get(run.id).ran_before == 0
 
 
+def test_a_run_records_its_kind_and_a_version_2_index_gains_it_from_the_configs(tmp_path):
+    from core.runs import entries
+
+    store = RunStore(tmp_path)
+    made = {store.create_run("train", fake(), "cpu", 5).id: "train",
+            store.create_run("old eval", {"entry": "core.eval.jobs:run_eval"}, "cpu", 5).id: "eval",
+            store.create_run("shift", {"entry": entries.EMBEDDINGS_ENTRY}, "cpu", 5).id: "embeddings",
+            store.create_run("no entry", {}, "cpu", 5).id: "train"}
+    assert {r.id: r.kind for r in store.list_runs()} == made
+    assert json.loads((store.run_dir(next(iter(made))) / "status.json").read_text())["kind"] == "train"
+    con = sqlite3.connect(store.db_path)  # the index as schema 2 left it: no kind column
+    con.executescript("ALTER TABLE runs DROP COLUMN kind; PRAGMA user_version=2;")
+    con.close()
+    assert {r.id: r.kind for r in RunStore(tmp_path).list_runs()} == made  # migrated in place
+    store.db_path.unlink()  # and rebuilt from the folders
+    assert {r.id: r.kind for r in RunStore(tmp_path).list_runs()} == made
+
+
+def test_entries_map_old_names_to_the_entry_points_that_exist_now():
+    import importlib
+
+    from core.runs import entries
+    from core.runs.worker import ENTRY_POINTS
+
+    assert ENTRY_POINTS == set(entries.ENTRY_KINDS) and set(entries.RENAMED.values()) <= ENTRY_POINTS
+    for entry in ENTRY_POINTS:
+        module, func = entry.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), entry
+    for old, new in entries.RENAMED.items():
+        assert entries.current(old) == new and entries.kind_of(old) == entries.kind_of(new) != entries.TRAIN
+    assert entries.current(ENTRY) == ENTRY and entries.kind_of(ENTRY) == entries.TRAIN
+    from core.eval import eval_job, shift_job
+    from core.vapi import trainer
+
+    assert (eval_job.EVAL_ENTRY, shift_job.EMBEDDINGS_ENTRY, trainer.ENTRY) == (
+        entries.EVAL_ENTRY, entries.EMBEDDINGS_ENTRY, entries.TRAIN_ENTRY)
+    from core.runs.worker import resolve_entry  # a run made before the split resumes with the moved function
+
+    assert resolve_entry({"entry": "core.eval.jobs:run_eval"}) is eval_job.run_eval
+    assert resolve_entry({"entry": "core.eval.jobs:run_embeddings"}) is shift_job.run_embeddings
+
+
 def test_requeue_clears_the_previous_attempt_and_joins_the_end_of_the_queue(store):
     a = store.create_run("a", fake(), "cpu", 5)
     b = store.create_run("b", fake(), "cpu", 5)

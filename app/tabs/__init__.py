@@ -3,7 +3,8 @@
 `build` runs inside the tab's `gr.Tab` context. Tabs talk to each other only through components
 they export on the BuildContext (e.g. the Runs tab exports its run selector, which the Launch tab
 sets after a launch); wiring that needs a component of a later tab goes in `ctx.after_build`.
-Adding a tab is one new module and one entry in `app.main.TABS`.
+Adding a tab is one new module and one entry in `app.main.TABS`. What several tabs share (the job
+forms' extractor checks, form numbers, field errors) is in `app.tabs.shared`, which is not a tab.
 """
 from __future__ import annotations
 

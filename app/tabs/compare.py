@@ -43,13 +43,12 @@ def default_classes(preset: str) -> list[int]:
 
 def default_sources(store) -> tuple[str, str]:
     """(base, aligned): the newest run's latest checkpoint against its model preset; or the demo twice."""
-    aligned = comparison.latest_checkpoint_value(store)
-    if aligned is None:
+    latest = comparison.latest_checkpoint(store)
+    if latest is None:
         base = comparison.preset_value("demo-c2i")
         return base, base
-    run_id = aligned.split(":")[1]
-    model = store.read_config(run_id).get("model", "demo-c2i")
-    return comparison.preset_value(model), aligned
+    model = store.read_config(latest[0]).get("model", "demo-c2i")
+    return comparison.preset_value(model), comparison.run_value(*latest)
 
 
 def preset_of(app, value: Optional[str]) -> Optional[str]:

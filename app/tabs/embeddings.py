@@ -2,7 +2,7 @@
 
 Pick a run checkpoint (the aligned model; its base is what the run started from: its init_weights,
 else the preset's weights), classes, a feature extractor and projections; the comparison runs in the
-background as a run of the store (`core.eval.jobs.submit_embeddings`, entry `run_embeddings`), never
+background as a run of the store (`core.eval.shift_job.submit_embeddings`, entry `run_embeddings`), never
 in a request handler. A page timer follows the job this page launched; when it finishes, the page
 shows its figures (the joint t-SNE / UMAP map with KDE contours, the KDE along each map axis, the
 distances per class) in one colour per set everywhere (`SET_COLORS`: real, base, aligned), and the
@@ -20,7 +20,7 @@ import gradio as gr
 from app import form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext
-from app.tabs.evaluate import (EXTRACTORS, check_extractor, class_items, default_devices, error_target, error_text,
+from app.tabs.shared import (EXTRACTORS, check_extractor, class_items, default_devices, error_target, error_text,
                                extractor_path_of, feature_space, field_updates, message, parse_device_set,
                                parse_number, progress_bar, renamed, roots_text, signature)
 from app.tabs.launch import device_choices
@@ -50,11 +50,11 @@ def run_choices(store) -> list[tuple[str, str]]:
 
 def result_choices(store) -> list[tuple[str, str]]:
     """(label, run id) of every finished embedding comparison, newest first."""
-    from core.eval.jobs import RESULTS_FILE
+    from core.eval.job_io import RESULTS_FILE
 
     out = []
     for r in store.list_runs([FINISHED]):
-        if views.run_kind(store, r.id) == views.EMBEDDINGS_KIND and (r.run_dir / RESULTS_FILE).is_file():
+        if r.kind == views.EMBEDDINGS_KIND and (r.run_dir / RESULTS_FILE).is_file():
             out.append((f"{r.id} · {r.name}", r.id))
     return out
 
@@ -108,7 +108,7 @@ def is_embedded(model: str) -> bool:
 # ----------------------------------------------------------------------------- the job
 def real_of(app, text: Optional[str], model: str) -> str:
     """The real images: "shapes[:split]" for the demo, else an ImageNet-layout folder inside the data roots."""
-    from core.eval.jobs import shapes_split
+    from core.eval.inputs import shapes_split
 
     raw = (text or "").strip()
     if is_embedded(model):
@@ -122,7 +122,8 @@ def real_of(app, text: Optional[str], model: str) -> str:
 
 def plan_embeddings(app, values: dict):
     """Form values -> (EmbeddingConfig, device set), every input and file checked. Raises ConfigError(input)."""
-    from core.eval.jobs import EmbeddingConfig, resolve_weights
+    from core.checkpoints import ref_text, resolve_weights
+    from core.eval.configs import EmbeddingConfig
     from core.models import registry
 
     store = app.store
@@ -140,7 +141,7 @@ def plan_embeddings(app, values: dict):
     if not projections:
         raise ConfigError("projections", "pick t-SNE, UMAP or both")
     device_set, device = parse_device_set(values.get("devices"))
-    fields = dict(model=model, base_weights=init, aligned_weights=f"{run_id}@{step}", classes=items or None,
+    fields = dict(model=model, base_weights=init, aligned_weights=ref_text(run_id, step), classes=items or None,
                   per_class=parse_number("per_class", values.get("per_class"), whole=True, minimum=1),
                   real=real_of(app, values.get("real"), model), extractor=extractor,
                   extractor_path=extractor_path_of(app, extractor, values.get("extractor_path")),
@@ -172,7 +173,8 @@ def plan_embeddings(app, values: dict):
 def load_result(store, run_id: Optional[str]):
     """(results.json as a dict, EmbeddingShift) of a finished comparison; ConfigError("result")."""
     from core.eval.embeddings import EmbeddingShift
-    from core.eval.jobs import EMBEDDINGS_FILE, EMBEDDINGS_FORMAT, RESULTS_FILE
+    from core.eval.job_io import RESULTS_FILE
+    from core.eval.shift_job import EMBEDDINGS_FILE, EMBEDDINGS_FORMAT
 
     if not run_id:
         raise ConfigError("result", "pick a finished comparison")
@@ -411,7 +413,7 @@ def build(ctx: BuildContext) -> None:
     shown_outputs = [about, scatter, kde, bars, table, projection]
 
     def launch(*args):
-        from core.eval.jobs import submit_embeddings
+        from core.eval.shift_job import submit_embeddings
 
         values, state = dict(zip(KEYS, args[:-1])), {**new_view(), **(args[-1] or {})}
         try:

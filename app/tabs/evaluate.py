@@ -1,7 +1,7 @@
 """Evaluate tab: FID / IS / precision / recall / CLIP score of a preset or a run checkpoint as a background
 job, its progress, and every finished evaluation per checkpoint with the base model beside it.
 
-A job is a run of the store (`core.eval.jobs.submit_eval`, entry `run_eval`): it survives a closed
+A job is a run of the store (`core.eval.eval_job.submit_eval`, entry `run_eval`): it survives a closed
 browser, shows in the Runs tab too, and its progress is the number of samples on disk. Nothing is
 sampled or measured in a request handler. Every input is checked before a job is queued (paths
 confined to the app's roots, class names, the extractor's and the model's weights); an error is shown
@@ -10,14 +10,12 @@ under the input it belongs to and no job is created. The results table comes fro
 setting. A Fréchet distance is named by the features it was measured in: "FID (Inception)" only for
 Inception features, "FD (demo evaluator)" and so on otherwise.
 
-The extractor and field-error helpers here (`feature_space`, `extractor_path_of`, `check_extractor`,
-`field_updates`, ...) serve the Embeddings tab too.
+Helpers this tab shares with the Embeddings tab (extractors, form numbers, field errors) are in
+`app.tabs.shared`.
 """
 from __future__ import annotations
 
-import inspect
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,20 +27,20 @@ from app import comparison, form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext
 from app.tabs.launch import device_choices
-from core import configmeta, paths
-from core.errors import CheckpointError, ConfigError, DataError, MissingWeightsError, UserError
+from app.tabs.shared import (EXTRACTORS, check_extractor, check_hub_model, class_items, default_devices, error_target,
+                              error_text, extractor_path_of, feature_space, field_updates, message, parse_device_set,
+                              parse_number, progress_bar, renamed, roots_text, signature)
+from core import configmeta
+from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "evaluate"
 LABEL = "Evaluate"
-EXTRACTORS = ("demo", "inception", "clip", "dinov2")
-SPACES = {"demo": "demo evaluator", "inception": "Inception", "clip": "CLIP", "dinov2": "DINOv2"}
-HUB_MODELS = ("clip", "dinov2")  # extractors loaded through transformers: a folder or a hub id
 METRIC_CHOICES = [("FID / FD", "fid"), ("Inception Score", "isc"), ("precision / recall", "prc"),
                   ("CLIP score", "clip")]
 REFERENCE_CHOICES = [("demo shapes (held-out reference split)", "shapes"), ("image folder", "folder"),
                      (".npz batch (ADM layout)", "npz")]
-SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")  # core.eval.jobs.SUMMARY_METRICS
+SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")  # core.eval.summary.SUMMARY_METRICS
 JOB_HEADERS = ["job", "label", "model", "weights", "status", "samples", "message"]
 SUMMARY_HEADERS = ["model", "setting", "checkpoint", "metric", "base", "checkpoint value", "Δ (checkpoint − base)",
                    "95% interval of Δ", "verdict"]
@@ -53,12 +51,9 @@ KEYS = ["source", "label", "num_samples", "classes", "prompts", "cfg", "cfg_scal
         "reference", "clip_model", "with_base", "devices", "num_seeds"]  # the inputs, in the launch endpoint's order
 ALIASES = {"model": "source", "weights": "source", "prompts_file": "prompts", "isc_splits": "num_samples",
            "device": "devices", "reference_count": "reference"}  # core field -> input
-HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
-# ----------------------------------------------------------------------------- shared with Embeddings
-def feature_space(extractor: Optional[str]) -> str:
-    return SPACES.get(extractor or "", extractor or "unknown")
+# ----------------------------------------------------------------------------- labels
 
 
 def metric_label(metric: str, extractor: Optional[str]) -> str:
@@ -75,181 +70,25 @@ def metric_label(metric: str, extractor: Optional[str]) -> str:
     return metric
 
 
-def parse_number(field: str, raw: Any, *, whole: bool = False, minimum: Optional[float] = None,
-                 optional: bool = False) -> Optional[int | float]:
-    """A form number, checked: whole when asked, at least `minimum`; None for an empty optional input."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        if optional:
-            return None
-        raise ConfigError(field, "required: " + ("a whole number" if whole else "a number"))
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(field, f"expected a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(field, f"expected a finite number, got {raw!r}")
-    if whole and not value.is_integer():
-        raise ConfigError(field, f"expected a whole number, got {raw!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(field, f"must be >= {minimum:g}, got {raw!r}")
-    return int(value) if whole else value
-
-
-def class_items(raw: Any) -> list:
-    """A classes dropdown's value as a list (ids from the list, or names typed in)."""
-    if raw is None:
-        return []
-    items = [raw] if isinstance(raw, (str, int)) else list(raw)
-    return [x for x in items if str(x).strip()]
-
-
-def extractor_roots(app) -> list[Path]:
-    """Where an extractor's weights may be named from: the checkpoint folders and the data roots."""
-    return [Path(paths.CHECKPOINTS_DIR).resolve(), Path(paths.DEMO_DIR).resolve(), *app.data_roots]
-
-
-def extractor_path_of(app, extractor: str, text: Optional[str], field: str = "extractor_path") -> Optional[str]:
-    """The extractor weights a user named: None (the default location), a hub id (CLIP / DINOv2),
-    or a file (Inception, demo) or folder (CLIP / DINOv2) confined to `extractor_roots`."""
-    raw = (text or "").strip()
-    if not raw:
-        return None
-    roots = extractor_roots(app)
-    hub = extractor in HUB_MODELS
-    if hub and HUB_ID.fullmatch(raw) and not any((root / raw).exists() for root in roots):
-        return raw  # a hub id: looked up in the Hugging Face cache
-    return str(confine(raw, roots, field, kind="dir" if hub else "file"))
-
-
-def check_hub_model(name_or_path: str, what: str) -> None:
-    """MissingWeightsError unless a transformers model is on disk (a folder with config.json, or in the
-    Hugging Face cache) or the hub can be reached to download it."""
-    path = Path(name_or_path)
-    if path.is_absolute():
-        if not (path / "config.json").is_file():
-            raise MissingWeightsError(f"{path}: no {what} here (needs config.json and the weights); on a machine "
-                                      f"with internet run `hf download <hub id> --local-dir {path}`")
-        return
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    from core.models import registry
-
-    if isinstance(try_to_load_from_cache(name_or_path, "config.json"), str):
-        return
-    if not constants.HF_HUB_OFFLINE and registry.hub_reachable():
-        return  # the job downloads it into the cache
-    why = "offline mode is on" if constants.HF_HUB_OFFLINE else "huggingface.co cannot be reached"
-    raise MissingWeightsError(f"{what} '{name_or_path}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
-                              f"and {why}. On a machine with internet run `hf download {name_or_path}` (or "
-                              f"`hf download {name_or_path} --local-dir DIR` and give DIR here)")
-
-
-def check_extractor(extractor: str, path: Optional[str], field: str = "extractor") -> None:
-    """ConfigError(field) when the extractor's weights are not on disk. Cheap: only the small demo
-    evaluator is loaded; Inception's file is looked up; CLIP / DINOv2 are looked up in the cache."""
-    from core.eval import extractors as X
-    from core.eval.jobs import build_metric_extractor
-
-    if extractor not in EXTRACTORS:
-        raise ConfigError(field, f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
-    try:
-        if extractor == "inception":
-            X.find_inception_weights(path)
-        elif extractor == "demo":
-            build_metric_extractor("demo", path)
-        else:
-            default = X.DEFAULT_CLIP if extractor == "clip" else X.DEFAULT_DINOV2
-            check_hub_model(path or default, f"{SPACES[extractor]} model")
-    except (MissingWeightsError, CheckpointError) as e:
-        raise ConfigError(field, str(e)) from None
-
-
-def parse_device_set(selected) -> tuple[str, str]:
-    """The device picker -> (device set for the launcher, the job config's device)."""
-    device_set, kind = form.parse_devices(selected)
-    return device_set, ("cpu" if kind == "cpu" else "auto")  # auto: the GPUs the launcher makes visible
-
-
-def default_devices() -> list[str]:
-    import torch
-
-    return ["cuda:0"] if torch.cuda.is_available() else ["cpu"]
-
-
-def message(error: ConfigError) -> str:
-    """A ConfigError's text without its "field: " prefix."""
-    return str(error)[len(error.field) + 2:]
-
-
-def renamed(error: ConfigError, aliases: dict[str, str]) -> ConfigError:
-    """The same error under the input its core field belongs to."""
-    return ConfigError(aliases.get(error.field, error.field), message(error))
-
-
-def error_target(error: ConfigError, keys: Sequence[str], aliases: dict[str, str]) -> Optional[str]:
-    """The input an error belongs to (None: no single input)."""
-    field = aliases.get(error.field, error.field)
-    return field if field in keys else None
-
-
-def error_text(error: UserError, target: Optional[str], what: str = "Not launched") -> str:
-    if isinstance(error, ConfigError):
-        return f"✗ **{what}** — `{target or error.field}`: {message(error)}"
-    return f"✗ **{what}** — {error}"
-
-
-def field_updates(keys: Sequence[str], infos: dict[str, str], target: Optional[str], message: str,
-                  previous: Optional[str]) -> list:
-    """Updates for every input: the error under `target`, the previous error's input back to its help."""
-    out = []
-    for key in keys:
-        if key == target:
-            out.append(gr.update(info=f"⚠ {message}", elem_classes=["field-error"]))
-        elif key == previous:
-            out.append(gr.update(info=infos.get(key, ""), elem_classes=[]))
-        else:
-            out.append(gr.skip())
-    return out
-
-
-def signature(keys: Sequence[str], extra: Sequence[str] = ()) -> inspect.Signature:
-    """A handler signature naming its API parameters after the inputs."""
-    return inspect.Signature([inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in [*keys, *extra]])
-
-
-def progress_bar(done: int, total: int, width: int = 20) -> str:
-    share = done / total if total else 0.0
-    filled = int(round(share * width))
-    return f"`{'█' * filled}{'░' * (width - filled)}` {done}/{total} samples ({share:.0%})"
-
-
 # ----------------------------------------------------------------------------- the evaluation job
 @dataclass(frozen=True)
 class EvalPlan:
-    config: Any  # core.eval.jobs.EvalConfig
+    config: Any  # core.eval.configs.EvalConfig
     devices: str
     base: Any = None  # EvalConfig of the base model under the same setting, when it has no result yet
     warning: Optional[str] = None  # the sample size is too small for the numbers to mean much
 
 
 def source_weights(app, value: Optional[str]) -> tuple[str, Optional[str]]:
-    """A source ("preset:<name>" | "run:<id>:<step>") -> (preset, weights for core.eval.jobs: None for the
-    preset's own weights, "<run id>@<step>" for a checkpoint). ConfigError("source")."""
-    from core.eval.jobs import resolve_weights
-
+    """A source ("preset:<name>" | "<run id>@<step>") -> (preset, weights for core.eval.eval_job: None for the
+    preset's own weights, the checkpoint's "<run id>@<step>" otherwise). ConfigError("source")."""
     source = comparison.parse_source(value, app.store, "source")
     if source.tokenizer_weights is not None:
         raise ConfigError("source", f"{source.label} is a decoder-baseline checkpoint (a post-trained tokenizer); "
                                     "evaluating tokenizer checkpoints is not supported")
     if source.generator_weights is None:
         return source.preset, None
-    _, run_id, step = source.value.split(":")
-    weights = f"{run_id}@{step}"
-    try:
-        resolve_weights(weights, app.runs_dir)
-    except ConfigError as e:
-        raise renamed(e, {e.field: "source"}) from None
-    return source.preset, weights
+    return source.preset, source.value
 
 
 def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> str:
@@ -272,7 +111,7 @@ def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> 
 
 
 def _eval_config(**fields):
-    from core.eval.jobs import EvalConfig
+    from core.eval.configs import EvalConfig
 
     try:
         return EvalConfig(**fields)
@@ -282,7 +121,7 @@ def _eval_config(**fields):
 
 def plan_eval(app, values: dict) -> EvalPlan:
     """Form values -> an EvalPlan whose every input and file was checked. Raises ConfigError(input)."""
-    from core.eval import jobs
+    from core.eval import configs, eval_job
     from core.models import registry
 
     preset, weights = source_weights(app, values.get("source"))
@@ -296,7 +135,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
     classes = prompts = None
     if task == "c2i":
         items = class_items(values.get("classes"))
-        classes = jobs.class_ids_of(preset, items) if items else None
+        classes = configs.class_ids_of(preset, items) if items else None
     else:
         prompts = [p.strip() for p in str(values.get("prompts") or "").splitlines() if p.strip()]
         if not prompts:
@@ -309,7 +148,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
                                            "untick CFG for none")
     else:
         cfg_scale = 1.0
-    num_seeds = parse_number("num_seeds", values.get("num_seeds", configmeta.defaults(jobs.EvalConfig)["num_seeds"]), whole=True, minimum=1)
+    num_seeds = parse_number("num_seeds", values.get("num_seeds", configmeta.defaults(configs.EvalConfig)["num_seeds"]), whole=True, minimum=1)
     sampling = dict(cfg_scale=cfg_scale, num_seeds=num_seeds,
                     temperature=parse_number("temperature", values.get("temperature"), minimum=0),
                     top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
@@ -343,7 +182,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
         except MissingWeightsError as e:
             raise ConfigError("clip_model", str(e)) from None
     try:
-        jobs.check_eval(cfg, app.runs_dir)
+        eval_job.check_eval(cfg, app.runs_dir)
     except ConfigError as e:
         raise renamed(e, ALIASES) from None
     except DataError as e:
@@ -364,7 +203,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
 def feature_dim(extractor: str, path: Optional[str]) -> int:
     """Dimensions of an extractor's features (the demo evaluator's from its file; the others' defaults)."""
     if extractor == "demo":
-        from core.eval.jobs import build_metric_extractor
+        from core.eval.inputs import build_metric_extractor
 
         return int(build_metric_extractor("demo", path).evaluator.config.feature_dim)
     return FEATURE_DIMS.get(extractor, 2048)
@@ -377,18 +216,18 @@ def setting_key(cfg) -> str:
 
 def base_is_covered(app, cfg) -> bool:
     """Whether the base model has a result, or a queued or running job, under `cfg`'s setting."""
-    from core.eval.jobs import EVAL_ENTRY, EvalConfig, evaluation_summary
+    from core.eval.configs import EvalConfig
+    from core.eval.summary import evaluation_summary
 
     key = setting_key(cfg)
     for row in evaluation_summary(app.runs_dir):
         if row["model"] == cfg.model and row["checkpoint"] == "base" and row["setting_key"] == key:
             return True
     for run in app.store.list_runs([QUEUED, *ACTIVE]):
+        if run.kind != views.EVAL_KIND:
+            continue
         try:
-            config = app.store.read_config(run.id)
-            if config.get("entry") != EVAL_ENTRY:
-                continue
-            other = EvalConfig.from_dict(config)
+            other = EvalConfig.from_dict(app.store.read_config(run.id))
         except (OSError, ValueError, UserError):
             continue
         if other.weights is None and other.model == cfg.model and setting_key(other) == key:
@@ -520,14 +359,14 @@ def new_view() -> dict:
 
 def refresh_view(app, view: Optional[dict]) -> tuple:
     """(jobs table, progress markdown, results table, view); gr.skip() where nothing changed."""
-    from core.eval.jobs import evaluation_summary
+    from core.eval.summary import evaluation_summary
 
     app.ticker.tick_if_due()
     view = {**new_view(), **(view if isinstance(view, dict) else {})}
     store = app.store
     skip = gr.skip()
     runs = store.list_runs()
-    kinds = views.run_kinds(store, runs, view["kinds"])
+    kinds = {r.id: r.kind for r in runs}
     evals = [r for r in runs if kinds[r.id] == views.EVAL_KIND]
     info = {r.id: view["info"][r.id] if r.id in view["info"] else job_info(store, r.id) for r in evals}
     rows = [job_row(store, r, info[r.id]) for r in evals[:MAX_JOBS]]
@@ -543,8 +382,6 @@ def refresh_view(app, view: Optional[dict]) -> tuple:
 
 
 # ----------------------------------------------------------------------------- the tab
-def roots_text(app) -> str:
-    return ", ".join(str(r) for r in app.data_roots) or "(none: start the app with --data-root)"
 
 
 def infos(app) -> dict[str, str]:
@@ -569,7 +406,7 @@ def infos(app) -> dict[str, str]:
 def default_source(store) -> str:
     """The newest finished training run's last checkpoint (else any run's newest checkpoint, else the demo)."""
     for run in store.list_runs([FINISHED]):
-        if views.run_kind(store, run.id) == views.TRAIN_KIND and store.last_checkpoint(run.id) is not None:
+        if run.kind == views.TRAIN_KIND and store.last_checkpoint(run.id) is not None:
             return comparison.latest_checkpoint_value(store, run.id)
     return comparison.latest_checkpoint_value(store) or comparison.preset_value("demo-c2i")
 
@@ -659,7 +496,7 @@ def build(ctx: BuildContext) -> None:
     inputs = [comps[k] for k in KEYS]
 
     def submit(cfg, devices: str):
-        from core.eval.jobs import submit_eval
+        from core.eval.eval_job import submit_eval
 
         name = f"eval {cfg.model} {cfg.label or ('base' if cfg.weights is None else cfg.weights)}"
         return submit_eval(app.launcher, cfg, devices, name)

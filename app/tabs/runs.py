@@ -44,7 +44,7 @@ def new_view() -> dict[str, Any]:
 def training_choices(store) -> list[tuple[str, str]]:
     """(label, run id) of the training runs, newest first (the runs that have curves to overlay)."""
     runs = store.list_runs()
-    kinds = views.run_kinds(store, runs, {})
+    kinds = {r.id: r.kind for r in runs}
     return [(r.id if r.name in r.id else f"{r.id} · {r.name}", r.id) for r in runs if kinds[r.id] == views.TRAIN_KIND]
 
 
@@ -88,7 +88,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
     ids = [r.id for r in runs]
     skip = gr.skip()
 
-    kinds = views.run_kinds(store, runs, view.get("kinds") or {})
+    kinds = {r.id: r.kind for r in runs}
     rows = [views.table_row(store, r, kinds[r.id]) for r in runs]
     table = rows if rows != view["table"] else skip
     view["table"], view["kinds"] = rows, kinds

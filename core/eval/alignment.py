@@ -188,7 +188,7 @@ class Judge:
 
 def demo_judge(path: Optional[str] = None, device="cpu") -> Judge:
     """The demo evaluator's probability of the row's class (never used in a reward)."""
-    from core.eval.jobs import build_metric_extractor
+    from core.eval.inputs import build_metric_extractor
 
     ext = build_metric_extractor("demo", path, device)
 
@@ -201,7 +201,7 @@ def demo_judge(path: Optional[str] = None, device="cpu") -> Judge:
 
 def clip_judge(names: Sequence[str], path: Optional[str] = None, device="cpu", template: str = "a photo of a {}") -> Judge:
     """CLIP score (100 x cosine) of each image against its prompt (or `template` of its class name)."""
-    from core.eval.jobs import build_metric_extractor
+    from core.eval.inputs import build_metric_extractor
 
     clip = build_metric_extractor("clip", path, device)
 
@@ -342,7 +342,7 @@ def save_view(result: ViewResult, folder: str | Path) -> Path:
 def held_out_images(real: str, classes: Sequence[int], per_class: int, image_size: int) -> tuple[Tensor, np.ndarray]:
     """Held-out real images of the classes, grouped by class in the order given (image j of class c is row
     c * per_class + j): "shapes" means the demo's val split (never trained on)."""
-    from core.eval.jobs import real_images
+    from core.eval.inputs import real_images
 
     images, labels = real_images("shapes:val" if real == "shapes" else real, classes, per_class, image_size)
     rank = {c: i for i, c in enumerate(classes)}

@@ -152,7 +152,8 @@ def _print_metrics(results: dict, out: Path) -> None:
 
 
 def cmd_fid(args) -> int:
-    from core.eval.jobs import EvalConfig, evaluate
+    from core.eval.configs import EvalConfig
+    from core.eval.eval_job import evaluate
 
     cfg = EvalConfig(**configmeta.values_from_args(args, FID_FIELDS), **_sampling_fields(args))
     bar = _Bar("sampling")
@@ -166,7 +167,8 @@ def cmd_fid(args) -> int:
 
 
 def cmd_embeddings(args) -> int:
-    from core.eval.jobs import EmbeddingConfig, embedding_shift, shift_table
+    from core.eval.configs import EmbeddingConfig
+    from core.eval.shift_job import embedding_shift, shift_table
 
     cfg = EmbeddingConfig(**configmeta.values_from_args(args, EMBEDDING_FIELDS), **_sampling_fields(args))
     bar = _Bar("base + aligned samples")
@@ -184,7 +186,7 @@ def cmd_embeddings(args) -> int:
 
 
 def cmd_geneval(args) -> int:
-    from core.eval.jobs import export_geneval_samples
+    from core.eval.geneval import export_geneval_samples
 
     bar = _Bar("GenEval samples")
     try:
@@ -201,7 +203,8 @@ def cmd_geneval(args) -> int:
 
 def cmd_clip(args) -> int:
     from core.errors import ConfigError
-    from core.eval.jobs import EvalConfig, class_ids_of, num_classes_of, evaluate, read_prompts
+    from core.eval.configs import EvalConfig, class_ids_of, num_classes_of, read_prompts
+    from core.eval.eval_job import evaluate
     from core.models import registry
 
     if args.images_per_prompt < 1:
@@ -236,7 +239,7 @@ def cmd_clip(args) -> int:
 def cmd_summary(args) -> int:
     import json
 
-    from core.eval.jobs import evaluation_summary, summary_table
+    from core.eval.summary import evaluation_summary, summary_table
 
     rows = evaluation_summary(args.runs_dir, args.folders)
     print(json.dumps(rows, indent=2) if args.json else summary_table(rows))

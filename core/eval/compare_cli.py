@@ -65,7 +65,8 @@ def cmd_compare(args) -> int:
     from core import device as devmod
     from core.data.classes import class_names_for, resolve_classes
     from core.eval import alignment as A
-    from core.eval.jobs import build_metric_extractor, resolve_weights
+    from core.checkpoints import resolve_weights
+    from core.eval.inputs import build_metric_extractor
     from core.models import load, registry
     from core.models.generate import check_sampling_args
 

@@ -140,7 +140,7 @@ def tokenizer_floor(demo_dir: Path | None = None, count: int = 5000, reference_c
 # ----------------------------------------------------------------------------- `python -m core eval demo`
 def configure_cli(p) -> None:
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
-                   help="an aligned generator checkpoint (a run's checkpoints/step-N/model.pt or the run folder; repeatable)")
+                   help="an aligned generator checkpoint (a run's checkpoints/step-N/model.pt, the run folder, or RUN[@STEP]; repeatable)")
     p.add_argument("--no-base", action="store_true", help="skip the committed base model")
     p.add_argument("--num-samples", type=int, default=1000, help="samples per sampling seed (classes balanced)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (mean ± std over them)")
@@ -151,20 +151,16 @@ def configure_cli(p) -> None:
 
 
 def resolve_checkpoint(ref: str) -> Path:
-    """A model.pt path, a checkpoint folder or a run folder (its last checkpoint) -> the model.pt path."""
+    """A generator checkpoint named in the weights grammar of `core.checkpoints` (a model.pt, a
+    checkpoint folder, a run folder or a run id[@step]) -> its model.pt."""
+    from core.checkpoints import resolve_weights
     from core.errors import ConfigError
-    from core.runs.store import find_last_checkpoint
 
-    p = Path(ref)
-    if p.is_file():
-        return p
-    if (p / "model.pt").is_file():
-        return p / "model.pt"
-    if (p / "checkpoints").is_dir():
-        ck = find_last_checkpoint(p)
-        if ck is not None and (Path(ck.path) / "model.pt").is_file():
-            return Path(ck.path) / "model.pt"
-    raise ConfigError("checkpoint", f"{ref}: not a model.pt, a checkpoint folder or a run folder with a checkpoint")
+    weights = resolve_weights(ref, field="checkpoint")
+    if weights.path is None:
+        raise ConfigError("checkpoint", f"{ref!r} names the base model; give a model.pt, a checkpoint folder or "
+                                        "a run folder with a checkpoint")
+    return Path(weights.path)
 
 
 def cmd_eval_demo(args) -> int:

@@ -7,7 +7,8 @@ NumPy ``default_rng(43)``, 100 draws per task over the 80 COCO object names, dup
 `geneval_prompts` re-implements that procedure, and `write_geneval_prompts` checks the bytes it writes
 against the official file's SHA-256, so nothing has to be downloaded.
 
-Image folder, one sub-folder per prompt (what ``evaluate_images.py`` reads)::
+Image folder, one sub-folder per prompt (what ``evaluate_images.py`` reads; `export_geneval_samples`
+samples a model into it)::
 
     <out>/00000/metadata.jsonl     the prompt's JSON object, one line
     <out>/00000/samples/0000.png   images of that prompt (any ``\\d+.png`` name is read)
@@ -20,11 +21,17 @@ import json
 import re
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from core import paths
+from core.checkpoints import resolve_weights
 from core.errors import ConfigError, DataError
 from core.eval.reference import to_uint8_nhwc
+
+if TYPE_CHECKING:
+    from core.eval.sampling import ProgressFn
 
 # The 80 COCO object categories in COCO's id order, spelled as GenEval spells them
 # ("computer mouse", "tv remote", "computer keyboard" instead of COCO's "mouse", "remote", "keyboard").
@@ -269,3 +276,45 @@ def prompts_by_tag(prompts: Iterable[dict]) -> dict[str, int]:
     for row in prompts:
         counts[row["tag"]] = counts.get(row["tag"], 0) + 1
     return counts
+
+
+def export_geneval_samples(model: str, out_dir: str | Path, *, weights: Optional[str] = None,
+                           prompts_file: Optional[str | Path] = None, images_per_prompt: int = 4,
+                           cfg_scale: float = 5.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                           seed: int = 0, batch_size: int = 32, precision: str = "fp32", device: str = "auto",
+                           runs_dir: Optional[str | Path] = None, progress: Optional[ProgressFn] = None,
+                           should_stop: Optional[Callable[[], bool]] = None, sampler=None,
+                           sampling_dir: Optional[str | Path] = None) -> Optional[Path]:
+    """GenEval's image folder for a text-to-image model: `images_per_prompt` images of each prompt.
+
+    The images are drawn as one sample set (resumable, shardable) in `sampling_dir` (default: the
+    sibling folder "<out_dir>.sampling", since GenEval reads every sub-folder of out_dir as a
+    prompt), image j of prompt p being sample p + j*P; then they are laid out as GenEval's
+    evaluator reads them (out_dir/00000/metadata.jsonl, out_dir/00000/samples/0000.png, ...).
+    Returns out_dir, or None when stopped or on a process other than the main one.
+    """
+    from core.eval.reference import read_npz
+    from core.eval.sampling import SamplingSpec, run_sampling
+    from core.models import registry
+
+    if registry.get_generator(model).task != "t2i":
+        raise ConfigError("model", f"{model} is class-conditional; GenEval needs a text-to-image preset")
+    if isinstance(images_per_prompt, bool) or not isinstance(images_per_prompt, int) or images_per_prompt < 1:
+        raise ConfigError("images_per_prompt", f"must be a positive integer, got {images_per_prompt!r}")
+    rows = read_geneval_prompts(prompts_file or paths.ASSETS_DIR / "geneval" / "evaluation_metadata.jsonl")
+    ref = resolve_weights(weights, runs_dir)
+    spec = SamplingSpec(model=model, weights=ref.path, cfg_scale=cfg_scale, temperature=temperature, top_k=top_k,
+                        top_p=top_p, seed=seed, batch_size=batch_size, precision=precision,
+                        prompts=tuple(r["prompt"] for r in rows))
+    out_dir = Path(out_dir)
+    sampling_dir = Path(sampling_dir) if sampling_dir is not None else out_dir.with_name(out_dir.name + ".sampling")
+    count = len(rows)
+    sampled = run_sampling(spec, count * images_per_prompt, sampling_dir, device=device, sampler=sampler,
+                           progress=progress, should_stop=should_stop)
+    if not sampled.complete or sampled.npz is None:
+        return None
+    pixels = read_npz(sampled.npz)  # [P * S, H, W, 3]
+    index = {id(row): p for p, row in enumerate(rows)}
+    export_geneval(out_dir, rows, lambda row: np.asarray(pixels[index[id(row)]::count]), images_per_prompt)
+    return out_dir
+

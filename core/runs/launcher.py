@@ -26,13 +26,15 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from core.errors import CheckpointError, ConfigError
+from core.checkpoints import check_states, step_dir_name
 from core.device import gpu_ids
+from core.errors import ConfigError
 from core.paths import ROOT
+from core.runs import entries
 from core.runs.store import (
-    ACTIVE, CHECKPOINTS_DIR, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STEP_DIR_RE,
-    STOPPED, STOPPING, TRAINER_STATE_FILE, Run, RunStateError, RunStore, all_processes, final_status_in_folder,
-    parent_pid, process_alive, process_session, process_start_time, process_state, tail_lines,
+    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STOPPED, STOPPING, Run,
+    RunStateError, RunStore, all_processes, final_status_in_folder, parent_pid, process_alive, process_session,
+    process_start_time, process_state, tail_lines,
 )
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
@@ -41,7 +43,7 @@ KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the process
 LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
 MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
-DEFAULT_ENTRY = "core.vapi.trainer:run_worker"
+DEFAULT_ENTRY = entries.TRAIN_ENTRY
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -177,23 +179,7 @@ def check_resumable(run_dir: Path) -> None:
                                             "resolved config)") from None
     if not isinstance(config, dict):
         raise ConfigError(str(config_path), "must hold a JSON object; fix the file")
-    root = run_dir / CHECKPOINTS_DIR
-    if root.is_dir() and not root.is_symlink():
-        for child in sorted(root.iterdir()):
-            if not (child.is_dir() and STEP_DIR_RE.fullmatch(child.name)):
-                continue
-            state = child / TRAINER_STATE_FILE
-            try:
-                step = json.loads(state.read_text()).get("step")
-            except FileNotFoundError:
-                continue  # an incomplete folder: never counted as a checkpoint
-            except (OSError, ValueError, AttributeError) as e:
-                raise CheckpointError(f"{state}: not a JSON object with an integer \"step\" ({e}); fix it or "
-                                      f"delete {child} to resume from the checkpoint before it") from None
-            if isinstance(step, bool) or not isinstance(step, int) or step != int(STEP_DIR_RE.fullmatch(child.name)[1]):
-                raise CheckpointError(f"{state}: \"step\" is {step!r}, expected the integer "
-                                      f"{int(STEP_DIR_RE.fullmatch(child.name)[1])} of its folder; fix it or delete "
-                                      f"{child} to resume from the checkpoint before it")
+    check_states(run_dir)
 
 
 class Launcher:
@@ -332,7 +318,7 @@ class Launcher:
         ckpt = self.store.last_checkpoint(run.id)
         if ckpt is None:
             return "no checkpoint yet: resume starts it again from step 0"
-        return f"resume continues from checkpoint step-{ckpt.step:06d}"
+        return f"resume continues from checkpoint {step_dir_name(ckpt.step)}"
 
     # -- user actions -----------------------------------------------------------------------
 
@@ -385,7 +371,7 @@ class Launcher:
         step = ckpt.step if ckpt is not None else 0
         self.store.trim_after(run_id, step)
         self.store.clear_stop_request(run_id)
-        message = (f"resumed from checkpoint step-{step:06d}" if ckpt is not None
+        message = (f"resumed from checkpoint {step_dir_name(step)}" if ckpt is not None
                    else "resumed without a checkpoint: starts again from step 0")
         fields = {"resume": 1, "step": step, "message": message}
         if total_steps is not None:

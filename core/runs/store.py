@@ -5,14 +5,11 @@ Folder layout (the trainer, the UI and the CLI rely on it)::
     <runs_dir>/runs.db                  SQLite index of all runs (WAL mode; workers write, the UI reads)
     <runs_dir>/<run_id>/                run_id: "<YYYYmmdd-HHMMSS>-<name slug>-<4 hex>", sortable and unique
         config.json                     resolved run config, a JSON object; written at creation, never changed
-        status.json                     mirror of the run's row (status, step, total_steps, pid, message, times)
+        status.json                     mirror of the run's row (status, kind, step, total_steps, pid, message, times)
         log.txt                         worker stdout + stderr, appended by every attempt
         metrics.jsonl                   one object per optimizer step: {"step": int, "time": float, <name>: float}
         stop.request                    present while a stop is requested (the worker polls it)
-        checkpoints/step-000010/        one folder per checkpoint, renamed into place when complete;
-            trainer_state.json          ... holds at least {"step": 10}; folders without it are ignored
-        checkpoints/.tmp-step-NNNNNN-PID  a checkpoint being written (never read; removed on resume, as is
-                                        .old-step-NNNNNN-PID; nothing else under checkpoints/ is deleted)
+        checkpoints/                    the run's checkpoints; their layout is `core.checkpoints`'s
         samples/step-000000.png         sample grids, step 0 = the base model
 
 Statuses::
@@ -29,7 +26,9 @@ start in queue order (creation order; a resumed run joins the end of the queue),
 host that queued them: pids are only meaningful there.
 
 Every write is one short `BEGIN IMMEDIATE` transaction on a fresh connection (safe across threads and
-processes), and rewrites status.json inside that transaction, so the mirror follows the database.
+processes); a write to a run's row (not a metric point: `append_metrics`) rewrites status.json inside
+that transaction, so the mirror follows the database. status.json is read only to rebuild the index
+and, when runs.db could not be written (a full disk), for the failure the worker left there.
 The folders are the source of truth: a missing or empty runs.db is rebuilt from them (status.json,
 metrics.jsonl) by whichever process opens it next, workers included; an unreadable one is an
 IndexCorruptError until `python -m core runs reindex` moves it aside and rebuilds it.
@@ -51,8 +50,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.checkpoints import CHECKPOINTS_DIR, Checkpoint, find_last, list_checkpoints, remove_partial
 from core.device import devices_conflict, normalize_devices, parse_devices
 from core.errors import ConfigError, UserError
+from core.runs import entries
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -78,17 +79,12 @@ STATUS_FILE = "status.json"
 LOG_FILE = "log.txt"
 METRICS_FILE = "metrics.jsonl"
 STOP_FILE = "stop.request"
-CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
-TRAINER_STATE_FILE = "trainer_state.json"
-STEP_DIR_RE = re.compile(r"step-(\d+)")
 SAMPLE_RE = re.compile(r"step-(\d+)\.png")
-# the only folders a resume may delete: what RunRecorder.save_checkpoint leaves when a write was cut off
-PARTIAL_CHECKPOINT_RE = re.compile(r"\.(tmp|old)-step-\d+-\d+")
 
 WAITING = "waiting"  # the message of a queued run that waits for a device starts with it
 BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
-SCHEMA_VERSION = 2  # 2: runs.ran_before
+SCHEMA_VERSION = 3  # 2: runs.ran_before; 3: runs.kind
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
@@ -112,7 +108,8 @@ CREATE TABLE IF NOT EXISTS runs (
     stop_requested_at REAL,
     stop_deadline REAL,             -- after this time a stopping worker is killed
     message TEXT NOT NULL DEFAULT '',
-    ran_before REAL NOT NULL DEFAULT 0  -- seconds the run was active before its last resume
+    ran_before REAL NOT NULL DEFAULT 0,  -- seconds the run was active before its last resume
+    kind TEXT NOT NULL DEFAULT 'train'   -- train | eval | embeddings: from the config's entry (core.runs.entries)
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, queue_seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -191,6 +188,7 @@ class Run:
     message: str
     run_dir: Path
     ran_before: float = 0.0  # seconds active before the last resume
+    kind: str = entries.TRAIN  # train | eval | embeddings (core.runs.entries), fixed at creation
 
     @property
     def ran_seconds(self) -> float | None:
@@ -211,12 +209,6 @@ class Run:
         d = asdict(self)
         d["run_dir"] = str(self.run_dir)
         return d
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    path: Path  # the checkpoints/step-NNNNNN folder
 
 
 # ---------------------------------------------------------------------------------------------
@@ -355,30 +347,6 @@ def tail_lines(path: Path, n: int = 20, max_bytes: int = 65536) -> list[str]:
     return lines[-n:] if n > 0 else []
 
 
-def list_checkpoints(run_dir: Path) -> list[Checkpoint]:
-    """Complete checkpoints of a run folder, by step. A folder counts once trainer_state.json in it
-    holds an integer "step"; temporary (dot-prefixed) and unreadable folders are skipped."""
-    found = []
-    root = Path(run_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return found
-    for child in root.iterdir():
-        if not (child.is_dir() and STEP_DIR_RE.fullmatch(child.name)):
-            continue
-        try:
-            step = json.loads((child / TRAINER_STATE_FILE).read_text())["step"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if isinstance(step, int) and not isinstance(step, bool):
-            found.append(Checkpoint(step=step, path=child))
-    return sorted(found, key=lambda c: c.step)
-
-
-def find_last_checkpoint(run_dir: Path) -> Checkpoint | None:
-    checkpoints = list_checkpoints(run_dir)
-    return checkpoints[-1] if checkpoints else None
-
-
 def _read_metrics_file(path: Path) -> list[dict]:
     """Points of a metrics.jsonl ({"step": int, "time": float, name: float}); torn or foreign lines skipped."""
     points = {}
@@ -480,8 +448,13 @@ class RunStore:
                     return 0
                 for statement in _schema_statements():
                     con.execute(statement)
-                if "ran_before" not in {r["name"] for r in con.execute("PRAGMA table_info(runs)")}:  # a version-1 index
+                columns = {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+                if "ran_before" not in columns:  # a version-1 index
                     con.execute("ALTER TABLE runs ADD COLUMN ran_before REAL NOT NULL DEFAULT 0")
+                if "kind" not in columns:  # a version-1 or -2 index: each run's kind from its config
+                    con.execute("ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'train'")
+                    for (run_id,) in con.execute("SELECT id FROM runs").fetchall():
+                        con.execute("UPDATE runs SET kind = ? WHERE id = ?", (self._kind_in_folder(run_id), run_id))
                 added = self._index_folders(con)
                 con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             except BaseException:
@@ -517,7 +490,20 @@ class RunStore:
             added += 1
         return added
 
+    def _kind_in_folder(self, run_id: str) -> str:
+        """The kind of run its config.json's entry makes (train when the file is unreadable)."""
+        try:
+            config = json.loads((self.run_dir(run_id) / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            return entries.TRAIN
+        return entries.kind_of(config.get("entry")) if isinstance(config, dict) else entries.TRAIN
+
     def _row_from_folder(self, folder: Path) -> dict[str, Any] | None:
+        row = self._status_row(folder)
+        row["kind"] = self._kind_in_folder(folder.name)
+        return row
+
+    def _status_row(self, folder: Path) -> dict[str, Any]:
         now = time.time()
         try:
             status = json.loads((folder / STATUS_FILE).read_text())
@@ -643,8 +629,9 @@ class RunStore:
                 seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
                 con.execute(
                     "INSERT INTO runs (id, name, status, devices, host, total_steps, queue_seq, created_at,"
-                    " queued_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, name.strip(), QUEUED, devices, self.host, total_steps, seq, now, now, now),
+                    " queued_at, updated_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, name.strip(), QUEUED, devices, self.host, total_steps, seq, now, now, now,
+                     entries.kind_of(config.get("entry"))),
                 )
                 if claim is not None:
                     return self._transition(con, self._get(con, run_id), RUNNING, dict(claim))
@@ -872,7 +859,14 @@ class RunStore:
     # -- metrics ----------------------------------------------------------------------------
 
     def append_metrics(self, run_id: str, step: int, values: dict[str, float], time_s: float | None = None) -> None:
-        """Append one point to metrics.jsonl and the metrics table, and set the run's step."""
+        """Record one point, the only writer of metrics. Two sinks, each for its reader:
+
+        - metrics.jsonl in the run folder: the durable record, from which `reindex` (and a process that
+          finds runs.db missing) rebuilds the table; `trim_after` cuts it on resume.
+        - the metrics table (and the run's step): what the UI and the CLI read.
+
+        status.json is not rewritten per point (nothing reads a running run's step there: a rebuild
+        takes the step from metrics.jsonl); every other write to the row rewrites it."""
         if isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"step must be a non-negative int, got {step!r}")
         clean = {}
@@ -891,7 +885,6 @@ class RunStore:
             con.execute("INSERT OR REPLACE INTO metrics (run_id, step, time, data) VALUES (?, ?, ?, ?)",
                         (run_id, step, t, json.dumps(clean)))
             con.execute("UPDATE runs SET step = ?, updated_at = ? WHERE id = ?", (step, time.time(), run_id))
-            self._mirror(con, run_id)
 
     def read_metrics(self, run_id: str, after_step: int = -1) -> list[dict[str, float]]:
         """Points with step > after_step, by step: [{"step": s, "time": t, name: value, ...}, ...].
@@ -931,11 +924,7 @@ class RunStore:
         for sample_step, sample in self.samples(run_id):
             if sample_step > step:
                 sample.unlink(missing_ok=True)
-        ckpt_root = run_dir / CHECKPOINTS_DIR
-        if ckpt_root.is_dir() and not ckpt_root.is_symlink():  # never delete through a link
-            for child in ckpt_root.iterdir():
-                if PARTIAL_CHECKPOINT_RE.fullmatch(child.name) and child.is_dir() and not child.is_symlink():
-                    shutil.rmtree(child, ignore_errors=True)
+        remove_partial(run_dir)
         return removed
 
     # -- files ------------------------------------------------------------------------------
@@ -944,7 +933,7 @@ class RunStore:
         return list_checkpoints(self.run_dir(run_id))
 
     def last_checkpoint(self, run_id: str) -> Checkpoint | None:
-        return find_last_checkpoint(self.run_dir(run_id))
+        return find_last(self.run_dir(run_id))
 
     def samples(self, run_id: str) -> list[tuple[int, Path]]:
         """(step, path) of the sample grids samples/step-NNNNNN.png, by step."""

@@ -6,7 +6,8 @@ the trainer is "core.vapi.trainer:run_worker") and calls
 
     entry(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool)
 
-The entry must be one of the project's worker entry points (`ENTRY_POINTS`). SIGTERM and SIGINT
+The entry must be one of the project's worker entry points (`core.runs.entries`; an entry's old name is
+mapped to its new one there). SIGTERM and SIGINT
 (Ctrl-C) request a stop, like the UI's Stop: the trainer checkpoints at its next step boundary.
 On return the run is finished, or stopped when a stop was requested; on an exception it is failed,
 with the error and the last lines of log.txt as its message, and the exit code is not 0. Then the
@@ -30,12 +31,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.checkpoints import find_last, step_dir_name
+from core.runs import entries
 from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.recorder import RunRecorder
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STATUS_FILE, STOP_FILE, STOPPED, STOPPING,
-    RunStateError, RunStore, find_last_checkpoint, parent_pid, process_start_time, tail_lines, write_final_status,
+    RunStateError, RunStore, parent_pid, process_start_time, tail_lines, write_final_status,
 )
 
 LOG_TAIL_LINES = 20  # lines of log.txt kept in a failed run's message
@@ -47,11 +50,7 @@ class WorkerTerminated(Exception):
 
 # the project's own entry points; config.json names one of them (a run folder is not a place to name
 # arbitrary code to import). VAPI_WORKER_ENTRIES adds others, comma-separated (tests, local plugins).
-ENTRY_POINTS = frozenset({
-    "core.vapi.trainer:run_worker",
-    "core.eval.jobs:run_eval",
-    "core.eval.jobs:run_embeddings",
-})
+ENTRY_POINTS = frozenset(entries.ENTRY_KINDS)
 EXTRA_ENTRIES_ENV = "VAPI_WORKER_ENTRIES"
 
 
@@ -61,8 +60,9 @@ def allowed_entries() -> frozenset[str]:
 
 
 def resolve_entry(config: dict) -> Callable:
-    """Import the callable named by config["entry"] ("package.module:function"), one of `allowed_entries`."""
-    spec = config.get("entry")
+    """Import the callable named by config["entry"] ("package.module:function"), one of `allowed_entries`
+    (an old name of one: its current name)."""
+    spec = entries.current(config.get("entry"))
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ConfigError("entry", f"{spec!r}; expected 'package.module:function', "
                                    "e.g. 'core.vapi.trainer:run_worker'")
@@ -175,8 +175,8 @@ def _finish(store: RunStore, run_id: str, run_dir: Path, stop_signal: str | None
     step = run.step
     if store.try_set_status(run_id, FINISHED, expect={RUNNING}, message=f"finished at step {step}"):
         return
-    ckpt = find_last_checkpoint(run_dir)
-    where = f"checkpoint step-{ckpt.step:06d}" if ckpt else "no checkpoint"
+    ckpt = find_last(run_dir)
+    where = f"checkpoint {step_dir_name(ckpt.step)}" if ckpt else "no checkpoint"
     by = f" by {stop_signal}" if stop_signal else ""
     if store.try_set_status(run_id, STOPPED, expect={STOPPING}, message=f"stopped{by} at step {step} ({where})"):
         return

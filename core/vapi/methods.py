@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from core import checkpoints
 from core.errors import ConfigError
 from core.vapi import baselines, objective
 from core.vapi.config import METHODS, VapiConfig
@@ -36,7 +37,7 @@ LossOut = tuple[torch.Tensor, dict, Optional[Rollout]]
 class Method:
     name = ""
     trains = "generator"  # "generator" | "tokenizer": the module the optimizer steps (and accelerate prepares)
-    weights_file = "model.pt"  # what a checkpoint folder holds of the trained module (the upstream layout)
+    weights_file = checkpoints.MODEL_FILE  # what a checkpoint folder holds of the trained module (the upstream layout)
     probes_kl = True  # KL(pi || pi_base) is reported (the generator moves)
 
     def trainable(self, policy, tokenizer):
@@ -84,7 +85,7 @@ class Ste(Method):
 class DecoderPostTrain(Method):
     name = "decoder"
     trains = "tokenizer"
-    weights_file = "tokenizer.pt"
+    weights_file = checkpoints.TOKENIZER_FILE
     probes_kl = False
 
     def trainable(self, policy, tokenizer):

@@ -30,6 +30,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from core import checkpoints
 from core.errors import ConfigError, UserError
 from core.seeding import derive_seed
 from core.vapi import objective
@@ -219,9 +220,9 @@ class Trainer:
         meta = {"step": step, "method": self.cfg.method, "world_size": self.world}
         with self.recorder.save_checkpoint(step) as d:
             checkpoint.save_upstream(state, d / name, config=self.cfg.to_dict())
-            torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, d / "optimizer.pt")
-            (d / "trainer_state.json").write_text(json.dumps(meta) + "\n")
-        self.log(f"[checkpoint] step {step} -> {self.recorder.checkpoints_dir / f'step-{step:06d}'}")
+            torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict()}, d / checkpoints.OPTIMIZER_FILE)
+            (d / checkpoints.TRAINER_STATE_FILE).write_text(json.dumps(meta) + "\n")
+        self.log(f"[checkpoint] step {step} -> {checkpoints.checkpoint_dir(self.recorder.run_dir, step)}")
 
     def _optimizer_state(self) -> dict:
         from accelerate.utils import DistributedType
@@ -242,7 +243,7 @@ class Trainer:
 
         from core.models import checkpoint
 
-        meta = json.loads((path / "trainer_state.json").read_text())
+        meta = json.loads((path / checkpoints.TRAINER_STATE_FILE).read_text())
         if meta.get("method", self.cfg.method) != self.cfg.method:
             raise ConfigError("method", f"{path} was written by method {meta['method']!r}, the run says {self.cfg.method!r}")
         model = self.trained_prepared
@@ -256,7 +257,7 @@ class Trainer:
                 model.load_state_dict(sd)
         else:
             checkpoint.load_strict(self.unwrap(model), sd, path / name)
-        opt = checkpoint.load_object(path / "optimizer.pt")
+        opt = checkpoint.load_object(path / checkpoints.OPTIMIZER_FILE)
         if self.accelerator.distributed_type == DistributedType.FSDP:
             from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
