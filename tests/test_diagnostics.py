@@ -65,3 +65,64 @@ def test_teacher_forced_reward_uses_the_same_random_numbers_for_both_models():
     assert a == b and a["reward"] < 0 and a["dist_mse"] == -a["reward"]
     c = D.teacher_forced_reward(tiny_gpt(seed=3), tok, images, cond, tokens, **kw)
     assert c["reward"] != a["reward"]
+
+
+# ----------------------------------------------------------------------------- the job (CLI and Evaluate tab)
+def test_diagnose_config_errors_name_the_field():
+    import pytest
+
+    from core.errors import ConfigError
+
+    for bad, field in (({"checkpoint": ""}, "checkpoint"), ({"seeds": []}, "seeds"), ({"cfg_scales": [0.5]}, "cfg_scales"),
+                       ({"num_images": 1}, "num_images"), ({"num_samples": True}, "num_samples")):
+        with pytest.raises(ConfigError) as e:
+            D.DiagnoseConfig(**{"checkpoint": "run", **bad})
+        assert e.value.field == field
+    with pytest.raises(ConfigError, match="schedule"):  # an unknown key of a run's config.json
+        D.DiagnoseConfig.from_dict({"checkpoint": "run", "schedule": "x"})
+    from core.runs import entries
+
+    assert entries.kind_of(entries.DIAGNOSE_ENTRY) == entries.DIAGNOSE
+
+
+def test_the_diagnose_job_writes_results_reports_progress_and_stops_between_phases(tmp_path):
+    import json
+
+    from core.models import checkpoint, load
+
+    gen, _ = load.load_pair("demo-c2i")
+    with torch.no_grad():
+        gen.tok_embeddings.weight[:, 0] += 0.5  # an "aligned" model that differs from the base
+    weights = tmp_path / "model.pt"
+    checkpoint.save_upstream(gen.state_dict(), weights, config={})
+
+    class Recorder:
+        def __init__(self, stop_after=None):
+            self.progress, self.metrics, self.stop_after = [], [], stop_after
+
+        def set_progress(self, done, total=None):
+            self.progress.append((done, total))
+
+        def should_stop(self):
+            return self.stop_after is not None and len(self.progress) >= self.stop_after
+
+        def log_metrics(self, step, row):
+            self.metrics.append((step, row))
+
+    config = {"entry": "core.eval.diagnostics:run_diagnose", "checkpoint": str(weights), "num_images": 16,
+              "seeds": [0, 1], "num_generations": 2, "cfg_scales": [1.0], "num_samples": 20}
+    run_dir = tmp_path / "runs" / "diag"
+    run_dir.mkdir(parents=True)
+    rec = Recorder()
+    D.run_diagnose(config, run_dir, rec, resume=False)
+    assert rec.progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    out = json.loads((run_dir / "results.json").read_text())
+    assert len(out["kl_per_position"]) == out["grid"][0] * out["grid"][1] and out["kl_mean"] > 0
+    assert out["config"]["seeds"] == [0, 1] and [r["cfg_scale"] for r in out["cfg_sweep"]] == [1.0]
+    step, row = rec.metrics[0]
+    assert step == 4 and row["kl_mean"] == out["kl_mean"] and "demo_fid_aligned_cfg1" in row
+    stopped = tmp_path / "runs" / "stopped"
+    stopped.mkdir()
+    rec = Recorder(stop_after=1)
+    D.run_diagnose(config, stopped, rec, resume=False)
+    assert rec.progress == [(1, 4)] and not (stopped / "results.json").exists() and rec.metrics == []

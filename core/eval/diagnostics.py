@@ -11,17 +11,23 @@
 - a CFG sweep: demo-FID / class accuracy vs guidance scale, base and aligned (does alignment reduce the
   need for CFG, as the paper argues?).
 
-`python -m core eval diagnose --checkpoint RUN` runs them on the embedded demo. Legend: B images, N tokens, V vocab.
+`python -m core eval diagnose --checkpoint RUN` runs them on the embedded demo; the Evaluate tab queues them as a
+background run (`submit_diagnose`, worker entry `run_diagnose`) and shows its results.json. Legend: B images, N tokens, V vocab.
 """
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from core import configmeta
+from core.configmeta import setting
+from core.errors import ConfigError
 from core.vapi import objective
 
 
@@ -82,7 +88,18 @@ def _mean_std(vals: Sequence[float]) -> tuple[float, float]:
 
 # ----------------------------------------------------------------------------- `python -m core eval diagnose` (demo)
 def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (0, 1, 2), num_generations: int = 8,
-                  cfg_scales: Sequence[float] = (1.0, 1.5, 2.5), num_samples: int = 1000, log=print) -> dict:
+                  cfg_scales: Sequence[float] = (1.0, 1.5, 2.5), num_samples: int = 1000, log=print,
+                  progress: Optional[Callable[[int, int], None]] = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> Optional[dict]:
+    """Every diagnostic of one aligned demo generator against the committed base -> the results dict (None when
+    `should_stop` said so between phases). progress(done, total) after each of the 3 + len(cfg_scales) phases."""
+    total = 3 + len(cfg_scales)
+
+    def phase_done(done: int) -> bool:
+        if progress is not None:
+            progress(done, total)
+        return should_stop()
+
     from core.data.shapes import images_tensor
     from core.eval.demo_report import evaluate_checkpoint
     from core.models.load import load_pair
@@ -102,6 +119,9 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
     log(f"KL(aligned || base) per position, held-out teacher forcing (mean {kl.mean():.4f}, first token {kl[0]:.4f}):")
     for r in range(h):
         log("  " + " ".join(f"{v:.4f}" for v in kl[r * w:(r + 1) * w].tolist()))
+    out["grid"] = [h, w]
+    if phase_done(1):
+        return None
 
     per_seed = {name: [teacher_forced_reward(model, tok, images, labels, tokens, num_generations=num_generations,
                                              weights={"mse": 1.0}, seed=s)["reward"] for s in seeds]
@@ -113,6 +133,8 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
     log(f"held-out teacher-forced reward (-MSE, G {num_generations}, {len(seeds)} seeds): base {tf['base']['reward']:.5f} "
         f"± {tf['base']['reward_std']:.5f}, aligned {tf['aligned']['reward']:.5f} ± {tf['aligned']['reward_std']:.5f}; "
         f"paired gain {tf['paired_gain']:+.6f} ± {tf['paired_gain_std']:.6f}")
+    if phase_done(2):
+        return None
 
     from core.models.generate import generate
 
@@ -128,6 +150,8 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
     out["off_manifold_rate"] = rates
     log(f"off-manifold rate (tokens changed by decode -> re-encode): real {rates['real']:.4f}, base {rates['base']:.4f} "
         f"± {rates['base_std']:.4f}, aligned {rates['aligned']:.4f} ± {rates['aligned_std']:.4f}")
+    if phase_done(3):
+        return None
 
     sweep = []
     for scale in cfg_scales:
@@ -140,20 +164,110 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
         log(f"CFG {scale}: demo-FID base {row['base']['demo_fid']:.3f} ± {row['base']['demo_fid_std']:.3f}, aligned "
             f"{row['aligned']['demo_fid']:.3f} ± {row['aligned']['demo_fid_std']:.3f}; class accuracy base "
             f"{row['base']['class_accuracy']:.3f}, aligned {row['aligned']['class_accuracy']:.3f}")
+        if phase_done(3 + len(sweep)) and len(sweep) < len(cfg_scales):
+            return None
     out["cfg_sweep"] = sweep
     return out
+
+
+# ----------------------------------------------------------------------------- the job (CLI and Evaluate tab)
+DIAGNOSE_FIELDS = ("checkpoint", "num_images", "seeds", "num_generations", "cfg_scales", "num_samples")
+
+
+@dataclass
+class DiagnoseConfig:
+    """The diagnostics of one aligned demo generator against the committed base."""
+
+    checkpoint: str = setting("", help="the aligned demo generator: a run id (or id@step), a run folder, a checkpoint "
+                                       "folder or a model.pt")
+    num_images: int = setting(500, help="held-out real scenes (val split) for the teacher-forced views")
+    seeds: list[int] = setting(default_factory=lambda: [0, 1, 2], help="sampling seeds (mean ± std over them)")
+    num_generations: int = setting(8, help="G teacher-forced samples per image, as in training")
+    cfg_scales: list[float] = setting(default_factory=lambda: [1.0, 1.5, 2.5],
+                                      help="guidance scales of the demo-FID sweep (1 = no guidance)")
+    num_samples: int = setting(1000, help="free-running samples per seed and scale in the CFG sweep")
+
+    def __post_init__(self):
+        if not self.checkpoint:
+            raise ConfigError("checkpoint", "name the aligned demo generator: a run id, run folder or checkpoint")
+        for name in ("num_images", "num_generations", "num_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ConfigError(name, f"must be a whole number >= 2, got {value!r}")
+        if not self.seeds or any(isinstance(x, bool) or not isinstance(x, int) for x in self.seeds):
+            raise ConfigError("seeds", f"must be a non-empty list of whole numbers, got {self.seeds!r}")
+        if not self.cfg_scales or any(isinstance(x, bool) or not isinstance(x, (int, float)) or x < 1
+                                      for x in self.cfg_scales):
+            raise ConfigError("cfg_scales", f"must be a non-empty list of numbers >= 1, got {self.cfg_scales!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DiagnoseConfig":
+        return configmeta.from_dict(cls, d, "the diagnostics", ignore=("entry",))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def total_steps(self) -> int:
+        """Progress units: per-position KL, held-out reward, off-manifold rate, one per CFG scale."""
+        return 3 + len(self.cfg_scales)
+
+
+def resolve(cfg: DiagnoseConfig, runs_dir: Optional[str | Path] = None) -> Path:
+    """The aligned generator's model.pt, checked before any work (the demo's files too)."""
+    from core.checkpoints import resolve_weights
+    from core.models import registry
+
+    registry.require_files("demo-c2i")
+    ref = resolve_weights(cfg.checkpoint, runs_dir, field="checkpoint")
+    if ref.path is None:
+        raise ConfigError("checkpoint", "the base model against itself shows nothing: name an aligned checkpoint")
+    return Path(ref.path)
+
+
+def summary_metrics(out: dict) -> dict[str, float]:
+    """The headline numbers of a diagnosis, as one metrics row of its run."""
+    tf, rates = out["teacher_forced_reward"], out["off_manifold_rate"]
+    row = {"kl_mean": out["kl_mean"], "kl_first_token": out["kl_first_token"], "tf_reward_gain": tf["paired_gain"],
+           "tf_reward_gain_std": tf["paired_gain_std"], "off_manifold_base": rates["base"],
+           "off_manifold_aligned": rates["aligned"], "off_manifold_real": rates["real"]}
+    for r in out["cfg_sweep"]:
+        for name in ("base", "aligned"):
+            row[f"demo_fid_{name}_cfg{r['cfg_scale']:g}"] = r[name]["demo_fid"]
+    return row
+
+
+def run_diagnose(config: dict, run_dir: Path, recorder, resume: bool) -> None:
+    """Worker entry (core.runs.entries.DIAGNOSE_ENTRY): the diagnostics into the run folder's results.json.
+    A stop lands between phases; a resumed run starts over (a few minutes on a CPU)."""
+    from core.eval.job_io import RESULTS_FILE, print_flush, write_json
+
+    cfg = DiagnoseConfig.from_dict(config)
+    weights = resolve(cfg, Path(run_dir).parent)
+    out = diagnose_demo(weights, num_images=cfg.num_images, seeds=cfg.seeds, num_generations=cfg.num_generations,
+                        cfg_scales=cfg.cfg_scales, num_samples=cfg.num_samples, log=print_flush,
+                        progress=recorder.set_progress, should_stop=recorder.should_stop)
+    if out is not None:
+        write_json(Path(run_dir) / RESULTS_FILE, {**out, "config": cfg.to_dict()})
+        recorder.log_metrics(cfg.total_steps, summary_metrics(out))
+
+
+def submit_diagnose(launcher, config: dict | DiagnoseConfig, devices: str = "cpu", name: Optional[str] = None):
+    """Validate a diagnosis (fields and files) and queue it as a background run. Returns the Run."""
+    from core.runs.entries import DIAGNOSE_ENTRY
+
+    cfg = config if isinstance(config, DiagnoseConfig) else DiagnoseConfig.from_dict(config)
+    resolve(cfg, launcher.store.runs_dir)
+    return launcher.submit(name or f"diagnose {cfg.checkpoint}", {"entry": DIAGNOSE_ENTRY, **cfg.to_dict()}, devices,
+                           cfg.total_steps)
 
 
 def cmd_diagnose(args) -> int:
     import json
 
-    from core.eval.demo_report import resolve_checkpoint
-    from core.models import registry
-
-    registry.require_files("demo-c2i")
-    weights = resolve_checkpoint(args.checkpoint)
-    out = diagnose_demo(weights, num_images=args.num_images, seeds=args.seeds, num_generations=args.num_generations,
-                        cfg_scales=args.cfg_scales, num_samples=args.num_samples)
+    cfg = DiagnoseConfig(**configmeta.values_from_args(args, DIAGNOSE_FIELDS))
+    out = diagnose_demo(resolve(cfg, args.runs_dir), num_images=cfg.num_images, seeds=cfg.seeds,
+                        num_generations=cfg.num_generations, cfg_scales=cfg.cfg_scales, num_samples=cfg.num_samples)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     return 0
@@ -163,12 +277,8 @@ def register(sub) -> None:
     from core.eval.cli import add_eval_command
 
     def configure(p):
-        p.add_argument("--checkpoint", required=True, help="the aligned demo generator: model.pt, a checkpoint folder or a run folder")
-        p.add_argument("--num-images", type=int, default=500, help="held-out real scenes for the teacher-forced views")
-        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (mean ± std over them)")
-        p.add_argument("--num-generations", type=int, default=8, help="G teacher-forced samples per image")
-        p.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.5], help="guidance scales of the sweep")
-        p.add_argument("--num-samples", type=int, default=1000, help="free-running samples per seed in the CFG sweep")
+        configmeta.add_arguments(p, DiagnoseConfig, DIAGNOSE_FIELDS, required=["checkpoint"])
+        p.add_argument("--runs-dir", type=Path, default=None, help="where run ids in --checkpoint are looked up")
         p.add_argument("--json", type=Path, default=None, help="write the results here")
         p.set_defaults(func=cmd_diagnose)
 
