@@ -1,9 +1,10 @@
 """The Evaluate and Embeddings tabs in a real headless Chromium (Playwright) on the tiny demo: each tab opens,
-a small job is launched from its form, its results render (the results table; the map, densities and
-distances), and a screenshot of each tab is saved (to $VAPI_SCREENSHOTS_DIR if set, else a tmp dir)
+a small job is launched from its form, its results render (the results table; the diagnostics of a demo
+checkpoint; the map, densities and distances), and a screenshot of each tab is saved (to $VAPI_SCREENSHOTS_DIR if set, else a tmp dir)
 and checked to be a non-empty PNG with content."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - th
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
     shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")
+    manifest = json.loads((tiny_demo / "manifest.json").read_text())  # the diagnostics read it from the manifest
+    (tiny_demo / "manifest.json").write_text(json.dumps({**manifest, "evaluator": {"file": "evaluator.safetensors"}}))
     aligned = aligned_run(RunStore(tmp_path / "runs"))
     with served_app(tmp_path, monkeypatch, [tmp_path]) as (app, url):
         yield app, url, aligned
@@ -62,6 +65,35 @@ def test_evaluate_and_embeddings_tabs_in_chromium(served, tmp_path):
         expect(page.locator("#eval-progress")).not_to_contain_text("running", timeout=WAIT_MS)
         screenshot(page, shots, "evaluate")
 
+        # diagnostics of the aligned checkpoint (core.eval.diagnostics as a background run), small settings
+        page.locator("#diag-section").get_by_text("Diagnostics: where a demo run moved the generator").click()
+        checkpoint = page.locator("#diag-checkpoint input")
+        checkpoint.fill(f"{aligned}@5")
+        checkpoint.press("Enter")
+        for key, value in (("num_images", "16"), ("num_generations", "2"), ("num_samples", "20")):
+            fill(page, f"diag-{key}", value)
+        fill(page, "diag-cfg_scales", "1 x")  # an error names the input, and nothing is queued
+        runs_before = len(app.ctx.store.list_runs())
+        page.locator("#diag-launch").click()
+        expect(page.locator("#diag-status")).to_contain_text("cfg_scales", timeout=20_000)
+        assert len(app.ctx.store.list_runs()) == runs_before
+        fill(page, "diag-cfg_scales", "1")
+        fill(page, "diag-seeds", "0 1")
+        page.locator("#diag-launch").click()
+        expect(page.locator("#diag-status")).to_contain_text("Queued", timeout=30_000)
+        results = page.locator("#diag-results")
+        for _ in range(WAIT_MS // 3000):
+            page.locator("#diag-refresh").click()
+            if "held-out teacher-forced reward" in (results.text_content(timeout=10_000) or ""):
+                break
+            page.wait_for_timeout(3000)
+        expect(results).to_contain_text("held-out teacher-forced reward", timeout=10_000)
+        expect(results).to_contain_text("demo-FID ↓, CFG 1")
+        expect(results).to_contain_text("95% interval")
+        expect(page.locator("#diag-kl .js-plotly-plot")).to_be_attached(timeout=30_000)
+        page.wait_for_timeout(1500)  # plotly draws asynchronously
+        screenshot(page, shots, "diagnostics")
+
         page.get_by_role("tab", name="Embeddings").click()
         expect(page.locator("#emb-launch")).to_be_visible()
         expect(page.locator("#emb-base")).to_contain_text("demo-c2i")
@@ -76,4 +108,4 @@ def test_evaluate_and_embeddings_tabs_in_chromium(served, tmp_path):
         expect(page.locator("#emb-caption")).to_contain_text("not Inception FID")
         page.wait_for_timeout(1500)  # plotly draws asynchronously
         screenshot(page, shots, "embeddings")
-    assert {p.name for p in shots.glob("*.png")} >= {"evaluate.png", "embeddings.png"}
+    assert {p.name for p in shots.glob("*.png")} >= {"evaluate.png", "diagnostics.png", "embeddings.png"}

@@ -156,8 +156,10 @@ def test_entries_map_old_names_to_the_entry_points_that_exist_now():
     from core.eval import eval_job, shift_job
     from core.vapi import trainer
 
-    assert (eval_job.EVAL_ENTRY, shift_job.EMBEDDINGS_ENTRY, trainer.ENTRY) == (
-        entries.EVAL_ENTRY, entries.EMBEDDINGS_ENTRY, entries.TRAIN_ENTRY)
+    from core.eval import diagnostics
+
+    assert (eval_job.EVAL_ENTRY, shift_job.EMBEDDINGS_ENTRY, trainer.ENTRY, diagnostics.DIAGNOSE_ENTRY) == (
+        entries.EVAL_ENTRY, entries.EMBEDDINGS_ENTRY, entries.TRAIN_ENTRY, entries.DIAGNOSE_ENTRY)
     from core.runs.worker import resolve_entry  # a run made before the split resumes with the moved function
 
     assert resolve_entry({"entry": "core.eval.jobs:run_eval"}) is eval_job.run_eval

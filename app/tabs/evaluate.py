@@ -25,7 +25,7 @@ import gradio as gr
 
 from app import comparison, form, jobform, views
 from app.safety import confine
-from app.tabs import BuildContext
+from app.tabs import BuildContext, diagnose
 from app.tabs.launch import device_choices
 from app.tabs.shared import (EXTRACTORS, check_extractor, check_hub_model, class_items, default_devices, error_target,
                               error_text, extractor_path_of, feature_space, field_updates, message, parse_device_set,
@@ -573,3 +573,4 @@ def build(ctx: BuildContext) -> None:
     ctx.get(f"{TAB_ID}.tab").select(refresh_sources, inputs=[comps["source"], offered],
                                     outputs=[comps["source"], offered], api_visibility="private",
                                     show_progress="hidden")
+    diagnose.build_section(ctx)  # where a demo run moved the generator (core.eval.diagnostics)

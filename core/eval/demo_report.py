@@ -113,7 +113,7 @@ def evaluate_checkpoint(demo_dir: Path | None = None, weights: Optional[str | Pa
                          "precision": pr.precision, "recall": pr.recall})
         log(f"  seed {s}: " + ", ".join(f"{k} {v:.4f}" for k, v in per_seed[-1].items()))
     out = {"num_samples": num_samples, "sample_seeds": list(sample_seeds), "cfg_scale": cfg_scale,
-           "temperature": temperature, "weights": str(weights) if weights else "base"}
+           "temperature": temperature, "weights": str(weights) if weights else "base", "per_seed": per_seed}
     for k in per_seed[0]:
         vals = [p[k] for p in per_seed]
         out[k] = statistics.fmean(vals)

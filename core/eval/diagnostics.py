@@ -129,6 +129,7 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
     tf = {name: dict(zip(("reward", "reward_std"), _mean_std(v))) for name, v in per_seed.items()}
     # same seed = same random numbers for both models: the paired difference cancels most sampling noise
     tf["paired_gain"], tf["paired_gain_std"] = _mean_std([a - b for a, b in zip(per_seed["aligned"], per_seed["base"])])
+    tf["per_seed"] = per_seed
     out["teacher_forced_reward"] = tf
     log(f"held-out teacher-forced reward (-MSE, G {num_generations}, {len(seeds)} seeds): base {tf['base']['reward']:.5f} "
         f"± {tf['base']['reward_std']:.5f}, aligned {tf['aligned']['reward']:.5f} ± {tf['aligned']['reward_std']:.5f}; "
@@ -160,6 +161,8 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
             r = evaluate_checkpoint(weights=w_, num_samples=num_samples, sample_seeds=seeds, cfg_scale=scale,
                                     log=lambda m: None)
             row[name] = {k: r[k] for k in ("demo_fid", "demo_fid_std", "class_accuracy", "class_accuracy_std")}
+            for k in ("demo_fid", "class_accuracy"):  # paired by seed: the same uniforms for base and aligned
+                row[name][k + "_per_seed"] = [p[k] for p in r["per_seed"]]
         sweep.append(row)
         log(f"CFG {scale}: demo-FID base {row['base']['demo_fid']:.3f} ± {row['base']['demo_fid_std']:.3f}, aligned "
             f"{row['aligned']['demo_fid']:.3f} ± {row['aligned']['demo_fid_std']:.3f}; class accuracy base "
@@ -171,6 +174,7 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
 
 
 # ----------------------------------------------------------------------------- the job (CLI and Evaluate tab)
+DIAGNOSE_ENTRY = "core.eval.diagnostics:run_diagnose"  # core.runs.entries.DIAGNOSE_ENTRY
 DIAGNOSE_FIELDS = ("checkpoint", "num_images", "seeds", "num_generations", "cfg_scales", "num_samples")
 
 
@@ -238,7 +242,7 @@ def summary_metrics(out: dict) -> dict[str, float]:
 
 
 def run_diagnose(config: dict, run_dir: Path, recorder, resume: bool) -> None:
-    """Worker entry (core.runs.entries.DIAGNOSE_ENTRY): the diagnostics into the run folder's results.json.
+    """Worker entry (DIAGNOSE_ENTRY): the diagnostics into the run folder's results.json.
     A stop lands between phases; a resumed run starts over (a few minutes on a CPU)."""
     from core.eval.job_io import RESULTS_FILE, print_flush, write_json
 
@@ -254,8 +258,6 @@ def run_diagnose(config: dict, run_dir: Path, recorder, resume: bool) -> None:
 
 def submit_diagnose(launcher, config: dict | DiagnoseConfig, devices: str = "cpu", name: Optional[str] = None):
     """Validate a diagnosis (fields and files) and queue it as a background run. Returns the Run."""
-    from core.runs.entries import DIAGNOSE_ENTRY
-
     cfg = config if isinstance(config, DiagnoseConfig) else DiagnoseConfig.from_dict(config)
     resolve(cfg, launcher.store.runs_dir)
     return launcher.submit(name or f"diagnose {cfg.checkpoint}", {"entry": DIAGNOSE_ENTRY, **cfg.to_dict()}, devices,
