@@ -329,7 +329,7 @@ def test_compare_pairs_use_the_same_seeds(served):
     assert [c.split(" · ")[0] for c, _ in items] == ["ground truth", "base", "aligned", "|base − aligned|"] * 2
     assert all(" mse " in c for c, _ in items[1::4] + items[2::4]), [c for c, _ in items]
     assert "Reward term mse" in status
-    from core.data import shapes
+    from core.demo import shapes
 
     truth = shapes.render("val", 0, 16).image  # class 0, image 0 of the held-out split
     scale = items[0][1].shape[0] // 16

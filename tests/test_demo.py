@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from core.models.demo_build import sha256
+from core.demo.build import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "checkpoints" / "demo"
@@ -68,7 +68,7 @@ def test_demo_alignment_steps_change_the_weights(tmp_path):
 
 
 def test_demo_report_on_the_committed_models():
-    from core.eval import demo_report
+    from core.demo import report as demo_report
 
     r = demo_report.evaluate_checkpoint(num_samples=100, sample_seeds=(0,), log=lambda m: None)
     assert r["demo_fid"] > 0 and 0 <= r["class_accuracy"] <= 1 and r["diversity"] > 0

@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.data import shapes
+from core.demo import shapes
 from core.errors import CheckpointError, ConfigError, DataError
-from core.eval import demo_evaluator as de
+from core.demo import evaluator as de
 
 
 @contextlib.contextmanager

@@ -486,9 +486,9 @@ def test_demo_extractor_wraps_the_demo_evaluator_lazily(tmp_path, monkeypatch):
             return self.features(images)[:, :2]
 
     loaded = []
-    fake = types.ModuleType("core.eval.demo_evaluator")
+    fake = types.ModuleType("core.demo.evaluator")
     fake.load_evaluator = lambda path: loaded.append(path) or FakeEvaluator()
-    monkeypatch.setitem(sys.modules, "core.eval.demo_evaluator", fake)
+    monkeypatch.setitem(sys.modules, "core.demo.evaluator", fake)
     weights = tmp_path / "evaluator.safetensors"
     weights.write_bytes(b"stand-in")
     demo = ex.build_extractor("demo", path=weights)
@@ -499,7 +499,7 @@ def test_demo_extractor_wraps_the_demo_evaluator_lazily(tmp_path, monkeypatch):
 
 
 def test_demo_extractor_with_the_real_demo_evaluator(tmp_path):
-    demo_evaluator = pytest.importorskip("core.eval.demo_evaluator")
+    demo_evaluator = pytest.importorskip("core.demo.evaluator")
     torch.manual_seed(0)
     model = demo_evaluator.DemoEvaluator(demo_evaluator.EvaluatorConfig()).eval()
     path = tmp_path / "evaluator.safetensors"

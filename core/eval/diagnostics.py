@@ -83,8 +83,8 @@ def _mean_std(vals: Sequence[float]) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- `python -m core eval diagnose` (demo)
 def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (0, 1, 2), num_generations: int = 8,
                   cfg_scales: Sequence[float] = (1.0, 1.5, 2.5), num_samples: int = 1000, log=print) -> dict:
-    from core.data.shapes import images_tensor
-    from core.eval.demo_report import evaluate_checkpoint
+    from core.demo.shapes import images_tensor
+    from core.demo.report import evaluate_checkpoint
     from core.models.load import load_pair
 
     base, tok = load_pair("demo-c2i")
@@ -143,35 +143,3 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
     out["cfg_sweep"] = sweep
     return out
 
-
-def cmd_diagnose(args) -> int:
-    import json
-
-    from core.eval.demo_report import resolve_checkpoint
-    from core.models import registry
-
-    registry.require_files("demo-c2i")
-    weights = resolve_checkpoint(args.checkpoint)
-    out = diagnose_demo(weights, num_images=args.num_images, seeds=args.seeds, num_generations=args.num_generations,
-                        cfg_scales=args.cfg_scales, num_samples=args.num_samples)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    return 0
-
-
-def register(sub) -> None:
-    from core.eval.cli import add_eval_command
-
-    def configure(p):
-        p.add_argument("--checkpoint", required=True, help="the aligned demo generator: model.pt, a checkpoint folder or a run folder")
-        p.add_argument("--num-images", type=int, default=500, help="held-out real scenes for the teacher-forced views")
-        p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (mean ± std over them)")
-        p.add_argument("--num-generations", type=int, default=8, help="G teacher-forced samples per image")
-        p.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 1.5, 2.5], help="guidance scales of the sweep")
-        p.add_argument("--num-samples", type=int, default=1000, help="free-running samples per seed in the CFG sweep")
-        p.add_argument("--json", type=Path, default=None, help="write the results here")
-        p.set_defaults(func=cmd_diagnose)
-
-    add_eval_command(sub, "diagnose", "where an aligned demo generator moved: per-position KL, held-out reward, "
-                                      "off-manifold rate, demo-FID vs CFG", configure,
-                     description=__doc__.split("\n\n")[0])
