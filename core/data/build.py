@@ -56,8 +56,8 @@ def _build_shapes(path: Optional[str | Path], image_size: int, subset: Optional[
     """`path` names the split (empty = "train"); `subset` is a scene count, or a fraction of
     ShapesDataset's default length (None = all of it); `seed` picks the window of scenes
     seed*length ... seed*length + length - 1 (a multiple of 10 scenes is exactly class-balanced)."""
-    from core.demo import shapes
     from core.data.sizes import subset_size
+    from core.demo import shapes
 
     split = str(path) if path else "train"
     if split not in shapes.SPLITS:

@@ -83,8 +83,8 @@ def _mean_std(vals: Sequence[float]) -> tuple[float, float]:
 # ----------------------------------------------------------------------------- `python -m core eval diagnose` (demo)
 def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (0, 1, 2), num_generations: int = 8,
                   cfg_scales: Sequence[float] = (1.0, 1.5, 2.5), num_samples: int = 1000, log=print) -> dict:
-    from core.demo.shapes import images_tensor
     from core.demo.report import evaluate_checkpoint
+    from core.demo.shapes import images_tensor
     from core.models.load import load_pair
 
     base, tok = load_pair("demo-c2i")
