@@ -86,6 +86,7 @@ def latest_step(ui: UI, run_id: str) -> int:
     return int(latest["step"]) if isinstance(latest, dict) and "step" in latest else -1
 
 
+@pytest.mark.slow
 def test_run_lifecycle_through_the_ui(served):
     ui, store = served.ui, served.store
     status, run_id = ui.launch(**TINY)
@@ -401,6 +402,7 @@ def test_paths_are_confined_to_the_roots(tmp_path):
         safety.confine("ok", [root], "init_weights", kind="file")
 
 
+@pytest.mark.slow
 def test_public_bind_needs_auth(tmp_path):
     assert safety.is_loopback("127.0.0.1") and safety.is_loopback("localhost") and safety.is_loopback("::1")
     assert not safety.is_loopback("0.0.0.0")

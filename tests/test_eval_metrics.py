@@ -304,6 +304,7 @@ def _two_image_sets(n=4, size=32):
     return dark, bright
 
 
+@pytest.mark.slow
 def test_inception_extractor_agrees_with_torch_fidelity_on_pngs_and_npz(random_inception_weights, tmp_path):
     """Our route (tensors -> extractor -> metrics.py) equals torch-fidelity's (PNG folder / .npz Dataset).
 
