@@ -240,4 +240,3 @@ def build(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
     (out / configs.MANIFEST).write_text(json.dumps(manifest, indent=2))
     log(f"[build] done in {manifest['build']['total_seconds'] / 60:.1f} min -> {out}")
     return manifest
-

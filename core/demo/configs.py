@@ -44,4 +44,3 @@ def vq_config(demo_dir: Path | None = None) -> dict:
 def gpt_config(demo_dir: Path | None = None) -> dict:
     m = read_manifest(demo_dir)
     return dict(m["generator"]["config"]) if m else dict(DEMO_GPT)
-

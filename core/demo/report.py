@@ -135,4 +135,3 @@ def tokenizer_floor(demo_dir: Path | None = None, count: int = 5000, reference_c
     rec = torch.cat([tok.decode(tok.encode(x[i:i + 500])) for i in range(0, count, 500)]).clamp(-1, 1)
     f, pred = features_of(_evaluator(ev_path), rec)
     return {"demo_fid": M.fid_from_features(f, ref_f), "class_accuracy": float((pred == y.numpy()).mean())}
-

@@ -142,4 +142,3 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
             f"{row['base']['class_accuracy']:.3f}, aligned {row['aligned']['class_accuracy']:.3f}")
     out["cfg_sweep"] = sweep
     return out
-
