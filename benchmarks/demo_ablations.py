@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from core.checkpoints import MODEL_FILE
-from core.eval import demo_report
+from core.demo import report as demo_report
 from core.runs.recorder import RunRecorder
 from core.runs.store import RunStore
 from core.vapi.config import resolve
@@ -51,10 +51,10 @@ METRICS = ("demo_fid", "class_accuracy", "diversity", "precision", "recall")
 
 @torch.no_grad()
 def attribute_shares(weights) -> dict:
-    from core.eval.demo_evaluator import ATTRIBUTES
-    from core.models import demo
+    from core.demo import configs
+    from core.demo.evaluator import ATTRIBUTES
 
-    manifest = demo.read_manifest()
+    manifest = configs.read_manifest()
     ev = demo_report._evaluator(str(demo_report.paths.DEMO_DIR / manifest["evaluator"]["file"]))
     imgs, _ = demo_report.sample(demo_report.paths.DEMO_DIR, weights, 1000, 0)
     att = ev.attribute_logits(imgs)

@@ -2,7 +2,7 @@
 
     python -m benchmarks.less_trained_base --gpt-steps 600 --json results.json
 
-Trains a generator with the demo build's recipe (core.models.demo_build) but `--gpt-steps` instead of 3300
+Trains a generator with the demo build's recipe (core.demo.build) but `--gpt-steps` instead of 3300
 optimizer steps (its own warm-up and cosine schedule, so it is a shorter-trained model, not a snapshot of the
 committed one) on tokens of the committed tokenizer; measures it as `python -m core eval demo` does (1000
 samples x 3 sampling seeds, CFG 1); runs the demo-c2i preset from it (`init_weights`) and measures the result.
@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.demo_ablations import METRICS, run_variant
-from core.eval import demo_report
-from core.models import checkpoint, demo_build, load
+from core.demo import build as demo_build
+from core.demo import report as demo_report
+from core.models import checkpoint, load
 
 
 def main() -> None:

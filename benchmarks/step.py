@@ -46,7 +46,7 @@ def bench_step(preset_name: str, overrides: list[str], batch: int | None, repeat
     B = batch or cfg.per_device_train_batch_size
     g = torch.Generator().manual_seed(0)
     if p.size == "demo":
-        from core.data.shapes import images_tensor
+        from core.demo.shapes import images_tensor
 
         images, labels = images_tensor("train", range(B), p.image_size)
     else:

@@ -17,9 +17,7 @@ COMMAND_MODULES = (
     "core.vapi.cli",     # train
     "core.eval.cli",     # eval fid, embeddings, geneval-export, clip, summary (+ demo)
     "core.eval.compare_cli",  # compare (free / teacher-forced / prefix views)
-    "core.models.demo_build",  # demo build
-    "core.eval.demo_report",   # eval demo
-    "core.eval.diagnostics",   # eval diagnose
+    "core.demo.cli",           # demo build, eval demo, eval diagnose
 )
 
 

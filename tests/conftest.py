@@ -22,14 +22,14 @@ def _torch_threads():
 def tiny_demo(tmp_path, monkeypatch):
     """A tiny random demo (VQ 16 px + GPT) standing in for checkpoints/demo, in-process and for subprocesses."""
     from core import paths
-    from core.models import demo, registry
+    from core.models import registry
     from tests.helpers import make_tiny_demo
 
     folder = make_tiny_demo(tmp_path / "demo")
     monkeypatch.setattr(paths, "DEMO_DIR", folder)
     monkeypatch.setenv("VAPI_DEMO_DIR", str(folder))
-    demo.register_presets()
+    registry.register_demo_presets()
     yield folder
     monkeypatch.undo()
     if "demo-c2i" in registry.GENERATORS:
-        demo.register_presets()
+        registry.register_demo_presets()

@@ -62,7 +62,7 @@ class ToyTokenizer:
 
 def train_tiny_evaluator(folder: Path, steps: int) -> Path:
     """A demo evaluator for the tiny demo's 16 px images, trained with the module's own function."""
-    from core.eval import demo_evaluator as de
+    from core.demo import evaluator as de
 
     torch.set_num_threads(1)
     model, _ = de.train_evaluator(steps=steps, batch_size=10, seed=0, log=lambda _: None, val_count=10, image_size=16,

@@ -38,6 +38,7 @@ def test_coupled_draw_is_the_rollout_distribution_and_shares_random_numbers():
     assert torch.equal(tok, same) and 0 < (tok != near).float().mean() < 0.1
 
 
+@pytest.mark.slow
 def test_teacher_forced_rows_score_the_rollout_and_equal_models_draw_equal_tokens():
     from core.vapi.objective import score_samples
 

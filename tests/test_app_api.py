@@ -86,6 +86,7 @@ def latest_step(ui: UI, run_id: str) -> int:
     return int(latest["step"]) if isinstance(latest, dict) and "step" in latest else -1
 
 
+@pytest.mark.slow
 def test_run_lifecycle_through_the_ui(served):
     ui, store = served.ui, served.store
     status, run_id = ui.launch(**TINY)
@@ -329,7 +330,7 @@ def test_compare_pairs_use_the_same_seeds(served):
     assert [c.split(" · ")[0] for c, _ in items] == ["ground truth", "base", "aligned", "|base − aligned|"] * 2
     assert all(" mse " in c for c, _ in items[1::4] + items[2::4]), [c for c, _ in items]
     assert "Reward term mse" in status
-    from core.data import shapes
+    from core.demo import shapes
 
     truth = shapes.render("val", 0, 16).image  # class 0, image 0 of the held-out split
     scale = items[0][1].shape[0] // 16
@@ -401,6 +402,7 @@ def test_paths_are_confined_to_the_roots(tmp_path):
         safety.confine("ok", [root], "init_weights", kind="file")
 
 
+@pytest.mark.slow
 def test_public_bind_needs_auth(tmp_path):
     assert safety.is_loopback("127.0.0.1") and safety.is_loopback("localhost") and safety.is_loopback("::1")
     assert not safety.is_loopback("0.0.0.0")

@@ -15,7 +15,7 @@ from tests.helpers import served_app, train_demo_run
 from tests.test_app_browser import CHROMIUM, WAIT_MS, browser_page, screenshot
 from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
 
 CONTRAST_JS = """el => {
   const rgb = s => s.match(/\\d+(\\.\\d+)?/g).slice(0, 3).map(Number);

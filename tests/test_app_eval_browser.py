@@ -16,7 +16,7 @@ from tests.helpers import served_app
 from tests.test_app_browser import CHROMIUM, WAIT_MS, browser_page, screenshot
 from tests.test_app_eval_tabs import aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
 
 
 @pytest.fixture

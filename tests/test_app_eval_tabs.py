@@ -116,6 +116,7 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):
                               tmp=tmp_path)
 
 
+@pytest.mark.slow
 def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(served):
     from core.eval.summary import evaluation_summary
 
@@ -169,6 +170,7 @@ def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(s
     assert run_kinds(ui) == {aligned: "train", **{r.id: "eval" for r in jobs}}
 
 
+@pytest.mark.slow
 def test_an_embedding_job_draws_real_base_and_aligned_and_a_fresh_page_reopens_it(served):
     ui, store, aligned = served.ui, served.store, served.aligned
     out = ui.call("/launch_embeddings", run=aligned, **EMB)

@@ -54,6 +54,7 @@ def test_missing_weights_are_reported_before_work(monkeypatch, tmp_path):
     assert "c2i_XXL_384.pt" in msg and "vq_ds16_c2i.pt" in msg and "python -m core download" in msg
 
 
+@pytest.mark.slow
 def test_sample_writes_grid_and_pngs_reproducibly(tmp_path):
     demo = make_tiny_demo(tmp_path / "demo")
     env = {"VAPI_DEMO_DIR": str(demo)}
@@ -69,6 +70,7 @@ def test_sample_writes_grid_and_pngs_reproducibly(tmp_path):
         assert (outs[0] / name).read_bytes() == (outs[1] / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_sample_rejects_bad_input_with_one_line(tmp_path):
     demo = make_tiny_demo(tmp_path / "demo")
     r = run_cli("sample", "--classes", "999", env={"VAPI_DEMO_DIR": str(demo)})

@@ -485,7 +485,7 @@ def test_build_dataset_kinds(tmp_path):
     assert images.shape == (10, 3, 16, 16) and labels.tolist() == list(range(10))
     second = build_dataset("shapes", "val", 16, subset=20, seed=1, with_captions=True)
     assert len(second) == 20 and second.num_classes is None
-    from core.data.shapes import ShapesDataset
+    from core.demo.shapes import ShapesDataset
 
     scene = ShapesDataset("val", start=20, length=1, image_size=16, with_captions=True)[0]
     image, caption = second[0]  # seed 1 -> scenes 20..39 of "val"

@@ -5,14 +5,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
-from core.models.demo_build import sha256
+from core.demo.build import sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED = ROOT / "checkpoints" / "demo"
 
 
+@pytest.mark.slow
 def test_committed_demo_models_load_sample_and_match_the_manifest():
     manifest = json.loads((COMMITTED / "manifest.json").read_text())
     for key in ("tokenizer", "generator", "evaluator"):
@@ -32,6 +34,7 @@ def test_committed_demo_models_load_sample_and_match_the_manifest():
         assert key in manifest["generator"]["base_metrics"]
 
 
+@pytest.mark.slow  # the whole build pipeline in a subprocess
 def test_demo_build_runs_end_to_end_at_a_tiny_budget(tmp_path):
     out = tmp_path / "demo"
     env = {"VAPI_DEMO_DIR": str(out), "PATH": "/usr/bin:/bin"}
@@ -47,6 +50,7 @@ def test_demo_build_runs_end_to_end_at_a_tiny_budget(tmp_path):
     assert "[vq]" in r.stdout and "[gpt]" in r.stdout and "evaluator" in r.stdout
 
 
+@pytest.mark.slow
 def test_demo_alignment_steps_change_the_weights(tmp_path):
     from core.runs.recorder import RunRecorder
     from core.runs.store import RunStore
@@ -67,8 +71,9 @@ def test_demo_alignment_steps_change_the_weights(tmp_path):
     assert store.read_metrics(run.id)[-1]["step"] == 2
 
 
+@pytest.mark.slow  # 2 x 100 samples through the demo report
 def test_demo_report_on_the_committed_models():
-    from core.eval import demo_report
+    from core.demo import report as demo_report
 
     r = demo_report.evaluate_checkpoint(num_samples=100, sample_seeds=(0,), log=lambda m: None)
     assert r["demo_fid"] > 0 and 0 <= r["class_accuracy"] <= 1 and r["diversity"] > 0

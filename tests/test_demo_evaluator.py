@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.data import shapes
+from core.demo import evaluator as de
+from core.demo import shapes
 from core.errors import CheckpointError, ConfigError, DataError
-from core.eval import demo_evaluator as de
 
 
 @contextlib.contextmanager
@@ -46,6 +46,7 @@ def val_images():
     return shapes.images_tensor("val", range(10_000, 10_200))  # [200, 3, 32, 32], [200]
 
 
+@pytest.mark.slow  # the `trained` fixture: 600 training steps
 def test_short_training_classifies_held_out_images(trained):
     model, metrics, logs = trained
     assert metrics["val_accuracy"] >= 0.8  # measured 0.99 at 600 steps; 1.0 at the default 1000
@@ -57,6 +58,7 @@ def test_short_training_classifies_held_out_images(trained):
     assert not model.training
 
 
+@pytest.mark.slow
 def test_features_and_logits_shapes(trained, val_images):
     model, _, _ = trained
     images, labels = val_images
@@ -72,6 +74,7 @@ def test_features_and_logits_shapes(trained, val_images):
         assert torch.allclose(model.features(images[:5]), feats[:5], atol=1e-5)  # eval mode: no batch coupling
 
 
+@pytest.mark.slow
 def test_features_are_standardised_on_real_images(trained):
     model, _, _ = trained
     images, _ = shapes.images_tensor("reference", range(2000))
@@ -81,6 +84,7 @@ def test_features_are_standardised_on_real_images(trained):
     assert ((feats.std(0) > 0.8) & (feats.std(0) < 1.25)).all()
 
 
+@pytest.mark.slow
 def test_wrong_input_size_is_a_data_error(trained):
     model, _, _ = trained
     with pytest.raises(DataError, match="^images:"):
@@ -89,6 +93,7 @@ def test_wrong_input_size_is_a_data_error(trained):
         model.logits(torch.zeros(3, 32, 32))
 
 
+@pytest.mark.slow
 def test_save_load_round_trip_gives_identical_outputs(trained, val_images, tmp_path):
     model, metrics, _ = trained
     path = tmp_path / "evaluator.safetensors"
@@ -131,6 +136,7 @@ def test_training_reads_only_the_evaluator_split_and_validates_on_val(monkeypatc
     assert seen[-1] == "val" and seen.count("val") == 10
 
 
+@pytest.mark.slow
 def test_missing_or_corrupt_checkpoint_is_a_checkpoint_error(trained, tmp_path):
     model, _, _ = trained
     missing = tmp_path / "nope.safetensors"

@@ -113,6 +113,7 @@ def test_json_round_trip(result, tmp_path):
     assert EmbeddingShift.from_json(text).per_label == result.per_label
 
 
+@pytest.mark.slow
 def test_same_seed_same_maps_other_seed_other_maps(result):
     real, base, aligned = _sets()
     again = analyze_embedding_shift(real, base, aligned, seed=0, kde_grid=120, kde_grid2d=40)
@@ -125,6 +126,7 @@ def test_same_seed_same_maps_other_seed_other_maps(result):
     assert other.overall == result.overall                           # the numbers do not depend on the seed
 
 
+@pytest.mark.slow
 def test_subsampling_for_maps_keeps_numbers_on_all_samples():
     real, base, aligned = _sets()
     r = analyze_embedding_shift(real, base, aligned, methods=("tsne",), max_points_per_set=20, pca_dim=5,

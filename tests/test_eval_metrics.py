@@ -304,6 +304,7 @@ def _two_image_sets(n=4, size=32):
     return dark, bright
 
 
+@pytest.mark.slow
 def test_inception_extractor_agrees_with_torch_fidelity_on_pngs_and_npz(random_inception_weights, tmp_path):
     """Our route (tensors -> extractor -> metrics.py) equals torch-fidelity's (PNG folder / .npz Dataset).
 
@@ -486,9 +487,9 @@ def test_demo_extractor_wraps_the_demo_evaluator_lazily(tmp_path, monkeypatch):
             return self.features(images)[:, :2]
 
     loaded = []
-    fake = types.ModuleType("core.eval.demo_evaluator")
+    fake = types.ModuleType("core.demo.evaluator")
     fake.load_evaluator = lambda path: loaded.append(path) or FakeEvaluator()
-    monkeypatch.setitem(sys.modules, "core.eval.demo_evaluator", fake)
+    monkeypatch.setitem(sys.modules, "core.demo.evaluator", fake)
     weights = tmp_path / "evaluator.safetensors"
     weights.write_bytes(b"stand-in")
     demo = ex.build_extractor("demo", path=weights)
@@ -499,7 +500,7 @@ def test_demo_extractor_wraps_the_demo_evaluator_lazily(tmp_path, monkeypatch):
 
 
 def test_demo_extractor_with_the_real_demo_evaluator(tmp_path):
-    demo_evaluator = pytest.importorskip("core.eval.demo_evaluator")
+    demo_evaluator = pytest.importorskip("core.demo.evaluator")
     torch.manual_seed(0)
     model = demo_evaluator.DemoEvaluator(demo_evaluator.EvaluatorConfig()).eval()
     path = tmp_path / "evaluator.safetensors"

@@ -7,6 +7,7 @@ from core.models.generate import filter_logits, generate, generate_images, pick
 from tests.helpers import tiny_gpt, tiny_vq
 
 
+@pytest.mark.slow
 def test_seeded_generation_is_reproducible_and_batch_invariant():
     m = tiny_gpt()
     cond = torch.tensor([1, 2, 3, 4])
@@ -75,6 +76,7 @@ def test_bad_sampling_arguments_name_the_field():
         generate(m, torch.tensor([1, 2]), seeds=[1])
 
 
+@pytest.mark.slow
 def test_generate_images_batches_do_not_change_results():
     m, t = tiny_gpt(), tiny_vq()
     cond = torch.tensor([0, 1, 2, 3, 4])

@@ -212,6 +212,7 @@ def test_ppo_iterations_reuse_the_rollout_and_clip():
     assert second.metrics["ratio_mean"] != 1.0 and second.metrics["clip_frac"] > 0
 
 
+@pytest.mark.slow
 def test_tiny_policy_improves_on_a_toy_reward():
     from tests.helpers import ToyTokenizer
 

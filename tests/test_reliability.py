@@ -101,6 +101,7 @@ def test_kill_process_tree_never_signals_its_own_group_or_pid_1(store):
 # --- 2. a crashed foreground run does not block the queue ------------------------------------------
 
 
+@pytest.mark.slow
 def test_train_refuses_busy_devices_and_starts_once_a_killed_foreground_worker_is_gone(store, tmp_path, tiny_demo):
     run = store.create_run("fg", {"entry": ENTRY, "fake": {"forever": True}}, "cpu", 10)
     wrapper = wrapper_script(tmp_path, run.run_dir)
@@ -133,6 +134,7 @@ def test_train_refuses_busy_devices_and_starts_once_a_killed_foreground_worker_i
 # --- 6. Ctrl-C and SIGTERM stop with a checkpoint ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_signal_to_a_foreground_train_stops_it_with_a_checkpoint_and_resume_finishes(tmp_path, tiny_demo, signum):
     run_dir = tmp_path / "runs" / "sig"
@@ -179,6 +181,7 @@ def test_sigterm_to_a_launcher_started_worker_stops_it_with_a_checkpoint(store):
 # --- 3. the run index is rebuilt from the folders ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_deleting_runs_db_during_a_run_loses_no_run(store, tmp_path):
     from core.runs import Launcher
 
@@ -408,6 +411,7 @@ def test_inputs_the_machine_cannot_run_are_refused_before_a_run_exists(tiny_demo
     assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]
 
 
+@pytest.mark.slow
 def test_resume_refuses_broken_run_files_with_one_line_and_leaves_the_run_as_it_was(tiny_demo, tmp_path, capsys):
     runs = tmp_path / "runs"
     rc, _ = run_core(capsys, "train", *TINY, "--set", "max_steps=2", "--set", "save_steps=1",

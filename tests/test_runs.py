@@ -483,6 +483,7 @@ def core_cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=TIMEOUT_S)
 
 
+@pytest.mark.slow
 def test_cli_list_show_stop_resume_delete(store, launcher):
     runs_dir = str(store.runs_dir)
     for action in ("list", "show", "stop", "resume", "delete"):

@@ -12,7 +12,7 @@ import pytest
 import scipy.ndimage as ndi
 import torch
 
-from core.data import shapes
+from core.demo import shapes
 from core.errors import DataError
 from core.paths import ASSETS_DIR, ROOT
 
@@ -43,7 +43,7 @@ def test_same_split_and_index_render_identical_bytes():
 
 def test_rendering_is_identical_in_a_fresh_process():
     code = (
-        "import hashlib\nfrom core.data import shapes\n"
+        "import hashlib\nfrom core.demo import shapes\n"
         f"for split, index in {PROBES!r}:\n"
         "    print(hashlib.sha256(shapes.render(split, index).image.tobytes()).hexdigest())\n"
     )

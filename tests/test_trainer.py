@@ -38,6 +38,7 @@ def weights(path):
     return sd, extras
 
 
+@pytest.mark.slow
 def test_run_writes_metrics_checkpoints_and_previews(tiny_demo, tmp_path):
     cfg, store, run, run_dir = new_run(tmp_path)
     last = Trainer(cfg, run_dir, RunRecorder(run_dir, is_main=True)).train()
@@ -71,6 +72,7 @@ class StopAfter(RunRecorder):
         return self.calls > self.after
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tiny_demo, tmp_path):
     over = dict(save_steps=100, cond_drop_prob=0.3, xi=0.2)
     cfg, _, _, run_a = new_run(tmp_path, **over)
@@ -91,6 +93,7 @@ def test_resume_equals_uninterrupted(tiny_demo, tmp_path):
     assert kb[3] > 0 and kb[3] == pytest.approx(ka[3], rel=1e-4) and kb[4] == pytest.approx(ka[4], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_stop_request_ends_training_through_the_distributed_teardown(tiny_demo, tmp_path, monkeypatch):
     cfg, store, run, run_dir = new_run(tmp_path)
     trainer = Trainer(cfg, run_dir, StopAfter(run_dir, after=1))
@@ -169,6 +172,7 @@ def test_worker_marks_a_nan_run_failed_with_the_terms(tiny_demo, tmp_path):
     assert store.last_checkpoint(run.id) is not None  # the steps before the blow-up are kept
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process(tiny_demo, tmp_path):
     script = tmp_path / "dist.py"
     script.write_text(
@@ -201,6 +205,7 @@ def test_two_processes_equal_one_process(tiny_demo, tmp_path):
     assert moved > 1e-3 and diff < 1e-5 * max(1.0, moved) + 1e-6, (moved, diff)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["ste", "decoder"])
 def test_baselines_run_and_train_the_right_module(tiny_demo, tmp_path, method):
     cfg, store, run, run_dir = new_run(tmp_path, method=method, max_steps=2, save_steps=2)
@@ -257,6 +262,7 @@ def test_cli_train_and_resume(tiny_demo, tmp_path):
     assert r.returncode == 2 and "is finished" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_continues_a_finished_run_for_more_steps(tiny_demo, tmp_path):
     run_dir = tmp_path / "runs" / "extend"
     args = ["--set", "global_batch_size=2", "--set", "per_device_train_batch_size=2", "--set", "data_subset=20",

@@ -122,7 +122,7 @@ def default_devices(preset: str) -> list[str]:
 
 def data_path_info(kind: str, ctx) -> str:
     if kind == "shapes":
-        from core.data.shapes import SPLITS
+        from core.demo.shapes import SPLITS
 
         return f"for the shapes domain: the split ({', '.join(SPLITS)}; empty = train)"
     roots = ", ".join(str(r) for r in ctx.data_roots) or "(none: start the app with --data-root)"

@@ -1,5 +1,6 @@
-"""Datasets: ImageFolder (ImageNet layout), image-caption folders, the procedural demo domain.
+"""Datasets: ImageFolder (ImageNet layout), image-caption folders, and (in `core.data.build`) the
+procedural demo domain, whose renderer lives with the demo in `core.demo.shapes`.
 
-Submodules are imported explicitly (``from core.data import shapes``); this package imports nothing
+Submodules are imported explicitly (``from core.data import build``); this package imports nothing
 heavy on its own.
 """

@@ -29,7 +29,7 @@ class ShapesTrainingSet(Dataset):
     as (image, class id), or (image, caption) with `with_captions`."""
 
     def __init__(self, split: str, start: int, length: int, image_size: int, with_captions: bool = False):
-        from core.data.shapes import NUM_CLASSES, ShapesDataset
+        from core.demo.shapes import NUM_CLASSES, ShapesDataset
 
         self._scenes = ShapesDataset(split, start=start, length=length, image_size=image_size,
                                      with_captions=with_captions)
@@ -55,8 +55,8 @@ def _build_shapes(path: Optional[str | Path], image_size: int, subset: Optional[
     """`path` names the split (empty = "train"); `subset` is a scene count, or a fraction of
     ShapesDataset's default length (None = all of it); `seed` picks the window of scenes
     seed*length ... seed*length + length - 1 (a multiple of 10 scenes is exactly class-balanced)."""
-    from core.data import shapes
     from core.data.sizes import subset_size
+    from core.demo import shapes
 
     split = str(path) if path else "train"
     if split not in shapes.SPLITS:

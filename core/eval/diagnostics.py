@@ -100,8 +100,8 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
             progress(done, total)
         return should_stop()
 
-    from core.data.shapes import images_tensor
-    from core.eval.demo_report import evaluate_checkpoint
+    from core.demo.report import evaluate_checkpoint
+    from core.demo.shapes import images_tensor
     from core.models.load import load_pair
 
     base, tok = load_pair("demo-c2i")
@@ -262,28 +262,3 @@ def submit_diagnose(launcher, config: dict | DiagnoseConfig, devices: str = "cpu
     resolve(cfg, launcher.store.runs_dir)
     return launcher.submit(name or f"diagnose {cfg.checkpoint}", {"entry": DIAGNOSE_ENTRY, **cfg.to_dict()}, devices,
                            cfg.total_steps)
-
-
-def cmd_diagnose(args) -> int:
-    import json
-
-    cfg = DiagnoseConfig(**configmeta.values_from_args(args, DIAGNOSE_FIELDS))
-    out = diagnose_demo(resolve(cfg, args.runs_dir), num_images=cfg.num_images, seeds=cfg.seeds,
-                        num_generations=cfg.num_generations, cfg_scales=cfg.cfg_scales, num_samples=cfg.num_samples)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
-    return 0
-
-
-def register(sub) -> None:
-    from core.eval.cli import add_eval_command
-
-    def configure(p):
-        configmeta.add_arguments(p, DiagnoseConfig, DIAGNOSE_FIELDS, required=["checkpoint"])
-        p.add_argument("--runs-dir", type=Path, default=None, help="where run ids in --checkpoint are looked up")
-        p.add_argument("--json", type=Path, default=None, help="write the results here")
-        p.set_defaults(func=cmd_diagnose)
-
-    add_eval_command(sub, "diagnose", "where an aligned demo generator moved: per-position KL, held-out reward, "
-                                      "off-manifold rate, demo-FID vs CFG", configure,
-                     description=__doc__.split("\n\n")[0])

@@ -8,7 +8,7 @@ logits [B,C] where the network has a classifier head:
 - ``clip``: transformers CLIPModel (default openai/clip-vit-large-patch14); projected image
   embeddings, L2-normalised; text embeddings too. No logits.
 - ``dinov2``: transformers Dinov2Model (default facebook/dinov2-base); CLS token [B,768]. No logits.
-- ``demo``: the demo domain's evaluator (`core.eval.demo_evaluator`); its features and class logits.
+- ``demo``: the demo domain's evaluator (`core.demo.evaluator`); its features and class logits.
 
 Which code computes which number:
 
@@ -409,7 +409,7 @@ def _build_dinov2(name_or_path: str | Path = DEFAULT_DINOV2, *, model=None, imag
 # ------------------------------------------------------------------------------------------------- demo
 
 class DemoExtractor(FeatureExtractor):
-    """The demo domain's evaluator (`core.eval.demo_evaluator.load_evaluator`): features and logits."""
+    """The demo domain's evaluator (`core.demo.evaluator.load_evaluator`): features and logits."""
 
     name = "demo"
     has_logits = True
@@ -439,7 +439,7 @@ def _build_demo(path: str | Path | None = None, device: str | torch.device = "cp
     if not path.is_file():
         raise MissingWeightsError(f"{path}: demo evaluator weights not found; they ship with the "
                                   f"repository in {paths.DEMO_DIR} (restore them with git)")
-    from core.eval.demo_evaluator import load_evaluator
+    from core.demo.evaluator import load_evaluator
 
     return DemoExtractor(load_evaluator(path), device=device)
 

@@ -18,7 +18,7 @@ SHAPES_PREFIX = "shapes"
 
 def shapes_split(ref: str, field_name: str = "reference") -> Optional[str]:
     """"shapes" -> "reference", "shapes:val" -> "val"; None when `ref` does not name the shapes domain."""
-    from core.data import shapes
+    from core.demo import shapes
 
     head, _, split = ref.partition(":")
     if head != SHAPES_PREFIX or Path(ref).exists():
@@ -40,7 +40,7 @@ class ShapesImages(Dataset):
         return self.count
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        from core.data import shapes
+        from core.demo import shapes
 
         return torch.from_numpy(shapes.render(self.split, self.start + i, self.image_size).image).permute(2, 0, 1)
 
@@ -91,7 +91,7 @@ def real_images(real: str, classes: Sequence[int], per_class: int, image_size: i
     order: with all 10 classes, scenes 0 .. 10n-1 in order, the very set and order of Evaluate's reference;
     a folder in the ImageNet layout: the first `per_class` images of each class folder, by path.
     """
-    from core.data import shapes
+    from core.demo import shapes
 
     split = shapes_split(real, "real")
     if split is not None:

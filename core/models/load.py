@@ -6,7 +6,8 @@ from typing import Optional
 
 import torch
 
-from core.models import checkpoint, demo, llamagen, registry, vq
+from core.demo import configs as demo_configs
+from core.models import checkpoint, llamagen, registry, vq
 
 
 def build_generator(preset_name: str) -> llamagen.Transformer:
@@ -20,7 +21,7 @@ def build_generator(preset_name: str) -> llamagen.Transformer:
 def build_tokenizer(name: str) -> vq.VQModel:
     t = registry.get_tokenizer(name)
     if t.arch == "demo":
-        return vq.VQModel(vq.VQConfig(**demo.vq_config()))
+        return vq.VQModel(vq.VQConfig(**demo_configs.vq_config()))
     return vq.build(t.arch, codebook_size=t.codebook_size, codebook_embed_dim=t.codebook_embed_dim)
 
 

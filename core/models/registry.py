@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from core import paths
+from core.demo import configs as demo_configs
 from core.errors import ConfigError, MissingWeightsError
 
 HF_C2I = "FoundationVision/LlamaGen"
@@ -131,12 +132,21 @@ def load_plugins(files: Optional[list[str]] = None) -> None:
         _env_done = value
 
 
+def register_demo_presets() -> None:
+    """(Re-)register `demo-c2i` from the demo's manifest (`core.demo.configs`: the sizes recorded there, or the
+    build's defaults when no demo is built); tests call it again after pointing `paths.DEMO_DIR` elsewhere."""
+    cfg = demo_configs.gpt_config()
+    register_generator(GeneratorPreset(
+        "demo-c2i", "llamagen", "c2i", "demo", demo_configs.vq_config()["image_size"], "demo-vq",
+        "gpt_c2i.safetensors", None,
+        f"embedded demo: LlamaGen GPT (dim {cfg['dim']} x {cfg['n_layer']} layers) on the 10-class shapes domain, CPU-friendly",
+        overrides=cfg))
+
+
 def _ensure_demo_registered() -> None:
     """The demo presets come from the committed manifest (their sizes are recorded there); plugins after them."""
     if "demo-c2i" not in GENERATORS:
-        from core.models import demo
-
-        demo.register_presets()
+        register_demo_presets()
     load_plugins()
 
 

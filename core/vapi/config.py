@@ -269,15 +269,15 @@ def check_preview(cfg: VapiConfig, num_classes: Optional[int]) -> None:
 
 
 def preset_names() -> list[str]:
-    from core.vapi import demo_preset
+    from core.demo import presets as demo_presets
 
-    return sorted(set(PRESETS) | set(demo_preset.PRESETS))
+    return sorted(set(PRESETS) | set(demo_presets.PRESETS))
 
 
 def preset(name: str) -> dict[str, Any]:
-    from core.vapi import demo_preset
+    from core.demo import presets as demo_presets
 
-    table = {**PRESETS, **demo_preset.PRESETS}
+    table = {**PRESETS, **demo_presets.PRESETS}
     if name not in table:
         raise ConfigError("preset", f"unknown preset {name!r}; known: {', '.join(sorted(table))}")
     return dict(table[name])

@@ -25,14 +25,14 @@ import numpy as np
 import torch
 
 from core import paths
+from core.demo import configs
 from core.eval import metrics as M
 from core.eval.sampling import sample_seed
-from core.models import demo
 
 
 @lru_cache(maxsize=4)
 def _evaluator(path: str):
-    from core.eval.demo_evaluator import load_evaluator
+    from core.demo.evaluator import load_evaluator
 
     return load_evaluator(path)
 
@@ -50,7 +50,7 @@ def features_of(ev, images: torch.Tensor, batch: int = 1000) -> tuple[np.ndarray
 
 @lru_cache(maxsize=4)
 def reference_features(evaluator_path: str, count: int = 5000) -> tuple[np.ndarray, np.ndarray]:
-    from core.data.shapes import images_tensor
+    from core.demo.shapes import images_tensor
 
     x, y = images_tensor("reference", range(count), 32)
     f, _ = features_of(_evaluator(evaluator_path), x)
@@ -96,7 +96,7 @@ def evaluate_checkpoint(demo_dir: Path | None = None, weights: Optional[str | Pa
                         reference_count: int = 5000, log: Callable[[str], None] = print) -> dict:
     """Metrics of one generator (weights=None: the committed base) as mean ± std over sampling seeds."""
     demo_dir = Path(demo_dir or paths.DEMO_DIR)
-    ev_path = str(demo_dir / demo.read_manifest(demo_dir)["evaluator"]["file"])
+    ev_path = str(demo_dir / configs.read_manifest(demo_dir)["evaluator"]["file"])
     ev = _evaluator(ev_path)
     ref_f, ref_y = reference_features(ev_path, reference_count)
     mu_r, sig_r = M.feature_stats(ref_f)
@@ -124,78 +124,14 @@ def evaluate_checkpoint(demo_dir: Path | None = None, weights: Optional[str | Pa
 @torch.no_grad()
 def tokenizer_floor(demo_dir: Path | None = None, count: int = 5000, reference_count: int = 5000) -> dict:
     """demo-FID and accuracy of VQ reconstructions of real held-out images (the best any generator can do)."""
-    from core.data.shapes import images_tensor
+    from core.demo.shapes import images_tensor
     from core.models.load import load_tokenizer
 
     demo_dir = Path(demo_dir or paths.DEMO_DIR)
-    ev_path = str(demo_dir / demo.read_manifest(demo_dir)["evaluator"]["file"])
+    ev_path = str(demo_dir / configs.read_manifest(demo_dir)["evaluator"]["file"])
     ref_f, _ = reference_features(ev_path, reference_count)
     tok = load_tokenizer("demo-vq")
     x, y = images_tensor("val", range(count), tok.image_size)
     rec = torch.cat([tok.decode(tok.encode(x[i:i + 500])) for i in range(0, count, 500)]).clamp(-1, 1)
     f, pred = features_of(_evaluator(ev_path), rec)
     return {"demo_fid": M.fid_from_features(f, ref_f), "class_accuracy": float((pred == y.numpy()).mean())}
-
-
-# ----------------------------------------------------------------------------- `python -m core eval demo`
-def configure_cli(p) -> None:
-    p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
-                   help="an aligned generator checkpoint (a run's checkpoints/step-N/model.pt, the run folder, or RUN[@STEP]; repeatable)")
-    p.add_argument("--no-base", action="store_true", help="skip the committed base model")
-    p.add_argument("--num-samples", type=int, default=1000, help="samples per sampling seed (classes balanced)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="sampling seeds (mean ± std over them)")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="1.0 = the paper's w/o-CFG column")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--floor", action="store_true", help="also report the tokenizer floor (VQ reconstructions of real images)")
-    p.add_argument("--json", type=Path, default=None, help="write the results here")
-
-
-def resolve_checkpoint(ref: str) -> Path:
-    """A generator checkpoint named in the weights grammar of `core.checkpoints` (a model.pt, a
-    checkpoint folder, a run folder or a run id[@step]) -> its model.pt."""
-    from core.checkpoints import resolve_weights
-    from core.errors import ConfigError
-
-    weights = resolve_weights(ref, field="checkpoint")
-    if weights.path is None:
-        raise ConfigError("checkpoint", f"{ref!r} names the base model; give a model.pt, a checkpoint folder or "
-                                        "a run folder with a checkpoint")
-    return Path(weights.path)
-
-
-def cmd_eval_demo(args) -> int:
-    import json
-
-    from core.models import registry
-
-    registry.require_files("demo-c2i")
-    rows = []
-    targets = ([] if args.no_base else [("base", None)]) + [(c, resolve_checkpoint(c)) for c in args.checkpoint]
-    for name, weights in targets:
-        print(f"{name}: sampling {args.num_samples} x {len(args.seeds)} seeds", flush=True)
-        rows.append((name, evaluate_checkpoint(weights=weights, num_samples=args.num_samples, sample_seeds=args.seeds,
-                                               cfg_scale=args.cfg_scale, temperature=args.temperature)))
-    floor = tokenizer_floor() if args.floor else None
-    keys = ("demo_fid", "class_accuracy", "diversity", "precision", "recall")
-    print(f"\n{'model':40s} " + " ".join(f"{k:>18s}" for k in keys))
-    for name, r in rows:
-        print(f"{name[-40:]:40s} " + " ".join(f"{r[k]:9.4f} ± {r[k + '_std']:6.4f}" for k in keys))
-    if floor:
-        print(f"{'tokenizer floor (VQ recon of real)':40s} {floor['demo_fid']:9.4f}          {floor['class_accuracy']:9.4f}")
-    if len(rows) > 1 and rows[0][0] == "base":
-        b = rows[0][1]
-        for name, r in rows[1:]:
-            print(f"{name[-40:]}: demo-FID {100 * (r['demo_fid'] / b['demo_fid'] - 1):+.1f}% vs base, "
-                  f"class accuracy {r['class_accuracy'] - b['class_accuracy']:+.4f}")
-    if args.json:
-        args.json.write_text(json.dumps({"results": dict(rows), "floor": floor}, indent=2))
-    return 0
-
-
-def register(sub) -> None:
-    from core.eval.cli import add_eval_command
-
-    add_eval_command(sub, "demo", "demo-FID, class accuracy and diversity: base vs aligned demo generators",
-                     lambda p: (configure_cli(p), p.set_defaults(func=cmd_eval_demo)),
-                     description="Measure the embedded demo generator and aligned checkpoints on fixed seeds: "
-                                 "demo-FID vs held-out real images, class accuracy, diversity (mean ± std over seeds).")

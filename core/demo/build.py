@@ -1,12 +1,13 @@
-"""`python -m core demo build`: pretrain the embedded demo models from scratch, reproducibly.
+"""The demo's build recipe: pretrain the embedded demo models from scratch, reproducibly
+(`python -m core demo build`, registered in `core.demo.cli`).
 
-Three models, all on the procedural shapes domain (core.data.shapes), seeded, on the CPU:
+Three models, all on the procedural shapes domain (core.demo.shapes), seeded, on the CPU:
   1. the VQ tokenizer (LlamaGen's VQModel, small config): reconstruction + codebook losses,
      dead codes re-seeded from encoder outputs during the first part of training;
   2. the class-conditional GPT (LlamaGen's Transformer, small config): next-token CE on tokens of
      pre-encoded "train" images, label dropout 0.1 (CFG works), AdamW + cosine schedule;
-  3. the domain evaluator (core.eval.demo_evaluator), on its own "evaluator" split.
-Then the base model's measured metrics (core.eval.demo_report) go into manifest.json together
+  3. the domain evaluator (core.demo.evaluator), on its own "evaluator" split.
+Then the base model's measured metrics (core.demo.report) go into manifest.json together
 with the configs, the recipe, the sha256 of every file and the wall time of each stage.
 
 `--budget tiny` runs the same pipeline with minutes-to-seconds budgets (tests prove the recipe
@@ -14,7 +15,6 @@ with it; the quality is not meant to be good).
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from core import paths
-from core.models import checkpoint, demo
+from core.demo import configs, evaluator, report
+from core.models import checkpoint
 from core.models.llamagen import GPTConfig, Transformer
 from core.models.vq import VQConfig, VQModel
 
@@ -40,13 +40,13 @@ class Recipe:
     seed: int = 0
     threads: int = 2
     # tokenizer
-    vq: dict = field(default_factory=lambda: dict(demo.DEMO_VQ))
+    vq: dict = field(default_factory=lambda: dict(configs.DEMO_VQ))
     vq_steps: int = 1000
     vq_batch: int = 64
     vq_lr: float = 1e-3
     vq_restart_until: float = 0.5  # re-seed dead codes during this fraction of training
     # generator
-    gpt: dict = field(default_factory=lambda: dict(demo.DEMO_GPT))
+    gpt: dict = field(default_factory=lambda: dict(configs.DEMO_GPT))
     gpt_images: int = 100_000  # "train" scenes encoded once, then sampled in minibatches
     gpt_steps: int = 3300  # ~27M tokens: about compute-optimal for 1.4M parameters in ~30 CPU minutes
     gpt_batch: int = 128
@@ -75,7 +75,7 @@ def sha256(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- tokenizer
 def train_vq(r: Recipe, log: Callable[[str], None] = print) -> tuple[VQModel, dict]:
-    from core.data.shapes import images_tensor
+    from core.demo.shapes import images_tensor
 
     torch.manual_seed(r.seed)
     cfg = VQConfig(**r.vq)
@@ -121,7 +121,7 @@ def _restart_dead_codes(model: VQModel, z: torch.Tensor, dead: torch.Tensor) -> 
 
 @torch.no_grad()
 def vq_metrics(model: VQModel, count: int = 1000) -> dict:
-    from core.data.shapes import images_tensor
+    from core.demo.shapes import images_tensor
 
     x, _ = images_tensor("val", range(count), model.image_size)
     ids = model.encode(x)
@@ -131,7 +131,7 @@ def vq_metrics(model: VQModel, count: int = 1000) -> dict:
 
 @torch.no_grad()
 def encode_split(model: VQModel, split: str, count: int, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    from core.data.shapes import images_tensor
+    from core.demo.shapes import images_tensor
 
     toks, labels = [], []
     for lo in range(0, count, batch):
@@ -191,8 +191,6 @@ def heldout_ce(model: Transformer, tokens: torch.Tensor, labels: torch.Tensor, b
 
 # ----------------------------------------------------------------------------- the build
 def build(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
-    from core.eval import demo_evaluator, demo_report
-
     torch.set_num_threads(r.threads)
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
@@ -215,9 +213,9 @@ def build(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
     times["generator"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    ev, ev_m = demo_evaluator.train_evaluator(steps=r.evaluator_steps, batch_size=r.evaluator_batch, seed=r.seed,
+    ev, ev_m = evaluator.train_evaluator(steps=r.evaluator_steps, batch_size=r.evaluator_batch, seed=r.seed,
                                               log=log)
-    demo_evaluator.save_evaluator(ev, out / "evaluator.safetensors", metrics=ev_m)
+    evaluator.save_evaluator(ev, out / "evaluator.safetensors", metrics=ev_m)
     times["evaluator"] = time.perf_counter() - t
 
     manifest = {
@@ -229,37 +227,16 @@ def build(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
         "build": {"seconds": times, "torch": torch.__version__, "machine": platform.machine(),
                   "threads": r.threads, "date": time.strftime("%Y-%m-%d")},
     }
-    (out / demo.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / configs.MANIFEST).write_text(json.dumps(manifest, indent=2))
 
     t = time.perf_counter()
-    base = demo_report.evaluate_checkpoint(out, weights=None, num_samples=r.eval_samples, sample_seeds=(0,), log=log)
+    base = report.evaluate_checkpoint(out, weights=None, num_samples=r.eval_samples, sample_seeds=(0,), log=log)
     times["base_metrics"] = time.perf_counter() - t
     manifest["generator"]["base_metrics"] = base
     manifest["build"]["seconds"] = times
     manifest["build"]["total_seconds"] = sum(times.values())
     for key in ("tokenizer", "generator", "evaluator"):
         manifest[key]["sha256"] = sha256(out / manifest[key]["file"])
-    (out / demo.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / configs.MANIFEST).write_text(json.dumps(manifest, indent=2))
     log(f"[build] done in {manifest['build']['total_seconds'] / 60:.1f} min -> {out}")
     return manifest
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the embedded demo models (build them from scratch)",
-                       description="The embedded demo: a VQ tokenizer, a class-conditional GPT and an evaluator on the shapes domain.")
-    dsub = p.add_subparsers(dest="demo_command", metavar="COMMAND")
-    dsub.required = True
-    b = dsub.add_parser("build", help="pretrain the demo models (seeded; ~40 min on 2 CPU cores at full budget)",
-                        description="Pretrain the demo tokenizer, generator and evaluator and write them with a manifest.")
-    b.add_argument("--out", type=Path, default=None, help=f"output folder (default {paths.DEMO_DIR})")
-    b.add_argument("--budget", choices=["full", "tiny"], default="full", help="tiny: seconds, to check the recipe")
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--threads", type=int, default=2)
-    b.set_defaults(func=cmd_build)
-
-
-def cmd_build(args) -> int:
-    r = Recipe.tiny() if args.budget == "tiny" else Recipe()
-    r.seed, r.threads = args.seed, args.threads
-    build(args.out or paths.DEMO_DIR, r, log=lambda m: print(m, flush=True))
-    return 0

@@ -1,7 +1,11 @@
-"""The embedded demo models: a small LlamaGen VQ tokenizer and a small class-conditional LlamaGen
-GPT for the procedural shapes domain (`core.data.shapes`). Same classes as the real models, small
-configs. Their weights and `manifest.json` (configs, recipe, sha256, measured metrics) live in
-`checkpoints/demo/` and are committed; `python -m core demo build` reproduces them.
+"""The embedded demo models' configs and manifest: a small LlamaGen VQ tokenizer and a small
+class-conditional LlamaGen GPT for the procedural shapes domain (`core.demo.shapes`). Same classes as
+the real models, small configs. Their weights and `manifest.json` (configs, recipe, sha256, measured
+metrics) live in `checkpoints/demo/` and are committed; `python -m core demo build` reproduces them.
+
+Models layer: imports only `core.paths`. The model registry reads these configs to make the
+`demo-vq` / `demo-c2i` presets (`core.models.registry.register_demo_presets`); nothing here imports
+the registry back.
 """
 from __future__ import annotations
 
@@ -40,14 +44,3 @@ def vq_config(demo_dir: Path | None = None) -> dict:
 def gpt_config(demo_dir: Path | None = None) -> dict:
     m = read_manifest(demo_dir)
     return dict(m["generator"]["config"]) if m else dict(DEMO_GPT)
-
-
-def register_presets() -> None:
-    from core.models.registry import GeneratorPreset, register_generator
-
-    cfg = gpt_config()
-    register_generator(GeneratorPreset(
-        "demo-c2i", "llamagen", "c2i", "demo", vq_config()["image_size"], "demo-vq",
-        "gpt_c2i.safetensors", None,
-        f"embedded demo: LlamaGen GPT (dim {cfg['dim']} x {cfg['n_layer']} layers) on the 10-class shapes domain, CPU-friendly",
-        overrides=cfg))

@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from core.data import shapes
+from core.demo import shapes
 from core.errors import CheckpointError, ConfigError, DataError
 
 FORMAT = "vapi-demo-evaluator/1"  # safetensors metadata "format"; bump when the layout changes
