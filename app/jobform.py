@@ -60,3 +60,18 @@ def job_helps(cls: type, names: Iterable[str]) -> dict[str, str]:
         out["extractor_path"] += "; a path inside the checkpoints folder or the data roots"
     out["devices"] = "the job waits while another run uses one of its devices"
     return out
+
+
+class FormInputs:
+    """The inputs of one job form: `field(key, **overrides)` for a field of `cls` (kind, default and help from
+    the field), `common(key)` the label, help and element id of an input that is not a field."""
+
+    def __init__(self, cls: type, elem_prefix: str, infos: dict[str, str]):
+        self.cls, self.prefix, self.infos = cls, elem_prefix, infos
+
+    def common(self, key: str) -> dict:
+        return dict(label=key, info=self.infos[key], elem_id=f"{self.prefix}-{key}")
+
+    def field(self, key: str, **overrides) -> Any:
+        return field_input(self.cls, key, self.prefix, info=self.infos[key], **overrides)
+

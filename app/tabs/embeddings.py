@@ -20,9 +20,9 @@ import gradio as gr
 from app import form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext
-from app.tabs.shared import (EXTRACTORS, check_extractor, class_items, default_devices, error_target, error_text,
-                               extractor_path_of, feature_space, field_updates, message, parse_device_set,
-                               parse_number, progress_bar, renamed, roots_text, signature)
+from app.tabs.shared import (refused, EXTRACTORS, check_extractor, class_items, default_devices, error_text,
+                             extractor_path_of, feature_space, field_updates, message, parse_device_set,
+                             parse_number, progress_bar, renamed, roots_text, signature)
 from app.tabs.launch import device_choices
 from core import configmeta
 from core.errors import ConfigError, MissingWeightsError, UserError
@@ -351,12 +351,8 @@ def build(ctx: BuildContext) -> None:
         model0, steps0 = "demo-c2i", []
     comps: dict[str, Any] = {}
 
-    def common(key: str) -> dict:
-        return dict(label=key, info=info[key], elem_id=f"emb-{key}")
-
-    def field(key: str, **overrides):
-        """The input of an EmbeddingConfig field: its kind, default and help from the field."""
-        return jobform.field_input(EmbeddingConfig, key, "emb", info=info[key], **overrides)
+    form_inputs = jobform.FormInputs(EmbeddingConfig, "emb", info)  # each EmbeddingConfig field's input from the field
+    common, field = form_inputs.common, form_inputs.field
 
     gr.Markdown("Sample the same classes and seeds from a run's checkpoint (aligned) and its base model, embed "
                 "them with real images in one feature space, and see where each set sits: the joint map with "
@@ -420,13 +416,8 @@ def build(ctx: BuildContext) -> None:
             cfg, devices = plan_embeddings(app, values)
             with app.launcher_lock:
                 run = submit_embeddings(app.launcher, cfg, devices)
-        except ConfigError as e:
-            target = error_target(e, KEYS, ALIASES)
-            updates = field_updates(KEYS, info, target, message(e), state["flagged"])
-            return (error_text(e, target), *updates, {**state, "flagged": target})
-        except UserError as e:
-            updates = field_updates(KEYS, info, None, "", state["flagged"])
-            return (error_text(e, None), *updates, {**state, "flagged": None})
+        except UserError as e:  # a ConfigError's message goes under the input it names
+            return refused(e, KEYS, info, ALIASES, state)
         text, _ = job_text(store, run.id)
         updates = field_updates(KEYS, info, None, "", state["flagged"])
         return (f"✓ **Queued** — {text}", *updates, {**state, "flagged": None, "pending": run.id, "text": None})

@@ -27,9 +27,9 @@ from app import comparison, form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext, diagnose
 from app.tabs.launch import device_choices
-from app.tabs.shared import (EXTRACTORS, check_extractor, check_hub_model, class_items, default_devices, error_target,
-                              error_text, extractor_path_of, feature_space, field_updates, message, parse_device_set,
-                              parse_number, progress_bar, renamed, roots_text, signature)
+from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_model, class_items, default_devices,
+                             extractor_path_of, feature_space, field_updates, parse_device_set, parse_number,
+                             progress_bar, renamed, roots_text, signature)
 from core import configmeta
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
@@ -425,12 +425,8 @@ def build(ctx: BuildContext) -> None:
     embedded0 = registry.get_generator(preset0).embedded
     comps: dict[str, Any] = {}
 
-    def common(key: str) -> dict:
-        return dict(label=key, info=info[key], elem_id=f"eval-{key}")
-
-    def field(key: str, **overrides):
-        """The input of an EvalConfig field: its kind, default and help from the field."""
-        return jobform.field_input(EvalConfig, key, "eval", info=info[key], **overrides)
+    form_inputs = jobform.FormInputs(EvalConfig, "eval", info)  # each EvalConfig field's input from the field
+    common, field = form_inputs.common, form_inputs.field
 
     gr.Markdown("Measure a preset or a run checkpoint: FID (or FD in another feature space), Inception Score, "
                 "precision/recall, CLIP score. The job runs in the background, like a training run; the table "
@@ -510,13 +506,8 @@ def build(ctx: BuildContext) -> None:
             with app.launcher_lock:
                 runs = [submit(plan.base, plan.devices)] if plan.base is not None else []
                 runs.append(submit(plan.config, plan.devices))
-        except ConfigError as e:
-            target = error_target(e, KEYS, ALIASES)
-            updates = field_updates(KEYS, info, target, message(e), state["flagged"])
-            return (error_text(e, target), *updates, {**state, "flagged": target})
-        except UserError as e:
-            updates = field_updates(KEYS, info, None, "", state["flagged"])
-            return (error_text(e, None), *updates, {**state, "flagged": None})
+        except UserError as e:  # a ConfigError's message goes under the input it names
+            return refused(e, KEYS, info, ALIASES, state)
         names = ", ".join(f"`{r.id}`" for r in runs)
         waits = [r for r in runs if r.status == QUEUED]
         text = (f"✓ **Queued** {names} on `{plan.devices}`"

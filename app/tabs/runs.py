@@ -279,27 +279,29 @@ def build(ctx: BuildContext) -> None:
           outputs=overlay_runs, api_visibility="private", show_progress="hidden")
 
     # --- actions (each acts on the store through the launcher, then the view refreshes)
-    def stop(run_id):
+    def on_run(run_id, action):
+        """A launcher action on the picked run -> (the run after it, None) or (None, what to show instead)."""
         if not run_id:
-            return "Pick a run first."
+            return None, "Pick a run first."
         try:
             with app.launcher_lock:
-                r = app.launcher.stop(run_id)
+                return action(run_id), None
         except UserError as e:
-            return f"✗ {e}"
+            return None, f"✗ {e}"
+
+    def stop(run_id):
+        r, problem = on_run(run_id, app.launcher.stop)
+        if problem:
+            return problem
         if r.status == "stopped":
             return f"`{run_id}` was cancelled before it started."
         return (f"Stop requested for `{run_id}`: it writes a checkpoint at its next step boundary "
                 f"(killed after {app.launcher.grace_s:g} s if it does not).")
 
     def resume(run_id):
-        if not run_id:
-            return "Pick a run first."
-        try:
-            with app.launcher_lock:
-                r = app.launcher.resume(run_id)
-        except UserError as e:
-            return f"✗ {e}"
+        r, problem = on_run(run_id, app.launcher.resume)
+        if problem:
+            return problem
         return f"`{run_id}` is {r.status}: {r.message}"
 
     def ask_delete(run_id):

@@ -177,3 +177,13 @@ def progress_bar(done: int, total: int, width: int = 20) -> str:
 
 def roots_text(app) -> str:
     return ", ".join(str(r) for r in app.data_roots) or "(none: start the app with --data-root)"
+
+
+def refused(error: UserError, keys: Sequence[str], infos: dict[str, str], aliases: dict[str, str], state: dict) -> tuple:
+    """What a job form's launch returns when its input is refused: the status text, an update per input (a
+    ConfigError's message under the input it names) and the page's view with that input flagged."""
+    target = error_target(error, keys, aliases) if isinstance(error, ConfigError) else None
+    text = message(error) if isinstance(error, ConfigError) else ""
+    updates = field_updates(keys, infos, target, text, state["flagged"])
+    return (error_text(error, target), *updates, {**state, "flagged": target})
+

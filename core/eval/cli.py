@@ -62,50 +62,44 @@ CLIP_FIELDS = ("model", "weights", "label", "prompts_file", "classes", "clip_tem
 FLAGS = {"prompts_file": "--prompts", "projections": "--projection", "clip_template": "--template"}
 
 
+def _job_command(sub: argparse._SubParsersAction, name: str, help: str, description: str, func, cls: type,
+                 fields: tuple, required: tuple = (), extra: tuple = (), **sampling_defaults) -> None:
+    """`python -m core eval <name>`: the options of `cls`'s `fields` (from their metadata), `extra` ones
+    ((flags, add_argument keywords) pairs), --out and the shared sampling options."""
+    p = eval_subparsers(sub).add_parser(name, help=help, description=description)
+    configmeta.add_arguments(p, cls, fields, flags=FLAGS, required=required)
+    for flags, kw in extra:
+        p.add_argument(*flags, **kw)
+    _out_arg(p)
+    _sampling_args(p, **sampling_defaults)
+    p.set_defaults(func=func)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from core.eval.configs import EmbeddingConfig, EvalConfig
 
-    p = eval_subparsers(sub).add_parser(
-        "fid", help="FID / IS / precision / recall of one model (Table 2)",
-        description="Sample N images (resumable: rerun the same command to continue), pack them into "
-                    "OUT/sampling/samples.npz (ADM/LlamaGen layout) and measure them against a reference; "
-                    "the numbers go to OUT/results.json.")
-    configmeta.add_arguments(p, EvalConfig, FID_FIELDS, flags=FLAGS)
-    _out_arg(p)
-    _sampling_args(p)
-    p.set_defaults(func=cmd_fid)
-
-    p = eval_subparsers(sub).add_parser(
-        "embeddings", help="where base and aligned samples sit relative to real images (Fig. 1b-c)",
-        description="Sample the same classes and seeds from the base and the aligned model, extract features of "
-                    "those and of real images, and write OUT/embeddings.json, OUT/results.json and HTML figures "
-                    "(t-SNE/UMAP maps with KDE contours, KDEs per axis, distances per class) to OUT/figures.")
-    configmeta.add_arguments(p, EmbeddingConfig, EMBEDDING_FIELDS, flags=FLAGS, required=["aligned_weights"])
-    _out_arg(p)
-    _sampling_args(p)
-    p.set_defaults(func=cmd_embeddings)
-
-    p = eval_subparsers(sub).add_parser(
-        "geneval-export", help="GenEval image folder of a text-to-image model (Table 3)",
-        description="Generate images for GenEval's 553 prompts (assets/geneval/evaluation_metadata.jsonl) in the "
-                    "layout GenEval's evaluate_images.py reads: OUT/00000/metadata.jsonl, OUT/00000/samples/0000.png.")
-    configmeta.add_arguments(p, EvalConfig, ("model", "weights"), required=["model"])
-    p.add_argument("--images-per-prompt", type=int, default=4, help="default 4 (GenEval's)")
-    p.add_argument("--prompts-file", type=Path, default=None, help="another GenEval metadata file (default: the official one)")
-    _out_arg(p)
-    _sampling_args(p, cfg_scale=5.0)
-    p.set_defaults(func=cmd_geneval)
-
-    p = eval_subparsers(sub).add_parser(
-        "clip", help="CLIP score of samples against their prompts (Table 1)",
-        description="CLIP score = 100 x cosine similarity of the CLIP image and text embeddings, averaged over "
-                    "images (torchmetrics' CLIPScore without its clamp at 0). Text-to-image presets take --prompts; "
-                    "class-conditional ones score each class against --template filled with the class name.")
-    configmeta.add_arguments(p, EvalConfig, CLIP_FIELDS, flags=FLAGS)
-    p.add_argument("--images-per-prompt", type=int, default=4, help="images per prompt or class (default 4)")
-    _out_arg(p)
-    _sampling_args(p)
-    p.set_defaults(func=cmd_clip)
+    _job_command(sub, "fid", "FID / IS / precision / recall of one model (Table 2)",
+                 "Sample N images (resumable: rerun the same command to continue), pack them into "
+                 "OUT/sampling/samples.npz (ADM/LlamaGen layout) and measure them against a reference; "
+                 "the numbers go to OUT/results.json.", cmd_fid, EvalConfig, FID_FIELDS)
+    _job_command(sub, "embeddings", "where base and aligned samples sit relative to real images (Fig. 1b-c)",
+                 "Sample the same classes and seeds from the base and the aligned model, extract features of "
+                 "those and of real images, and write OUT/embeddings.json, OUT/results.json and HTML figures "
+                 "(t-SNE/UMAP maps with KDE contours, KDEs per axis, distances per class) to OUT/figures.",
+                 cmd_embeddings, EmbeddingConfig, EMBEDDING_FIELDS, required=("aligned_weights",))
+    _job_command(sub, "geneval-export", "GenEval image folder of a text-to-image model (Table 3)",
+                 "Generate images for GenEval's 553 prompts (assets/geneval/evaluation_metadata.jsonl) in the "
+                 "layout GenEval's evaluate_images.py reads: OUT/00000/metadata.jsonl, OUT/00000/samples/0000.png.",
+                 cmd_geneval, EvalConfig, ("model", "weights"), required=("model",), cfg_scale=5.0,
+                 extra=((("--images-per-prompt",), dict(type=int, default=4, help="default 4 (GenEval's)")),
+                        (("--prompts-file",), dict(type=Path, default=None,
+                                                   help="another GenEval metadata file (default: the official one)"))))
+    _job_command(sub, "clip", "CLIP score of samples against their prompts (Table 1)",
+                 "CLIP score = 100 x cosine similarity of the CLIP image and text embeddings, averaged over "
+                 "images (torchmetrics' CLIPScore without its clamp at 0). Text-to-image presets take --prompts; "
+                 "class-conditional ones score each class against --template filled with the class name.",
+                 cmd_clip, EvalConfig, CLIP_FIELDS,
+                 extra=((("--images-per-prompt",), dict(type=int, default=4, help="images per prompt or class (default 4)")),))
 
     p = eval_subparsers(sub).add_parser(
         "summary", help="all finished evaluations: per checkpoint, with the base model beside it",
@@ -118,7 +112,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class _Bar:
-    """A tqdm bar driven by progress(done, total) callbacks."""
+    """A tqdm bar driven by progress(done, total) callbacks; `with _Bar(desc) as bar:` closes it."""
 
     def __init__(self, desc: str):
         self.desc, self.bar = desc, None
@@ -135,6 +129,12 @@ class _Bar:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+    def __enter__(self) -> "_Bar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _sampling_fields(args) -> dict:
@@ -156,11 +156,8 @@ def cmd_fid(args) -> int:
     from core.eval.eval_job import evaluate
 
     cfg = EvalConfig(**configmeta.values_from_args(args, FID_FIELDS), **_sampling_fields(args))
-    bar = _Bar("sampling")
-    try:
+    with _Bar("sampling") as bar:
         results = evaluate(cfg, args.out, runs_dir=args.runs_dir, progress=bar, log=print)
-    finally:
-        bar.close()
     if results is not None:
         _print_metrics(results, args.out)
     return 0
@@ -171,11 +168,8 @@ def cmd_embeddings(args) -> int:
     from core.eval.shift_job import embedding_shift, shift_table
 
     cfg = EmbeddingConfig(**configmeta.values_from_args(args, EMBEDDING_FIELDS), **_sampling_fields(args))
-    bar = _Bar("base + aligned samples")
-    try:
+    with _Bar("base + aligned samples") as bar:
         report = embedding_shift(cfg, args.out, runs_dir=args.runs_dir, progress=bar, log=print)
-    finally:
-        bar.close()
     if report is None:
         return 0
     print(shift_table(report.results))
@@ -188,13 +182,10 @@ def cmd_embeddings(args) -> int:
 def cmd_geneval(args) -> int:
     from core.eval.geneval import export_geneval_samples
 
-    bar = _Bar("GenEval samples")
-    try:
+    with _Bar("GenEval samples") as bar:
         out = export_geneval_samples(args.model, args.out, weights=args.weights, prompts_file=args.prompts_file,
                                      images_per_prompt=args.images_per_prompt, runs_dir=args.runs_dir, progress=bar,
                                      **_sampling_fields(args))
-    finally:
-        bar.close()
     if out is not None:
         print(f"GenEval folder: {out} (samples and their spec: {out}.sampling)\n"
               f"score it with GenEval's evaluation/evaluate_images.py {out} --outfile results.jsonl ...")
@@ -219,11 +210,8 @@ def cmd_clip(args) -> int:
         count = len(class_ids_of(args.model, args.classes) or range(num_classes_of(args.model) or 0))
     cfg = EvalConfig(**configmeta.values_from_args(args, CLIP_FIELDS), num_samples=count * args.images_per_prompt,
                      metrics=["clip"], **_sampling_fields(args))
-    bar = _Bar("sampling")
-    try:
+    with _Bar("sampling") as bar:
         results = evaluate(cfg, args.out, runs_dir=args.runs_dir, progress=bar, log=print)
-    finally:
-        bar.close()
     if results is None:
         return 0
     s = results["spread"]["clip_score"]

@@ -76,8 +76,16 @@ class FeatureExtractor(ABC):
         """One batch; `images` on any device, results on the CPU."""
 
     @abstractmethod
+    def network(self) -> "torch.nn.Module | None":
+        """The torch module `to` moves (None: nothing to move)."""
+
     def to(self, device: str | torch.device) -> FeatureExtractor:
         """Move the network; returns self."""
+        self.device = torch.device(device)
+        net = self.network()
+        if net is not None:
+            net.to(self.device)
+        return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.extract(images).features
@@ -239,10 +247,8 @@ class InceptionExtractor(FeatureExtractor):
             raise CheckpointError(f"{self.weights_path}: does not fit Inception-v3 ({e})") from e
         self.to(device)
 
-    def to(self, device):
-        self.device = torch.device(device)
-        self.net.to(self.device)
-        return self
+    def network(self):
+        return self.net
 
     @torch.no_grad()
     def extract(self, images):
@@ -313,10 +319,8 @@ class ClipExtractor(FeatureExtractor):
         self.mean, self.std, self.normalize = mean, std, normalize
         self.to(device)
 
-    def to(self, device):
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
+    def network(self):
+        return self.model
 
     def _finish(self, out) -> torch.Tensor:
         emb = out if torch.is_tensor(out) else out.pooler_output  # transformers 4 returns the tensor
@@ -379,10 +383,8 @@ class Dinov2Extractor(FeatureExtractor):
         self.image_size = image_size
         self.to(device)
 
-    def to(self, device):
-        self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
+    def network(self):
+        return self.model
 
     @torch.no_grad()
     def extract(self, images):
@@ -418,11 +420,8 @@ class DemoExtractor(FeatureExtractor):
         self.evaluator = evaluator
         self.to(device)
 
-    def to(self, device):
-        self.device = torch.device(device)
-        if isinstance(self.evaluator, torch.nn.Module):
-            self.evaluator.to(self.device)
-        return self
+    def network(self):
+        return self.evaluator if isinstance(self.evaluator, torch.nn.Module) else None
 
     @torch.no_grad()
     def extract(self, images):
