@@ -52,8 +52,9 @@ def features_of(ev, images: torch.Tensor, batch: int = 1000) -> tuple[np.ndarray
 def reference_features(evaluator_path: str, count: int = 5000) -> tuple[np.ndarray, np.ndarray]:
     from core.demo.shapes import images_tensor
 
-    x, y = images_tensor("reference", range(count), 32)
-    f, _ = features_of(_evaluator(evaluator_path), x)
+    ev = _evaluator(evaluator_path)
+    x, y = images_tensor("reference", range(count), ev.config.image_size)  # the domain at the evaluator's size
+    f, _ = features_of(ev, x)
     return f, y.numpy()
 
 
