@@ -1,9 +1,10 @@
 """The trainer: VA-π (and the two baselines) on `accelerate` — one CPU, one GPU, DDP or FSDP.
 
-Setup order: every input is checked before any heavy work (preset files, LPIPS weights, data
-folder, class count), then models, data, optimizer. The loop: one optimizer step = the run's
-global batch (global_batch_size images), split into micro-batches of per_device_train_batch_size
-images per process; gradient sync only on the last micro-batch of a step.
+Setup order: every input is checked before any heavy work (`core.vapi.preflight`: preset files, LPIPS
+weights, data folder, class count), then models, data, optimizer. What is trained, its loss and its
+checkpoint file come from the method object (`core.vapi.methods`); the loop has no method branches.
+One optimizer step = the run's global batch (global_batch_size images), split into micro-batches of
+per_device_train_batch_size images per process; gradient sync only on the last micro-batch of a step.
 
 Determinism and resume: nothing random depends on state carried between steps. The data order is
 a seeded permutation per epoch; step s consumes global image positions [s*GB, (s+1)*GB); the
@@ -11,11 +12,9 @@ rollout of micro-batch m on rank r draws from a generator seeded by (seed, step,
 So a run resumed from a checkpoint (weights + optimizer + step) continues exactly as if it had
 not stopped, and N processes reproduce one process with the same global batch.
 
-Checkpoints (run_dir/checkpoints/step-NNNNNN/, written to a temp folder then renamed):
-  model.pt         {"model": state_dict, "config": json} — the upstream LlamaGen layout
-                   (tokenizer.pt instead for the decoder baseline)
-  optimizer.pt     optimizer + lr-scheduler state
-  trainer_state.json  {"step": s, "method": ..., "world_size": ...}
+Checkpoints: `core.checkpoints` owns the layout and the atomic save; each holds the trained module in the
+upstream layout ({"model": state_dict, "config": json}), optimizer + lr-scheduler state, and
+{"step": s, "method": ..., "world_size": ...}.
 """
 from __future__ import annotations
 
