@@ -15,12 +15,12 @@ sample on one GPU at the same time.
 from __future__ import annotations
 
 import json
-import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from core import imaging
 from core.checkpoints import ref_text, resolve_weights
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import RunNotFoundError, RunStore
@@ -200,20 +200,16 @@ def _conditions(source: Source, policy, classes, prompts) -> tuple[list, list[st
     return lines, lines, task
 
 
-def _encode_prompts(ctx, policy, prompts: list[str], device: str):
+def _encode_prompts(ctx, policy, prompts: list[str], device: str, text_encoder: str):
     from core.models.load import condition_encoder
-    from core.models.text import T5CaptionEncoder
+    from core.models.text import caption_encoder
 
     try:
-        encode = condition_encoder(policy, "t2i", device,
-                                   make_t5=lambda: ctx.models.get(("t5", device), lambda: T5CaptionEncoder(device=device)))
+        encode = condition_encoder(policy, "t2i", device, make_t5=lambda: ctx.models.get(
+            ("text", text_encoder, device), lambda: caption_encoder(text_encoder, device)))
     except (MissingWeightsError, UserError) as e:
         raise ConfigError("prompts", str(e)) from None
     return encode(prompts)
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:40] or "x"
 
 
 def _int(value, field: str, minimum: int, maximum: int) -> int:
@@ -281,7 +277,7 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
     from core.data.classes import class_names_for
 
     names = class_names_for(base_policy.config.num_classes) if task is None else []
-    judge, why = alignment.find_judge(base.preset, names, dev) if task is None or not b.embedded else (None, "no judge")
+    judge, why = alignment.find_judge(base.preset, names, dev)
     if judge is None and task is not None:
         why = "no judge for prompts without CLIP weights (the CLIP score needs them on disk)"
     from core.runs.threads import cpu_share
@@ -290,7 +286,7 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
         result = alignment.run_view(view, policies, tok, conds=conds, labels=labels, seeds=seed_list, task=task,
                                     device=dev, sampling=sampling, prefix_rows=prefix_k, real=real,
                                     image_size=b.image_size, judge=judge, judge_note=why,
-                                    encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev))
+                                    encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev, b.text_encoder))
         per_class_rows, notes = [], []
         if per_class:
             from core.errors import CheckpointError
@@ -318,6 +314,6 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
         for i, row in enumerate(result.rows):
             for panel in row.panels:
-                zf.write(folder / f"{i:03d}_{panel}.png", f"{panel}/{i:03d}_{_slug(row.condition)}_seed{row.seed}.png")
+                zf.write(folder / f"{i:03d}_{panel}.png", f"{panel}/{i:03d}_{imaging.slug(row.condition)}_seed{row.seed}.png")
         zf.writestr("manifest.json", json.dumps(manifest, indent=2))
     return Comparison(pairs, zip_path, base, aligned, result, per_class_rows, folder, notes)

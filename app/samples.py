@@ -92,8 +92,12 @@ def _font() -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+LEGEND_LINE_H = 15  # one "P1: prompt" line under a board whose columns are prompts
+
+
 def step_class_board(items: list[SampleGrid], seed: int, max_classes: int = 16) -> np.ndarray | None:
-    """One image: a row per step (labelled, step 0 = base), a column per class, all for `seed`."""
+    """One image: a row per step (labelled, step 0 = base), a column per class or prompt, all for `seed`.
+    Labels too long for a column (prompts) become P1, P2, ... with the full text in a legend under the board."""
     rows = []
     labels = None
     for g in items:
@@ -110,14 +114,22 @@ def step_class_board(items: list[SampleGrid], seed: int, max_classes: int = 16) 
     n_cls = max(r[1].shape[0] for r in rows)
     h, w = rows[0][1].shape[1:3]
     pad = GRID_PAD * 2
+    fits = max(3, w // 7)  # characters of a column label
+    legend = [f"P{c + 1}: {name}" for c, name in enumerate(labels or [])] if any(
+        len(name) > fits for name in labels or []) else []
     width = LABEL_W + n_cls * (w + pad) + pad
-    height = HEADER_H + len(rows) * (h + pad) + pad
+    if legend:
+        width = max(width, 8 + 7 * max(len(line) for line in legend))
+    height = HEADER_H + len(rows) * (h + pad) + pad + (len(legend) * LEGEND_LINE_H + 6 if legend else 0)
     board = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(board)
     font = _font()
     for c, name in enumerate(labels or []):
         x = LABEL_W + pad + c * (w + pad)
-        draw.text((x, HEADER_H - 17), name[: max(3, w // 7)], fill="black", font=font)
+        draw.text((x, HEADER_H - 17), f"P{c + 1}" if legend else name[:fits], fill="black", font=font)
+    top = HEADER_H + len(rows) * (h + pad) + pad + 3
+    for k, line in enumerate(legend):
+        draw.text((4, top + k * LEGEND_LINE_H), line, fill="black", font=font)
     for r, (step, tile_row) in enumerate(rows):
         y = HEADER_H + pad + r * (h + pad)
         draw.text((4, y + h // 2 - 6), "base (0)" if step == 0 else f"step {step}", fill="black", font=font)

@@ -1,6 +1,7 @@
 """Image tensors <-> uint8 arrays and PNG files (grids and single images)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Sequence
 
@@ -46,3 +47,8 @@ def save_images(images: Tensor, folder: str | Path, names: Sequence[str], upscal
     if upscale > 1:
         arr = arr.repeat(upscale, axis=1).repeat(upscale, axis=2)
     return [save_png(a, Path(folder) / n) for a, n in zip(arr, names)]
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe stem of a label or prompt: runs of other characters become "_"."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")[:limit] or "x"

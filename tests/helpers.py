@@ -99,14 +99,14 @@ def served_app(tmp_path: Path, monkeypatch, data_roots: list[Path], **create_kw)
             store.try_set_status(run.id, STOPPED, expect={QUEUED})
 
 
-def train_demo_run(store, steps: int = 2, name: str = "trained", **overrides) -> tuple[str, int]:
-    """A real demo-c2i run of `steps` steps (tiny config), trained in this process and finished in `store`.
-    Returns (run id, last step)."""
+def train_demo_run(store, steps: int = 2, name: str = "trained", preset: str = "demo-c2i", **overrides) -> tuple[str, int]:
+    """A real demo run (demo-c2i, or demo-t2i) of `steps` steps (tiny config), trained in this process and finished
+    in `store`. Returns (run id, last step)."""
     from core.runs.recorder import RunRecorder
     from core.vapi.config import resolve
     from core.vapi.trainer import ENTRY, Trainer
 
-    cfg = resolve("demo-c2i", dict(dict(max_steps=steps, per_device_train_batch_size=2, global_batch_size=2,
+    cfg = resolve(preset, dict(dict(max_steps=steps, per_device_train_batch_size=2, global_batch_size=2,
                                         num_generations=2, data_subset=20, save_steps=steps, preview_steps=steps,
                                         learning_rate=3e-2, kl_probe_size=0, preview_seeds=[0]), **overrides))
     run = store.create_run(name, {**cfg.to_dict(), "entry": ENTRY}, "cpu", steps)

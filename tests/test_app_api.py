@@ -140,7 +140,7 @@ def test_run_lifecycle_through_the_ui(served):
         grids = view["sample grids (rows: classes or prompts, columns: seeds; step 0 = base model)"]
         captions = [g["caption"] for g in grids]
         assert captions[0].startswith("base model") and any(c.startswith("step 160") for c in captions)
-        board = view["step × class: one row per preview step (base model first), one column per class"]
+        board = view["step × class (or prompt): one row per preview step (base model first), one column per class or prompt"]
         with Image.open(board) as im:  # 4 preview steps (0, 60, 120, 160) x 3 classes of 96 px tiles
             assert im.width > 3 * 96 and im.height > 4 * 96
         # delete asks first, then removes the run and its folder

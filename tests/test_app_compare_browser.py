@@ -108,3 +108,107 @@ def test_compare_views_and_runs_overlay_in_chromium(served, tmp_path):
         expect(page.locator("#runs-overlay-file")).to_contain_text(re.compile(r"metrics\s*\.csv"), timeout=30_000)
         page.wait_for_timeout(1500)  # plotly draws asynchronously
         screenshot(page, shots, "runs-overlay")
+
+
+@pytest.fixture
+def served_committed(tmp_path, monkeypatch):
+    """The app on the committed demo models (demo-t2i is not in the tiny demo)."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    with served_app(tmp_path, monkeypatch, [tmp_path]) as served:
+        yield served
+
+
+def test_compare_base_vs_aligned_demo_t2i_on_typed_prompts_in_chromium(served_committed, tmp_path):
+    """A demo-t2i run aligned from the committed base; Compare on a typed prompt and a picked held-out one:
+    pairs labelled by prompt, each image judged by prompt adherence; a prompt the evaluator cannot check is said."""
+    from playwright.sync_api import expect
+
+    from core.demo.prompts import heldout_prompts
+
+    app, url = served_committed
+    aligned, step = train_demo_run(app.ctx.store, 2, name="t2i aligned", preset="demo-t2i",
+                                   preview_prompts=["a red circle"])
+    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with browser_page(url) as page:
+        page.get_by_role("tab", name="Compare").click()
+        expect(page.locator("#compare-aligned input")).to_have_value(re.compile(f"{aligned}.*step {step}"),
+                                                                    timeout=20_000)
+        expect(page.locator("#compare-base input")).to_have_value(re.compile("demo-t2i"))
+        prompts = page.locator("#compare-prompts textarea")
+        expect(prompts).to_be_visible(timeout=20_000)
+        expect(page.locator("#compare-classes")).to_be_hidden()
+        prompts.fill("one red circle on a white background")
+        picker = page.locator("#compare-heldout input")
+        picker.click()
+        held = heldout_prompts()[3]
+        picker.fill(held[:20])
+        page.get_by_role("option", name=held, exact=True).click()
+        expect(prompts).to_have_value(f"one red circle on a white background\n{held}", timeout=10_000)
+        seeds = page.locator("#compare-seeds textarea, #compare-seeds input").first
+        seeds.fill("0, 1")
+        seeds.press("Tab")
+        page.get_by_label("free-running (two distributions)").check()
+        page.locator("#compare-generate").click()
+        status = page.locator("#compare-status")
+        expect(status).to_contain_text("free-running", timeout=WAIT_MS)
+        expect(status).to_contain_text("prompt adherence")
+        gallery = page.locator("#compare-gallery")
+        expect(gallery.locator("img")).to_have_count(2 * 2 * 3, timeout=30_000)  # prompts x seeds x panels
+        for text in ("base · one red circle on a white background · seed 0", f"aligned · {held} · seed 1", "judge"):
+            expect(gallery).to_contain_text(text)
+        expect(page.locator("#compare-rows")).to_contain_text("one red circle on a white background")
+        page.wait_for_timeout(500)
+        screenshot(page, shots, "compare-t2i-prompts")
+
+        prompts.fill("a photo of a cat")  # nothing the evaluator can check: no score, the row still shows
+        page.locator("#compare-generate").click()
+        expect(gallery.locator("img")).to_have_count(2 * 3, timeout=WAIT_MS)
+        expect(gallery).to_contain_text("a photo of a cat")
+
+
+def test_demo_t2i_launches_from_the_form_with_preview_prompts_and_shows_a_step_by_prompt_board(served_committed):
+    """Launch: the demo-t2i preset fills Table 7's T2I settings and held-out preview prompts; typed preview prompts
+    train a real run; Runs shows its step x prompt board."""
+    from playwright.sync_api import expect
+
+    from tests.test_app_browser import field, reveal, set_field
+
+    app, url = served_committed
+    with browser_page(url) as page:
+        page.locator("#field-preset input").click()
+        page.get_by_role("option", name="demo-t2i", exact=True).click()
+        expect(field(page, "name")).to_have_value("demo-t2i", timeout=20_000)
+        reveal(page, "Rollout (teacher-forced sampling)", "xi")
+        expect(field(page, "xi")).to_have_value("0.5")
+        expect(field(page, "max_steps")).to_have_value("200")
+        reveal(page, "Checkpoints, metrics and previews", "preview_prompts")
+        expect(field(page, "preview_prompts")).to_have_value(re.compile("a red circle at the top left on a gray background"))
+        for key, value in (("max_steps", "1"), ("global_batch_size", "4"), ("per_device_train_batch_size", "2"),
+                           ("num_generations", "2"), ("preview_seeds", "0"), ("kl_probe_size", "2")):
+            reveal(page, "Checkpoints, metrics and previews", "preview_seeds")
+            if not field(page, key).is_visible():
+                continue
+            set_field(page, key, value)
+        box = field(page, "preview_prompts")
+        box.fill("one red circle on a white background\ntwo blue bars on the left")
+        box.press("Tab")
+        expect(page.locator("#launch-cli")).to_contain_text("--preset demo-t2i", timeout=20_000)
+        page.locator("#launch-button").click()
+        expect(page.locator("#launch-status")).to_contain_text("Launched", timeout=60_000)
+        store = app.ctx.store
+        for _ in range(300):
+            runs = store.list_runs()
+            if runs and runs[0].status in ("finished", "failed"):
+                break
+            page.wait_for_timeout(1000)
+        run = store.list_runs()[0]
+        assert run.status == "finished", run.message
+        page.get_by_role("tab", name="Runs").click()
+        expect(page.locator("#runs-board img")).to_be_visible(timeout=30_000)
+        previews = sorted((Path(store.run_dir(run.id)) / "samples").glob("*.json"))
+        import json as _json
+
+        rows = _json.loads(previews[-1].read_text())["rows"]
+        assert rows == ["one red circle on a white background", "two blue bars on the left"]

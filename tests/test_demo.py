@@ -17,10 +17,11 @@ COMMITTED = ROOT / "checkpoints" / "demo"
 @pytest.mark.slow
 def test_committed_demo_models_load_sample_and_match_the_manifest():
     manifest = json.loads((COMMITTED / "manifest.json").read_text())
-    for key in ("tokenizer", "generator", "evaluator"):
+    for key in ("tokenizer", "generator", "evaluator", "generator_t2i"):
         f = COMMITTED / manifest[key]["file"]
         assert sha256(f) == manifest[key]["sha256"], f"{f} differs from the manifest (rebuild or restore it)"
-    total = sum((COMMITTED / manifest[k]["file"]).stat().st_size for k in ("tokenizer", "generator", "evaluator"))
+    total = sum((COMMITTED / manifest[k]["file"]).stat().st_size
+                for k in ("tokenizer", "generator", "evaluator", "generator_t2i"))
     assert total <= 20 * 2**20
     from core.models.generate import generate_images
     from core.models.load import load_pair
@@ -43,11 +44,15 @@ def test_demo_build_runs_end_to_end_at_a_tiny_budget(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["recipe"]["gpt_steps"] == 30 and manifest["build"]["total_seconds"] > 0
-    for key in ("tokenizer", "generator", "evaluator"):
+    for key in ("tokenizer", "generator", "evaluator", "generator_t2i"):
         assert sha256(out / manifest[key]["file"]) == manifest[key]["sha256"]
     base = manifest["generator"]["base_metrics"]
     assert 0.0 <= base["class_accuracy"] <= 1.0 and base["demo_fid"] > 0
-    assert "[vq]" in r.stdout and "[gpt]" in r.stdout and "evaluator" in r.stdout
+    t2i = manifest["generator_t2i"]
+    assert t2i["text_encoder"]["name"] == "minilm-l6" and manifest["recipe"]["t2i_steps"] == 20
+    assert 0.0 <= t2i["base_metrics"]["adherence_color"] <= 1.0 and t2i["metrics"]["heldout_prompt_ce"] > 0
+    assert "val_position_map_accuracy" in manifest["evaluator"]["metrics"]
+    assert "[vq]" in r.stdout and "[gpt]" in r.stdout and "evaluator" in r.stdout and "[t2i]" in r.stdout
 
 
 @pytest.mark.slow

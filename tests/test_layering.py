@@ -2,7 +2,7 @@
 inside functions):
 
     base (errors, paths, device, seeding, imaging, checkpoints)
-      < data, models                 (+ core.demo's shapes, configs, presets)
+      < data, models                 (+ core.demo's shapes, configs, presets, prompts)
       < vapi, eval                   (+ core.demo's evaluator, report, build)
       < runs
       < app
@@ -36,6 +36,7 @@ LEVELS: dict[str, int] = {
     "core.checkpoints": BASE,
     "core.data": DATA_MODELS, "core.models": DATA_MODELS,
     "core.demo.shapes": DATA_MODELS, "core.demo.configs": DATA_MODELS, "core.demo.presets": DATA_MODELS,
+    "core.demo.prompts": DATA_MODELS,
     "core.vapi": VAPI_EVAL, "core.eval": VAPI_EVAL, "core.demo": VAPI_EVAL,
     "core.runs": RUNS,
     "app": APP,

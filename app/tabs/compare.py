@@ -58,14 +58,42 @@ def preset_of(app, value: Optional[str]) -> Optional[str]:
         return None
 
 
-def condition_inputs(app, base_value: Optional[str], current: Optional[list]) -> tuple:
-    """Updates for the classes dropdown and the prompts box after the base side changed."""
+def heldout_prompt_choices(preset: Optional[str]) -> list[str]:
+    """The demo's held-out prompts (core.demo.prompts) for an embedded text-to-image preset, else []."""
+    if not preset or form.model_task(preset) != "t2i" or not registry_embedded(preset):
+        return []
+    from core.demo.prompts import heldout_prompts
+
+    return list(heldout_prompts())
+
+
+def default_prompts(preset: Optional[str]) -> str:
+    """Two held-out prompts to start from on the demo T2I ("" elsewhere: the user types them)."""
+    held = heldout_prompt_choices(preset)
+    return "\n".join(held[:: max(1, len(held) // 2)][:2])
+
+
+def add_prompt(current: Optional[str], picked: Optional[str]) -> tuple:
+    """Append a picked held-out prompt to the prompts box (once) and clear the picker."""
+    lines = [line for line in (current or "").splitlines() if line.strip()]
+    if picked and picked not in lines:
+        lines.append(picked)
+    return "\n".join(lines), gr.update(value=None)
+
+
+def condition_inputs(app, base_value: Optional[str], current: Optional[list], typed: Optional[str] = None) -> tuple:
+    """Updates for the classes dropdown, the prompts box and the held-out prompt picker after the base side changed."""
     preset = preset_of(app, base_value)
     task = form.model_task(preset) if preset else None
     choices = form.class_choices(preset) if preset else []
     valid = {v for _, v in choices}
     kept = [c for c in (current or []) if c in valid] or (default_classes(preset) if preset and choices else [])
-    return (gr.update(choices=choices, value=kept, visible=task != "t2i"), gr.update(visible=task == "t2i"))
+    held = heldout_prompt_choices(preset)
+    prompts = gr.update(visible=task == "t2i") if (typed or "").strip() else gr.update(visible=task == "t2i",
+                                                                                       value=default_prompts(preset))
+    samples = 0 if task == "t2i" or not preset or not registry_embedded(preset) else DEMO_CLASS_SAMPLES
+    return (gr.update(choices=choices, value=kept, visible=task != "t2i"), prompts,
+            gr.update(choices=held, value=None, visible=bool(held)), gr.update(value=samples))
 
 
 def panels_per_row(view: str) -> int:
@@ -88,7 +116,7 @@ def gallery_items(result) -> list[tuple[str, str]]:
 
 
 def _mean(values) -> float:
-    values = list(values)
+    values = [v for v in values if v is not None and v == v]  # a judge's None (nothing it can check) is left out
     return sum(values) / len(values) if values else float("nan")
 
 
@@ -139,7 +167,7 @@ def row_table(view) -> dict:
         if judged:
             if view.view == "teacher-forced":
                 cells.append(f"{s['truth']['judge']:.3f}")
-            cells += [f"{s['base']['judge']:.3f}", f"{s['aligned']['judge']:.3f}"]
+            cells += ["—" if s[who]["judge"] is None else f"{s[who]['judge']:.3f}" for who in ("base", "aligned")]
         data.append(cells)
     return {"headers": headers, "data": data}
 
@@ -191,8 +219,14 @@ def build(ctx: BuildContext) -> None:
         classes = gr.Dropdown(choices=form.class_choices(preset0), value=default_classes(preset0), multiselect=True,
                               filterable=True, label="classes", scale=3, elem_id="compare-classes",
                               info="type to search the class names")
-        prompts = gr.Textbox(value="", lines=3, label="prompts", info="one per line (text-conditional models)",
-                             visible=form.model_task(preset0) == "t2i", scale=3, elem_id="compare-prompts")
+        with gr.Column(scale=3, visible=True, min_width=240):
+            prompts = gr.Textbox(value=default_prompts(preset0), lines=3, label="prompts",
+                                 info="one per line (text-conditional models); pairs are labelled by prompt",
+                                 visible=form.model_task(preset0) == "t2i", elem_id="compare-prompts")
+            heldout = gr.Dropdown(choices=heldout_prompt_choices(preset0), value=None, label="add a held-out prompt",
+                                  info="the demo's held-out prompts: combinations the demo T2I never saw in training",
+                                  filterable=True, visible=bool(heldout_prompt_choices(preset0)),
+                                  elem_id="compare-heldout")
         seeds = gr.Textbox(value="0, 1, 2, 3", label="seeds", info="comma-separated; one image per seed and class",
                            scale=2, elem_id="compare-seeds")
     with gr.Row(equal_height=False):
@@ -207,7 +241,7 @@ def build(ctx: BuildContext) -> None:
                         info="teacher-forced and shared prefix compare one image; free-running compares distributions")
         prefix_rows = gr.Slider(0, 16, value=2, step=1, label="prefix rows k (prefix_rows)", elem_id="compare-prefix",
                                 info="shared prefix: token rows taken from the base's sample", scale=2)
-        class_samples = gr.Number(value=DEMO_CLASS_SAMPLES if registry_embedded(preset0) else 0, precision=0,
+        class_samples = gr.Number(value=DEMO_CLASS_SAMPLES if registry_embedded(preset0) and form.model_task(preset0) != "t2i" else 0, precision=0,
                                   label="per-class sample (class_samples)", elem_id="compare-class-samples", scale=2,
                                   info="samples per class and seed (3 seeds) for class accuracy and FD; 0 = off")
     generate_btn = gr.Button("Compare", variant="primary", elem_id="compare-generate")
@@ -261,8 +295,11 @@ def build(ctx: BuildContext) -> None:
                        concurrency_limit=2)
     view.change(lambda v: gr.update(columns=panels_per_row(v) * ROWS_PER_LINE), inputs=view, outputs=gallery,
                 api_visibility="private", show_progress="hidden")
-    base.change(lambda value, current: condition_inputs(app, value, current), inputs=[base, classes],
-                outputs=[classes, prompts], api_visibility="private", show_progress="hidden")
+    base.change(lambda value, current, typed: condition_inputs(app, value, current, typed),
+                inputs=[base, classes, prompts], outputs=[classes, prompts, heldout, class_samples], api_visibility="private",
+                show_progress="hidden")
+    heldout.input(add_prompt, inputs=[prompts, heldout], outputs=[prompts, heldout], api_visibility="private",
+                  show_progress="hidden")
 
     def refresh_lists(base_value, aligned_value):
         """New runs and checkpoints into the lists; a side whose source is gone (or a pair of one model

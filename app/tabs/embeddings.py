@@ -25,6 +25,7 @@ from app.tabs.shared import (refused, EXTRACTORS, check_extractor, class_items, 
                              parse_number, progress_bar, renamed, roots_text, signature)
 from app.tabs.launch import device_choices
 from core import configmeta
+from core.eval.configs import PROMPT_ATTRIBUTES
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -36,7 +37,7 @@ DISTANCE_CHOICES = [("Fréchet distance", "frechet"), ("precision", "precision")
 TABLE_HEADERS = ["class", "FD base", "FD aligned", "Δ FD (aligned − base)", "Δ FD 95% interval", "FD verdict",
                  "precision base", "precision aligned", "recall base", "recall aligned"]
 KEYS = ["run", "step", "classes", "per_class", "real", "extractor", "extractor_path", "projections", "cfg_scale",
-        "temperature", "top_k", "top_p", "seed", "batch_size", "devices", "num_seeds"]  # the launch endpoint's inputs
+        "temperature", "top_k", "top_p", "seed", "batch_size", "devices", "num_seeds", "color_by"]  # the launch endpoint's inputs
 ALIASES = {"model": "run", "aligned_weights": "step", "weights": "step", "base_weights": "run", "device": "devices",
            "methods": "projections"}
 
@@ -135,7 +136,8 @@ def plan_embeddings(app, values: dict):
                                   f"{', '.join(map(str, steps))}")
     if init is not None and not Path(init).is_file():
         raise ConfigError("run", f"the run's starting weights {init} (its base model) are gone")
-    items = class_items(values.get("classes"))
+    text_conditional = form.model_task(model) == "t2i"
+    items = [] if text_conditional else class_items(values.get("classes"))  # demo-t2i: grouped by color_by
     extractor = values.get("extractor") or ("demo" if is_embedded(model) else "inception")
     projections = list(values.get("projections") or [])
     if not projections:
@@ -153,7 +155,7 @@ def plan_embeddings(app, values: dict):
                   seed=parse_number("seed", values.get("seed"), whole=True, minimum=0),
                   num_seeds=parse_number("num_seeds", values.get("num_seeds", configmeta.defaults(EmbeddingConfig)["num_seeds"]), whole=True, minimum=1),
                   batch_size=parse_number("batch_size", values.get("batch_size"), whole=True, minimum=1),
-                  device=device)
+                  device=device, color_by=values.get("color_by") or "shape")
     try:
         cfg = EmbeddingConfig(**fields)
         cfg.class_ids()  # names resolved, each class once
@@ -367,9 +369,11 @@ def build(ctx: BuildContext) -> None:
                                             allow_custom_value=True, scale=1, **common("step"))
             base_md = gr.Markdown(base_text(store, run0), elem_id="emb-base")
             with gr.Row(equal_height=False):
+                t2i0 = bool(model0) and form.model_task(model0) == "t2i"
                 comps["classes"] = gr.Dropdown(choices=form.class_choices(model0), value=default_classes(model0),
                                                multiselect=True, filterable=True, allow_custom_value=True, scale=3,
-                                               **common("classes"))
+                                               visible=not t2i0, **common("classes"))
+                comps["color_by"] = field("color_by", choices=list(PROMPT_ATTRIBUTES), scale=2, visible=t2i0)
                 comps["per_class"] = field("per_class", scale=1)
             with gr.Row(equal_height=False):
                 comps["real"] = field("real", value="shapes" if is_embedded(model0) else "")
@@ -472,17 +476,19 @@ def build(ctx: BuildContext) -> None:
         try:
             model, _, steps = run_model(store, run_id)
         except ConfigError:
-            return gr.skip(), base_text(store, run_id), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), base_text(store, run_id), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         choices = form.class_choices(model)
         valid = {v for _, v in choices}
         kept = [c for c in class_items(classes) if c in valid] or default_classes(model)
         embedded = is_embedded(model)
+        t2i = form.model_task(model) == "t2i"
         return (gr.update(choices=steps, value=steps[-1]), base_text(store, run_id),
-                gr.update(choices=choices, value=kept), "shapes" if embedded else "",
-                "demo" if embedded else "inception")
+                gr.update(choices=choices, value=kept, visible=not t2i), "shapes" if embedded else "",
+                "demo" if embedded else "inception", gr.update(visible=t2i))
 
     comps["run"].change(on_run, inputs=[comps["run"], comps["classes"]],
-                       outputs=[comps["step"], base_md, comps["classes"], comps["real"], comps["extractor"]],
+                       outputs=[comps["step"], base_md, comps["classes"], comps["real"], comps["extractor"],
+                                comps["color_by"]],
                        api_visibility="private", show_progress="hidden")
 
     def refresh_lists(run_id, step, result_id):

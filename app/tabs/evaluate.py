@@ -32,15 +32,15 @@ from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_mod
                              progress_bar, renamed, roots_text, signature)
 from core import configmeta
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
+from core.eval.summary import SUMMARY_METRICS
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "evaluate"
 LABEL = "Evaluate"
 METRIC_CHOICES = [("FID / FD", "fid"), ("Inception Score", "isc"), ("precision / recall", "prc"),
-                  ("CLIP score", "clip")]
+                  ("CLIP score", "clip"), ("prompt adherence (demo T2I)", "adherence")]
 REFERENCE_CHOICES = [("demo shapes (held-out reference split)", "shapes"), ("image folder", "folder"),
                      (".npz batch (ADM layout)", "npz")]
-SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")  # core.eval.summary.SUMMARY_METRICS
 JOB_HEADERS = ["job", "label", "model", "weights", "status", "samples", "message"]
 SUMMARY_HEADERS = ["model", "setting", "checkpoint", "metric", "base", "checkpoint value", "Δ (checkpoint − base)",
                    "95% interval of Δ", "verdict"]
@@ -67,6 +67,10 @@ def metric_label(metric: str, extractor: Optional[str]) -> str:
         return f"{metric} ({space})"
     if metric == "clip_score":
         return "CLIP score"
+    if metric == "adherence":
+        return "prompt adherence (all named attributes)"
+    if metric.startswith("adherence_"):
+        return f"prompt adherence: {metric.split('_', 1)[1]}"
     return metric
 
 
@@ -527,12 +531,13 @@ def build(ctx: BuildContext) -> None:
     timer.tick(refresh, inputs=view, outputs=[jobs_table, progress, summary, view], api_name="eval_refresh",
                show_progress="hidden", queue=False, trigger_mode="once")
 
-    def on_source(value, classes, extractor, reference_kind):
-        """The classes (or prompts) input, the extractor and the reference kind follow the model."""
+    def on_source(value, classes, extractor, reference_kind, prompts, metrics):
+        """The classes (or prompts) input, the extractor, the reference kind and the metrics follow the model;
+        the demo T2I starts from its held-out prompts and adds prompt adherence."""
         try:
             preset = comparison.parse_source(value, app.store, "source").preset
         except UserError:
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         task = form.model_task(preset)
         choices = form.class_choices(preset)
         valid = {v for _, v in choices}
@@ -543,12 +548,22 @@ def build(ctx: BuildContext) -> None:
         else:
             extractor = "inception" if extractor == "demo" else extractor
             reference_kind = "npz" if reference_kind == "shapes" else reference_kind
-        return (gr.update(choices=choices, value=kept, visible=task != "t2i"), gr.update(visible=task == "t2i"),
-                extractor, reference_kind)
+        demo_t2i = embedded and task == "t2i"
+        metrics = [m for m in (metrics or []) if m != "adherence" or demo_t2i]
+        if demo_t2i:
+            metrics = [m for m in metrics if m != "isc"] + ["adherence"] * ("adherence" not in metrics)
+        prompts_update = gr.update(visible=task == "t2i")
+        if demo_t2i and not (prompts or "").strip():
+            from core.demo.prompts import heldout_prompts
+
+            prompts_update = gr.update(visible=True, value="\n".join(heldout_prompts()))
+        return (gr.update(choices=choices, value=kept, visible=task != "t2i"), prompts_update,
+                extractor, reference_kind, metrics)
 
     comps["source"].change(on_source, inputs=[comps["source"], comps["classes"], comps["extractor"],
-                                              comps["reference_kind"]],
-                           outputs=[comps["classes"], comps["prompts"], comps["extractor"], comps["reference_kind"]],
+                                              comps["reference_kind"], comps["prompts"], comps["metrics"]],
+                           outputs=[comps["classes"], comps["prompts"], comps["extractor"], comps["reference_kind"],
+                                    comps["metrics"]],
                            api_visibility="private", show_progress="hidden")
 
     offered = gr.State(source0)  # the default the page last put in `source`

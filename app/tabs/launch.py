@@ -95,7 +95,7 @@ DEMO_NOTE = ("**Demo preset.** The reward here is pixel-only: MSE between decode
 
 
 def shows_demo_note(preset: str, model: str) -> bool:
-    return preset == DEFAULT_PRESET or model == "demo-c2i"
+    return preset in ("demo-c2i", "demo-t2i") or model in ("demo-c2i", "demo-t2i")
 
 
 def device_choices(ctx) -> list[tuple[str, str]]:

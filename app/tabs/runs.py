@@ -220,8 +220,8 @@ def build(ctx: BuildContext) -> None:
         plot = gr.Plot(label="training curves", elem_id="runs-plot")
         with gr.Row(equal_height=False):
             with gr.Column(scale=4):
-                gr.Markdown("**step × class** — one row per preview step (base model first), one column per class")
-                board = gr.Image(label="step × class: one row per preview step (base model first), one column per class",
+                gr.Markdown("**step × class (or prompt)** — one row per preview step (base model first), one column per class or prompt (P1, P2, ... with the prompts listed under the board)")
+                board = gr.Image(label="step × class (or prompt): one row per preview step (base model first), one column per class or prompt",
                                  show_label=False, type="numpy", format="png", interactive=False, elem_id="runs-board")
             with gr.Column(scale=1, min_width=200):
                 seed = gr.Dropdown(choices=[], value=None, label="seed", elem_id="runs-seed", allow_custom_value=True,

@@ -26,7 +26,9 @@ OPTIONS: dict[str, tuple[str, ...]] = {  # extra keyword arguments each kind acc
 
 class ShapesTrainingSet(Dataset):
     """The procedural shapes domain as training data: `length` scenes of `split` from `start`,
-    as (image, class id), or (image, caption) with `with_captions`."""
+    as (image, class id), or (image, caption) with `with_captions`. With captions, scenes whose
+    combination of attributes is held out for prompt adherence (core.demo.prompts) are skipped: the
+    `length` items are the first `length` other scenes from `start`."""
 
     def __init__(self, split: str, start: int, length: int, image_size: int, with_captions: bool = False):
         from core.demo.shapes import NUM_CLASSES, ShapesDataset
@@ -35,13 +37,24 @@ class ShapesTrainingSet(Dataset):
                                      with_captions=with_captions)
         self.with_captions = with_captions
         self.num_classes: Optional[int] = None if with_captions else NUM_CLASSES
+        self._indices = None
+        if with_captions:
+            from core.demo.prompts import training_indices
+
+            self._indices = training_indices(split, start, length) - start  # offsets into ShapesDataset's window
+            self._scenes = ShapesDataset(split, start=start, length=int(self._indices[-1]) + 1, image_size=image_size,
+                                         with_captions=True)
 
     def __len__(self) -> int:
-        return len(self._scenes)
+        return len(self._scenes) if self._indices is None else len(self._indices)
 
     def __getitem__(self, i: int) -> tuple:
-        item = self._scenes[i]
-        return (item[0], item[2]) if self.with_captions else item
+        if self._indices is None:
+            return self._scenes[i]
+        if not -len(self._indices) <= i < len(self._indices):
+            raise IndexError(f"index {i} out of range for a dataset of length {len(self._indices)}")
+        item = self._scenes[int(self._indices[i])]
+        return item[0], item[2]
 
 
 def _renamed(e: ConfigError) -> ConfigError:

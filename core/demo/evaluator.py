@@ -64,6 +64,9 @@ class EvaluatorConfig:
     hidden_dim: int = 128  # MLP between the pooled map and the feature bottleneck
     image_size: int = 32  # the demo domain's size; inputs of another size are rejected
     pooled_size: int = 4  # spatial grid kept after the trunk (position must survive pooling)
+    # attributes also read by a linear head on the (standardised) pooled map instead of the 16-d feature;
+    # `read` uses them. Position: the 16-d bottleneck caps it at ~0.95, the map reads it at ~0.97 (fit_map_head)
+    map_heads: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.channels or any(not isinstance(c, int) or c <= 0 for c in self.channels):
@@ -72,6 +75,9 @@ class EvaluatorConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(name, f"must be a positive int, got {value!r}")
+        unknown = [n for n in self.map_heads if n not in ATTRIBUTES]
+        if unknown:
+            raise ConfigError("map_heads", f"unknown attribute {unknown[0]!r}; one of {', '.join(ATTRIBUTES)}")
         final_size = self.image_size // 2 ** (len(self.channels) - 1)
         if final_size < self.pooled_size:
             raise ConfigError(
@@ -106,6 +112,10 @@ class DemoEvaluator(nn.Module):
         self.attribute_heads = nn.ModuleDict(
             {name: nn.Linear(config.feature_dim, len(values)) for name, values in ATTRIBUTES.items()}
         )
+        map_dim = in_ch * config.pooled_size**2
+        self.map_heads = nn.ModuleDict({  # standardise the pooled map, then linear
+            name: nn.Sequential(nn.BatchNorm1d(map_dim, affine=False), nn.Linear(map_dim, len(ATTRIBUTES[name])))
+            for name in config.map_heads})
 
     def _check(self, images: Tensor) -> None:
         size = self.config.image_size
@@ -130,6 +140,16 @@ class DemoEvaluator(nn.Module):
         """images -> {attribute: logits [B, len(ATTRIBUTES[attribute])]}."""
         feats = self.features(images)  # [B, D]
         return {name: head(feats) for name, head in self.attribute_heads.items()}
+
+    def read(self, images: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """images -> (features [B, D], class logits [B, 10], attribute logits), the map heads standing in for the
+        feature heads of their attributes: what prompt adherence reads."""
+        self._check(images)
+        pooled = self.pool(self.trunk(images)).flatten(1)  # [B, C * P * P]
+        feats = self.neck(pooled)
+        class_logits, attr_logits = self.heads(feats)
+        attr_logits.update({name: head(pooled) for name, head in self.map_heads.items()})
+        return feats, class_logits, attr_logits
 
     def heads(self, feats: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """Class logits [B, 10] and attribute logits from already computed features [B, D]."""
@@ -261,6 +281,59 @@ def train_evaluator(steps: int = 1000, batch_size: int = 64, lr: float = 3e-3, s
     return model, metrics
 
 
+def fit_map_head(model: DemoEvaluator, name: str, count: int = 40_000, l2: float = 1e-3, max_iter: int = 400,
+                 seed: int = 0, start: int = 500_000, val_count: int = 2000,
+                 log: Callable[[str], None] = print) -> tuple[DemoEvaluator, dict]:
+    """A copy of `model` with a map head for attribute `name` fitted on the frozen trunk (nothing else changes:
+    features, demo-FID and the other heads stay the same). Data: `count` clean and `count` augmented (as in
+    training) "evaluator" split scenes from `start`, after the trunk's own training stream; the head is
+    multinomial logistic regression on the standardised pooled map with an L2 penalty, fitted by full-batch
+    L-BFGS. Measured for position (defaults, 2 threads): val accuracy 0.966 (the 16-d feature head: 0.947),
+    about 2.5 min. Returns (model, metrics)."""
+    if name not in ATTRIBUTES:
+        raise ConfigError("name", f"unknown attribute {name!r}; one of {', '.join(ATTRIBUTES)}")
+    config = EvaluatorConfig(**{**asdict(model.config), "map_heads": tuple(sorted(set(model.config.map_heads) | {name}))})
+    out = DemoEvaluator(config)
+    out.load_state_dict(model.state_dict(), strict=False)
+    out.eval()
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    maps, targets = [], []
+    with torch.no_grad():
+        for offset, augmented in ((0, False), (count, True)):
+            for lo in range(start + offset, start + offset + count, 2000):
+                images, _, t = labelled_batch("evaluator", range(lo, min(lo + 2000, start + offset + count)), config.image_size)
+                maps.append(out.pool(out.trunk(augment(images, generator) if augmented else images)).flatten(1))
+                targets.append(t[name])
+    x, y = torch.cat(maps), torch.cat(targets)
+    head = out.map_heads[name]
+    head[0].running_mean.copy_(x.mean(0))
+    head[0].running_var.copy_(x.var(0))
+    x = head[0](x)  # standardised (eval-mode BatchNorm: the statistics just set)
+    linear = head[1]
+    linear.reset_parameters()
+    opt = torch.optim.LBFGS(linear.parameters(), max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(x), y) + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    loss = float(opt.step(closure))
+    out.eval()
+    correct = 0
+    with torch.no_grad():
+        for lo in range(0, val_count, 500):
+            images, _, t = labelled_batch("val", range(lo, min(lo + 500, val_count)), config.image_size)
+            correct += int((out.read(images)[2][name].argmax(1) == t[name]).sum())
+    metrics = {f"val_{name}_map_accuracy": correct / val_count, f"{name}_map_head": {
+        "count": 2 * count, "l2": l2, "max_iter": max_iter, "final_loss": loss, "seconds": time.perf_counter() - t0}}
+    log(f"map head {name}: val accuracy {correct / val_count:.4f} ({time.perf_counter() - t0:.0f}s)")
+    return out, metrics
+
+
 @torch.no_grad()
 def calibrate_features(model: DemoEvaluator, count: int = 2000, batch_size: int = 500) -> None:
     """Set the feature BatchNorm's statistics to those of clean "evaluator" images; eval mode after.
@@ -306,7 +379,7 @@ def load_evaluator(path: str | Path) -> DemoEvaluator:
                               f"expected {FORMAT!r})")
     try:
         raw = json.loads(metadata["config"])
-        config = EvaluatorConfig(**{**raw, "channels": tuple(raw["channels"])})
+        config = EvaluatorConfig(**{**raw, "channels": tuple(raw["channels"]), "map_heads": tuple(raw.get("map_heads", ()))})
     except (KeyError, TypeError, json.JSONDecodeError, ConfigError) as err:
         raise CheckpointError(f"{path}: evaluator config in the metadata is unreadable ({err})") from None
     model = DemoEvaluator(config)

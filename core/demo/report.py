@@ -136,3 +136,77 @@ def tokenizer_floor(demo_dir: Path | None = None, count: int = 5000, reference_c
     rec = torch.cat([tok.decode(tok.encode(x[i:i + 500])) for i in range(0, count, 500)]).clamp(-1, 1)
     f, pred = features_of(_evaluator(ev_path), rec)
     return {"demo_fid": M.fid_from_features(f, ref_f), "class_accuracy": float((pred == y.numpy()).mean())}
+
+
+# ----------------------------------------------------------------------------- the demo T2I
+@lru_cache(maxsize=4)
+def _t2i_models(demo_dir: str, weights: Optional[str]):
+    from core.eval.sampling import load_sampler
+
+    if Path(demo_dir) != paths.DEMO_DIR:
+        raise ValueError(f"demo models are read from {paths.DEMO_DIR}; set VAPI_DEMO_DIR to use {demo_dir}")
+    return load_sampler("demo-t2i", weights)
+
+
+@torch.no_grad()
+def sample_prompts(demo_dir: Path, weights: Optional[str | Path], prompt_list: Sequence[str], n: int,
+                   sampling_seed: int, cfg_scale: float = 1.0, temperature: float = 1.0,
+                   batch: int = 500) -> tuple[torch.Tensor, list[str]]:
+    """n samples of the demo T2I, sample i showing prompt_list[i % P], seeded by (sampling seed, i)."""
+    from core.models.generate import generate_images
+
+    sampler = _t2i_models(str(demo_dir), str(weights) if weights else None)
+    chosen = [prompt_list[i % len(prompt_list)] for i in range(n)]
+    imgs = []
+    for lo in range(0, n, batch):
+        cond, mask = sampler.encode_prompts(chosen[lo:lo + batch])
+        seeds = [sample_seed(sampling_seed, i) for i in range(lo, min(lo + batch, n))]
+        imgs.append(generate_images(sampler.policy, sampler.tokenizer, cond, cond_mask=mask, seeds=seeds,
+                                    batch_size=batch, cfg_scale=cfg_scale, temperature=temperature))
+    return torch.cat(imgs), chosen
+
+
+def evaluate_t2i(demo_dir: Path | None = None, weights: Optional[str | Path] = None, num_samples: int = 1000,
+                 sample_seeds: Sequence[int] = (0, 1, 2), cfg_scale: float = 1.0, temperature: float = 1.0,
+                 reference_count: int = 5000, log: Callable[[str], None] = print) -> dict:
+    """The demo T2I (weights=None: the committed base) as mean ± std over sampling seeds:
+
+    - prompt adherence on the held-out prompt set (core.demo.prompts; combinations never in training):
+      `adherence` overall and `adherence_<category>` per category (core.demo.adherence);
+    - demo-FID, precision, recall and diversity of samples prompted with the canonical captions of the first
+      `num_samples` "reference" scenes, against the reference features (the same as the C2I report), and
+      `shape_accuracy` (the shape the caption names)."""
+    from core.demo import adherence
+    from core.demo import prompts as P
+
+    demo_dir = Path(demo_dir or paths.DEMO_DIR)
+    ev_path = str(demo_dir / configs.read_manifest(demo_dir)["evaluator"]["file"])
+    ev = _evaluator(ev_path)
+    ref_f, ref_y = reference_features(ev_path, reference_count)
+    mu_r, sig_r = M.feature_stats(ref_f)
+    div_real = diversity(ref_f, ref_y)
+    fid_prompts = [P.caption_of(P.scene_attrs("reference", i)) for i in range(num_samples)]
+    fid_labels = np.arange(num_samples) % configs.gpt_config(demo_dir)["num_classes"]  # reference scene i is class i % 10
+    held = list(P.heldout_prompts())
+    per_seed = []
+    for s in sample_seeds:
+        imgs, _ = sample_prompts(demo_dir, weights, fid_prompts, num_samples, s, cfg_scale, temperature)
+        f, pred = features_of(ev, imgs)
+        mu, sig = M.feature_stats(f)
+        pr = M.precision_recall(ref_f[: max(num_samples, 1000)], f, k=3)
+        row = {"demo_fid": M.frechet_distance(mu, sig, mu_r, sig_r), "shape_accuracy": float((pred == fid_labels).mean()),
+               "diversity": diversity(f, fid_labels) / div_real, "precision": pr.precision, "recall": pr.recall}
+        imgs, chosen = sample_prompts(demo_dir, weights, held, num_samples, s, cfg_scale, temperature)
+        adh = adherence.score(adherence.predict(ev, imgs), chosen)
+        row["adherence"] = adh["overall"]
+        row.update({f"adherence_{c}": v for c, v in adh["per_category"].items()})
+        per_seed.append(row)
+        log(f"  seed {s}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
+    out = {"num_samples": num_samples, "sample_seeds": list(sample_seeds), "cfg_scale": cfg_scale,
+           "temperature": temperature, "weights": str(weights) if weights else "base",
+           "heldout_prompts": len(held), "per_seed": per_seed}
+    for k in per_seed[0]:
+        vals = [p[k] for p in per_seed]
+        out[k] = statistics.fmean(vals)
+        out[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return out

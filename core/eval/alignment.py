@@ -214,13 +214,38 @@ def clip_judge(names: Sequence[str], path: Optional[str] = None, device="cpu", t
     return Judge("CLIP score", score)
 
 
+def adherence_judge(device="cpu") -> Judge:
+    """Prompt adherence of each image under the demo evaluator: the fraction of the attributes its prompt names
+    (shape, colour, count, position, background) that the evaluator reads off the image (NaN when the prompt
+    names none). Never used in a reward."""
+    from core import paths
+    from core.demo import adherence, configs, prompts
+    from core.demo.evaluator import load_evaluator
+
+    ev = load_evaluator(paths.DEMO_DIR / configs.read_manifest()["evaluator"]["file"]).to(device)
+
+    def score(images: Tensor, conds: list) -> Tensor:
+        seen = adherence.predict(ev, images.to(device).float())
+        fractions = []
+        for found, prompt in zip(seen, conds):
+            result = adherence.check(prompts.parse_prompt(prompt), found)
+            fractions.append(sum(result.values()) / len(result) if result else float("nan"))
+        return torch.tensor(fractions)
+
+    return Judge("prompt adherence under the demo evaluator (share of the prompt's attributes seen)", score)
+
+
 def find_judge(preset: str, names: Sequence[str], device="cpu") -> tuple[Optional[Judge], str]:
-    """(judge, why) — the demo evaluator for embedded presets, CLIP where its weights are cached, else None."""
+    """(judge, why) — the demo evaluator for embedded presets (class probability; prompt adherence for the demo
+    T2I), CLIP where its weights are cached, else None."""
     from core.errors import CheckpointError, MissingWeightsError
     from core.models import registry
 
     try:
-        if registry.get_generator(preset).embedded:
+        p = registry.get_generator(preset)
+        if p.embedded and p.task == "t2i":
+            return adherence_judge(device=device), "demo evaluator (prompt adherence)"
+        if p.embedded:
             return demo_judge(device=device), "demo evaluator"
         return clip_judge(names, device=device), "CLIP"
     except (MissingWeightsError, CheckpointError, OSError) as e:
@@ -296,7 +321,8 @@ def build_rows(view: str, result, conds: list, labels: list[str], seeds: list[in
             scores["base"], scores["aligned"] = {}, {}
         for n in ("base", "aligned"):
             if n in judged:
-                scores[n]["judge"] = float(judged[n][i])
+                value = float(judged[n][i])
+                scores[n]["judge"] = None if value != value else value  # None: nothing the judge can check
         if "truth" in judged:
             scores["truth"] = {"judge": float(judged["truth"][i])}
         if view == "prefix":
@@ -320,8 +346,10 @@ def caption_of(view: str, panel: str, row: Row, reward_terms: Sequence[str]) -> 
     for term in reward_terms:
         if term in own:
             parts.append(f"{term} {own[term]:.4f}")
-    if "judge" in own:
+    if own.get("judge") is not None:
         parts.append(f"judge {own['judge']:.3f}")
+    elif "judge" in own:
+        parts.append("judge —")
     return " · ".join(parts)
 
 

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aligned", required=True, help="checkpoint: file, checkpoint folder, run folder or run id[@step]")
     p.add_argument("--model", default=None, help="generator preset of the checkpoints (default: the aligned run's)")
     p.add_argument("--classes", nargs="+", default=None, help="class ids or names (default: the first 4)")
+    p.add_argument("--prompts", nargs="+", default=None,
+                   help="prompts, each quoted, for text-conditional models (views free and prefix)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="one row per seed and class")
     p.add_argument("--view", choices=("free", "teacher-forced", "prefix"), default="teacher-forced")
     p.add_argument("--prefix-rows", type=int, default=2, help="prefix view: token rows taken from the base's sample")
@@ -76,10 +78,16 @@ def cmd_compare(args) -> int:
     base_is_preset = args.base is not None and args.base in {g.name for g in registry.all_generators()}
     model = args.model or (args.base if base_is_preset else None) or _run_model(aligned) or "demo-c2i"
     preset = registry.get_generator(model)
-    if preset.task != "c2i" and args.view == "teacher-forced":
-        raise ConfigError("view", f"{model} is text-conditional; the teacher-forced view needs class labels")
-    if preset.task != "c2i":
-        raise ConfigError("model", f"{model} is text-conditional; this command takes classes (use the Compare tab)")
+    t2i = preset.task != "c2i"
+    if t2i and args.view == "teacher-forced":
+        raise ConfigError("view", f"{model} is text-conditional; the teacher-forced view needs class labels "
+                                  "(use --view free or prefix)")
+    if t2i and (args.classes is not None or not [p for p in args.prompts or [] if p.strip()]):
+        raise ConfigError("prompts", f"{model} is text-conditional: give --prompts \"...\" (not --classes)")
+    if not t2i and args.prompts is not None:
+        raise ConfigError("prompts", f"{model} is class-conditional: give --classes, not --prompts")
+    if t2i and args.class_samples:
+        raise ConfigError("class_samples", "per-class numbers are for class-conditional models")
     base_weights = None if (args.base is None or base_is_preset) else resolve_weights(args.base).path
     sampling = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     check_sampling_args(**sampling)
@@ -87,13 +95,18 @@ def cmd_compare(args) -> int:
     base_gen, tok = load.load_pair(model, base_weights, dev)
     aligned_gen = load.load_generator(model, aligned.path, dev)
     policies = {"base": base_gen.eval(), "aligned": aligned_gen.eval()}
-    names = class_names_for(base_gen.config.num_classes)
-    classes = resolve_classes(args.classes if args.classes else range(min(4, len(names))), names)
     real = args.real or ("shapes" if preset.embedded else None)
+    if t2i:
+        names, classes = [], [p.strip() for p in args.prompts if p.strip()]
+        labels, encode = classes, load.condition_encoder(base_gen, "t2i", dev, text_encoder=preset.text_encoder)
+    else:
+        names = class_names_for(base_gen.config.num_classes)
+        classes = resolve_classes(args.classes if args.classes else range(min(4, len(names))), names)
+        labels, encode = [names[c] for c in classes], None
     judge, why = A.find_judge(model, names, dev)
-    result = A.run_view(args.view, policies, tok, conds=classes, labels=[names[c] for c in classes],
-                        seeds=list(args.seeds), task=None, device=dev, sampling=sampling, prefix_rows=args.prefix_rows,
-                        real=real, image_size=preset.image_size, judge=judge, judge_note=why)
+    result = A.run_view(args.view, policies, tok, conds=classes, labels=labels, seeds=list(args.seeds),
+                        task="t2i" if t2i else None, device=dev, sampling=sampling, prefix_rows=args.prefix_rows,
+                        real=real, image_size=preset.image_size, judge=judge, judge_note=why, encode_prompts=encode)
     out = Path(args.out)
     path = A.save_view(result, out)
     if args.class_samples > 0:
@@ -113,9 +126,9 @@ def cmd_compare(args) -> int:
     print(summary_line(result))
     for row in result.rows:
         s = row.scores
-        line = f"  {row.caption:<24} {s['changed_tokens']:>3}/{s['tokens']} tokens differ"
+        line = f"  {row.caption:<24} {s['changed_tokens']:>3}/{s['tokens']} tokens differ"  # caption: class or prompt
         for who in ("base", "aligned"):
-            parts = [f"{k} {v:.4f}" for k, v in s.get(who, {}).items() if k in (*result.reward_terms, "judge")]
+            parts = [f"{k} {v:.4f}" for k, v in s.get(who, {}).items() if k in (*result.reward_terms, "judge") and v is not None]
             if parts:
                 line += f" | {who}: " + ", ".join(parts)
         print(line)

@@ -17,7 +17,8 @@ from core.errors import ConfigError, DataError
 if TYPE_CHECKING:  # sampling imports torch: the CLI builds its options from these configs without it
     from core.eval.sampling import SamplingSpec
 
-METRICS = ("fid", "isc", "prc", "clip")
+METRICS = ("fid", "isc", "prc", "clip", "adherence")
+NO_FEATURES = ("clip", "adherence")  # metrics that read no extractor features
 NO_LOGITS = ("clip", "dinov2")  # extractors without a classifier head: no Inception Score
 DEFAULT_CLIP_TEMPLATE = "a photo of a {}"
 
@@ -69,6 +70,7 @@ def class_ids_of(model: str, classes: Optional[Sequence], field_name: str = "cla
 
 
 
+PROMPT_ATTRIBUTES = ("shape", "color", "count", "position", "background")  # core.demo.prompts.CATEGORIES
 WEIGHTS_HELP = "a weights file, a checkpoint folder, a run folder (its last checkpoint) or a run id [@STEP]"
 PRECISIONS = ("fp32", "bf16")
 PROJECTIONS = ("tsne", "umap")  # core.eval.embeddings.METHODS
@@ -105,7 +107,7 @@ class EvalConfig(JobSettings):
     classes: Optional[list] = setting(None, group="sampling", help="class-conditional: class ids or names to cycle through; None: all classes")
     prompts: Optional[list[str]] = setting(None, group="sampling", help="text-to-image: prompts to cycle through")
     prompts_file: Optional[str] = setting(None, group="sampling", help="text-to-image: a .txt (one per line) or .jsonl prompt file, instead of prompts")
-    metrics: list[str] = setting(default_factory=lambda: ["fid", "isc", "prc"], group="measure", choices=METRICS, help="FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception); clip is the CLIP score")
+    metrics: list[str] = setting(default_factory=lambda: ["fid", "isc", "prc"], group="measure", choices=METRICS, help="FID/FD and precision/recall need a reference set; IS needs class logits (demo or Inception); clip is the CLIP score; adherence is prompt adherence per category (demo-t2i, read by the demo evaluator)")
     extractor: str = setting("inception", group="measure", help="features for FID/IS/precision/recall: inception (FID proper), dinov2, clip or demo (the demo evaluator)")
     reference: Optional[str] = setting(None, group="measure", help="reference set: an .npz batch (ADM layout, e.g. VIRTUAL_imagenet256_labeled.npz), an image folder, or 'shapes[:split]' for the demo domain")
     reference_count: Optional[int] = setting(None, group="measure", help="images taken from a folder / shapes reference (None: num_samples)")
@@ -131,7 +133,7 @@ class EvalConfig(JobSettings):
         if self.reference_count is not None and (isinstance(self.reference_count, bool)
                                                  or not isinstance(self.reference_count, int) or self.reference_count < 2):
             raise ConfigError("reference_count", f"must be an integer >= 2, got {self.reference_count!r}")
-        needs_features = [m for m in self.metrics if m != "clip"]
+        needs_features = [m for m in self.metrics if m not in NO_FEATURES]
         if needs_features and self.extractor not in EXTRACTORS:
             raise ConfigError("extractor", f"unknown extractor {self.extractor!r}; choose one of {sorted(EXTRACTORS)}")
         if ("fid" in self.metrics or "prc" in self.metrics) and not self.reference:
@@ -199,7 +201,7 @@ class EvalConfig(JobSettings):
 class EmbeddingConfig(JobSettings):
     """Real vs base vs aligned samples of some classes in one feature space (Fig. 1b-c)."""
 
-    model: str = setting("demo-c2i", group="model", help="class-conditional generator preset")
+    model: str = setting("demo-c2i", group="model", help="class-conditional generator preset, or demo-t2i")
     base_weights: Optional[str] = setting(None, group="model", help=f"the base model: {WEIGHTS_HELP}; None: the preset's weights")
     aligned_weights: Optional[str] = setting(None, group="model", help=f"the aligned model (required): {WEIGHTS_HELP}")
     classes: Optional[list] = setting(None, group="sampling", help="class ids or names; None: the first 10 classes")
@@ -208,6 +210,36 @@ class EmbeddingConfig(JobSettings):
     extractor: Optional[str] = setting(None, group="measure", help="the feature space: demo, clip, dinov2 or inception; None: demo for the demo preset, inception otherwise")
     projections: list[str] = setting(default_factory=lambda: list(PROJECTIONS), group="measure", choices=PROJECTIONS, help="2-D maps fitted on all three sets (real, base, aligned) together")
     max_points_per_set: int = setting(2000, group="measure", help="points per set on the maps (the numbers use all)")
+    color_by: str = setting("shape", group="measure", choices=PROMPT_ATTRIBUTES, help="demo-t2i: the prompt attribute that groups and colours the points (samples are prompted with the real scenes' captions)")
+
+    @property
+    def text_conditional(self) -> bool:
+        from core.models import registry
+
+        return registry.get_generator(self.model).task != "c2i"
+
+    def prompt_set(self) -> list[str]:
+        """demo-t2i: the canonical captions of reference scenes 0 .. per_class x 10 - 1, one sample each per seed
+        (the real set is those scenes)."""
+        from core.demo import prompts as P
+
+        return [P.caption_of(P.scene_attrs("reference", i)) for i in range(self.per_class * 10)]
+
+    def group_names(self) -> list[str]:
+        """The values of `color_by` (demo-t2i) in group-id order; the class names otherwise."""
+        from core.data.classes import class_names_for
+        from core.demo import shapes
+
+        if not self.text_conditional:
+            return class_names_for(num_classes_of(self.model) or 0)
+        values = {"shape": shapes.CLASS_NAMES, "color": shapes.COLOR_NAMES, "count": shapes.COUNTS,
+                  "position": shapes.POSITIONS, "background": shapes.BACKGROUND_NAMES}[self.color_by]
+        return [str(v) for v in values]
+
+    def group_of_prompt(self, prompt: str) -> int:
+        from core.demo.prompts import parse_prompt
+
+        return self.group_names().index(str(parse_prompt(prompt)[self.color_by]))
 
     def __post_init__(self):
         from core.eval.embeddings import METHODS
@@ -228,9 +260,19 @@ class EmbeddingConfig(JobSettings):
         bad = [p for p in self.projections if p not in METHODS]
         if bad:
             raise ConfigError("projections", f"unknown projection {bad[0]!r}; choose from {', '.join(METHODS)}")
-        if registry.get_generator(self.model).task != "c2i":
-            raise ConfigError("model", f"{self.model} is text-conditional; the embedding shift compares classes "
-                                       "(use a class-conditional preset)")
+        from core.eval.inputs import shapes_split
+
+        preset = registry.get_generator(self.model)
+        if self.color_by not in PROMPT_ATTRIBUTES:
+            raise ConfigError("color_by", f"one of {', '.join(PROMPT_ATTRIBUTES)}, got {self.color_by!r}")
+        if preset.task != "c2i" and not preset.embedded:
+            raise ConfigError("model", f"{self.model} is text-conditional; the embedding shift compares classes, or the "
+                                       "demo T2I's prompt attributes (use a class-conditional preset or demo-t2i)")
+        if preset.task != "c2i" and self.classes is not None:
+            raise ConfigError("classes", f"{self.model} is prompted with the real scenes' captions: group the points "
+                                         "with color_by (shape, color, count, position, background), not classes")
+        if preset.task != "c2i" and shapes_split(self.real, "real") is None:
+            raise ConfigError("real", f"{self.model}: the real images are the demo's scenes, 'shapes[:split]'")
         self.sampling_spec(None)
 
     @classmethod
@@ -242,6 +284,9 @@ class EmbeddingConfig(JobSettings):
         return asdict(self)
 
     def class_ids(self) -> list[int]:
+        """The classes compared (class-conditional), or the group ids of `color_by`'s values (demo-t2i)."""
+        if self.text_conditional:
+            return list(range(len(self.group_names())))
         ids = class_ids_of(self.model, self.classes)
         if ids is None:
             return list(range(min(10, num_classes_of(self.model) or 0)))
@@ -253,9 +298,16 @@ class EmbeddingConfig(JobSettings):
     def sampling_spec(self, weights: Optional[str]) -> SamplingSpec:
         from core.eval.sampling import SamplingSpec
 
+        conditions = (dict(prompts=tuple(self.prompt_set())) if self.text_conditional
+                      else dict(classes=tuple(self.class_ids())))
         return SamplingSpec(model=self.model, weights=weights, cfg_scale=self.cfg_scale, temperature=self.temperature,
                             top_k=self.top_k, top_p=self.top_p, seed=self.seed, batch_size=self.batch_size,
-                            image_size=self.image_size, precision=self.precision, classes=tuple(self.class_ids()))
+                            image_size=self.image_size, precision=self.precision, **conditions)
+
+    @property
+    def samples_per_seed(self) -> int:
+        """Samples of one model per seed: per_class x classes (demo-t2i: per_class x 10 captions)."""
+        return self.per_class * (10 if self.text_conditional else len(self.class_ids()))
 
     def seeds(self) -> list[int]:
         return [self.seed + j for j in range(self.num_seeds)]
@@ -263,4 +315,4 @@ class EmbeddingConfig(JobSettings):
     @property
     def total_samples(self) -> int:
         """Samples drawn in all: per_class x classes x seeds, for base and for aligned."""
-        return 2 * self.per_class * len(self.class_ids()) * self.num_seeds
+        return 2 * self.samples_per_seed * self.num_seeds

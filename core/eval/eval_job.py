@@ -20,7 +20,7 @@ folder, a run folder, or RUN[@STEP]).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Optional
@@ -33,7 +33,7 @@ from core import paths
 from core.checkpoints import WeightsRef, resolve_weights
 from core.errors import ConfigError, DataError, MissingWeightsError
 from core.eval.clip_score import clip_score
-from core.eval.configs import EvalConfig, num_classes_of
+from core.eval.configs import NO_FEATURES, EvalConfig, num_classes_of
 from core.eval.inputs import build_metric_extractor, reference_input, shapes_split
 from core.eval.job_io import RESULTS_FILE, Log, logging_progress, print_flush, sampling_progress, write_json
 from core.eval.sampling import ProgressFn, run_sampling
@@ -61,7 +61,10 @@ def check_eval(cfg: EvalConfig, runs_dir: Optional[str | Path] = None) -> Weight
         ref = Path(cfg.reference).expanduser()
         if shapes_split(cfg.reference) is None and not (ref.is_dir() or (ref.is_file() and ref.suffix == ".npz")):
             raise DataError(f"reference {cfg.reference}: not an .npz file, an image folder or 'shapes[:split]'")
-    if any(m != "clip" for m in cfg.metrics):
+    if "adherence" in cfg.metrics and not (preset.embedded and preset.task == "t2i"):
+        raise ConfigError("metrics", f"prompt adherence reads the demo evaluator, so it measures the demo T2I "
+                                     f"(demo-t2i) only, not {cfg.model}; drop adherence (use clip for other models)")
+    if any(m not in NO_FEATURES for m in cfg.metrics):
         if cfg.extractor == "inception":
             from core.eval.extractors import find_inception_weights
 
@@ -90,7 +93,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
     prompts = cfg.resolved_prompts()
     spec = cfg.sampling_spec(weights.path, prompts)
     device = devmod.resolve(cfg.device)
-    needs_features = [m for m in cfg.metrics if m != "clip"]
+    needs_features = [m for m in cfg.metrics if m not in NO_FEATURES]
     extractor = build_metric_extractor(cfg.extractor, cfg.extractor_path) if needs_features else None
     if cfg.extractor == "inception":
         extractor = None  # built only to validate the weights file now; torch-fidelity builds its own later
@@ -153,6 +156,13 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
             per_seed[j].update(clip_score=scores["clip_score"])
             if j == 0:
                 per_text = scores["per_text"]
+    adherence_per_prompt: dict[str, dict] = {}
+    if "adherence" in cfg.metrics:
+        for j, sampled in enumerate(sampled_sets):
+            values, per_prompt = prompt_adherence(sampled.npz, [prompts[int(i)] for i in sampled.labels], device)
+            per_seed[j].update(values)
+            if j == 0:
+                adherence_per_prompt = per_prompt
     from core.eval.verdict import spread
 
     spreads = {k: asdict(spread([row[k] for row in per_seed])) for k in per_seed[0]}
@@ -161,7 +171,7 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
         "format": RESULTS_FORMAT, "kind": "eval", "label": cfg.label, "model": cfg.model,
         "weights": weights.path, "checkpoint": weights.checkpoint, "run_id": weights.run_id, "step": weights.step,
         "setting": cfg.setting(spec), "metrics": metrics, "spread": spreads, "seeds": seeds,
-        "features": features, "clip_per_text": per_text,
+        "features": features, "clip_per_text": per_text, "adherence_per_prompt": adherence_per_prompt,
         "npz": str(sampled_sets[0].npz), "npz_per_seed": [str(x.npz) for x in sampled_sets],
         "sampling_dir": str(out_dir / SAMPLING_DIR),
         "timing": {"sampling_s": seconds, "metrics_s": time.perf_counter() - start,
@@ -172,6 +182,33 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
     log("[eval] " + ", ".join(f"{k} {v['mean']:.4g} ± {v['std']:.2g}" for k, v in spreads.items())
         + f" (mean ± std over {len(seeds)} seeds)")
     return results
+
+
+@torch.no_grad()
+def prompt_adherence(npz: str | Path, texts: Sequence[str], device) -> tuple[dict[str, float], dict[str, dict]]:
+    """Prompt adherence of an .npz of demo samples against their prompts (core.demo.adherence): ({"adherence":
+    overall, "adherence_<category>": ...}, {prompt: {"samples", "overall"}} of the first seed's samples)."""
+    from core.demo import adherence
+    from core.demo.evaluator import load_evaluator
+    from core.eval.extractors import images_from_uint8
+    from core.eval.reference import read_npz
+
+    ev = load_evaluator(paths.DEMO_DIR / "evaluator.safetensors").to(device)
+    pixels = torch.from_numpy(np.asarray(read_npz(npz, mmap=False))).permute(0, 3, 1, 2)  # [N, 3, H, W] uint8
+    size = ev.config.image_size
+    seen = []
+    for lo in range(0, pixels.shape[0], 500):
+        images = images_from_uint8(pixels[lo:lo + 500]).to(device)
+        if images.shape[-1] != size:
+            images = torch.nn.functional.interpolate(images, size=(size, size), mode="bilinear", antialias=True)
+        seen += adherence.predict(ev, images)
+    found = adherence.score(seen, texts)
+    values = {"adherence": found["overall"], **{f"adherence_{c}": v for c, v in found["per_category"].items()}}
+    per_prompt: dict[str, dict] = {}
+    for text in dict.fromkeys(texts):
+        rows = [s for s, t in zip(seen, texts) if t == text]
+        per_prompt[text] = {"samples": len(rows), "overall": adherence.score(rows, [text] * len(rows))["overall"]}
+    return values, per_prompt
 
 
 def _save_features(path: Path, feats) -> Path:

@@ -209,9 +209,9 @@ def load_sampler(model: str, weights: Optional[str | Path] = None, device: str |
         raise ConfigError("weights", f"{weights}: no such generator weights file")
     device = torch.device(device)
     if preset.task == "t2i" and preset.family != "janus":
-        from core.models.text import T5CaptionEncoder
+        from core.models.text import caption_encoder
 
-        t5 = T5CaptionEncoder(device=device)  # MissingWeightsError before the generator is built
+        t5 = caption_encoder(preset.text_encoder, device)  # MissingWeightsError before the generator is built
     if preset.family == "janus":  # one model folder holds generator, tokenizer and prompt template
         policy, tokenizer = load.load_pair(model, weights, device)
     else:

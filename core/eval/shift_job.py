@@ -21,7 +21,7 @@ import numpy as np
 from core import device as devmod
 from core.checkpoints import resolve_weights
 from core.eval.configs import EmbeddingConfig, num_classes_of
-from core.eval.inputs import build_metric_extractor, real_images
+from core.eval.inputs import build_metric_extractor, real_images, shapes_split
 from core.eval.job_io import RESULTS_FILE, Log, logging_progress, print_flush, sampling_progress, write_json
 from core.eval.sampling import ProgressFn, run_sampling
 
@@ -94,11 +94,22 @@ def embedding_shift(cfg: EmbeddingConfig, out_dir: str | Path, *, runs_dir: Opti
     extractor = build_metric_extractor(cfg.extractor, cfg.extractor_path)
     classes = cfg.class_ids()
     size = cfg.image_size or registry.get_generator(cfg.model).image_size
-    real_x, real_y = real_images(cfg.real, classes, cfg.per_class, size)
-    n = cfg.per_class * len(classes)
-    names = class_names_for(num_classes_of(cfg.model) or 0)
-    log(f"[embeddings] {cfg.model}: base {base.checkpoint} vs aligned {aligned.checkpoint}, {len(classes)} classes x "
-        f"{cfg.per_class}, {cfg.extractor} features")
+    n = cfg.samples_per_seed
+    if cfg.text_conditional:  # demo-t2i: real = the reference scenes, prompted with their captions; groups by color_by
+        from core.demo.shapes import images_tensor
+
+        names = cfg.group_names()
+        prompt_groups = np.asarray([cfg.group_of_prompt(p) for p in cfg.prompt_set()])  # sample label -> group
+        real_x = images_tensor(shapes_split(cfg.real, "real"), range(n), size)[0]
+        real_y = prompt_groups  # scene i is prompted with its own caption
+        log(f"[embeddings] {cfg.model}: base {base.checkpoint} vs aligned {aligned.checkpoint}, {n} captions of real "
+            f"scenes, grouped by {cfg.color_by}, {cfg.extractor} features")
+    else:
+        prompt_groups = None
+        real_x, real_y = real_images(cfg.real, classes, cfg.per_class, size)
+        names = class_names_for(num_classes_of(cfg.model) or 0)
+        log(f"[embeddings] {cfg.model}: base {base.checkpoint} vs aligned {aligned.checkpoint}, {len(classes)} classes x "
+            f"{cfg.per_class}, {cfg.extractor} features")
 
     seeds = cfg.seeds()
     npzs: dict[str, list] = {"base": [], "aligned": []}
@@ -117,7 +128,7 @@ def embedding_shift(cfg: EmbeddingConfig, out_dir: str | Path, *, runs_dir: Opti
                 log(f"[embeddings] stopped while sampling {name}; run it again to continue")
                 return None
             npzs[name].append(sampled.npz)
-            labels[name].append(sampled.labels)
+            labels[name].append(sampled.labels if prompt_groups is None else prompt_groups[np.asarray(sampled.labels)])
     if any(npz is None for group in npzs.values() for npz in group):  # not the main process: it only samples
         return None
     log("[embeddings] extracting features and projecting")

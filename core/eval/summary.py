@@ -73,7 +73,8 @@ def evaluation_summary(runs_dir: Optional[str | Path] = None, folders: Sequence[
     return rows
 
 
-SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score")
+SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score", "adherence", "adherence_shape", "adherence_color",
+                   "adherence_count", "adherence_position", "adherence_background")
 _VERDICTS: dict[tuple, dict] = {}  # (base result, checkpoint result) -> verdicts: a bootstrap is ~1 s per pair
 
 

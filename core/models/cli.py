@@ -19,11 +19,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="download again even if the file exists")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("sample", help="sample images for classes with fixed seeds -> PNG grid + PNGs",
-                       description="Free-running sampling with a KV cache. Rows = classes, columns = seeds.")
+    p = sub.add_parser("sample", help="sample images for classes or prompts with fixed seeds -> PNG grid + PNGs",
+                       description="Free-running sampling with a KV cache. Rows = classes (class-conditional presets) "
+                                   "or prompts (text-conditional ones), columns = seeds.")
     p.add_argument("--model", default="demo-c2i", help="generator preset (default: the embedded demo)")
     p.add_argument("--weights", default=None, help="a checkpoint to load instead of the preset's weights (e.g. an aligned run checkpoint)")
     p.add_argument("--classes", nargs="+", default=None, help="class ids or names (default: the first 4 classes)")
+    p.add_argument("--prompts", nargs="+", default=None,
+                   help="prompts, each quoted, for text-conditional presets (demo-t2i, llamagen-t2i-*, janus-pro-1b)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3], help="one image per seed and class")
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -94,23 +97,37 @@ def cmd_sample(args) -> int:
     from core.models.load import load_pair
 
     preset = registry.get_generator(args.model)
-    if preset.task != "c2i":
-        raise ConfigError("model", f"{args.model} is text-conditional; `sample` takes classes (use a c2i preset)")
+    if preset.task == "c2i" and args.prompts is not None:
+        raise ConfigError("prompts", f"{args.model} is class-conditional; give --classes (or a text-conditional preset)")
+    if preset.task != "c2i" and args.classes is not None:
+        raise ConfigError("classes", f"{args.model} is text-conditional; give --prompts \"...\" instead")
+    if preset.task != "c2i" and not [p for p in args.prompts or [] if p.strip()]:
+        raise ConfigError("prompts", f"{args.model} is text-conditional: give at least one --prompts \"...\"")
     check_sampling_args(args.cfg_scale, args.temperature, args.top_k, args.top_p)
     dev = devmod.resolve(args.device)
-    gen, tok = load_pair(args.model, args.weights, dev)
-    names = class_names_for(gen.config.num_classes)
-    classes = resolve_classes(args.classes if args.classes else range(min(4, len(names))), names)
     seeds = list(args.seeds)
-    cond = torch.tensor([c for c in classes for _ in seeds], device=dev)
-    all_seeds = [s for _ in classes for s in seeds]
+    if preset.task == "c2i":
+        gen, tok = load_pair(args.model, args.weights, dev)
+        names = class_names_for(gen.config.num_classes)
+        classes = resolve_classes(args.classes if args.classes else range(min(4, len(names))), names)
+        cond, mask = torch.tensor([c for c in classes for _ in seeds], device=dev), None
+        rows = [names[c] for c in classes]
+        stems = [f"{c:04d}_{names[c].replace(' ', '_').replace('/', '_')}" for c in classes]
+    else:
+        from core.eval.sampling import load_sampler
+
+        sampler = load_sampler(args.model, args.weights, dev)  # names a missing text encoder before any work
+        gen, tok = sampler.policy, sampler.tokenizer
+        rows = [p.strip() for p in args.prompts if p.strip()]
+        cond, mask = sampler.encode_prompts([p for p in rows for _ in seeds])
+        stems = [f"{k:02d}_{imaging.slug(p)}" for k, p in enumerate(rows)]
+    all_seeds = [s for _ in rows for s in seeds]
     with _beside_runs(str(dev)):  # on the CPU beside a CPU run: half the cores, leased from the run
         imgs = generate_images(gen, tok, cond, seeds=all_seeds, batch_size=args.batch_size, cfg_scale=args.cfg_scale,
-                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, cond_mask=mask)
     out = Path(args.out)
     up = max(1, 128 // imgs.shape[-1])
-    files = imaging.save_images(imgs, out, [f"{c:04d}_{names[c].replace(' ', '_').replace('/', '_')}_seed{s}.png"
-                                            for c, s in zip(cond.tolist(), all_seeds)], upscale=up)
+    files = imaging.save_images(imgs, out, [f"{stem}_seed{s}.png" for stem in stems for s in seeds], upscale=up)
     imaging.save_png(imaging.grid(imgs, nrow=len(seeds), upscale=up), out / "grid.png")
-    print(f"wrote {len(files)} images and {out / 'grid.png'} (rows: {', '.join(names[c] for c in classes)}; seeds {seeds})")
+    print(f"wrote {len(files)} images and {out / 'grid.png'} (rows: {'; '.join(rows)}; seeds {seeds})")
     return 0

@@ -75,17 +75,18 @@ def load_pair(preset_name: str, weights: Optional[str | Path] = None, device: st
     return load_generator(preset_name, weights, device), tok
 
 
-def condition_encoder(policy, task: str, device: str | torch.device = "cpu", make_t5=None):
+def condition_encoder(policy, task: str, device: str | torch.device = "cpu", make_t5=None, text_encoder: str = "flan-t5-xl"):
     """prompts -> (cond, cond_mask) for a text-conditional generator; None for class-conditional ones.
 
-    A policy that encodes its own prompts (Janus) is used as is; LlamaGen T2I gets FLAN-T5 features
-    (MissingWeightsError when the T5 weights are absent). `make_t5` lets a caller cache the encoder.
+    A policy that encodes its own prompts (Janus) is used as is; LlamaGen T2I gets the caption features of
+    the text encoder its preset names (`GeneratorPreset.text_encoder`: FLAN-T5-XL, or MiniLM for the demo;
+    MissingWeightsError when its weights are absent). `make_t5` lets a caller cache the encoder.
     """
     if task != "t2i":
         return None
     if hasattr(policy, "encode_prompts"):
         return policy.encode_prompts
-    from core.models.text import T5CaptionEncoder
+    from core.models.text import caption_encoder
 
-    encoder = make_t5() if make_t5 is not None else T5CaptionEncoder(device=device)
+    encoder = make_t5() if make_t5 is not None else caption_encoder(text_encoder, device)
     return encoder.encode

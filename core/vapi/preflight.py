@@ -32,13 +32,17 @@ def preflight(cfg: VapiConfig) -> Checked:
     preset = registry.get_generator(cfg.model)
     if preset.task == "c2i" and cfg.data == "captions":
         raise ConfigError("data", f"{cfg.model} is class-conditional: use data=imagefolder or shapes, not captions")
-    if preset.task == "t2i" and cfg.data != "captions":
+    if preset.task == "t2i" and cfg.data not in ("captions", "shapes"):
         raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions")
+    if preset.task == "t2i" and cfg.data == "shapes" and preset.size != "demo":
+        raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions (shapes captions fit demo-t2i only)")
     if cfg.data == "shapes" and preset.size != "demo":
-        raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i)")
+        raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i or demo-t2i)")
     check_preview(cfg, int(preset.overrides.get("num_classes", 1000)) if preset.task == "c2i" else None)
-    # lists (and spot-checks) the data before any weights are read
-    dataset = build_dataset(cfg.data, cfg.data_path, image_size=preset.image_size, subset=cfg.data_subset, seed=cfg.seed)
+    # lists (and spot-checks) the data before any weights are read; shapes for a T2I model: with captions
+    options = {"with_captions": True} if cfg.data == "shapes" and preset.task == "t2i" else {}
+    dataset = build_dataset(cfg.data, cfg.data_path, image_size=preset.image_size, subset=cfg.data_subset, seed=cfg.seed,
+                            **options)
     check_readable(dataset, cfg.data_path)
     if cfg.init_weights is None:
         registry.require_files(cfg.model)

