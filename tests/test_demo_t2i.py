@@ -282,3 +282,58 @@ def test_embedding_shift_of_the_demo_t2i_groups_points_by_a_prompt_attribute(tmp
     with pytest.raises(ConfigError) as e:
         EmbeddingConfig(model="demo-t2i", aligned_weights=weights, color_by="size")
     assert e.value.field == "color_by"
+
+
+def test_eval_demo_t2i_verdicts_pair_by_seed_and_know_lower_demo_fid_is_better():
+    from core.demo.cli import t2i_verdicts
+
+    base = {"per_seed": [{"adherence": a, "demo_fid": f} for a, f in ((0.10, 1.0), (0.20, 1.2), (0.30, 0.8))]}
+    other = {"per_seed": [{"adherence": a, "demo_fid": f} for a, f in ((0.15, 0.9), (0.25, 1.1), (0.35, 0.7))]}
+    v = t2i_verdicts(base, other)
+    assert v["adherence"]["delta"] == pytest.approx(0.05) and v["adherence"]["verdict"] == "better"
+    assert v["adherence"]["low"] == pytest.approx(0.05) and v["adherence"]["high"] == pytest.approx(0.05)
+    assert v["demo_fid"]["delta"] == pytest.approx(-0.1) and v["demo_fid"]["verdict"] == "better"  # lower FD
+    noisy = {"per_seed": [{"adherence": a, "demo_fid": 1.0} for a in (0.30, 0.10, 0.20)]}
+    assert t2i_verdicts(base, noisy)["adherence"]["verdict"] == "within noise"
+
+
+@pytest.mark.slow  # an evaluation job through the Evaluate tab's endpoint, on a launched app
+def test_evaluate_tab_measures_demo_t2i_prompt_adherence_and_embeddings_plan_by_prompt_attribute(tmp_path, monkeypatch):
+    from app.tabs import embeddings, evaluate
+    from app.comparison import preset_value
+    from core.errors import ConfigError
+    from tests.helpers import served_app, train_demo_run
+    from tests.test_app_eval_tabs import UI, table_dicts
+
+    held = list(P.heldout_prompts()[:3])
+    with served_app(tmp_path, monkeypatch, [tmp_path], page_timer_s=0.5) as (app, url):
+        run, step = train_demo_run(app.ctx.store, 1, name="t2i", preset="demo-t2i", preview_prompts=["a red circle"])
+        ui = UI(url)
+        out = ui.call("/launch_eval", source=preset_value("demo-t2i"), label="base", num_samples=12, batch_size=6, image_size=None,
+                      prompts="\n".join(held), metrics=["fid", "adherence"], extractor="demo", reference_kind="shapes",
+                      devices=["cpu"], num_seeds=2)
+        assert out["evaluate status"].startswith("✓ **Queued**"), out["evaluate status"]
+
+        def finished(seen):
+            rows = table_dicts(seen.get("results: base vs checkpoint") or {"headers": [], "data": []})
+            return any(r["metric"] == "prompt adherence: color" for r in rows)
+
+        seen = ui.poll("/eval_refresh", finished, "the adherence rows", timeout=180)
+        metrics = [r["metric"] for r in table_dicts(seen["results: base vs checkpoint"])]
+        assert metrics[:1] == ["FD (demo evaluator)"] and "prompt adherence (all named attributes)" in metrics
+        assert {f"prompt adherence: {c}" for c in P.CATEGORIES} <= set(metrics)
+        # adherence is the demo T2I's: for the class-conditional demo the input is named, nothing is queued
+        jobs = len(app.ctx.store.list_runs())
+        bad = ui.call("/launch_eval", source=preset_value("demo-c2i"), label="c2i", num_samples=12, batch_size=6, image_size=None,
+                      metrics=["adherence"], extractor="demo", reference_kind="shapes", devices=["cpu"], num_seeds=2)
+        assert "demo-t2i" in bad["evaluate status"] and len(app.ctx.store.list_runs()) == jobs
+        # Embeddings: a demo-t2i run is grouped by the prompt attribute the form names, never by classes
+        values = {**{k: None for k in embeddings.KEYS}, "run": run, "step": step, "per_class": 6, "projections": ["tsne"],
+                  "devices": ["cpu"], "cfg_scale": 1.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": 0,
+                  "batch_size": 6, "num_seeds": 2, "color_by": "color", "classes": ["circle"]}
+        cfg, _ = embeddings.plan_embeddings(app.ctx, values)
+        assert cfg.model == "demo-t2i" and cfg.color_by == "color" and cfg.classes is None
+        assert cfg.group_names()[:2] == ["red", "orange"]
+        with pytest.raises(ConfigError) as e:
+            embeddings.plan_embeddings(app.ctx, {**values, "color_by": "size"})
+        assert e.value.field == "color_by"

@@ -32,6 +32,7 @@ from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_mod
                              progress_bar, renamed, roots_text, signature)
 from core import configmeta
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
+from core.eval.configs import NO_FEATURES
 from core.eval.summary import SUMMARY_METRICS
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -166,7 +167,7 @@ def plan_eval(app, values: dict) -> EvalPlan:
     if not metrics:
         raise ConfigError("metrics", "pick at least one metric")
     extractor = values.get("extractor") or "inception"
-    features = any(m != "clip" for m in metrics)
+    features = any(m not in NO_FEATURES for m in metrics)
     extractor_path = extractor_path_of(app, extractor, values.get("extractor_path")) if features else None
     reference = (reference_of(app, values.get("reference_kind"), values.get("reference"), preset)
                  if ("fid" in metrics or "prc" in metrics) else None)
