@@ -27,6 +27,7 @@ writes the RUN@STEP form.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -353,3 +354,12 @@ def resolve_weights(ref: Optional[str | os.PathLike], runs_dir: Optional[str | o
         raise ConfigError(field, f"run {run_dir.name} has no checkpoint at step {step_text}; it has steps "
                                  f"{', '.join(str(c.step) for c in found)}")
     return _from_file(_weights_file(match[0].path, field, tokenizer_ok))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks (manifests, weight checks, sample fingerprints)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

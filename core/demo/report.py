@@ -17,6 +17,7 @@ The floor is the VQ reconstruction of real images: no generator can beat the tok
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -92,34 +93,57 @@ def _models(demo_dir: str, weights: Optional[str]):
     return load_pair("demo-c2i", weights)
 
 
-def evaluate_checkpoint(demo_dir: Path | None = None, weights: Optional[str | Path] = None, num_samples: int = 1000,
-                        sample_seeds: Sequence[int] = (0, 1, 2), cfg_scale: float = 1.0, temperature: float = 1.0,
-                        reference_count: int = 5000, log: Callable[[str], None] = print) -> dict:
-    """Metrics of one generator (weights=None: the committed base) as mean ± std over sampling seeds."""
-    demo_dir = Path(demo_dir or paths.DEMO_DIR)
+@dataclass
+class _Reference:
+    """The evaluator and the real reference features every demo report measures against."""
+
+    ev: object
+    feats: np.ndarray  # [R, D]
+    labels: np.ndarray  # [R] class ids
+    mu: np.ndarray
+    sigma: np.ndarray
+    diversity: float  # of the real features (the normaliser of a sample's diversity)
+
+
+def _reference(demo_dir: Path, reference_count: int) -> _Reference:
     ev_path = str(demo_dir / configs.read_manifest(demo_dir)["evaluator"]["file"])
-    ev = _evaluator(ev_path)
-    ref_f, ref_y = reference_features(ev_path, reference_count)
-    mu_r, sig_r = M.feature_stats(ref_f)
-    div_real = diversity(ref_f, ref_y)
-    per_seed = []
-    for s in sample_seeds:
-        imgs, labels = sample(demo_dir, weights, num_samples, s, cfg_scale, temperature)
-        f, pred = features_of(ev, imgs)
-        mu, sig = M.feature_stats(f)
-        pr = M.precision_recall(ref_f[: max(num_samples, 1000)], f, k=3)
-        per_seed.append({"demo_fid": M.frechet_distance(mu, sig, mu_r, sig_r),
-                         "class_accuracy": float((pred == labels).mean()),
-                         "diversity": diversity(f, labels) / div_real,
-                         "precision": pr.precision, "recall": pr.recall})
-        log(f"  seed {s}: " + ", ".join(f"{k} {v:.4f}" for k, v in per_seed[-1].items()))
-    out = {"num_samples": num_samples, "sample_seeds": list(sample_seeds), "cfg_scale": cfg_scale,
-           "temperature": temperature, "weights": str(weights) if weights else "base", "per_seed": per_seed}
+    feats, labels = reference_features(ev_path, reference_count)
+    mu, sigma = M.feature_stats(feats)
+    return _Reference(_evaluator(ev_path), feats, labels, mu, sigma, diversity(feats, labels))
+
+
+def _feature_row(ref: _Reference, images: torch.Tensor, labels: np.ndarray, accuracy_key: str) -> dict:
+    """demo-FID, accuracy of the class `labels`, diversity, precision and recall of one seed's samples."""
+    f, pred = features_of(ref.ev, images)
+    mu, sig = M.feature_stats(f)
+    pr = M.precision_recall(ref.feats[: max(len(labels), 1000)], f, k=3)
+    return {"demo_fid": M.frechet_distance(mu, sig, ref.mu, ref.sigma), accuracy_key: float((pred == labels).mean()),
+            "diversity": diversity(f, labels) / ref.diversity, "precision": pr.precision, "recall": pr.recall}
+
+
+def _summary(per_seed: list[dict], **fields) -> dict:
+    """`fields`, the per-seed rows, and each number's mean and (sample) std over the seeds."""
+    out = {**fields, "per_seed": per_seed}
     for k in per_seed[0]:
         vals = [p[k] for p in per_seed]
         out[k] = statistics.fmean(vals)
         out[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
     return out
+
+
+def evaluate_checkpoint(demo_dir: Path | None = None, weights: Optional[str | Path] = None, num_samples: int = 1000,
+                        sample_seeds: Sequence[int] = (0, 1, 2), cfg_scale: float = 1.0, temperature: float = 1.0,
+                        reference_count: int = 5000, log: Callable[[str], None] = print) -> dict:
+    """Metrics of one generator (weights=None: the committed base) as mean ± std over sampling seeds."""
+    demo_dir = Path(demo_dir or paths.DEMO_DIR)
+    ref = _reference(demo_dir, reference_count)
+    per_seed = []
+    for s in sample_seeds:
+        imgs, labels = sample(demo_dir, weights, num_samples, s, cfg_scale, temperature)
+        per_seed.append(_feature_row(ref, imgs, labels, "class_accuracy"))
+        log(f"  seed {s}: " + ", ".join(f"{k} {v:.4f}" for k, v in per_seed[-1].items()))
+    return _summary(per_seed, num_samples=num_samples, sample_seeds=list(sample_seeds), cfg_scale=cfg_scale,
+                    temperature=temperature, weights=str(weights) if weights else "base")
 
 
 @torch.no_grad()
@@ -180,33 +204,19 @@ def evaluate_t2i(demo_dir: Path | None = None, weights: Optional[str | Path] = N
     from core.demo import prompts as P
 
     demo_dir = Path(demo_dir or paths.DEMO_DIR)
-    ev_path = str(demo_dir / configs.read_manifest(demo_dir)["evaluator"]["file"])
-    ev = _evaluator(ev_path)
-    ref_f, ref_y = reference_features(ev_path, reference_count)
-    mu_r, sig_r = M.feature_stats(ref_f)
-    div_real = diversity(ref_f, ref_y)
+    ref = _reference(demo_dir, reference_count)
     fid_prompts = [P.caption_of(P.scene_attrs("reference", i)) for i in range(num_samples)]
     fid_labels = np.arange(num_samples) % configs.gpt_config(demo_dir)["num_classes"]  # reference scene i is class i % 10
     held = list(P.heldout_prompts())
     per_seed = []
     for s in sample_seeds:
         imgs, _ = sample_prompts(demo_dir, weights, fid_prompts, num_samples, s, cfg_scale, temperature)
-        f, pred = features_of(ev, imgs)
-        mu, sig = M.feature_stats(f)
-        pr = M.precision_recall(ref_f[: max(num_samples, 1000)], f, k=3)
-        row = {"demo_fid": M.frechet_distance(mu, sig, mu_r, sig_r), "shape_accuracy": float((pred == fid_labels).mean()),
-               "diversity": diversity(f, fid_labels) / div_real, "precision": pr.precision, "recall": pr.recall}
+        row = _feature_row(ref, imgs, fid_labels, "shape_accuracy")
         imgs, chosen = sample_prompts(demo_dir, weights, held, num_samples, s, cfg_scale, temperature)
-        adh = adherence.score(adherence.predict(ev, imgs), chosen)
+        adh = adherence.score(adherence.predict(ref.ev, imgs), chosen)
         row["adherence"] = adh["overall"]
         row.update({f"adherence_{c}": v for c, v in adh["per_category"].items()})
         per_seed.append(row)
         log(f"  seed {s}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
-    out = {"num_samples": num_samples, "sample_seeds": list(sample_seeds), "cfg_scale": cfg_scale,
-           "temperature": temperature, "weights": str(weights) if weights else "base",
-           "heldout_prompts": len(held), "per_seed": per_seed}
-    for k in per_seed[0]:
-        vals = [p[k] for p in per_seed]
-        out[k] = statistics.fmean(vals)
-        out[k + "_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
-    return out
+    return _summary(per_seed, num_samples=num_samples, sample_seeds=list(sample_seeds), cfg_scale=cfg_scale,
+                    temperature=temperature, weights=str(weights) if weights else "base", heldout_prompts=len(held))

@@ -26,7 +26,6 @@ it belongs in and how to get it, when the extractor is built, before any image i
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.checkpoints import file_sha256
 from core.errors import CheckpointError, ConfigError, DataError, MissingWeightsError
 from core.eval.reference import NpzImageDataset, quantize
 
@@ -158,11 +158,7 @@ def _check_name_hash(path: Path) -> None:
     m = _HASH_IN_NAME.search(path.name)
     if not m:
         return
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(m.group(1)):
+    if not file_sha256(path).startswith(m.group(1)):
         raise CheckpointError(f"{path}: SHA-256 does not start with {m.group(1)} as its name says "
                               f"(truncated or different file); delete it and download {INCEPTION_WEIGHTS_URL}")
 

