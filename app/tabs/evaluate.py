@@ -551,8 +551,8 @@ def build(ctx: BuildContext) -> None:
             reference_kind = "npz" if reference_kind == "shapes" else reference_kind
         demo_t2i = embedded and task == "t2i"
         metrics = [m for m in (metrics or []) if m != "adherence" or demo_t2i]
-        if demo_t2i:
-            metrics = [m for m in metrics if m != "isc"] + ["adherence"] * ("adherence" not in metrics)
+        if demo_t2i and "adherence" not in metrics:
+            metrics = metrics + ["adherence"]
         prompts_update = gr.update(visible=task == "t2i")
         if demo_t2i and not (prompts or "").strip():
             from core.demo.prompts import heldout_prompts
