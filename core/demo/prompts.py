@@ -23,6 +23,9 @@ import numpy as np
 from core.demo import shapes
 
 CATEGORIES = ("shape", "color", "count", "position", "background")  # what a prompt can ask for
+VALUES: dict[str, tuple] = {  # each category's values, in a fixed order (group ids of the Embeddings job)
+    "shape": shapes.CLASS_NAMES, "color": shapes.COLOR_NAMES, "count": shapes.COUNTS, "position": shapes.POSITIONS,
+    "background": shapes.BACKGROUND_NAMES}
 HELDOUT_EVERY = 16  # about 1 in 16 combinations is held out
 
 
@@ -74,24 +77,24 @@ def heldout_scene(split: str, index: int) -> bool:
     return is_heldout(scene_attrs(split, index))
 
 
-def training_indices(split: str, start: int, count: int) -> np.ndarray:
-    """The first `count` scene indices of `split` from `start` whose combination is not held out."""
+def _scan(split: str, start: int, count: int, held: bool) -> np.ndarray:
+    """The first `count` scene indices of `split` from `start` whose combination is (held) / is not held out."""
     out, i = [], start
     while len(out) < count:
-        if not heldout_scene(split, i):
+        if heldout_scene(split, i) == held:
             out.append(i)
         i += 1
     return np.asarray(out, dtype=np.int64)
+
+
+def training_indices(split: str, start: int, count: int) -> np.ndarray:
+    """The first `count` scene indices of `split` from `start` whose combination is not held out."""
+    return _scan(split, start, count, held=False)
 
 
 def heldout_indices(split: str, count: int, start: int = 0) -> np.ndarray:
     """The first `count` scene indices of `split` from `start` whose combination IS held out."""
-    out, i = [], start
-    while len(out) < count:
-        if heldout_scene(split, i):
-            out.append(i)
-        i += 1
-    return np.asarray(out, dtype=np.int64)
+    return _scan(split, start, count, held=True)
 
 
 def training_caption(attrs: dict, rng: np.random.Generator) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Optional
 
 from core import configmeta
 from core.configmeta import setting
+from core.demo.prompts import CATEGORIES as PROMPT_ATTRIBUTES  # what a demo prompt names (color_by)
 from core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # sampling imports torch: the CLI builds its options from these configs without it
@@ -69,8 +70,6 @@ def class_ids_of(model: str, classes: Optional[Sequence], field_name: str = "cla
     return resolve_classes(classes, class_names_for(num_classes_of(model) or 0), field_name)
 
 
-
-PROMPT_ATTRIBUTES = ("shape", "color", "count", "position", "background")  # core.demo.prompts.CATEGORIES
 WEIGHTS_HELP = "a weights file, a checkpoint folder, a run folder (its last checkpoint) or a run id [@STEP]"
 PRECISIONS = ("fp32", "bf16")
 PROJECTIONS = ("tsne", "umap")  # core.eval.embeddings.METHODS
@@ -223,18 +222,16 @@ class EmbeddingConfig(JobSettings):
         (the real set is those scenes)."""
         from core.demo import prompts as P
 
-        return [P.caption_of(P.scene_attrs("reference", i)) for i in range(self.per_class * 10)]
+        return [P.caption_of(P.scene_attrs("reference", i)) for i in range(self.samples_per_seed)]
 
     def group_names(self) -> list[str]:
         """The values of `color_by` (demo-t2i) in group-id order; the class names otherwise."""
         from core.data.classes import class_names_for
-        from core.demo import shapes
+        from core.demo.prompts import VALUES
 
         if not self.text_conditional:
             return class_names_for(num_classes_of(self.model) or 0)
-        values = {"shape": shapes.CLASS_NAMES, "color": shapes.COLOR_NAMES, "count": shapes.COUNTS,
-                  "position": shapes.POSITIONS, "background": shapes.BACKGROUND_NAMES}[self.color_by]
-        return [str(v) for v in values]
+        return [str(v) for v in VALUES[self.color_by]]
 
     def group_of_prompt(self, prompt: str) -> int:
         from core.demo.prompts import parse_prompt
@@ -306,8 +303,11 @@ class EmbeddingConfig(JobSettings):
 
     @property
     def samples_per_seed(self) -> int:
-        """Samples of one model per seed: per_class x classes (demo-t2i: per_class x 10 captions)."""
-        return self.per_class * (10 if self.text_conditional else len(self.class_ids()))
+        """Samples of one model per seed: per_class x classes (demo-t2i: per_class x the shapes classes, as many
+        reference scenes' captions: scene i shows class i % 10, so every shape is there per_class times)."""
+        from core.demo.shapes import NUM_CLASSES
+
+        return self.per_class * (NUM_CLASSES if self.text_conditional else len(self.class_ids()))
 
     def seeds(self) -> list[int]:
         return [self.seed + j for j in range(self.num_seeds)]

@@ -158,8 +158,11 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
                 per_text = scores["per_text"]
     adherence_per_prompt: dict[str, dict] = {}
     if "adherence" in cfg.metrics:
+        from core.demo.evaluator import load_evaluator
+
+        ev = load_evaluator(paths.DEMO_DIR / "evaluator.safetensors").to(device)  # once, for every seed
         for j, sampled in enumerate(sampled_sets):
-            values, per_prompt = prompt_adherence(sampled.npz, [prompts[int(i)] for i in sampled.labels], device)
+            values, per_prompt = prompt_adherence(ev, sampled.npz, [prompts[int(i)] for i in sampled.labels], device)
             per_seed[j].update(values)
             if j == 0:
                 adherence_per_prompt = per_prompt
@@ -185,15 +188,13 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
 
 
 @torch.no_grad()
-def prompt_adherence(npz: str | Path, texts: Sequence[str], device) -> tuple[dict[str, float], dict[str, dict]]:
+def prompt_adherence(ev, npz: str | Path, texts: Sequence[str], device) -> tuple[dict[str, float], dict[str, dict]]:
     """Prompt adherence of an .npz of demo samples against their prompts (core.demo.adherence): ({"adherence":
     overall, "adherence_<category>": ...}, {prompt: {"samples", "overall"}} of the first seed's samples)."""
     from core.demo import adherence
-    from core.demo.evaluator import load_evaluator
     from core.eval.extractors import images_from_uint8
     from core.eval.reference import read_npz
 
-    ev = load_evaluator(paths.DEMO_DIR / "evaluator.safetensors").to(device)
     pixels = torch.from_numpy(np.asarray(read_npz(npz, mmap=False))).permute(0, 3, 1, 2)  # [N, 3, H, W] uint8
     size = ev.config.image_size
     seen = []
