@@ -64,6 +64,18 @@ def test_logits_equal_upstream(kind):
         steps = [m.prefill(g["cond"], cache, cond_mask=g.get("cond_mask"))]
         steps += [m.decode_one(g["tokens"][:, i], cache) for i in range(g["tokens"].shape[1] - 1)]
     assert (torch.stack(steps, 1) - g["cached_logits"]).abs().max() <= 1e-4
+    static = decode_static(m, g["cond"], g["tokens"], g.get("cond_mask"))
+    assert (static - g["cached_logits"]).abs().max() <= 1e-4
+
+
+def decode_static(m, cond, tokens, mask):
+    """Prefill + decode_step over every token but the last: [B, N, V] logits, positions as tensors."""
+    C = m.config.cls_token_num
+    cache = m.new_cache(tokens.shape[0])
+    with torch.no_grad():
+        steps = [m.prefill(cond, cache, cond_mask=mask)]
+        steps += [m.decode_step(tokens[:, i], torch.tensor([C + i]), cache) for i in range(tokens.shape[1] - 1)]
+    return torch.stack(steps, 1)
 
 
 @pytest.mark.parametrize("kind", ["c2i", "t2i"])
@@ -81,6 +93,8 @@ def test_kv_cache_decoding_equals_teacher_forcing(kind):
         cache = m.new_cache(B)
         steps = [m.prefill(cond, cache, cond_mask=mask)] + [m.decode_one(tokens[:, i], cache) for i in range(N - 1)]
     assert (torch.stack(steps, 1) - tf).abs().max() < 1e-5
+    # the fixed-shape step (whole preallocated cache under a mask) computes the same logits
+    assert (decode_static(m, cond, tokens, mask) - tf).abs().max() < 1e-5
 
 
 def test_condition_positions_have_zero_rope_and_image_positions_rotate():

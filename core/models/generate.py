@@ -5,9 +5,28 @@ Randomness: each sequence draws its N uniforms up front and picks tokens by inve
 only on s_i, so an image for (condition, seed) is the same whatever batch it was drawn in, and
 base vs aligned models given the same seeds use the same uniforms (a fair side-by-side). With a
 single `generator`, the [B, N] uniforms come from it in one draw.
+
+Two decode loops draw the same tokens from the same uniforms:
+- static (models with `decode_step`, i.e. LlamaGen): a preallocated KV cache, positions as tensors
+  and a one-token step whose shapes never change (model + CFG mix + inverse-CDF pick), which
+  `compile` hands to `torch.compile(fullgraph=True)` ("reduce-overhead": CUDA graphs on a GPU).
+  Nothing in the loop reads a value back to the host, so a GPU runs it without a sync per token.
+- growing (`decode_one`: Janus through transformers' cache, and LlamaGen when asked with
+  `static=False`): attention over the filled prefix only; the reference the static loop is tested
+  against, with the uncached teacher-forced forward.
+
+compile: "off" | "on" | "auto". "auto" compiles where it pays: on CUDA with a working compiler
+(triton) and at least AUTO_COMPILE_MIN_SAMPLES samples in the call. On a CPU it stays off: measured
+on the 2-core dev machine, inductor's compile of GPT-B took minutes and its step was no faster than
+the eager one (benchmarks/generation.py prints both). "on" where no compiler works is a ConfigError.
+The first compiled call of each shape logs its compile time once (logger `core.models.generate`).
 """
 from __future__ import annotations
 
+import logging
+import shutil
+import time
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -16,6 +35,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+COMPILE_MODES = ("auto", "on", "off")
+AUTO_COMPILE_MIN_SAMPLES = 64  # "auto" compiles only a call of at least this many samples (compile takes ~a minute)
 
 
 @dataclass
@@ -33,6 +57,38 @@ def check_sampling_args(cfg_scale: float, temperature: float, top_k: int, top_p:
         raise ConfigError("top_k", f"must be >= 0 (0 = off), got {top_k}")
     if not 0.0 < top_p <= 1.0:
         raise ConfigError("top_p", f"must be in (0, 1] (1 = off), got {top_p}")
+
+
+def check_compile(compile: str) -> str:
+    if compile not in COMPILE_MODES:
+        raise ConfigError("compile", f"must be one of {', '.join(COMPILE_MODES)}, got {compile!r}")
+    return compile
+
+
+def compiler_problem(device: torch.device) -> Optional[str]:
+    """Why torch.compile cannot run on `device` here (None: it can): triton on CUDA, a C++ compiler on CPU."""
+    if device.type == "cuda":
+        try:
+            from torch.utils._triton import has_triton
+        except ImportError:
+            return "this torch has no triton support"
+        return None if has_triton() else "triton is not installed (pip install triton)"
+    if device.type == "cpu":
+        return None if any(shutil.which(c) for c in ("c++", "g++", "clang++")) else "no C++ compiler (g++) on PATH"
+    return f"torch.compile is not wired up for {device.type} here"
+
+
+def use_compile(compile: str, device: torch.device, samples: int) -> bool:
+    """Resolve the compile switch for `samples` samples on `device` (see the module docstring)."""
+    check_compile(compile)
+    if compile == "off":
+        return False
+    problem = compiler_problem(device)
+    if compile == "on":
+        if problem:
+            raise ConfigError("compile", f"'on' but {problem}; use compile off (or auto)")
+        return True
+    return device.type == "cuda" and problem is None and samples >= AUTO_COMPILE_MIN_SAMPLES
 
 
 def cfg_mix(cond_logits: Tensor, uncond_logits: Tensor, scale: float) -> Tensor:
@@ -66,13 +122,16 @@ def pick(logits: Tensor, u: Tensor, temperature: float, top_k: int, top_p: float
     cdf = torch.cumsum(logp.exp(), dim=-1)  # [B, V]
     target = (u * cdf[:, -1]).unsqueeze(-1)  # scale to the summed mass (float rounding)
     tok = torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_(max=logits.shape[-1] - 1)
-    # a zero-probability token can only be reached through rounding at the very top: step back
-    lp = logp.gather(-1, tok[:, None]).squeeze(-1)
-    bad = torch.isinf(lp)
-    if bad.any():
-        tok = torch.where(bad, logp.argmax(-1), tok)
-        lp = logp.gather(-1, tok[:, None]).squeeze(-1)
-    return tok, lp
+    # a zero-probability token can only be reached through rounding at the very top: step back to the
+    # most likely one. Done unconditionally (no `.any()`): nothing here reads a value back to the host.
+    bad = torch.isinf(logp.gather(-1, tok[:, None]).squeeze(-1))
+    tok = torch.where(bad, logp.argmax(-1), tok)
+    return tok, logp.gather(-1, tok[:, None]).squeeze(-1)
+
+
+def forced_logprob(logits: Tensor, tok: Tensor, temperature: float) -> Tensor:
+    """Log-prob [B] of given tokens [B] under logits [B, V] at `temperature` (no filtering): prefix positions."""
+    return torch.log_softmax(logits.float() / max(temperature, 1e-8), dim=-1).gather(-1, tok[:, None]).squeeze(-1)
 
 
 def draw_uniforms(batch: int, n: int, device, generator: Optional[torch.Generator] = None,
@@ -91,8 +150,8 @@ def draw_uniforms(batch: int, n: int, device, generator: Optional[torch.Generato
 def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: Optional[torch.Generator] = None, seeds: Optional[Sequence[int]] = None,
              cond_mask: Optional[Tensor] = None, return_logprobs: bool = False,
-             prefix: Optional[Tensor] = None) -> SampleOutput:
-    """Sample N image tokens per condition from a LlamaGen-style model (prefill + decode_one).
+             prefix: Optional[Tensor] = None, compile: str = "off", static: bool = True) -> SampleOutput:
+    """Sample N image tokens per condition from a LlamaGen-style model (prefill, then one token per step).
 
     prefix: [B, P] tokens forced at positions 0..P-1 (a shared-prefix continuation); the model samples
     positions P..N-1 with the same uniforms u[:, P:] it would use without a prefix, so two models
@@ -102,6 +161,8 @@ def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float 
     cond: [B] class ids or [B, C, D] caption features; cond_mask: [B, C] bool for padded captions.
     cfg_scale > 1 runs the conditional and the null condition as one doubled batch and mixes
     their logits: uncond + s * (cond - uncond). cfg_scale == 1 runs only the conditional batch.
+    compile: "off" | "on" | "auto" (module docstring). static: the fixed-shape loop where the model
+    has `decode_step` (False: the growing-prefix `decode_one` loop, the reference).
     """
     check_sampling_args(cfg_scale, temperature, top_k, top_p)
     B, N = cond.shape[0], model.num_tokens
@@ -115,27 +176,118 @@ def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float 
         mask_in = torch.cat([cond_mask, cond_mask]) if cond_mask is not None else None
     else:
         cond_in, mask_in = cond, cond_mask
+    settings = (cfg_scale, temperature, top_k, top_p)
+    if static and hasattr(model, "decode_step"):
+        compiled = use_compile(compile, cond.device, B)
+        tokens, logprobs = _static_loop(model, cond_in, mask_in, u, prefix, settings, compiled)
+    else:
+        use_compile(compile, cond.device, B)  # validates the switch; the growing loop is never compiled
+        tokens, logprobs = _growing_loop(model, cond_in, mask_in, u, prefix, settings)
+    return SampleOutput(tokens, logprobs if return_logprobs else None)
+
+
+def _guide(logits: Tensor, cfg_scale: float) -> Tensor:
+    """[2B, V] logits of (cond, uncond) rows -> [B, V] guided; [B, V] unchanged when cfg_scale == 1."""
+    if cfg_scale == 1.0:
+        return logits
+    c, unc = logits.chunk(2)
+    return cfg_mix(c, unc, cfg_scale)
+
+
+def _growing_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, prefix: Optional[Tensor],
+                  settings: tuple) -> tuple[Tensor, Tensor]:
+    """Prefill + `decode_one` per token (attention over the filled prefix). -> tokens, logprobs [B, N]."""
+    cfg_scale, temperature, top_k, top_p = settings
+    (B, N), P = u.shape, 0 if prefix is None else prefix.shape[1]
     cache = model.new_cache(cond_in.shape[0])
-
-    def guide(logits: Tensor) -> Tensor:
-        if not guided:
-            return logits
-        c, unc = logits.chunk(2)
-        return cfg_mix(c, unc, cfg_scale)
-
-    tokens = torch.empty(B, N, dtype=torch.long, device=cond.device)
-    logprobs = torch.empty(B, N, dtype=torch.float32, device=cond.device)
-    logits = guide(model.prefill(cond_in, cache, cond_mask=mask_in))
+    tokens = torch.empty(B, N, dtype=torch.long, device=u.device)
+    logprobs = torch.empty(B, N, dtype=torch.float32, device=u.device)
+    logits = _guide(model.prefill(cond_in, cache, cond_mask=mask_in), cfg_scale)
     for i in range(N):
         if i < P:
             tok = prefix[:, i].to(tokens.device)
-            lp = torch.log_softmax(logits.float() / max(temperature, 1e-8), dim=-1).gather(-1, tok[:, None]).squeeze(-1)
+            lp = forced_logprob(logits, tok, temperature)
         else:
             tok, lp = pick(logits, u[:, i], temperature, top_k, top_p)
         tokens[:, i], logprobs[:, i] = tok, lp
         if i + 1 < N:
-            logits = guide(model.decode_one(torch.cat([tok, tok]) if guided else tok, cache))
-    return SampleOutput(tokens, logprobs if return_logprobs else None)
+            logits = _guide(model.decode_one(torch.cat([tok, tok]) if cfg_scale != 1.0 else tok, cache), cfg_scale)
+    return tokens, logprobs
+
+
+def decode_pick(model, cache, tok: Tensor, input_pos: Tensor, u: Tensor, cfg_scale: float, temperature: float,
+                top_k: int, top_p: float) -> tuple[Tensor, Tensor, Tensor]:
+    """One fixed-shape step: feed tokens [B] at `input_pos` ([1] long), mix CFG, pick the next token with
+    uniforms u [B]. -> (guided logits [B, V], next tokens [B], their logprobs [B]). What torch.compile captures."""
+    logits = _guide(model.decode_step(torch.cat([tok, tok]) if cfg_scale != 1.0 else tok, input_pos, cache), cfg_scale)
+    nxt, lp = pick(logits, u, temperature, top_k, top_p)
+    return logits, nxt, lp
+
+
+# compiled steps and their caches, per model: a CUDA graph replays fixed addresses, so the cache of a
+# (rows, dtype, device) is kept and reused by the next call instead of allocated again
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _compiled_step(model, rows: int, device: torch.device, dtype: torch.dtype):
+    """(compiled decode_pick, its static cache, compile time to report or None) for a model and batch shape."""
+    per_model = _COMPILED.setdefault(model, {})
+    key = (rows, device, dtype)
+    if key in per_model:
+        step, cache = per_model[key]
+        return step, cache, False
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)  # one graph per setting
+    cache = model.new_cache(rows, device=device, dtype=dtype)
+    cuda = device.type == "cuda"
+    if cuda:
+        for t in cache.tensors():
+            torch._dynamo.mark_static_address(t)
+    step = torch.compile(decode_pick, fullgraph=True, mode="reduce-overhead" if cuda else None)
+    per_model[key] = (step, cache)
+    return step, cache, True
+
+
+def _static_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, prefix: Optional[Tensor],
+                 settings: tuple, compiled: bool) -> tuple[Tensor, Tensor]:
+    """Prefill, then `decode_pick` per token on a preallocated cache. -> tokens, logprobs [B, N]."""
+    cfg_scale, temperature, top_k, top_p = settings
+    (B, N), P = u.shape, 0 if prefix is None else prefix.shape[1]
+    dev = u.device
+    dtype = model.tok_embeddings.weight.dtype
+    rows = cond_in.shape[0]
+    step, fresh = decode_pick, False
+    if compiled:
+        step, cache, fresh = _compiled_step(model, rows, dev, dtype)
+        cache.key_mask.fill_(True)
+    else:
+        cache = model.new_cache(rows)
+    C = model.config.cls_token_num
+    positions = [p.clone() for p in torch.arange(C, C + N, device=dev).view(N, 1)]  # [1] long each: token i at C+i
+    ut = u.t().contiguous()  # [N, B]: ut[i] is a contiguous row
+    tokens = torch.empty(B, N, dtype=torch.long, device=dev)
+    logprobs = torch.empty(B, N, dtype=torch.float32, device=dev)
+    logits = _guide(model.prefill(cond_in, cache, cond_mask=mask_in), cfg_scale)
+    tok, lp = pick(logits, ut[0], temperature, top_k, top_p)
+    for i in range(N):
+        if i < P:
+            tok = prefix[:, i].to(dev)
+            lp = forced_logprob(logits, tok, temperature)
+        tokens[:, i], logprobs[:, i] = tok, lp
+        if i + 1 < N:
+            t0 = time.perf_counter() if fresh and i == 0 else None
+            logits, tok, lp = step(model, cache, tokens[:, i].clone(), positions[i], ut[i + 1], *settings)
+            if t0 is not None:
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                log.info("sampler: compiled the decode step for %d rows on %s in %.1f s", rows, dev,
+                         time.perf_counter() - t0)
+                compile_seconds[(id(model), rows)] = time.perf_counter() - t0
+    return tokens, logprobs
+
+
+compile_seconds: dict = {}  # (id(model), rows) -> seconds of the first compiled call (benchmarks read it)
 
 
 @torch.no_grad()

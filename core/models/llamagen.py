@@ -3,8 +3,10 @@
 Upstream: FoundationVision/LlamaGen `autoregressive/models/gpt.py`. Same parameters, same names, same
 math (RMSNorm, SwiGLU, 2-D RoPE over the token grid), so every published checkpoint loads as is and
 logits match upstream's in fp32. What differs is the interface: one explicit method per mode
-(`teacher_forced_logits`, `prefill`, `decode_one`) and a KV cache passed in by the caller instead
-of living inside the modules, so one loaded model can serve concurrent samplers.
+(`teacher_forced_logits`, `prefill`, `decode_one`, `decode_step`) and a KV cache passed in by the
+caller instead of living inside the modules, so one loaded model can serve concurrent samplers.
+`decode_step` is the fixed-shape decode (position as a tensor, attention over the whole preallocated
+cache under a mask) that `torch.compile` captures whole; `decode_one` attends over the filled prefix only.
 
 Legend: B batch, T sequence length (condition tokens + image tokens), C = cls_token_num condition
 tokens, N image tokens (= block_size = grid h*w), V vocab (codebook) size, H heads, Dh head dim.
@@ -218,10 +220,11 @@ class DropPath(nn.Module):
 
 
 class KVCache:
-    """Keys/values of every layer for free-running decoding. Owned by the caller, not the model.
+    """Keys/values of every layer for free-running decoding, preallocated once. Owned by the caller.
 
     k[i], v[i]: [B, H_kv, T_max, Dh]. key_mask: [B, T_max] bool, False where a key must be ignored
-    (padding caption tokens of t2i). `length` = number of filled positions.
+    (padding caption tokens of t2i). `length` = number of filled positions (a Python int, kept by
+    prefill / decode_one; decode_step takes its position as a tensor and leaves `length` alone).
     """
 
     def __init__(self, cfg: GPTConfig, batch_size: int, max_len: int, device, dtype):
@@ -230,7 +233,12 @@ class KVCache:
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layer)]
         self.key_mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
+        self.key_pos = torch.arange(max_len, device=device)  # [T_max], for decode_step's causal mask
         self.length = 0
+
+    def tensors(self) -> list[Tensor]:
+        """Every tensor the cache holds (for `torch._dynamo.mark_static_address` under CUDA graphs)."""
+        return [*self.k, *self.v, self.key_mask, self.key_pos]
 
 
 class Attention(nn.Module):
@@ -245,29 +253,46 @@ class Attention(nn.Module):
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def forward(self, x: Tensor, rope: Tensor, mask: Optional[Tensor], cache: Optional[KVCache] = None,
-                layer: int = 0, start: int = 0) -> Tensor:
-        # x: [B, S, dim]; rope: [S, Dh/2, 2]; mask: [B, 1, S, S_keys] bool or None (causal)
+    def _qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # x: [B, S, dim]; rope: [S, Dh/2, 2] -> q [B, H, S, Dh], k and v [B, H_kv, S, Dh]
         bsz, seqlen, _ = x.shape
         kv_size = self.n_kv_head * self.head_dim
         q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
         q = apply_rotary_emb(q.view(bsz, seqlen, self.n_head, self.head_dim), rope)
         k = apply_rotary_emb(k.view(bsz, seqlen, self.n_kv_head, self.head_dim), rope)
         v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, Dh]
-        if cache is not None:
-            end = start + seqlen
-            cache.k[layer][:, :, start:end] = k
-            cache.v[layer][:, :, start:end] = v
-            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+        return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+        # q [B, H, S, Dh], k/v [B, H_kv, S_keys, Dh], mask [B, 1, S, S_keys] bool or None (causal) -> [B, S, dim]
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=mask is None,
             dropout_p=self.attn_dropout_p if self.training else 0.0)
-        out = out.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)
-        return self.resid_dropout(self.wo(out))
+        bsz, _, seqlen, _ = q.shape
+        return self.resid_dropout(self.wo(out.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)))
+
+    def forward(self, x: Tensor, rope: Tensor, mask: Optional[Tensor], cache: Optional[KVCache] = None,
+                layer: int = 0, start: int = 0) -> Tensor:
+        # x: [B, S, dim]; rope: [S, Dh/2, 2]; mask: [B, 1, S, S_keys] bool or None (causal)
+        q, k, v = self._qkv(x, rope)
+        if cache is not None:
+            end = start + x.shape[1]
+            cache.k[layer][:, :, start:end] = k
+            cache.v[layer][:, :, start:end] = v
+            k, v = cache.k[layer][:, :, :end], cache.v[layer][:, :, :end]
+        return self._attend(q, k, v, mask)
+
+    def decode_static(self, x: Tensor, rope: Tensor, mask: Tensor, cache: KVCache, layer: int,
+                      input_pos: Tensor) -> Tensor:
+        """One token at position `input_pos` ([1] long), attending over all T_max cached keys.
+        x: [B, 1, dim]; rope: [1, Dh/2, 2]; mask: [B, 1, 1, T_max] bool. Shapes never change."""
+        q, k, v = self._qkv(x, rope)
+        cache.k[layer].index_copy_(2, input_pos, k)
+        cache.v[layer].index_copy_(2, input_pos, v)
+        return self._attend(q, cache.k[layer], cache.v[layer], mask)
 
 
 class TransformerBlock(nn.Module):
@@ -282,6 +307,11 @@ class TransformerBlock(nn.Module):
     def forward(self, x: Tensor, rope: Tensor, mask: Optional[Tensor], cache: Optional[KVCache] = None,
                 layer: int = 0, start: int = 0) -> Tensor:
         h = x + self.drop_path(self.attention(self.attention_norm(x), rope, mask, cache, layer, start))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+
+    def decode_static(self, x: Tensor, rope: Tensor, mask: Tensor, cache: KVCache, layer: int,
+                      input_pos: Tensor) -> Tensor:
+        h = x + self.drop_path(self.attention.decode_static(self.attention_norm(x), rope, mask, cache, layer, input_pos))
         return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
 
 
@@ -356,11 +386,14 @@ class Transformer(nn.Module):
         u = torch.rand(cond.shape[0], device=cond.device, generator=generator)
         return u < p
 
-    def _rope(self, start: int, end: int, device: torch.device) -> Tensor:
+    def _rope_table(self, device: torch.device) -> Tensor:
         table = self._rope_by_device.get(device)
         if table is None:
             table = self._rope_by_device[device] = self._rope_cpu.to(device)
-        return table[start:end]
+        return table
+
+    def _rope(self, start: int, end: int, device: torch.device) -> Tensor:
+        return self._rope_table(device)[start:end]
 
     def _cond_tokens(self, cond: Tensor, drop: Optional[Tensor] = None) -> Tensor:
         # -> [B, C, dim]
@@ -443,6 +476,19 @@ class Transformer(nn.Module):
         logits = self._trunk(h, self._rope(pos, pos + 1, h.device), mask, cache, start=pos)
         cache.length = pos + 1
         return logits[:, -1]
+
+    def decode_step(self, token: Tensor, input_pos: Tensor, cache: KVCache) -> Tensor:
+        """Fixed-shape decode: feed image tokens [B] at absolute position `input_pos` ([1] long, C + i
+        for image token i). Attends over every cache slot under the mask key_mask & (slot <= input_pos),
+        so no shape depends on the position and `torch.compile(fullgraph=True)` captures it whole (CUDA
+        graphs too). Returns logits [B, V] float32 for the next token; `cache.length` is not touched.
+        Same math as decode_one: masked slots get exactly zero attention weight."""
+        h = self.tok_embeddings(token.view(-1, 1))  # [B, 1, dim]
+        mask = (cache.key_mask & (cache.key_pos <= input_pos))[:, None, None, :]  # [B, 1, 1, T_max]
+        rope = self._rope_table(h.device).index_select(0, input_pos)  # [1, Dh/2, 2]
+        for i, layer in enumerate(self.layers):
+            h = layer.decode_static(h, rope, mask, cache, i, input_pos)
+        return self.output(self.norm(h)).float()[:, -1]
 
     def generate(self, cond: Tensor, **kwargs):
         """Free-running sampling; see `core.models.generate.generate` for the arguments."""
