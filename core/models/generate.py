@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
 AUTO_COMPILE_MIN_SAMPLES = 64  # "auto" compiles only a call of at least this many samples (compile takes ~a minute)
+SLOT_BUCKET = 32  # eager static loop: attend over the filled cache slots rounded up to a multiple of this
 
 
 @dataclass
@@ -216,10 +217,12 @@ def _growing_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, 
 
 
 def decode_pick(model, cache, tok: Tensor, input_pos: Tensor, u: Tensor, cfg_scale: float, temperature: float,
-                top_k: int, top_p: float) -> tuple[Tensor, Tensor, Tensor]:
+                top_k: int, top_p: float, slots: Optional[int] = None) -> tuple[Tensor, Tensor, Tensor]:
     """One fixed-shape step: feed tokens [B] at `input_pos` ([1] long), mix CFG, pick the next token with
-    uniforms u [B]. -> (guided logits [B, V], next tokens [B], their logprobs [B]). What torch.compile captures."""
-    logits = _guide(model.decode_step(torch.cat([tok, tok]) if cfg_scale != 1.0 else tok, input_pos, cache), cfg_scale)
+    uniforms u [B]. -> (guided logits [B, V], next tokens [B], their logprobs [B]). What torch.compile
+    captures (with slots None: the whole cache); eager, `slots` bounds the attended cache slots."""
+    tok = torch.cat([tok, tok]) if cfg_scale != 1.0 else tok
+    logits = _guide(model.decode_step(tok, input_pos, cache, slots), cfg_scale)
     nxt, lp = pick(logits, u, temperature, top_k, top_p)
     return logits, nxt, lp
 
@@ -264,6 +267,7 @@ def _static_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, p
     else:
         cache = model.new_cache(rows)
     C = model.config.cls_token_num
+    T = cache.key_pos.shape[0]
     positions = [p.clone() for p in torch.arange(C, C + N, device=dev).view(N, 1)]  # [1] long each: token i at C+i
     ut = u.t().contiguous()  # [N, B]: ut[i] is a contiguous row
     tokens = torch.empty(B, N, dtype=torch.long, device=dev)
@@ -277,7 +281,8 @@ def _static_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, p
         tokens[:, i], logprobs[:, i] = tok, lp
         if i + 1 < N:
             t0 = time.perf_counter() if fresh and i == 0 else None
-            logits, tok, lp = step(model, cache, tokens[:, i].clone(), positions[i], ut[i + 1], *settings)
+            slots = None if compiled else min(T, -(-(C + i + 1) // SLOT_BUCKET) * SLOT_BUCKET)
+            logits, tok, lp = step(model, cache, tokens[:, i].clone(), positions[i], ut[i + 1], *settings, slots)
             if t0 is not None:
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)

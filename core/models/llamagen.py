@@ -287,12 +287,14 @@ class Attention(nn.Module):
 
     def decode_static(self, x: Tensor, rope: Tensor, mask: Tensor, cache: KVCache, layer: int,
                       input_pos: Tensor) -> Tensor:
-        """One token at position `input_pos` ([1] long), attending over all T_max cached keys.
-        x: [B, 1, dim]; rope: [1, Dh/2, 2]; mask: [B, 1, 1, T_max] bool. Shapes never change."""
+        """One token at position `input_pos` ([1] long), attending over the first S cached keys
+        (S = mask's last dim: T_max, or fewer slots that hold every filled one).
+        x: [B, 1, dim]; rope: [1, Dh/2, 2]; mask: [B, 1, 1, S] bool."""
         q, k, v = self._qkv(x, rope)
         cache.k[layer].index_copy_(2, input_pos, k)
         cache.v[layer].index_copy_(2, input_pos, v)
-        return self._attend(q, cache.k[layer], cache.v[layer], mask)
+        S = mask.shape[-1]
+        return self._attend(q, cache.k[layer][:, :, :S], cache.v[layer][:, :, :S], mask)
 
 
 class TransformerBlock(nn.Module):
@@ -477,14 +479,18 @@ class Transformer(nn.Module):
         cache.length = pos + 1
         return logits[:, -1]
 
-    def decode_step(self, token: Tensor, input_pos: Tensor, cache: KVCache) -> Tensor:
+    def decode_step(self, token: Tensor, input_pos: Tensor, cache: KVCache, slots: Optional[int] = None) -> Tensor:
         """Fixed-shape decode: feed image tokens [B] at absolute position `input_pos` ([1] long, C + i
         for image token i). Attends over every cache slot under the mask key_mask & (slot <= input_pos),
         so no shape depends on the position and `torch.compile(fullgraph=True)` captures it whole (CUDA
         graphs too). Returns logits [B, V] float32 for the next token; `cache.length` is not touched.
-        Same math as decode_one: masked slots get exactly zero attention weight."""
+        Same math as decode_one: masked slots get exactly zero attention weight.
+
+        slots: attend over the first `slots` cache slots only (they must hold position input_pos); the
+        eager loop passes a few fixed sizes so that a CPU does not read the empty end of the cache."""
         h = self.tok_embeddings(token.view(-1, 1))  # [B, 1, dim]
-        mask = (cache.key_mask & (cache.key_pos <= input_pos))[:, None, None, :]  # [B, 1, 1, T_max]
+        S = cache.key_pos.shape[0] if slots is None else slots
+        mask = (cache.key_mask[:, :S] & (cache.key_pos[:S] <= input_pos))[:, None, None, :]  # [B, 1, 1, S]
         rope = self._rope_table(h.device).index_select(0, input_pos)  # [1, Dh/2, 2]
         for i, layer in enumerate(self.layers):
             h = layer.decode_static(h, rope, mask, cache, i, input_pos)
