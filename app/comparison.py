@@ -225,14 +225,14 @@ def _int(value, field: str, minimum: int, maximum: int) -> int:
 def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=None, seeds="0, 1, 2, 3",
             cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
             device: str = "cpu", view: str = "free", prefix_rows=2, class_samples=0,
-            real: Optional[str] = None) -> Comparison:
+            real: Optional[str] = None, compile: str = "auto") -> Comparison:
     """One view (`core.eval.alignment`) of base vs aligned for every (condition, seed); the PNGs, their
     scores.json and a zip of both; with class_samples > 0 the per-class numbers of that many samples
-    per class and seed (3 seeds) too."""
+    per class and seed (3 seeds) too. compile: the sampler's torch.compile switch (same images either way)."""
     from core import device as devmod
     from core.eval import alignment
     from core.models import registry
-    from core.models.generate import check_sampling_args
+    from core.models.generate import check_compile, check_sampling_args
 
     base = parse_source(base_value, ctx.store, "base")
     aligned = parse_source(aligned_value, ctx.store, "aligned")
@@ -248,6 +248,7 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
         raise ConfigError("top_k", f"expected a whole number, got {top_k!r}") from None
     sampling = dict(cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=top_k_int, top_p=float(top_p))
     check_sampling_args(**sampling)
+    sampler_args = dict(sampling, compile=check_compile(compile))  # what the sampler gets; `sampling` is recorded
     prefix_k = _int(prefix_rows, "prefix_rows", 0, 64)
     per_class = _int(class_samples or 0, "class_samples", 0, MAX_CLASS_SAMPLES)
     if 0 < per_class <= 3:
@@ -284,7 +285,7 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
 
     with ctx.device_locks(dev), cpu_share(ctx.store, dev):  # beside a CPU run: half the cores, leased
         result = alignment.run_view(view, policies, tok, conds=conds, labels=labels, seeds=seed_list, task=task,
-                                    device=dev, sampling=sampling, prefix_rows=prefix_k, real=real,
+                                    device=dev, sampling=sampler_args, prefix_rows=prefix_k, real=real,
                                     image_size=b.image_size, judge=judge, judge_note=why,
                                     encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev, b.text_encoder))
         per_class_rows, notes = [], []
@@ -300,7 +301,7 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
             if extractor is not None:
                 per_class_rows = alignment.class_numbers(policies, tok, conds, names, per_class=per_class,
                                                          seeds=CLASS_SEEDS, real=real, extractor=extractor,
-                                                         image_size=b.image_size, sampling=sampling)
+                                                         image_size=b.image_size, sampling=sampler_args)
     folder = ctx.new_scratch("compare-")
     scores = alignment.save_view(result, folder)
     manifest = {"base": base.value, "aligned": aligned.value, "view": view, "conditions": labels, "seeds": seed_list,

@@ -73,7 +73,8 @@ def class_ids_of(model: str, classes: Optional[Sequence], field_name: str = "cla
 WEIGHTS_HELP = "a weights file, a checkpoint folder, a run folder (its last checkpoint) or a run id [@STEP]"
 PRECISIONS = ("fp32", "bf16")
 PROJECTIONS = ("tsne", "umap")  # core.eval.embeddings.METHODS
-SAMPLING_FIELDS = ("cfg_scale", "temperature", "top_k", "top_p", "seed", "batch_size", "precision", "device")
+SAMPLING_FIELDS = ("cfg_scale", "temperature", "top_k", "top_p", "seed", "batch_size", "precision", "device", "compile")
+COMPILE_MODES = ("auto", "on", "off")  # core.models.generate.COMPILE_MODES
 
 
 @dataclass
@@ -91,6 +92,7 @@ class JobSettings:
     image_size: Optional[int] = setting(None, group="sampling", help="resize samples to this side before measuring (Table 2: 256 for 384 px models); None: native size")
     precision: str = setting("fp32", group="sampling", choices=PRECISIONS, help="generator dtype while sampling (LlamaGen samples in bf16)")
     device: str = setting("auto", group="sampling", help="auto, cpu, cuda or cuda:N (auto under accelerate launch)")
+    compile: str = setting("auto", group="sampling", choices=COMPILE_MODES, help="torch.compile the sampler's decode step (same samples either way): auto = on a GPU with triton for 64+ samples, off on a CPU where it does not pay")
     extractor_path: Optional[str] = setting(None, group="measure", help="the extractor's weights: Inception .pth file, demo evaluator .safetensors, CLIP/DINOv2 folder or hub id; None: the default location")
     k: int = setting(3, group="measure", help="precision/recall neighbourhood (Kynkäänniemi et al. 2019; ADM's evaluator)")
 

@@ -112,7 +112,8 @@ def evaluate(cfg: EvalConfig, out_dir: str | Path, *, runs_dir: Optional[str | P
             report(j * cfg.num_samples + done, cfg.total_samples)
 
         sampled = run_sampling(replace(spec, seed=seed), cfg.num_samples, out_dir / SAMPLING_DIR / f"seed-{seed}",
-                               device=cfg.device, progress=seed_progress, should_stop=should_stop)
+                               device=cfg.device, progress=seed_progress, should_stop=should_stop,
+                               compile=cfg.compile)
         if not sampled.complete:
             log(f"[eval] stopped with {sampled.written} new samples of seed {seed}; run it again to continue")
             return None

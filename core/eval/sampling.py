@@ -318,15 +318,16 @@ def _write_pngs(samples: Path, indices: Sequence[int], pixels: np.ndarray) -> No
 
 
 @torch.no_grad()
-def generate_block(sampler: Sampler, spec: SamplingSpec, block: Sequence[int]) -> np.ndarray:
-    """Samples of one block as uint8 [B, H, W, 3] (resized to spec.image_size when set)."""
+def generate_block(sampler: Sampler, spec: SamplingSpec, block: Sequence[int], compile: str = "off") -> np.ndarray:
+    """Samples of one block as uint8 [B, H, W, 3] (resized to spec.image_size when set).
+    compile: the sampler's switch ("on" | "off"; same pixels either way), decided once per job."""
     from core.eval.reference import quantize
     from core.models.generate import generate_images
 
     cond, mask = sampler.conditions(spec, block)
     images = generate_images(sampler.policy, sampler.tokenizer, cond, seeds=[sample_seed(spec.seed, i) for i in block],
                              batch_size=len(block), cond_mask=mask, cfg_scale=spec.cfg_scale,
-                             temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p)
+                             temperature=spec.temperature, top_k=spec.top_k, top_p=spec.top_p, compile=compile)
     if spec.image_size is not None and images.shape[-1] != spec.image_size:
         images = F.interpolate(images.float(), size=(spec.image_size, spec.image_size), mode="bicubic")
     return quantize(images).permute(0, 2, 3, 1).cpu().numpy()
@@ -334,7 +335,7 @@ def generate_block(sampler: Sampler, spec: SamplingSpec, block: Sequence[int]) -
 
 def sample_shard(sampler: Sampler, spec: SamplingSpec, num_samples: int, out_dir: str | Path, *, rank: int = 0,
                  world_size: int = 1, progress: Optional[ProgressFn] = None,
-                 should_stop: Optional[Callable[[], bool]] = None) -> tuple[int, bool]:
+                 should_stop: Optional[Callable[[], bool]] = None, compile: str = "off") -> tuple[int, bool]:
     """Write the missing samples of rank `rank`'s blocks into a prepared folder.
 
     Stops between blocks once `should_stop()` is true. progress(done, total) is called after each
@@ -362,7 +363,7 @@ def sample_shard(sampler: Sampler, spec: SamplingSpec, num_samples: int, out_dir
             if should_stop is not None and should_stop():
                 stopped = True
                 break
-            pixels = generate_block(sampler, spec, block)  # [B, H, W, 3]
+            pixels = generate_block(sampler, spec, block, compile)  # [B, H, W, 3]
             keep = [i for i in block if i < num_samples]
             if pending is not None:
                 finish(*pending)
@@ -422,7 +423,7 @@ def _distributed_state(device: str | torch.device):
 def run_sampling(spec: SamplingSpec, num_samples: int, out_dir: str | Path, *, device: str | torch.device = "auto",
                  sampler: Optional[Sampler] = None, rank: Optional[int] = None, world_size: Optional[int] = None,
                  pack_npz: bool = True, progress: Optional[ProgressFn] = None,
-                 should_stop: Optional[Callable[[], bool]] = None) -> SamplingResult:
+                 should_stop: Optional[Callable[[], bool]] = None, compile: str = "auto") -> SamplingResult:
     """Sample `num_samples` images of `spec` into `out_dir` (resuming what is there) and pack them.
 
     Processes: by default the ranks of `accelerate launch` (or torchrun; one process without
@@ -432,9 +433,14 @@ def run_sampling(spec: SamplingSpec, num_samples: int, out_dir: str | Path, *, d
     archive when every sample is on disk by then (otherwise call `pack` once all ranks are done).
     sampler: a loaded model matching spec.model / spec.weights (loaded here when None).
     progress(done, total) is called on the main process only; should_stop() between blocks.
+    compile: the sampler's torch.compile switch (core.models.generate), "auto" decided on num_samples.
+    It never changes a sample, so it is not part of the spec.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError("num_samples", f"must be a positive integer, got {num_samples!r}")
+    from core.models.generate import check_compile, use_compile
+
+    check_compile(compile)
     start = time.perf_counter()
     explicit = rank is not None or world_size is not None
     if not explicit:
@@ -454,8 +460,9 @@ def run_sampling(spec: SamplingSpec, num_samples: int, out_dir: str | Path, *, d
     elif is_main:
         prepare_folder(out_dir, spec)
     barrier()
+    compiled = "on" if use_compile(compile, torch.device(dev), num_samples) else "off"
     written, _ = sample_shard(sampler, spec, num_samples, out_dir, rank=rank, world_size=world_size,
-                              progress=progress if is_main else None, should_stop=should_stop)
+                              progress=progress if is_main else None, should_stop=should_stop, compile=compiled)
     barrier()
     have = existing_samples(out_dir)
     complete = all(i in have for i in range(num_samples))

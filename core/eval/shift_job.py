@@ -123,7 +123,7 @@ def embedding_shift(cfg: EmbeddingConfig, out_dir: str | Path, *, runs_dir: Opti
             sampled = run_sampling(replace(cfg.sampling_spec(ref.path), seed=seed), n, out_dir / name / f"seed-{seed}",
                                    device=cfg.device,
                                    progress=report if progress is not None else sampling_progress(None, log, f"[embeddings] {name}"),
-                                   should_stop=should_stop)
+                                   should_stop=should_stop, compile=cfg.compile)
             if not sampled.complete:
                 log(f"[embeddings] stopped while sampling {name}; run it again to continue")
                 return None

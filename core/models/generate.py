@@ -151,7 +151,7 @@ def draw_uniforms(batch: int, n: int, device, generator: Optional[torch.Generato
 def generate(model, cond: Tensor, *, cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0,
              top_p: float = 1.0, generator: Optional[torch.Generator] = None, seeds: Optional[Sequence[int]] = None,
              cond_mask: Optional[Tensor] = None, return_logprobs: bool = False,
-             prefix: Optional[Tensor] = None, compile: str = "off", static: bool = True) -> SampleOutput:
+             prefix: Optional[Tensor] = None, compile: str = "auto", static: bool = True) -> SampleOutput:
     """Sample N image tokens per condition from a LlamaGen-style model (prefill, then one token per step).
 
     prefix: [B, P] tokens forced at positions 0..P-1 (a shared-prefix continuation); the model samples
@@ -286,24 +286,24 @@ def _static_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, p
             if t0 is not None:
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
-                log.info("sampler: compiled the decode step for %d rows on %s in %.1f s", rows, dev,
-                         time.perf_counter() - t0)
-                compile_seconds[(id(model), rows)] = time.perf_counter() - t0
+                seconds = time.perf_counter() - t0
+                log.info("sampler: compiled the decode step for %d rows on %s in %.1f s", rows, dev, seconds)
+                compile_seconds.setdefault(id(model), {})[rows] = seconds
     return tokens, logprobs
 
 
-compile_seconds: dict = {}  # (id(model), rows) -> seconds of the first compiled call (benchmarks read it)
+compile_seconds: dict[int, dict[int, float]] = {}  # id(model) -> {rows: seconds of its first compiled step}
 
 
 @torch.no_grad()
 def generate_images(policy, tokenizer, cond: Tensor, *, seeds: Sequence[int], batch_size: int = 32,
-                    cond_mask: Optional[Tensor] = None, **sampling) -> Tensor:
+                    cond_mask: Optional[Tensor] = None, compile: str = "auto", **sampling) -> Tensor:
     """Sample and decode one image per (cond[i], seeds[i]), in batches. -> [B, 3, H, W] on the policy's device.
 
-    Row i depends only on (cond[i], seeds[i]) and the sampling settings, not on the batching.
+    Row i depends only on (cond[i], seeds[i]) and the sampling settings, not on the batching (nor on compile).
     """
     return decode_tokens(tokenizer, generate_tokens(policy, cond, seeds=seeds, batch_size=batch_size,
-                                                    cond_mask=cond_mask, **sampling), batch_size)
+                                                    cond_mask=cond_mask, compile=compile, **sampling), batch_size)
 
 
 @torch.no_grad()
@@ -315,14 +315,18 @@ def decode_tokens(tokenizer, tokens: Tensor, batch_size: int = 32) -> Tensor:
 
 @torch.no_grad()
 def generate_tokens(policy, cond: Tensor, *, seeds: Sequence[int], batch_size: int = 32,
-                    cond_mask: Optional[Tensor] = None, prefix: Optional[Tensor] = None, **sampling) -> Tensor:
-    """Sample one token sequence per (cond[i], seeds[i]) (after prefix[i] if given), in batches. -> [B, N]."""
+                    cond_mask: Optional[Tensor] = None, prefix: Optional[Tensor] = None, compile: str = "auto",
+                    **sampling) -> Tensor:
+    """Sample one token sequence per (cond[i], seeds[i]) (after prefix[i] if given), in batches. -> [B, N].
+
+    compile "auto" is decided once for the whole call (all of cond), not per batch."""
     if len(seeds) != cond.shape[0]:
         raise ConfigError("seeds", f"got {len(seeds)} seeds for {cond.shape[0]} conditions")
+    compile = "on" if use_compile(compile, cond.device, cond.shape[0]) else "off"
     out = []
     for s in range(0, cond.shape[0], batch_size):
         sl = slice(s, s + batch_size)
         out.append(generate(policy, cond[sl], seeds=list(seeds[sl]),
                             cond_mask=cond_mask[sl] if cond_mask is not None else None,
-                            prefix=prefix[sl] if prefix is not None else None, **sampling).tokens)
+                            prefix=prefix[sl] if prefix is not None else None, compile=compile, **sampling).tokens)
     return torch.cat(out)
