@@ -1,73 +1,109 @@
-"""Generation throughput: tokens/s and images/s of KV-cache sampling (+ decoding) for a preset.
+"""Sampling throughput: the growing-cache sampler vs the static-cache one, side by side in one process.
 
-    python -m benchmarks.generation --preset demo-c2i --batch 32
-    python -m benchmarks.generation --preset llamagen-c2i-b-256 --batch 8 --random-init   # no weights needed
+    python -m benchmarks.generation                                  # GPT-B (random weights) b8/b32 x CFG 1/2, the demo
+    python -m benchmarks.generation --cases gpt-b:8:2 --repeats 3    # one case: GPT-B, batch 8, CFG 2
+    python -m benchmarks.generation --cases gpt-b:8:2 --compile on   # the compiled step (its compile time printed)
 
---random-init builds the preset's architecture with random weights: the speed of sampling does not
-depend on the weights, so the figure holds for the published checkpoint too.
+A case is MODEL:BATCH:CFG, MODEL `gpt-b` (llamagen-c2i-b-256's architecture with random weights: the speed of
+sampling does not depend on the weights) or `demo` (the committed demo-c2i with its weights), or any preset name
+(`llamagen-c2i-xxl-384`: random weights of its architecture). For every case the two samplers run alternately,
+`--repeats` times each after one warm-up each, and the table gives the median tokens/s of each and their ratio,
+so load from other processes hits both alike. "growing" is `generate(static=False)`: prefill + `decode_one`
+(the sampler before the static cache); "static" is `generate(static=True, compile=...)`. Both draw the same
+tokens from the same seeds; the table says so for every case (fp32; a bf16 run may differ by rounding).
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
 
 from core import device as devmod
-from core.models import load, registry
-from core.models.generate import generate
+from core.models import load
+from core.models.generate import compile_seconds, generate, use_compile
+
+DEFAULT_CASES = "gpt-b:8:1,gpt-b:8:2,gpt-b:32:1,gpt-b:32:2,demo:32:1,demo:32:2"
+ALIASES = {"gpt-b": "llamagen-c2i-b-256", "demo": "demo-c2i"}
+
+
+def build(model: str, device: torch.device, dtype: torch.dtype):
+    preset = ALIASES.get(model, model)
+    if model == "demo":
+        gen, _ = load.load_pair(preset, device=device)
+    else:
+        torch.manual_seed(0)
+        gen = load.build_generator(preset)
+        for p in gen.parameters():  # upstream zero-inits the head: give every logit a spread
+            torch.nn.init.normal_(p, std=0.02)
+    return gen.to(device, dtype).eval()
+
+
+def timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0, out
+
+
+def run_case(gen, batch: int, cfg: float, repeats: int, compile: str, device: torch.device) -> dict:
+    cond = torch.arange(batch, device=device) % gen.config.num_classes
+    seeds = list(range(batch))
+    samplers = {
+        "growing": lambda: generate(gen, cond, seeds=seeds, cfg_scale=cfg, static=False, compile="off").tokens,
+        "static": lambda: generate(gen, cond, seeds=seeds, cfg_scale=cfg, compile=compile).tokens,
+    }
+    compile_seconds.pop(id(gen), None)
+    warm = {name: timed(fn, device) for name, fn in samplers.items()}  # warm-up (and the compile, if any)
+    times: dict[str, list[float]] = {name: [] for name in samplers}
+    for r in range(repeats):
+        order = list(samplers) if r % 2 == 0 else list(reversed(samplers))  # alternate who goes first
+        for name in order:
+            times[name].append(timed(samplers[name], device)[0])
+    tokens = batch * gen.num_tokens
+    med = {name: statistics.median(t) for name, t in times.items()}
+    return {"tok/s growing": tokens / med["growing"], "tok/s static": tokens / med["static"],
+            "speed-up": med["growing"] / med["static"], "same tokens": torch.equal(warm["growing"][1], warm["static"][1]),
+            "compile s": sum(compile_seconds.get(id(gen), {}).values())}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="demo-c2i")
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--cfg-scale", type=float, default=1.0)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cases", default=DEFAULT_CASES, help=f"comma-separated MODEL:BATCH:CFG (default {DEFAULT_CASES})")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs of each sampler per case (median)")
+    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help="the static sampler's compile switch")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--random-init", action="store_true", help="random weights of the preset's architecture")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = devmod.resolve(args.device)
     dtype = getattr(torch, args.dtype)
-    p = registry.get_generator(args.preset)
-    if args.random_init:
-        gen = load.build_generator(args.preset).to(dev, dtype).eval()
-        tok = load.build_tokenizer(p.tokenizer)
-        tok.config = type(tok.config)(**{**tok.config.to_dict(), "image_size": p.image_size})
-        tok = tok.to(dev).eval()
-    else:
-        gen, tok = load.load_pair(args.preset, device=dev)
-        gen = gen.to(dtype)
-    n_cls = gen.config.num_classes
-    cond = torch.arange(args.batch, device=dev) % n_cls
-    seeds = list(range(args.batch))
-
-    def once():
-        t0 = time.perf_counter()
-        toks = generate(gen, cond, seeds=seeds, cfg_scale=args.cfg_scale).tokens
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        t1 = time.perf_counter()
-        with torch.no_grad():
-            tok.decode(toks)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return t1 - t0, time.perf_counter() - t1
-
-    once()  # warm-up
-    times = [once() for _ in range(args.repeats)]
-    g = sorted(t[0] for t in times)[len(times) // 2]
-    d = sorted(t[1] for t in times)[len(times) // 2]
-    n = gen.num_tokens
-    print(f"preset {args.preset} ({p.size}, {p.image_size}px, {n} tokens/image) on {dev} {args.dtype}, batch {args.batch}, "
-          f"cfg {args.cfg_scale}, threads {torch.get_num_threads()}, median of {args.repeats}")
-    print(f"  sampling: {g:.3f} s/batch  {args.batch * n / g:,.0f} tokens/s  {args.batch / g:.2f} images/s (tokens only)")
-    print(f"  decoding: {d:.3f} s/batch")
-    print(f"  end to end: {args.batch / (g + d):.2f} images/s")
+    cases = []
+    for text in args.cases.split(","):
+        model, batch, cfg = text.strip().split(":")
+        cases.append((model, int(batch), float(cfg)))
+    print(f"device {dev}, {args.dtype}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
+          f"median of {args.repeats} alternating runs per sampler, compile {args.compile}")
+    print("| model | tokens/image | batch | CFG | growing tok/s | static tok/s | speed-up | same tokens | compile |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    models: dict = {}
+    for model, batch, cfg in cases:
+        if model not in models:
+            models = {model: build(model, dev, dtype)}  # one model in memory at a time
+        gen = models[model]
+        rows = batch * (2 if cfg != 1.0 else 1)
+        compiled = use_compile(args.compile, dev, batch)
+        r = run_case(gen, batch, cfg, args.repeats, args.compile, dev)
+        comp = f"{r['compile s']:.0f} s" if compiled else "off"
+        print(f"| {model} | {gen.num_tokens} | {batch} ({rows} rows) | {cfg:g} | {r['tok/s growing']:,.0f} | "
+              f"{r['tok/s static']:,.0f} | {r['speed-up']:.2f}x | {'yes' if r['same tokens'] else 'NO'} | {comp} |",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ same layers and random weights (`RandomVGGLPIPS`), which costs what LPIPS-VGG co
 
     python -m benchmarks.gpu_check                 # GPT-XXL @ 384 px, 128 images x G 8 per step, bf16, on cuda:0
     python -m benchmarks.gpu_check --dry-run       # the same code on a tiny model on the CPU (CI: checks the script)
+    python -m benchmarks.gpu_check --sampling      # GPT-XXL @ 384 px sampling, bf16: tokens/s and images/s,
+                                                   # growing-cache sampler vs static cache + compiled step
     torchrun --nproc_per_node 1 -m benchmarks.gpu_check --smoke ddp|fsdp [--dry-run]
 
 MFU counts the generator's forward + backward only: FLOPs = 6 * P * T + 12 * L * T^2 * d per sequence (P the
@@ -162,6 +164,57 @@ def step_check(dry: bool) -> list[tuple[str, str]]:
     return rows
 
 
+def sampling_check(dry: bool, batch: int = 32, cfg_scale: float = 1.75) -> list[tuple[str, str]]:
+    """Free-running sampling of GPT-XXL @ 384 px (576 tokens per image) in bf16 (the model cast, as LlamaGen
+    samples), batch 32, CFG 1.75 (the paper's XXL setting: 64 rows per step): the growing-cache sampler and the
+    static-cache one with its decode step compiled ("reduce-overhead": CUDA graphs), then VQ-16 decoding."""
+    from core.models import llamagen, vq
+    from core.models.generate import compile_seconds, decode_tokens, generate
+
+    device = torch.device("cpu" if dry else "cuda:0")
+    if dry:
+        gen = llamagen.Transformer(llamagen.GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=1000,
+                                                      block_size=16, class_dropout_prob=0.1))
+        tok = vq.VQModel(vq.VQConfig(codebook_size=64, codebook_embed_dim=4, ch=32, encoder_ch_mult=[1, 2, 2],
+                                     decoder_ch_mult=[1, 2, 2], z_channels=32, num_res_blocks=1, image_size=16))
+        batch, compile, what = 4, "off", "tiny GPT + VQ on CPU, compile off (dry run: figures meaningless)"
+    else:
+        gen = llamagen.build("GPT-XXL", model_type="c2i", image_size=384)
+        tok = vq.build("VQ-16", image_size=384)
+        compile, what = "on", f"GPT-XXL @ 384 px + VQ-16, random weights, bf16, batch {batch}, CFG {cfg_scale}"
+    for p in gen.parameters():  # upstream zero-inits the head: give every logit a spread
+        torch.nn.init.normal_(p, std=0.02)
+    gen, tok = gen.to(device, torch.bfloat16).eval(), tok.to(device, torch.bfloat16).eval()
+    cond = torch.arange(batch, device=device) % 1000
+    seeds = list(range(batch))
+
+    def timed(fn):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        out = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0, out
+
+    n = gen.num_tokens
+    growing = lambda: generate(gen, cond, seeds=seeds, cfg_scale=cfg_scale, static=False, compile="off").tokens
+    static = lambda: generate(gen, cond, seeds=seeds, cfg_scale=cfg_scale, compile=compile).tokens
+    t_first, _ = timed(static)  # compiles (and records the CUDA graph) on a GPU
+    t_grow, ref = timed(growing)
+    t_static, toks = timed(static)
+    t_decode, _ = timed(lambda: decode_tokens(tok, toks, batch))
+    compiled = sum(compile_seconds.get(id(gen), {}).values())
+    same = (ref == toks).float().mean().item()
+    return [("sampling", what),
+            ("sampling, growing cache", f"{batch * n / t_grow:,.0f} tokens/s, {batch / t_grow:.2f} images/s (tokens only)"),
+            ("sampling, static cache" + (" + compiled step" if compile == "on" else ""),
+             f"{batch * n / t_static:,.0f} tokens/s, {batch / t_static:.2f} images/s (tokens only); "
+             f"{t_grow / t_static:.2f}x the growing cache; first call {t_first:.0f} s (compile {compiled:.0f} s)"),
+            ("VQ decode", f"{t_decode:.2f} s for {batch} images; end to end {batch / (t_static + t_decode):.2f} images/s"),
+            ("same tokens (bf16)", f"{same:.1%} of tokens equal between the two samplers (fp32: all, tested on CPU)")]
+
+
 def smoke(kind: str, method: str, root: Path, resume: bool, dry: bool) -> None:
     """One process under torchrun, one trainer (a trainer ends the process group): 2 steps of the demo preset
     with a checkpoint each, or (--resume) the same run continued to step 3. Run for VA-π and for the decoder
@@ -202,13 +255,14 @@ def main() -> None:
     ap.add_argument("--method", choices=("vapi", "decoder"), default="vapi", help="smoke: the training method")
     ap.add_argument("--root", type=Path, default=None, help="smoke: the runs folder")
     ap.add_argument("--resume", action="store_true", help="smoke: continue the run made before to step 3")
+    ap.add_argument("--sampling", action="store_true", help="GPT-XXL sampling throughput instead of the VA-π step")
     args = ap.parse_args()
     if args.smoke:
         smoke(args.smoke, args.method, args.root or Path(tempfile.mkdtemp(prefix="vapi-smoke-")), args.resume, args.dry_run)
         return
     if not args.dry_run and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --dry-run on a machine without a GPU")
-    rows = step_check(args.dry_run)
+    rows = sampling_check(args.dry_run) if args.sampling else step_check(args.dry_run)
     dev = "CPU (dry run)" if args.dry_run else torch.cuda.get_device_name(0)
     print(f"\n| VA-π GPU check — {dev}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')} | |\n|---|---|")
     for k, v in rows:

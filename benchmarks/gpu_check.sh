@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# GPU check for ONE NVIDIA GPU with no network, in under 8 minutes:
+# GPU check for ONE NVIDIA GPU with no network, in about 10 minutes:
 #   bash benchmarks/gpu_check.sh            the CUDA-marked tests, the GPT-XXL@384 VA-π step at the paper's batch
-#                                           (both schedules, breakdown, MFU, peak memory), 1-process DDP and FSDP
-#                                           smoke runs of the trainer (VA-π and the decoder baseline)
+#                                           (both schedules, breakdown, MFU, peak memory), GPT-XXL@384 sampling
+#                                           throughput in bf16 (tokens/s, images/s; growing cache vs static cache +
+#                                           compiled step), 1-process DDP and FSDP smoke runs of the trainer
+#                                           (VA-π and the decoder baseline)
 #   bash benchmarks/gpu_check.sh --dry-run  the same script on the CPU with a tiny model; CUDA parts are skipped
 #                                           and say so (CI runs this)
 # Needs python3 with torch, accelerate, numpy (transformers, safetensors, scipy as the project); pytest comes from
@@ -31,6 +33,7 @@ else
   echo "== CUDA-marked tests: skipped (dry run, no CUDA)"
 fi
 run "VA-π step, breakdown, MFU, memory" 330 "$PY" -m benchmarks.gpu_check "${DRY[@]}"
+run "GPT-XXL sampling throughput" 300 "$PY" -m benchmarks.gpu_check --sampling "${DRY[@]}"
 smoke() {  # smoke KIND: VA-π and the decoder baseline, 2 steps then a resume to step 3, each its own process
   local kind=$1 root; root=$(mktemp -d /tmp/vapi-smoke-XXXX)
   for method in vapi decoder; do

@@ -18,7 +18,7 @@ def test_gpu_check_dry_run_prints_the_table_and_skips_cuda_parts():
     assert r.returncode == 0, (out[-3000:], r.stderr[-3000:])
     assert "CUDA-marked tests: skipped (dry run, no CUDA)" in out and "FSDP smoke: skipped" in out
     for row in ("| step, grouped |", "| step, per-sample |", "| grouped vs per-sample |", "| generator fwd+bwd |",
-                "| decode + MSE + LPIPS |"):
+                "| decode + MSE + LPIPS |", "| sampling, growing cache |", "| sampling, static cache |", "| VQ decode |"):
         assert row in out, row
     assert out.count('"imported_beyond_a_bare_gpu_machine": []') == 4  # runs with torch, accelerate, numpy only
     assert out.count('"smoke": "ddp"') == 4 and '"method": "decoder", "resumed": true, "checkpoints": [1, 2, 3]' in out
