@@ -233,7 +233,8 @@ _COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyD
 
 
 def _compiled_step(model, rows: int, device: torch.device, dtype: torch.dtype):
-    """(compiled decode_pick, its static cache, compile time to report or None) for a model and batch shape."""
+    """(compiled decode_pick, its static cache, whether it is new: its first call compiles) for a model and
+    batch shape. The kept cache serves one sampling call at a time (the app samples under a device lock)."""
     per_model = _COMPILED.setdefault(model, {})
     key = (rows, device, dtype)
     if key in per_model:
@@ -266,6 +267,7 @@ def _static_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, p
         cache.key_mask.fill_(True)
     else:
         cache = model.new_cache(rows)
+        model.pack_linears(cache)  # CPU fp32: the weights prepacked for this batch (same math, less repacking)
     C = model.config.cls_token_num
     T = cache.key_pos.shape[0]
     positions = [p.clone() for p in torch.arange(C, C + N, device=dev).view(N, 1)]  # [1] long each: token i at C+i

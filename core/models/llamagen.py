@@ -189,6 +189,35 @@ class RMSNorm(nn.Module):
         return out.type_as(x) * self.weight
 
 
+def _linear(m: nn.Linear, x: Tensor, packed: Optional["PackedLinears"]) -> Tensor:
+    return m(x) if packed is None else packed(m, x)
+
+
+class PackedLinears:
+    """The decode step's Linear weights prepacked for MKL's fp32 GEMM at one batch size (CPU only).
+
+    A one-token step multiplies a few rows by every weight matrix; unpacked, MKL repacks each matrix on
+    every call. Packing once per sampling call (what inductor's `freezing` does once per compile) keeps
+    the fp32 math and serves a model whose weights change between calls (training previews) correctly.
+    """
+
+    def __init__(self, modules: list[nn.Linear], rows: int):
+        self.rows = rows
+        self.packed = {m: torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows) for m in modules}
+
+    @staticmethod
+    def available(weight: Tensor) -> bool:
+        return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkl.is_available()
+                and hasattr(torch.ops.mkl, "_mkl_linear"))
+
+    def __call__(self, m: nn.Linear, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        if flat.shape[0] != self.rows:
+            return m(x)
+        y = torch.ops.mkl._mkl_linear(flat, self.packed[m], m.weight, m.bias, self.rows)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
 class FeedForward(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -201,8 +230,9 @@ class FeedForward(nn.Module):
         self.w2 = nn.Linear(hidden, cfg.dim, bias=False)
         self.ffn_dropout = nn.Dropout(cfg.ffn_dropout_p)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.ffn_dropout(self.w2(F.silu(self.w1(x)) * self.w3(x)))
+    def forward(self, x: Tensor, packed: Optional[PackedLinears] = None) -> Tensor:
+        hidden = F.silu(_linear(self.w1, x, packed)) * _linear(self.w3, x, packed)
+        return self.ffn_dropout(_linear(self.w2, hidden, packed))
 
 
 class DropPath(nn.Module):
@@ -235,6 +265,7 @@ class KVCache:
         self.key_mask = torch.ones(batch_size, max_len, dtype=torch.bool, device=device)
         self.key_pos = torch.arange(max_len, device=device)  # [T_max], for decode_step's causal mask
         self.length = 0
+        self.packed: Optional[PackedLinears] = None  # decode_step's prepacked weights (Transformer.pack_linears)
 
     def tensors(self) -> list[Tensor]:
         """Every tensor the cache holds (for `torch._dynamo.mark_static_address` under CUDA graphs)."""
@@ -253,17 +284,18 @@ class Attention(nn.Module):
         self.attn_dropout_p = cfg.attn_dropout_p
         self.resid_dropout = nn.Dropout(cfg.resid_dropout_p)
 
-    def _qkv(self, x: Tensor, rope: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _qkv(self, x: Tensor, rope: Tensor, packed: Optional[PackedLinears] = None) -> tuple[Tensor, Tensor, Tensor]:
         # x: [B, S, dim]; rope: [S, Dh/2, 2] -> q [B, H, S, Dh], k and v [B, H_kv, S, Dh]
         bsz, seqlen, _ = x.shape
         kv_size = self.n_kv_head * self.head_dim
-        q, k, v = self.wqkv(x).split([self.dim, kv_size, kv_size], dim=-1)
+        q, k, v = _linear(self.wqkv, x, packed).split([self.dim, kv_size, kv_size], dim=-1)
         q = apply_rotary_emb(q.view(bsz, seqlen, self.n_head, self.head_dim), rope)
         k = apply_rotary_emb(k.view(bsz, seqlen, self.n_kv_head, self.head_dim), rope)
         v = v.view(bsz, seqlen, self.n_kv_head, self.head_dim)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
+                packed: Optional[PackedLinears] = None) -> Tensor:
         # q [B, H, S, Dh], k/v [B, H_kv, S_keys, Dh], mask [B, 1, S, S_keys] bool or None (causal) -> [B, S, dim]
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
@@ -272,7 +304,7 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=mask is None,
             dropout_p=self.attn_dropout_p if self.training else 0.0)
         bsz, _, seqlen, _ = q.shape
-        return self.resid_dropout(self.wo(out.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim)))
+        return self.resid_dropout(_linear(self.wo, out.transpose(1, 2).contiguous().view(bsz, seqlen, self.dim), packed))
 
     def forward(self, x: Tensor, rope: Tensor, mask: Optional[Tensor], cache: Optional[KVCache] = None,
                 layer: int = 0, start: int = 0) -> Tensor:
@@ -290,11 +322,11 @@ class Attention(nn.Module):
         """One token at position `input_pos` ([1] long), attending over the first S cached keys
         (S = mask's last dim: T_max, or fewer slots that hold every filled one).
         x: [B, 1, dim]; rope: [1, Dh/2, 2]; mask: [B, 1, 1, S] bool."""
-        q, k, v = self._qkv(x, rope)
+        q, k, v = self._qkv(x, rope, cache.packed)
         cache.k[layer].index_copy_(2, input_pos, k)
         cache.v[layer].index_copy_(2, input_pos, v)
         S = mask.shape[-1]
-        return self._attend(q, cache.k[layer][:, :, :S], cache.v[layer][:, :, :S], mask)
+        return self._attend(q, cache.k[layer][:, :, :S], cache.v[layer][:, :, :S], mask, cache.packed)
 
 
 class TransformerBlock(nn.Module):
@@ -314,7 +346,7 @@ class TransformerBlock(nn.Module):
     def decode_static(self, x: Tensor, rope: Tensor, mask: Tensor, cache: KVCache, layer: int,
                       input_pos: Tensor) -> Tensor:
         h = x + self.drop_path(self.attention.decode_static(self.attention_norm(x), rope, mask, cache, layer, input_pos))
-        return h + self.drop_path(self.feed_forward(self.ffn_norm(h)))
+        return h + self.drop_path(self.feed_forward(self.ffn_norm(h), cache.packed))
 
 
 # ----------------------------------------------------------------------------- the model
@@ -494,7 +526,14 @@ class Transformer(nn.Module):
         rope = self._rope_table(h.device).index_select(0, input_pos)  # [1, Dh/2, 2]
         for i, layer in enumerate(self.layers):
             h = layer.decode_static(h, rope, mask, cache, i, input_pos)
-        return self.output(self.norm(h)).float()[:, -1]
+        return _linear(self.output, self.norm(h), cache.packed).float()[:, -1]
+
+    def pack_linears(self, cache: KVCache) -> None:
+        """Prepack the decode step's weights for the cache's batch (CPU fp32 with MKL; elsewhere a no-op).
+        For eager decoding only: a compiled step reads the weights as they are."""
+        if PackedLinears.available(self.output.weight):
+            linears = [m for m in self.layers.modules() if isinstance(m, nn.Linear)] + [self.output]
+            cache.packed = PackedLinears(linears, cache.key_mask.shape[0])
 
     def generate(self, cond: Tensor, **kwargs):
         """Free-running sampling; see `core.models.generate.generate` for the arguments."""
