@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="torch.compile the sampler's decode step (same images either way; auto: GPU, 64+ images)")
     p.add_argument("--out", default="outputs/compare", help="output folder")
     p.set_defaults(func=cmd_compare)
 
@@ -91,6 +93,7 @@ def cmd_compare(args) -> int:
     base_weights = None if (args.base is None or base_is_preset) else resolve_weights(args.base).path
     sampling = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     check_sampling_args(**sampling)
+    sampling["compile"] = args.compile
     dev = devmod.resolve(args.device)
     base_gen, tok = load.load_pair(model, base_weights, dev)
     aligned_gen = load.load_generator(model, aligned.path, dev)
