@@ -11,7 +11,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.vapi import rewards
-from core.vapi.config import VapiConfig, check_preview
+from core.vapi.config import VapiConfig, check_preview, check_sequence
 
 
 @dataclass
@@ -39,6 +39,7 @@ def preflight(cfg: VapiConfig) -> Checked:
     if cfg.data == "shapes" and preset.size != "demo":
         raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i or demo-t2i)")
     check_preview(cfg, int(preset.overrides.get("num_classes", 1000)) if preset.task == "c2i" else None)
+    check_sequence(cfg, preset.num_tokens)
     # lists (and spot-checks) the data before any weights are read; shapes for a T2I model: with captions
     options = {"with_captions": True} if cfg.data == "shapes" and preset.task == "t2i" else {}
     dataset = build_dataset(cfg.data, cfg.data_path, image_size=preset.image_size, subset=cfg.data_subset, seed=cfg.seed,
