@@ -48,3 +48,177 @@ def test_the_ui_and_a_resumed_config_apply_the_same_bounds():
         VapiConfig.from_dict({**VapiConfig().to_dict(), "seed": 2**70})  # what `train --resume` reads config.json with
     help_line = next(line for line in configmeta.describe(VapiConfig).splitlines() if "max_steps =" in line)
     assert "(at most 1,000,000)" in help_line  # `train --help` shows the bound
+
+
+# --- 2. weights files checked before the run folder --------------------------------------------------------
+
+
+class _Code:
+    def __reduce__(self):
+        import os
+
+        return os.system, ("touch pwned-by-a-checkpoint",)
+
+
+def _bad_weights(tmp_path: Path) -> list[tuple[Path, str]]:
+    """(path, what the error must say) for each kind of bad weights file, all real files."""
+    import os
+
+    import torch
+
+    from tests.helpers import tiny_gpt
+
+    good = tmp_path / "good.pt"
+    torch.save({"model": tiny_gpt().state_dict()}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("these are my notes, not weights\n" * 10)
+    code = tmp_path / "code.pt"
+    torch.save({"model": tiny_gpt().state_dict(), "extra": _Code()}, code)
+    passwd = tmp_path / "passwd.pt"
+    passwd.symlink_to("/etc/passwd")
+    fifo = tmp_path / "fifo.pt"
+    os.mkfifo(fifo)
+    folder = tmp_path / "step-000010"
+    folder.mkdir()
+    return [(truncated, "truncated or corrupt"), (text, "is not a PyTorch checkpoint"),
+            (code, "holds pickled objects that are not allowed"), (passwd, "is not a PyTorch checkpoint"),
+            (fifo, "is a FIFO (named pipe), not a weights file; pass a .pt or .safetensors file"),
+            (folder, "is a directory, not a weights file; pass a .pt or .safetensors file (e.g. its model.pt)")]
+
+
+def test_bad_weights_are_one_line_errors_before_a_run_folder(tiny_demo, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    for path, needle in _bad_weights(tmp_path):
+        rc, err = run_core(capsys, "train", *TINY, "--set", f"init_weights={path}", "--runs-dir", str(runs))
+        one_line_error(rc, err, f"init_weights: {path}", needle)
+        assert no_run_folder(runs), path
+    assert not (tmp_path / "pwned-by-a-checkpoint").exists()  # nothing was unpickled
+
+
+def test_a_fifo_or_directory_given_as_weights_to_any_loader_is_named_as_such(tmp_path):
+    import os
+
+    from core.errors import CheckpointError
+    from core.models import checkpoint
+
+    fifo = tmp_path / "w.safetensors"
+    os.mkfifo(fifo)
+    for path, kind in ((fifo, "is a FIFO (named pipe)"), (tmp_path, "is a directory")):
+        for load in (checkpoint.read_file, checkpoint.load_object, checkpoint.check_file):
+            with pytest.raises(CheckpointError, match="^" + str(path) + " " + kind.replace("(", r"\(").replace(")", r"\)")):
+                load(path)
+
+
+# --- 3. data listing: regular files only, inside the root, no loops, bounded -------------------------------
+
+
+def _finishes(fn, timeout: float = 30.0, unblock: Path | None = None):
+    """fn() in a thread: (finished in time, its result or exception). A call blocked on a FIFO is released
+    afterwards by opening the FIFO for writing, so a failing test ends instead of hanging."""
+    import os
+    import threading
+
+    box: dict = {}
+
+    def call():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["value"] = e
+
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    done = not thread.is_alive()
+    if not done and unblock is not None:
+        os.close(os.open(unblock, os.O_WRONLY | os.O_NONBLOCK))
+    return done, box.get("value")
+
+
+def _png(path: Path, width: int = 16, height: int = 16) -> Path:
+    """A PNG whose header says width x height (real pixel data only for small sizes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + bytes(3 * width) for _ in range(height)) if width * height <= 4096 else b"\x00" * 64
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_fifo_captions_file_is_named_and_never_opened(tmp_path):
+    import os
+
+    from core.data.build import build_dataset
+    from core.errors import DataError
+
+    _png(tmp_path / "a.png")
+    os.mkfifo(tmp_path / "captions.jsonl")
+    done, result = _finishes(lambda: build_dataset("captions", tmp_path, 16), unblock=tmp_path / "captions.jsonl")
+    assert done, "reading the captions FIFO hung"
+    assert isinstance(result, DataError) and str(result) == (
+        f"captions file {tmp_path / 'captions.jsonl'} is a FIFO (named pipe); replace it with a regular JSONL file "
+        'with one {"image": "relative/path.jpg", "caption": "..."} per line')
+
+
+def test_listing_skips_fifos_links_out_of_the_root_and_loops_and_is_bounded(tmp_path):
+    import os
+
+    from core.data.build import build_dataset
+    from core.data.files import list_files
+    from core.errors import DataError
+
+    root = tmp_path / "images"
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        _png(root / cls / "0.png")
+        (root / cls / "loop1").symlink_to("..")  # two loops per folder: 2**depth paths when links are followed
+        (root / cls / "loop2").symlink_to("..")
+    os.mkfifo(root / "a" / "1.png")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    _png(outside / "9.png")
+    (root / "b" / "out").symlink_to(outside)
+    (root / "b" / "out.png").symlink_to(outside / "9.png")
+    (root / "b" / "self.png").symlink_to(root / "b" / "self.png")  # a link to itself
+
+    done, dataset = _finishes(lambda: build_dataset("imagefolder", root, 16), unblock=root / "a" / "1.png")
+    assert done, "listing or reading the folder hung"
+    assert not isinstance(dataset, BaseException), dataset
+    assert [str(dataset.path(i).relative_to(root)) for i in range(len(dataset))] == ["a/0.png", "b/0.png"]
+    dataset.verify(sample=None)  # reads only regular files: does not wait on the FIFO
+    listing = list_files(root, lambda name: name.endswith(".png"))
+    reasons = dict(listing.skipped)
+    assert reasons["a/1.png"] == "is a FIFO (named pipe)"
+    assert reasons["b/out"].startswith(f"is a symlink to {outside}, outside")
+    assert reasons["b/out.png"].startswith("is a symlink to") and reasons["b/self.png"] == "is a symlink loop"
+    with pytest.raises(DataError, match=rf"^listing {root} took over 0 s \(0 files so far"):
+        list_files(root, lambda name: True, timeout_s=0)
+
+
+def test_a_folder_of_only_bad_images_is_one_line_without_warnings(tiny_demo, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.test_reliability import ROOT
+
+    images = tmp_path / "images"
+    for cls, side in (("a", 20000), ("b", 12000)):  # PIL refuses 20000**2 pixels, and warns at 12000**2
+        (images / cls).mkdir(parents=True)
+        _png(images / cls / "huge.png", side, side)  # a real header; nothing past it is decoded
+        (images / cls / "text.jpg").write_text("not a jpeg")
+    runs = tmp_path / "runs"
+    r = subprocess.run([sys.executable, "-m", "core", "train", *TINY, "--set", "data=imagefolder",
+                        "--set", f"data_path={images}", "--set", "data_subset=null", "--set", "preview_classes=[0, 1]",
+                        "--runs-dir", str(runs)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and str(images) in lines[0] and "12000x12000 pixels by its header" in lines[0]
+    assert "decompression bomb" in lines[0]
+    assert no_run_folder(runs)

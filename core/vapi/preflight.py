@@ -6,7 +6,6 @@ preset, lists (and spot-checks) the data, and checks that every weights file the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
@@ -24,6 +23,7 @@ def preflight(cfg: VapiConfig) -> Checked:
     """Check a run's inputs; raise the error that names the field or file (and the fix) at the first problem."""
     from core.data.build import build_dataset, check_readable
     from core.models import registry
+    from core.models.checkpoint import check_weights
 
     if cfg.device != "auto":
         from core import device as devmod
@@ -48,8 +48,7 @@ def preflight(cfg: VapiConfig) -> Checked:
     if cfg.init_weights is None:
         registry.require_files(cfg.model)
     else:
-        if not Path(cfg.init_weights).is_file():
-            raise ConfigError("init_weights", f"file not found: {cfg.init_weights}")
+        check_weights(cfg.init_weights, "init_weights", folder=preset.folder)
         tok = registry.get_tokenizer(preset.tokenizer)
         if not tok.present:
             raise registry.MissingWeightsError(f"missing tokenizer {tok.path} — {registry.download_hint(tok.filename, tok.repo_id)}")
