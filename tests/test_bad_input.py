@@ -222,3 +222,24 @@ def test_a_folder_of_only_bad_images_is_one_line_without_warnings(tiny_demo, tmp
     assert lines[0].startswith("error: ") and str(images) in lines[0] and "12000x12000 pixels by its header" in lines[0]
     assert "decompression bomb" in lines[0]
     assert no_run_folder(runs)
+
+
+def test_a_slow_launch_check_answers_within_its_bound_and_holds_nothing(tiny_demo, tmp_path):
+    import time
+
+    from app import form
+    from core.errors import ConfigError
+
+    images = tmp_path / "images"
+    for cls in ("a", "b"):
+        (images / cls).mkdir(parents=True)
+        for i in range(20):
+            _png(images / cls / f"{i}.png")
+    values = {**form.preset_form_values("demo-c2i"), "data": "imagefolder", "data_path": str(images),
+              "data_subset": None, "preview_classes": [0, 1], "reward_weights.lpips": 0}
+    plan = form.build_plan("demo-c2i", values, "cpu", "slow")
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"^data_path: checking the inputs took over 0.001 s"):
+        form.preflight(plan, timeout_s=0.001)  # decoding 40 images takes longer: the handler gives up waiting
+    assert time.monotonic() - start < 1.0
+    form.preflight(plan)  # the same check, given its time, passes
