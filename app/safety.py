@@ -1,13 +1,18 @@
 """What the UI lets a browser touch: paths confined to configured roots, and where the server may bind.
 
-Every path a user types (a data folder, a weights file) goes through `confine`: it must lie inside one
-of the roots the app was started with, after symlinks are resolved, and may not contain "..". The
-server binds to loopback unless the operator gives credentials (`check_bind`).
+Every path a user types (a data folder, a weights file, a reference set) goes through `confine`, and every
+weights reference (a run id, RUN@STEP, or a path: Evaluate's source, Diagnostics' checkpoint) through
+`confine_weights`, before anything else reads the filesystem: a path must lie inside one of the roots the
+app was started with, by its text first (nothing outside is even stat'ed) and again after symlinks are
+resolved, and may not contain "..". A path outside the roots and one that does not exist get the same
+answer, so the form tells a browser nothing about the server's other files. The server binds to loopback
+unless the operator gives credentials (`check_bind`).
 """
 from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,13 +28,24 @@ def _roots_text(roots: Sequence[Path]) -> str:
     return ", ".join(str(r) for r in roots) or "(none configured)"
 
 
+def _not_found(field: str, raw: str, roots: Sequence[Path]) -> ConfigError:
+    """The one answer for a path outside the roots and a path that does not exist."""
+    return ConfigError(field, f"{raw!r}: not found inside the allowed roots ({_roots_text(roots)}); give a path "
+                              "inside one of them (or start the app with another root)")
+
+
+def _under(path: Path, roots: Sequence[Path]) -> bool:
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
 def confine(text: str | None, roots: Sequence[Path], field: str, *, kind: str = "any") -> Path:
     """The real path named by `text`, which must lie inside one of `roots`.
 
     `text` is absolute, or relative to a root (the first root where it exists wins). Rejected with a
-    ConfigError naming `field`: empty text, any ".." component, a path outside every root (symlinks
-    are resolved first, so a link inside a root that points elsewhere is outside), a missing path,
-    and a path of the wrong kind ("dir", "file" or "any")."""
+    ConfigError naming `field`: empty text, any ".." component, a path of the wrong kind ("dir", "file"
+    or "any"), and, with one and the same message, a path outside every root (an absolute path by its
+    text before the filesystem is touched, then with symlinks resolved, so a link inside a root that
+    points elsewhere is outside) or a missing one."""
     raw = (text or "").strip()
     if not raw:
         raise ConfigError(field, f"empty; give a path inside {_roots_text(roots)}")
@@ -40,6 +56,8 @@ def confine(text: str | None, roots: Sequence[Path], field: str, *, kind: str = 
         raise ConfigError(field, f"{raw!r}: '..' is not allowed; give a path inside {_roots_text(roots)}")
     real_roots = [Path(r).resolve() for r in roots]
     if candidate.is_absolute():
+        if not _under(candidate, [*map(Path, roots), *real_roots]):
+            raise _not_found(field, raw, real_roots)
         options = [candidate]
     else:
         options = [root / candidate for root in real_roots]
@@ -48,17 +66,35 @@ def confine(text: str | None, roots: Sequence[Path], field: str, *, kind: str = 
     if not options:
         raise ConfigError(field, f"{raw!r}: no roots are configured for this field")
     target = options[0].resolve()
-    if not any(target == root or target.is_relative_to(root) for root in real_roots):
-        raise ConfigError(field, f"{raw!r} resolves to {target}, outside the allowed roots "
-                                 f"({_roots_text(real_roots)}); move or link the data inside one of them, "
-                                 "or start the app with another root")
-    if not target.exists():
-        raise ConfigError(field, f"{raw!r}: {target} does not exist")
+    if not _under(target, real_roots) or not target.exists():
+        raise _not_found(field, raw, real_roots)
     if kind == "dir" and not target.is_dir():
         raise ConfigError(field, f"{raw!r}: {target} is not a folder")
     if kind == "file" and not target.is_file():
         raise ConfigError(field, f"{raw!r}: {target} is not a file")
     return target
+
+
+_RUN_REF = re.compile(r"[A-Za-z0-9][\w.-]*(@\d+)?")  # a run id (or a fragment of one), optionally @STEP
+
+
+def confine_weights(text: str | None, runs_dir: Path, roots: Sequence[Path], field: str) -> str:
+    """A weights reference typed in a browser, checked before anything reads a path outside the roots: a run
+    id or RUN@STEP, looked up among the run folders of `runs_dir` only, or a path confined to `roots`
+    (`confine`). Returns what to hand to core.checkpoints.resolve_weights: the run reference as typed, or the
+    confined absolute path. Empty text stays empty (the caller's default)."""
+    from core.checkpoints import find_run_dir
+
+    raw = (text or "").strip()
+    if not raw:
+        return raw
+    if _RUN_REF.fullmatch(raw):
+        try:
+            find_run_dir(runs_dir, raw.partition("@")[0], field)  # lists runs_dir, nothing else
+        except ConfigError:
+            raise _not_found(field, raw, list(dict.fromkeys(Path(r).resolve() for r in (runs_dir, *roots)))) from None
+        return raw
+    return str(confine(raw, roots, field))
 
 
 def is_loopback(host: str) -> bool:

@@ -243,3 +243,39 @@ def test_a_slow_launch_check_answers_within_its_bound_and_holds_nothing(tiny_dem
         form.preflight(plan, timeout_s=0.001)  # decoding 40 images takes longer: the handler gives up waiting
     assert time.monotonic() - start < 1.0
     form.preflight(plan)  # the same check, given its time, passes
+
+
+# --- 4. every typed path confined before any file access, one answer for outside and missing ---------------
+
+
+def test_typed_paths_outside_the_roots_and_missing_ones_get_the_same_answer_and_queue_nothing(tiny_demo, tmp_path,
+                                                                                               monkeypatch):
+    import re
+
+    import torch
+
+    from tests.helpers import served_app
+    from tests.test_app_eval_tabs import EVAL, UI, aligned_run
+    from core.runs.store import RunStore
+
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    evil = tmp_path / "evil.pt"  # outside every root: a pickle with code
+    torch.save({"model": {}, "x": _Code()}, evil)
+    aligned = aligned_run(RunStore(tmp_path / "runs"))
+    with served_app(tmp_path, monkeypatch, [data_root], page_timer_s=0.5) as (app, url):
+        ui, store = UI(url), app.ctx.store
+        inside_missing = str(tmp_path / "runs" / "no-such-run" / "model.pt")
+
+        def answer(status: str, text: str) -> str:
+            return re.sub(r"^✗ \*\*Not queued\*\* — ", "", status.replace(repr(text), "PATH"))
+
+        diag = {text: ui.client.predict(text, 20, 2, 20, "0", "1", api_name="/launch_diagnose")[0]
+                for text in ("/etc/passwd", str(evil), "/root", inside_missing, "no-such-run@5")}
+        assert all(s.startswith("✗") and "not found inside the allowed roots" in s for s in diag.values()), diag
+        assert len({answer(s, t) for t, s in diag.items()}) == 1, diag  # the same words whatever exists
+        evaluate = {text: ui.call("/launch_eval", **{"source": text, **EVAL})["evaluate status"]
+                    for text in ("/root", "/etc/passwd", "/no/such/dir", "nope@3")}
+        assert all("`source`" in s and "not found inside the allowed roots" in s for s in evaluate.values()), evaluate
+        assert len({s.replace(repr(t), "PATH") for t, s in evaluate.items()}) == 1, evaluate
+        assert [r.id for r in store.list_runs()] == [aligned]  # nothing queued, nothing read
