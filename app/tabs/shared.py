@@ -14,6 +14,7 @@ import gradio as gr
 
 from app import form
 from app.safety import confine
+from app.views import as_text
 from core import paths
 from core.errors import CheckpointError, ConfigError, MissingWeightsError, UserError
 
@@ -146,8 +147,8 @@ def error_target(error: ConfigError, keys: Sequence[str], aliases: dict[str, str
 
 def error_text(error: UserError, target: Optional[str], what: str = "Not launched") -> str:
     if isinstance(error, ConfigError):
-        return f"✗ **{what}** — `{target or error.field}`: {message(error)}"
-    return f"✗ **{what}** — {error}"
+        return f"✗ **{what}** — `{target or error.field}`: {as_text(message(error))}"
+    return f"✗ **{what}** — {as_text(error)}"
 
 
 def field_updates(keys: Sequence[str], infos: dict[str, str], target: Optional[str], message: str,
