@@ -10,12 +10,14 @@ unless the operator gives credentials (`check_bind`).
 """
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import os
 import re
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from core.errors import ConfigError, UserError
 
@@ -121,65 +123,86 @@ def check_bind(host: str, auth) -> None:
             "and use an SSH tunnel (ssh -L 7860:127.0.0.1:7860 host)")
 
 
-class LoginGuard:
-    """The login check, rate-limited: `auth=LoginGuard(users).check` for gr.Blocks.launch.
+CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("vapi_client", default="?")
 
-    Each wrong password costs FAILURE_DELAY_S before the answer (awaited: the server keeps serving).
-    MAX_FAILURES wrong passwords for one user name within WINDOW_S lock that name for LOCKOUT_S,
-    doubling with each further lockout up to MAX_LOCKOUT_S; GLOBAL_MAX_FAILURES over all names within
-    WINDOW_S lock every login for LOCKOUT_S. While locked every attempt is refused, the right password
-    too (the login form cannot tell why). Passwords are compared in constant time."""
+
+class ClientAddress:
+    """ASGI middleware: the peer address of each HTTP request in `CLIENT`, where the login check (which gradio
+    calls with the user name and password only) reads it. The TCP peer, not a forwarded header a client could
+    write itself; behind a reverse proxy every client is the proxy (see LoginGuard)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") == "http" and scope.get("client"):
+            CLIENT.set(str(scope["client"][0]))
+        await self.app(scope, receive, send)
+
+
+class LoginGuard:
+    """The login check, throttled per client: `auth=LoginGuard(users).check` for gr.Blocks.launch (with the
+    ClientAddress middleware, which `app.main` installs).
+
+    A client's attempts are answered one at a time, in order. Each wrong password costs FAILURE_DELAY_S before
+    its answer, and each further one within WINDOW_S doubles the wait before that client's next attempt is even
+    checked, up to MAX_DELAY_S (1, 2, 4, ... 60 s: 30 wrong passwords from one address take ~20 minutes).
+    Nothing is locked: another client (the owner at her own address) is checked at once, and the right password
+    from a throttled client works after its wait. There is no per-user lock, so guessing many names, or any
+    number of wrong passwords, cannot lock a user out. Passwords are compared in constant time. A client that
+    is the same address as many users (a NAT, a reverse proxy) shares one backoff."""
 
     FAILURE_DELAY_S = 1.0
-    MAX_FAILURES = 5
-    GLOBAL_MAX_FAILURES = 20
-    WINDOW_S = 60.0
-    LOCKOUT_S = 30.0
-    MAX_LOCKOUT_S = 900.0
+    WINDOW_S = 600.0
+    MAX_DELAY_S = 60.0
+    MAX_CLIENTS = 10_000  # addresses remembered; the oldest are forgotten beyond this
 
-    def __init__(self, users: Sequence[tuple[str, str]], *, clock=None, sleep=None):
+    def __init__(self, users: Sequence[tuple[str, str]], *, clock=None, sleep=None, failure_delay_s: float | None = None,
+                 max_delay_s: float | None = None):
         import asyncio
         import time
 
         self.users = dict(users)
         self._clock = clock or time.monotonic
         self._sleep = sleep or asyncio.sleep
-        self._failures: dict[str | None, list[float]] = {}  # user name (None: all) -> failure times
-        self._locked_until: dict[str | None, float] = {}
-        self._lockouts: dict[str | None, int] = {}
+        self.failure_delay_s = self.FAILURE_DELAY_S if failure_delay_s is None else failure_delay_s
+        self.max_delay_s = self.MAX_DELAY_S if max_delay_s is None else max_delay_s
+        self._failures: dict[str, list[float]] = {}  # client -> times of its recent wrong passwords
+        self._next: dict[str, float] = {}  # client -> when its next attempt is checked
+        self._locks: dict[str, Any] = {}  # client -> asyncio.Lock: its attempts one at a time
 
-    def locked(self, username: str) -> float:
-        """Seconds until `username` may try again (0: now)."""
-        now = self._clock()
-        return max(0.0, self._locked_until.get(username, 0.0) - now, self._locked_until.get(None, 0.0) - now)
+    def wait(self, client: str) -> float:
+        """Seconds before `client`'s next attempt is checked (0: now)."""
+        return max(0.0, self._next.get(client, 0.0) - self._clock())
 
-    async def check(self, username: str, password: str) -> bool:
+    async def check(self, username: str, password: str, client: str | None = None) -> bool:
+        import asyncio
         import hmac
 
-        if self.locked(username) > 0:
-            await self._sleep(self.FAILURE_DELAY_S)
+        client = CLIENT.get() if client is None else client
+        lock = self._locks.setdefault(client, asyncio.Lock())
+        async with lock:
+            if self.wait(client) > 0:
+                await self._sleep(self.wait(client))
+            expected = self.users.get(username)
+            ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
+            if ok:
+                self._failures.pop(client, None)
+                self._next.pop(client, None)
+                return True
+            now = self._clock()
+            recent = [t for t in self._failures.get(client, []) if now - t < self.WINDOW_S] + [now]
+            self._failures[client] = recent
+            self._next[client] = now + min(self.failure_delay_s * 2 ** (len(recent) - 1), self.max_delay_s)
+            self._forget_oldest()
+            await self._sleep(self.failure_delay_s)
             return False
-        expected = self.users.get(username)
-        ok = expected is not None and hmac.compare_digest(password.encode(), expected.encode())
-        if ok:
-            self._failures.pop(username, None)
-            self._lockouts.pop(username, None)
-            return True
-        self._fail(username)
-        self._fail(None)
-        await self._sleep(self.FAILURE_DELAY_S)
-        return False
 
-    def _fail(self, key: str | None) -> None:
-        now = self._clock()
-        recent = [t for t in self._failures.get(key, []) if now - t < self.WINDOW_S] + [now]
-        self._failures[key] = recent
-        limit = self.GLOBAL_MAX_FAILURES if key is None else self.MAX_FAILURES
-        if len(recent) >= limit:
-            n = self._lockouts.get(key, 0)
-            self._lockouts[key] = n + 1
-            self._locked_until[key] = now + min(self.LOCKOUT_S * 2 ** n, self.MAX_LOCKOUT_S)
-            self._failures[key] = []
+    def _forget_oldest(self) -> None:
+        while len(self._failures) > self.MAX_CLIENTS:
+            oldest = min(self._failures, key=lambda c: self._failures[c][-1])
+            for table in (self._failures, self._next, self._locks):
+                table.pop(oldest, None)
 
 
 def check_ssl(certfile: str | os.PathLike | None, keyfile: str | os.PathLike | None) -> None:

@@ -279,3 +279,51 @@ def test_typed_paths_outside_the_roots_and_missing_ones_get_the_same_answer_and_
         assert all("`source`" in s and "not found inside the allowed roots" in s for s in evaluate.values()), evaluate
         assert len({s.replace(repr(t), "PATH") for t, s in evaluate.items()}) == 1, evaluate
         assert [r.id for r in store.list_runs()] == [aligned]  # nothing queued, nothing read
+
+
+# --- 6. the login: throttled per client, never a lock; what answers without a login ------------------------
+
+
+@pytest.mark.slow
+def test_a_launched_app_throttles_a_guessing_client_without_locking_the_owner_out(tmp_path, monkeypatch):
+    """10 names x 3 wrong passwords in parallel from 127.0.0.1 against a launched app with --auth; the owner at
+    127.0.0.2 logs in at once, and the guessing address gets in with the password after its wait."""
+    import concurrent.futures
+    import time
+
+    import httpx
+
+    from app import create_app
+    from app.safety import LoginGuard
+    from core.runs.launcher import free_port
+
+    monkeypatch.setattr(LoginGuard, "FAILURE_DELAY_S", 0.05)  # the same rule on a test's time scale
+    monkeypatch.setattr(LoginGuard, "MAX_DELAY_S", 0.3)
+    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
+    app.ctx.store.create_run("secret-project-name", {"entry": "core.vapi.trainer:run"}, "cpu", 5)
+    _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True, auth=[("ada", "secret")])
+    try:
+        def login(source: str, user: str, password: str) -> int:
+            with httpx.Client(transport=httpx.HTTPTransport(local_address=source), timeout=120) as client:
+                return client.post(url + "login", data={"username": user, "password": password}).status_code
+
+        start = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(10) as pool:
+            codes = list(pool.map(lambda i: login("127.0.0.1", f"name{i % 10}", f"guess{i}"), range(30)))
+        guessing = time.monotonic() - start
+        assert codes == [400] * 30
+        assert guessing >= 0.05 + 0.1 + 0.2 + 0.3 * 27  # one at a time, each waiting its backoff
+        start = time.monotonic()
+        assert login("127.0.0.2", "ada", "secret") == 200 and time.monotonic() - start < 0.5  # the owner: at once
+        assert login("127.0.0.1", "ada", "secret") == 200  # the guessing address too, after its wait: no lock
+
+        anonymous = httpx.Client(timeout=30)
+        for route in ("config", "gradio_api/info", "gradio_api/queue/status", "monitoring"):
+            assert anonymous.get(url + route).status_code == 401, route
+        for route in ("openapi.json", "docs", "redoc"):
+            assert anonymous.get(url + route).status_code == 404, route
+        assert set(anonymous.get(url + "gradio_api/app_id").json()) == {"app_id"}
+        page = anonymous.get(url).text
+        assert "secret-project-name" not in page and "data_roots" not in page
+    finally:
+        app.close(verbose=False)
