@@ -114,7 +114,7 @@ def job_results(store: RunStore, run: Run) -> Optional[str]:
     if kind == EVAL_KIND:
         spread = results.get("spread") or {k: {"mean": v, "std": 0.0, "values": [v]}
                                           for k, v in results.get("metrics", {}).items()}
-        lines.append(f"{results.get('model')} · {results.get('checkpoint')} · mean ± std over "
+        lines.append(f"{as_text(results.get('model'))} · {as_text(results.get('checkpoint'))} · mean ± std over "
                      f"{len(next(iter(spread.values()), {}).get('values', [])) if spread else 0} seeds")
         lines += [f"- {name}: {v['mean']:.4g} ± {v['std']:.2g}" for name, v in spread.items()]
     else:
