@@ -327,3 +327,20 @@ def test_a_launched_app_throttles_a_guessing_client_without_locking_the_owner_ou
         assert "secret-project-name" not in page and "data_roots" not in page
     finally:
         app.close(verbose=False)
+
+
+def test_a_fifo_as_the_data_folder_or_the_prompt_file_is_named(tmp_path):
+    import os
+
+    from core.data.build import build_dataset
+    from core.errors import ConfigError, DataError
+    from core.eval.configs import read_prompts
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    done, result = _finishes(lambda: build_dataset("imagefolder", fifo, 16), unblock=fifo)
+    assert done and isinstance(result, (ConfigError, DataError)), result
+    assert f"{fifo} is a FIFO (named pipe), not a folder" in str(result)
+    done, result = _finishes(lambda: read_prompts(fifo), unblock=fifo)
+    assert done and isinstance(result, DataError), result
+    assert str(result) == f"{fifo} is a FIFO (named pipe), not a prompt file; pass a regular .txt or .jsonl file"

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.data.files import list_files
+from core.data.files import list_files, not_regular
 from core.data.sizes import check_num_classes, subset_size  # noqa: F401  (re-exported: callers import them from here)
 from core.data.transforms import UNREADABLE_IMAGE_ERRORS, load_rgb, preprocess
 from core.errors import ConfigError, DataError
@@ -170,7 +170,7 @@ def check_folder(root: str | Path) -> Path:
     if not path.exists():
         raise DataError(f"data folder {path} does not exist; set data_path to an existing folder")
     if not path.is_dir():
-        raise DataError(f"data folder {path} is a file, not a folder; "
+        raise DataError(f"data folder {path} {not_regular(path) or 'is a file'}, not a folder; "
                         f"set data_path to the folder that holds the images")
     return path
 

@@ -26,10 +26,15 @@ DEFAULT_CLIP_TEMPLATE = "a photo of a {}"
 
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a file: ``.txt`` one per line, or ``.jsonl`` objects with "prompt", "caption" or "text"."""
+    from core.data.files import not_regular, open_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: prompt file not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    why = not_regular(path)
+    if why is not None:
+        raise DataError(f"{path}: prompt file not found" if why == "does not exist" else
+                        f"{path} {why}, not a prompt file; pass a regular .txt or .jsonl file")
+    with open_regular(path) as f:
+        lines = [line.strip() for line in f.read().decode("utf-8").splitlines()]
     if path.suffix == ".jsonl":
         prompts = []
         for lineno, line in enumerate(lines, start=1):
