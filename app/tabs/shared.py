@@ -69,7 +69,7 @@ def extractor_path_of(app, extractor: str, text: Optional[str], field: str = "ex
         return None
     roots = extractor_roots(app)
     hub = extractor in HUB_MODELS
-    if hub and HUB_ID.fullmatch(raw) and not any((root / raw).exists() for root in roots):
+    if hub and HUB_ID.fullmatch(raw) and ".." not in Path(raw).parts and not any((root / raw).exists() for root in roots):
         return raw  # a hub id: looked up in the Hugging Face cache
     return str(confine(raw, roots, field, kind="dir" if hub else "file"))
 
