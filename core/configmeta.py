@@ -25,8 +25,9 @@ MAX_JOB_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is
 
 def setting(default: Any = MISSING, *, help: str, group: str = "", choices: Iterable = (),
             default_factory: Any = MISSING, minimum: Any = None, maximum: Any = None, why: str = "") -> Any:
-    """A dataclass field carrying its help text, form group, allowed values (empty: any value) and numeric
-    bounds (None: unbounded on that side) with the reason for them (`why`), which `from_dict` checks."""
+    """A dataclass field carrying its help text, form group, allowed values (empty: any value) and bounds (None:
+    unbounded on that side) with the reason for them (`why`), which `from_dict` checks: a number's value, or a
+    list field's length (`maximum` items)."""
     metadata = {"help": help, "group": group, "choices": tuple(choices), "minimum": minimum, "maximum": maximum,
                 "why": why}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
@@ -102,10 +103,14 @@ def _shown(value: Any) -> str:
 
 
 def check_bounds(cls: type, d: Mapping[str, Any]) -> None:
-    """Every number in `d` within its field's bounds (ConfigError naming the field, the bound and why). A value
-    that is not a finite number is left to the config's own type check, which names it as such."""
+    """Every number in `d` within its field's bounds, and every list field within its maximum length (ConfigError
+    naming the field, the bound and why). A value that is not a finite number or a list is left to the config's
+    own type check, which names it as such."""
     for spec in specs(cls):
         value = d.get(spec.name)
+        if spec.type is list and isinstance(value, list) and spec.maximum is not None and len(value) > spec.maximum:
+            raise ConfigError(spec.name, f"{len(value):,} items, above the maximum {_shown(spec.maximum)}"
+                                         f"{f' ({spec.why})' if spec.why else ''}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
             continue
         reason = f" ({spec.why})" if spec.why else ""
@@ -185,6 +190,6 @@ def describe(cls: type, skip: Iterable[str] = ()) -> str:
             lines.append(f"{group or 'other'}:")
         choices = f" (one of {', '.join(spec.choices)})" if spec.choices else ""
         if spec.maximum is not None:
-            choices += f" (at most {_shown(spec.maximum)})"
+            choices += f" (at most {_shown(spec.maximum)}{' items' if spec.type is list else ''})"
         lines.append(f"  {spec.name} = {json.dumps(spec.default)}: {spec.help}{choices}")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ def no_run_folder(runs: Path) -> bool:
     ("seed=-1", "seed: -1 is below the minimum 0"),
     ("policy_skip_tokens=100000", "policy_skip_tokens: 100,000 is above the maximum"),
     ("policy_skip_tokens=1000", "policy_skip_tokens: 1000 leaves none of demo-c2i's"),
+    ("preview_seeds=[" + ",".join(map(str, range(100))) + "]", "preview_seeds: 100 items, above the maximum 64"),
 ])
 def test_sizes_beyond_the_fields_bounds_are_one_line_errors_before_a_run_folder(tiny_demo, tmp_path, capsys,
                                                                                 override, message):

@@ -108,9 +108,12 @@ class VapiConfig:
                                       maximum=MAX_JOB_STEPS, why="at most the run's steps")
     preview_steps: int = setting(25, group="checkpoints", help="sample grid every K steps (step 0 = the base model)",
                                       maximum=MAX_JOB_STEPS, why="at most the run's steps")
-    preview_classes: Optional[list] = setting(None, group="checkpoints", help="class ids for the grids (default: spread over the classes)")
-    preview_prompts: Optional[list] = setting(None, group="checkpoints", help="prompts for text-conditional models")
-    preview_seeds: list = setting(default_factory=lambda: [0, 1, 2, 3], group="checkpoints", help="one grid column per seed, the same at every step")
+    preview_classes: Optional[list] = setting(None, group="checkpoints", help="class ids for the grids (default: spread over the classes)",
+                                              maximum=1000, why="one grid row per class at every preview")
+    preview_prompts: Optional[list] = setting(None, group="checkpoints", help="prompts for text-conditional models",
+                                              maximum=256, why="one grid row per prompt at every preview")
+    preview_seeds: list = setting(default_factory=lambda: [0, 1, 2, 3], group="checkpoints", help="one grid column per seed, the same at every step",
+                                  maximum=64, why="one grid column per seed at every preview")
     preview_cfg_scale: float = setting(1.0, group="checkpoints", help="the paper trains and reports \"w/o CFG\" first")
     kl_probe_size: int = setting(4, group="checkpoints", help="images whose base logits are kept to report KL(pi || pi_base)",
                                  maximum=MAX_BATCH, why="each image keeps its [N, V] logits in memory")
