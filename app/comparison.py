@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from app.safety import confine_weights
 from core import imaging
 from core.checkpoints import ref_text, resolve_weights
 from core.errors import ConfigError, MissingWeightsError, UserError
@@ -106,6 +107,7 @@ def parse_source(value: str | None, store: RunStore, field: str) -> Source:
         except ConfigError as e:
             raise ConfigError(field, str(e)) from None
         return Source(text, f"preset {name}", name, None, None)
+    text = confine_weights(text, store.runs_dir, [store.runs_dir], field)  # before any other file access
     weights = resolve_weights(text, store.runs_dir, field=field, tokenizer_ok=True)
     if weights.run_id is None or not Path(weights.path).is_relative_to(store.runs_dir.resolve()):
         raise ConfigError(field, f"{text!r}: pick a preset or a run checkpoint from the list")

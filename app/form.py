@@ -377,7 +377,36 @@ def confine_paths(plan: LaunchPlan, data_roots: Sequence[Path], weight_roots: Se
     return LaunchPlan(plan.preset, plan.name, plan.devices, overrides, C.resolve(plan.preset, overrides))
 
 
-def preflight(plan: LaunchPlan) -> None:
+PREFLIGHT_TIMEOUT_S = 120.0  # the launch handler runs one at a time: a check that takes longer gives up waiting
+
+
+def preflight(plan: LaunchPlan, timeout_s: float | None = None) -> None:
+    """`checked_inputs` in a thread, waited on at most `timeout_s` (PREFLIGHT_TIMEOUT_S): a read that hangs
+    (a stalled network mount) answers with an error instead of holding the one-at-a-time launch handler. The
+    thread holds no lock and no device; it ends when its read does."""
+    import threading
+
+    box: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            checked_inputs(plan)
+            box.append(None)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the handler's thread
+            box.append(e)
+
+    thread = threading.Thread(target=run, name="launch-preflight", daemon=True)
+    thread.start()
+    limit = PREFLIGHT_TIMEOUT_S if timeout_s is None else timeout_s
+    thread.join(limit)
+    if not box:
+        raise ConfigError("data_path", f"checking the inputs took over {limit:g} s (a data folder on a stalled "
+                                        "network mount?); nothing was launched. Point data_path at a local folder")
+    if box[0] is not None:
+        raise box[0]
+
+
+def checked_inputs(plan: LaunchPlan) -> None:
     """The trainer's input checks (model files, LPIPS weights, data folder) with each error tied to a
     form field: ConfigError keeps its field, a data problem is data_path, a missing LPIPS backbone is
     its reward weight, other missing weights are the model's."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from app import safety
 from app.context import AppContext
@@ -21,6 +22,10 @@ from core import paths
 TABS = (launch, runs, compare, evaluate, embeddings)  # one module per tab; see app/tabs/__init__.py
 CSS_PATH = Path(__file__).with_name("style.css")
 MAX_FILE_SIZE = "10mb"
+# What answers without a login (with --auth): the login page and its static files, /gradio_api/app_id (a random
+# number per launch, which keys nothing this app uses) and /gradio_api/startup-events. Every route with the
+# app's config, runs, files or queue answers 401 (gradio's own check). FastAPI's schema and docs pages are off.
+UNAUTHENTICATED_ROUTES_OFF = {"openapi_url": None, "docs_url": None, "redoc_url": None}
 TITLE = "VA-π Workbench"
 
 
@@ -55,6 +60,8 @@ class WorkbenchApp(gr.Blocks):
         kwargs.setdefault("enable_monitoring", False)
         kwargs.setdefault("mcp_server", False)
         kwargs.setdefault("css_paths", [CSS_PATH])
+        kwargs["app_kwargs"] = {**UNAUTHENTICATED_ROUTES_OFF, **(kwargs.get("app_kwargs") or {}),
+                                "middleware": [Middleware(safety.ClientAddress)]}  # the login throttle's client
         self.ctx.start()
         try:
             return super().launch(**kwargs)

@@ -5,6 +5,8 @@ store; the store's `Run.kind` tells them apart. For a job, "step" counts samples
 """
 from __future__ import annotations
 
+import html
+import re
 import time
 from typing import Optional
 
@@ -65,9 +67,21 @@ def table_row(store: RunStore, run: Run, kind: str = TRAIN_KIND) -> list:
             eta_text, "—" if reward is None else f"{reward:.4g}", run.devices, created]
 
 
+_MARKUP = re.compile(r"[\\`*\[]|(?<!\w)_|_(?!\w)|^[#>+=-]", re.M)  # what starts code, emphasis, a link or a block
+
+
+def as_text(value: object) -> str:
+    """Text from a user or a file (a run name, a prompt, a path, an error message quoting either), for a Markdown
+    output: shown as written, never as Markdown or HTML (`<img src=...>` stays those characters, no element; no
+    emphasis, link or autolink). Only what would start markup is escaped, so the Markdown source still reads as
+    the text (what gradio_client returns)."""
+    text = _MARKUP.sub(lambda m: "\\" + m.group(0), str(value)).replace("&", "&amp;").replace("<", "&lt;")
+    return text.replace("://", ":\\/\\/").replace("www.", "www\\.")
+
+
 def header(run: Run, eta: Optional[float]) -> str:
     """Markdown summary of one run: status, progress, ETA, and the status message."""
-    parts = [f"### `{run.id}` — {run.name}",
+    parts = [f"### `{run.id}` — {as_text(run.name)}",
              f"**{run.status}** · step {run.step}/{run.total_steps}"
              + (f" · ETA {duration(eta)}" if run.status == RUNNING and eta is not None else "")
              + f" · devices `{run.devices}`"]
@@ -75,7 +89,7 @@ def header(run: Run, eta: Optional[float]) -> str:
         parts[-1] += f" · {'ran' if run.ended_at or not run.started_at else 'running for'} {duration(run.ran_seconds)}"
     if run.message:
         lines = run.message.splitlines()
-        shown = "\n".join(f"> {line}" for line in lines[:3])
+        shown = "\n".join(f"> {as_text(line)}" for line in lines[:3])
         parts.append(shown + ("\n> …(full message in the log section)" if len(lines) > 3 else ""))
     return "\n\n".join(parts)
 
@@ -100,7 +114,7 @@ def job_results(store: RunStore, run: Run) -> Optional[str]:
     if kind == EVAL_KIND:
         spread = results.get("spread") or {k: {"mean": v, "std": 0.0, "values": [v]}
                                           for k, v in results.get("metrics", {}).items()}
-        lines.append(f"{results.get('model')} · {results.get('checkpoint')} · mean ± std over "
+        lines.append(f"{as_text(results.get('model'))} · {as_text(results.get('checkpoint'))} · mean ± std over "
                      f"{len(next(iter(spread.values()), {}).get('values', [])) if spread else 0} seeds")
         lines += [f"- {name}: {v['mean']:.4g} ± {v['std']:.2g}" for name, v in spread.items()]
     else:

@@ -20,10 +20,16 @@ from typing import Any, Optional
 from core.errors import ConfigError
 
 
+MAX_JOB_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12), not a job
+
+
 def setting(default: Any = MISSING, *, help: str, group: str = "", choices: Iterable = (),
-            default_factory: Any = MISSING) -> Any:
-    """A dataclass field carrying its help text, form group and allowed values (empty: any value)."""
-    metadata = {"help": help, "group": group, "choices": tuple(choices)}
+            default_factory: Any = MISSING, minimum: Any = None, maximum: Any = None, why: str = "") -> Any:
+    """A dataclass field carrying its help text, form group, allowed values (empty: any value) and bounds (None:
+    unbounded on that side) with the reason for them (`why`), which `from_dict` checks: a number's value, or a
+    list field's length (`maximum` items)."""
+    metadata = {"help": help, "group": group, "choices": tuple(choices), "minimum": minimum, "maximum": maximum,
+                "why": why}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -39,6 +45,9 @@ class FieldSpec:
     help: str
     group: str
     choices: tuple
+    minimum: Any = None  # a number's bounds (None: none on that side), checked by `from_dict` ...
+    maximum: Any = None
+    why: str = ""  # ... and the reason for them, which the error repeats
 
     @property
     def flag(self) -> str:
@@ -68,7 +77,8 @@ def specs(cls: type) -> list[FieldSpec]:
     for f in dataclasses.fields(cls):
         kind, item, optional = _unwrap(hints[f.name])
         out.append(FieldSpec(f.name, kind, item, optional, _default_of(f), f.metadata.get("help", ""),
-                             f.metadata.get("group", ""), tuple(f.metadata.get("choices", ()))))
+                             f.metadata.get("group", ""), tuple(f.metadata.get("choices", ())),
+                             f.metadata.get("minimum"), f.metadata.get("maximum"), f.metadata.get("why", "")))
     return out
 
 
@@ -85,15 +95,43 @@ def defaults(cls: type) -> dict[str, Any]:
     return {s.name: s.default for s in specs(cls)}
 
 
+def _shown(value: Any) -> str:
+    """A number as an error shows it: 2000000 -> "2,000,000", 1e20 -> "1e+20"."""
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:g}" if isinstance(value, (int, float)) else repr(value)
+
+
+def check_bounds(cls: type, d: Mapping[str, Any]) -> None:
+    """Every number in `d` within its field's bounds, and every list field within its maximum length (ConfigError
+    naming the field, the bound and why). A value that is not a finite number or a list is left to the config's
+    own type check, which names it as such."""
+    for spec in specs(cls):
+        value = d.get(spec.name)
+        if spec.type is list and isinstance(value, list) and spec.maximum is not None and len(value) > spec.maximum:
+            raise ConfigError(spec.name, f"{len(value):,} items, above the maximum {_shown(spec.maximum)}"
+                                         f"{f' ({spec.why})' if spec.why else ''}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
+            continue
+        reason = f" ({spec.why})" if spec.why else ""
+        if spec.minimum is not None and value < spec.minimum:
+            raise ConfigError(spec.name, f"{_shown(value)} is below the minimum {_shown(spec.minimum)}{reason}")
+        if spec.maximum is not None and value > spec.maximum:
+            raise ConfigError(spec.name, f"{_shown(value)} is above the maximum {_shown(spec.maximum)}{reason}")
+
+
 def from_dict(cls: type, d: Mapping[str, Any], what: str, ignore: Iterable[str] = ()) -> Any:
-    """cls(**d), after checking that every key is a field: an unknown key is a ConfigError naming it and
-    listing the fields. Keys in `ignore` (a run's "entry", a retired field) are dropped first."""
+    """cls(**d), after checking that every key is a field (an unknown key is a ConfigError naming it and
+    listing the fields) and every number within its field's bounds (`check_bounds`), before the config's own
+    checks and before any caller allocates or creates anything from it. Keys in `ignore` (a run's "entry", a
+    retired field) are dropped first."""
     skip = set(ignore)
     d = {k: v for k, v in d.items() if k not in skip}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(unknown[0], f"not a field of {what}; the fields are {', '.join(sorted(known))}")
+    check_bounds(cls, d)
     return cls(**d)
 
 
@@ -151,5 +189,7 @@ def describe(cls: type, skip: Iterable[str] = ()) -> str:
             group = spec.group
             lines.append(f"{group or 'other'}:")
         choices = f" (one of {', '.join(spec.choices)})" if spec.choices else ""
+        if spec.maximum is not None:
+            choices += f" (at most {_shown(spec.maximum)}{' items' if spec.type is list else ''})"
         lines.append(f"  {spec.name} = {json.dumps(spec.default)}: {spec.help}{choices}")
     return "\n".join(lines)

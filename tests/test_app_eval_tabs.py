@@ -238,15 +238,15 @@ def test_bad_inputs_are_rejected_with_the_input_named_and_no_job(served):
     outside = bad_paths(served.tmp, served.data_root)
     source = f"{aligned}@{STEP}"
     eval_cases = [
-        (dict(reference_kind="folder", reference=str(outside)), "reference", "outside the allowed roots"),
+        (dict(reference_kind="folder", reference=str(outside)), "reference", "not found inside the allowed roots"),
         (dict(reference_kind="folder", reference="../elsewhere"), "reference", "'..' is not allowed"),
-        (dict(reference_kind="folder", reference="escape"), "reference", "outside the allowed roots"),
+        (dict(reference_kind="folder", reference="escape"), "reference", "not found inside the allowed roots"),
         (dict(reference_kind="npz", reference="folder"), "reference", "is not a file"),
         (dict(classes=["no such class"]), "classes", "no class named"),
         (dict(extractor="inception"), "extractor", "Inception-v3 FID weights"),
         (dict(extractor="dinov2", metrics=["fid"]), "extractor", "hf download facebook/dinov2-base"),
         (dict(metrics=["clip"]), "clip_model", "not in the Hugging Face cache"),
-        (dict(extractor_path=str(outside / "w.pt")), "extractor_path", "outside the allowed roots"),
+        (dict(extractor_path=str(outside / "w.pt")), "extractor_path", "not found inside the allowed roots"),
         (dict(metrics=["isc"], extractor="clip"), "metrics", "needs class logits"),
         (dict(metrics=[]), "metrics", "at least one"),
         (dict(num_samples=0), "num_samples", ">= 1"),
@@ -255,7 +255,7 @@ def test_bad_inputs_are_rejected_with_the_input_named_and_no_job(served):
         (dict(top_p=1.5), "top_p", "(0, 1]"),
         (dict(image_size=4), "image_size", ">= 8"),
         (dict(devices=[]), "devices", "pick cpu"),
-        (dict(source="nope@3"), "source", "does not exist"),
+        (dict(source="nope@3"), "source", "not found inside the allowed roots"),
         (dict(source=f"{aligned}@9"), "source", "no checkpoint at step 9"),
         (dict(source="preset:llamagen-c2i-b-256", with_base=False), "source", "c2i_B_256.pt"),
     ]
@@ -277,7 +277,7 @@ def test_bad_inputs_are_rejected_with_the_input_named_and_no_job(served):
         (dict(classes=["circle", 0]), "classes", "more than once"),
         (dict(extractor="inception"), "extractor", "Inception-v3 FID weights"),
         (dict(extractor="clip"), "extractor", "hf download openai/clip-vit-large-patch14"),
-        (dict(real=str(outside)), "real", "outside the allowed roots"),
+        (dict(real=str(outside)), "real", "not found inside the allowed roots"),
         (dict(real="../elsewhere"), "real", "'..' is not allowed"),
         (dict(real="shapes:test"), "real", "unknown shapes split"),
         (dict(run="nope"), "run", "does not exist"),

@@ -448,7 +448,7 @@ def test_resume_refuses_broken_run_files_with_one_line_and_leaves_the_run_as_it_
 # --- 8. an exposed server ------------------------------------------------------------------------------
 
 
-def test_login_is_rate_limited_with_a_lockout():
+def test_login_is_throttled_per_client_and_never_locks_the_owner_out():
     import asyncio
 
     from app.safety import LoginGuard
@@ -458,16 +458,19 @@ def test_login_is_rate_limited_with_a_lockout():
 
     async def sleep(s):
         slept.append(s)
+        now[0] += s
 
     guard = LoginGuard([("ada", "secret")], clock=lambda: now[0], sleep=sleep)
 
     async def scenario():
-        assert await guard.check("ada", "secret")
-        results = [await guard.check("ada", f"guess{i}") for i in range(100)]
-        assert not any(results) and sum(slept) >= 100 * LoginGuard.FAILURE_DELAY_S  # 100 wrong passwords: >= 100 s
-        assert not await guard.check("ada", "secret") and guard.locked("ada") > 0  # locked out, even with the password
-        now[0] += LoginGuard.MAX_LOCKOUT_S + 1
-        assert await guard.check("ada", "secret")
+        assert await guard.check("ada", "secret", client="owner")
+        results = [await guard.check(f"name{i % 10}", f"guess{i}", client="attacker") for i in range(30)]
+        assert not any(results)
+        assert now[0] >= 20 * LoginGuard.MAX_DELAY_S  # 30 wrong passwords from one address: backoff to a minute each
+        start = now[0]
+        assert await guard.check("ada", "secret", client="owner") and now[0] == start  # another client: at once
+        assert guard.wait("attacker") > 0 and await guard.check("ada", "secret", client="attacker")  # after its wait
+        assert now[0] - start <= LoginGuard.MAX_DELAY_S
 
     asyncio.run(scenario())
 

@@ -18,6 +18,7 @@ import gradio as gr
 
 from app import comparison, form
 from app.tabs import BuildContext
+from app.views import as_text
 from core.errors import ConfigError, UserError
 
 TAB_ID = "compare"
@@ -125,7 +126,7 @@ def status_text(result) -> str:
     view = result.view
     rows = view.rows
     same = sum(p.identical for p in result.pairs)
-    lines = [f"✓ **{view.title}** — {len(rows)} rows, **{result.base.label}** vs **{result.aligned.label}**, "
+    lines = [f"✓ **{view.title}** — {len(rows)} rows, **{as_text(result.base.label)}** vs **{as_text(result.aligned.label)}**, "
              f"{same} identical."]
     changed = _mean(r.scores["changed_tokens"] for r in rows)
     firsts = [r.scores["first_difference"] for r in rows if r.scores["first_difference"] is not None]
@@ -281,9 +282,9 @@ def build(ctx: BuildContext) -> None:
                                         class_samples=class_samples)
         except ConfigError as e:
             message = str(e)[len(e.field) + 2:]
-            return f"✗ `{e.field}`: {message}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"✗ `{e.field}`: {as_text(message)}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         except UserError as e:
-            return f"✗ {e}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return f"✗ {as_text(e)}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         return (status_text(result), gallery_items(result),
                 [[p.caption, str(p.base), str(p.aligned)] for p in result.pairs], str(result.zip_path),
                 gr.update(value=class_rows(result.per_class), visible=bool(result.per_class)),

@@ -53,14 +53,17 @@ def parse_list(field: str, raw: Any, whole: bool) -> list:
     return [parse_number(field, p, whole=whole) for p in parts]
 
 
-def plan(values: dict):
-    """The form's values -> a checked DiagnoseConfig (a ConfigError names the input)."""
+def plan(values: dict, app):
+    """The form's values -> a checked DiagnoseConfig (a ConfigError names the input); the checkpoint confined
+    to the app's weight roots before any file is looked at."""
+    from app.safety import confine_weights
     from core.eval.diagnostics import DiagnoseConfig
 
     fields = {k: parse_number(k, values.get(k), whole=True, minimum=2) for k in NUMBER_KEYS}
     fields["seeds"] = parse_list("seeds", values.get("seeds"), whole=True)
     fields["cfg_scales"] = parse_list("cfg_scales", values.get("cfg_scales"), whole=False)
-    return DiagnoseConfig(checkpoint=str(values.get("checkpoint") or "").strip(), **fields)
+    checkpoint = confine_weights(values.get("checkpoint"), app.runs_dir, app.weight_roots, "checkpoint")
+    return DiagnoseConfig(checkpoint=checkpoint, **fields)
 
 
 def run_choices(store) -> list[tuple[str, str]]:
@@ -174,7 +177,7 @@ def build_section(ctx) -> None:
 
         values = dict(zip(keys, args))
         try:
-            cfg = plan(values)
+            cfg = plan(values, app)
             with app.launcher_lock:
                 run = submit_diagnose(app.launcher, cfg, "cpu")
         except UserError as e:

@@ -310,7 +310,7 @@ def job_text(store, run_id: str) -> tuple[str, Optional[str]]:
         return f"✓ `{run.id}` **finished** — figures and numbers below.", run.status
     if run.status in (FAILED, STOPPED):
         why = run.message.splitlines()[0] if run.message else ""
-        return (f"✗ `{run.id}` **{run.status}** at {run.step}/{run.total_steps} samples" + (f" — {why}" if why else "")
+        return (f"✗ `{run.id}` **{run.status}** at {run.step}/{run.total_steps} samples" + (f" — {views.as_text(why)}" if why else "")
                 + " (log in the Runs tab; resume it there)"), run.status
     if run.status == QUEUED:
         return f"`{run.id}` **queued**: waits for `{run.devices}`.", run.status

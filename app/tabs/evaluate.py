@@ -352,7 +352,7 @@ def progress_text(store, run_ids: Sequence[str]) -> str:
         elif run.status in (FAILED, STOPPED):
             why = run.message.splitlines()[0] if run.message else ""
             lines.append(f"- `{run.id}` ✗ **{run.status}** at {run.step}/{run.total_steps} samples"
-                         + (f" — {why}" if why else "") + " (log in the Runs tab; resume it there)")
+                         + (f" — {views.as_text(why)}" if why else "") + " (log in the Runs tab; resume it there)")
         else:
             lines.append(f"- `{run.id}` **{run.status}** {progress_bar(run.step, run.total_steps)}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import gradio as gr
 
 from app import form
 from app.tabs import BuildContext
-from app.views import run_choices
+from app.views import as_text, run_choices
 from core.device import parse_devices
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.runs.store import ACTIVE
@@ -163,7 +163,7 @@ def check(ctx, values: dict[str, Any], *, full: bool) -> form.LaunchPlan:
 
 def _error_text(error: ConfigError, what: str) -> str:
     message = str(error)[len(error.field) + 2:]
-    return f"✗ **{what}** — `{error.field}`: {message}"
+    return f"✗ **{what}** — `{error.field}`: {as_text(message)}"
 
 
 # ----------------------------------------------------------------------------- the tab
@@ -368,7 +368,7 @@ def build(ctx: BuildContext) -> None:
                         gr.skip(), gr.skip())
             except UserError as e:  # e.g. the runs dir refused the run
                 updates, opened, _ = _error_outputs(prev, None, app, values)
-                return (*updates, *opened, f"✗ **Not launched** — {e}", gr.skip(), None, gr.skip(), gr.skip())
+                return (*updates, *opened, f"✗ **Not launched** — {as_text(e)}", gr.skip(), None, gr.skip(), gr.skip())
             updates, opened, _ = _error_outputs(prev, None, app, values)
             where = "running" if run.status == "running" else f"{run.status} (waits for {run.devices})"
             message = f"✓ **Launched** run `{run.id}` — {where}. Follow it in the Runs tab."

@@ -11,6 +11,7 @@ last step it has (`RunStore.read_metrics(run_id, after_step=last)`) and sends on
 """
 from __future__ import annotations
 
+import html
 from typing import Any, Optional
 
 import gradio as gr
@@ -66,7 +67,8 @@ def overlay(store, run_ids: list[str], x_axis: str, log_y: bool, smoothing: floa
             continue
         s = plots.new_series()
         plots.add_points(s, store.read_metrics(run_id))
-        series[run.id if run.name in run.id else f"{run.id} · {run.name}"] = s
+        label = run.id if run.name in run.id else f"{run.id} · {run.name}"
+        series[html.escape(label)] = s  # plotly draws tags in trace names (<a href>, <b>): the name as text
     return plots.overlay_figure(series, x_axis, log_y, smoothing)
 
 
@@ -302,7 +304,7 @@ def build(ctx: BuildContext) -> None:
         r, problem = on_run(run_id, app.launcher.resume)
         if problem:
             return problem
-        return f"`{run_id}` is {r.status}: {r.message}"
+        return f"`{run_id}` is {r.status}: {views.as_text(r.message)}"
 
     def ask_delete(run_id):
         if not run_id:

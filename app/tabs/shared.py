@@ -14,6 +14,7 @@ import gradio as gr
 
 from app import form
 from app.safety import confine
+from app.views import as_text
 from core import paths
 from core.errors import CheckpointError, ConfigError, MissingWeightsError, UserError
 
@@ -68,7 +69,7 @@ def extractor_path_of(app, extractor: str, text: Optional[str], field: str = "ex
         return None
     roots = extractor_roots(app)
     hub = extractor in HUB_MODELS
-    if hub and HUB_ID.fullmatch(raw) and not any((root / raw).exists() for root in roots):
+    if hub and HUB_ID.fullmatch(raw) and ".." not in Path(raw).parts and not any((root / raw).exists() for root in roots):
         return raw  # a hub id: looked up in the Hugging Face cache
     return str(confine(raw, roots, field, kind="dir" if hub else "file"))
 
@@ -146,8 +147,8 @@ def error_target(error: ConfigError, keys: Sequence[str], aliases: dict[str, str
 
 def error_text(error: UserError, target: Optional[str], what: str = "Not launched") -> str:
     if isinstance(error, ConfigError):
-        return f"✗ **{what}** — `{target or error.field}`: {message(error)}"
-    return f"✗ **{what}** — {error}"
+        return f"✗ **{what}** — `{target or error.field}`: {as_text(message(error))}"
+    return f"✗ **{what}** — {as_text(error)}"
 
 
 def field_updates(keys: Sequence[str], infos: dict[str, str], target: Optional[str], message: str,

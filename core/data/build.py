@@ -7,12 +7,15 @@ class ids, or None for captioned data. Errors name the VapiConfig field behind t
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 from torch.utils.data import Dataset
 
 from core.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 KINDS = ("imagefolder", "captions", "shapes")
 # VapiConfig field behind each argument of build_dataset (for error messages).
@@ -105,6 +108,9 @@ def check_readable(dataset: Dataset, where: Optional[str | Path]) -> None:
     if found["bad"] and len(found["bad"]) == found["checked"]:
         raise DataError(f"{where}: none of the {found['checked']} images checked can be read as an image "
                         f"(e.g. {found['bad'][0]}); point data_path at a folder of JPEG/PNG images")
+    if found["bad"]:  # below the dataset's threshold: the run replaces them; say so once
+        log.warning("%s: %d of %d images checked are unreadable and will be replaced by others (e.g. %s)",
+                    where, len(found["bad"]), found["checked"], found["bad"][0])
 
 
 def build_dataset(kind: str, path: Optional[str | Path], image_size: int, subset: Optional[float] = None,

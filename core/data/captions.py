@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
+from core.data.files import not_regular, open_regular
 from core.data.imagefolder import (
     BadFileRecord, ImageFileDataset, StringTable, check_folder, check_fraction, check_image_size, check_seed,
     stable_key, subset_size,
@@ -38,13 +39,18 @@ _FORMAT = '{"image": "relative/path.jpg", "caption": "..."}'
 def _find_captions_file(root: Path, captions_file: Optional[str | Path]) -> Path:
     if captions_file is not None:
         path = root / Path(captions_file).expanduser()  # an absolute captions_file stays absolute
-        if not path.is_file():
-            raise DataError(f"captions file {path} does not exist; set captions_file to a JSONL file with one "
+        why = not_regular(path)
+        if why is not None:
+            raise DataError(f"captions file {path} {why}; set captions_file to a regular JSONL file with one "
                             f"{_FORMAT} per line")
         return path
     for name in DEFAULT_CAPTION_FILES:
-        if (root / name).is_file():
+        why = not_regular(root / name)
+        if why is None:
             return root / name
+        if why != "does not exist":  # there, but a FIFO, a folder, a loop: reading it would hang or fail
+            raise DataError(f"captions file {root / name} {why}; replace it with a regular JSONL file with one "
+                            f"{_FORMAT} per line")
     raise DataError(f"no captions file in {root}: expected {' or '.join(DEFAULT_CAPTION_FILES)} with one {_FORMAT} "
                     f"per line (paths relative to that file's folder), or set captions_file")
 
@@ -63,7 +69,7 @@ def read_captions(path: Path) -> list[tuple[int, str, str]]:
     caption (empty captions are all listed at once, with their count)."""
     entries: list[tuple[int, str, str]] = []
     empty: list[int] = []
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for line_no, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").strip()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from core.data.files import list_files, not_regular
 from core.data.sizes import check_num_classes, subset_size  # noqa: F401  (re-exported: callers import them from here)
 from core.data.transforms import UNREADABLE_IMAGE_ERRORS, load_rgb, preprocess
 from core.errors import ConfigError, DataError
@@ -116,7 +117,8 @@ class BadFileRecord:
             self.seen += 1
             self.status[i] = 1
 
-    def mark_bad(self, i: int, path: Path, error: BaseException) -> None:
+    def mark_bad(self, i: int, path: Path, error: BaseException, *, quiet: bool = False) -> None:
+        """Record file i as unreadable; log it unless `quiet` (a check whose error will list the files)."""
         if self.status[i] == 2:
             return
         if self.status[i] == 0:
@@ -124,7 +126,8 @@ class BadFileRecord:
         self.status[i] = 2
         reason = f"{type(error).__name__}: {error}"
         self.bad.append((str(path), reason))
-        log.warning("unreadable image skipped (%d so far): %s (%s)", len(self.bad), path, reason)
+        if not quiet:
+            log.warning("unreadable image skipped (%d so far): %s (%s)", len(self.bad), path, reason)
         self.check()
 
     def too_many(self) -> bool:
@@ -167,7 +170,7 @@ def check_folder(root: str | Path) -> Path:
     if not path.exists():
         raise DataError(f"data folder {path} does not exist; set data_path to an existing folder")
     if not path.is_dir():
-        raise DataError(f"data folder {path} is a file, not a folder; "
+        raise DataError(f"data folder {path} {not_regular(path) or 'is a file'}, not a folder; "
                         f"set data_path to the folder that holds the images")
     return path
 
@@ -248,29 +251,23 @@ class ImageFileDataset(Dataset, abc.ABC):
                 load_rgb(path)
             except UNREADABLE_IMAGE_ERRORS as e:
                 found.append(path)
-                self._bad.mark_bad(j, path, e)  # raises once the threshold is passed
+                self._bad.mark_bad(j, path, e, quiet=True)  # raises once the threshold is passed, listing them
                 continue
             self._bad.mark_ok(j)
         return {"checked": len(picks), "bad": found}
 
 
 # ----------------------------------------------------------------------------- ImageNet layout
-def _walk_images(folder: Path, root: Path) -> list[str]:
-    """Image files under `folder` (recursively, following links), as paths relative to `root`."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        rel = os.path.relpath(dirpath, root)
-        out.extend(os.path.join(rel, f) for f in filenames if is_image_file(f))
-    out.sort()
-    return out
-
-
 def _list_layout(root: Path) -> tuple[list[str], list[list[str]]]:
-    """(class folder names sorted, image paths per class relative to root) with layout errors."""
-    entries = sorted(e for e in os.listdir(root) if not e.startswith("."))
-    class_dirs = [e for e in entries if (root / e).is_dir()]
-    loose = [e for e in entries if is_image_file(e) and (root / e).is_file()]
+    """(class folder names sorted, image paths per class relative to root) with layout errors. Listed by
+    `core.data.files.list_files`: regular files only, no links out of the root, no loops, bounded in time."""
+    listing = list_files(root, is_image_file)
+    class_dirs = [d for d in listing.folders if os.sep not in d]
+    loose = [f for f in listing.files if os.sep not in f]
+    by_class: dict[str, list[str]] = {d: [] for d in class_dirs}
+    for f in listing.files:
+        if os.sep in f:
+            by_class[f.split(os.sep, 1)[0]].append(f)
     if not class_dirs:
         if loose:
             raise DataError(
@@ -278,16 +275,17 @@ def _list_layout(root: Path) -> tuple[list[str], list[list[str]]]:
                 f"root/<class>/<image>: put each class's images in its own sub-folder (ImageNet's train folder has one "
                 f"n0... folder per class), or use data=captions for unlabelled images with captions"
             )
-        raise DataError(f"data folder {root} is empty; expected root/<class>/<image> with one sub-folder per class")
+        raise DataError(f"data folder {root} is empty{listing.note()}; expected root/<class>/<image> with one "
+                        f"sub-folder per class")
     if loose:
         log.warning("%s: %d image files directly in the root are ignored (only root/<class>/<image> is read)",
                     root, len(loose))
-    files = [_walk_images(root / d, root) for d in class_dirs]
+    files = [by_class[d] for d in class_dirs]
     empty = [d for d, f in zip(class_dirs, files) if not f]
     if len(empty) == len(class_dirs):
         raise DataError(
-            f"none of the {len(class_dirs)} class folders in {root} holds images ({', '.join(IMAGE_EXTENSIONS)}); "
-            f"expected root/<class>/<image>"
+            f"none of the {len(class_dirs)} class folders in {root} holds images ({', '.join(IMAGE_EXTENSIONS)}) "
+            f"that are regular files{listing.note()}; expected root/<class>/<image>"
         )
     if empty:
         shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")

@@ -11,17 +11,24 @@ No EXIF rotation is applied (upstream applies none either).
 from __future__ import annotations
 
 import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from core.data.files import open_regular
+
 # What PIL raises for a missing, truncated, corrupt or non-image file (UnidentifiedImageError is an
 # OSError; broken PNG chunks raise SyntaxError; short headers raise struct.error or EOFError).
 UNREADABLE_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
     OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError,
 )
+
+
+MAX_PIXELS = 8192 * 8192  # a training image's size by its header: LlamaGen trains at 256-384 px; PIL's own
+# bomb check warns only above 89M pixels and refuses above 179M
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
@@ -57,6 +64,20 @@ def preprocess(pil_image: Image.Image, image_size: int) -> torch.Tensor:
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Open and fully decode an image file as RGB. Raises one of UNREADABLE_IMAGE_ERRORS when the
-    file is missing, truncated or not an image (truncated files are never silently padded)."""
-    with open(path, "rb") as f, Image.open(f) as image:
+    file is missing, not a regular file (a FIFO is refused, not waited on), truncated, not an image
+    (truncated files are never silently padded), or larger than MAX_PIXELS by its header (refused
+    before anything is decoded)."""
+    with warnings.catch_warnings():  # PIL warns from 89M pixels (a stderr line per file): refused below instead
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        f = open_regular(path)
+        try:
+            image = Image.open(f)
+        except BaseException:
+            f.close()
+            raise
+    with f, image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{width}x{height} pixels by its header, above the {MAX_PIXELS:,}-pixel limit of a "
+                             f"training image; downscale it")
         return image.convert("RGB")  # decodes the whole file while it is open

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from core import configmeta
-from core.configmeta import setting
+from core.configmeta import MAX_JOB_STEPS, setting
 from core.demo.prompts import CATEGORIES as PROMPT_ATTRIBUTES  # what a demo prompt names (color_by)
 from core.errors import ConfigError, DataError
 
@@ -26,10 +26,15 @@ DEFAULT_CLIP_TEMPLATE = "a photo of a {}"
 
 def read_prompts(path: str | Path) -> list[str]:
     """Prompts from a file: ``.txt`` one per line, or ``.jsonl`` objects with "prompt", "caption" or "text"."""
+    from core.data.files import not_regular, open_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: prompt file not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    why = not_regular(path)
+    if why is not None:
+        raise DataError(f"{path}: prompt file not found" if why == "does not exist" else
+                        f"{path} {why}, not a prompt file; pass a regular .txt or .jsonl file")
+    with open_regular(path) as f:
+        lines = [line.strip() for line in f.read().decode("utf-8").splitlines()]
     if path.suffix == ".jsonl":
         prompts = []
         for lineno, line in enumerate(lines, start=1):
@@ -104,7 +109,8 @@ class EvalConfig(JobSettings):
     model: str = setting("demo-c2i", group="model", help="generator preset (python -m core info lists them)")
     weights: Optional[str] = setting(None, group="model", help=f"generator weights: {WEIGHTS_HELP}; None: the preset's own weights (the base model)")
     label: str = setting("", group="model", help="free text shown with the results and in `eval summary`, e.g. 'aligned, step 100'")
-    num_samples: int = setting(50_000, group="sampling", help="images to sample per seed; Table 2: 50000 (50 per ImageNet class)")
+    num_samples: int = setting(50_000, group="sampling", help="images to sample per seed; Table 2: 50000 (50 per ImageNet class)",
+                               maximum=MAX_JOB_STEPS, why="more than this workbench samples as one job; split it")
     classes: Optional[list] = setting(None, group="sampling", help="class-conditional: class ids or names to cycle through; None: all classes")
     prompts: Optional[list[str]] = setting(None, group="sampling", help="text-to-image: prompts to cycle through")
     prompts_file: Optional[str] = setting(None, group="sampling", help="text-to-image: a .txt (one per line) or .jsonl prompt file, instead of prompts")
@@ -206,7 +212,8 @@ class EmbeddingConfig(JobSettings):
     base_weights: Optional[str] = setting(None, group="model", help=f"the base model: {WEIGHTS_HELP}; None: the preset's weights")
     aligned_weights: Optional[str] = setting(None, group="model", help=f"the aligned model (required): {WEIGHTS_HELP}")
     classes: Optional[list] = setting(None, group="sampling", help="class ids or names; None: the first 10 classes")
-    per_class: int = setting(100, group="sampling", help="samples per class, set and seed, more than k (100 with the 10 demo classes: the same 1000 samples per seed as an evaluation of 1000 samples)")
+    per_class: int = setting(100, group="sampling", help="samples per class, set and seed, more than k (100 with the 10 demo classes: the same 1000 samples per seed as an evaluation of 1000 samples)",
+                             maximum=MAX_JOB_STEPS, why="more than this workbench samples as one job")
     real: str = setting("shapes", group="measure", help="real images: 'shapes[:split]' (demo; default split reference) or an ImageNet-layout folder")
     extractor: Optional[str] = setting(None, group="measure", help="the feature space: demo, clip, dinov2 or inception; None: demo for the demo preset, inception otherwise")
     projections: list[str] = setting(default_factory=lambda: list(PROJECTIONS), group="measure", choices=PROJECTIONS, help="2-D maps fitted on all three sets (real, base, aligned) together")

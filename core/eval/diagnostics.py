@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from core import configmeta
-from core.configmeta import setting
+from core.configmeta import MAX_JOB_STEPS, setting
 from core.errors import ConfigError
 from core.vapi import objective
 
@@ -184,12 +184,15 @@ class DiagnoseConfig:
 
     checkpoint: str = setting("", help="the aligned demo generator: a run id (or id@step), a run folder, a checkpoint "
                                        "folder or a model.pt")
-    num_images: int = setting(500, help="held-out real scenes (val split) for the teacher-forced views")
+    num_images: int = setting(500, help="held-out real scenes (val split) for the teacher-forced views",
+                              maximum=MAX_JOB_STEPS, why="more than this workbench runs as one job")
     seeds: list[int] = setting(default_factory=lambda: [0, 1, 2], help="sampling seeds (mean ± std over them)")
-    num_generations: int = setting(8, help="G teacher-forced samples per image, as in training")
+    num_generations: int = setting(8, help="G teacher-forced samples per image, as in training", maximum=256,
+                                   why="G samples per image, as a run's num_generations")
     cfg_scales: list[float] = setting(default_factory=lambda: [1.0, 1.5, 2.5],
                                       help="guidance scales of the demo-FID sweep (1 = no guidance)")
-    num_samples: int = setting(1000, help="free-running samples per seed and scale in the CFG sweep")
+    num_samples: int = setting(1000, help="free-running samples per seed and scale in the CFG sweep",
+                               maximum=MAX_JOB_STEPS, why="more than this workbench samples as one job")
 
     def __post_init__(self):
         if not self.checkpoint:

@@ -49,12 +49,14 @@ class FolderImages(Dataset):
     """Every image under a folder (recursively, sorted by path) as uint8 [3, S, S], ADM centre-cropped."""
 
     def __init__(self, root: str | Path, image_size: int, count: Optional[int] = None):
+        from core.data.files import list_files
         from core.data.imagefolder import is_image_file
 
         self.root, self.image_size = Path(root), image_size
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and is_image_file(p.name))
+        listing = list_files(self.root, is_image_file)  # regular files inside the folder, no loops, bounded
+        files = [self.root / f for f in listing.files]
         if not files:
-            raise DataError(f"{root}: no images in this folder (or its sub-folders)")
+            raise DataError(f"{root}: no images in this folder (or its sub-folders){listing.note()}")
         self.files = files[:count] if count is not None else files
 
     def __len__(self) -> int:

@@ -27,7 +27,8 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
+from core.data.files import not_regular
 
 ALLOWED_GLOBALS = [argparse.Namespace]
 
@@ -44,8 +45,7 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     """Read a checkpoint file -> (state_dict, extras). Extras: the other top-level entries
     (e.g. "args", "config", "steps") for .pt files, or the string metadata of a safetensors file."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+    _require_regular(path)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file, safe_open
@@ -60,18 +60,62 @@ def read_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[st
     return split_layout(obj, path)
 
 
-def load_object(path: str | os.PathLike) -> Any:
-    """torch.load of an untrusted .pt file (weights_only), every failure a CheckpointError that names the
-    file and what to do: an empty file, a file that is no checkpoint at all (text, HTML from a failed
-    download), a truncated one, or one that holds code (pickled objects other than tensors)."""
-    path = Path(path)
-    if not path.is_file():
+def _require_regular(path: Path) -> None:
+    """A CheckpointError naming what `path` is when it is not a regular file (a FIFO, a directory, ...)."""
+    why = not_regular(path)
+    if why == "does not exist":
         raise CheckpointError(f"checkpoint file not found: {path}")
+    if why is not None:
+        hint = " (e.g. its model.pt)" if why == "is a directory" else ""
+        raise CheckpointError(f"{path} {why}, not a weights file; pass a .pt or .safetensors file{hint}")
+
+
+def check_file(path: str | os.PathLike) -> None:
+    """What `read_file` would refuse, found without reading the tensors: not a regular file (FIFO, directory,
+    missing), empty, not a checkpoint (text), truncated, or a pickle with code. A .pt zip archive is loaded
+    memory-mapped (weights_only), so its tensors are not read; a safetensors file's header only."""
+    path = Path(path)
+    _require_regular(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from e
+        return
+    load_object(path, mmap=True)
+
+
+def check_weights(path: str | os.PathLike, field: str, *, folder: bool = False) -> None:
+    """A weights path a config names (`field`, e.g. init_weights) checked as `check_file` does, as a ConfigError
+    naming the field. `folder`: the model is a folder (Janus), which must exist as one."""
+    if folder:
+        if not Path(path).is_dir():
+            raise ConfigError(field, f"{path} {not_regular(path) or 'is a file'}; pass the model's folder")
+        return
+    try:
+        check_file(path)
+    except CheckpointError as e:
+        raise ConfigError(field, str(e)) from None
+
+
+def load_object(path: str | os.PathLike, *, mmap: bool = False) -> Any:
+    """torch.load of an untrusted .pt file (weights_only), every failure a CheckpointError that names the
+    file and what to do: not a regular file, an empty file, a file that is no checkpoint at all (text, HTML
+    from a failed download), a truncated one, or one that holds code (pickled objects other than tensors).
+    `mmap`: map a zip archive's tensors instead of reading them (torch's pre-1.6 pickle format is read)."""
+    path = Path(path)
+    _require_regular(path)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty (0 bytes); save or download it again")
     try:
+        with open(path, "rb") as f:
+            zipped = f.read(4) == b"PK\x03\x04"
         with _safe_globals():
-            return torch.load(str(path), map_location="cpu", weights_only=True)
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle_error():
         if not _looks_like_checkpoint(path):
             raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a "

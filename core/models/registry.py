@@ -69,6 +69,11 @@ class GeneratorPreset(_WeightsLocation):
     def embedded(self) -> bool:
         return self.repo_id is None
 
+    @property
+    def num_tokens(self) -> int:
+        """N, image tokens per sample (the token grid h*w): the demo's from its config, else a 16x downsample."""
+        return int(self.overrides.get("block_size", (self.image_size // 16) ** 2))
+
 
 TOKENIZERS: dict[str, TokenizerPreset] = {t.name: t for t in [
     TokenizerPreset("vq16-c2i", "VQ-16", "vq_ds16_c2i.pt", HF_C2I, description="LlamaGen VQ-16 (ImageNet), 16x downsample"),

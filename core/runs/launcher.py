@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from core.checkpoints import check_states, step_dir_name
+from core.configmeta import MAX_JOB_STEPS
 from core.device import gpu_ids
 from core.errors import ConfigError
 from core.paths import ROOT
@@ -41,7 +42,6 @@ DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and re
 SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after this long is an orphan
 KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
 LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
-MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
 DEFAULT_ENTRY = entries.TRAIN_ENTRY
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
@@ -201,10 +201,10 @@ class Launcher:
         config.setdefault("entry", DEFAULT_ENTRY)
         if not isinstance(config["entry"], str) or not _ENTRY_RE.fullmatch(config["entry"]):
             raise ConfigError("entry", f"{config['entry']!r}; expected 'package.module:function'")
-        if isinstance(total_steps, (int, float)) and not isinstance(total_steps, bool) and total_steps > MAX_TOTAL_STEPS:
+        if isinstance(total_steps, (int, float)) and not isinstance(total_steps, bool) and total_steps > MAX_JOB_STEPS:
             field = next((f for f in ("num_samples", "max_steps") if f in config), "total_steps")
             raise ConfigError(field, f"{total_steps:g} is more than this workbench runs as one job "
-                                     f"(at most {MAX_TOTAL_STEPS:,}); split it into several runs")
+                                     f"(at most {MAX_JOB_STEPS:,}); split it into several runs")
         run = self.store.create_run(name, config, devices, total_steps)
         self.tick()
         return self.store.get(run.id)

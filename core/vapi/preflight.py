@@ -6,12 +6,11 @@ preset, lists (and spot-checks) the data, and checks that every weights file the
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
 from core.vapi import rewards
-from core.vapi.config import VapiConfig, check_preview
+from core.vapi.config import VapiConfig, check_preview, check_sequence
 
 
 @dataclass
@@ -24,6 +23,7 @@ def preflight(cfg: VapiConfig) -> Checked:
     """Check a run's inputs; raise the error that names the field or file (and the fix) at the first problem."""
     from core.data.build import build_dataset, check_readable
     from core.models import registry
+    from core.models.checkpoint import check_weights
 
     if cfg.device != "auto":
         from core import device as devmod
@@ -39,6 +39,7 @@ def preflight(cfg: VapiConfig) -> Checked:
     if cfg.data == "shapes" and preset.size != "demo":
         raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i or demo-t2i)")
     check_preview(cfg, int(preset.overrides.get("num_classes", 1000)) if preset.task == "c2i" else None)
+    check_sequence(cfg, preset.num_tokens)
     # lists (and spot-checks) the data before any weights are read; shapes for a T2I model: with captions
     options = {"with_captions": True} if cfg.data == "shapes" and preset.task == "t2i" else {}
     dataset = build_dataset(cfg.data, cfg.data_path, image_size=preset.image_size, subset=cfg.data_subset, seed=cfg.seed,
@@ -47,8 +48,7 @@ def preflight(cfg: VapiConfig) -> Checked:
     if cfg.init_weights is None:
         registry.require_files(cfg.model)
     else:
-        if not Path(cfg.init_weights).is_file():
-            raise ConfigError("init_weights", f"file not found: {cfg.init_weights}")
+        check_weights(cfg.init_weights, "init_weights", folder=preset.folder)
         tok = registry.get_tokenizer(preset.tokenizer)
         if not tok.present:
             raise registry.MissingWeightsError(f"missing tokenizer {tok.path} — {registry.download_hint(tok.filename, tok.repo_id)}")
