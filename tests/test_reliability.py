@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -206,14 +207,77 @@ def test_deleting_runs_db_during_a_run_loses_no_run(store, tmp_path):
     assert rows[first.id][1:3] == [FINISHED, "3/3"] and rows[live.id][1:3] == [FINISHED, "30/30"]
     assert len(RunStore(store.runs_dir).read_metrics(first.id)) == 3
 
-    store.db_path.write_bytes(b"this is not a database" * 200)
+    store.db_path.write_bytes(b"this is not a database" * 200)  # a reader rebuilds a corrupt index by itself
     r = core("runs", "list", "--runs-dir", str(store.runs_dir))
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-    assert str(store.db_path) in r.stderr and "runs reindex" in r.stderr
+    assert r.returncode == 0 and first.id in r.stdout and live.id in r.stdout and "30/30" in r.stdout, r.stderr
+    assert "moved to runs.db.corrupt-" in r.stderr and list(store.runs_dir.glob("runs.db.corrupt-*"))
+    store.db_path.write_bytes(b"this is not a database" * 200)
     r = core("runs", "reindex", "--runs-dir", str(store.runs_dir))
     assert r.returncode == 0 and "moved to" in r.stdout and "indexed 2 runs" in r.stdout, r.stdout + r.stderr
-    r = core("runs", "list", "--runs-dir", str(store.runs_dir))
-    assert first.id in r.stdout and live.id in r.stdout and "30/30" in r.stdout
+
+
+def train_in_background(run_dir: Path, steps: int, *extra: str) -> subprocess.Popen:
+    """A real foreground `train` of the tiny demo (a checkpoint every 50 steps), as a subprocess."""
+    return subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", f"max_steps={steps}",
+                             "--set", "save_steps=50", "--set", "preview_steps=1000", "--run-dir", str(run_dir),
+                             *extra], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def steps_done(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "metrics.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+@contextmanager
+def read_only(path: Path):
+    """`path` read-only for every process, root included (a read-only bind mount over the file)."""
+    r = subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"a read-only bind mount needs mount permission (root): {r.stderr.strip()}")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["garbage", "truncated", "read-only"])
+def test_a_broken_index_mid_run_never_stops_the_worker(tmp_path, tiny_demo, fault):
+    """The real fault on the real trainer: runs.db overwritten with garbage, truncated, or made read-only
+    while the worker steps. The run finishes with its checkpoint; the folder says so; the index follows."""
+    runs = tmp_path / "runs"
+    run_dir = runs / "live"
+    db = runs / "runs.db"
+    proc = train_in_background(run_dir, 200)
+    with ExitStack() as stack:
+        try:
+            wait_for(lambda: steps_done(run_dir) >= 3, "the first steps", timeout=120)
+            if fault == "garbage":
+                with open(db, "r+b") as f:
+                    f.write(b"\xde\xad garbage, not SQLite " * 400)
+            elif fault == "truncated":
+                os.truncate(db, 0)
+            else:
+                stack.enter_context(read_only(db))
+            assert steps_done(run_dir) < 200  # the fault struck while the run was stepping
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    assert "finished at step 200/200" in out
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == FINISHED and status["step"] == 200
+    assert (run_dir / "checkpoints" / "step-000200" / "model.pt").is_file()
+    assert steps_done(run_dir) == 200
+    assert "Traceback" not in (run_dir / "log.txt").read_text()
+    if fault == "read-only":
+        assert "run index not written" in err and "readonly" in err
+    r = core("runs", "list", "--runs-dir", str(runs))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1].split()[:3] == ["live", FINISHED, "200/200"], r.stdout
+    assert len(RunStore(runs).read_metrics("live")) == 200
 
 
 # --- 4. resume deletes only its own leftovers ------------------------------------------------------
@@ -288,30 +352,6 @@ def test_a_write_error_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
             raise RuntimeError("unexpected pos 1 vs 2")
     assert [c.step for c in store.checkpoints(run.id)] == [1]
     assert [p.name for p in recorder.checkpoints_dir.iterdir()] == ["step-000001"]
-
-
-def test_a_failure_that_cannot_be_written_to_runs_db_is_kept_in_status_json(store, monkeypatch):
-    import sqlite3
-
-    from core.runs import Launcher
-    from core.runs import worker
-    from core.checkpoints import DiskFullError
-
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    run = store.create_run("full", {"entry": ENTRY}, "cpu", 10)
-    store.set_status(run.id, RUNNING, worker_pid=dead.pid, worker_start=None)
-
-    def disk_io_error(*a, **k):
-        raise sqlite3.OperationalError("disk I/O error")
-
-    with monkeypatch.context() as m:
-        m.setattr(store, "try_set_status", disk_io_error)
-        worker._fail(store, run.id, run.run_dir, DiskFullError("no space left on /dev/x (needed ~3 MB for a checkpoint)"))
-    assert json.loads((run.run_dir / "status.json").read_text())["status"] == FAILED
-    Launcher(store).mark_orphans()  # the worker is gone: its own account of the failure wins
-    assert store.get(run.id).status == FAILED
-    assert store.get(run.id).message.startswith("DiskFullError: no space left on /dev/x")
 
 
 # --- 7. clear errors, no half-made runs -------------------------------------------------------------

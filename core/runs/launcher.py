@@ -31,16 +31,16 @@ from core.device import gpu_ids
 from core.errors import ConfigError
 from core.paths import ROOT
 from core.runs import entries
+from core.runs.folder import LOG_TAIL_LINES
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STOPPED, STOPPING, Run,
-    RunStateError, RunStore, all_processes, final_status_in_folder, parent_pid, process_alive, process_session,
+    RunStateError, RunStore, all_processes, parent_pid, process_alive, process_session,
     process_start_time, process_state, tail_lines,
 )
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
 SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after this long is an orphan
 KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
-LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
 MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
 DEFAULT_ENTRY = entries.TRAIN_ENTRY
@@ -274,12 +274,13 @@ class Launcher:
                        "exited": f"worker process {pid} has exited",
                        "recycled": f"worker process {pid} is gone (the pid now belongs to another process)",
                        }[process_state(pid, start)]
+            adopted = self.store.adopt_folder(run.id)  # the worker recorded its end there (the index was unwritable)
+            if adopted is not None:
+                marked.append(adopted)
+                continue
             tail = "\n".join(tail_lines(run.run_dir / LOG_FILE, LOG_TAIL_LINES))
             message = (f"{why} at step {run.step} while {run.status}; {self._resume_hint(run)}\n"
                        f"--- last lines of log.txt ---\n{tail}")
-            final = final_status_in_folder(run.run_dir)
-            if final is not None:  # the worker recorded its failure there (runs.db could not be written)
-                message = final["message"]
             failed = self.store.try_set_status(run.id, FAILED, expect={run.status}, message=message)
             if failed is not None:
                 marked.append(failed)

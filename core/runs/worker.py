@@ -23,7 +23,6 @@ import importlib
 import json
 import os
 import signal
-import sqlite3
 import sys
 import time
 import traceback
@@ -36,12 +35,11 @@ from core.runs import entries
 from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.recorder import RunRecorder
+from core.runs.folder import LOG_TAIL_LINES, METRICS_FILE, end_status, read_metrics_file, read_status
 from core.runs.store import (
-    ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RUNNING, STATUS_FILE, STOP_FILE, STOPPED, STOPPING,
-    RunStateError, RunStore, parent_pid, process_start_time, tail_lines, write_final_status,
+    ACTIVE, CONFIG_FILE, FAILED, FINISHED, INDEX_ERRORS, LOG_FILE, QUEUED, RUNNING, STOP_FILE, STOPPED,
+    STOPPING, RunStateError, RunStore, parent_pid, process_start_time, tail_lines,
 )
-
-LOG_TAIL_LINES = 20  # lines of log.txt kept in a failed run's message
 
 
 class WorkerTerminated(Exception):
@@ -166,21 +164,37 @@ def _claim(store: RunStore, run_id: str) -> None:
 
 
 def _finish(store: RunStore, run_id: str, run_dir: Path, stop_signal: str | None = None) -> None:
-    run = store.get(run_id)
-    if run.status == RUNNING and (run_dir / STOP_FILE).exists() and run.step < run.total_steps:
-        # a stop asked for by a signal to this process (the UI and `runs stop` go through stopping)
-        by = f" by {stop_signal}" if stop_signal else ""
-        store.try_set_status(run_id, STOPPING, expect={RUNNING}, stop_requested_at=time.time(),
-                             message=f"stop requested{by}")
-    step = run.step
-    if store.try_set_status(run_id, FINISHED, expect={RUNNING}, message=f"finished at step {step}"):
-        return
-    ckpt = find_last(run_dir)
-    where = f"checkpoint {step_dir_name(ckpt.step)}" if ckpt else "no checkpoint"
+    """The entry returned: the run is finished, or stopped when a stop was requested. Recorded in the
+    index (which mirrors it into status.json), or in status.json alone when the index cannot be written."""
     by = f" by {stop_signal}" if stop_signal else ""
-    if store.try_set_status(run_id, STOPPED, expect={STOPPING}, message=f"stopped{by} at step {step} ({where})"):
-        return
-    print(f"[worker] run {run_id} is {store.get(run_id).status}; its status was left as is", flush=True)
+    try:
+        run = store.get(run_id)
+        if run.status == RUNNING and (run_dir / STOP_FILE).exists() and run.step < run.total_steps:
+            # a stop asked for by a signal to this process (the UI and `runs stop` go through stopping)
+            store.try_set_status(run_id, STOPPING, expect={RUNNING}, stop_requested_at=time.time(),
+                                 message=f"stop requested{by}")
+        step = run.step
+        if store.try_set_status(run_id, FINISHED, expect={RUNNING}, message=f"finished at step {step}"):
+            return
+        if store.try_set_status(run_id, STOPPED, expect={STOPPING},
+                                message=f"stopped{by} at step {step} ({_where(run_dir)})"):
+            return
+        print(f"[worker] run {run_id} is {store.get(run_id).status}; its status was left as is", flush=True)
+    except INDEX_ERRORS as e:
+        store.index_failed("the end of the run", e)
+        folder = read_status(run_dir) or {}
+        points = read_metrics_file(run_dir / METRICS_FILE)
+        step = points[-1]["step"] if points else int(folder.get("step") or 0)
+        total = int(folder.get("total_steps") or step)
+        if folder.get("status") == STOPPING or ((run_dir / STOP_FILE).exists() and step < total):
+            end_status(run_dir, STOPPED, f"stopped{by} at step {step} ({_where(run_dir)})", step=step)
+        else:
+            end_status(run_dir, FINISHED, f"finished at step {step}", step=step)
+
+
+def _where(run_dir: Path) -> str:
+    ckpt = find_last(run_dir)
+    return f"checkpoint {step_dir_name(ckpt.step)}" if ckpt else "no checkpoint"
 
 
 def _fail(store: RunStore, run_id: str, run_dir: Path, error: BaseException) -> None:
@@ -189,10 +203,9 @@ def _fail(store: RunStore, run_id: str, run_dir: Path, error: BaseException) -> 
     try:
         if store.try_set_status(run_id, FAILED, expect=ACTIVE, message=message) is None:
             print(f"[worker] run {run_id} is {store.get(run_id).status}; not marked failed", flush=True)
-    except (sqlite3.Error, OSError) as db_error:  # e.g. the disk is full: runs.db cannot grow
-        write_final_status(run_dir, FAILED, message)
-        print(f"[worker] could not record the failure in runs.db ({db_error}); it is in {STATUS_FILE}, "
-              "and the next look at the runs takes it from there", file=sys.stderr, flush=True)
+    except INDEX_ERRORS as db_error:  # e.g. the disk is full: runs.db cannot grow
+        store.index_failed("the failure", db_error)
+        end_status(run_dir, FAILED, message)
 
 
 def _read_config(path: Path) -> dict:
@@ -256,8 +269,9 @@ def main(argv: list[str] | None = None) -> int:
             rc = 130 if isinstance(e, KeyboardInterrupt) else 1
         else:
             _finish(store, run_id, run_dir, got["signal"])
-    run = store.get(run_id)
-    print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} {run.status} at step {run.step}", flush=True)
+    ended = read_status(run_dir) or {}
+    print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} {ended.get('status')} at step "
+          f"{ended.get('step')}", flush=True)
     _release_memory()
 
     try:

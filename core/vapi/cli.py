@@ -179,8 +179,12 @@ def cmd_train(args) -> int:
             rc = worker.main(argv)
         except KeyboardInterrupt:
             rc = 130
-    run = store.get(run_dir.name)
-    print(f"run {run.id}: {run.status} at step {run.step}/{run.total_steps}" + (f" — {run.message.splitlines()[0]}" if run.message else ""))
+    from core.runs.folder import read_status
+
+    run = read_status(run_dir) or {}  # the run folder is the truth (the index may be unwritable)
+    message = str(run.get("message") or "")
+    print(f"run {run_dir.name}: {run.get('status')} at step {run.get('step')}/{run.get('total_steps')}"
+          + (f" — {message.splitlines()[0]}" if message else ""))
     if rc == 3:
         return 3
-    return 0 if run.status in ("finished", "stopped") else 1
+    return 0 if run.get("status") in ("finished", "stopped") else 1
