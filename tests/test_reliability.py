@@ -169,6 +169,32 @@ def test_signal_to_a_foreground_train_stops_it_with_a_checkpoint_and_resume_fini
     assert (run_dir / "checkpoints" / f"step-{step + 1:06d}" / "model.pt").is_file()
 
 
+@pytest.mark.slow
+def test_closing_the_terminal_of_a_foreground_train_stops_it_with_a_checkpoint(tmp_path, tiny_demo):
+    """A real SIGHUP, as when the terminal or SSH session closes: the terminal is gone too (its pipes
+    closed), and the run stops at the next step boundary with a checkpoint, like SIGTERM."""
+    run_dir = tmp_path / "runs" / "hup"
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", "max_steps=5000",
+                             "--set", "save_steps=10000", "--set", "preview_steps=10000", "--run-dir", str(run_dir)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
+    try:
+        wait_for(lambda: steps_done(run_dir) >= 3, "the first steps", timeout=120)
+        proc.stdout.close()
+        proc.stderr.close()
+        proc.send_signal(signal.SIGHUP)
+        rc = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == STOPPED and "stopped by SIGHUP" in status["message"], (rc, status)
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert ckpts and (ckpts[-1] / "model.pt").is_file() and (ckpts[-1] / "optimizer.pt").is_file()
+    assert int(ckpts[-1].name.split("-")[1]) == status["step"] >= 3
+    assert "SIGHUP: stopping at the next step boundary" in (run_dir / "log.txt").read_text()
+    assert rc == 0
+
+
 def test_sigterm_to_a_launcher_started_worker_stops_it_with_a_checkpoint(store):
     from core.runs import Launcher
 

@@ -7,7 +7,7 @@ the trainer is "core.vapi.trainer:run_worker") and calls
     entry(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool)
 
 The entry must be one of the project's worker entry points (`core.runs.entries`; an entry's old name is
-mapped to its new one there). SIGTERM and SIGINT
+mapped to its new one there). SIGTERM, SIGHUP and SIGINT
 (Ctrl-C) request a stop, like the UI's Stop: the trainer checkpoints at its next step boundary.
 On return the run is finished, or stopped when a stop was requested; on an exception it is failed,
 with the error and the last lines of log.txt as its message, and the exit code is not 0. Then the
@@ -92,11 +92,12 @@ def _sigterm_raises() -> Iterator[None]:
 
 @contextmanager
 def _signals_request_stop(run_dir: Path) -> Iterator[dict]:
-    """SIGTERM and SIGINT (Ctrl-C) ask the entry point to stop: the stop flag is set, the trainer
-    writes a checkpoint at its next step boundary and returns, and the run ends stopped. A second
-    Ctrl-C aborts at once (KeyboardInterrupt: the run fails). Under several processes (accelerate)
-    SIGTERM still raises: there it means that another rank died. SIGINT stays ignored where the
-    caller ignores it (a background job of a script). Yields {"signal": name of the first one}."""
+    """SIGTERM, SIGHUP (the terminal or SSH session closed) and SIGINT (Ctrl-C) ask the entry point to
+    stop: the stop flag is set, the trainer writes a checkpoint at its next step boundary and returns,
+    and the run ends stopped. A second Ctrl-C aborts at once (KeyboardInterrupt: the run fails). Under
+    several processes (accelerate) SIGTERM still raises: there it means that another rank died. SIGINT
+    and SIGHUP stay ignored where the caller ignores them (a background job of a script; nohup).
+    Yields {"signal": name of the first one}."""
     got: dict = {"signal": None}
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         with _sigterm_raises():
@@ -112,12 +113,16 @@ def _signals_request_stop(run_dir: Path) -> Iterator[dict]:
         (run_dir / STOP_FILE).touch()
         if first:
             again = "; Ctrl-C again aborts without a checkpoint" if signum == signal.SIGINT else ""
-            print(f"[worker] {name}: stopping at the next step boundary, after writing a checkpoint{again}",
-                  file=sys.stderr, flush=True)
+            try:  # after SIGHUP the terminal may be gone
+                print(f"[worker] {name}: stopping at the next step boundary, after writing a checkpoint{again}",
+                      file=sys.stderr, flush=True)
+            except OSError:
+                pass
 
     previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        previous[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        if signal.getsignal(signum) is not signal.SIG_IGN:
+            previous[signum] = signal.signal(signum, handler)
     try:
         yield got
     finally:

@@ -35,17 +35,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class _Tee:
+    """The terminal and the run's log.txt. A terminal that is gone (closed after SIGHUP: EIO, EPIPE) is
+    dropped; the log keeps everything."""
+
     def __init__(self, *streams):
-        self.streams = streams
+        self.streams = list(streams)
+
+    def _each(self, call):
+        for st in list(self.streams):
+            try:
+                call(st)
+            except OSError:
+                if st is self.streams[-1]:
+                    raise  # the log itself
+                self.streams.remove(st)
 
     def write(self, s):
-        for st in self.streams:
-            st.write(s)
+        self._each(lambda st: st.write(s))
         return len(s)
 
     def flush(self):
-        for st in self.streams:
-            st.flush()
+        self._each(lambda st: st.flush())
 
     def isatty(self):
         return self.streams[0].isatty()
@@ -183,8 +193,9 @@ def cmd_train(args) -> int:
 
     run = read_status(run_dir) or {}  # the run folder is the truth (the index may be unwritable)
     message = str(run.get("message") or "")
-    print(f"run {run_dir.name}: {run.get('status')} at step {run.get('step')}/{run.get('total_steps')}"
-          + (f" — {message.splitlines()[0]}" if message else ""))
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        print(f"run {run_dir.name}: {run.get('status')} at step {run.get('step')}/{run.get('total_steps')}"
+              + (f" — {message.splitlines()[0]}" if message else ""), flush=True)
     if rc == 3:
         return 3
     return 0 if run.get("status") in ("finished", "stopped") else 1
