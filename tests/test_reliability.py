@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
+import threading
 import sys
 import time
 from contextlib import ExitStack, contextmanager
@@ -97,6 +99,56 @@ def test_kill_process_tree_never_signals_its_own_group_or_pid_1(store):
     assert os.getpid() not in victims and not groups
     victims, groups = kill_process_tree(1, process_start_time(1))
     assert not victims and not groups
+
+
+def crafted_run_folder(runs_dir: Path, name: str, pid: int, pid_start: int | None, started_ago: float) -> Path:
+    """A run folder as anyone who can write into the runs dir could make it (or copy it in from another
+    machine): status `stopping` on this host, past its stop deadline, naming another process."""
+    folder = runs_dir / name
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"entry": ENTRY}))
+    now = time.time()
+    status = dict(id=name, name=name, status="stopping", devices="cpu", host=socket.gethostname(), total_steps=10,
+                  step=3, queue_seq=1, resume=0, created_at=now - started_ago, queued_at=now - started_ago,
+                  started_at=now - started_ago, ended_at=None, updated_at=now, pid=pid, pid_start=pid_start,
+                  worker_pid=pid, worker_start=pid_start, stop_requested_at=now - started_ago,
+                  stop_deadline=now - started_ago / 2, message="stop requested", ran_before=0, kind="train")
+    (folder / "status.json").write_text(json.dumps(status))
+    return folder
+
+
+def test_a_crafted_run_folder_never_gets_a_foreign_process_killed(tmp_path):
+    from app.context import Ticker
+    from core.runs import Launcher
+
+    runs_dir = tmp_path / "runs"
+    sleeper = subprocess.Popen(["sleep", "600"], start_new_session=True)  # leads a session, like a launched worker
+    try:
+        start = process_start_time(sleeper.pid)
+        crafted_run_folder(runs_dir, "copied-start", sleeper.pid, start, 100.0)  # pid_start copied from /proc
+        crafted_run_folder(runs_dir, "null-start", sleeper.pid, None, 100.0)
+        crafted_run_folder(runs_dir, "just-started", sleeper.pid, start, 1.0)  # inside the spawn grace period
+        r = core("runs", "reindex", "--runs-dir", str(runs_dir))
+        assert r.returncode == 0 and "indexed 3 runs" in r.stdout, r.stdout + r.stderr
+        r = core("runs", "stop", "copied-start", "--grace", "0", "--runs-dir", str(runs_dir))
+        assert sleeper.poll() is None, r.stdout + r.stderr
+        store = RunStore(runs_dir)
+        ticker = Ticker(Launcher(store), threading.RLock(), interval=0.1)  # the UI's background scheduler
+        ticker.start()
+        try:
+            time.sleep(2.0)
+        finally:
+            ticker.stop()
+        assert ticker.last_error == ""
+        assert sleeper.poll() is None and process_alive(sleeper.pid, start)
+        for name in ("copied-start", "null-start"):
+            run = store.get(name)
+            assert run.status == FAILED and "is not this run's worker" in run.message
+            assert "nothing was signalled" in run.message
+        assert store.get("just-started").status == "stopping"  # not proven ours: waited for, never killed
+    finally:
+        sleeper.kill()
+        sleeper.wait()
 
 
 # --- 2. a crashed foreground run does not block the queue ------------------------------------------

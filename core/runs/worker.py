@@ -34,8 +34,9 @@ from core.checkpoints import find_last, step_dir_name
 from core.runs import entries
 from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
+from core.runs.procs import hold_worker_lock
 from core.runs.recorder import RunRecorder
-from core.runs.folder import LOG_TAIL_LINES, METRICS_FILE, end_status, read_metrics_file, read_status
+from core.runs.folder import LOCK_FILE, LOG_TAIL_LINES, METRICS_FILE, end_status, read_metrics_file, read_status
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, INDEX_ERRORS, LOG_FILE, QUEUED, RUNNING, STOP_FILE, STOPPED,
     STOPPING, RunStateError, RunStore, parent_pid, process_start_time, tail_lines,
@@ -249,21 +250,39 @@ def main(argv: list[str] | None = None) -> int:
         resolve_entry(config)(config, run_dir, RunRecorder(run_dir, is_main=False), args.resume)
         return 0
 
-    store = RunStore(run_dir.parent)
     run_id = run_dir.name
+    try:  # the token that proves this process is the run's worker (core.runs.procs.is_our_worker)
+        lock_fd = hold_worker_lock(run_dir / LOCK_FILE)
+    except BlockingIOError:
+        print(f"error: run {run_id}: already has a live worker (another process holds {run_dir / LOCK_FILE})",
+              file=sys.stderr)
+        return 3
+    except OSError as e:
+        print(f"error: {run_dir / LOCK_FILE}: cannot be locked ({e.strerror}); nothing was started", file=sys.stderr)
+        return 3
+    try:
+        return _run(run_dir, run_id, args.resume)
+    finally:
+        os.close(lock_fd)  # the kernel would release it at exit too; a foreground train returns to its caller
+
+
+def _run(run_dir: Path, run_id: str, resume: bool) -> int:
+    """The body of `main` on rank 0, while this process holds the run's worker lock."""
+    config_path = run_dir / CONFIG_FILE
+    store = RunStore(run_dir.parent)
     try:
         _claim(store, run_id)
     except UserError as e:  # not queued nor launched, devices busy, or the run was deleted
         print(f"error: {e}", file=sys.stderr)
         return 3
     print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} started: pid {os.getpid()}, "
-          f"resume={args.resume}", flush=True)
+          f"resume={resume}", flush=True)
     rc = 0
     with _signals_request_stop(run_dir) as got:
         try:
             config = _read_config(config_path)
             entry = resolve_entry(config)
-            entry(config, run_dir, RunRecorder(run_dir, is_main=True), args.resume)
+            entry(config, run_dir, RunRecorder(run_dir, is_main=True), resume)
         except BaseException as e:
             if not isinstance(e, UserError):
                 traceback.print_exc()
