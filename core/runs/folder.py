@@ -20,6 +20,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import sqlite3
 import threading
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from core.checkpoints import describe_filesystem
+from core.errors import UserError
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -61,27 +63,44 @@ def write_json_atomic(path: Path, obj: Any) -> None:
         raise
 
 
-def is_disk_full(error: BaseException) -> bool:
-    """ENOSPC / EDQUOT, or SQLite's "database or disk is full"."""
+LOW_SPACE_BYTES = 1 << 20  # an I/O error from SQLite with less free space than this is a full disk
+
+
+def is_disk_full(error: BaseException, path: Path | None = None) -> bool:
+    """ENOSPC / EDQUOT, SQLite's "database or disk is full", or SQLite's "disk I/O error" on a file system
+    (of `path`) with (almost) no space left: SQLite reports a failed WAL write so."""
+    if getattr(error, "disk_full", False):
+        return True
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
     if isinstance(error, sqlite3.Error):
-        return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(error)
+        code = getattr(error, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "disk is full" in str(error):
+            return True
+        if path is not None and code is not None and code & 0xFF == sqlite3.SQLITE_IOERR:
+            try:
+                return shutil.disk_usage(Path(path).parent).free < LOW_SPACE_BYTES
+            except OSError:
+                return False
     return False
 
 
 def describe_write_error(error: BaseException, path: Path) -> str:
     """One line for a failed write to `path`: "no space left on DEVICE (writing FILE)" when the disk is
     full, else the error itself with the file named."""
-    if is_disk_full(error):
+    if is_disk_full(error, path):
         return f"no space left on {describe_filesystem(Path(path).parent)} (writing {Path(path).name})"
     reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
     return f"{path}: {reason}"
 
 
-class FolderWriteError(OSError):
+class FolderWriteError(UserError, OSError):
     """A run folder's own record (metrics.jsonl, status.json) could not be written; the message says why
-    (a full disk: "no space left on ...")."""
+    and names the file ("no space left on DEVICE (writing FILE)" on a full disk: `.disk_full`)."""
+
+    def __init__(self, error: BaseException, path: Path):
+        super().__init__(describe_write_error(error, path))
+        self.disk_full = is_disk_full(error)
 
 
 def read_status(run_dir: Path) -> dict | None:
@@ -104,13 +123,13 @@ def update_status(run_dir: Path, **fields: Any) -> dict:
         write_json_atomic(path, d)
         return d
     except OSError as first:
-        try:
+        try:  # compact, to fit in the blocks the file already has
             with open(path, "r+") as f:
-                f.write(json.dumps(d, indent=2) + "\n")
+                f.write(json.dumps(d) + "\n")
                 f.truncate()
             return d
         except OSError:
-            raise FolderWriteError(first.errno, describe_write_error(first, path)) from first
+            raise FolderWriteError(first, path) from first
 
 
 def end_status(run_dir: Path, status: str, message: str, **fields: Any) -> dict | None:
@@ -122,7 +141,46 @@ def end_status(run_dir: Path, status: str, message: str, **fields: Any) -> dict 
     try:
         return update_status(run_dir, status=status, message=message, ended_at=time.time(), **fields)
     except OSError:
+        pass
+    try:  # a full disk: the first line of the message may still fit where the whole did not
+        return update_status(run_dir, status=status, message=message.split("\n", 1)[0], ended_at=time.time(),
+                             **fields)
+    except OSError:
         return None
+
+
+class GuardedStream:
+    """A text stream (stdout or stderr going to log.txt) whose failed writes are dropped instead of
+    raised, so that a full disk never kills a run through a print; the first failure is kept in
+    `.error` ("no space left on ... (writing log.txt)") and said once on `fallback` when given."""
+
+    def __init__(self, stream, path: Path, fallback=None):
+        self._stream, self._path, self._fallback = stream, Path(path), fallback
+        self.error: str | None = None
+
+    def _guard(self, call):
+        try:
+            return call()
+        except OSError as e:
+            if self.error is None:
+                self.error = describe_write_error(e, self._path)
+                if self._fallback is not None:
+                    try:
+                        self._fallback.write(f"[runs] {self.error}; the log misses lines from here\n")
+                        self._fallback.flush()
+                    except OSError:
+                        pass
+            return None
+
+    def write(self, s: str) -> int:
+        self._guard(lambda: self._stream.write(s))
+        return len(s)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def append_metrics_line(run_dir: Path, step: int, values: dict[str, float], time_s: float) -> None:
@@ -136,7 +194,7 @@ def append_metrics_line(run_dir: Path, step: int, values: dict[str, float], time
         finally:
             os.close(fd)
     except OSError as e:
-        raise FolderWriteError(e.errno, describe_write_error(e, path)) from e
+        raise FolderWriteError(e, path) from e
 
 
 def read_metrics_file(path: Path) -> list[dict]:

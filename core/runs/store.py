@@ -59,7 +59,7 @@ from core.runs import entries
 from core.runs.folder import (  # noqa: F401  (re-exported: the names every caller imports from the store)
     ACTIVE, CONFIG_FILE, ENDED, FAILED, FINISHED, LOG_FILE, METRICS_FILE, QUEUED, RESUMABLE, RUNNING, SAMPLE_RE,
     SAMPLES_DIR, STATUS_FILE, STATUSES, STOP_FILE, STOPPED, STOPPING, FolderWriteError, append_metrics_line,
-    describe_write_error, is_disk_full, read_metrics_file, read_status, tail_lines, write_json_atomic,
+    describe_write_error, read_metrics_file, read_status, tail_lines, write_json_atomic,
 )
 from core.runs.procs import (  # noqa: F401  (re-exported)
     all_processes, parent_pid, process_alive, process_session, process_start_time, process_state,
@@ -812,7 +812,7 @@ class RunStore:
 
     def index_failed(self, what: str, error: BaseException) -> None:
         """One line on stderr for an index write that failed (once per cause: not one per step)."""
-        cause = describe_write_error(error, self.db_path) if is_disk_full(error) else f"{self.db_path}: {error}"
+        cause = describe_write_error(error, self.db_path)
         if cause not in self._index_errors_said:
             self._index_errors_said.add(cause)
             print(f"[runs] run index not written ({what}): {cause}; the run folder keeps the record and the "

@@ -36,7 +36,7 @@ from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.procs import hold_worker_lock
 from core.runs.recorder import RunRecorder
-from core.runs.folder import LOCK_FILE, LOG_TAIL_LINES, METRICS_FILE, end_status, read_metrics_file, read_status
+from core.runs.folder import LOCK_FILE, LOG_TAIL_LINES, METRICS_FILE, GuardedStream, end_status, read_metrics_file, read_status
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, INDEX_ERRORS, LOG_FILE, QUEUED, RUNNING, STOP_FILE, STOPPED,
     STOPPING, RunStateError, RunStore, parent_pid, process_start_time, tail_lines,
@@ -260,9 +260,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         print(f"error: {run_dir / LOCK_FILE}: cannot be locked ({e.strerror}); nothing was started", file=sys.stderr)
         return 3
+    out, err = sys.stdout, sys.stderr
+    sys.stdout = GuardedStream(out, run_dir / LOG_FILE)  # a full disk never kills the run through a print
+    sys.stderr = GuardedStream(err, run_dir / LOG_FILE)
     try:
         return _run(run_dir, run_id, args.resume)
     finally:
+        sys.stdout, sys.stderr = out, err
         os.close(lock_fd)  # the kernel would release it at exit too; a foreground train returns to its caller
 
 
@@ -300,6 +304,8 @@ def _run(run_dir: Path, run_id: str, resume: bool) -> int:
 
     try:
         Launcher(store).tick()
+    except INDEX_ERRORS as e:
+        store.index_failed("starting the next queued run", e)
     except Exception:
         print("[worker] starting the next queued run failed:", file=sys.stderr)
         traceback.print_exc()

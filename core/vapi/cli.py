@@ -35,20 +35,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class _Tee:
-    """The terminal and the run's log.txt. A terminal that is gone (closed after SIGHUP: EIO, EPIPE) is
-    dropped; the log keeps everything."""
+    """The terminal and the run's log.txt. A stream whose write fails is dropped: a terminal that is gone
+    (closed after SIGHUP: EIO, EPIPE), or the log on a full disk (said once on the terminal)."""
 
-    def __init__(self, *streams):
-        self.streams = list(streams)
+    def __init__(self, terminal, log):
+        self.log = log
+        self.streams = [terminal, log]
 
     def _each(self, call):
         for st in list(self.streams):
             try:
                 call(st)
-            except OSError:
-                if st is self.streams[-1]:
-                    raise  # the log itself
+            except OSError as e:
                 self.streams.remove(st)
+                if st is self.log and self.streams:
+                    from core.runs.folder import describe_write_error
+
+                    with contextlib.suppress(OSError):
+                        self.streams[0].write(f"[runs] {describe_write_error(e, Path(st.name))}; "
+                                              "the log misses lines from here\n")
 
     def write(self, s):
         self._each(lambda st: st.write(s))
@@ -58,7 +63,7 @@ class _Tee:
         self._each(lambda st: st.flush())
 
     def isatty(self):
-        return self.streams[0].isatty()
+        return bool(self.streams) and self.streams[0].isatty()
 
 
 FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
@@ -183,12 +188,16 @@ def cmd_train(args) -> int:
         resume = False
     print(f"run folder: {run_dir}", flush=True)
     argv = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
-    with open(run_dir / LOG_FILE, "a", buffering=1) as log, \
-            contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
-        try:
-            rc = worker.main(argv)
-        except KeyboardInterrupt:
-            rc = 130
+    log = open(run_dir / LOG_FILE, "a", buffering=1)
+    try:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
+            try:
+                rc = worker.main(argv)
+            except KeyboardInterrupt:
+                rc = 130
+    finally:
+        with contextlib.suppress(OSError):  # a full disk: the last buffered lines are lost, not the run
+            log.close()
     from core.runs.folder import read_status
 
     run = read_status(run_dir) or {}  # the run folder is the truth (the index may be unwritable)
