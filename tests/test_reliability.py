@@ -184,6 +184,57 @@ def test_train_refuses_busy_devices_and_starts_once_a_killed_foreground_worker_i
         wrapper.wait()
 
 
+# --- device claims are per machine, not per runs dir ---------------------------------------------
+
+
+def test_two_runs_dirs_never_share_a_device_and_the_queue_waits_for_the_other(tmp_path):
+    from core.runs import Launcher
+
+    first, second = RunStore(tmp_path / "a"), RunStore(tmp_path / "b")
+    holder = Launcher(first).submit("holder", {"entry": ENTRY, "fake": {"forever": True}}, "cpu", 10)
+    wait_for(lambda: first.get(holder.id).step >= 1, "the first runs dir's run to step")
+    try:
+        queued = Launcher(second).submit("queued", {"entry": ENTRY, "fake": {"steps": 2, "step_s": 0.01}}, "cpu", 2)
+        assert queued.status == "queued", queued
+        assert queued.message.startswith(f"waiting for cpu, used by run {holder.run_dir} of another runs dir")
+        time.sleep(1.0)
+        Launcher(second).tick()
+        assert second.get(queued.id).status == "queued"  # still waits: the device is held machine-wide
+    finally:
+        Launcher(first, grace_s=10).stop(holder.id)
+    wait_for(lambda: first.get(holder.id).status == STOPPED, "the holder to stop")
+    wait_for(lambda: Launcher(second).tick() is not None and second.get(queued.id).status == FINISHED,
+             "the second runs dir's run to start once the device is free")
+
+
+@pytest.mark.slow
+def test_train_in_another_runs_dir_is_refused_or_waits_for_the_device(tmp_path, tiny_demo):
+    from core.runs import Launcher
+
+    first = RunStore(tmp_path / "a")
+    holder = Launcher(first).submit("holder", {"entry": ENTRY, "fake": {"forever": True}}, "cpu", 10)
+    wait_for(lambda: first.get(holder.id).step >= 1, "the first runs dir's run to step")
+    other = tmp_path / "b"
+    try:
+        r = core("train", *TINY, "--set", "max_steps=1", "--runs-dir", str(other))
+        assert r.returncode == 3, r.stdout + r.stderr
+        assert f"used by run {holder.run_dir}" in r.stderr and "--wait" in r.stderr
+        assert f"runs stop {holder.id} --runs-dir {first.runs_dir}" in r.stderr
+        assert not [p for p in other.iterdir() if p.is_dir()]  # nothing made
+        errors = tmp_path / "stderr.txt"
+        with open(errors, "w") as stderr:
+            waiting = subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", "max_steps=1",
+                                        "--runs-dir", str(other), "--wait"], cwd=ROOT,
+                                       stdout=subprocess.PIPE, stderr=stderr, text=True)
+        wait_for(lambda: "waiting: " in errors.read_text(), "the second train to wait for the device", timeout=120)
+        time.sleep(1.0)
+        assert waiting.poll() is None and not [p for p in other.iterdir() if p.is_dir()]
+    finally:
+        Launcher(first, grace_s=10).stop(holder.id)
+    out, _ = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0 and "finished at step 1/1" in out, out + errors.read_text()
+
+
 # --- 6. Ctrl-C and SIGTERM stop with a checkpoint ---------------------------------------------------
 
 

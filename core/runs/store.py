@@ -55,7 +55,7 @@ from typing import Any
 from core.checkpoints import CHECKPOINTS_DIR, Checkpoint, find_last, list_checkpoints, remove_partial
 from core.device import devices_conflict, normalize_devices, parse_devices
 from core.errors import ConfigError, UserError
-from core.runs import entries
+from core.runs import claims, entries
 from core.runs.folder import (  # noqa: F401  (re-exported: the names every caller imports from the store)
     ACTIVE, CONFIG_FILE, ENDED, FAILED, FINISHED, LOG_FILE, METRICS_FILE, QUEUED, RESUMABLE, RUNNING, SAMPLE_RE,
     SAMPLES_DIR, STATUS_FILE, STATUSES, STOP_FILE, STOPPED, STOPPING, FolderWriteError, append_metrics_line,
@@ -136,11 +136,23 @@ class RunStateError(UserError):
 
 
 class DevicesBusyError(RunStateError):
-    """A run cannot start now: another active run of this host uses one of its devices (`.blocker`)."""
+    """A run cannot start now: another active run of this host uses one of its devices (`.blocker`: the
+    run, when it is one of this runs dir; `.stop_command`: how to stop it, wherever it is)."""
 
-    def __init__(self, message: str, blocker: "Run"):
+    def __init__(self, message: str, blocker: "Run | None", stop_command: str):
         self.blocker = blocker
+        self.stop_command = stop_command
         super().__init__(message)
+
+
+def _busy_elsewhere(what: str, devices: str, device: str, holder: dict) -> DevicesBusyError:
+    """The error for a device held by a process of another runs dir (`core.runs.claims`)."""
+    run_dir = holder.get("run_dir")
+    where = f"run {run_dir}" if run_dir else "another process"
+    stop = (f"python -m core runs stop {Path(run_dir).name} --runs-dir {Path(run_dir).parent}" if run_dir
+            else f"kill {holder.get('pid')}")
+    return DevicesBusyError(f"{what}: devices {devices} are used by {where} (process {holder.get('pid')}, "
+                            f"{device} held machine-wide); wait for it or stop it", None, stop)
 
 
 class IndexCorruptError(UserError):
@@ -533,7 +545,7 @@ class RunStore:
             now = time.time()
             with self._write() as con:
                 if claim is not None:
-                    self._check_free(con, devices, f"run {run_id}")
+                    self._check_free(con, devices, f"run {run_id}", hold_for=run_dir)
                 seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
                 con.execute(
                     "INSERT INTO runs (id, name, status, devices, host, total_steps, queue_seq, created_at,"
@@ -545,6 +557,8 @@ class RunStore:
                     return self._transition(con, self._get(con, run_id), RUNNING, dict(claim))
                 return self._mirror(con, run_id)
         except BaseException:
+            if claim is not None:
+                claims.release(devices)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
@@ -683,6 +697,17 @@ class RunStore:
                 if run.status != QUEUED:
                     continue
                 devs = set(parse_devices(run.devices))
+                elsewhere = None if devs & busy else claims.held_elsewhere(run.devices)
+                if elsewhere is not None:  # a process of another runs dir (or user) holds one of them
+                    device, who = elsewhere
+                    message = (f"{WAITING} for {device}, used by run {who.get('run_dir') or '?'} of another runs "
+                               f"dir (process {who.get('pid')})")
+                    if run.message != message and not run.message.startswith("resumed"):
+                        self._apply(con, run.id, {"message": message}, check={})
+                        self._mirror(con, run.id)
+                    busy |= devs
+                    holder.update({d: run for d in devs if d not in holder})
+                    continue
                 if not devs & busy:
                     started = {"status": RUNNING, "started_at": now}
                     if run.message.startswith(WAITING):
@@ -707,7 +732,7 @@ class RunStore:
             run = self._get(con, run_id)
             if run.status != QUEUED:
                 raise RunStateError(f"run {run_id}: is {run.status}, not queued")
-            self._check_free(con, run.devices, f"run {run_id}")
+            self._check_free(con, run.devices, f"run {run_id}", hold_for=run.run_dir)
             if run.message.startswith(WAITING):
                 fields = {"message": "", **fields}
             return self._transition(con, run, RUNNING, fields)
@@ -720,7 +745,7 @@ class RunStore:
             run = self._get(con, run_id)
             if run.status not in set(expect):
                 raise RunStateError(f"run {run_id}: is {run.status}; only stopped or failed runs can be resumed")
-            self._check_free(con, run.devices, f"run {run_id}")
+            self._check_free(con, run.devices, f"run {run_id}", hold_for=run.run_dir)
             run = self._transition(con, run, QUEUED, dict(queued_fields))
             return self._transition(con, run, RUNNING, dict(claim))
 
@@ -740,11 +765,24 @@ class RunStore:
         with self._connection() as con:
             self._check_free(con, devices, what)
 
-    def _check_free(self, con: sqlite3.Connection, devices: str, what: str) -> None:
+    def _check_free(self, con: sqlite3.Connection, devices: str, what: str, hold_for: Path | None = None) -> None:
+        """Raise DevicesBusyError unless `devices` are free in this index AND on this machine (no process
+        of another runs dir holds them: `core.runs.claims`). With `hold_for` (a run folder) this process
+        then holds them machine-wide, as the worker of that run."""
         other = self.active_on(devices, con)
         if other is not None:
             raise DevicesBusyError(f"{what}: devices {devices} are used by run {other.id} ({other.status}, step "
-                                   f"{other.step}/{other.total_steps}); wait for it or stop it", other)
+                                   f"{other.step}/{other.total_steps}); wait for it or stop it", other,
+                                   f"python -m core runs stop {other.id}")
+        try:
+            if hold_for is not None:
+                claims.hold(devices, hold_for)
+            else:
+                held = claims.held_elsewhere(devices)
+                if held is not None:
+                    raise claims.DeviceHeldError(*held)
+        except claims.DeviceHeldError as e:
+            raise _busy_elsewhere(what, devices, e.device, e.holder) from None
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run (row, metrics, folder). Refuses a running or stopping run."""

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.checkpoints import find_last, step_dir_name
-from core.runs import entries
+from core.runs import claims, entries
 from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.procs import hold_worker_lock
@@ -272,13 +272,31 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(run_dir: Path, run_id: str, resume: bool) -> int:
     """The body of `main` on rank 0, while this process holds the run's worker lock."""
-    config_path = run_dir / CONFIG_FILE
     store = RunStore(run_dir.parent)
     try:
         _claim(store, run_id)
     except UserError as e:  # not queued nor launched, devices busy, or the run was deleted
         print(f"error: {e}", file=sys.stderr)
         return 3
+    try:
+        return _run_holding_devices(store, run_dir, run_id, resume)
+    finally:
+        claims.release()
+
+
+def _run_holding_devices(store: RunStore, run_dir: Path, run_id: str, resume: bool) -> int:
+    """Hold the run's devices machine-wide (`core.runs.claims`; a foreground run holds them already),
+    waiting while a process of another runs dir has them, then run the entry."""
+    config_path = run_dir / CONFIG_FILE
+    devices = str((read_status(run_dir) or {}).get("devices") or "cpu")
+
+    def waiting(e: claims.DeviceHeldError) -> None:
+        print(f"[worker] waiting: {e}", flush=True)
+
+    if not claims.hold(devices, run_dir, wait=True, should_stop=(run_dir / STOP_FILE).exists, on_wait=waiting):
+        print("[worker] stop requested while waiting for the devices", flush=True)
+        _finish(store, run_id, run_dir)
+        return 0
     print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} started: pid {os.getpid()}, "
           f"resume={resume}", flush=True)
     rc = 0
@@ -301,6 +319,7 @@ def _run(run_dir: Path, run_id: str, resume: bool) -> int:
     print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} {ended.get('status')} at step "
           f"{ended.get('step')}", flush=True)
     _release_memory()
+    claims.release()  # before starting the next run, which may need them
 
     try:
         Launcher(store).tick()

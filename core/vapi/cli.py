@@ -116,7 +116,7 @@ def _start_when_free(start, launcher, wait: bool):
         except DevicesBusyError as e:
             if not wait:
                 print(f"error: {e}. Nothing was started: add --wait to wait for it, or stop it with "
-                      f"`python -m core runs stop {e.blocker.id}`", file=sys.stderr)
+                      f"`{e.stop_command}`", file=sys.stderr)
                 raise _Busy() from None
             if not said:
                 print(f"waiting: {e}", file=sys.stderr, flush=True)
