@@ -273,7 +273,7 @@ def test_signal_to_a_foreground_train_stops_it_with_a_checkpoint_and_resume_fini
 
 
 @pytest.mark.slow
-def test_closing_the_terminal_of_a_foreground_train_stops_it_with_a_checkpoint(tmp_path, tiny_demo):
+def test_closing_the_terminal_stops_a_foreground_train_with_a_checkpoint_and_resume_below_it_is_refused(tmp_path, tiny_demo):
     """A real SIGHUP, as when the terminal or SSH session closes: the terminal is gone too (its pipes
     closed), and the run stops at the next step boundary with a checkpoint, like SIGTERM."""
     run_dir = tmp_path / "runs" / "hup"
@@ -296,6 +296,14 @@ def test_closing_the_terminal_of_a_foreground_train_stops_it_with_a_checkpoint(t
     assert int(ckpts[-1].name.split("-")[1]) == status["step"] >= 3
     assert "SIGHUP: stopping at the next step boundary" in (run_dir / "log.txt").read_text()
     assert rc == 0
+
+    # resuming it with max_steps below the step it resumes from is refused, naming the field; nothing changes
+    before = {name: (run_dir / name).read_text() for name in ("config.json", "status.json", "metrics.jsonl")}
+    r = core("train", "--resume", str(run_dir), "--set", f"max_steps={status['step'] - 1}")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: max_steps: "), r.stdout + r.stderr
+    assert f"below step {status['step']}" in lines[0]
+    assert {name: (run_dir / name).read_text() for name in before} == before
 
 
 def test_sigterm_to_a_launcher_started_worker_stops_it_with_a_checkpoint(store):

@@ -383,10 +383,14 @@ class Launcher:
                    if run.status == FINISHED else "only stopped, failed or finished runs can be resumed")
             raise RunStateError(f"run {run_id}: is {run.status}; {why}")
         check_resumable(run.run_dir)
-        if claim is not None:
-            self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
+        if total_steps is not None and total_steps < step:
+            field = "max_steps" if run.kind == entries.TRAIN else "total_steps"
+            raise ConfigError(field, f"{total_steps} is below step {step}, where run {run_id} resumes from (checkpoint "
+                                     f"{step_dir_name(step)}); give {field} >= {step}")
+        if claim is not None:
+            self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
         self.store.trim_after(run_id, step)
         self.store.clear_stop_request(run_id)
         message = (f"resumed from checkpoint {step_dir_name(step)}" if ckpt is not None
