@@ -30,7 +30,7 @@ from core.checkpoints import check_states, step_dir_name
 from core.device import gpu_ids
 from core.errors import ConfigError
 from core.paths import ROOT
-from core.runs import entries
+from core.runs import kinds
 from core.runs.folder import LOCK_FILE, LOG_TAIL_LINES
 from core.runs.procs import is_our_worker, started_within
 from core.runs.store import (
@@ -44,7 +44,7 @@ SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after thi
 KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
 MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
-DEFAULT_ENTRY = entries.TRAIN_ENTRY
+DEFAULT_ENTRY = kinds.TRAIN_ENTRY
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -386,7 +386,7 @@ class Launcher:
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
         if total_steps is not None and total_steps < step:
-            field = "max_steps" if run.kind == entries.TRAIN else "total_steps"
+            field = "max_steps" if run.kind == kinds.TRAIN else "total_steps"
             raise ConfigError(field, f"{total_steps} is below step {step}, where run {run_id} resumes from (checkpoint "
                                      f"{step_dir_name(step)}); give {field} >= {step}")
         if claim is not None:

@@ -55,7 +55,7 @@ from typing import Any
 from core.checkpoints import CHECKPOINTS_DIR, Checkpoint, find_last, list_checkpoints, remove_partial
 from core.device import devices_conflict, normalize_devices, parse_devices
 from core.errors import ConfigError, UserError
-from core.runs import claims, entries
+from core.runs import claims, kinds
 from core.runs.folder import (  # noqa: F401  (re-exported: the names every caller imports from the store)
     ACTIVE, CONFIG_FILE, ENDED, FAILED, FINISHED, LOG_FILE, METRICS_FILE, QUEUED, RESUMABLE, RUNNING, SAMPLE_RE,
     SAMPLES_DIR, STATUS_FILE, STATUSES, STOP_FILE, STOPPED, STOPPING, FolderWriteError, append_metrics_line,
@@ -103,7 +103,7 @@ CREATE TABLE IF NOT EXISTS runs (
     stop_deadline REAL,             -- after this time a stopping worker is killed
     message TEXT NOT NULL DEFAULT '',
     ran_before REAL NOT NULL DEFAULT 0,  -- seconds the run was active before its last resume
-    kind TEXT NOT NULL DEFAULT 'train'   -- train | eval | embeddings: from the config's entry (core.runs.entries)
+    kind TEXT NOT NULL DEFAULT 'train'   -- train | eval | embeddings: from the config's entry (core.runs.kinds)
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, queue_seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -205,7 +205,7 @@ class Run:
     message: str
     run_dir: Path
     ran_before: float = 0.0  # seconds active before the last resume
-    kind: str = entries.TRAIN  # train | eval | embeddings (core.runs.entries), fixed at creation
+    kind: str = kinds.TRAIN  # train | eval | embeddings (core.runs.kinds), fixed at creation
 
     @property
     def ran_seconds(self) -> float | None:
@@ -402,8 +402,8 @@ class RunStore:
         try:
             config = json.loads((self.run_dir(run_id) / CONFIG_FILE).read_text())
         except (OSError, ValueError):
-            return entries.TRAIN
-        return entries.kind_of(config.get("entry")) if isinstance(config, dict) else entries.TRAIN
+            return kinds.TRAIN
+        return kinds.kind_of(config.get("entry")) if isinstance(config, dict) else kinds.TRAIN
 
     def _row_from_folder(self, folder: Path) -> dict[str, Any] | None:
         row = self._status_row(folder)
@@ -551,7 +551,7 @@ class RunStore:
                     "INSERT INTO runs (id, name, status, devices, host, total_steps, queue_seq, created_at,"
                     " queued_at, updated_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, name.strip(), QUEUED, devices, self.host, total_steps, seq, now, now, now,
-                     entries.kind_of(config.get("entry"))),
+                     kinds.kind_of(config.get("entry"))),
                 )
                 if claim is not None:
                     return self._transition(con, self._get(con, run_id), RUNNING, dict(claim))

@@ -2,11 +2,11 @@
 
 Started detached by the launcher (its own session; stdout and stderr appended to DIR/log.txt).
 It marks the run running, imports the entry point named by config.json's "entry" ("module:function",
-the trainer is "core.vapi.trainer:run_worker") and calls
+one of the kinds of `core.runs.kinds`) and calls
 
     entry(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool)
 
-The entry must be one of the project's worker entry points (`core.runs.entries`; an entry's old name is
+The entry must be one of the project's worker entry points (`core.runs.kinds`; an entry's old name is
 mapped to its new one there). SIGTERM, SIGHUP and SIGINT
 (Ctrl-C) request a stop, like the UI's Stop: the trainer checkpoints at its next step boundary.
 On return the run is finished, or stopped when a stop was requested; on an exception it is failed,
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from core.checkpoints import find_last, step_dir_name
-from core.runs import claims, entries
+from core.runs import claims, kinds
 from core.errors import ConfigError, UserError
 from core.runs.launcher import Launcher
 from core.runs.procs import hold_worker_lock
@@ -49,7 +49,7 @@ class WorkerTerminated(Exception):
 
 # the project's own entry points; config.json names one of them (a run folder is not a place to name
 # arbitrary code to import). VAPI_WORKER_ENTRIES adds others, comma-separated (tests, local plugins).
-ENTRY_POINTS = frozenset(entries.ENTRY_KINDS)
+ENTRY_POINTS = frozenset(kinds.ENTRY_KINDS)
 EXTRA_ENTRIES_ENV = "VAPI_WORKER_ENTRIES"
 
 
@@ -61,7 +61,7 @@ def allowed_entries() -> frozenset[str]:
 def resolve_entry(config: dict) -> Callable:
     """Import the callable named by config["entry"] ("package.module:function"), one of `allowed_entries`
     (an old name of one: its current name)."""
-    spec = entries.current(config.get("entry"))
+    spec = kinds.current(config.get("entry"))
     if not isinstance(spec, str) or spec.count(":") != 1 or not all(spec.split(":")):
         raise ConfigError("entry", f"{spec!r}; expected 'package.module:function', "
                                    "e.g. 'core.vapi.trainer:run_worker'")
@@ -299,7 +299,7 @@ def _run_holding_devices(store: RunStore, run_dir: Path, run_id: str, resume: bo
         return 0
     print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} started: pid {os.getpid()}, "
           f"resume={resume}", flush=True)
-    rc = 0
+    rc, error = 0, None
     with _signals_request_stop(run_dir) as got:
         try:
             config = _read_config(config_path)
@@ -311,15 +311,16 @@ def _run_holding_devices(store: RunStore, run_dir: Path, run_id: str, resume: bo
             else:
                 print(f"error: {e}", file=sys.stderr)
             sys.stderr.flush()
-            _fail(store, run_id, run_dir, e)
-            rc = 130 if isinstance(e, KeyboardInterrupt) else 1
-        else:
-            _finish(store, run_id, run_dir, got["signal"])
+            error, rc = e, 130 if isinstance(e, KeyboardInterrupt) else 1
+    _release_memory()
+    claims.release()  # the devices are free before the run is seen to end: the next run may start at once
+    if error is not None:
+        _fail(store, run_id, run_dir, error)
+    else:
+        _finish(store, run_id, run_dir, got["signal"])
     ended = read_status(run_dir) or {}
     print(f"[worker] {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} {ended.get('status')} at step "
           f"{ended.get('step')}", flush=True)
-    _release_memory()
-    claims.release()  # before starting the next run, which may need them
 
     try:
         Launcher(store).tick()

@@ -76,7 +76,7 @@ def _resume_config(run_dir: Path, overrides: list[str]):
     from core.errors import ConfigError
     from core.runs.launcher import check_resumable
     from core.vapi import config as C
-    from core.vapi.trainer import ENTRY
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     check_resumable(run_dir)  # config.json is a JSON object, trainer_state.json files hold integer steps
     path = run_dir / "config.json"
@@ -133,7 +133,8 @@ def cmd_train(args) -> int:
     from core.runs.store import LOG_FILE, RunNotFoundError, RunStore, process_start_time, write_json_atomic
     from core.vapi import config as C
     from core.vapi.preflight import preflight
-    from core.vapi.trainer import ENTRY
+    from core.runs import kinds
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     me = {"worker_pid": os.getpid(), "worker_start": process_start_time(os.getpid())}
     if args.resume is not None:
@@ -179,7 +180,7 @@ def cmd_train(args) -> int:
         launcher = Launcher(store)
         try:
             run = _start_when_free(lambda: store.create_run(args.name or args.preset or "run",
-                                                            {**cfg.to_dict(), "entry": ENTRY}, devices,
+                                                            kinds.record(kinds.TRAIN, cfg), devices,
                                                             cfg.max_steps, run_id=run_id, claim=me),
                                    launcher, args.wait)
         except _Busy:
