@@ -10,12 +10,12 @@ import re
 import time
 from typing import Optional
 
-from core.runs import entries
+from core.runs import kinds
 from core.runs.store import ACTIVE, QUEUED, RUNNING, Run, RunStore
 
 ETA_WINDOW = 20  # steps whose timestamps estimate the time per step
 TABLE_HEADERS = ["run", "name", "kind", "status", "step", "ETA", "reward", "devices", "created"]
-EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND = entries.EVAL, entries.EMBEDDINGS, entries.TRAIN
+EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND = kinds.EVAL, kinds.EMBEDDINGS, kinds.TRAIN
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
@@ -95,32 +95,20 @@ def header(run: Run, eta: Optional[float]) -> str:
 
 
 def job_results(store: RunStore, run: Run) -> Optional[str]:
-    """Markdown of an evaluation or embedding job's results (what the Runs tab shows instead of training
-    curves); None for a training run."""
+    """Markdown of a job's results, through its kind (`core.runs.kinds`: label, tab, summary of its
+    results.json; what the Runs tab shows instead of training curves); None for a training run."""
     import json
 
     from core.eval.job_io import RESULTS_FILE
 
-    kind = run.kind
-    if kind == TRAIN_KIND:
+    kind = kinds.get(run.kind)
+    if kind.summarize is None:  # a training run: its curves, no results.json
         return None
-    tab = "Evaluate" if kind == EVAL_KIND else "Embeddings"
     try:
         results = json.loads((run.run_dir / RESULTS_FILE).read_text())
     except (OSError, ValueError):
-        return (f"**{kind} job** — {run.step}/{run.total_steps} samples drawn. It has no training curves; its "
-                f"results appear here and in the **{tab}** tab when it finishes.")
-    lines = [f"**{kind} job results** (also in the **{tab}** tab)"]
-    if kind == EVAL_KIND:
-        spread = results.get("spread") or {k: {"mean": v, "std": 0.0, "values": [v]}
-                                          for k, v in results.get("metrics", {}).items()}
-        lines.append(f"{as_text(results.get('model'))} · {as_text(results.get('checkpoint'))} · mean ± std over "
-                     f"{len(next(iter(spread.values()), {}).get('values', [])) if spread else 0} seeds")
-        lines += [f"- {name}: {v['mean']:.4g} ± {v['std']:.2g}" for name, v in spread.items()]
-    else:
-        for name, v in (results.get("verdicts") or {}).items():
-            b, a = v["base"], v["aligned"]
-            lines.append(f"- {'FD' if name == 'fid' else name}: base {b['mean']:.4g} ± {b['std']:.2g} → aligned "
-                         f"{a['mean']:.4g} ± {a['std']:.2g}; Δ 95% interval [{v['low']:+.3g}, {v['high']:+.3g}] → "
-                         f"**{v['verdict']}**")
-    return "\n".join(lines)
+        return (f"**{kind.label}** — {run.step}/{run.total_steps} done. It has no training curves; its "
+                f"results appear here and in the **{kind.results_tab}** tab when it finishes.")
+    if isinstance(results, dict):  # what a user typed (model, checkpoint) shows as text
+        results = {**results, **{k: as_text(results[k]) for k in ("model", "checkpoint") if k in results}}
+    return "\n".join([f"**{kind.label} results** (also in the **{kind.results_tab}** tab)", *kind.summarize(results)])
