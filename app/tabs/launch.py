@@ -73,19 +73,17 @@ def model_status(model: str) -> tuple[str, bool]:
         g = registry.get_generator(model)
     except ConfigError as e:
         return f"⚠ {e}", False
-    t = registry.get_tokenizer(g.tokenizer)
     lines = [f"**{g.name}** · {g.task} · {g.size} · {g.image_size} px — {g.description}"]
     missing_published = False
-    parts = [("generator", g)] + ([("tokenizer", t)] if t.path != g.path else [])  # Janus: one model folder
-    for what, p in parts:
-        if p.present:
-            lines.append(f"- {what} `{p.filename}` ✓ present")
-        elif p.repo_id is None:
-            lines.append(f"- {what} `{p.filename}` ✗ missing — {registry.download_hint(p.filename, p.repo_id)}")
+    for f in registry.files_of(model):  # generator, tokenizer, and a LlamaGen T2I preset's text encoder
+        if f.present:
+            lines.append(f"- {f.role} `{f.path.name}` ✓ present")
+        elif f.source is None:
+            lines.append(f"- {f.role} `{f.path.name}` ✗ missing — {f.hint}")
         else:
             missing_published = True
-            lines.append(f"- {what} `{p.filename}` ✗ missing — published at huggingface.co/{p.repo_id}; "
-                         f"**Download** fetches it into `{p.path.parent}`")
+            lines.append(f"- {f.role} `{f.path.name}` ✗ missing — published at huggingface.co/{f.source}; "
+                         f"**Download** fetches it into `{f.path.parent}`")
     return "\n".join(lines), missing_published
 
 
@@ -325,16 +323,13 @@ def build(ctx: BuildContext) -> None:
         from core.models import registry
 
         try:
-            g = registry.get_generator(model)
-            t = registry.get_tokenizer(g.tokenizer)
-            missing = list({p.path: p for p in (g, t) if not p.present}.values())
-            for i, p in enumerate(missing):
-                progress(i / len(missing), desc=f"downloading {p.filename}")
-                if p.repo_id is None:
-                    raise MissingWeightsError(f"{p.filename} is embedded, not published: "
-                                              f"{registry.download_hint(p.filename, p.repo_id)}")
-                registry.download(p.filename)
-            message = "✓ all weight files present" if not missing else f"✓ downloaded {', '.join(p.filename for p in missing)}"
+            missing = [f for f in registry.files_of(model) if not f.present]
+            for i, f in enumerate(missing):
+                progress(i / len(missing), desc=f"downloading {f.name}")
+                if f.source is None:
+                    raise MissingWeightsError(f"{f.name} is not published on the hub: {f.hint}")
+                registry.download(f.name)
+            message = "✓ all weight files present" if not missing else f"✓ downloaded {', '.join(f.name for f in missing)}"
         except (MissingWeightsError, ConfigError, UserError) as e:
             message = f"✗ **Download failed** — {e}"
         except OSError as e:

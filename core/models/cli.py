@@ -45,16 +45,15 @@ def cmd_info(args) -> int:
     missing: dict = {}
     print(f"Generator presets (downloads go to {paths.CHECKPOINTS_DIR}):")
     for g in registry.all_generators():
-        t = registry.get_tokenizer(g.tokenizer)
-        absent = [f for f in {id(g): g, id(t): t}.values() if not f.present]
+        absent = [f for f in registry.files_of(g.name) if not f.present]
         for f in absent:
             missing[f.path] = f
-        state = "present" if not absent else "missing " + " + ".join(f.filename for f in absent)
+        state = "present" if not absent else "missing " + " + ".join(f.name for f in absent)
         print(f"  {g.name:22s} {g.task} {g.size:7s} {g.image_size:3d}px  {g.description}\n  {'':22s} {state}")
     if missing:
         print("Missing files:")
         for path, f in missing.items():
-            print(f"  {path}\n      {registry.download_hint(f.filename, f.repo_id)}")
+            print(f"  {f.role} {path}\n      {f.hint}")
     print("Devices:")
     for d in device.report():
         print(f"  {d['name']:8s} {d['detail']}")
