@@ -68,6 +68,7 @@ def test_one_preflight_lists_every_problem_at_once(tiny_demo, tmp_path):
                         ("model", "vq_ds16_c2i.pt"), ("reward_weights.lpips", "vgg16-397923af.pth")]:
         assert any(line.startswith(f"  - {field}:") and text in line for line in err.splitlines()), (field, text, err)
     assert err.count("python -m core download") >= 2  # each missing file with its own command
+    assert "python -m core download --preset llamagen-c2i-xxl-384" in err  # and all of them at once
     assert not run.exists()
 
 

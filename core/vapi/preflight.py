@@ -36,13 +36,13 @@ class Problem:
 class PreflightError(UserError):
     """Several problems at once (a single one is raised as itself)."""
 
-    def __init__(self, problems: list[Problem]):
+    def __init__(self, problems: list[Problem], footer: str = ""):
         self.problems = problems
         lines = [f"{len(problems)} problems stop this run (fix them all, then start again):"]
         for p in problems:
             body = p.message.replace("\n", "\n      ")
             lines.append(f"  - {p.field}: {body}")
-        super().__init__("\n".join(lines))
+        super().__init__("\n".join(lines + ([footer] if footer else [])))
 
 
 @dataclass
@@ -72,11 +72,14 @@ class _Collector:
             self.problems += problems_of(e, default_field)
             return None
 
-    def raise_if_any(self) -> None:
+    def raise_if_any(self, model: str) -> None:
         if len(self.problems) == 1:
             raise self.problems[0].error
+        weights = [p for p in self.problems if isinstance(p.error, MissingWeightsError)]
+        footer = (f"Every missing weights file at once: `python -m core download --preset {model}`"
+                  if len(weights) > 1 else "")
         if self.problems:
-            raise PreflightError(self.problems)
+            raise PreflightError(self.problems, footer)
 
 
 def _check_data_kind(cfg: VapiConfig, preset) -> None:
@@ -149,5 +152,5 @@ def preflight(cfg: VapiConfig) -> Checked:
             dataset = found.check("data_path", lambda: _build_data(cfg, preset))
         found.problems += _check_weights(cfg, preset)
     found.problems += _check_rewards(cfg)
-    found.raise_if_any()
+    found.raise_if_any(cfg.model)
     return Checked(preset=preset, dataset=dataset)
