@@ -153,4 +153,6 @@ def preflight(cfg: VapiConfig) -> Checked:
         found.problems += _check_weights(cfg, preset)
     found.problems += _check_rewards(cfg)
     found.raise_if_any(cfg.model)
-    return Checked(preset=preset, dataset=dataset)
+    from core.vapi.estimate import quick_warnings
+
+    return Checked(preset=preset, dataset=dataset, warnings=quick_warnings(cfg))
