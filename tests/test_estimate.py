@@ -106,3 +106,13 @@ def test_gpu_check_figures_calibrate_the_step_time(run, tmp_path, monkeypatch):
     line = next(x for x in after.splitlines() if x.startswith("time:"))
     assert "gpu_check's step time on NVIDIA H100 80GB HBM3 (12.0 s)" in line and "about 12.0 s per step" in line, line
     assert line != next(x for x in before.splitlines() if x.startswith("time:"))
+
+
+def test_checkpointing_needed_for_a_trainer_that_decides_by_itself(monkeypatch, tmp_path):
+    from core import paths
+
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path)
+    cfg = resolve("llamagen-c2i-xxl", {"data_path": "x"})
+    assert E.checkpointing_needed(cfg, gpu="H100") is False  # fits as it is
+    assert E.checkpointing_needed(cfg, gpu="48") is True  # fits only with it
+    assert E.checkpointing_needed(cfg, gpu="24") is None  # fits neither way

@@ -371,7 +371,7 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
         est.step_seconds, est.basis = flops / rate, f"{rate / 1e9:.0f} GFLOP/s: this CPU's measured matmul rate x {CPU_EFFICIENCY}"
     # --- what to change when it does not fit
     if est.fits is False:
-        est.advice = advice(cfg, arch, world, device_bytes, common)
+        est.advice = advice(cfg, arch, world, device_bytes, common, gpu=kind == "cuda")
     if kind == "cpu" and preset.size != "demo" and est.step_seconds is not None:
         est.warnings.append(f"{cfg.model} ({arch.params / 1e9:.1f}B parameters) on the CPU: about "
                             f"{_duration(est.step_seconds)} per step, {_duration(100 * est.step_seconds)} for 100 steps. "
@@ -379,7 +379,7 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
     return est
 
 
-def advice(cfg, arch: Arch, world: int, device_bytes: int, common: dict) -> list[str]:
+def advice(cfg, arch: Arch, world: int, device_bytes: int, common: dict, gpu: bool = True) -> list[str]:
     """Changes that bring the peak under the device's memory, smallest first."""
     limit = 0.92 * device_bytes
     out = []
@@ -400,13 +400,14 @@ def advice(cfg, arch: Arch, world: int, device_bytes: int, common: dict) -> list
         smallest = memory_terms(arch, micro_batch=1, checkpointing=True, **common)
         shardable = smallest["weights (fp32)"] + smallest["gradients (fp32)"] + smallest["AdamW states (fp32)"]
         rest = sum(smallest.values()) - shardable
-        if rest < limit:
+        if rest < limit and gpu:
             need = math.ceil(shardable / (limit - rest))
             out.append(f"weights, gradients and AdamW states take {shardable / GIB:.0f} GiB: shard them over >= {need} GPUs "
                        f"with FSDP (ACCELERATE_USE_FSDP=true), with per_device_train_batch_size=1 and "
                        f"gradient_checkpointing=true (more DDP devices do not shrink the per-device memory)")
         else:
-            out.append("a GPU with more memory: even 1 image per micro-batch with gradient checkpointing does not fit")
+            out.append(f"a {'GPU' if gpu else 'machine'} with more memory: even 1 image per micro-batch with gradient "
+                       f"checkpointing does not fit")
     return out
 
 
@@ -422,3 +423,16 @@ def quick_warnings(cfg) -> list[str]:
         out.append(f"the estimated peak memory per device, {est.peak / GIB:.1f} GiB, is above {est.device}'s "
                    f"{est.device_bytes / GIB:.0f} GiB: " + "; or ".join(est.advice))
     return out
+
+
+def checkpointing_needed(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = None) -> Optional[bool]:
+    """For a trainer that turns gradient checkpointing on by itself: True when the micro-batch fits on the device only
+    with it, False when it fits without, None when neither fits or the device's memory is unknown."""
+    from dataclasses import replace
+
+    without = estimate(replace(cfg, gradient_checkpointing=False), devices=devices, gpu=gpu)
+    if without.fits is None:
+        return None
+    if without.fits:
+        return False
+    return True if without.peak_other <= 0.92 * without.device_bytes else None

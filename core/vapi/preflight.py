@@ -72,15 +72,6 @@ class _Collector:
             self.problems += problems_of(e, default_field)
             return None
 
-    def raise_if_any(self, model: str) -> None:
-        if len(self.problems) == 1:
-            raise self.problems[0].error
-        weights = [p for p in self.problems if isinstance(p.error, MissingWeightsError)]
-        footer = (f"Every missing weights file at once: `python -m core download --preset {model}`"
-                  if len(weights) > 1 else "")
-        if self.problems:
-            raise PreflightError(self.problems, footer)
-
 
 def _check_data_kind(cfg: VapiConfig, preset) -> None:
     if preset.task == "c2i" and cfg.data == "captions":
@@ -116,7 +107,7 @@ def _check_weights(cfg: VapiConfig, preset) -> list[Problem]:
         files = [f for f in files if f.role != "generator"]
     for f in files:
         if not f.present:
-            out.append(Problem("model", MissingWeightsError(f"missing {f.line()}")))
+            out.append(Problem("model", MissingWeightsError(f"missing weights: {f.line()}")))
     return out
 
 
@@ -131,8 +122,8 @@ def _check_rewards(cfg: VapiConfig) -> list[Problem]:
     return out
 
 
-def preflight(cfg: VapiConfig) -> Checked:
-    """Check a run's inputs, all of them; raise the one problem found, or a PreflightError listing every one."""
+def collect(cfg: VapiConfig) -> tuple[Optional[Checked], list[Problem]]:
+    """Every problem of a run's inputs, each under its config field; the checked inputs when there are none."""
     from core.models import registry
 
     found = _Collector()
@@ -152,7 +143,21 @@ def preflight(cfg: VapiConfig) -> Checked:
             dataset = found.check("data_path", lambda: _build_data(cfg, preset))
         found.problems += _check_weights(cfg, preset)
     found.problems += _check_rewards(cfg)
-    found.raise_if_any(cfg.model)
+    if found.problems:
+        return None, found.problems
     from core.vapi.estimate import quick_warnings
 
-    return Checked(preset=preset, dataset=dataset, warnings=quick_warnings(cfg))
+    return Checked(preset=preset, dataset=dataset, warnings=quick_warnings(cfg)), []
+
+
+def preflight(cfg: VapiConfig) -> Checked:
+    """Check a run's inputs, all of them; raise the one problem found, or a PreflightError listing every one."""
+    checked, problems = collect(cfg)
+    if len(problems) == 1:
+        raise problems[0].error
+    if problems:
+        weights = [p for p in problems if isinstance(p.error, MissingWeightsError)]
+        footer = (f"Every missing weights file at once: `python -m core download --preset {cfg.model}`"
+                  if len(weights) > 1 else "")
+        raise PreflightError(problems, footer)
+    return checked
