@@ -116,3 +116,19 @@ def test_checkpointing_needed_for_a_trainer_that_decides_by_itself(monkeypatch, 
     assert E.checkpointing_needed(cfg, gpu="H100") is False  # fits as it is
     assert E.checkpointing_needed(cfg, gpu="48") is True  # fits only with it
     assert E.checkpointing_needed(cfg, gpu="24") is None  # fits neither way
+
+
+@pytest.mark.slow
+def test_janus_counts_what_the_policy_trains(tmp_path, monkeypatch):
+    """Janus's sizes come from its model folder's config.json (a tiny random stand-in here); the trained count is
+    what JanusPolicy leaves trainable (the understanding encoder, its aligner and the VQ are frozen)."""
+    from core import paths
+    from core.models import janus, registry
+    from tests.standins import make_standins
+
+    env = make_standins(tmp_path)
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", Path(env["VAPI_CHECKPOINTS"]))
+    arch = E.arch_of("janus-pro-1b")
+    policy, _ = janus.load_janus(registry.get_generator("janus-pro-1b").path)
+    assert arch.params == sum(p.numel() for p in policy.parameters())
+    assert arch.trained == sum(p.numel() for p in policy.parameters() if p.requires_grad) < arch.params

@@ -162,7 +162,8 @@ def _janus_arch(preset) -> Arch:
     vision_gen = getattr(model.config, "vq_config", None)
     vocab = int(getattr(vision_gen, "num_embeddings", 16384)) if vision_gen is not None else 16384
     side = preset.image_size // 16
-    trained = sum(p.numel() for n, p in model.named_parameters() if "language_model" in n or "generation" in n)
+    frozen = ("model.vision_model.", "model.aligner.", "model.vqmodel.")  # what core.models.janus freezes
+    trained = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(frozen))
     return Arch(params, trained or params, int(text.num_hidden_layers), int(text.hidden_size), vocab, side * side,
                 64, preset.image_size, int(text.vocab_size) * int(text.hidden_size))
 
