@@ -70,7 +70,7 @@ def _files(folder: Path, suffix: str, depth: int = 1) -> list[Path]:
     out = []
     for level in range(depth):
         pattern = "/".join(["*"] * (level + 1)) + suffix
-        out += [Path(p) for p in glob.glob(str(folder / pattern)) if os.path.isfile(p)]
+        out += [Path(p) for p in glob.glob(os.path.join(glob.escape(str(folder)), pattern)) if os.path.isfile(p)]
     return sorted(p for p in out if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
