@@ -58,14 +58,15 @@ def test_one_preflight_lists_every_problem_at_once(tiny_demo, tmp_path):
     data = make_image_folder(tmp_path / "imagenet", classes=2, per_class=1)
     run = tmp_path / "runs" / "a"
     r = _cli(["train", "--preset", "llamagen-c2i-xxl", "--set", f"data_path={data}", "--set", "data_subset=0.1",
-              "--set", "device=cuda:7", "--run-dir", str(run)],
+              "--set", "device=cuda:7", "--devices", "cuda:5", "--run-dir", str(run)],
              {"VAPI_CHECKPOINTS": str(tmp_path / "empty"), "VAPI_DEMO_DIR": str(tiny_demo), "CUDA_VISIBLE_DEVICES": ""},
              tmp_path)
     assert r.returncode == 2, r.stderr[-2000:]
     err = r.stderr
     assert "problems stop this run" in err, err
     for field, text in [("device", "cuda"), ("data_subset", "rounds to 0"), ("model", "c2i_XXL_384.pt"),
-                        ("model", "vq_ds16_c2i.pt"), ("reward_weights.lpips", "vgg16-397923af.pth")]:
+                        ("model", "vq_ds16_c2i.pt"), ("reward_weights.lpips", "vgg16-397923af.pth"),
+                        ("--devices", "cuda:5")]:
         assert any(line.startswith(f"  - {field}:") and text in line for line in err.splitlines()), (field, text, err)
     assert err.count("python -m core download") >= 2  # each missing file with its own command
     assert "python -m core download --preset llamagen-c2i-xxl-384" in err  # and all of them at once

@@ -180,12 +180,28 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
-        checked = preflight(cfg)  # bad input: an error now, and no run folder is created
+        from core.device import check_visible, devices_of
+        from core.errors import UserError
+        from core.vapi.preflight import PreflightError, problems_of
+
+        devices, bad_devices = None, None
+        if args.devices:  # a bad --devices joins preflight's report: every problem in one round
+            try:
+                devices = check_visible(args.devices)
+            except ConfigError as e:
+                bad_devices = e
+        try:
+            checked = preflight(cfg)  # bad input: an error now, and no run folder is created
+        except UserError as e:
+            if bad_devices is None:
+                raise
+            raise PreflightError(problems_of(e, "config") + problems_of(bad_devices, "--devices"),
+                                 getattr(e, "footer", "")) from None
+        if bad_devices is not None:
+            raise bad_devices
+        devices = devices or check_visible(devices_of(cfg.device))  # (a bad config device: preflight said it)
         for warning in checked.warnings:  # e.g. a paper-size model on the CPU, with its ETA
             print(f"warning: {warning}", file=sys.stderr, flush=True)
-        from core.device import check_visible, devices_of
-
-        devices = check_visible(args.devices or devices_of(cfg.device))
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
         else:

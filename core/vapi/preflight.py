@@ -37,7 +37,7 @@ class PreflightError(UserError):
     """Several problems at once (a single one is raised as itself)."""
 
     def __init__(self, problems: list[Problem], footer: str = ""):
-        self.problems = problems
+        self.problems, self.footer = problems, footer
         lines = [f"{len(problems)} problems stop this run (fix them all, then start again):"]
         for p in problems:
             body = p.message.replace("\n", "\n      ")
