@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -291,6 +291,8 @@ class LaunchPlan:
     devices: str
     overrides: dict[str, Any]
     cfg: C.VapiConfig
+    warnings: list[str] = field(default_factory=list)  # preflight's (the estimate's), set by a full check
+    data_summary: str = ""  # what preflight listed: the caption format found and the item count (a full check)
 
     def config(self) -> dict[str, Any]:
         """The run's config.json."""
@@ -368,8 +370,18 @@ def confine_paths(plan: LaunchPlan, data_roots: Sequence[Path], weight_roots: Se
     from app.safety import confine
 
     changes = {}
-    if plan.cfg.data in ("imagefolder", "captions"):
+    if plan.cfg.data == "imagefolder":
         changes["data_path"] = str(confine(plan.cfg.data_path, data_roots, "data_path", kind="dir"))
+    elif plan.cfg.data == "captions":  # a folder, a .tsv / .tar / .parquet file, or a shard pattern in a folder
+        head, _, tail = str(plan.cfg.data_path or "").strip().rpartition("/")
+        if any(c in tail for c in "{*?[") and head:
+            from core.data.caption_formats import expand_braces
+
+            if any(name in (".", "..") for name in expand_braces(tail)):  # the pattern's names stay in its folder
+                raise ConfigError("data_path", f"{tail!r}: a shard pattern may not name '.' or '..'")
+            changes["data_path"] = str(confine(head, data_roots, "data_path", kind="dir") / tail)
+        else:
+            changes["data_path"] = str(confine(plan.cfg.data_path, data_roots, "data_path", kind="any"))
     if plan.cfg.init_weights is not None:
         changes["init_weights"] = str(confine(plan.cfg.init_weights, weight_roots, "init_weights", kind="file"))
     if not changes:
@@ -381,20 +393,19 @@ def confine_paths(plan: LaunchPlan, data_roots: Sequence[Path], weight_roots: Se
 PREFLIGHT_TIMEOUT_S = 120.0  # the launch handler runs one at a time: a check that takes longer gives up waiting
 
 
-def preflight(plan: LaunchPlan, timeout_s: float | None = None) -> None:
+def preflight(plan: LaunchPlan, timeout_s: float | None = None) -> list[str]:
     """`checked_inputs` in a thread, waited on at most `timeout_s` (PREFLIGHT_TIMEOUT_S): a read that hangs
     (a stalled network mount) answers with an error instead of holding the one-at-a-time launch handler. The
-    thread holds no lock and no device; it ends when its read does."""
+    thread holds no lock and no device; it ends when its read does. Returns the estimate's warnings."""
     import threading
 
-    box: list[BaseException | None] = []
+    box: list[tuple[list[str] | None, BaseException | None]] = []
 
     def run() -> None:
         try:
-            checked_inputs(plan)
-            box.append(None)
+            box.append((checked_inputs(plan), None))
         except BaseException as e:  # noqa: BLE001 - re-raised in the handler's thread
-            box.append(e)
+            box.append((None, e))
 
     thread = threading.Thread(target=run, name="launch-preflight", daemon=True)
     thread.start()
@@ -403,34 +414,51 @@ def preflight(plan: LaunchPlan, timeout_s: float | None = None) -> None:
     if not box:
         raise ConfigError("data_path", f"checking the inputs took over {limit:g} s (a data folder on a stalled "
                                         "network mount?); nothing was launched. Point data_path at a local folder")
-    if box[0] is not None:
-        raise box[0]
+    warnings, error = box[0]
+    if error is not None:
+        raise error
+    return warnings
 
 
-def checked_inputs(plan: LaunchPlan) -> None:
-    """The trainer's input checks (model files, LPIPS weights, data folder) with each error tied to a
-    form field: ConfigError keeps its field, a data problem is data_path, a missing LPIPS backbone is
-    its reward weight, other missing weights are the model's."""
-    from core.vapi import rewards
-    from core.vapi.preflight import preflight as preflight_run
+class FormProblems(ConfigError):
+    """Several input problems, each under its form field (`problems`: [(field, message)]); `field` is the first's."""
 
-    cfg = plan.cfg
-    for reward, weight in cfg.reward_weights.items():
-        if weight > 0 and reward in rewards.LPIPS_NETS:
-            try:
-                rewards.check_backbone(rewards.LPIPS_NETS[reward])
-            except MissingWeightsError as e:
-                raise ConfigError(f"reward_weights.{reward}", str(e)) from None
-    try:
-        preflight_run(cfg)
-    except ConfigError:
-        raise
-    except DataError as e:
-        raise ConfigError("data_path", str(e)) from None
-    except MissingWeightsError as e:  # the preset's generator or tokenizer file
-        raise ConfigError("model", str(e)) from None
-    except UserError as e:
-        raise ConfigError("config", str(e)) from None
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__(problems[0][0], f"{len(problems)} problems: "
+                         + " · ".join(f"`{f}`: {m}" for f, m in problems))
+
+
+def _form_problem(p) -> tuple[str, str]:
+    """A core.vapi.preflight.Problem -> (the form field it belongs to, its message)."""
+    error = p.error
+    if isinstance(error, DataError) and p.field in ("data", "config"):
+        return "data_path", p.message
+    return p.field, p.message
+
+
+def checked_inputs(plan: LaunchPlan) -> list[str]:
+    """The trainer's input checks (model files, text encoder, LPIPS weights, data) with every problem tied to a form
+    field: ConfigError keeps its field, a data problem is data_path, a missing LPIPS backbone is its reward weight,
+    other missing weights are the model's. One problem raises ConfigError; several raise FormProblems. Returns the
+    estimate's warnings (e.g. a paper-size model on the CPU, with its ETA)."""
+    from core.vapi.preflight import collect
+
+    checked, problems = collect(plan.cfg)
+    if len(problems) == 1:
+        raise ConfigError(*_form_problem(problems[0])) from None
+    if problems:
+        raise FormProblems([_form_problem(p) for p in problems])
+    plan.data_summary = _data_summary(plan.cfg, checked.dataset)
+    return checked.warnings
+
+
+def _data_summary(cfg: C.VapiConfig, dataset) -> str:
+    if dataset is None:
+        return ""
+    fmt = getattr(dataset, "format", "jsonl") if cfg.data == "captions" else cfg.data
+    skipped = sum(getattr(dataset, "skipped_counts", {}).values())
+    return f"{fmt}, {len(dataset):,} items" + (f" ({skipped:,} left out: no caption or no image)" if skipped else "")
 
 
 _ALIASES = {"tokenizer": "model", "device": "devices", "total_steps": "max_steps", "split": "data_path"}

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "RTX 4090": 165e12}
+from core.vapi.estimate import GPU_CHECK_RESULTS, PEAK_BF16  # one table of peaks; the estimate reads our figures
+
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
 TAPS = (3, 8, 15, 22, 29)  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in torchvision's vgg16.features
 
@@ -160,6 +161,10 @@ def step_check(dry: bool) -> list[tuple[str, str]]:
     peak = peak_flops(device)
     mfu = f", MFU {flops / t_fb / peak:.0%} of {peak / 1e12:.0f} TFLOP/s" if peak else ""
     rows.append(("generator fwd+bwd", f"{t_fb * 1000:.0f} ms per micro-batch, {flops / t_fb / 1e12:.1f} TFLOP/s{mfu}"))
+    if peak and not dry:  # what `python -m core estimate` calibrates its step time with on this GPU
+        GPU_CHECK_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        GPU_CHECK_RESULTS.write_text(json.dumps({"device": torch.cuda.get_device_name(device), "mfu": flops / t_fb / peak,
+                                                 "step_seconds": results["grouped"], "setting": what}, indent=1) + "\n")
     rows.append(("decode + MSE + LPIPS", f"{t_reward * 1000:.0f} ms for {micro * G} samples per micro-batch"))
     return rows
 

@@ -74,19 +74,17 @@ def model_status(model: str) -> tuple[str, bool]:
         g = registry.get_generator(model)
     except ConfigError as e:
         return f"⚠ {e}", False
-    t = registry.get_tokenizer(g.tokenizer)
     lines = [f"**{g.name}** · {g.task} · {g.size} · {g.image_size} px — {g.description}"]
     missing_published = False
-    parts = [("generator", g)] + ([("tokenizer", t)] if t.path != g.path else [])  # Janus: one model folder
-    for what, p in parts:
-        if p.present:
-            lines.append(f"- {what} `{p.filename}` ✓ present")
-        elif p.repo_id is None:
-            lines.append(f"- {what} `{p.filename}` ✗ missing — {registry.download_hint(p.filename, p.repo_id)}")
+    for f in registry.files_of(model):  # generator, tokenizer, and a LlamaGen T2I preset's text encoder
+        if f.present:
+            lines.append(f"- {f.role} `{f.path.name}` ✓ present")
+        elif f.source is None:
+            lines.append(f"- {f.role} `{f.path.name}` ✗ missing — {f.hint}")
         else:
             missing_published = True
-            lines.append(f"- {what} `{p.filename}` ✗ missing — published at huggingface.co/{p.repo_id}; "
-                         f"**Download** fetches it into `{p.path.parent}`")
+            lines.append(f"- {f.role} `{f.path.name}` ✗ missing — published at huggingface.co/{f.source}; "
+                         f"**Download** fetches it into `{f.path.parent}`")
     return "\n".join(lines), missing_published
 
 
@@ -127,26 +125,36 @@ def data_path_info(kind: str, ctx) -> str:
 
         return f"for the shapes domain: the split ({', '.join(SPLITS)}; empty = train)"
     roots = ", ".join(str(r) for r in ctx.data_roots) or "(none: start the app with --data-root)"
-    layout = "root/<class>/<image>" if kind == "imagefolder" else "images + captions.jsonl"
-    return f"a folder ({layout}) inside the data roots: {roots}. A relative path is looked up in each root"
+    if kind == "imagefolder":
+        return (f"a folder (root/<class>/<image>) inside the data roots: {roots}. A relative path is looked up in "
+                f"each root")
+    return (f"caption data inside the data roots ({roots}): a folder with images + captions.jsonl, a .tsv, .tar shards "
+            f"or a pattern like shards/{{00000..00127}}.tar, a saved HF dataset, .parquet files, or LlamaGen .jsonl "
+            f"lists (`python -m core data inspect PATH` shows what is found). A relative path is looked up in each root")
 
 
 # ----------------------------------------------------------------------------- checking
-def _error_outputs(flagged: str | None, error: ConfigError | None, app, values: dict) -> tuple[list, list, str | None]:
-    """Updates for every input and section: the new error under its input, the previous one cleared."""
-    target = form.form_field_of(error.field) if error is not None else None
-    message = str(error)[len(error.field) + 2:] if error is not None else ""
+def _error_outputs(flagged, error: ConfigError | None, app, values: dict) -> tuple[list, list, list | None]:
+    """Updates for every input and section: each new error under its input (several for form.FormProblems), the
+    previous ones cleared. `flagged`: the inputs flagged before (a list; a single key from older states)."""
+    problems = getattr(error, "problems", None) or ([(error.field, str(error)[len(error.field) + 2:])] if error else [])
+    targets: dict[str, str] = {}
+    for field, message in problems:
+        key = form.form_field_of(field)
+        if key is not None:
+            targets[key] = f"{targets[key]} · {message}" if key in targets else message
+    before = set(flagged if isinstance(flagged, list) else [flagged] if flagged else [])
     updates = []
     for key in KEYS:
-        if key == target:
-            updates.append(gr.update(info=f"⚠ {message}", elem_classes=["field-error"]))
-        elif key == flagged:
+        if key in targets:
+            updates.append(gr.update(info=f"⚠ {targets[key]}", elem_classes=["field-error"]))
+        elif key in before:
             updates.append(gr.update(info=field_info(key, app, values.get("data") or "shapes"), elem_classes=[]))
         else:
             updates.append(gr.skip())
-    group = form.BY_NAME[target].group if target in form.BY_NAME else None
-    sections = [gr.update(open=True) if g == group else gr.skip() for g in form.GROUPS if g not in ("model", "data")]
-    return updates, sections, target
+    groups = {form.BY_NAME[k].group for k in targets if k in form.BY_NAME}
+    sections = [gr.update(open=True) if g in groups else gr.skip() for g in form.GROUPS if g not in ("model", "data")]
+    return updates, sections, (list(targets) or None)
 
 
 def _values(args: tuple) -> dict[str, Any]:
@@ -154,17 +162,38 @@ def _values(args: tuple) -> dict[str, Any]:
 
 
 def check(ctx, values: dict[str, Any], *, full: bool) -> form.LaunchPlan:
-    """Form values -> a plan; `full` also runs the trainer's preflight. Raises ConfigError(form key)."""
+    """Form values -> a plan; `full` also runs the trainer's preflight (its warnings in `plan.warnings`). Raises
+    ConfigError(form key), or form.FormProblems with every problem found."""
     plan = form.build_plan(values["preset"], values, values["devices"], values["name"])
     plan = form.confine_paths(plan, ctx.data_roots, ctx.weight_roots)
     if full:
-        form.preflight(plan)
+        plan.warnings = form.preflight(plan)
     return plan
 
 
 def _error_text(error: ConfigError, what: str) -> str:
+    problems = getattr(error, "problems", None)
+    if problems:
+        return f"✗ **{what}** — {len(problems)} problems:\n" + "\n".join(f"- `{f}`: {m}" for f, m in problems)
     message = str(error)[len(error.field) + 2:]
     return f"✗ **{what}** — `{error.field}`: {as_text(message)}"
+
+
+def estimate_text(plan: form.LaunchPlan) -> str:
+    """The estimate of a checked plan, for the status box: peak memory against the device, step time, warnings."""
+    from core.vapi.estimate import estimate
+
+    try:
+        est = estimate(plan.cfg, devices=[d for d in plan.devices.split(",") if d] or None)
+    except Exception as e:  # noqa: BLE001 (an estimate is advice: it never blocks the form)
+        return f"(no estimate: {type(e).__name__}: {e})"
+    lines = [f"**Estimate** — {est.arch.params / 1e9:.2f}B parameters; peak ≈ {est.peak / 2**30:.1f} GiB per device"
+             + (f" of {est.device_bytes / 2**30:.0f} GiB ({est.device}): {'fits' if est.fits else '**does not fit**'}"
+                if est.device_bytes else "")
+             + (f"; ≈ {est.step_seconds:.1f} s/step, 100 steps ≈ {100 * est.step_seconds / 60:.0f} min"
+                if est.step_seconds else "")]
+    lines += [f"- to fit: {a}" for a in est.advice]
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- the tab
@@ -282,8 +311,11 @@ def build(ctx: BuildContext) -> None:
         out, plan = checked(args, full=True)
         if plan is None:
             return out
+        warnings = "".join(f"\n\n⚠ {w}" for w in plan.warnings)
         return (*out, f"✓ Inputs look good: {plan.cfg.max_steps} steps of {plan.cfg.global_batch_size} images "
-                      f"x G={plan.cfg.num_generations} on {plan.devices}.", plan.cli, None)
+                      f"x G={plan.cfg.num_generations} on {plan.devices}. Data: {plan.data_summary}.{warnings}\n\n"
+                      f"{estimate_text(plan)}",
+                plan.cli, None)
 
     full_check.__signature__ = live.__signature__
     check_btn.click(full_check, inputs=[*inputs, flagged], outputs=check_outputs, api_name="check_form",
@@ -326,16 +358,13 @@ def build(ctx: BuildContext) -> None:
         from core.models import registry
 
         try:
-            g = registry.get_generator(model)
-            t = registry.get_tokenizer(g.tokenizer)
-            missing = list({p.path: p for p in (g, t) if not p.present}.values())
-            for i, p in enumerate(missing):
-                progress(i / len(missing), desc=f"downloading {p.filename}")
-                if p.repo_id is None:
-                    raise MissingWeightsError(f"{p.filename} is embedded, not published: "
-                                              f"{registry.download_hint(p.filename, p.repo_id)}")
-                registry.download(p.filename)
-            message = "✓ all weight files present" if not missing else f"✓ downloaded {', '.join(p.filename for p in missing)}"
+            missing = [f for f in registry.files_of(model) if not f.present]
+            for i, f in enumerate(missing):
+                progress(i / len(missing), desc=f"downloading {f.name}")
+                if f.source is None:
+                    raise MissingWeightsError(f"{f.name} is not published on the hub: {f.hint}")
+                registry.download(f.name)
+            message = "✓ all weight files present" if not missing else f"✓ downloaded {', '.join(f.name for f in missing)}"
         except (MissingWeightsError, ConfigError, UserError) as e:
             message = f"✗ **Download failed** — {e}"
         except OSError as e:

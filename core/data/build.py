@@ -118,7 +118,8 @@ def build_dataset(kind: str, path: Optional[str | Path], image_size: int, subset
     """The training dataset of a run.
 
     kind "imagefolder": `path` is root/<class>/<image> (ImageNet train); options: max_bad_fraction.
-    kind "captions": `path` holds images and captions.jsonl; options: captions_file,
+    kind "captions": `path` is caption data in any of core.data.caption_formats.FORMATS (a folder of images
+    plus captions.jsonl, a TSV, tar shards, a saved HF dataset, parquet, LlamaGen lists); options: captions_file,
     max_missing_fraction, max_bad_fraction. kind "shapes": `path` names the split (empty = train);
     options: with_captions. `subset`: None, a fraction in (0, 1] or a count > 1. With
     `num_classes` (a class-conditional model), the dataset's classes are checked against it.
@@ -134,17 +135,19 @@ def build_dataset(kind: str, path: Optional[str | Path], image_size: int, subset
         dataset: Dataset = _build_shapes(path, image_size, subset, seed, **kw)
     else:
         if path is None or not str(path).strip():
-            layout = "root/<class>/<image>" if kind == "imagefolder" else "images plus captions.jsonl"
-            raise ConfigError(FIELDS["path"], f"is required for data={kind!r}: a folder with {layout}")
+            layout = ("a folder with root/<class>/<image>" if kind == "imagefolder" else
+                      "a folder with images plus captions.jsonl, a .tsv, .tar shards (or a {00000..00127}.tar pattern), "
+                      "a saved Hugging Face dataset, .parquet files or LlamaGen .jsonl lists")
+            raise ConfigError(FIELDS["path"], f"is required for data={kind!r}: {layout}")
         try:
             if kind == "imagefolder":
                 from core.data.imagefolder import ImageFolderDataset
 
                 dataset = ImageFolderDataset(path, image_size, subset=subset, seed=seed, **kw)
-            else:
-                from core.data.captions import CaptionDataset
+            else:  # any caption format (core.data.caption_formats detects it from the path)
+                from core.data.caption_formats import open_captions
 
-                dataset = CaptionDataset(path, image_size, subset=subset, seed=seed, **kw)
+                dataset = open_captions(path, image_size, subset=subset, seed=seed, **kw)
         except ConfigError as e:
             raise _renamed(e) from None
     if num_classes is not None:

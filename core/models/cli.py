@@ -12,10 +12,19 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="List model presets with the state of their weight files, and the devices.")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("download", help="fetch a published checkpoint into checkpoints/",
-                       description="Download a LlamaGen checkpoint from the Hugging Face hub into checkpoints/.")
-    p.add_argument("name", help="preset or file name, e.g. llamagen-c2i-xxl-384, c2i_XXL_384 or vq_ds16_c2i")
-    p.add_argument("--with-tokenizer", action="store_true", help="also fetch the preset's tokenizer")
+    p = sub.add_parser("download", help="fetch what a preset needs (or one file) into checkpoints/ and the torch hub",
+                       description="Download published weights: with --preset, everything a preset needs that is missing "
+                                   "(generator, tokenizer, text encoder, LPIPS backbone); with NAME, one part. Interrupted "
+                                   "downloads resume when run again.")
+    p.add_argument("name", nargs="?", default=None,
+                   help="one part: a model preset or file name (llamagen-c2i-xxl-384, c2i_XXL_384, vq_ds16_c2i), the "
+                        "text encoder flan-t5-xl, or the LPIPS backbone vgg16 (alexnet)")
+    p.add_argument("--preset", default=None,
+                   help="a run preset (llamagen-c2i-xxl, llamagen-t2i-xl, janus-pro-1b, ...) or a model preset: fetch "
+                        "every missing file it needs")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (what is present, what would be fetched from "
+                                                          "where to where) and download nothing")
+    p.add_argument("--with-tokenizer", action="store_true", help="with NAME: also fetch the preset's tokenizer")
     p.add_argument("--force", action="store_true", help="download again even if the file exists")
     p.set_defaults(func=cmd_download)
 
@@ -48,16 +57,15 @@ def cmd_info(args) -> int:
     missing: dict = {}
     print(f"Generator presets (downloads go to {paths.CHECKPOINTS_DIR}):")
     for g in registry.all_generators():
-        t = registry.get_tokenizer(g.tokenizer)
-        absent = [f for f in {id(g): g, id(t): t}.values() if not f.present]
+        absent = [f for f in registry.files_of(g.name) if not f.present]
         for f in absent:
             missing[f.path] = f
-        state = "present" if not absent else "missing " + " + ".join(f.filename for f in absent)
+        state = "present" if not absent else "missing " + " + ".join(f.name for f in absent)
         print(f"  {g.name:22s} {g.task} {g.size:7s} {g.image_size:3d}px  {g.description}\n  {'':22s} {state}")
     if missing:
         print("Missing files:")
         for path, f in missing.items():
-            print(f"  {path}\n      {registry.download_hint(f.filename, f.repo_id)}")
+            print(f"  {f.role} {path}\n      {f.hint}")
     print("Devices:")
     for d in device.report():
         print(f"  {d['name']:8s} {d['detail']}")
@@ -65,14 +73,32 @@ def cmd_info(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from core.models import registry
+    from core.errors import ConfigError
+    from core.vapi import fetch
 
-    path = registry.download(args.name, force=args.force)
-    print(f"ok: {path}")
-    if args.with_tokenizer:
-        preset = registry.get_generator(args.name)
-        print(f"ok: {registry.download(registry.get_tokenizer(preset.tokenizer).filename, force=args.force)}")
-    return 0
+    if (args.name is None) == (args.preset is None):
+        raise ConfigError("download", "give one part by NAME or a whole preset with --preset P (not both)")
+    if args.preset is not None:
+        if args.with_tokenizer:
+            raise ConfigError("--with-tokenizer", "--preset already fetches the tokenizer; drop --with-tokenizer")
+        files = fetch.plan(args.preset)
+    else:
+        files = [fetch.part(args.name)]
+        if args.with_tokenizer:
+            from core.models import registry
+
+            preset = registry.get_generator(args.name)
+            files.append(fetch.part(registry.get_tokenizer(preset.tokenizer).filename.rsplit(".", 1)[0]))
+    if args.dry_run:
+        for step in fetch.steps(files, args.force):
+            print(step.line())
+        return 0
+    todo = fetch.fetch(files, force=args.force)
+    fetched = [s for s in todo if s.action == "fetch"]
+    cannot = [s for s in todo if s.action == "cannot"]
+    print(f"done: {len(fetched)} fetched, {sum(s.action == 'skip' for s in todo)} already present"
+          + (f", {len(cannot)} to get another way (above)" if cannot else ""))
+    return 2 if cannot else 0
 
 
 def _beside_runs(device: str):

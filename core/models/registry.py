@@ -74,6 +74,12 @@ class GeneratorPreset(_WeightsLocation):
         """N, image tokens per sample (the token grid h*w): the demo's from its config, else a 16x downsample."""
         return int(self.overrides.get("block_size", (self.image_size // 16) ** 2))
 
+    @property
+    def caption_encoder(self) -> Optional[str]:
+        """The text encoder this preset's captions go through; None for class-conditional presets and for Janus
+        (it encodes its own prompts)."""
+        return self.text_encoder if self.task == "t2i" and self.family != "janus" else None
+
 
 TOKENIZERS: dict[str, TokenizerPreset] = {t.name: t for t in [
     TokenizerPreset("vq16-c2i", "VQ-16", "vq_ds16_c2i.pt", HF_C2I, description="LlamaGen VQ-16 (ImageNet), 16x downsample"),
@@ -193,30 +199,87 @@ def download_hint(filename: str, repo_id: Optional[str]) -> str:
             f"or fetch {url} by hand and place it at {paths.CHECKPOINTS_DIR / filename}")
 
 
-def require_files(generator: str) -> None:
-    """Raise MissingWeightsError naming every missing file of a generator preset and its tokenizer."""
+@dataclass(frozen=True)
+class WeightsFile:
+    """One file (or model folder) a generator preset needs, where it lives and how to get it."""
+
+    role: str  # "generator" | "tokenizer" | "text encoder" (| "LPIPS backbone", core.vapi.fetch)
+    name: str  # its name for `python -m core download NAME`
+    path: Path  # where it is (or goes)
+    present: bool
+    hint: str  # how to get it when missing: the download command (or why none fetches it)
+    source: Optional[str] = None  # the hub repo id or URL it comes from; None: embedded or installed by pip
+
+    def line(self) -> str:
+        return f"{self.role} {self.path} — {self.hint}"
+
+
+def text_encoder_file(name: str) -> WeightsFile:
+    """A T2I preset's text encoder (GeneratorPreset.text_encoder) as a required file, found without loading it:
+    FLAN-T5-XL in checkpoints/flan-t5-xl (or the Hugging Face cache), MiniLM from its pip package."""
+    from core.models import text
+
+    hub_id = text.TEXT_ENCODERS.get(name)
+    if hub_id is None:
+        raise ConfigError("text_encoder", f"unknown text encoder {name!r}; known: {', '.join(text.TEXT_ENCODERS)}")
+    folder = text.default_local_dir(hub_id)
+    try:
+        found = text.minilm_folder() if name == "minilm-l6" else text.resolve_pretrained(hub_id, what="T5 text encoder")
+    except MissingWeightsError as e:
+        if name == "minilm-l6":
+            return WeightsFile("text encoder", name, folder, False, str(e))
+        return WeightsFile("text encoder", name, folder, False,
+                           f"download it with `python -m core download {name}` ({e})", hub_id)
+    return WeightsFile("text encoder", name, found, True, "", hub_id if name != "minilm-l6" else None)
+
+
+def files_of(generator: str) -> list[WeightsFile]:
+    """Every weights file a generator preset needs: its generator, tokenizer and (LlamaGen T2I) text encoder."""
     g = get_generator(generator)
     t = get_tokenizer(g.tokenizer)
-    missing = [(p.path, p.filename, p.repo_id) for p in {id(g): g, id(t): t}.values() if not p.present]
+    out = []
+    for role, p in [("generator", g)] + ([("tokenizer", t)] if t.path != g.path else []):  # Janus: one model folder
+        name = p.filename if p.folder else p.filename.rsplit(".", 1)[0]
+        out.append(WeightsFile(role, name, p.path, p.present, download_hint(p.filename, p.repo_id), p.repo_id))
+    if g.caption_encoder is not None:
+        out.append(text_encoder_file(g.caption_encoder))
+    return out
+
+
+def require_files(generator: str) -> None:
+    """Raise MissingWeightsError naming every missing file of a generator preset: generator, tokenizer, text encoder."""
+    missing = [f for f in files_of(generator) if not f.present]
     if missing:
         lines = [f"missing weights for preset {generator!r}:"]
-        lines += [f"  {path} — {download_hint(fn, repo)}" for path, fn, repo in missing]
+        lines += [f"  {f.line()}" for f in missing]
         raise MissingWeightsError("\n".join(lines))
 
 
 def find_download(name: str) -> tuple[str, str]:
     """A download name (preset name, or file name with or without .pt) -> (repo_id, filename)."""
+    from core.models import text
+
     _ensure_demo_registered()
     for p in list(GENERATORS.values()) + list(TOKENIZERS.values()):
         if p.repo_id is None:
             continue
         if name in (p.name, p.filename, p.filename.rsplit(".", 1)[0]):
             return p.repo_id, p.filename
+    if name in DOWNLOADABLE_TEXT_ENCODERS:
+        return text.TEXT_ENCODERS[name], text.default_local_dir(text.TEXT_ENCODERS[name]).name
     known = sorted({p.filename.rsplit(".", 1)[0] for p in list(GENERATORS.values()) + list(TOKENIZERS.values()) if p.repo_id})
-    raise ConfigError("name", f"nothing to download called {name!r}; known: {', '.join(known)}")
+    raise ConfigError("name", f"nothing to download called {name!r}; known: {', '.join(known + list(DOWNLOADABLE_TEXT_ENCODERS))}")
+
+
+DOWNLOADABLE_TEXT_ENCODERS = ("flan-t5-xl",)  # the demo's MiniLM comes with its pip package (requirements.txt)
 
 
 def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+    """False at once under HF_HUB_OFFLINE=1 (huggingface_hub's own switch), else whether a TCP connection opens."""
+    import os
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
@@ -225,16 +288,27 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
 
 
 def download(name: str, force: bool = False) -> Path:
-    """Fetch a published checkpoint into checkpoints/ (progress bar from huggingface_hub)."""
+    """Fetch a published checkpoint (or a text encoder's model folder) into checkpoints/, with huggingface_hub's
+    progress bars; an interrupted download resumes (the hub keeps the partial file)."""
     repo_id, filename = find_download(name)
     dest = paths.CHECKPOINTS_DIR / filename
-    if (dest.is_file() or (dest / "config.json").is_file()) and not force:
+    if name in DOWNLOADABLE_TEXT_ENCODERS:
+        present = text_encoder_file(name).present  # every shard, not just config.json
+    else:
+        present = dest.is_file() or (dest / "config.json").is_file()
+    if present and not force:
         return dest
     if not hub_reachable():
+        by_hand = (f"`hf download {repo_id} --local-dir {dest}`" if "." not in filename else
+                   f"https://huggingface.co/{repo_id}/resolve/main/{filename}")
         raise MissingWeightsError(
-            f"cannot reach huggingface.co to download {filename} (offline?). Fetch "
-            f"https://huggingface.co/{repo_id}/resolve/main/{filename} on a machine with internet and place it at {dest}")
+            f"cannot reach huggingface.co to download {filename} (offline?). Fetch {by_hand} on a machine with internet "
+            f"and place it at {dest}")
     paths.CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
+    if name in DOWNLOADABLE_TEXT_ENCODERS:  # safetensors only (the repo also holds .bin / TF / Flax copies)
+        from core.models import text
+
+        return text.resolve_pretrained(repo_id, what=f"text encoder {name}", allow_download=True)
     if "." not in filename:  # a model folder (Janus)
         from huggingface_hub import snapshot_download
 

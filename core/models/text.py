@@ -94,8 +94,8 @@ def resolve_pretrained(model_dir_or_id: str | Path, *, what: str, allow_download
     """A local folder holding a complete transformers model (config, every weight shard, tokenizer).
 
     Looks, in order, at: `model_dir_or_id` as a folder; `checkpoints/<repo name>` for a hub id; the
-    Hugging Face cache (no network). With `allow_download` a hub id missing from all three is
-    downloaded into `checkpoints/<repo name>`. Otherwise raises MissingWeightsError naming the id,
+    Hugging Face cache (no network). With `allow_download` a hub id missing from all three (or an
+    incomplete `checkpoints/<repo name>`) is downloaded (completed) into `checkpoints/<repo name>`. Otherwise raises MissingWeightsError naming the id,
     the folder to fill and the command that fills it, before any model is built.
     """
     text = str(model_dir_or_id)
@@ -113,8 +113,8 @@ def resolve_pretrained(model_dir_or_id: str | Path, *, what: str, allow_download
         if not folder.is_dir():
             cached = _find_in_hub_cache(hub_id)
             folder, in_cache = (cached, True) if cached is not None else (folder, False)
-        if not folder.is_dir() and allow_download:
-            folder = _download(hub_id, default_local_dir(hub_id))
+        if allow_download and not in_cache and (not folder.is_dir() or _missing_files(folder)):
+            folder = _download(hub_id, default_local_dir(hub_id))  # a partial folder is completed (resumed)
         if not folder.is_dir():
             raise MissingWeightsError(
                 f"{what} '{hub_id}' is not on this machine: looked in {default_local_dir(hub_id)} and the Hugging Face "

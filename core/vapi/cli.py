@@ -33,6 +33,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=cmd_train)
 
+    e = sub.add_parser("estimate", help="will a run fit, and how long: parameters, peak memory per device, step time",
+                       description="Estimate a run before launching it (core.vapi.estimate): parameters, peak memory per "
+                                   "device (weights, gradients, AdamW states, activations with/without gradient "
+                                   "checkpointing, decode + LPIPS of the G samples) against the device's memory, what to "
+                                   "change when it does not fit, and the step time / 100-step time. No weights are read.")
+    e.add_argument("--preset", required=True, help="a run preset (llamagen-c2i-xxl, llamagen-t2i-xl, janus-pro-1b, demo-c2i, ...)")
+    e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, as for train (e.g. --set per_device_train_batch_size=8)")
+    e.add_argument("--devices", default=None, help="the device set: cpu, cuda:0, cuda:0,cuda:1 (default: the config's device)")
+    e.add_argument("--gpu", default=None, help="estimate for a GPU this machine does not have: a name (H100, H200, A100, "
+                                               "A100-40GB, L40S, RTX 4090, ...) or its memory in GiB (e.g. 80)")
+    e.set_defaults(func=cmd_estimate)
+
+
+def cmd_estimate(args) -> int:
+    from core.device import normalize_devices
+    from core.vapi import config as C
+    from core.vapi.estimate import estimate
+
+    overrides = C.parse_overrides(args.overrides)
+    if C.preset_values(args.preset).get("data") in ("imagefolder", "captions"):
+        overrides.setdefault("data_path", "(no data is read for an estimate)")
+    cfg = C.resolve(args.preset, overrides)
+    devices = normalize_devices(args.devices).split(",") if args.devices else None
+    est = estimate(cfg, devices=devices, gpu=args.gpu)
+    print("\n".join(est.lines()))
+    return 0
+
 
 class _Tee:
     """The terminal and the run's log.txt. A stream whose write fails is dropped: a terminal that is gone
@@ -168,10 +196,28 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
-        preflight(cfg)  # bad input: an error now, and no run folder is created
         from core.device import check_visible, devices_of
+        from core.errors import UserError
+        from core.vapi.preflight import PreflightError, problems_of
 
-        devices = check_visible(args.devices or devices_of(cfg.device))
+        devices, bad_devices = None, None
+        if args.devices:  # a bad --devices joins preflight's report: every problem in one round
+            try:
+                devices = check_visible(args.devices)
+            except ConfigError as e:
+                bad_devices = e
+        try:
+            checked = preflight(cfg)  # bad input: an error now, and no run folder is created
+        except UserError as e:
+            if bad_devices is None:
+                raise
+            raise PreflightError(problems_of(e, "config") + problems_of(bad_devices, "--devices"),
+                                 getattr(e, "footer", "")) from None
+        if bad_devices is not None:
+            raise bad_devices
+        devices = devices or check_visible(devices_of(cfg.device))  # (a bad config device: preflight said it)
+        for warning in checked.warnings:  # e.g. a paper-size model on the CPU, with its ETA
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
         else:

@@ -1,0 +1,134 @@
+"""The estimate before launch: memory terms against a hand computation, against peak memory measured on the CPU for
+shapes the constants were not read from, the advice when a run does not fit, and the CPU warning with its ETA."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import cli
+from core.vapi import estimate as E
+from core.vapi.config import resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = 0.15  # measured vs estimated peak on the CPU
+
+
+def test_memory_terms_by_hand():
+    arch = E.Arch(params=1000, trained=1000, n_layer=2, dim=8, vocab=32, image_tokens=16, cond_tokens=1, image_size=16)
+    t = E.memory_terms(arch, micro_batch=2, num_generations=4, reward_chunk_size=3, bf16=False, checkpointing=False,
+                       lpips=False, tokenizer_params=10, decoder_channels=32, on_cpu=False)
+    # b=2, T = 16 + 1 - 1 = 16 tokens, d=8, L=2, N=16, V=32, H=16; fp32
+    assert t["weights (fp32)"] == 4000 and t["gradients (fp32)"] == 4000 and t["AdamW states (fp32)"] == 8000
+    assert t["activations"] == 2 * 16 * 8 * (50 * 2 + 150)  # 64,000
+    assert t["logits (fp32)"] == 6 * 4 * 2 * 16 * 32  # 24,576
+    assert t["decode + reward"] == 3 * 4.5 * 32 * 16 * 16 * 4  # a chunk of 3 samples, 442,368
+    assert t["frozen models"] == 40 and "weights (bf16 copies)" not in t
+    ck = E.memory_terms(arch, micro_batch=2, num_generations=4, reward_chunk_size=3, bf16=True, checkpointing=True,
+                        lpips=True, tokenizer_params=10, decoder_channels=32, on_cpu=True)
+    assert ck["activations"] == 2 * 16 * 8 * (4 * 2 + 66 * 0.5)  # fp32 block inputs + one block in bf16
+    assert ck["weights (bf16 copies)"] == 2000
+    assert ck["decode + reward"] == 8 * 4.5 * 32 * 256 * 2 + 3 * ((64 + 32 + 16 + 8 + 2) * 256 * 4 + 3 * 64 * 256 * 4)
+    assert ck["LPIPS of the references"] == 2 * (64 + 32 + 16 + 8 + 2) * 256 * 4
+    assert ck["frozen models"] == 40 + 4 * E.LPIPS_PARAMS
+
+
+def test_parameter_counts_are_the_real_models(tiny_demo):
+    from core.models import load
+
+    arch = E.arch_of("demo-c2i")
+    assert arch.params == sum(p.numel() for p in load.build_generator("demo-c2i").parameters())
+    xxl = E.arch_of("llamagen-c2i-xxl-384")  # on the meta device: no memory, no file
+    assert 1.3e9 < xxl.params < 1.5e9 and (xxl.n_layer, xxl.dim, xxl.image_tokens) == (48, 1536, 576)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_the_estimate_matches_peak_memory_measured_on_the_cpu(ckpt):
+    """Shapes none of the constants were read from (those came from d 256, 4-8 layers, V 4096-8192)."""
+    spec = {"dim": 384, "layers": 6, "vocab": 2048, "grid": 16, "b": 12, "G": 4, "chunk": 16, "ckpt": ckpt}
+    r = subprocess.run([sys.executable, "-m", "tests.measure_step_memory", json.dumps(spec)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    arch = E.Arch(got["params"], got["params"], spec["layers"], spec["dim"], spec["vocab"], spec["grid"] ** 2, 1,
+                  spec["grid"] * 4)
+    terms = E.memory_terms(arch, micro_batch=spec["b"], num_generations=spec["G"], reward_chunk_size=spec["chunk"],
+                           bf16=False, checkpointing=ckpt, lpips=False, decoder_channels=32, on_cpu=True)
+    step = sum(v for k, v in terms.items() if k not in ("weights (fp32)", "frozen models"))  # what the step adds
+    assert abs(step / got["measured"] - 1) < TOLERANCE, (step, got["measured"], terms)
+
+
+@pytest.fixture
+def run(capsys, monkeypatch, tmp_path):
+    from core import paths
+
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "empty")
+
+    def go(*args):
+        rc = cli.main(["estimate", *args])
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    return go
+
+
+def test_cli_fits_or_says_what_to_change(run):
+    rc, out, _ = run("--preset", "llamagen-c2i-xxl", "--gpu", "H100")
+    assert rc == 0 and "1.41B parameters" in out and "device: H100, 80 GiB: fits" in out and "100 steps ≈" in out
+    assert "with gradient checkpointing it would be" in out
+    rc, out, _ = run("--preset", "llamagen-c2i-xxl", "--gpu", "40")
+    assert "does NOT fit" in out and "set per_device_train_batch_size=" in out
+    rc, out, _ = run("--preset", "llamagen-c2i-xxl", "--gpu", "24")
+    assert "does NOT fit" in out and "FSDP" in out
+    rc, _, err = run("--preset", "llamagen-c2i-xxl", "--gpu", "abacus")
+    assert rc == 2 and "--gpu: unknown GPU 'abacus'" in err
+
+
+def test_a_paper_preset_on_the_cpu_is_warned_with_its_eta(run, tiny_demo):
+    rc, out, _ = run("--preset", "llamagen-c2i-xxl", "--devices", "cpu")
+    warning = [line for line in out.splitlines() if line.startswith("warning:")]
+    assert rc == 0 and len(warning) == 1 and "on the CPU" in warning[0] and "for 100 steps" in warning[0], out
+    rc, out, _ = run("--preset", "demo-c2i", "--devices", "cpu")
+    assert rc == 0 and "warning:" not in out  # the demo is meant for the CPU
+    cfg = resolve("llamagen-c2i-xxl", {"data_path": "x", "device": "cpu"})
+    assert any("on the CPU" in w for w in E.quick_warnings(cfg))
+
+
+def test_gpu_check_figures_calibrate_the_step_time(run, tmp_path, monkeypatch):
+    _, before, _ = run("--preset", "llamagen-c2i-xxl", "--gpu", "H100")
+    results = tmp_path / "gpu_check.json"
+    results.write_text(json.dumps({"device": "NVIDIA H100 80GB HBM3", "mfu": 0.41, "step_seconds": 12.0}))
+    monkeypatch.setattr(E, "GPU_CHECK_RESULTS", results)
+    _, after, _ = run("--preset", "llamagen-c2i-xxl", "--gpu", "H100")
+    line = next(x for x in after.splitlines() if x.startswith("time:"))
+    assert "gpu_check's step time on NVIDIA H100 80GB HBM3 (12.0 s)" in line and "about 12.0 s per step" in line, line
+    assert line != next(x for x in before.splitlines() if x.startswith("time:"))
+
+
+def test_checkpointing_needed_for_a_trainer_that_decides_by_itself(monkeypatch, tmp_path):
+    from core import paths
+
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path)
+    cfg = resolve("llamagen-c2i-xxl", {"data_path": "x"})
+    assert E.checkpointing_needed(cfg, gpu="H100") is False  # fits as it is
+    assert E.checkpointing_needed(cfg, gpu="48") is True  # fits only with it
+    assert E.checkpointing_needed(cfg, gpu="24") is None  # fits neither way
+
+
+@pytest.mark.slow
+def test_janus_counts_what_the_policy_trains(tmp_path, monkeypatch):
+    """Janus's sizes come from its model folder's config.json (a tiny random stand-in here); the trained count is
+    what JanusPolicy leaves trainable (the understanding encoder, its aligner and the VQ are frozen)."""
+    from core import paths
+    from core.models import janus, registry
+    from tests.standins import make_standins
+
+    env = make_standins(tmp_path)
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", Path(env["VAPI_CHECKPOINTS"]))
+    arch = E.arch_of("janus-pro-1b")
+    policy, _ = janus.load_janus(registry.get_generator("janus-pro-1b").path)
+    assert arch.params == sum(p.numel() for p in policy.parameters())
+    assert arch.trained == sum(p.numel() for p in policy.parameters() if p.requires_grad) < arch.params
