@@ -458,7 +458,10 @@ def _data_summary(cfg: C.VapiConfig, dataset) -> str:
         return ""
     fmt = getattr(dataset, "format", "jsonl") if cfg.data == "captions" else cfg.data
     skipped = sum(getattr(dataset, "skipped_counts", {}).values())
-    return f"{fmt}, {len(dataset):,} items" + (f" ({skipped:,} left out: no caption or no image)" if skipped else "")
+    caption = getattr(dataset, "caption", None)
+    examples = ", ".join(repr(caption(i)) for i in range(min(2, len(dataset)))) if callable(caption) else ""
+    return (f"{fmt}, {len(dataset):,} items" + (f" ({skipped:,} left out: no caption or no image)" if skipped else "")
+            + (f", e.g. {examples}" if examples else ""))
 
 
 _ALIASES = {"tokenizer": "model", "device": "devices", "total_steps": "max_steps", "split": "data_path"}

@@ -114,7 +114,7 @@ def fetch(files: list[WeightsFile], force: bool = False, say: Callable[[str], No
     if offline:
         lines = [f"cannot reach {', '.join(h for h, ok in hosts.items() if not ok)} (offline?); nothing was downloaded. "
                  f"On a machine with internet, get:"]
-        lines += [f"  {s.file.role} {s.file.name}: {s.file.source} -> {s.file.path}" for s in offline]
+        lines += [f"  {s.file.role} {s.file.name}: {s.file.source} -> {s.file.path}" for s in todo if s.action == "fetch"]
         raise MissingWeightsError("\n".join(lines))
     for s in todo:
         say(s.line())
