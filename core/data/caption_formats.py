@@ -37,6 +37,7 @@ from torch.utils.data import Dataset
 from core.data.imagefolder import (
     IMAGE_EXTENSIONS, BadFileRecord, StringTable, check_fraction, check_image_size, check_seed, stable_key, subset_size,
 )
+from core.data.files import not_regular
 from core.data.transforms import UNREADABLE_IMAGE_ERRORS, load_rgb, preprocess
 from core.errors import DataError
 
@@ -66,11 +67,14 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _files(folder: Path, suffix: str, depth: int = 1) -> list[Path]:
-    """Regular files ending in `suffix` in `folder` (and `depth - 1` levels below), hidden ones skipped, sorted."""
+    """Regular files ending in `suffix` in `folder` (and `depth - 1` levels below), hidden ones skipped, sorted;
+    a link is followed only when it stays inside `folder` (core.data.files' rule)."""
     out = []
+    inside = os.path.realpath(folder) + os.sep
     for level in range(depth):
         pattern = "/".join(["*"] * (level + 1)) + suffix
-        out += [Path(p) for p in glob.glob(os.path.join(glob.escape(str(folder)), pattern)) if os.path.isfile(p)]
+        out += [Path(p) for p in glob.glob(os.path.join(glob.escape(str(folder)), pattern))
+                if not_regular(p) is None and os.path.realpath(p).startswith(inside)]
     return sorted(p for p in out if not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
@@ -94,7 +98,7 @@ def detect(data_path: str | Path) -> str:
         return _unknown(text)
     if not path.is_dir():
         raise DataError(f"data folder {path} does not exist; set data_path to an existing folder, file or pattern")
-    if (path / "captions.jsonl").is_file() or (path / "metadata.jsonl").is_file():
+    if os.path.lexists(path / "captions.jsonl") or os.path.lexists(path / "metadata.jsonl"):  # its reader names a FIFO
         return "jsonl"
     if _is_saved_dataset(path) or any(_is_saved_dataset(d) for d in sorted(path.iterdir()) if d.is_dir()):
         return "hf-disk"
