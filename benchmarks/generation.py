@@ -106,8 +106,8 @@ def main() -> None:
         compiled = use_compile(args.compile, dev, batch)
         r = run_case(gen, batch, cfg, args.repeats, args.compile, dev)
         comp = f"{r['compile s']:.0f} s" if compiled else "off"
-        print(f"| {model} | {gen.num_tokens} | {batch} ({rows} rows) | {cfg:g} | {r['tok/s growing']:,.0f} | "
-              f"{r['tok/s static']:,.0f} | {r['speed-up']:.2f}x | {'yes' if r['same tokens'] else 'NO'} | {comp} |",
+        print(f"| {model} | {gen.num_tokens} | {batch} ({rows} rows) | {cfg:g} | {r['tok/s growing']:,.1f} | "
+              f"{r['tok/s static']:,.1f} | {r['speed-up']:.2f}x | {'yes' if r['same tokens'] else 'NO'} | {comp} |",
               flush=True)
 
 

@@ -169,3 +169,19 @@ def test_compiled_step_draws_the_same_tokens_and_reports_its_compile_time_once(c
             assert torch.equal(eager.tokens, compiled.tokens) and torch.equal(eager.tokens, again.tokens)
     lines = [r.getMessage() for r in caplog.records if "compiled the decode step" in r.getMessage()]
     assert len(lines) == 2, lines  # once per batch shape: 4 rows (cfg 1) and 8 rows (cfg doubled)
+
+
+def test_prepacked_weights_on_a_cpu_draw_the_same_tokens():
+    from core.models.llamagen import PackedLinears
+
+    m = tiny_gpt(dim=512, n_head=8, n_layer=1, block_size=16)  # wide enough for the MKL-prepacked path
+    cache = m.new_cache(6)
+    m.pack_linears(cache)
+    if not PackedLinears.available(m.output.weight):
+        pytest.skip("this torch has no MKL")
+    assert cache.packed is not None
+    cond, seeds = torch.tensor([1, 2, 3]), [4, 5, 6]
+    for sampling in (dict(), dict(cfg_scale=2.0, top_p=0.9)):
+        static = generate(m, cond, seeds=seeds, **sampling)
+        assert torch.equal(static.tokens, generate(m, cond, seeds=seeds, static=False, **sampling).tokens)
+        assert torch.equal(static.tokens, uncached_reference(m, cond, seeds, **sampling))

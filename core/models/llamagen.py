@@ -205,10 +205,12 @@ class PackedLinears:
         self.rows = rows
         self.packed = {m: torch.ops.mkl._mkl_reorder_linear_weight(m.weight.detach(), rows) for m in modules}
 
+    MIN_DIM = 512  # below this width the per-call overhead outweighs the packing (the demo's 192-wide GPT)
+
     @staticmethod
     def available(weight: Tensor) -> bool:
-        return (weight.device.type == "cpu" and weight.dtype == torch.float32 and torch.backends.mkl.is_available()
-                and hasattr(torch.ops.mkl, "_mkl_linear"))
+        return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.shape[1] >= PackedLinears.MIN_DIM
+                and torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear"))
 
     def __call__(self, m: nn.Linear, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1])
