@@ -43,6 +43,7 @@ KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the process
 LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
 MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
+ACCELERATE_CONFIG = Path(__file__).with_name("accelerate_multi_gpu.json")  # plain multi-GPU data parallel
 DEFAULT_ENTRY = entries.TRAIN_ENTRY
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
@@ -60,14 +61,16 @@ def worker_command(run_dir: Path, devices: str, resume: bool = False, *,
     CPU or one GPU: `python -m core.runs.worker --run-dir DIR`, with CUDA_VISIBLE_DEVICES naming the
     GPU ("" for CPU, so a CPU run never touches a GPU). Several GPUs: the same module under
     `accelerate launch --multi_gpu`, one process per GPU, on its own rendezvous port (`port`, or a
-    free one) so runs on disjoint GPU sets can run side by side."""
+    free one) so runs on disjoint GPU sets can run side by side, with the project's accelerate config
+    (`ACCELERATE_CONFIG`): a user's default config (FSDP, dynamo, mixed precision) never applies silently;
+    precision and FSDP come from the run's config (core.vapi.trainer)."""
     ids = gpu_ids(devices)
     tail = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ids)}
     if len(ids) <= 1:
         return [sys.executable, "-m", WORKER_MODULE, *tail], env
     argv = [
-        sys.executable, "-m", "accelerate.commands.launch",
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
         "--multi_gpu", "--num_processes", str(len(ids)), "--num_machines", "1",
         "--gpu_ids", env["CUDA_VISIBLE_DEVICES"],
         "--main_process_port", str(port if port is not None else free_port()),

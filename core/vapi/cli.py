@@ -110,12 +110,43 @@ def _start_when_free(start, launcher, wait: bool):
 
 
 def cmd_train(args) -> int:
+    """Under a multi-process launch (torch.distributed.run, accelerate launch) only rank 0 creates, claims and
+    records the run; the other ranks join the run folder it made (`share_from_rank0`) as its worker ranks."""
+    import os
+
+    from core.device import share_from_rank0
+    from core.runs import worker
+    from core.runs.store import LOG_FILE, RunStore
+
+    opened = share_from_rank0(lambda: _open_run(args))
+    if isinstance(opened, int):  # --print-config, or the devices are busy: nothing to run
+        return opened
+    run_dir, resume = opened
+    argv = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    if int(os.environ.get("RANK", "0")) != 0:
+        return worker.main(argv)  # a worker rank: rank 0 writes the folder, status and log
+    print(f"run folder: {run_dir}", flush=True)
+    with open(run_dir / LOG_FILE, "a", buffering=1) as log, \
+            contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
+        try:
+            rc = worker.main(argv)
+        except KeyboardInterrupt:
+            rc = 130
+    run = RunStore(run_dir.parent).get(run_dir.name)
+    print(f"run {run.id}: {run.status} at step {run.step}/{run.total_steps}" + (f" — {run.message.splitlines()[0]}" if run.message else ""))
+    if rc == 3:
+        return 3
+    return 0 if run.status in ("finished", "stopped") else 1
+
+
+def _open_run(args) -> int | tuple[Path, bool]:
+    """Create (or re-open with --resume) the run folder and claim its devices for this process.
+    Returns (run folder, resume), or an exit code when there is nothing to run."""
     import os
 
     from core.errors import ConfigError
-    from core.runs import worker
     from core.runs.launcher import Launcher
-    from core.runs.store import LOG_FILE, RunNotFoundError, RunStore, process_start_time, write_json_atomic
+    from core.runs.store import RunNotFoundError, RunStore, process_start_time, write_json_atomic
     from core.vapi import config as C
     from core.vapi.preflight import preflight
     from core.vapi.trainer import ENTRY
@@ -153,9 +184,9 @@ def cmd_train(args) -> int:
             print(cfg.to_json())
             return 0
         preflight(cfg)  # bad input: an error now, and no run folder is created
-        from core.device import check_visible, devices_of
+        from core.device import check_visible, devices_of, launched_world
 
-        devices = check_visible(args.devices or devices_of(cfg.device))
+        devices = check_visible(args.devices or devices_of(cfg.device, processes=launched_world()))
         if args.run_dir is not None:
             root, run_id = args.run_dir.resolve().parent, args.run_dir.name
         else:
@@ -171,16 +202,4 @@ def cmd_train(args) -> int:
             return 3
         run_dir = store.run_dir(run.id)
         resume = False
-    print(f"run folder: {run_dir}", flush=True)
-    argv = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
-    with open(run_dir / LOG_FILE, "a", buffering=1) as log, \
-            contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
-        try:
-            rc = worker.main(argv)
-        except KeyboardInterrupt:
-            rc = 130
-    run = store.get(run_dir.name)
-    print(f"run {run.id}: {run.status} at step {run.step}/{run.total_steps}" + (f" — {run.message.splitlines()[0]}" if run.message else ""))
-    if rc == 3:
-        return 3
-    return 0 if run.status in ("finished", "stopped") else 1
+    return run_dir, resume
