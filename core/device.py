@@ -188,3 +188,18 @@ def _exit_code_of(error: BaseException) -> int:
     if isinstance(error, SystemExit):
         return error.code if isinstance(error.code, int) else 1
     return 2 if isinstance(error, UserError) else 1
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any process of the running process group (this process's flag without one).
+    For decisions that must be the same on every rank: whether to run an extra forward (collective under FSDP)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
