@@ -184,6 +184,11 @@ class Trainer:
 
         # --- models
         policy, tokenizer = load.load_pair(cfg.model, cfg.init_weights, self.device)
+        # a preset stored in bf16 (Janus) trains fp32 master weights under bf16 autocast: AdamW's steps at lr 1e-7
+        # are below bf16's resolution (0.1% of the weights moved in 10 steps); its VQ in fp32 for x* and rewards
+        for module in (policy, tokenizer):
+            if any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters()):
+                module.float()
         if self.preset.task == "c2i" and cfg.data == "imagefolder":
             from core.data.imagefolder import check_num_classes
 
