@@ -347,6 +347,11 @@ def compute_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
         context, drop = new_rollout_noise(batch, cfg, unwrapped(policy).vocab_size, xi, generator)
     else:
         context, drop = rollout.context, rollout.drop
+    if rollout is None and cfg.rollout_mode == "train" and has_dropout(policy):
+        # the rollout is its own eval-mode forward here (nothing of the gradient forward is re-used), so it is
+        # sampled, decoded and scored first: the decode's memory never adds to the gradient graph's. Exact: the
+        # rollout draws only from `generator`, the gradient forward's dropout only from the global RNG
+        rollout = sample_rollout(policy, tokenizer, batch, cfg, context, drop, generator)
     logits_pg, logits_prior = gradient_forwards(policy, batch, context, drop, cfg)
     if rollout is None:
         rollout = sample_rollout(policy, tokenizer, batch, cfg, context, drop, generator, policy_logits=logits_pg)

@@ -201,6 +201,8 @@ class Trainer:
 
         # --- what is trained (the method decides), prepared by accelerate
         trained = self.method.trainable(policy, tokenizer)
+        if self.device.type == "cuda":
+            self.fit_memory(policy, torch.cuda.get_device_properties(self.device).total_memory)
         if self.fsdp:  # sharded before the optimizer is built: AdamW holds (and steps) the sharded weights
             fsdp_shard(trained)
         decay = [p for n, p in trained.named_parameters() if p.requires_grad and "norm" not in n]
@@ -221,6 +223,25 @@ class Trainer:
         self.token_cache: dict[int, torch.Tensor] = {}  # dataset index -> x* [N], always encoded in fp32 (encode_fp32)
         if trackers:
             acc.init_trackers(self.run_dir.name, config=cfg.to_dict())
+
+    def fit_memory(self, policy, capacity_bytes: int) -> None:
+        """Switch gradient checkpointing on when the memory estimate (core.vapi.memory) of this run's step without
+        it exceeds the device's `capacity_bytes`; said in the log. Nothing when the config already asks for it."""
+        from core.vapi import memory
+        from core.vapi.objective import has_dropout
+
+        cfg = self.cfg
+        if cfg.gradient_checkpointing or self.method.trains != "generator":
+            return
+        need, without, with_ = memory.checkpointing_needed(
+            policy, images=cfg.per_device_train_batch_size, image_size=self.preset.image_size,
+            reward_chunk=cfg.reward_chunk_size, capacity_bytes=capacity_bytes, shards=self.world if self.fsdp else 1,
+            overlap=not (cfg.rollout_mode == "train" and has_dropout(policy)))
+        if need:
+            policy.gradient_checkpointing = True
+            self.log(f"[memory] estimated peak {without.peak:.1f} GiB per process is more than "
+                     f"{memory.FIT_FRACTION:.0%} of the device's {capacity_bytes / memory.GIB:.1f} GiB: gradient "
+                     f"checkpointing switched on (estimate with it: {with_.peak:.1f} GiB)")
 
     def _lr_lambda(self, step: int) -> float:
         cfg = self.cfg
