@@ -152,19 +152,12 @@ def share_from_rank0(make, what: str = "setup"):
 
     If `make` raises on rank 0, the other ranks raise SystemExit with the exit code `make`'s error maps to
     (`core.errors.exit_code`), so no rank is left waiting for a run that will not start."""
-    import os
-
     import torch
     import torch.distributed as dist
 
     if launched_world() <= 1:
         return make()
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group(backend="cuda:nccl,cpu:gloo")
-        else:
-            dist.init_process_group(backend="gloo")
+    ensure_process_group()
     box: list = [None]
     error = None
     if dist.get_rank() == 0:
@@ -180,6 +173,24 @@ def share_from_rank0(make, what: str = "setup"):
     if kind == "error":
         raise SystemExit(value)
     return value
+
+
+def ensure_process_group() -> None:
+    """Start the default process group of a launched process (torch.distributed.run / accelerate launch set its
+    environment) unless it runs: gloo on a machine without CUDA, else nccl for CUDA tensors and gloo for CPU ones.
+    accelerate then uses it as its own."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="cuda:nccl,cpu:gloo")
+    else:
+        dist.init_process_group(backend="gloo")
 
 
 def _exit_code_of(error: BaseException) -> int:

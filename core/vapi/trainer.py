@@ -167,6 +167,9 @@ class Trainer:
         # `accelerate launch --use_fsdp` asks for FSDP: this trainer shards the module itself (FSDP2, below), so
         # accelerate stays plain data parallel and does not wrap it a second time with its FSDP1 plugin
         launched_fsdp = os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        want_fsdp = cfg.sharding == "fsdp" or launched_fsdp
+        if want_fsdp and "RANK" in os.environ:  # launched, even as one process: FSDP needs the process group
+            devmod.ensure_process_group()
         self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None,
                                              project_dir=str(self.run_dir))
         set_seed(cfg.seed)
@@ -174,8 +177,8 @@ class Trainer:
         self.world = acc.num_processes
         self.rank = acc.process_index
         self.accum = cfg.accumulation_steps(self.world)
-        self.fsdp = self.world > 1 and (cfg.sharding == "fsdp" or launched_fsdp)
-        self.log(f"[setup] {cfg.method} on {self.world} process(es) ({'FSDP' if self.fsdp else 'DDP' if self.world > 1 else 'single'}), "
+        self.fsdp = want_fsdp and torch.distributed.is_initialized()  # one process not launched: nothing to shard
+        self.log(f"[setup] {cfg.method} on {self.world} process(es) ({'FSDP' if self.fsdp else 'DDP' if self.world > 1 else 'unsharded'}), "
                  f"device {self.device}, precision {precision}; "
                  f"{cfg.global_batch_size} images/step = {self.world} x {cfg.per_device_train_batch_size} x {self.accum} accumulation")
 
