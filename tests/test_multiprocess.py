@@ -161,3 +161,41 @@ def test_fsdp_decoder_baseline_prepares_and_trains_only_the_decoder(tiny_demo, t
     assert set(sd) == set(base)
     changed = {k for k in sd if not torch.equal(sd[k], base[k])}
     assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed), changed
+
+
+JANUS_FSDP = '''
+import torch, torch.distributed as dist
+from tests.test_janus import tiny_janus_model, tiny_text_tokenizer, PROMPTS, V, N
+from core.models.janus import JanusPolicy
+from core.vapi.trainer import fsdp_shard, gathered
+dist.init_process_group("gloo")
+ref = JanusPolicy(tiny_janus_model(seed=1), tiny_text_tokenizer()).train()
+pol = JanusPolicy(tiny_janus_model(seed=1), tiny_text_tokenizer()).train()
+ids, mask = pol.encode_prompts(PROMPTS)
+tokens = torch.randint(0, V, (3, N), generator=torch.Generator().manual_seed(0))
+fsdp_shard(pol)  # the language model's layers each a unit; vision tower, aligner and VQ outside every unit
+frozen = [p for p in pol.parameters() if not p.requires_grad]
+assert frozen and not any(hasattr(p, "full_tensor") for p in frozen)
+with torch.no_grad():
+    with gathered(pol):  # the KL probe's and the previews' calls, on every rank
+        a = pol.teacher_forced_logits(ids, tokens[:, :-1], cond_mask=mask)
+        g = pol.generate(ids, cond_mask=mask, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, ref.teacher_forced_logits(ids, tokens[:, :-1], cond_mask=mask))
+    assert torch.equal(g.tokens, ref.generate(ids, cond_mask=mask, generator=torch.Generator().manual_seed(0)).tokens)
+ce = lambda m: torch.nn.functional.cross_entropy(m(ids, tokens[:, :-1], cond_mask=mask).reshape(-1, V), tokens.reshape(-1))
+ce(pol).backward(), ce(ref).backward()
+norm = lambda m: torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], 1e9)
+assert abs(norm(pol).full_tensor().item() - norm(ref).item()) < 1e-5
+print("janus fsdp ok", dist.get_rank())
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.slow
+def test_janus_under_fsdp_on_two_ranks_keeps_frozen_modules_out_and_samples_gathered(tmp_path):
+    script = tmp_path / "janus_fsdp.py"
+    script.write_text(JANUS_FSDP)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(free_port()), str(script)], cwd=ROOT, env=env_for(tmp_path), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("janus fsdp ok") == 2, r.stdout[-2000:] + r.stderr[-3000:]
