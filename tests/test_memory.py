@@ -35,6 +35,23 @@ def test_trainer_switches_checkpointing_on_when_the_estimate_does_not_fit(tiny_d
     assert need and with_.peak < without.peak
     t.fit_memory(t.policy, capacity_bytes=int(without.peak * memory.GIB))  # 90% of it: does not fit
     assert t.policy.gradient_checkpointing and "gradient checkpointing switched on" in logs[-1]
+    assert t.cfg.reward_chunk_size == cfg.reward_chunk_size  # with checkpointing the decode chunk fits
     t.policy.gradient_checkpointing = False
     t.fit_memory(t.policy, capacity_bytes=int(2 * without.peak * memory.GIB))  # fits: left as configured
-    assert not t.policy.gradient_checkpointing
+    assert not t.policy.gradient_checkpointing and t.cfg.reward_chunk_size == cfg.reward_chunk_size
+    # so little memory that even with checkpointing the decode of a full chunk does not fit: a smaller chunk
+    t.policy.gradient_checkpointing = True
+    room = int((with_.states + with_.graph + with_.decode / 4) / memory.FIT_FRACTION * memory.GIB)
+    t.fit_memory(t.policy, capacity_bytes=room)
+    assert t.cfg.reward_chunk_size < cfg.reward_chunk_size and "reward_chunk_size" in logs[-1]
+
+
+def test_reward_chunk_that_fits_uses_what_is_left_beside_the_states_and_graph():
+    est = memory.Estimate(states=20.0, graph=10.0, decode=8.0, overlap=True)  # 8 GiB for a chunk of 32
+    cap = int(40 / memory.FIT_FRACTION * memory.GIB) + 2 ** 20  # 40 GiB usable: 10 left for the decode -> all 32 fit
+    assert memory.reward_chunk_that_fits(est, 32, cap) == 32
+    cap = int(34 / memory.FIT_FRACTION * memory.GIB) + 2 ** 20  # 4 GiB left: 16 images
+    assert memory.reward_chunk_that_fits(est, 32, cap) == 16
+    first = memory.Estimate(states=20.0, graph=10.0, decode=8.0, overlap=False)  # rollout first: the graph is gone
+    assert memory.reward_chunk_that_fits(first, 32, cap) == 32
+    assert memory.reward_chunk_that_fits(est, 32, int(10 * memory.GIB)) == 1

@@ -71,3 +71,11 @@ def checkpointing_needed(policy, *, images: int, image_size: int, reward_chunk: 
                   shards=shards, overlap=overlap, **shape)
     without, with_ = estimate(checkpointing=False, **common), estimate(checkpointing=True, **common)
     return without.peak > FIT_FRACTION * capacity_bytes / GIB, without, with_
+
+
+def reward_chunk_that_fits(est: Estimate, reward_chunk: int, capacity_bytes: int) -> int:
+    """The largest reward chunk (images decoded at once, at most `reward_chunk`) whose decode fits beside the
+    states (and the gradient graph, when they coexist) in FIT_FRACTION of `capacity_bytes`; at least 1."""
+    budget = FIT_FRACTION * capacity_bytes / GIB - est.states - (est.graph if est.overlap else 0.0)
+    per_image = est.decode / reward_chunk
+    return max(1, min(reward_chunk, int(budget // per_image) if budget > 0 else 1))

@@ -25,6 +25,7 @@ upstream layout ({"model": state_dict, "config": json}), optimizer + lr-schedule
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -229,22 +230,29 @@ class Trainer:
 
     def fit_memory(self, policy, capacity_bytes: int) -> None:
         """Switch gradient checkpointing on when the memory estimate (core.vapi.memory) of this run's step without
-        it exceeds the device's `capacity_bytes`; said in the log. Nothing when the config already asks for it."""
+        it exceeds the device's `capacity_bytes`, and lower reward_chunk_size when even then a chunk's decode would
+        not fit; each said in the log."""
         from core.vapi import memory
         from core.vapi.objective import has_dropout
 
         cfg = self.cfg
-        if cfg.gradient_checkpointing or self.method.trains != "generator":
+        if self.method.trains != "generator":
             return
         need, without, with_ = memory.checkpointing_needed(
             policy, images=cfg.per_device_train_batch_size, image_size=self.preset.image_size,
             reward_chunk=cfg.reward_chunk_size, capacity_bytes=capacity_bytes, shards=self.world if self.fsdp else 1,
             overlap=not (cfg.rollout_mode == "train" and has_dropout(policy)))
-        if need:
+        if need and not cfg.gradient_checkpointing:
             policy.gradient_checkpointing = True
             self.log(f"[memory] estimated peak {without.peak:.1f} GiB per process is more than "
                      f"{memory.FIT_FRACTION:.0%} of the device's {capacity_bytes / memory.GIB:.1f} GiB: gradient "
                      f"checkpointing switched on (estimate with it: {with_.peak:.1f} GiB)")
+        on = policy.gradient_checkpointing
+        chunk = memory.reward_chunk_that_fits(with_ if on else without, cfg.reward_chunk_size, capacity_bytes)
+        if chunk < cfg.reward_chunk_size:  # the rewards are per sample: the chunk changes memory, not results
+            self.log(f"[memory] reward_chunk_size {cfg.reward_chunk_size} -> {chunk}: a larger decode chunk would "
+                     f"not fit beside the rest of the step")
+            self.cfg = cfg = dataclasses.replace(cfg, reward_chunk_size=chunk)
 
     def _lr_lambda(self, step: int) -> float:
         cfg = self.cfg
