@@ -95,6 +95,7 @@ WORDS = {
     "cache_tokens": "cache the x* tokens", "preview_classes": "preview classes",
     "preview_prompts": "preview prompts", "preview_seeds": "preview seeds", "kl_probe_size": "KL probe size",
     "report_to": "also report to", "gradient_checkpointing": "gradient checkpointing",
+    "sharding": "multi-GPU sharding",
 }
 
 

@@ -23,6 +23,8 @@ def median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
     times = []
     for _ in range(repeats):
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()  # the warm-up's (or the last call's) queued kernels are not this call's time
         t0 = time.perf_counter()
         fn()
         if torch.cuda.is_available():

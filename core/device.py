@@ -110,12 +110,15 @@ def picked_devices(selected: Sequence[str] | str | None, field: str = "devices")
     return normalize_devices(",".join(items), field)
 
 
-def devices_of(device: str) -> str:
-    """The device set a single-process run with config `device` holds: auto -> cuda:0 if there is a GPU, else cpu."""
+def devices_of(device: str, processes: int = 1) -> str:
+    """The device set a run with config `device` holds: auto -> cuda:0 if there is a GPU, else cpu. With several
+    processes on GPUs (one per GPU, as accelerate launches them): cuda:0..processes-1."""
     if device == "auto":
         import torch
 
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and processes > 1:
+        return "cuda:" + ",".join(str(i) for i in range(processes))
     return "cuda:0" if device == "cuda" else device
 
 
@@ -132,3 +135,82 @@ def check_visible(devices: str, field: str = "--devices") -> str:
         if max(ids) >= n:
             raise ConfigError(field, f"{devices}: only {n} GPU(s) are visible; use cuda:0..cuda:{n - 1}")
     return devices
+
+
+# ---------------------------------------------------------------------------------------------- processes
+def launched_world() -> int:
+    """How many processes the launcher (torch.distributed.run / accelerate launch) started: $WORLD_SIZE, else 1."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def share_from_rank0(make, what: str = "setup"):
+    """Under a multi-process launch: rank 0 calls `make()` and every rank returns its result (any picklable
+    value); one process: `make()`. This starts the default process group (gloo on CPU; nccl for CUDA
+    tensors + gloo for objects on GPU machines), which accelerate then uses as its own.
+
+    If `make` raises on rank 0, the other ranks raise SystemExit with the exit code `make`'s error maps to
+    (`core.errors.exit_code`), so no rank is left waiting for a run that will not start."""
+    import torch
+    import torch.distributed as dist
+
+    if launched_world() <= 1:
+        return make()
+    ensure_process_group()
+    box: list = [None]
+    error = None
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", make())
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the other ranks were told
+            error = e
+            box[0] = ("error", _exit_code_of(e))
+    dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+    if error is not None:
+        raise error
+    kind, value = box[0]
+    if kind == "error":
+        raise SystemExit(value)
+    return value
+
+
+def ensure_process_group() -> None:
+    """Start the default process group of a launched process (torch.distributed.run / accelerate launch set its
+    environment) unless it runs: gloo on a machine without CUDA, else nccl for CUDA tensors and gloo for CPU ones.
+    accelerate then uses it as its own."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="cuda:nccl,cpu:gloo")
+    else:
+        dist.init_process_group(backend="gloo")
+
+
+def _exit_code_of(error: BaseException) -> int:
+    from core.errors import UserError
+
+    if isinstance(error, SystemExit):
+        return error.code if isinstance(error.code, int) else 1
+    return 2 if isinstance(error, UserError) else 1
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any process of the running process group (this process's flag without one).
+    For decisions that must be the same on every rank: whether to run an extra forward (collective under FSDP)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())

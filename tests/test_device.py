@@ -46,6 +46,7 @@ def test_a_picker_selection_is_cpu_alone_or_gpus():
 def test_the_set_a_config_device_holds_and_visible_gpus():
     assert D.devices_of("cpu") == "cpu" and D.devices_of("cuda") == "cuda:0" and D.devices_of("cuda:1") == "cuda:1"
     assert D.devices_of("auto") == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert D.devices_of("cuda", processes=4) == "cuda:0,1,2,3" and D.devices_of("cpu", processes=2) == "cpu"
     assert D.check_visible("CPU") == "cpu"
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     with pytest.raises(ConfigError, match="^--devices: cuda:.*(no CUDA GPU|GPU\\(s\\) are visible)"):

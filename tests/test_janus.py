@@ -4,6 +4,7 @@ The text tokenizer is a word-level `tokenizers` model wrapped in PreTrainedToken
 carries Janus's special tokens (BOS, the pad tag, <begin_of_image>, the role tags).
 """
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,9 @@ def test_kv_cache_decoding_equals_teacher_forcing(policy, cond):
         steps = [policy.prefill(ids, cache, cond_mask=mask)]
         steps += [policy.decode_one(tokens[:, i], cache) for i in range(N - 1)]
     assert (torch.stack(steps, 1) - tf).abs().max() <= 1e-4
+    # the cache was filled (a cache argument the language model does not read would leave it empty and decode
+    # each token without context; the equality above could then only hold by accident)
+    assert cache.kv.get_seq_length() == ids.shape[1] + N - 1
 
 
 def test_a_padded_row_equals_the_prompt_alone(policy, cond):
@@ -285,3 +289,63 @@ def test_missing_weights_name_the_model_folder_and_command(tmp_path, monkeypatch
     (original / "tokenizer.json").write_text("{}")
     with pytest.raises(CheckpointError, match="multi_modality"):
         load_janus(original)
+
+
+JANUS_SETUP = '''
+import sys, torch
+from core.models.janus import load_janus
+from core.vapi import objective
+from core.vapi.config import resolve
+from core.vapi.trainer import Trainer
+cfg = resolve("janus-pro-1b", {"data_path": sys.argv[1], "device": "cpu", "reward_weights": {"mse": 1},
+                               "mixed_precision_on_cpu": True, "global_batch_size": 2, "per_device_train_batch_size": 2})
+t = Trainer(cfg, sys.argv[2])
+t.setup()
+assert t.accelerator.mixed_precision == "bf16"
+kinds = {p.dtype for m in (t.policy, t.tokenizer) for p in m.parameters()}
+assert kinds == {torch.float32}, kinds  # stored bf16, trained as fp32 masters; the VQ in fp32
+ref = load_janus(sys.argv[3], dtype=torch.bfloat16)[1].float()  # the same bf16 weights, computed in fp32
+batch, _ = t.batch(0, 0)
+with t.accelerator.autocast():
+    assert torch.equal(batch.tokens, ref.encode(batch.images.float()))  # x*
+    with objective.fp32("cpu"):
+        img = t.tokenizer.decode(batch.tokens)  # what the rewards score
+assert torch.equal(img, ref.decode(batch.tokens)), (img - ref.decode(batch.tokens)).abs().max()
+print("fp32 ok")
+'''
+
+
+@pytest.mark.slow
+def test_janus_stored_in_bf16_trains_fp32_masters_with_its_vq_in_fp32(tiny_demo, tmp_path):
+    """The tiny Janus stand-in is loaded in bf16 like Janus-Pro-1B. At the paper's lr 1e-7 AdamW's first steps
+    (about lr per weight) vanish in bf16; in fp32 masters they move most trained weights."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from core.models import checkpoint
+    from tests.standins import make_caption_folder, make_standins
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, **make_standins(tmp_path), "VAPI_DEMO_DIR": str(tiny_demo), "OMP_NUM_THREADS": "1"}
+    data = make_caption_folder(tmp_path / "coco")
+    folder = tmp_path / "checkpoints" / "Janus-Pro-1B"
+    r = subprocess.run([sys.executable, "-c", JANUS_SETUP, str(data), str(tmp_path / "setup"), str(folder)],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "fp32 ok" in r.stdout, r.stderr[-3000:]
+    run = tmp_path / "runs" / "janus"
+    small = {"data_path": str(data), "learning_rate": 1e-7, "max_steps": 2, "save_steps": 2, "device": "cpu",
+             "reward_weights": json.dumps({"mse": 1}), "global_batch_size": 2, "per_device_train_batch_size": 2,
+             "num_generations": 2, "preview_seeds": "[0]", "kl_probe_size": 0}
+    r = subprocess.run([sys.executable, "-m", "core", "train", "--preset", "janus-pro-1b", "--run-dir", str(run),
+                        *[a for k, v in small.items() for a in ("--set", f"{k}={v}")]],
+                       cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-1500:] + r.stderr[-3000:]
+    base = load_janus(folder, dtype=torch.bfloat16)[0]
+    trained = {n for n, p in base.named_parameters() if p.requires_grad}
+    sd, _ = checkpoint.read_file(run / "checkpoints" / "step-000002" / "model.pt")
+    ref = base.state_dict()
+    moved = sum(int((sd[n].float() != ref[n].float()).sum()) for n in trained)
+    total = sum(ref[n].numel() for n in trained)
+    assert moved / total > 0.3, f"{moved}/{total} trained weights moved at lr 1e-7"

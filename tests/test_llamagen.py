@@ -9,6 +9,7 @@ from core.errors import ConfigError
 from core.models import llamagen
 from core.models.generate import cfg_mix
 from core.models.llamagen import GPTConfig, Transformer
+from tests.helpers import tiny_gpt
 
 # the team's reference manifest (copied from shared/reference): upstream keys and shapes per preset
 MANIFEST = json.loads((Path(__file__).parent / "fixtures" / "llamagen_state_dicts.json").read_text())
@@ -95,6 +96,17 @@ def test_kv_cache_decoding_equals_teacher_forcing(kind):
     assert (torch.stack(steps, 1) - tf).abs().max() < 1e-5
     # the fixed-shape step (whole preallocated cache under a mask) computes the same logits
     assert (decode_static(m, cond, tokens, mask) - tf).abs().max() < 1e-5
+
+
+def test_the_output_head_runs_on_the_image_positions_only():
+    gpt = tiny_gpt(model_type="t2i", caption_dim=8, cls_token_num=5)
+    seen = []
+    gpt.output.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape[:2])))
+    n = gpt.num_tokens
+    with torch.no_grad():
+        gpt.teacher_forced_logits(torch.randn(2, 5, 8), torch.randint(0, 32, (2, n - 1)))
+        gpt.prefill(torch.randn(2, 5, 8), gpt.new_cache(2))
+    assert seen == [(2, n), (2, 1)]  # not the 4 caption positions before the last one
 
 
 def test_condition_positions_have_zero_rope_and_image_positions_rotate():

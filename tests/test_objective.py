@@ -307,6 +307,34 @@ def test_train_mode_reuses_its_forward_for_the_rollout_only_where_exact():
     assert not torch.allclose(train_logits[0], full[0], atol=1e-3)  # the dropped row was run again, conditioned
 
 
+def test_a_rollout_that_is_its_own_forward_is_decoded_before_the_gradient_graph_exists():
+    """Headroom: with dropout layers (rollout_mode train) the rollout is its own eval-mode forward, so it is sampled,
+    decoded and scored before the gradient forward; the loss equals the other order's exactly."""
+    tok, batch = make_batch()
+    pol = tiny_gpt(resid_dropout_p=0.3, ffn_dropout_p=0.3).train()
+    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "cond_drop_prob": 0.5})
+    saved, at_decode = [0], []
+    decode = tok.decode
+    tok.decode = lambda t: (at_decode.append(saved[0]), decode(t))[1]
+
+    def pack(x):
+        saved[0] += 1  # a tensor saved for backward: the gradient graph exists
+        return x
+
+    torch.manual_seed(5)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(1))
+    assert at_decode and set(at_decode) == {0} and saved[0] > 0
+    torch.manual_seed(5)  # the order before: gradient forward first, then the rollout
+    g = torch.Generator().manual_seed(1)
+    context, drop = objective.new_rollout_noise(batch, cfg, pol.vocab_size, 0.0, g)
+    logits_pg, logits_prior = objective.gradient_forwards(pol, batch, context, drop, cfg)
+    rollout = objective.sample_rollout(pol, tok, batch, cfg, context, drop, g, policy_logits=logits_pg)
+    logp = objective.gather_logprobs(logits_pg, rollout.samples, cfg.temperature)
+    loss, _ = objective.rollout_loss(rollout, logp, logits_prior, batch.tokens, cfg)
+    assert torch.equal(out.loss, loss) and torch.equal(out.rollout.samples, rollout.samples)
+
+
 def test_tied_groups_get_zero_advantage_and_are_counted():
     base = torch.tensor([0.0142, 0.0142, 0.0142, 0.0142])
     noise = torch.tensor([5e-8, -1e-7, 0.0, 5e-8])  # float rounding of equal decodes (~5e-6 relative): no signal

@@ -22,7 +22,7 @@ from core.runs import (
     ACTIVE, FAILED, FINISHED, QUEUED, RUNNING, STATUSES, STOPPED, STOPPING, Launcher, RunNotFoundError,
     RunRecorder, RunStateError, RunStore,
 )
-from core.runs.launcher import group_alive, kill_process_tree, worker_command
+from core.runs.launcher import ACCELERATE_CONFIG, group_alive, kill_process_tree, worker_command
 from core.runs.store import METRICS_FILE, STOP_FILE, process_alive, process_start_time
 from tests import helpers
 
@@ -251,7 +251,8 @@ def test_worker_command_for_cpu_one_gpu_and_several_gpus(tmp_path):
     assert argv == [sys.executable, "-m", "core.runs.worker", "--run-dir", str(tmp_path), "--resume"]
     assert env == {"CUDA_VISIBLE_DEVICES": "3"}
     argv, env = worker_command(tmp_path, "cuda:2,5", port=29611)
-    assert argv == [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+    assert argv == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
+                    "--multi_gpu", "--num_processes", "2",
                     "--num_machines", "1", "--gpu_ids", "2,5", "--main_process_port", "29611",
                     "-m", "core.runs.worker", "--run-dir", str(tmp_path)]
     assert env == {"CUDA_VISIBLE_DEVICES": "2,5"}

@@ -286,47 +286,6 @@ def test_cli_continues_a_finished_run_for_more_steps(tiny_demo, tmp_path):
     assert [c.step for c in store.checkpoints("extend")] == [3, 5]
 
 
-def test_fsdp_branches_save_and_load_the_trained_module_of_the_decoder_baseline(tiny_demo, tmp_path, monkeypatch):
-    """Under FSDP the checkpoint must hold what is trained: the tokenizer for method=decoder (not the policy).
-    FSDP needs CUDA here, so its calls are replaced by recorders; benchmarks/gpu_check.sh runs the real thing."""
-    from contextlib import contextmanager
-
-    import torch.distributed.fsdp as fsdp
-    from accelerate.utils import DistributedType
-
-    cfg, store, run, run_dir = new_run(tmp_path, method="decoder", max_steps=1)
-    trainer = Trainer(cfg, run_dir, RunRecorder(run_dir, is_main=True))
-    trainer.train()
-    seen = []
-
-    class RecordingFSDP:
-        @staticmethod
-        @contextmanager
-        def state_dict_type(module, *args, **kw):
-            seen.append(module)
-            yield
-
-        @staticmethod
-        def optim_state_dict(module, optim):
-            seen.append(module)
-            return optim.state_dict()
-
-        @staticmethod
-        def optim_state_dict_to_load(module, optim, osd):
-            seen.append(module)
-            return osd
-
-    acc = trainer.accelerator
-    monkeypatch.setattr(fsdp, "FullyShardedDataParallel", RecordingFSDP)
-    monkeypatch.setattr(type(acc), "distributed_type", property(lambda self: DistributedType.FSDP))
-    monkeypatch.setattr(acc, "get_state_dict", lambda m: (seen.append(m), m.state_dict())[1])
-    trainer.save_checkpoint(2)
-    assert trainer.load_checkpoint(run_dir / "checkpoints" / "step-000002") == 2
-    assert len(seen) == 5 and all(m is trainer.tokenizer for m in seen)  # state dict, optimizer state, load, optimizer load
-    sd, _ = checkpoint.read_file(run_dir / "checkpoints" / "step-000002" / "tokenizer.pt")
-    assert set(sd) == set(trainer.tokenizer.state_dict())
-
-
 def test_each_method_object_says_what_it_trains_and_the_loop_has_no_method_branches():
     """The trainer's loop is method-free: what differs between VA-π, STE and the decoder baseline is in
     core/vapi/methods.py (the trained module, the loss, the checkpoint file)."""

@@ -136,14 +136,20 @@ class JanusPolicy(nn.Module):
     @property
     def gradient_checkpointing(self) -> bool:
         """Recompute each decoder layer in backward (transformers' activation checkpointing, train mode only)."""
-        return bool(self.model.is_activation_checkpointing)
+        return any(getattr(m, "gradient_checkpointing", False) is True for m in self.model.modules())
 
     @gradient_checkpointing.setter
     def gradient_checkpointing(self, on: bool) -> None:
+        # transformers >= 5.2x: activation_checkpointing_enable/disable (gradient_* kept as deprecated aliases);
+        # earlier 5.x (5.17 on the GPU image): only gradient_checkpointing_enable/disable
+        m = self.model
         if on:
-            self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(m, "activation_checkpointing_enable"):
+                m.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         else:
-            self.model.activation_checkpointing_disable()
+            (getattr(m, "activation_checkpointing_disable", None) or m.gradient_checkpointing_disable)()
 
     def fsdp_wrap_modules(self) -> list[nn.Module]:
         return list(self.language_model.layers)
@@ -209,8 +215,9 @@ class JanusPolicy(nn.Module):
         return self.model.model.generation_head(hidden).float()
 
     def _trunk(self, h: Tensor, mask: Tensor, position_ids: Tensor, cache: Optional[JanusCache] = None) -> Tensor:
+        kv = {_cache_kwarg(self.language_model): cache.kv} if cache is not None else {}
         out = self.language_model(inputs_embeds=h, attention_mask=mask, position_ids=position_ids,
-                                  cache=cache.kv if cache is not None else None, use_cache=cache is not None)
+                                  use_cache=cache is not None, **kv)
         return out.last_hidden_state
 
     # --- mode 1: teacher forcing (training, VA-π's forward)
@@ -273,6 +280,21 @@ class JanusPolicy(nn.Module):
         from core.models.generate import generate
 
         return generate(self, cond, **kwargs)
+
+
+def _cache_kwarg(language_model) -> str:
+    """The KV-cache argument of the language model's forward: `cache` (transformers >= 5.2x, which still reads
+    the old name until 5.40) or `past_key_values` (earlier 5.x). The other name would land in **kwargs unread:
+    no cache filled, and sampling without context."""
+    import inspect
+
+    params = inspect.signature(type(language_model).forward).parameters
+    if "cache" in params:
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise ConfigError("model", f"{type(language_model).__name__}.forward takes neither `cache` nor `past_key_values`: "
+                               "this transformers version is not supported; install transformers>=5.0,<5.40")
 
 
 def _single_token_id(tokenizer, text: str) -> int:

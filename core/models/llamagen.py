@@ -450,7 +450,9 @@ class Transformer(nn.Module):
         return mask.unsqueeze(1)
 
     def _trunk(self, h: Tensor, rope: Tensor, mask: Optional[Tensor], cache: Optional[KVCache] = None,
-               start: int = 0) -> Tensor:
+               start: int = 0, head_from: int = 0) -> Tensor:
+        """The blocks over h [B, T, dim], then norm + output head on positions head_from.. only (the others'
+        logits are not used: a T2I sequence's 119 caption positions) -> [B, T - head_from, V] float32."""
         h = self.tok_dropout(h)
         ckpt = self.gradient_checkpointing and self.training and torch.is_grad_enabled() and cache is None
         for i, layer in enumerate(self.layers):
@@ -458,7 +460,7 @@ class Transformer(nn.Module):
                 h = torch.utils.checkpoint.checkpoint(layer, h, rope, mask, use_reentrant=False)
             else:
                 h = layer(h, rope, mask, cache, i, start)
-        return self.output(self.norm(h)).float()
+        return self.output(self.norm(h[:, head_from:])).float()
 
     # --- mode 1: teacher forcing (training, VA-π's forward)
     def teacher_forced_logits(self, cond: Tensor, context: Tensor, *, cond_drop_prob: float = 0.0,
@@ -476,8 +478,7 @@ class Transformer(nn.Module):
         drop = self._drop_mask(cond, cond_drop_prob, generator)
         h = torch.cat([self._cond_tokens(cond, drop), self.tok_embeddings(context)], dim=1)  # [B, C+N-1, dim]
         T = h.shape[1]
-        logits = self._trunk(h, self._rope(0, T, h.device), self._cond_key_mask(cond_mask, T))
-        return logits[:, C - 1:]  # [B, N, V]
+        return self._trunk(h, self._rope(0, T, h.device), self._cond_key_mask(cond_mask, T), head_from=C - 1)  # [B, N, V]
 
     def forward(self, cond: Tensor, context: Tensor, cond_mask: Optional[Tensor] = None) -> Tensor:
         """Always the teacher-forced pass (== teacher_forced_logits without dropout of the condition).
@@ -498,7 +499,7 @@ class Transformer(nn.Module):
         if cond_mask is not None:
             cache.key_mask[:, :C] = cond_mask.bool()
             mask = self._cond_key_mask(cond_mask, C)
-        logits = self._trunk(h, self._rope(0, C, h.device), mask, cache, start=0)
+        logits = self._trunk(h, self._rope(0, C, h.device), mask, cache, start=0, head_from=C - 1)
         cache.length = C
         return logits[:, -1]
 

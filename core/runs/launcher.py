@@ -44,6 +44,7 @@ DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and re
 SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after this long is an orphan
 KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
 WORKER_MODULE = "core.runs.worker"
+ACCELERATE_CONFIG = Path(__file__).with_name("accelerate_multi_gpu.json")  # plain multi-GPU data parallel
 DEFAULT_ENTRY = kinds.TRAIN_ENTRY
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
@@ -61,14 +62,16 @@ def worker_command(run_dir: Path, devices: str, resume: bool = False, *,
     CPU or one GPU: `python -m core.runs.worker --run-dir DIR`, with CUDA_VISIBLE_DEVICES naming the
     GPU ("" for CPU, so a CPU run never touches a GPU). Several GPUs: the same module under
     `accelerate launch --multi_gpu`, one process per GPU, on its own rendezvous port (`port`, or a
-    free one) so runs on disjoint GPU sets can run side by side."""
+    free one) so runs on disjoint GPU sets can run side by side, with the project's accelerate config
+    (`ACCELERATE_CONFIG`): a user's default config (FSDP, dynamo, mixed precision) never applies silently;
+    precision and FSDP come from the run's config (core.vapi.trainer)."""
     ids = gpu_ids(devices)
     tail = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
     env = {"CUDA_VISIBLE_DEVICES": ",".join(str(i) for i in ids)}
     if len(ids) <= 1:
         return [sys.executable, "-m", WORKER_MODULE, *tail], env
     argv = [
-        sys.executable, "-m", "accelerate.commands.launch",
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIG),
         "--multi_gpu", "--num_processes", str(len(ids)), "--num_machines", "1",
         "--gpu_ids", env["CUDA_VISIBLE_DEVICES"],
         "--main_process_port", str(port if port is not None else free_port()),

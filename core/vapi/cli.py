@@ -153,12 +153,52 @@ def _start_when_free(start, launcher, wait: bool):
 
 
 def cmd_train(args) -> int:
+    """Under a multi-process launch (torch.distributed.run, accelerate launch) only rank 0 creates, claims and
+    records the run; the other ranks join the run folder it made (`share_from_rank0`) as its worker ranks."""
+    import os
+
+    from core.device import share_from_rank0
+    from core.runs import worker
+    from core.runs.store import LOG_FILE
+
+    opened = share_from_rank0(lambda: _open_run(args))
+    if isinstance(opened, int):  # --print-config, or the devices are busy: nothing to run
+        return opened
+    run_dir, resume = opened
+    argv = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
+    if int(os.environ.get("RANK", "0")) != 0:
+        return worker.main(argv)  # a worker rank: rank 0 writes the folder, status and log
+    print(f"run folder: {run_dir}", flush=True)
+    log = open(run_dir / LOG_FILE, "a", buffering=1)
+    try:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
+            try:
+                rc = worker.main(argv)
+            except KeyboardInterrupt:
+                rc = 130
+    finally:
+        with contextlib.suppress(OSError):  # a full disk: the last buffered lines are lost, not the run
+            log.close()
+    from core.runs.folder import read_status
+
+    run = read_status(run_dir) or {}  # the run folder is the truth (the index may be unwritable)
+    message = str(run.get("message") or "")
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        print(f"run {run_dir.name}: {run.get('status')} at step {run.get('step')}/{run.get('total_steps')}"
+              + (f" — {message.splitlines()[0]}" if message else ""), flush=True)
+    if rc == 3:
+        return 3
+    return 0 if run.get("status") in ("finished", "stopped") else 1
+
+
+def _open_run(args) -> int | tuple[Path, bool]:
+    """Create (or re-open with --resume) the run folder and claim its devices for this process.
+    Returns (run folder, resume), or an exit code when there is nothing to run."""
     import os
 
     from core.errors import ConfigError
-    from core.runs import worker
     from core.runs.launcher import Launcher
-    from core.runs.store import LOG_FILE, RunNotFoundError, RunStore, process_start_time, write_json_atomic
+    from core.runs.store import RunNotFoundError, RunStore, process_start_time, write_json_atomic
     from core.vapi import config as C
     from core.vapi.preflight import preflight
     from core.runs import kinds
@@ -196,7 +236,7 @@ def cmd_train(args) -> int:
         if args.print_config:
             print(cfg.to_json())
             return 0
-        from core.device import check_visible, devices_of
+        from core.device import check_visible, devices_of, launched_world
         from core.errors import UserError
         from core.vapi.preflight import PreflightError, problems_of
 
@@ -215,7 +255,7 @@ def cmd_train(args) -> int:
                                  getattr(e, "footer", "")) from None
         if bad_devices is not None:
             raise bad_devices
-        devices = devices or check_visible(devices_of(cfg.device))  # (a bad config device: preflight said it)
+        devices = devices or check_visible(devices_of(cfg.device, processes=launched_world()))  # (a bad config device: preflight said it)
         for warning in checked.warnings:  # e.g. a paper-size model on the CPU, with its ETA
             print(f"warning: {warning}", file=sys.stderr, flush=True)
         if args.run_dir is not None:
@@ -233,25 +273,4 @@ def cmd_train(args) -> int:
             return 3
         run_dir = store.run_dir(run.id)
         resume = False
-    print(f"run folder: {run_dir}", flush=True)
-    argv = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
-    log = open(run_dir / LOG_FILE, "a", buffering=1)
-    try:
-        with contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
-            try:
-                rc = worker.main(argv)
-            except KeyboardInterrupt:
-                rc = 130
-    finally:
-        with contextlib.suppress(OSError):  # a full disk: the last buffered lines are lost, not the run
-            log.close()
-    from core.runs.folder import read_status
-
-    run = read_status(run_dir) or {}  # the run folder is the truth (the index may be unwritable)
-    message = str(run.get("message") or "")
-    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
-        print(f"run {run_dir.name}: {run.get('status')} at step {run.get('step')}/{run.get('total_steps')}"
-              + (f" — {message.splitlines()[0]}" if message else ""), flush=True)
-    if rc == 3:
-        return 3
-    return 0 if run.get("status") in ("finished", "stopped") else 1
+    return run_dir, resume

@@ -29,6 +29,7 @@ ROLLOUT_MODES = ("train", "eval", "twice")
 XI_SCHEDULES = ("constant", "linear", "cosine")
 LR_SCHEDULERS = ("constant", "cosine")
 PRECISIONS = ("bf16", "fp16", "no")
+SHARDINGS = ("ddp", "fsdp")
 TRACKERS = ("tensorboard", "wandb")
 # Fields a run config no longer has -> why. A config.json or preset that still holds one loads (the value is
 # dropped); naming one in --set is an error.
@@ -98,6 +99,7 @@ class VapiConfig:
     mixed_precision: str = setting("bf16", group="optimisation", choices=PRECISIONS, help="Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu")
     mixed_precision_on_cpu: bool = setting(False, group="optimisation", help="autocast on CPU too (bf16 only; slower on most CPUs): tests the bf16 path without a GPU")
     gradient_checkpointing: bool = setting(False, group="optimisation", help="recompute block activations in backward: less memory, ~30% more compute")
+    sharding: str = setting("ddp", group="optimisation", choices=SHARDINGS, help="several processes: \"ddp\" (every rank holds the model) or \"fsdp\" (FSDP2, one unit per block: weights, gradients and AdamW states split over ranks); `accelerate launch --use_fsdp` also selects fsdp")
     seed: int = setting(0, group="optimisation", help="data order, rollouts, condition dropout: a run is reproducible from it",
                         minimum=0, maximum=2**32 - 1, why="numpy's global seed, which accelerate's set_seed sets, takes 0 to 2**32-1")
     device: str = setting("auto", group="optimisation", help="\"auto\" | \"cpu\" | \"cuda\" | \"cuda:N\" (single process; multi-GPU goes through accelerate launch)")
@@ -217,6 +219,7 @@ class VapiConfig:
              f"{self.global_batch_size} is not a multiple of per_device_train_batch_size {self.per_device_train_batch_size}")
         need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.mixed_precision in PRECISIONS, "mixed_precision", f"must be one of {PRECISIONS}")
+        need(self.sharding in SHARDINGS, "sharding", f"must be one of {SHARDINGS}")
         need(not self.mixed_precision_on_cpu or self.mixed_precision in ("bf16", "no"), "mixed_precision_on_cpu",
              "CPU autocast supports bf16 only: set mixed_precision=bf16")
         need(self.save_steps >= 1 and self.logging_steps >= 1 and self.preview_steps >= 1, "save_steps",

@@ -50,8 +50,9 @@ ASSUMED_MFU = 0.35  # utilisation of the dense bf16 peak without a measured figu
 CPU_EFFICIENCY = 0.5  # of the measured fp32 matmul rate, for a whole step on the CPU
 GPU_MEMORY_GIB = {"H200": 141, "H100": 80, "A100-40GB": 40, "A100": 80, "L40S": 48, "A6000": 48, "RTX 4090": 24,
                   "A10": 24, "V100": 32, "T4": 16}
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12, "RTX 4090": 165e12,
-             "A10": 125e12, "V100": 125e12, "T4": 65e12}  # dense, TFLOP/s x 1e12 (vendor figures)
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100 NVL": 835e12, "H200 NVL": 835e12, "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A6000": 155e12, "RTX 4090": 165e12,
+             "A10": 125e12, "V100": 125e12, "T4": 65e12}  # dense, TFLOP/s x 1e12 (vendor figures); the first
+# name found in the device name wins, so each variant comes before its family
 GPU_CHECK_RESULTS = paths.ROOT / "benchmarks" / "results" / "gpu_check.json"
 
 

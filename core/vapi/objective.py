@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.device import any_rank
 from core.errors import ConfigError
 from core.vapi import noise, rewards
 from core.vapi.config import VapiConfig
@@ -241,11 +242,17 @@ def rollout_logits(policy, batch: Batch, context: Tensor, drop: Tensor, train_lo
     if train_logits is None or has_dropout(policy):
         return forward_in_mode(policy, batch, context, drop, train=False).detach()
     logits = train_logits.detach().clone()
-    if bool(drop.any()):
-        rows = drop.nonzero().view(-1)
-        sub = Batch(images=batch.images[rows], cond=batch.cond[rows], tokens=batch.tokens[rows],
-                    cond_mask=batch.cond_mask[rows] if batch.cond_mask is not None else None)
-        logits[rows] = forward_in_mode(policy, sub, context[rows], drop[rows], train=False).to(logits.dtype)
+    if not any_rank(bool(drop.any())):
+        return logits
+    # the same forwards on every rank (FSDP's gathers and DDP's buffer broadcasts are collectives): a rank with
+    # no dropped row runs its first row and discards the result
+    rows = drop.nonzero().view(-1)
+    run = rows if len(rows) else torch.zeros(1, dtype=torch.long, device=drop.device)
+    sub = Batch(images=batch.images[run], cond=batch.cond[run], tokens=batch.tokens[run],
+                cond_mask=batch.cond_mask[run] if batch.cond_mask is not None else None)
+    out = forward_in_mode(policy, sub, context[run], drop[run], train=False)
+    if len(rows):
+        logits[rows] = out.to(logits.dtype)
     return logits
 
 
@@ -340,6 +347,11 @@ def compute_loss(policy, tokenizer, batch: Batch, cfg: VapiConfig, *, xi: float,
         context, drop = new_rollout_noise(batch, cfg, unwrapped(policy).vocab_size, xi, generator)
     else:
         context, drop = rollout.context, rollout.drop
+    if rollout is None and cfg.rollout_mode == "train" and has_dropout(policy):
+        # the rollout is its own eval-mode forward here (nothing of the gradient forward is re-used), so it is
+        # sampled, decoded and scored first: the decode's memory never adds to the gradient graph's. Exact: the
+        # rollout draws only from `generator`, the gradient forward's dropout only from the global RNG
+        rollout = sample_rollout(policy, tokenizer, batch, cfg, context, drop, generator)
     logits_pg, logits_prior = gradient_forwards(policy, batch, context, drop, cfg)
     if rollout is None:
         rollout = sample_rollout(policy, tokenizer, batch, cfg, context, drop, generator, policy_logits=logits_pg)

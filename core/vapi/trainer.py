@@ -12,6 +12,12 @@ rollout of micro-batch m on rank r draws from a generator seeded by (seed, step,
 So a run resumed from a checkpoint (weights + optimizer + step) continues exactly as if it had
 not stopped, and N processes reproduce one process with the same global batch.
 
+Several processes: DDP by default (accelerate wraps the trained module), or FSDP2 with sharding="fsdp" (or
+`accelerate launch --use_fsdp`): the trainer shards the trained module itself (`fsdp_shard`: one unit per
+block of `fsdp_wrap_modules()`, frozen weights kept out of every unit) BEFORE the optimizer is built, so AdamW
+steps the sharded weights. The KL probe and previews run on every rank with the weights gathered (`gathered`),
+rank 0 writes. The lr schedule is stepped once per optimizer step, whatever the number of processes.
+
 Checkpoints: `core.checkpoints` owns the layout and the atomic save; each holds the trained module in the
 upstream layout ({"model": state_dict, "config": json}), optimizer + lr-scheduler state, and
 {"step": s, "method": ..., "world_size": ...}.
@@ -19,8 +25,10 @@ upstream layout ({"model": state_dict, "config": json}), optimizer + lr-schedule
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +47,54 @@ from core.vapi.objective import Batch
 from core.vapi.preflight import preflight
 
 DEFAULT_IMAGENET_PREVIEW = [207, 360, 387, 974, 88, 979, 417, 279]  # LlamaGen's sample_c2i classes
+
+
+def _full_on_rank0():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def fsdp_shard(module: torch.nn.Module) -> None:
+    """FSDP2 (`fully_shard`), in place: each block of `module.fsdp_wrap_modules()` is its own unit (or, for a
+    module without one, each child holding trained weights: the decoder baseline's post_quant_conv and decoder);
+    the trained weights left over form the root unit. Frozen weights (requires_grad False: the tokenizer's
+    encoder, Janus's vision tower and VQ) are kept out of every unit: replicated, never gathered."""
+    from torch.distributed.fsdp import fully_shard
+
+    def trained(m):
+        return any(p.requires_grad for p in m.parameters())
+
+    def frozen(m):
+        return {p for p in m.parameters() if not p.requires_grad} or None
+
+    wrap = getattr(module, "fsdp_wrap_modules", None)
+    units = list(wrap()) if wrap is not None else [c for c in module.children() if trained(c)]
+    inside = set()
+    for unit in units:
+        if trained(unit):
+            fully_shard(unit, ignored_params=frozen(unit))
+            inside |= set(unit.parameters())
+    if any(p.requires_grad and p not in inside for p in module.parameters()):
+        fully_shard(module, ignored_params=frozen(module))
+
+
+@contextlib.contextmanager
+def gathered(module):
+    """A block in which `module`'s own methods (teacher_forced_logits, generate, decode) may be called under
+    FSDP2: its root unit gathered; its blocks gather themselves in their forward. Every rank must enter it
+    (the gathers are collectives). A module that is not sharded: nothing to do."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield
+        return
+    module._get_fsdp_state()._lazy_init()  # FSDP2 picks its root at the first root forward; a probe may come first
+    module.unshard()
+    try:
+        yield
+    finally:
+        module.reshard()
 
 
 class NonFiniteError(UserError):
@@ -109,6 +165,12 @@ class Trainer:
             torch.cuda.set_device(dev.index)
         precision = "no" if cpu and not cfg.mixed_precision_on_cpu else cfg.mixed_precision
         trackers = list(cfg.report_to)
+        # `accelerate launch --use_fsdp` asks for FSDP: this trainer shards the module itself (FSDP2, below), so
+        # accelerate stays plain data parallel and does not wrap it a second time with its FSDP1 plugin
+        launched_fsdp = os.environ.pop("ACCELERATE_USE_FSDP", "false").lower() == "true"
+        want_fsdp = cfg.sharding == "fsdp" or launched_fsdp
+        if want_fsdp and "RANK" in os.environ:  # launched, even as one process: FSDP needs the process group
+            devmod.ensure_process_group()
         self.accelerator = acc = Accelerator(cpu=cpu, mixed_precision=precision, log_with=trackers or None,
                                              project_dir=str(self.run_dir))
         set_seed(cfg.seed)
@@ -116,7 +178,9 @@ class Trainer:
         self.world = acc.num_processes
         self.rank = acc.process_index
         self.accum = cfg.accumulation_steps(self.world)
-        self.log(f"[setup] {cfg.method} on {self.world} process(es), device {self.device}, precision {precision}; "
+        self.fsdp = want_fsdp and torch.distributed.is_initialized()  # one process not launched: nothing to shard
+        self.log(f"[setup] {cfg.method} on {self.world} process(es) ({'FSDP' if self.fsdp else 'DDP' if self.world > 1 else 'unsharded'}), "
+                 f"device {self.device}, precision {precision}; "
                  f"{cfg.global_batch_size} images/step = {self.world} x {cfg.per_device_train_batch_size} x {self.accum} accumulation")
 
         # --- data (built and checked in preflight, before the weights are read)
@@ -124,6 +188,11 @@ class Trainer:
 
         # --- models
         policy, tokenizer = load.load_pair(cfg.model, cfg.init_weights, self.device)
+        # a preset stored in bf16 (Janus) trains fp32 master weights under bf16 autocast: AdamW's steps at lr 1e-7
+        # are below bf16's resolution (0.1% of the weights moved in 10 steps); its VQ in fp32 for x* and rewards
+        for module in (policy, tokenizer):
+            if any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters()):
+                module.float()
         if self.preset.task == "c2i" and cfg.data == "imagefolder":
             from core.data.imagefolder import check_num_classes
 
@@ -136,13 +205,21 @@ class Trainer:
 
         # --- what is trained (the method decides), prepared by accelerate
         trained = self.method.trainable(policy, tokenizer)
+        if self.device.type == "cuda":
+            self.fit_memory(policy, torch.cuda.get_device_properties(self.device).total_memory)
+        if self.fsdp:  # sharded before the optimizer is built: AdamW holds (and steps) the sharded weights
+            fsdp_shard(trained)
         decay = [p for n, p in trained.named_parameters() if p.requires_grad and "norm" not in n]
         no_decay = [p for n, p in trained.named_parameters() if p.requires_grad and "norm" in n]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}],
                                       lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
-        self.trained_prepared, self.optimizer, self.scheduler = acc.prepare(trained, optimizer, scheduler)
+        # not prepared by accelerate: its scheduler wrapper steps once per process, N times per optimizer step
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_lambda)
+        if self.fsdp:
+            self.trained_prepared, self.optimizer = trained, acc.prepare(optimizer)
+        else:
+            self.trained_prepared, self.optimizer = acc.prepare(trained, optimizer)
         modules = {"generator": policy, "tokenizer": tokenizer, self.method.trains: self.trained_prepared}
         self.models = Models(policy=modules["generator"], tokenizer=modules["tokenizer"], ref_policy=ref_policy,
                              unwrap=self.unwrap)
@@ -150,6 +227,32 @@ class Trainer:
         self.token_cache: dict[int, torch.Tensor] = {}  # dataset index -> x* [N], always encoded in fp32 (encode_fp32)
         if trackers:
             acc.init_trackers(self.run_dir.name, config=cfg.to_dict())
+
+    def fit_memory(self, policy, capacity_bytes: int) -> None:
+        """Switch gradient checkpointing on when the memory estimate (core.vapi.memory) of this run's step without
+        it exceeds the device's `capacity_bytes`, and lower reward_chunk_size when even then a chunk's decode would
+        not fit; each said in the log."""
+        from core.vapi import memory
+        from core.vapi.objective import has_dropout
+
+        cfg = self.cfg
+        if self.method.trains != "generator":
+            return
+        need, without, with_ = memory.checkpointing_needed(
+            policy, images=cfg.per_device_train_batch_size, image_size=self.preset.image_size,
+            reward_chunk=cfg.reward_chunk_size, capacity_bytes=capacity_bytes, shards=self.world if self.fsdp else 1,
+            overlap=not (cfg.rollout_mode == "train" and has_dropout(policy)))
+        if need and not cfg.gradient_checkpointing:
+            policy.gradient_checkpointing = True
+            self.log(f"[memory] estimated peak {without.peak:.1f} GiB per process is more than "
+                     f"{memory.FIT_FRACTION:.0%} of the device's {capacity_bytes / memory.GIB:.1f} GiB: gradient "
+                     f"checkpointing switched on (estimate with it: {with_.peak:.1f} GiB)")
+        on = policy.gradient_checkpointing
+        chunk = memory.reward_chunk_that_fits(with_ if on else without, cfg.reward_chunk_size, capacity_bytes)
+        if chunk < cfg.reward_chunk_size:  # the rewards are per sample: the chunk changes memory, not results
+            self.log(f"[memory] reward_chunk_size {cfg.reward_chunk_size} -> {chunk}: a larger decode chunk would "
+                     f"not fit beside the rest of the step")
+            self.cfg = cfg = dataclasses.replace(cfg, reward_chunk_size=chunk)
 
     def _lr_lambda(self, step: int) -> float:
         cfg = self.cfg
@@ -209,8 +312,15 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, step: int) -> None:
         acc = self.accelerator
-        state = acc.get_state_dict(self.trained_prepared)
-        optim = self._optimizer_state()
+        if self.fsdp:  # every rank takes part in gathering; rank 0 gets the full (CPU) tensors
+            from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+            model = self.trained_prepared
+            state = get_model_state_dict(model, options=_full_on_rank0())
+            optim = get_optimizer_state_dict(model, self.optimizer.optimizer, options=_full_on_rank0())
+        else:
+            state = acc.get_state_dict(self.trained_prepared)
+            optim = self.optimizer.state_dict()
         if not acc.is_main_process:
             return
         from core.models import checkpoint
@@ -223,23 +333,7 @@ class Trainer:
             (d / checkpoints.TRAINER_STATE_FILE).write_text(json.dumps(meta) + "\n")
         self.log(f"[checkpoint] step {step} -> {checkpoints.checkpoint_dir(self.recorder.run_dir, step)}")
 
-    def _optimizer_state(self) -> dict:
-        from accelerate.utils import DistributedType
-
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            model = self.trained_prepared
-            with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
-                                      FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
-                                      FullOptimStateDictConfig(offload_to_cpu=True, rank0_only=True)):
-                return FSDP.optim_state_dict(model, self.optimizer.optimizer)
-        return self.optimizer.state_dict()
-
     def load_checkpoint(self, path: Path) -> int:
-        from accelerate.utils import DistributedType
-
         from core.models import checkpoint
 
         meta = json.loads((path / checkpoints.TRAINER_STATE_FILE).read_text())
@@ -247,25 +341,33 @@ class Trainer:
             raise ConfigError("method", f"{path} was written by method {meta['method']!r}, the run says {self.cfg.method!r}")
         model = self.trained_prepared
         name = self.method.weights_file
-        sd, _ = checkpoint.read_file(path / name)
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        if self.fsdp:  # rank 0 reads the files, the weights and AdamW states reach the other ranks by broadcast
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
 
-            with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True)):
-                model.load_state_dict(sd)
+            sd, opt = ({}, {"optimizer": {}})
+            if self.is_main:
+                sd, _ = checkpoint.read_file(path / name)
+                opt = checkpoint.load_object(path / checkpoints.OPTIMIZER_FILE)
+            options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+            set_model_state_dict(model, sd, options=options)
+            set_optimizer_state_dict(model, self.optimizer.optimizer, opt["optimizer"], options=options)
+            scheduler = self._from_rank0(opt.get("scheduler"))
         else:
+            sd, _ = checkpoint.read_file(path / name)
             checkpoint.load_strict(self.unwrap(model), sd, path / name)
-        opt = checkpoint.load_object(path / checkpoints.OPTIMIZER_FILE)
-        if self.accelerator.distributed_type == DistributedType.FSDP:
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            osd = FSDP.optim_state_dict_to_load(model, self.optimizer.optimizer, opt["optimizer"])
-            self.optimizer.optimizer.load_state_dict(osd)
-        else:
+            opt = checkpoint.load_object(path / checkpoints.OPTIMIZER_FILE)
             self.optimizer.load_state_dict(opt["optimizer"])
-        self.scheduler.load_state_dict(opt["scheduler"])
+            scheduler = opt["scheduler"]
+        self.scheduler.load_state_dict(scheduler)
         return int(meta["step"])
+
+    def _from_rank0(self, obj):
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
+        return box[0]
 
     # ------------------------------------------------------------------ previews and probes
     def preview_conditions(self):
@@ -288,7 +390,8 @@ class Trainer:
 
     @torch.no_grad()
     def write_preview(self, step: int) -> None:
-        if not self.is_main:
+        """Rank 0 writes the grid; under FSDP every rank samples it (the gathers of the weights are collectives)."""
+        if not self.is_main and not self.fsdp:
             return
         from core import imaging
         from core.data.classes import class_names_for
@@ -310,12 +413,14 @@ class Trainer:
             else:
                 cond, mask = self.cond_encoder([p for p in conds for _ in seeds])
                 cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), gathered(policy), gathered(tok):
                 imgs = generate_images(policy, tok, cond, seeds=[s for _ in conds for s in seeds],
                                        cond_mask=mask, cfg_scale=cfg.preview_cfg_scale, temperature=cfg.temperature)
         finally:
             policy.train(was_training[0])
             tok.train(was_training[1])
+        if not self.is_main:
+            return
         up = max(1, 96 // imgs.shape[-1])
         path = self.recorder.sample_path(step)
         imaging.save_png(imaging.grid(imgs, nrow=len(seeds), upscale=up), path)
@@ -342,7 +447,7 @@ class Trainer:
         was = policy.training
         policy.eval()
         cond, mask, ctx = self.kl_probe
-        with self.accelerator.autocast():
+        with self.accelerator.autocast(), gathered(policy):
             logits = policy.teacher_forced_logits(cond, ctx, cond_mask=mask)
         policy.train(was)
         return torch.log_softmax(logits.float() / self.cfg.temperature, dim=-1)
@@ -378,8 +483,8 @@ class Trainer:
             batch, _ = self.batch(self.rollout_step(step), micro)
             sync = micro == self.accum - 1
 
-            def ctx():  # gradient all-reduce only on the last micro-batch of the step
-                return contextlib.nullcontext() if sync else acc.no_sync(model)
+            def ctx():  # DDP: gradient all-reduce only on the last micro-batch (FSDP reduce-scatters each one)
+                return contextlib.nullcontext() if sync or self.fsdp else acc.no_sync(model)
 
             with ctx(), acc.autocast():
                 loss, m = self.micro_loss(batch, step, micro, rollouts)
@@ -393,6 +498,8 @@ class Trainer:
             for k, v in m.items():
                 sums[k] = sums.get(k, 0.0) + v / self.accum
         grad_norm = acc.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: the norm of the sharded gradients, reduced over ranks
+            grad_norm = grad_norm.full_tensor()
         grad_norm = float(grad_norm) if grad_norm is not None else float("nan")
         if not math.isfinite(grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
