@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from app import fields
 from core import imaging
 from core.checkpoints import ref_text, resolve_weights
 from core.errors import ConfigError, MissingWeightsError, UserError
@@ -155,19 +156,8 @@ def load_source(ctx, source: Source, device: str):
 
 
 def parse_seeds(text: str | Sequence[int] | None, field: str = "seeds") -> list[int]:
-    raw = ",".join(str(x) for x in text) if isinstance(text, (list, tuple)) else str(text or "")
-    items = [t.strip() for t in raw.replace(";", ",").replace(" ", ",").split(",") if t.strip()]
-    if not items:
-        raise ConfigError(field, "give at least one seed, e.g. 0, 1, 2, 3")
-    try:
-        seeds = [int(t) for t in items]
-    except ValueError:
-        raise ConfigError(field, f"expected whole numbers separated by commas, got {raw!r}") from None
-    if any(s < 0 or s >= 2**63 for s in seeds):
-        raise ConfigError(field, "seeds must be between 0 and 2^63 - 1")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(field, "each seed once, please")
-    return seeds
+    """Seeds typed as "0, 1, 2, 3" (or spaces): each once, from 0 to 2^63 - 1."""
+    return fields.numbers(field, text, whole=True, minimum=0, maximum=2**63 - 1, distinct=True)
 
 
 def _checked_load(ctx, source: Source, device: str, field: str):
@@ -212,16 +202,6 @@ def _encode_prompts(ctx, policy, prompts: list[str], device: str, text_encoder: 
     return encode(prompts)
 
 
-def _int(value, field: str, minimum: int, maximum: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(field, f"expected a number, got {value!r}") from None
-    if not number.is_integer() or not minimum <= number <= maximum:
-        raise ConfigError(field, f"expected a whole number from {minimum} to {maximum}, got {value!r}")
-    return int(number)
-
-
 def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=None, seeds="0, 1, 2, 3",
             cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
             device: str = "cpu", view: str = "free", prefix_rows=2, class_samples=0,
@@ -242,14 +222,11 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
     if view not in alignment.VIEWS:
         raise ConfigError("view", f"choose one of {', '.join(alignment.VIEWS)}")
     seed_list = parse_seeds(seeds)
-    try:
-        top_k_int = int(top_k)
-    except (TypeError, ValueError):
-        raise ConfigError("top_k", f"expected a whole number, got {top_k!r}") from None
-    sampling = dict(cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=top_k_int, top_p=float(top_p))
+    sampling = dict(cfg_scale=fields.number("cfg_scale", cfg_scale), temperature=fields.number("temperature", temperature),
+                    top_k=fields.number("top_k", top_k, whole=True), top_p=fields.number("top_p", top_p))
     check_sampling_args(**sampling)
-    prefix_k = _int(prefix_rows, "prefix_rows", 0, 64)
-    per_class = _int(class_samples or 0, "class_samples", 0, MAX_CLASS_SAMPLES)
+    prefix_k = fields.number("prefix_rows", prefix_rows, whole=True, minimum=0, maximum=64)
+    per_class = fields.number("class_samples", class_samples or 0, whole=True, minimum=0, maximum=MAX_CLASS_SAMPLES)
     if 0 < per_class <= 3:
         raise ConfigError("class_samples", "0 (off) or more than 3 (FD needs a covariance)")
     dev = str(devmod.resolve(device or "cpu"))

@@ -3,7 +3,7 @@
 A config dataclass (VapiConfig, EvalConfig, EmbeddingConfig) declares each field with `setting(...)`:
 a `dataclasses.field` whose metadata holds the help text (meaning and paper source), the form group
 and the allowed values, as TRL's configs do with `field(metadata={"help": ...})`. This module owns
-reading that metadata back: `specs` (one FieldSpec per field, for forms), `add_arguments` /
+reading that metadata back (a field's label, its words for forms, sits beside its help): `specs` (one FieldSpec per field, for forms), `add_arguments` /
 `values_from_args` (argparse options for a CLI) and `from_dict` (a checked constructor from a
 config.json). Standard library only, so any config module can import it.
 """
@@ -21,9 +21,10 @@ from core.errors import ConfigError
 
 
 def setting(default: Any = MISSING, *, help: str, group: str = "", choices: Iterable = (),
-            default_factory: Any = MISSING) -> Any:
-    """A dataclass field carrying its help text, form group and allowed values (empty: any value)."""
-    metadata = {"help": help, "group": group, "choices": tuple(choices)}
+            default_factory: Any = MISSING, label: str = "") -> Any:
+    """A dataclass field carrying its label (the field in words, for forms; empty: its name), help text, form
+    group and allowed values (empty: any value)."""
+    metadata = {"help": help, "group": group, "choices": tuple(choices), "label": label}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -39,6 +40,7 @@ class FieldSpec:
     help: str
     group: str
     choices: tuple
+    label: str = ""  # the field in words ("learning rate"); "" = its name
 
     @property
     def flag(self) -> str:
@@ -68,7 +70,8 @@ def specs(cls: type) -> list[FieldSpec]:
     for f in dataclasses.fields(cls):
         kind, item, optional = _unwrap(hints[f.name])
         out.append(FieldSpec(f.name, kind, item, optional, _default_of(f), f.metadata.get("help", ""),
-                             f.metadata.get("group", ""), tuple(f.metadata.get("choices", ()))))
+                             f.metadata.get("group", ""), tuple(f.metadata.get("choices", ())),
+                             f.metadata.get("label", "")))
     return out
 
 

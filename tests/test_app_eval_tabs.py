@@ -29,7 +29,7 @@ from tests.helpers import served_app, tiny_gpt, train_tiny_evaluator
 SKIPPED = {"__type__": "update"}  # an output the handler left unchanged
 TIMEOUT_S = 150.0  # worker start, sampling and metrics on a loaded 2-core machine
 STEP = 5
-EVAL = dict(num_samples=12, batch_size=4, image_size=None, metrics=["fid", "isc", "prc"], extractor="demo",
+EVAL = dict(num_samples=12, batch_size=4, image_size="", metrics=["fid", "isc", "prc"], extractor="demo",
             reference_kind="shapes", devices=["cpu"], num_seeds=2)
 EMB = dict(step=STEP, classes=["circle", "square", 2], per_class=6, batch_size=6, projections=["tsne"], devices=["cpu"],
            num_seeds=2)
@@ -254,6 +254,7 @@ def test_bad_inputs_are_rejected_with_the_input_named_and_no_job(served):
         (dict(cfg=True, cfg_scale=1.0), "cfg_scale", "above 1"),
         (dict(top_p=1.5), "top_p", "(0, 1]"),
         (dict(image_size=4), "image_size", ">= 8"),
+        (dict(image_size=0), "image_size", ">= 8"),  # what a number box sent for "empty": the box is text now
         (dict(devices=[]), "devices", "pick cpu"),
         (dict(source="nope@3"), "source", "does not exist"),
         (dict(source=f"{aligned}@9"), "source", "no checkpoint at step 9"),

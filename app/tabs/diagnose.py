@@ -9,16 +9,16 @@ a verdict ("within noise" unless the 95% interval of the paired change excludes 
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Optional
 
 import gradio as gr
 import plotly.graph_objects as go
 
-from app import jobform
+from app import fields, widgets
 from app.plots import readable_axes
-from app.tabs.shared import error_text, parse_number, progress_bar
-from core import configmeta
+from app.tabs.shared import error_text, progress_bar
 from core.errors import ConfigError, UserError
 
 NUMBER_KEYS = ("num_images", "num_generations", "num_samples")
@@ -45,22 +45,21 @@ def checkpoint_choices(store) -> list[tuple[str, str]]:
     return out
 
 
-def parse_list(field: str, raw: Any, whole: bool) -> list:
-    """"0 1 2" or "1, 1.5" -> numbers; an error names the field."""
-    parts = str(raw or "").replace(",", " ").split()
-    if not parts:
-        raise ConfigError(field, "give one or more numbers, separated by spaces")
-    return [parse_number(field, p, whole=whole) for p in parts]
+@functools.cache
+def field_table() -> dict[str, fields.Field]:
+    """DiagnoseConfig's fields as the form's field table (its own checks need at least 2 of each count)."""
+    from core.eval.diagnostics import DiagnoseConfig
+
+    return fields.table(DiagnoseConfig, **{k: {"minimum": 2} for k in NUMBER_KEYS})
 
 
 def plan(values: dict):
     """The form's values -> a checked DiagnoseConfig (a ConfigError names the input)."""
     from core.eval.diagnostics import DiagnoseConfig
 
-    fields = {k: parse_number(k, values.get(k), whole=True, minimum=2) for k in NUMBER_KEYS}
-    fields["seeds"] = parse_list("seeds", values.get("seeds"), whole=True)
-    fields["cfg_scales"] = parse_list("cfg_scales", values.get("cfg_scales"), whole=False)
-    return DiagnoseConfig(checkpoint=str(values.get("checkpoint") or "").strip(), **fields)
+    table = field_table()
+    parsed = fields.parse_all([table[k] for k in (*NUMBER_KEYS, *LIST_KEYS)], values)
+    return DiagnoseConfig(checkpoint=str(values.get("checkpoint") or "").strip(), **parsed)
 
 
 def run_choices(store) -> list[tuple[str, str]]:
@@ -140,8 +139,6 @@ def show(store, run_id: Optional[str]) -> tuple[str, Any]:
 
 def build_section(ctx) -> None:
     """The section's inputs, buttons and views, inside the Evaluate tab."""
-    from core.eval.diagnostics import DiagnoseConfig
-
     app = ctx.app
     with gr.Accordion("Diagnostics: where a demo run moved the generator", open=False, elem_id="diag-section"):
         gr.Markdown("For a checkpoint of a run on the embedded demo: which token positions the run changed, whether "
@@ -149,15 +146,13 @@ def build_section(ctx) -> None:
                     "tokenizer reproduces, and demo-FID vs CFG scale, base beside aligned. A background job (a few "
                     "minutes on 2 CPU cores at the defaults), as `python -m core eval diagnose`.")
         with gr.Row(equal_height=False):
-            checkpoint = gr.Dropdown(choices=checkpoint_choices(app.store), value=None, allow_custom_value=True,
+            choices = checkpoint_choices(app.store)  # newest run's last checkpoint first: the default
+            checkpoint = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, allow_custom_value=True,
                                      filterable=True, scale=3, label="checkpoint", elem_id="diag-checkpoint",
-                                     info=jobform.form_help(configmeta.spec_of(DiagnoseConfig, "checkpoint")))
-            numbers = {k: jobform.field_input(DiagnoseConfig, k, "diag", scale=1) for k in NUMBER_KEYS}
+                                     info=field_table()["checkpoint"].info)
+            numbers = {k: widgets.widget(field_table()[k], f"diag-{k}", scale=1) for k in NUMBER_KEYS}
         with gr.Row(equal_height=False):
-            lists = {k: gr.Textbox(value=" ".join(f"{v:g}" for v in jobform.form_value(
-                     configmeta.spec_of(DiagnoseConfig, k))), label=k, elem_id=f"diag-{k}",
-                     max_lines=1, info=jobform.form_help(configmeta.spec_of(DiagnoseConfig, k)) + "; separated by spaces")
-                     for k in LIST_KEYS}
+            lists = {k: widgets.widget(field_table()[k], f"diag-{k}") for k in LIST_KEYS}
         launch_btn = gr.Button("Diagnose", variant="primary", elem_id="diag-launch")
         status = gr.Markdown("", elem_id="diag-status")
         with gr.Row(equal_height=False):

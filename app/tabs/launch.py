@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import form
+from app import fields, form, widgets
 from app.tabs import BuildContext
 from app.views import run_choices
 from core.device import parse_devices
@@ -60,8 +60,7 @@ def field_info(key: str, app, data_kind: str) -> str:
     if key == "data_path":
         return data_path_info(data_kind, app)
     f = form.BY_NAME[key]
-    suffix = {"classes": "; empty = the trainer's default", "lines": "; one per line", "int_list": "; comma-separated"}
-    return f.help + suffix.get(f.kind, "")
+    return f.info + ("; empty = the trainer's default" if f.kind == "classes" else fields.HINTS.get(f.kind, ""))
 
 
 # ----------------------------------------------------------------------------- status texts
@@ -175,29 +174,15 @@ def build(ctx: BuildContext) -> None:
 
     def make(key: str) -> Any:
         f = form.BY_NAME[key]
-        value = defaults[key]
-        common = dict(label=form.label_of(key), info=field_info(key, app, defaults["data"]),
-                      elem_id=f"field-{api_name_of(key)}")
+        extra: dict[str, Any] = {}
         if f.kind == "model":
-            return gr.Dropdown(choices=form.model_names(), value=value, filterable=True, **common)
-        if key == "data":
-            return gr.Radio(choices=[(DATA_LABELS.get(c, c), c) for c in f.choices], value=value, **common)
-        if f.kind == "choice":
-            return gr.Dropdown(choices=list(f.choices), value=value, **common)
-        if f.kind == "multichoice":
-            return gr.CheckboxGroup(choices=list(f.choices), value=value, **common)
-        if f.kind == "bool":
-            return gr.Checkbox(value=value, **common)
-        if f.kind == "int":  # no precision=0: Gradio would round 2.5 silently; from_form rejects it by name
-            return gr.Number(value=value, step=1, **common)
-        if f.kind in ("float", "optional_float"):
-            return gr.Number(value=value, **common)
-        if f.kind == "classes":
-            return gr.Dropdown(choices=form.class_choices(defaults["model"]), value=value, multiselect=True,
-                               filterable=True, **common)
-        if f.kind == "lines":
-            return gr.Textbox(value=value, lines=2, **common)
-        return gr.Textbox(value=value, **common)
+            extra["choices"] = form.model_names()
+        elif f.kind == "classes":
+            extra["choices"] = form.class_choices(defaults["model"])
+        elif key == "data":
+            extra["choices"] = [(DATA_LABELS.get(c, c), c) for c in f.choices]
+        return widgets.widget(f, f"field-{api_name_of(key)}", value=defaults[key],
+                              info=field_info(key, app, defaults["data"]), **extra)
 
     def place(group: str) -> None:
         placed = set()
@@ -207,8 +192,8 @@ def build(ctx: BuildContext) -> None:
                     comps[key] = make(key)
                     placed.add(key)
         for f in form.fields_in(group):
-            if f.name not in placed and f.name != "model" and f.name != "data":
-                comps[f.name] = make(f.name)
+            if f.key not in placed and f.key != "model" and f.key != "data":
+                comps[f.key] = make(f.key)
 
     gr.Markdown("Pick a model and data, a paper preset, adjust any hyperparameter, then **Launch**. "
                 "The run starts in its own process; watch it in the **Runs** tab.", elem_classes=["tab-intro"])
