@@ -15,14 +15,18 @@ def test_curves_use_scientific_ticks_a_light_band_and_explain_constant_panels():
     series = plots.new_series()
     plots.add_points(series, [{"step": s, "reward_mean": -0.1 / s, "reward_std": 0.02, "loss_pg": 5e-8 * s,
                                "clip_frac": 0.0} for s in (1, 2, 3)])
-    notes = plots.constant_panels({"num_iterations": 1})
+    notes = plots.constant_panels({"num_iterations": 1, "rollout_mode": "eval"})
     fig = plots.figure(series, 0.0, notes=notes)
     assert all(ax.exponentformat == "e" for ax in (fig.layout.yaxis, fig.layout.yaxis3))
     band = [t for t in fig.data if t.fill == "toself"][0]
     assert band.fillcolor.endswith("0.08)")  # the mean line stands out over a light band
     assert any("0 by construction" in a.text for a in fig.layout.annotations)
     assert not any(t.name == "clip_frac" for t in fig.data)
-    assert plots.constant_panels({"num_iterations": 2}) == {}
+    assert plots.constant_panels({"num_iterations": 2, "rollout_mode": "eval"}) == {}
+    # rollout_mode train (the default): dropout and condition dropout move the ratio, and the clip acts
+    assert plots.constant_panels({"num_iterations": 1, "rollout_mode": "train"}) == {}
+    assert plots.constant_panels({"num_iterations": 1}) == {}
+    assert "twice" in plots.constant_panels({"num_iterations": 1, "rollout_mode": "twice"})["clip fraction"]
     drawn = plots.figure(series, 0.0, notes={})
     assert any(t.name == "clip_frac" for t in drawn.data)
 
