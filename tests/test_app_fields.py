@@ -72,3 +72,17 @@ def test_every_field_has_a_widget_and_labels_sit_with_the_help():
     for preset in ("demo-c2i", "demo-t2i"):
         plan = form.build_plan(preset, form.preset_form_values(preset), ["cpu"], preset)
         assert set(plan.overrides) <= {"device"}, plan.overrides
+
+
+def test_compare_lists_follow_the_newest_checkpoint_unless_the_user_picked_one():
+    from app.tabs.compare import refreshed_sources
+
+    known = {"preset:demo-c2i", "r@16", "r@24", "old@5"}
+    offered, newest = ["preset:demo-c2i", "r@16"], ("preset:demo-c2i", "r@24")
+    # the page offered step 16 while the run trained; after it finished at 24 a refresh moves to 24
+    assert refreshed_sources("preset:demo-c2i", "r@16", offered, newest, known) == newest
+    # a checkpoint the user picked stays
+    assert refreshed_sources("preset:demo-c2i", "old@5", offered, newest, known) == ("preset:demo-c2i", "old@5")
+    # a source that is gone moves to the default; one model against itself too
+    assert refreshed_sources("preset:demo-c2i", "gone@1", offered, newest, known)[1] == "r@24"
+    assert refreshed_sources("preset:demo-c2i", "preset:demo-c2i", None, newest, known) == newest

@@ -12,6 +12,7 @@ request, on the chosen device, holding that device's lock (see app.comparison).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import gradio as gr
@@ -49,6 +50,19 @@ def default_sources(store) -> tuple[str, str]:
         return base, base
     model = store.read_config(latest[0]).get("model", "demo-c2i")
     return comparison.preset_value(model), comparison.run_value(*latest)
+
+
+def refreshed_sources(base: Optional[str], aligned: Optional[str], offered: Optional[Sequence[str]],
+                      defaults: tuple[str, str], known: set) -> tuple[str, str]:
+    """(base, aligned) after a refresh: a side the user has not changed since the page offered it follows the new
+    default (the newest run's last checkpoint, and its preset), as does a side whose source is gone or a pair of
+    one model with itself (the default before any checkpoint existed); a side the user picked stays."""
+    offered_base, offered_aligned = (list(offered or []) + [None, None])[:2]
+    if base == aligned:
+        return defaults
+    new_base = defaults[0] if base == offered_base or base not in known else base
+    new_aligned = defaults[1] if aligned == offered_aligned or aligned not in known else aligned
+    return new_base, new_aligned
 
 
 def preset_of(app, value: Optional[str]) -> Optional[str]:
@@ -279,20 +293,23 @@ def build(ctx: BuildContext) -> None:
                                         cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                                         device=device, view=view, prefix_rows=prefix_rows,
                                         class_samples=class_samples)
-        except ConfigError as e:
-            message = str(e)[len(e.field) + 2:]
-            return f"✗ `{e.field}`: {message}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        except UserError as e:
-            return f"✗ {e}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        except UserError as e:  # the error replaces the previous comparison: no stale images under it
+            text = f"✗ `{e.field}`: {str(e)[len(e.field) + 2:]}" if isinstance(e, ConfigError) else f"✗ {e}"
+            return text, [], [], None, gr.update(value=None, visible=False), None
         return (status_text(result), gallery_items(result),
                 [[p.caption, str(p.base), str(p.aligned)] for p in result.pairs], str(result.zip_path),
                 gr.update(value=class_rows(result.per_class), visible=bool(result.per_class)),
                 row_table(result.view))
 
-    generate_btn.click(compare, inputs=[base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p,
-                                        device, view, prefix_rows, class_samples],
-                       outputs=[status, gallery, pairs_state, zip_file, class_table, rows_table], api_name="compare",
-                       concurrency_limit=2)
+    # the button is disabled while a comparison runs (one click, one comparison), then enabled again
+    generate_btn.click(lambda: gr.update(interactive=False, value="Comparing…"), outputs=generate_btn, queue=False,
+                       api_visibility="private", show_progress="hidden") \
+        .then(compare, inputs=[base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p,
+                               device, view, prefix_rows, class_samples],
+              outputs=[status, gallery, pairs_state, zip_file, class_table, rows_table], api_name="compare",
+              concurrency_limit=2, show_progress="full") \
+        .then(lambda: gr.update(interactive=True, value="Compare"), outputs=generate_btn, queue=False,
+              api_visibility="private", show_progress="hidden")
     view.change(lambda v: gr.update(columns=panels_per_row(v) * ROWS_PER_LINE), inputs=view, outputs=gallery,
                 api_visibility="private", show_progress="hidden")
     base.change(lambda value, current, typed: condition_inputs(app, value, current, typed),
@@ -301,24 +318,23 @@ def build(ctx: BuildContext) -> None:
     heldout.input(add_prompt, inputs=[prompts, heldout], outputs=[prompts, heldout], api_visibility="private",
                   show_progress="hidden")
 
-    def refresh_lists(base_value, aligned_value):
-        """New runs and checkpoints into the lists; a side whose source is gone (or a pair of one model
-        with itself, the default before any checkpoint existed) moves to the newest checkpoint."""
-        fresh = comparison.source_choices(app.store)
-        values = {v for _, v in fresh}
-        default_base, default_aligned = default_sources(app.store)
-        if base_value == aligned_value:
-            base_value, aligned_value = default_base, default_aligned
-        return (gr.update(choices=fresh, value=base_value if base_value in values else default_base),
-                gr.update(choices=fresh, value=aligned_value if aligned_value in values else default_aligned))
+    offered = gr.State([base0, aligned0])  # the defaults the page last put in the two lists
 
-    refresh_btn.click(refresh_lists, inputs=[base, aligned], outputs=[base, aligned], api_visibility="private")
-    ctx.get(f"{TAB_ID}.tab").select(refresh_lists, inputs=[base, aligned], outputs=[base, aligned],
+    def refresh_lists(base_value, aligned_value, offered_pair):
+        """New runs and checkpoints into the lists (see `refreshed_sources`)."""
+        fresh = comparison.source_choices(app.store)
+        defaults = default_sources(app.store)
+        b, a = refreshed_sources(base_value, aligned_value, offered_pair, defaults, {v for _, v in fresh})
+        return gr.update(choices=fresh, value=b), gr.update(choices=fresh, value=a), list(defaults)
+
+    refresh_btn.click(refresh_lists, inputs=[base, aligned, offered], outputs=[base, aligned, offered],
+                      api_visibility="private")
+    ctx.get(f"{TAB_ID}.tab").select(refresh_lists, inputs=[base, aligned, offered], outputs=[base, aligned, offered],
                                     api_visibility="private", show_progress="hidden")
 
     def on_load():
         b, a = default_sources(app.store)
         fresh = comparison.source_choices(app.store)
-        return gr.update(choices=fresh, value=b), gr.update(choices=fresh, value=a)
+        return gr.update(choices=fresh, value=b), gr.update(choices=fresh, value=a), [b, a]
 
-    ctx.blocks.load(on_load, outputs=[base, aligned], api_visibility="private", show_progress="hidden")
+    ctx.blocks.load(on_load, outputs=[base, aligned, offered], api_visibility="private", show_progress="hidden")
