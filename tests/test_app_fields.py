@@ -86,3 +86,19 @@ def test_compare_lists_follow_the_newest_checkpoint_unless_the_user_picked_one()
     # a source that is gone moves to the default; one model against itself too
     assert refreshed_sources("preset:demo-c2i", "gone@1", offered, newest, known)[1] == "r@24"
     assert refreshed_sources("preset:demo-c2i", "preset:demo-c2i", None, newest, known) == newest
+
+
+def test_compare_for_prompts_offers_no_teacher_forced_view_and_no_per_class_numbers(tiny_demo):
+    from app.tabs.compare import condition_inputs, view_choices
+
+    assert [v for _, v in view_choices("t2i")] == ["prefix", "free"]
+    assert [v for _, v in view_choices("c2i")] == ["teacher-forced", "prefix", "free"]
+
+    class App:  # condition_inputs reads only the store of the app, for a run checkpoint
+        store = None
+
+    *_, samples, view = condition_inputs(App(), "preset:demo-t2i", [], "", "teacher-forced")
+    assert samples["visible"] is False and view["value"] == "prefix"
+    assert [v for _, v in view["choices"]] == ["prefix", "free"]
+    *_, samples, view = condition_inputs(App(), "preset:demo-c2i", [], "", "free")
+    assert samples["visible"] is True and view["value"] == "free"

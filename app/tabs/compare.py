@@ -95,8 +95,15 @@ def add_prompt(current: Optional[str], picked: Optional[str]) -> tuple:
     return "\n".join(lines), gr.update(value=None)
 
 
-def condition_inputs(app, base_value: Optional[str], current: Optional[list], typed: Optional[str] = None) -> tuple:
-    """Updates for the classes dropdown, the prompts box and the held-out prompt picker after the base side changed."""
+def view_choices(task: Optional[str]) -> list[tuple[str, str]]:
+    """The views a model offers: teacher-forced needs held-out images of a class, so not for prompts."""
+    return [c for c in VIEW_CHOICES if task != "t2i" or c[1] != "teacher-forced"]
+
+
+def condition_inputs(app, base_value: Optional[str], current: Optional[list], typed: Optional[str] = None,
+                     view: Optional[str] = None) -> tuple:
+    """Updates for the classes dropdown, the prompts box, the held-out prompt picker, the per-class sample and the
+    view after the base side changed (prompts: no teacher-forced view and no per-class numbers)."""
     preset = preset_of(app, base_value)
     task = form.model_task(preset) if preset else None
     choices = form.class_choices(preset) if preset else []
@@ -106,8 +113,11 @@ def condition_inputs(app, base_value: Optional[str], current: Optional[list], ty
     prompts = gr.update(visible=task == "t2i") if (typed or "").strip() else gr.update(visible=task == "t2i",
                                                                                        value=default_prompts(preset))
     samples = 0 if task == "t2i" or not preset or not registry_embedded(preset) else DEMO_CLASS_SAMPLES
+    offered = view_choices(task)
+    keep = view if view in {v for _, v in offered} else offered[0][1]
     return (gr.update(choices=choices, value=kept, visible=task != "t2i"), prompts,
-            gr.update(choices=held, value=None, visible=bool(held)), gr.update(value=samples))
+            gr.update(choices=held, value=None, visible=bool(held)), gr.update(value=samples, visible=task != "t2i"),
+            gr.update(choices=offered, value=keep))
 
 
 def panels_per_row(view: str) -> int:
@@ -158,9 +168,11 @@ def status_text(result) -> str:
         lines.append(f"Judge: {view.judge}.")
     for note in result.notes:
         lines.append(f"⚠ {note}")
-    if view.view == "free":
-        lines.append("Free-running pairs are samples of two distributions: judge them by the per-class numbers, "
-                     "or use the teacher-forced / shared-prefix views for one image.")
+    if view.view == "free":  # what to judge them by: only what this model's page offers
+        prompts = form.model_task(result.base.preset) == "t2i"
+        lines.append("Free-running pairs are samples of two distributions: " + (
+            "judge them by the prompt adherence above, or use the shared-prefix view for one image." if prompts else
+            "judge them by the per-class numbers, or use the teacher-forced / shared-prefix views for one image."))
     return "  \n".join(lines)
 
 
@@ -251,12 +263,15 @@ def build(ctx: BuildContext) -> None:
         device = gr.Dropdown(choices=names, value="cuda:0" if "cuda:0" in names else "cpu", label="device",
                              info="sampling holds this device's lock", min_width=140)
     with gr.Row(equal_height=False):
-        view = gr.Radio(choices=VIEW_CHOICES, value="teacher-forced", label="view", elem_id="compare-view", scale=3,
+        task0 = form.model_task(preset0)
+        view = gr.Radio(choices=view_choices(task0), value=view_choices(task0)[0][1], label="view",
+                        elem_id="compare-view", scale=3,
                         info="teacher-forced and shared prefix compare one image; free-running compares distributions")
         prefix_rows = gr.Slider(0, 16, value=2, step=1, label="prefix rows k (prefix_rows)", elem_id="compare-prefix",
                                 info="shared prefix: token rows taken from the base's sample", scale=2)
         class_samples = gr.Number(value=DEMO_CLASS_SAMPLES if registry_embedded(preset0) and form.model_task(preset0) != "t2i" else 0, precision=0,
                                   label="per-class sample (class_samples)", elem_id="compare-class-samples", scale=2,
+                                  visible=task0 != "t2i",
                                   info="samples per class and seed (3 seeds) for class accuracy and FD; 0 = off")
     generate_btn = gr.Button("Compare", variant="primary", elem_id="compare-generate")
     status = gr.Markdown("", elem_id="compare-status")
@@ -312,8 +327,9 @@ def build(ctx: BuildContext) -> None:
               api_visibility="private", show_progress="hidden")
     view.change(lambda v: gr.update(columns=panels_per_row(v) * ROWS_PER_LINE), inputs=view, outputs=gallery,
                 api_visibility="private", show_progress="hidden")
-    base.change(lambda value, current, typed: condition_inputs(app, value, current, typed),
-                inputs=[base, classes, prompts], outputs=[classes, prompts, heldout, class_samples], api_visibility="private",
+    base.change(lambda value, current, typed, shown: condition_inputs(app, value, current, typed, shown),
+                inputs=[base, classes, prompts, view], outputs=[classes, prompts, heldout, class_samples, view],
+                api_visibility="private",
                 show_progress="hidden")
     heldout.input(add_prompt, inputs=[prompts, heldout], outputs=[prompts, heldout], api_visibility="private",
                   show_progress="hidden")

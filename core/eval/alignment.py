@@ -397,7 +397,7 @@ def run_view(view: str, policies: dict, tokenizer, *, conds: list, labels: list[
     if view == "teacher-forced":
         if task is not None:
             raise ConfigError("view", "the teacher-forced view needs held-out images of the condition: class-"
-                                      "conditional models only (use 'prefix' or 'free' for prompts)")
+                                      "conditional models only; for prompts use the shared-prefix or free-running view")
         if not real:
             raise ConfigError("real", "the teacher-forced view needs held-out real images: 'shapes' for the demo, "
                                       "or an ImageNet-layout folder")
