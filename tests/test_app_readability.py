@@ -62,3 +62,42 @@ def test_evaluate_source_follows_the_newest_finished_training_run(tiny_demo, tmp
             store.set_status(run.id, FINISHED)
         made.append(run.id)
     assert default_source(store) == f"{made[1]}@2"  # the newest finished one, not the running one
+
+
+def test_latest_metrics_show_the_step_first_and_a_readable_time():
+    from app.tabs.runs import latest_metrics
+
+    series = {"steps": [1, 2], "time": [1.7e9, 1.7e9 + 5.0], "reward_mean": [-0.2, -0.1], "clip_frac": [None, 0.02]}
+    latest = latest_metrics(series)
+    assert list(latest)[0] == "step" and latest["step"] == 2 and latest["reward_mean"] == -0.1
+    assert latest["time"].startswith("2023-11-1") and ":" in latest["time"]  # not 1700000005.0
+
+
+def test_a_refresh_that_read_the_previous_selection_does_not_take_back_a_launched_run(tmp_path):
+    """A launch selects its new run; a timer refresh that read the previous selection before the launch answered
+    must not put that selection back (it updates the choices only). A deleted selection is cleared."""
+    from app import create_app
+    from app.tabs.runs import new_view, refresh_view
+    from core.vapi.trainer import ENTRY
+
+    from core.runs.store import FINISHED, RUNNING
+
+    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
+    ctx, store = app.ctx, app.ctx.store
+
+    def finished_run(name: str) -> str:  # no worker: the refresh's ticker has nothing to start
+        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i"}, "cpu", 3)
+        store.set_status(run.id, RUNNING)
+        store.set_status(run.id, FINISHED)
+        return run.id
+
+    first = finished_run("first")
+    out = refresh_view(ctx, first, 0.0, None, new_view())
+    view = out[-1]
+    second = finished_run("second")  # what a launch adds and selects
+    stale = refresh_view(ctx, first, 0.0, None, view)  # the stale refresh: its input is still `first`
+    selector = stale[1]
+    assert second in [v for _, v in selector["choices"]] and "value" not in selector
+    store.delete_run(first)
+    cleared = refresh_view(ctx, first, 0.0, None, stale[-1])[1]
+    assert cleared["value"] is None and first not in [v for _, v in cleared["choices"]]
