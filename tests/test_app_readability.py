@@ -101,3 +101,10 @@ def test_a_refresh_that_read_the_previous_selection_does_not_take_back_a_launche
     store.delete_run(first)
     cleared = refresh_view(ctx, first, 0.0, None, stale[-1])[1]
     assert cleared["value"] is None and first not in [v for _, v in cleared["choices"]]
+
+
+def test_the_demo_t2i_preset_says_what_its_xi_did_on_the_demo():
+    from app.tabs.launch import demo_note
+
+    assert "ξ 0.5" in demo_note("demo-t2i", "demo-t2i") and "`xi` to 0" in demo_note("demo-t2i", "demo-t2i")
+    assert "ξ" not in demo_note("demo-c2i", "demo-c2i")

@@ -66,7 +66,7 @@ def run_choices(store) -> list[tuple[str, str]]:
     """(label, run id) of every diagnose run, newest first, with its status and progress."""
     from core.runs import entries
 
-    return [(f"{r.id} · {r.status} · {progress_bar(r.step, r.total_steps, 10)}", r.id)
+    return [(f"{r.id} · {r.status} · {progress_bar(r.step, r.total_steps, 10, 'phases', markdown=False)}", r.id)
             for r in store.list_runs() if r.kind == entries.DIAGNOSE]
 
 
@@ -132,7 +132,7 @@ def show(store, run_id: Optional[str]) -> tuple[str, Any]:
     path = run.run_dir / RESULTS_FILE
     if not path.is_file():
         return (f"`{run.id}` is {run.status} ({run.step}/{run.total_steps} phases)"
-                + (f": {run.message.splitlines()[0]}" if run.message else "") + ". Refresh to update."), None
+                + (f": {run.message.splitlines()[0]}" if run.message else "") + "; this view follows it."), None
     out = json.loads(path.read_text())
     return f"**`{run.id}`**: `{out['config']['checkpoint']}` vs the committed base\n\n" + results_markdown(out), kl_figure(out)
 
@@ -175,13 +175,46 @@ def build_section(ctx) -> None:
         except UserError as e:
             target = getattr(e, "field", None)
             return error_text(e, target if target in keys else None, "Not queued"), gr.update()
-        return (f"✓ **Queued** `{run.id}` ({run.status}): {cfg.total_steps} phases. Pick it below and refresh.",
+        return (f"✓ **Queued** `{run.id}` ({run.status}): {cfg.total_steps} phases; its progress and results follow "
+                "below.",
                 gr.update(choices=run_choices(app.store), value=run.id))
 
     def refresh(run_id):
         text, fig = show(app.store, run_id)
         return gr.update(choices=run_choices(app.store), value=run_id), gr.update(choices=checkpoint_choices(app.store)), text, fig
 
+    seen = gr.State(None)  # [status, step] of the picked run when the page last showed it
+    timer = gr.Timer(app.page_timer_s)
+
+    def follow(run_id, last):
+        """The page follows the picked run: when its status or phase changes, its label, the status line and (once
+        it has them) its results are updated; nothing is sent while it stands still."""
+        from core.runs.store import RunNotFoundError
+
+        skip = gr.skip()
+        if not run_id:
+            return skip, skip, skip, skip, last
+        try:
+            run = app.store.get(run_id)
+        except RunNotFoundError:
+            return skip, skip, skip, skip, last
+        now = [run.status, run.step]
+        if now == last:
+            return skip, skip, skip, skip, last
+        text, fig = show(app.store, run_id)
+        line = f"`{run.id}` **{run.status}** {progress_bar(run.step, run.total_steps, unit='phases')}"
+        return gr.update(choices=run_choices(app.store), value=run_id), text, fig, line, now
+
+    timer.tick(follow, inputs=[runs, seen], outputs=[runs, table, heat, status, seen], api_name="diagnose_follow",
+               show_progress="hidden", queue=False, trigger_mode="once")
     launch_btn.click(launch, inputs=inputs, outputs=[status, runs], api_name="launch_diagnose")
+
+    def fresh_checkpoints(value):
+        """New checkpoints into the list when the tab opens; an empty pick becomes the newest."""
+        choices = checkpoint_choices(app.store)
+        return gr.update(choices=choices, value=value or (choices[0][1] if choices else None))
+
+    ctx.get("evaluate.tab").select(fresh_checkpoints, inputs=checkpoint, outputs=checkpoint,
+                                   api_visibility="private", show_progress="hidden")
     refresh_btn.click(refresh, inputs=runs, outputs=[runs, checkpoint, table, heat], api_name="diagnose_refresh")
     runs.select(lambda r: show(app.store, r), inputs=runs, outputs=[table, heat], api_name="show_diagnosis")

@@ -93,6 +93,16 @@ DEMO_NOTE = ("**Demo preset.** The reward here is pixel-only: MSE between decode
              "torchvision's `vgg16-397923af.pth` is installed, set `reward_weights.lpips` to 1 to add it back.")
 
 
+XI_NOTE = ("**Context noise ξ 0.5** is Table 7's T2I value, which this preset keeps; on the demo T2I it made every "
+           "measure worse beyond its interval (prompt adherence, demo-FID: README, *The demo text-to-image model*), while ξ 0 left "
+           "them within noise. Set `xi` to 0 in *Rollout* to try that.")
+
+
+def demo_note(preset: str, model: str) -> str:
+    """The demo note, with what ξ does on the demo T2I when the preset or model is demo-t2i."""
+    return DEMO_NOTE + ("\n\n" + XI_NOTE if "demo-t2i" in (preset, model) else "")
+
+
 def shows_demo_note(preset: str, model: str) -> bool:
     return preset in ("demo-c2i", "demo-t2i") or model in ("demo-c2i", "demo-t2i")
 
@@ -204,7 +214,7 @@ def build(ctx: BuildContext) -> None:
                                               info=EXTRA_INFO["preset"], elem_id="field-preset")
                 comps["name"] = gr.Textbox(value=DEFAULT_PRESET, label="name", info=EXTRA_INFO["name"],
                                            elem_id="field-name")
-            note = gr.Markdown(DEMO_NOTE, visible=shows_demo_note(DEFAULT_PRESET, defaults["model"]),
+            note = gr.Markdown(demo_note(DEFAULT_PRESET, defaults["model"]), visible=shows_demo_note(DEFAULT_PRESET, defaults["model"]),
                                elem_classes=["demo-note"], elem_id="demo-note")
             with gr.Group():
                 gr.Markdown("#### Model", elem_classes=["section-title"])
@@ -300,7 +310,7 @@ def build(ctx: BuildContext) -> None:
         valid = {v for _, v in form.class_choices(model)}
         kept = [c for c in (classes or []) if c in valid]
         return (text, gr.update(visible=downloadable), gr.update(choices=form.class_choices(model), value=kept),
-                gr.update(visible=shows_demo_note(preset, model)))
+                gr.update(visible=shows_demo_note(preset, model), value=demo_note(preset, model)))
 
     comps["model"].change(on_model, inputs=[comps["model"], comps["preset"], comps["preview_classes"]],
                           outputs=[model_md, download_btn, comps["preview_classes"], note], api_visibility="private",

@@ -149,10 +149,13 @@ def signature(keys: Sequence[str], extra: Sequence[str] = ()) -> inspect.Signatu
     return inspect.Signature([inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in [*keys, *extra]])
 
 
-def progress_bar(done: int, total: int, width: int = 20) -> str:
+def progress_bar(done: int, total: int, width: int = 20, unit: str = "samples", markdown: bool = True) -> str:
+    """"██░░ 3/6 phases (50%)": in Markdown the bar is code (one width per block); plain text (a dropdown's label)
+    shows no backticks."""
     share = done / total if total else 0.0
     filled = int(round(share * width))
-    return f"`{'█' * filled}{'░' * (width - filled)}` {done}/{total} samples ({share:.0%})"
+    bar = f"{'█' * filled}{'░' * (width - filled)}"
+    return f"{f'`{bar}`' if markdown else bar} {done}/{total} {unit} ({share:.0%})"
 
 
 def roots_text(app) -> str:
