@@ -8,6 +8,7 @@ import re
 import pytest
 
 from tests.test_app_browser import CHROMIUM, WAIT_MS, browser_page, field  # noqa: F401 - CHROMIUM: served skips without
+from tests.test_app_compare_browser import CONTRAST_JS
 from tests.test_app_eval_browser import served  # noqa: F401 - the fixture: tiny demo, evaluator, an aligned run
 from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture served needs
 
@@ -74,8 +75,12 @@ def test_every_tab_submits_its_default_form_in_chromium(served):
         expect(page.locator("#emb-status")).to_contain_text("Queued", timeout=60_000)
         assert len(store.list_runs()) == before + 1
 
-        # Compare: the default view of the default pair draws its images (no job: it runs in the page)
+        # Compare: the default view of the default pair draws its images (no job: it runs in the page); its boxes
+        # have accessible names and the active tab's label is readable (WCAG AA)
         page.get_by_role("tab", name="Compare").click()
+        expect(page.get_by_role("textbox", name="seeds")).to_be_visible(timeout=20_000)
+        active = page.get_by_role("tab", name="Compare")
+        assert active.evaluate(CONTRAST_JS) >= 4.5, active.evaluate("el => getComputedStyle(el).color")
         page.locator("#compare-generate").click()
         expect(page.locator("#compare-gallery img").first).to_be_visible(timeout=WAIT_MS)
         expect(page.locator("#compare-status")).not_to_contain_text("✗")

@@ -108,3 +108,12 @@ def test_the_demo_t2i_preset_says_what_its_xi_did_on_the_demo():
 
     assert "ξ 0.5" in demo_note("demo-t2i", "demo-t2i") and "`xi` to 0" in demo_note("demo-t2i", "demo-t2i")
     assert "ξ" not in demo_note("demo-c2i", "demo-c2i")
+
+
+def test_a_mean_and_its_spread_are_written_to_the_same_decimal_place():
+    from core.eval.verdict import mean_std
+
+    assert mean_std(0.7134, 0.1) == "0.71 ± 0.10"  # not "0.713 ± 0.1" beside "0.687 ± 0.012"
+    assert mean_std(0.6871, 0.0123) == "0.687 ± 0.012"
+    assert mean_std(785.4, 12.3) == "785 ± 12"
+    assert mean_std(0.5, 0.0) == "0.5" and mean_std(0.5, None) == "0.5"

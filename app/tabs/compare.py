@@ -20,6 +20,7 @@ import gradio as gr
 from app import comparison, form
 from app.tabs import BuildContext
 from core.errors import ConfigError, UserError
+from core.eval.verdict import mean_std
 
 TAB_ID = "compare"
 LABEL = "Compare"
@@ -208,8 +209,8 @@ def class_rows(rows: list[dict]) -> list[list[str]]:
             if v is None:
                 cells += ["—"] * 4
                 continue
-            spread = lambda s: f"{s['mean']:.{digits}g} ± {s['std']:.2g}"  # noqa: E731
-            cells += [spread(v["base"]), spread(v["aligned"]),
+            cells += [mean_std(v["base"]["mean"], v["base"]["std"], digits),
+                      mean_std(v["aligned"]["mean"], v["aligned"]["std"], digits),
                       f"{v['delta']:+.{digits}g} [{v['low']:+.3g}, {v['high']:+.3g}]", v["verdict"]]
         out.append(cells)
     return out

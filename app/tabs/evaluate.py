@@ -34,6 +34,7 @@ from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_mod
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.eval.configs import NO_FEATURES
 from core.eval.summary import SUMMARY_METRICS
+from core.eval.verdict import mean_std
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "evaluate"
@@ -285,7 +286,7 @@ def _spread_text(spread: Optional[dict], metric: str, value: Optional[float]) ->
     s = (spread or {}).get(metric)
     if s is None or len(s.get("values", [])) < 2:
         return _fmt(value)
-    return f"{s['mean']:.4g} ± {s['std']:.2g}"
+    return mean_std(s["mean"], s["std"])
 
 
 def _interval(verdict: Optional[dict]) -> str:
