@@ -2,6 +2,7 @@
 and key, its help under it, its value shown as the kind shows it. The one place a form input is made."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import gradio as gr
@@ -9,6 +10,13 @@ import gradio as gr
 from app import fields as F
 
 _NO_VALUE = object()
+
+
+def float_step(default: Any) -> float:
+    """The arrows' step of a float box: the default's order of magnitude (a learning rate of 1e-6 steps by 1e-6,
+    not by 1, which turned 1e-05 into 1), 0.01 for a default of 0."""
+    value = abs(float(default or 0.0))
+    return 10.0 ** math.floor(math.log10(value)) if value > 0 else 0.01
 
 
 def widget(field: F.Field, elem_id: str, *, value: Any = _NO_VALUE, info: str | None = None, **overrides) -> Any:
@@ -22,5 +30,7 @@ def widget(field: F.Field, elem_id: str, *, value: Any = _NO_VALUE, info: str | 
         kw["choices"] = list(field.choices)
     if kind.widget == "Textbox" and field.blank is None and field.kind.startswith("optional_"):
         kw["placeholder"] = field.placeholder
+    if field.kind == "float":
+        kw["step"] = float_step(field.default)
     kw.update(overrides)
     return getattr(gr, kind.widget)(**kw)

@@ -102,3 +102,11 @@ def test_compare_for_prompts_offers_no_teacher_forced_view_and_no_per_class_numb
     assert [v for _, v in view["choices"]] == ["prefix", "free"]
     *_, samples, view = condition_inputs(App(), "preset:demo-c2i", [], "", "free")
     assert samples["visible"] is True and view["value"] == "free"
+
+
+def test_a_float_box_steps_by_its_defaults_order_of_magnitude():
+    lr = widgets.widget(form.BY_NAME["learning_rate"], "lr")
+    assert lr.step == pytest.approx(1e-6)  # the arrow used to step by 1: 1e-05 -> 1
+    assert widgets.widget(form.BY_NAME["xi"], "xi").step == pytest.approx(0.01)
+    assert widgets.widget(form.BY_NAME["beta"], "beta").step == pytest.approx(0.1)
+    assert widgets.widget(form.BY_NAME["num_generations"], "g").step == 1
