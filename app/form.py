@@ -233,6 +233,24 @@ def build_plan(preset: str, values: dict[str, Any], devices: Sequence[str] | str
     return LaunchPlan(preset=preset, name=run_name, devices=device_set, overrides=overrides, cfg=cfg)
 
 
+def cpu_warning(plan: LaunchPlan) -> Optional[str]:
+    """A warning when a published (not embedded) generator would train on the CPU: a step of a paper-size model
+    takes minutes there, and a run of Table 7 days."""
+    from core.models import registry
+
+    if plan.devices != "cpu":
+        return None
+    try:
+        preset = registry.get_generator(plan.cfg.model)
+    except ConfigError:
+        return None
+    if preset.embedded:
+        return None
+    return (f"{preset.name} ({preset.size}) on the CPU: each of the {plan.cfg.max_steps} steps of "
+            f"{plan.cfg.global_batch_size} images x G={plan.cfg.num_generations} runs a full-size generator there "
+            "(minutes to hours per step); pick a GPU under devices")
+
+
 def confine_paths(plan: LaunchPlan, data_roots: Sequence[Path], weight_roots: Sequence[Path]) -> LaunchPlan:
     """Check the plan's paths against the roots and write them back resolved (absolute, no symlinks)."""
     from app.safety import confine

@@ -51,7 +51,7 @@ def confine(text: str | None, roots: Sequence[Path], field: str, *, kind: str = 
     if not any(target == root or target.is_relative_to(root) for root in real_roots):
         raise ConfigError(field, f"{raw!r} resolves to {target}, outside the allowed roots "
                                  f"({_roots_text(real_roots)}); move or link the data inside one of them, "
-                                 "or start the app with another root")
+                                 "or restart the app with `--data-root DIR` (once per root)")
     if not target.exists():
         raise ConfigError(field, f"{raw!r}: {target} does not exist")
     if kind == "dir" and not target.is_dir():

@@ -110,3 +110,19 @@ def test_a_float_box_steps_by_its_defaults_order_of_magnitude():
     assert widgets.widget(form.BY_NAME["xi"], "xi").step == pytest.approx(0.01)
     assert widgets.widget(form.BY_NAME["beta"], "beta").step == pytest.approx(0.1)
     assert widgets.widget(form.BY_NAME["num_generations"], "g").step == 1
+
+
+def test_a_published_generator_on_the_cpu_is_warned_about_and_the_root_error_names_the_flag(tiny_demo, tmp_path):
+    from app import safety
+    from core.models import registry
+
+    demo = form.build_plan("demo-c2i", form.preset_form_values("demo-c2i"), ["cpu"], "demo")
+    assert form.cpu_warning(demo) is None
+    big = next(g for g in registry.all_generators() if not g.embedded and g.task == "c2i")
+    values = {**form.preset_form_values("demo-c2i"), "model": big.name}
+    plan = form.build_plan("demo-c2i", values, ["cpu"], "big")
+    assert f"{big.name} ({big.size}) on the CPU" in form.cpu_warning(plan)
+    (tmp_path / "root").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(ConfigError, match="--data-root DIR"):
+        safety.confine(str(tmp_path / "elsewhere"), [tmp_path / "root"], "data_path", kind="dir")

@@ -276,8 +276,10 @@ def build(ctx: BuildContext) -> None:
         out, plan = checked(args, full=True)
         if plan is None:
             return out
+        warning = form.cpu_warning(plan)
         return (*out, f"✓ Inputs look good: {plan.cfg.max_steps} steps of {plan.cfg.global_batch_size} images "
-                      f"x G={plan.cfg.num_generations} on {plan.devices}.", plan.cli, None)
+                      f"x G={plan.cfg.num_generations} on {plan.devices}."
+                      + (f"\n\n⚠ {warning}." if warning else ""), plan.cli, None)
 
     full_check.__signature__ = live.__signature__
     check_btn.click(full_check, inputs=[*inputs, flagged], outputs=check_outputs, api_name="check_form",
@@ -366,7 +368,9 @@ def build(ctx: BuildContext) -> None:
                 return (*updates, *opened, f"✗ **Not launched** — {e}", gr.skip(), None, gr.skip(), gr.skip())
             updates, opened, _ = _error_outputs(prev, None, app, values)
             where = "running" if run.status == "running" else f"{run.status} (waits for {run.devices})"
-            message = f"✓ **Launched** run `{run.id}` — {where}. Follow it in the Runs tab."
+            warning = form.cpu_warning(plan)
+            message = (f"✓ **Launched** run `{run.id}` — {where}. Follow it in the Runs tab."
+                       + (f"\n\n⚠ {warning}." if warning else ""))
             choices = run_choices(app.store)
             return (*updates, *opened, message, plan.cli, None, gr.update(selected="runs"),
                     gr.update(choices=choices, value=run.id))
