@@ -184,7 +184,7 @@ def _encode_prompts(ctx, policy, prompts: list[str], device: str, text_encoder: 
 def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=None, seeds="0, 1, 2, 3",
             cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
             device: str = "cpu", view: str = "free", prefix_rows=2, class_samples=0,
-            real: Optional[str] = None) -> Comparison:
+            real: Optional[str] = None, progress=None) -> Comparison:
     """The form's values -> core.eval.compare.compare, under the device's lease, into a scratch folder, with a zip
     of the PNGs and scores.json; the models come from the app's cache, the per-class numbers from its cache when
     the same models, classes and sampling were measured before."""
@@ -215,15 +215,18 @@ def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=N
     dev = str(devmod.resolve(device or "cpu"))
     if dev == "cuda":
         dev = "cuda:0"
+    say = progress or (lambda share, what: None)
+    say(0.02, "loading the two models")
     base_policy, tok = _checked_load(ctx, base, dev, "base")
     aligned_policy, _ = _checked_load(ctx, aligned, dev, "aligned")
     folder = ctx.new_scratch("compare-")
+    say(0.05, f"waiting for {dev}")
     weights = tuple((s.value, _file_key(s.generator_weights), _file_key(s.tokenizer_weights)) for s in (base, aligned))
     with ctx.device_locks(dev), cpu_share(ctx.store, dev):  # beside a CPU run: half the cores, leased
         result = C.compare(request, {"base": base_policy, "aligned": aligned_policy}, tok, dev, folder,
                            encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev,
                                                                     registry.get_generator(base.preset).text_encoder),
-                           per_class_cache=ctx.per_class_cache, weights=weights)
+                           per_class_cache=ctx.per_class_cache, weights=weights, progress=say)
     scores = json.loads(result.scores_path.read_text())
     manifest = {"base": base.value, "aligned": aligned.value, "device": dev, **scores}
     result.scores_path.write_text(json.dumps(manifest, indent=2))

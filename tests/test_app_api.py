@@ -324,6 +324,8 @@ def test_compare_pairs_use_the_same_seeds(served):
     # teacher-forced rows: the held-out image, then base and aligned with their reward terms
     status, gallery, zip_path, _, rows_out = client.predict("preset:demo-c2i", aligned, [0], "", "0, 1", 1.0, 1.0, 0,
                                                             1.0, "cpu", "teacher-forced", 2, 0, api_name="/compare")
+    assert rows_out["label"] == "per row: tokens that differ, reward terms (lower is better)"  # no judge here
+    rows_out = rows_out["value"]
     assert rows_out["headers"] == ["row", "tokens that differ", "first difference", "base mse", "aligned mse"]
     assert [r[0] for r in rows_out["data"]] == ["circle · seed 0", "circle · seed 1"]
     items = gallery_images(gallery)

@@ -117,3 +117,23 @@ def test_a_mean_and_its_spread_are_written_to_the_same_decimal_place():
     assert mean_std(0.6871, 0.0123) == "0.687 ± 0.012"
     assert mean_std(785.4, 12.3) == "785 ± 12"
     assert mean_std(0.5, 0.0) == "0.5" and mean_std(0.5, None) == "0.5"
+
+
+def test_compare_shows_prompt_adherence_per_attribute_and_captions_only_what_the_view_has():
+    from app.tabs.compare import judge_parts, row_label, row_table
+    from core.eval.alignment import Row, ViewResult
+
+    def row(base: dict, aligned: dict) -> Row:
+        scores = {"changed_tokens": 3, "tokens": 64, "first_difference": 5, "identical": False, "pixel_mad": 0.1,
+                  "base": {"judge": sum(base.values()) / len(base), "judge_parts": base},
+                  "aligned": {"judge": sum(aligned.values()) / len(aligned), "judge_parts": aligned}}
+        return Row("a red circle · seed 0", "a red circle", 0, {}, scores)
+
+    rows = [row({"shape": True, "colour": False}, {"shape": True, "colour": True}),
+            row({"shape": False, "colour": False}, {"shape": True, "colour": False})]
+    assert judge_parts(rows) == {"shape": (0.5, 1.0, 2), "colour": (0.0, 0.5, 2)}
+    view = ViewResult("free", rows, "free-running", "prompt adherence", [])
+    assert row_label(view) == "per row: tokens that differ, the judge's score, the prompt's attributes seen"
+    table = row_table(view)
+    assert table["headers"][-2:] == ["attributes seen: base", "attributes seen: aligned"]
+    assert table["data"][0][-1] == "shape ✓, colour ✓"

@@ -145,6 +145,18 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def judge_parts(rows) -> dict[str, tuple[float, float, int]]:
+    """{attribute: (base share seen, aligned share seen, rows naming it)} over the rows whose judge reports parts
+    (the demo T2I's prompt adherence: shape, colour, count, position, background)."""
+    seen: dict[str, list[tuple[bool, bool]]] = {}
+    for r in rows:
+        b, a = r.scores.get("base", {}).get("judge_parts"), r.scores.get("aligned", {}).get("judge_parts")
+        for name in (b or {}):
+            if a is not None and name in a:
+                seen.setdefault(name, []).append((b[name], a[name]))
+    return {name: (sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v), len(v)) for name, v in seen.items()}
+
+
 def status_text(result) -> str:
     """What the rows show and their averages: tokens that differ, reward terms (teacher-forced), judge."""
     view = result.view
@@ -165,6 +177,10 @@ def status_text(result) -> str:
         b = _mean(r.scores["base"]["judge"] for r in rows)
         a = _mean(r.scores["aligned"]["judge"] for r in rows)
         lines.append(f"Judge ({view.judge}): base {b:.3f}, aligned {a:.3f} on average.")
+        parts = judge_parts(rows)
+        if parts:
+            lines.append("Per attribute (share of the rows naming it where it is seen): " + "; ".join(
+                f"{name} base {b:.2f}, aligned {a:.2f} ({n} rows)" for name, (b, a, n) in parts.items()) + ".")
     elif view.judge:
         lines.append(f"Judge: {view.judge}.")
     for note in result.notes:
@@ -177,6 +193,14 @@ def status_text(result) -> str:
     return "  \n".join(lines)
 
 
+def row_label(view) -> str:
+    """The per-row table's caption: only what this view's table has."""
+    scores = view.rows[0].scores.get("base", {}) if view.rows else {}
+    parts = ["tokens that differ"] + ["reward terms (lower is better)"] * bool(view.reward_terms) \
+        + ["the judge's score"] * ("judge" in scores) + ["the prompt's attributes seen"] * ("judge_parts" in scores)
+    return "per row: " + ", ".join(parts)
+
+
 def row_table(view) -> dict:
     """The rows' numbers as a table: {"headers": [...], "data": [[...], ...]}."""
     terms = list(view.reward_terms)
@@ -185,6 +209,9 @@ def row_table(view) -> dict:
     headers += [f"{who} {t}" for t in terms for who in ("base", "aligned")]
     if judged:
         headers += ["judge: ground truth"] * (view.view == "teacher-forced") + ["judge: base", "judge: aligned"]
+    parts = judged and "judge_parts" in view.rows[0].scores.get("base", {})
+    if parts:
+        headers += ["attributes seen: base", "attributes seen: aligned"]
     data = []
     for row in view.rows:
         s = row.scores
@@ -195,6 +222,9 @@ def row_table(view) -> dict:
             if view.view == "teacher-forced":
                 cells.append(f"{s['truth']['judge']:.3f}")
             cells += ["—" if s[who]["judge"] is None else f"{s[who]['judge']:.3f}" for who in ("base", "aligned")]
+        if parts:
+            cells += [", ".join(f"{k} {'✓' if v else '✗'}" for k, v in s[who].get("judge_parts", {}).items()) or "—"
+                      for who in ("base", "aligned")]
         data.append(cells)
     return {"headers": headers, "data": data}
 
@@ -280,8 +310,7 @@ def build(ctx: BuildContext) -> None:
                          columns=panels_per_row("teacher-forced") * ROWS_PER_LINE,
                          height="auto", object_fit="contain", elem_id="compare-gallery", format="png", preview=False)
     rows_table = gr.Dataframe(value=None, interactive=False, wrap=True, max_height=320, elem_id="compare-rows",
-                              label="per row: tokens that differ, reward terms (teacher-forced; lower is "
-                                    "better), judge")
+                              label="per row")
     class_table = gr.Dataframe(headers=CLASS_HEADERS, value=[], interactive=False, wrap=True, visible=False,
                                label="per class: a larger free-running sample (mean ± std over 3 seeds)",
                                column_widths=["10%", "10%", "10%", "15%", "9%", "10%", "10%", "16%", "10%"],
@@ -300,7 +329,7 @@ def build(ctx: BuildContext) -> None:
                                scale=0, min_width=220, max_height=260, interactive=False, elem_classes=["pair-slider"])
 
     def compare(base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p, device,
-                view="teacher-forced", prefix_rows=2, class_samples=0):
+                view="teacher-forced", prefix_rows=2, class_samples=0, progress=gr.Progress()):
         """One view of base vs aligned with the same seeds. Returns the status, the gallery (per row:
         [ground truth,] base, aligned, difference), the pairs for the sliders, the zip of PNGs with
         scores.json, and the per-class numbers."""
@@ -308,14 +337,15 @@ def build(ctx: BuildContext) -> None:
             result = comparison.compare(app, base, aligned, classes=classes, prompts=prompts, seeds=seeds,
                                         cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                                         device=device, view=view, prefix_rows=prefix_rows,
-                                        class_samples=class_samples)
+                                        class_samples=class_samples,
+                                        progress=lambda share, what: progress(share, desc=what))
         except UserError as e:  # the error replaces the previous comparison: no stale images under it
             text = f"✗ `{e.field}`: {str(e)[len(e.field) + 2:]}" if isinstance(e, ConfigError) else f"✗ {e}"
             return text, [], [], None, gr.update(value=None, visible=False), None
         return (status_text(result), gallery_items(result),
                 [[p.caption, str(p.base), str(p.aligned)] for p in result.pairs], str(result.zip_path),
                 gr.update(value=class_rows(result.per_class), visible=bool(result.per_class)),
-                row_table(result.view))
+                gr.update(value=row_table(result.view), label=row_label(result.view)))
 
     # the button is disabled while a comparison runs (one click, one comparison), then enabled again
     generate_btn.click(lambda: gr.update(interactive=False, value="Comparing…"), outputs=generate_btn, queue=False,

@@ -106,11 +106,12 @@ def conditions(req: CompareRequest, task: str, base_policy, aligned_policy) -> t
 
 def compare(req: CompareRequest, policies: dict, tokenizer, device, out: str | Path, *,
             encode_prompts: Optional[Callable] = None, per_class_cache: Optional[dict] = None,
-            weights: tuple = ()) -> CompareResult:
+            weights: tuple = (), progress: Optional[Callable[[float, str], None]] = None) -> CompareResult:
     """One view of base vs aligned (`policies`: {"base": ..., "aligned": ...}, loaded by the caller) for every
     (condition, seed), written to `out`; with class_samples > 0 the per-class numbers too, looked up first in
     `per_class_cache` when the caller keeps one, under `weights` (what identifies the two models' files): they do
-    not depend on the view, the seeds of the rows or the prefix."""
+    not depend on the view, the seeds of the rows or the prefix. `progress(share, what)` hears each stage."""
+    say = progress or (lambda share, what: None)
     from core.errors import CheckpointError, MissingWeightsError
     from core.eval import alignment
     from core.models import registry
@@ -124,6 +125,7 @@ def compare(req: CompareRequest, policies: dict, tokenizer, device, out: str | P
     judge, why = alignment.find_judge(req.base_preset, names, device)
     if judge is None and task == "t2i":
         why = "no judge for prompts without CLIP weights (the CLIP score needs them on disk)"
+    say(0.1, f"{VIEW_WORDS[req.view]} view: {len(conds) * len(req.seeds)} pairs")
     view = alignment.run_view(req.view, policies, tokenizer, conds=conds, labels=labels, seeds=list(req.seeds),
                               task="t2i" if task == "t2i" else None, device=device, sampling=req.sampling,
                               prefix_rows=req.prefix_rows, real=real, image_size=preset.image_size, judge=judge,
@@ -134,6 +136,8 @@ def compare(req: CompareRequest, policies: dict, tokenizer, device, out: str | P
         if per_class_cache is not None and key in per_class_cache:
             result.per_class = per_class_cache[key]
         else:
+            say(0.5, f"per-class numbers: {req.class_samples} samples x {len(conds)} classes x {len(CLASS_SEEDS)} "
+                     "seeds per model")
             from core.eval.inputs import build_metric_extractor
 
             try:
@@ -147,6 +151,7 @@ def compare(req: CompareRequest, policies: dict, tokenizer, device, out: str | P
                                                            sampling=req.sampling)
                 if per_class_cache is not None:
                     per_class_cache[key] = result.per_class
+    say(0.95, "writing the images")
     path = alignment.save_view(view, out)
     data = json.loads(path.read_text())
     path.write_text(json.dumps({"view": req.view, "conditions": labels, "seeds": list(req.seeds),
