@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from app import fields
 from app.safety import confine_weights
 from core import imaging
 from core.checkpoints import ref_text, resolve_weights
@@ -28,7 +29,6 @@ from core.runs.store import RunNotFoundError, RunStore
 
 MAX_IMAGES = 64  # pairs per request: sampling runs inside the request
 MAX_CLASS_SAMPLES = 500  # per class and seed for the per-class numbers (sampled inside the request)
-CLASS_SEEDS = (0, 1, 2)  # seeds of the per-class numbers: a verdict carries its spread
 
 
 @dataclass(frozen=True)
@@ -157,19 +157,8 @@ def load_source(ctx, source: Source, device: str):
 
 
 def parse_seeds(text: str | Sequence[int] | None, field: str = "seeds") -> list[int]:
-    raw = ",".join(str(x) for x in text) if isinstance(text, (list, tuple)) else str(text or "")
-    items = [t.strip() for t in raw.replace(";", ",").replace(" ", ",").split(",") if t.strip()]
-    if not items:
-        raise ConfigError(field, "give at least one seed, e.g. 0, 1, 2, 3")
-    try:
-        seeds = [int(t) for t in items]
-    except ValueError:
-        raise ConfigError(field, f"expected whole numbers separated by commas, got {raw!r}") from None
-    if any(s < 0 or s >= 2**63 for s in seeds):
-        raise ConfigError(field, "seeds must be between 0 and 2^63 - 1")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(field, "each seed once, please")
-    return seeds
+    """Seeds typed as "0, 1, 2, 3" (or spaces): each once, from 0 to 2^63 - 1."""
+    return fields.numbers(field, text, whole=True, minimum=0, maximum=2**63 - 1, distinct=True)
 
 
 def _checked_load(ctx, source: Source, device: str, field: str):
@@ -180,26 +169,6 @@ def _checked_load(ctx, source: Source, device: str, field: str):
         return load_source(ctx, source, device)
     except (MissingWeightsError, CheckpointError) as e:
         raise ConfigError(field, str(e)) from None
-
-
-def _conditions(source: Source, policy, classes, prompts) -> tuple[list, list[str], Optional[str]]:
-    """(conditions, their labels, None for class ids or the task "t2i" for prompts)."""
-    from core.data.classes import class_names_for, resolve_classes
-    from core.models import registry
-
-    task = registry.get_generator(source.preset).task
-    if task == "c2i":
-        names = class_names_for(policy.config.num_classes)
-        items = [] if classes is None else ([classes] if isinstance(classes, (str, int)) else list(classes))
-        if not items:
-            raise ConfigError("classes", "pick at least one class")
-        ids = resolve_classes(items, names, field="classes")
-        return ids, [names[i] for i in ids], None
-    items = prompts if isinstance(prompts, (list, tuple)) else str(prompts or "").splitlines()
-    lines = [p.strip() for p in items if p and p.strip()]
-    if not lines:
-        raise ConfigError("prompts", "give at least one prompt (one per line)")
-    return lines, lines, task
 
 
 def _encode_prompts(ctx, policy, prompts: list[str], device: str, text_encoder: str):
@@ -214,109 +183,63 @@ def _encode_prompts(ctx, policy, prompts: list[str], device: str, text_encoder: 
     return encode(prompts)
 
 
-def _int(value, field: str, minimum: int, maximum: int) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(field, f"expected a number, got {value!r}") from None
-    if not number.is_integer() or not minimum <= number <= maximum:
-        raise ConfigError(field, f"expected a whole number from {minimum} to {maximum}, got {value!r}")
-    return int(number)
-
-
 def compare(ctx, base_value: str, aligned_value: str, *, classes=None, prompts=None, seeds="0, 1, 2, 3",
             cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
             device: str = "cpu", view: str = "free", prefix_rows=2, class_samples=0,
-            real: Optional[str] = None, compile: str = "auto") -> Comparison:
-    """One view (`core.eval.alignment`) of base vs aligned for every (condition, seed); the PNGs, their
-    scores.json and a zip of both; with class_samples > 0 the per-class numbers of that many samples
-    per class and seed (3 seeds) too. compile: the sampler's torch.compile switch (same images either way)."""
+            real: Optional[str] = None, compile: str = "auto", progress=None) -> Comparison:
+    """The form's values -> core.eval.compare.compare, under the device's lease, into a scratch folder, with a zip
+    of the PNGs and scores.json; the models come from the app's cache, the per-class numbers from its cache when
+    the same models, classes and sampling were measured before."""
     from core import device as devmod
-    from core.eval import alignment
+    from core.eval import compare as C
     from core.models import registry
-    from core.models.generate import check_compile, check_sampling_args
+    from core.runs.threads import cpu_share
 
     base = parse_source(base_value, ctx.store, "base")
     aligned = parse_source(aligned_value, ctx.store, "aligned")
-    b, a = registry.get_generator(base.preset), registry.get_generator(aligned.preset)
-    if b.task != a.task:
-        raise ConfigError("aligned", f"{aligned.label} is {a.task}, {base.label} is {b.task}: compare models of one kind")
-    if view not in alignment.VIEWS:
-        raise ConfigError("view", f"choose one of {', '.join(alignment.VIEWS)}")
-    seed_list = parse_seeds(seeds)
-    try:
-        top_k_int = int(top_k)
-    except (TypeError, ValueError):
-        raise ConfigError("top_k", f"expected a whole number, got {top_k!r}") from None
-    sampling = dict(cfg_scale=float(cfg_scale), temperature=float(temperature), top_k=top_k_int, top_p=float(top_p))
-    check_sampling_args(**sampling)
-    sampler_args = dict(sampling, compile=check_compile(compile))  # what the sampler gets; `sampling` is recorded
-    prefix_k = _int(prefix_rows, "prefix_rows", 0, 64)
-    per_class = _int(class_samples or 0, "class_samples", 0, MAX_CLASS_SAMPLES)
-    if 0 < per_class <= 3:
-        raise ConfigError("class_samples", "0 (off) or more than 3 (FD needs a covariance)")
+    task = registry.get_generator(base.preset).task
+    items = [] if classes is None else ([classes] if isinstance(classes, (str, int)) else list(classes))
+    lines = prompts if isinstance(prompts, (list, tuple)) else str(prompts or "").splitlines()
+    request = C.CompareRequest(
+        base.preset, aligned.preset, view=view, classes=items if task == "c2i" else None,
+        prompts=[p for p in lines if p and p.strip()] if task == "t2i" else None, seeds=parse_seeds(seeds),
+        sampling=dict(cfg_scale=fields.number("cfg_scale", cfg_scale),
+                      temperature=fields.number("temperature", temperature),
+                      top_k=fields.number("top_k", top_k, whole=True), top_p=fields.number("top_p", top_p)),
+        prefix_rows=fields.number("prefix_rows", prefix_rows, whole=True, minimum=0, maximum=64),
+        class_samples=fields.number("class_samples", class_samples or 0, whole=True, minimum=0,
+                                    maximum=MAX_CLASS_SAMPLES), real=real, compile=compile)
+    C.check(request)  # before any model is loaded
+    conditions = len(request.prompts or request.classes or [])
+    if conditions * len(request.seeds) > MAX_IMAGES:
+        raise ConfigError("seeds", f"{conditions} conditions x {len(request.seeds)} seeds = "
+                                   f"{conditions * len(request.seeds)} pairs; at most {MAX_IMAGES} per request")
     dev = str(devmod.resolve(device or "cpu"))
     if dev == "cuda":
         dev = "cuda:0"
+    say = progress or (lambda share, what: None)
+    say(0.02, "loading the two models")
     base_policy, tok = _checked_load(ctx, base, dev, "base")
     aligned_policy, _ = _checked_load(ctx, aligned, dev, "aligned")
-    conds, labels, task = _conditions(base, base_policy, classes, prompts)
-    if task is None and aligned_policy.config.num_classes != base_policy.config.num_classes:
-        raise ConfigError("aligned", f"{aligned.label} has {aligned_policy.config.num_classes} classes, "
-                                     f"{base.label} has {base_policy.config.num_classes}")
-    if len(conds) * len(seed_list) > MAX_IMAGES:
-        raise ConfigError("seeds", f"{len(conds)} conditions x {len(seed_list)} seeds = {len(conds) * len(seed_list)} "
-                                   f"pairs; at most {MAX_IMAGES} per request")
-    if per_class and task is not None:
-        raise ConfigError("class_samples", "per-class numbers are for class-conditional models; set 0 for prompts")
-    real = real or ("shapes" if b.embedded else None)
-    if view == "teacher-forced" and task is None and not real:
-        raise ConfigError("view", f"the teacher-forced view needs held-out images of the classes; {b.name} has no "
-                                  "embedded domain: start the app with --data-root and give an ImageNet-layout folder")
-    if per_class and not real:
-        raise ConfigError("class_samples", "per-class numbers need held-out real images of the classes "
-                                           "(demo only here)")
-    policies = {"base": base_policy, "aligned": aligned_policy}
-    from core.data.classes import class_names_for
-
-    names = class_names_for(base_policy.config.num_classes) if task is None else []
-    judge, why = alignment.find_judge(base.preset, names, dev)
-    if judge is None and task is not None:
-        why = "no judge for prompts without CLIP weights (the CLIP score needs them on disk)"
-    from core.runs.threads import cpu_share
-
-    with ctx.device_locks(dev), cpu_share(ctx.store, dev):  # beside a CPU run: half the cores, leased
-        result = alignment.run_view(view, policies, tok, conds=conds, labels=labels, seeds=seed_list, task=task,
-                                    device=dev, sampling=sampler_args, prefix_rows=prefix_k, real=real,
-                                    image_size=b.image_size, judge=judge, judge_note=why,
-                                    encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev, b.text_encoder))
-        per_class_rows, notes = [], []
-        if per_class:
-            from core.errors import CheckpointError
-            from core.eval.inputs import build_metric_extractor
-
-            try:
-                extractor = build_metric_extractor("demo" if b.embedded else "inception", None, dev)
-            except (MissingWeightsError, CheckpointError) as e:
-                extractor = None
-                notes.append(f"no per-class numbers: {str(e).splitlines()[0]}")
-            if extractor is not None:
-                per_class_rows = alignment.class_numbers(policies, tok, conds, names, per_class=per_class,
-                                                         seeds=CLASS_SEEDS, real=real, extractor=extractor,
-                                                         image_size=b.image_size, sampling=sampler_args)
     folder = ctx.new_scratch("compare-")
-    scores = alignment.save_view(result, folder)
-    manifest = {"base": base.value, "aligned": aligned.value, "view": view, "conditions": labels, "seeds": seed_list,
-                "sampling": sampling, "device": dev, **json.loads(scores.read_text()), "per_class": per_class_rows}
-    scores.write_text(json.dumps(manifest, indent=2))
+    say(0.05, f"waiting for {dev}")
+    weights = tuple((s.value, _file_key(s.generator_weights), _file_key(s.tokenizer_weights)) for s in (base, aligned))
+    with ctx.device_locks(dev), cpu_share(ctx.store, dev):  # beside a CPU run: half the cores, leased
+        result = C.compare(request, {"base": base_policy, "aligned": aligned_policy}, tok, dev, folder,
+                           encode_prompts=lambda p: _encode_prompts(ctx, base_policy, p, dev,
+                                                                    registry.get_generator(base.preset).text_encoder),
+                           per_class_cache=ctx.per_class_cache, weights=weights, progress=say)
+    scores = json.loads(result.scores_path.read_text())
+    manifest = {"base": base.value, "aligned": aligned.value, "device": dev, **scores}
+    result.scores_path.write_text(json.dumps(manifest, indent=2))
     pairs = []
-    for i, row in enumerate(result.rows):
+    for i, row in enumerate(result.view.rows):
         pairs.append(Pair(f"{row.caption}{' · identical' if row.scores['identical'] else ''}",
                           folder / f"{i:03d}_base.png", folder / f"{i:03d}_aligned.png", row.scores["identical"]))
     zip_path = folder / "pairs.zip"
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for i, row in enumerate(result.rows):
+        for i, row in enumerate(result.view.rows):
             for panel in row.panels:
                 zf.write(folder / f"{i:03d}_{panel}.png", f"{panel}/{i:03d}_{imaging.slug(row.condition)}_seed{row.seed}.png")
         zf.writestr("manifest.json", json.dumps(manifest, indent=2))
-    return Comparison(pairs, zip_path, base, aligned, result, per_class_rows, folder, notes)
+    return Comparison(pairs, zip_path, base, aligned, result.view, result.per_class, folder, result.notes)

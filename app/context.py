@@ -150,6 +150,7 @@ class AppContext:
     ticker: Ticker = field(init=False)
     models: ModelCache = field(init=False)
     device_locks: DeviceLocks = field(init=False)
+    per_class_cache: dict = field(init=False)  # Compare's per-class numbers by models, classes and sampling
     scratch_dir: Optional[Path] = field(init=False, default=None)  # made on first use, removed by close()
     page_timer_s: float = 1.0
     model_cache_size: int = 2
@@ -165,6 +166,7 @@ class AppContext:
         self.ticker = Ticker(self.launcher, self.launcher_lock)
         self.models = ModelCache(self.model_cache_size)
         self.device_locks = DeviceLocks()
+        self.per_class_cache = {}
 
     @property
     def weight_roots(self) -> list[Path]:

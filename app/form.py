@@ -3,8 +3,9 @@ from the form's values back to a validated run (a preset plus the fields that di
 equivalent `python -m core train` command, and the form field an input error belongs to.
 
 Every VapiConfig field is on the form except `device`, which follows from the device picker, and
-`reward_weights`, shown as one weight per registered reward. Help text (meaning and paper source),
-group and choices are each field's metadata in core/vapi/config.py, read through core.configmeta.
+`reward_weights`, shown as one weight per registered reward. Label, help text (meaning and paper source),
+group and choices are each field's metadata in core/vapi/config.py, read through core.configmeta; each
+field's widget, parsing and display are its kind's (app.fields).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from app import fields as F
 from core import configmeta
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.vapi import config as C
@@ -29,28 +31,15 @@ GROUP_TITLES = {
     "optimisation": "Optimisation",
     "checkpoints": "Checkpoints, metrics and previews",
 }
-_KIND_BY_NAME = {"preview_classes": "classes", "preview_prompts": "lines", "preview_seeds": "int_list",
-                 "report_to": "multichoice", "model": "model"}
-_KIND_BY_TYPE = {(bool, False): "bool", (int, False): "int", (float, False): "float", (float, True): "optional_float",
-                 (str, False): "text", (str, True): "optional_text"}  # (type, Optional) -> input kind
+# Kinds the config's types do not give: the model dropdown, the data radio, class ids, seeds
+KINDS = {"model": "model", "data": "radio", "preview_classes": "classes", "preview_prompts": "lines",
+         "preview_seeds": "int_list"}
 HIDDEN = frozenset({"device"})  # set from the device picker
 MAX_NAME = 80
 EXTRA_KEYS = ("preset", "name", "devices")  # form inputs that are not config fields
 
 
-@dataclass(frozen=True)
-class FormField:
-    """One input of the form. `name` is the config key ("reward_weights.<reward>" for a weight)."""
-
-    name: str
-    group: str
-    kind: str  # model | choice | multichoice | bool | int | float | optional_float | optional_text | int_list | lines | classes
-    help: str
-    default: Any  # VapiConfig's default, as the config holds it
-    choices: tuple = ()
-
-
-def _build_fields() -> list[FormField]:
+def _build_fields() -> list[F.Field]:
     from core.vapi.rewards import REWARDS
 
     out = []
@@ -60,59 +49,25 @@ def _build_fields() -> list[FormField]:
         if spec.name == "reward_weights":
             order = list(spec.default) + sorted(set(REWARDS) - set(spec.default))
             for reward in order:
-                out.append(FormField(f"reward_weights.{reward}", spec.group, "float",
-                                     f"weight w of -d_{reward} in the reward (0 = off); {spec.help}",
-                                     float(spec.default.get(reward, 0.0))))
+                out.append(F.Field(f"reward_weights.{reward}", "float", f"weight w of -d_{reward} in the reward "
+                                   f"(0 = off); {spec.help}", float(spec.default.get(reward, 0.0)),
+                                   label=f"weight of {reward}", group=spec.group, blank=0.0))
             continue
-        if spec.name in _KIND_BY_NAME:
-            kind = _KIND_BY_NAME[spec.name]
-        elif spec.choices:
-            kind = "choice"
-        elif (spec.type, spec.optional) in _KIND_BY_TYPE:
-            kind = _KIND_BY_TYPE[spec.type, spec.optional]
-        else:
-            raise TypeError(f"VapiConfig.{spec.name}: no form input for type {spec.type!r}; add it to app/form.py")
-        out.append(FormField(spec.name, spec.group, kind, spec.help, spec.default, spec.choices))
+        out.append(F.from_spec(spec, KINDS.get(spec.name)))
     return out
 
 
-# Field labels in words; the config key is shown beside them (`label_of`). Keys not listed read as their words.
-WORDS = {
-    "model": "generator", "method": "method", "init_weights": "starting weights", "data": "data source",
-    "data_path": "data folder", "data_subset": "images used", "image_size": "image size (px)",
-    "num_generations": "samples per image G", "temperature": "sampling temperature τ", "xi": "context noise ξ",
-    "xi_schedule": "ξ schedule", "xi_end": "final ξ", "cond_drop_prob": "condition dropout",
-    "reward_chunk_size": "decode chunk size", "rollout_mode": "rollout model mode",
-    "beta": "prior weight β", "prior": "prior", "epsilon": "PPO clip ε", "advantage_clip": "advantage clip A_max",
-    "policy_coef": "policy loss weight", "num_iterations": "PPO iterations per rollout",
-    "learning_rate": "learning rate", "weight_decay": "weight decay", "adam_beta1": "Adam β1",
-    "adam_beta2": "Adam β2", "adam_epsilon": "Adam ε", "max_grad_norm": "max gradient norm",
-    "global_batch_size": "images per step", "per_device_train_batch_size": "images per device and micro-step",
-    "max_steps": "training steps", "warmup_steps": "warm-up steps", "lr_scheduler": "learning-rate schedule",
-    "mixed_precision": "precision", "seed": "seed", "save_steps": "checkpoint every N steps",
-    "save_total_limit": "checkpoints kept", "logging_steps": "log every N steps",
-    "preview_steps": "preview every N steps",
-    "cache_tokens": "cache the x* tokens", "preview_classes": "preview classes",
-    "preview_prompts": "preview prompts", "preview_seeds": "preview seeds", "kl_probe_size": "KL probe size",
-    "report_to": "also report to", "gradient_checkpointing": "gradient checkpointing",
-    "sharding": "multi-GPU sharding",
-}
-
-
 def label_of(key: str) -> str:
-    """"learning rate (learning_rate)": the field in words, its config key beside it."""
-    if key.startswith("reward_weights."):
-        return f"weight of {key.split('.', 1)[1]} ({key})"
-    words = WORDS.get(key, key.replace("_", " "))
-    return words if words == key else f"{words} ({key})"
+    """"learning rate (learning_rate)": the field in words (its config label), its config key beside it."""
+    return BY_NAME[key].title
 
 
-FIELDS: list[FormField] = _build_fields()
-FIELD_NAMES: list[str] = [f.name for f in FIELDS]
-BY_NAME: dict[str, FormField] = {f.name: f for f in FIELDS}
+FIELDS: list[F.Field] = _build_fields()
+FIELD_NAMES: list[str] = [f.key for f in FIELDS]
+BY_NAME: dict[str, F.Field] = {f.key: f for f in FIELDS}
 
 
-def fields_in(group: str) -> list[FormField]:
+def fields_in(group: str) -> list[F.Field]:
     return [f for f in FIELDS if f.group == group]
 
 
@@ -161,16 +116,7 @@ def class_choices(model: str) -> list[tuple[str, int]]:
 # ----------------------------------------------------------------------------- values
 def to_form(name: str, value: Any) -> Any:
     """A config value as its form input shows it."""
-    kind = BY_NAME[name].kind
-    if kind == "int_list":
-        return ", ".join(str(v) for v in value or [])
-    if kind == "lines":
-        return "\n".join(value or [])
-    if kind in ("classes", "multichoice"):
-        return list(value or [])
-    if kind == "optional_text":
-        return value or ""
-    return value
+    return F.show(BY_NAME[name], value)
 
 
 def preset_form_values(preset: str) -> dict[str, Any]:
@@ -178,92 +124,16 @@ def preset_form_values(preset: str) -> dict[str, Any]:
     cfg = C.preset_values(preset)  # a paper preset is not a valid run until a data folder is given
     out = {}
     for f in FIELDS:
-        if f.name.startswith("reward_weights."):
-            out[f.name] = float(cfg["reward_weights"].get(f.name.split(".", 1)[1], 0.0))
+        if f.key.startswith("reward_weights."):
+            out[f.key] = float(cfg["reward_weights"].get(f.key.split(".", 1)[1], 0.0))
         else:
-            out[f.name] = to_form(f.name, cfg[f.name])
+            out[f.key] = to_form(f.key, cfg[f.key])
     return out
 
 
-def _number(name: str, raw: Any, whole: bool) -> int | float:
-    what = "a whole number" if whole else "a number"
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        # a browser number box sends nothing both when it is empty and when what was typed is not a number
-        raise ConfigError(name, f"expected {what} (the box is empty or holds something that is not a number)")
-    if isinstance(raw, bool):
-        raise ConfigError(name, f"expected {what}, got {raw!r}")
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(name, f"expected {what}, got {raw!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(name, f"expected a finite number, got {raw!r}")
-    if whole:
-        if not value.is_integer():
-            raise ConfigError(name, f"expected a whole number, got {raw!r}")
-        return int(value)
-    return value
-
-
 def from_form(name: str, raw: Any, model: str | None = None) -> Any:
-    """A form input's value as the config wants it; ConfigError(name) when it cannot be read."""
-    f = BY_NAME[name]
-    kind = f.kind
-    if kind == "bool":
-        if not isinstance(raw, bool):
-            raise ConfigError(name, f"expected true or false, got {raw!r}")
-        return raw
-    if kind == "int":
-        return _number(name, raw, whole=True)
-    if kind == "float":
-        if name.startswith("reward_weights.") and (raw is None or raw == ""):
-            return 0.0
-        return _number(name, raw, whole=False)
-    if kind == "optional_float":
-        if raw is None or (isinstance(raw, str) and not raw.strip()):
-            return None
-        value = _number(name, raw, whole=False)
-        return int(value) if value > 1 and float(value).is_integer() else value
-    if kind in ("choice", "model", "text"):
-        if not isinstance(raw, str) or not raw.strip():
-            choices = f"; one of {', '.join(f.choices)}" if f.choices else ""
-            raise ConfigError(name, f"required{choices}")
-        return raw.strip()
-    if kind == "optional_text":
-        if raw is None:
-            return None
-        if not isinstance(raw, str):
-            raise ConfigError(name, f"expected text, got {raw!r}")
-        return raw.strip() or None
-    if kind == "multichoice":
-        items = [] if raw is None else ([raw] if isinstance(raw, str) else list(raw))
-        bad = [x for x in items if x not in f.choices]
-        if bad:
-            raise ConfigError(name, f"unknown {', '.join(map(str, bad))}; choose from {', '.join(f.choices)}")
-        return items
-    if kind == "int_list":
-        text = ",".join(str(x) for x in raw) if isinstance(raw, (list, tuple)) else str(raw or "")
-        items = [t.strip() for t in text.replace(";", ",").split(",") if t.strip()]
-        try:
-            values = [int(t) for t in items]
-        except ValueError:
-            raise ConfigError(name, f"expected whole numbers separated by commas, got {text!r}") from None
-        return values
-    if kind == "lines":
-        items = raw if isinstance(raw, (list, tuple)) else str(raw or "").splitlines()
-        lines = [str(t).strip() for t in items if str(t).strip()]
-        return lines or None
-    if kind == "classes":
-        items = [] if raw is None else ([raw] if isinstance(raw, (str, int)) else list(raw))
-        if not items:
-            return None
-        names = class_names_of(model) if model else ()
-        if not names:
-            raise ConfigError(name, f"{model} has no classes (it is text-conditional: use preview_prompts)")
-        from core.data.classes import resolve_classes
-
-        return resolve_classes(items, names, field=name)
-    raise TypeError(f"unknown form kind {kind!r}")
+    """A form input's value as the config wants it (app.fields.parse); ConfigError(name) when it cannot be read."""
+    return F.parse(BY_NAME[name], raw, model=model, class_names=class_names_of(model) if model else ())
 
 
 def parse_devices(selected: Sequence[str] | str | None) -> tuple[str, str]:
@@ -352,12 +222,12 @@ def build_plan(preset: str, values: dict[str, Any], devices: Sequence[str] | str
     parsed: dict[str, Any] = {}
     weights: dict[str, float] = {}
     for f in FIELDS:
-        value = from_form(f.name, values.get(f.name), model=model)
-        if f.name.startswith("reward_weights."):
+        value = from_form(f.key, values.get(f.key), model=model)
+        if f.key.startswith("reward_weights."):
             if value != 0:
-                weights[f.name.split(".", 1)[1]] = value
+                weights[f.key.split(".", 1)[1]] = value
         else:
-            parsed[f.name] = value
+            parsed[f.key] = value
     parsed["reward_weights"] = weights
     parsed["device"] = device_field
     base = C.preset_values(preset)
@@ -473,5 +343,5 @@ def form_field_of(error_field: str) -> Optional[str]:
     if error_field in BY_NAME or error_field in EXTRA_KEYS:
         return error_field
     if error_field == "reward_weights" or error_field.startswith("reward_weights."):
-        return next(f.name for f in FIELDS if f.name.startswith("reward_weights."))
+        return next(f.key for f in FIELDS if f.key.startswith("reward_weights."))
     return _ALIASES.get(error_field)

@@ -26,8 +26,9 @@ PANELS: list[tuple[str, tuple[str, ...]]] = [
     ("samples / s", ("samples_per_s",)),
 ]
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-CLIP_FRAC_NOTE = ("0 by construction: one PPO iteration per rollout (num_iterations = 1), so the ratio is 1 "
-                  "and never clipped")
+CLIP_FRAC_NOTE = ("0 by construction: one PPO iteration per rollout (num_iterations = 1) and the policy loss on "
+                  "the rollout's own eval-mode forward (rollout_mode {mode}), so the ratio is 1 and never clipped")
+EXACT_RATIO_MODES = ("eval", "twice")  # the policy-loss forward is the rollout's: ratio 1 on the first update
 # panels of the overlay, one colour per run: the run panels without clip fraction and throughput; the reward panel
 # draws no ± std band there
 OVERLAY_PANELS: list[tuple[str, tuple[str, ...]]] = [
@@ -91,10 +92,14 @@ def _xy(series: dict[str, list], name: str) -> tuple[list[int], list[float]]:
 
 
 def constant_panels(config: dict) -> dict[str, str]:
-    """{panel title: why it is constant} for a run's resolved config."""
+    """{panel title: why it is constant} for a run's resolved config. The clip fraction is 0 by construction only
+    with one update per rollout whose policy loss is computed on the rollout's own forward (rollout_mode eval or
+    twice); under "train" (the default) dropout and condition dropout make the ratio differ from 1 and the clip
+    acts (README, Rollout modes)."""
     out = {}
-    if int(config.get("num_iterations", 1) or 1) == 1:
-        out["clip fraction"] = CLIP_FRAC_NOTE
+    mode = config.get("rollout_mode", "train")
+    if int(config.get("num_iterations", 1) or 1) == 1 and mode in EXACT_RATIO_MODES:
+        out["clip fraction"] = CLIP_FRAC_NOTE.format(mode=mode)
     return out
 
 

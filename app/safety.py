@@ -33,7 +33,7 @@ def _roots_text(roots: Sequence[Path]) -> str:
 def _not_found(field: str, raw: str, roots: Sequence[Path]) -> ConfigError:
     """The one answer for a path outside the roots and a path that does not exist."""
     return ConfigError(field, f"{raw!r}: not found inside the allowed roots ({_roots_text(roots)}); give a path "
-                              "inside one of them (or start the app with another root)")
+                              "inside one of them (or restart the app with `--data-root DIR`, once per root)")
 
 
 def _under(path: Path, roots: Sequence[Path]) -> bool:

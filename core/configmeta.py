@@ -3,7 +3,7 @@
 A config dataclass (VapiConfig, EvalConfig, EmbeddingConfig) declares each field with `setting(...)`:
 a `dataclasses.field` whose metadata holds the help text (meaning and paper source), the form group
 and the allowed values, as TRL's configs do with `field(metadata={"help": ...})`. This module owns
-reading that metadata back: `specs` (one FieldSpec per field, for forms), `add_arguments` /
+reading that metadata back (a field's label, its words for forms, sits beside its help): `specs` (one FieldSpec per field, for forms), `add_arguments` /
 `values_from_args` (argparse options for a CLI) and `from_dict` (a checked constructor from a
 config.json). Standard library only, so any config module can import it.
 """
@@ -24,12 +24,13 @@ MAX_JOB_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is
 
 
 def setting(default: Any = MISSING, *, help: str, group: str = "", choices: Iterable = (),
-            default_factory: Any = MISSING, minimum: Any = None, maximum: Any = None, why: str = "") -> Any:
-    """A dataclass field carrying its help text, form group, allowed values (empty: any value) and bounds (None:
-    unbounded on that side) with the reason for them (`why`), which `from_dict` checks: a number's value, or a
-    list field's length (`maximum` items)."""
+            default_factory: Any = MISSING, minimum: Any = None, maximum: Any = None, why: str = "",
+            label: str = "") -> Any:
+    """A dataclass field carrying its label (the field in words, for forms; empty: its name), help text, form
+    group, allowed values (empty: any value) and bounds (None: unbounded on that side) with the reason for them
+    (`why`), which `from_dict` checks: a number's value, or a list field's length (`maximum` items)."""
     metadata = {"help": help, "group": group, "choices": tuple(choices), "minimum": minimum, "maximum": maximum,
-                "why": why}
+                "why": why, "label": label}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -48,6 +49,7 @@ class FieldSpec:
     minimum: Any = None  # a number's bounds (None: none on that side), checked by `from_dict` ...
     maximum: Any = None
     why: str = ""  # ... and the reason for them, which the error repeats
+    label: str = ""  # the field in words ("learning rate"); "" = its name
 
     @property
     def flag(self) -> str:
@@ -78,7 +80,8 @@ def specs(cls: type) -> list[FieldSpec]:
         kind, item, optional = _unwrap(hints[f.name])
         out.append(FieldSpec(f.name, kind, item, optional, _default_of(f), f.metadata.get("help", ""),
                              f.metadata.get("group", ""), tuple(f.metadata.get("choices", ())),
-                             f.metadata.get("minimum"), f.metadata.get("maximum"), f.metadata.get("why", "")))
+                             f.metadata.get("minimum"), f.metadata.get("maximum"), f.metadata.get("why", ""),
+                             f.metadata.get("label", "")))
     return out
 
 

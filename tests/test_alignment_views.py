@@ -133,3 +133,26 @@ def test_cli_compare_writes_rows_and_scores(tiny_demo, tmp_path):
             assert all(r["scores"]["aligned"]["mse"] >= 0 for r in scores["rows"])
         else:
             assert all((r["scores"]["first_difference"] or 16) >= 16 for r in scores["rows"])
+
+
+def test_one_compare_path_checks_the_same_rules_for_the_cli_and_the_tab(tiny_demo, tmp_path):
+    """core.eval.compare is what both the CLI and the Compare tab call: its rules hold for both."""
+    from core.cli import main
+    from core.errors import ConfigError
+    from core.eval import compare as C
+
+    with pytest.raises(ConfigError, match="^view: demo-t2i is text-conditional.*shared-prefix or free-running"):
+        C.check(C.CompareRequest("demo-t2i", "demo-t2i", view="teacher-forced", prompts=["a red circle"]))
+    with pytest.raises(ConfigError, match="^class_samples: per-class numbers are for class-conditional"):
+        C.check(C.CompareRequest("demo-t2i", "demo-t2i", view="free", prompts=["a red circle"], class_samples=8))
+    with pytest.raises(ConfigError, match="^aligned: demo-t2i is t2i, demo-c2i is c2i"):
+        C.check(C.CompareRequest("demo-c2i", "demo-t2i"))
+    # the two models' class counts are checked for the CLI too (it used to check only in the tab)
+    small = policies()["base"]
+    big = tiny_gpt(seed=3, num_classes=small.config.num_classes + 2)
+    with pytest.raises(ConfigError, match="^aligned: .* classes"):
+        C.conditions(C.CompareRequest("demo-c2i", "demo-c2i", classes=[0]), "c2i", small, big)
+    aligned = tmp_path / "aligned.pt"
+    torch.save({"model": policies()["aligned"].state_dict()}, aligned)
+    assert main(["compare", "--aligned", str(aligned), "--classes", "0", "--seeds", "0", "--view", "free",
+                 "--class-samples", "2", "--device", "cpu", "--out", str(tmp_path / "o")]) == 2  # FD needs 4+

@@ -324,6 +324,8 @@ def test_compare_pairs_use_the_same_seeds(served):
     # teacher-forced rows: the held-out image, then base and aligned with their reward terms
     status, gallery, zip_path, _, rows_out = client.predict("preset:demo-c2i", aligned, [0], "", "0, 1", 1.0, 1.0, 0,
                                                             1.0, "cpu", "teacher-forced", 2, 0, api_name="/compare")
+    assert rows_out["label"] == "per row: tokens that differ, reward terms (lower is better)"  # no judge here
+    rows_out = rows_out["value"]
     assert rows_out["headers"] == ["row", "tokens that differ", "first difference", "base mse", "aligned mse"]
     assert [r[0] for r in rows_out["data"]] == ["circle · seed 0", "circle · seed 1"]
     items = gallery_images(gallery)
@@ -449,7 +451,9 @@ def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panel
     store, client = served.store, served.ui.client
     runs = []
     for k, name in enumerate(("lr 1e-5", "a run with a rather long descriptive name, beta 1")):
-        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i", "num_iterations": 1}, "cpu", 3)
+        mode = ("eval", "train")[k]  # eval: the ratio is 1 with one update per rollout; train: the clip acts
+        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i", "num_iterations": 1, "rollout_mode": mode},
+                               "cpu", 3)
         for step in (1, 2, 3):
             store.append_metrics(run.id, step, {"reward_mean": -0.1 * (k + 1) / step, "reward_std": 0.01,
                                                 "loss_pg": 5e-8 * step, "dist_mse": 0.01 * (k + 1)})
@@ -474,6 +478,8 @@ def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panel
     view = served.ui.refresh(runs[0])
     curves = json.loads(view["training curves"]["plot"])
     assert any("0 by construction" in a["text"] for a in curves["layout"]["annotations"])
+    trained = json.loads(served.ui.refresh(runs[1])["training curves"]["plot"])
+    assert not any("by construction" in a["text"] for a in trained["layout"]["annotations"])
     job = store.create_run("eval base", {"entry": EVAL_ENTRY, "model": "demo-c2i"}, "cpu", 100)
     view = served.ui.refresh(job.id)
     assert view["job results"]["visible"] is True and "eval job" in view["job results"]["value"]

@@ -23,13 +23,14 @@ from gradio_client import Client
 
 from app.tabs import embeddings, evaluate
 from core.eval.embeddings import SET_COLORS, SET_NAMES
+from core.eval.verdict import mean_std
 from core.runs.store import FINISHED, RUNNING
 from tests.helpers import served_app, tiny_gpt, train_tiny_evaluator
 
 SKIPPED = {"__type__": "update"}  # an output the handler left unchanged
 TIMEOUT_S = 150.0  # worker start, sampling and metrics on a loaded 2-core machine
 STEP = 5
-EVAL = dict(num_samples=12, batch_size=4, image_size=None, metrics=["fid", "isc", "prc"], extractor="demo",
+EVAL = dict(num_samples=12, batch_size=4, image_size="", metrics=["fid", "isc", "prc"], extractor="demo",
             reference_kind="shapes", devices=["cpu"], num_seeds=2)
 EMB = dict(step=STEP, classes=["circle", "square", 2], per_class=6, batch_size=6, projections=["tsne"], devices=["cpu"],
            num_seeds=2)
@@ -153,7 +154,7 @@ def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(s
         base, value = summary["base_metrics"][key], summary["metrics"][key]
         assert math.isfinite(base) and math.isfinite(value)
         b_std, a_std = summary["base_spread"][key]["std"], summary["spread"][key]["std"]
-        assert (row["base"], row["checkpoint value"]) == (f"{base:.4g} ± {b_std:.2g}", f"{value:.4g} ± {a_std:.2g}")
+        assert (row["base"], row["checkpoint value"]) == (mean_std(base, b_std), mean_std(value, a_std))
         assert float(row["Δ (checkpoint − base)"]) == pytest.approx(value - base, rel=1e-3, abs=1e-6)
         verdict = summary["verdicts"][key]
         assert row["verdict"] == verdict["verdict"] and row["verdict"] in ("better", "worse", "within noise")
@@ -254,6 +255,7 @@ def test_bad_inputs_are_rejected_with_the_input_named_and_no_job(served):
         (dict(cfg=True, cfg_scale=1.0), "cfg_scale", "above 1"),
         (dict(top_p=1.5), "top_p", "(0, 1]"),
         (dict(image_size=4), "image_size", ">= 8"),
+        (dict(image_size=0), "image_size", ">= 8"),  # what a number box sent for "empty": the box is text now
         (dict(devices=[]), "devices", "pick cpu"),
         (dict(source="nope@3"), "source", "not found inside the allowed roots"),
         (dict(source=f"{aligned}@9"), "source", "no checkpoint at step 9"),
@@ -323,11 +325,11 @@ def test_metric_names_follow_the_feature_space():
             "spread": base_spread, "verdicts": None}
     setting = "10 samples · cfg 1 · T 1 · seeds 0–2 · vs ref.npz"
     assert evaluate.summary_rows([base, row]) == [
-        ["m", setting, "r@5", "FID (Inception)", "3 ± 0.1", "2 ± 0.1", "-1",
+        ["m", setting, "r@5", "FID (Inception)", "3.00 ± 0.10", "2.00 ± 0.10", "-1",
          f"[{fid['low']:+.3g}, {fid['high']:+.3g}] (t, 3 seeds)", "better"],
-        ["m", setting, "r@5", "recall (Inception)", "0.25 ± 0.05", "0.5 ± 0.4", "+0.25",
+        ["m", setting, "r@5", "recall (Inception)", "0.250 ± 0.050", "0.50 ± 0.40", "+0.25",
          f"[{recall['low']:+.3g}, {recall['high']:+.3g}] (t, 3 seeds)", "within noise"]]
     only_base = evaluate.summary_rows([base])
-    assert [r[2:6] for r in only_base] == [["base (no checkpoint evaluated yet)", "FID (Inception)", "3 ± 0.1", "—"],
-                                           ["base (no checkpoint evaluated yet)", "recall (Inception)", "0.25 ± 0.05",
+    assert [r[2:6] for r in only_base] == [["base (no checkpoint evaluated yet)", "FID (Inception)", "3.00 ± 0.10", "—"],
+                                           ["base (no checkpoint evaluated yet)", "recall (Inception)", "0.250 ± 0.050",
                                             "—"]]

@@ -15,14 +15,18 @@ def test_curves_use_scientific_ticks_a_light_band_and_explain_constant_panels():
     series = plots.new_series()
     plots.add_points(series, [{"step": s, "reward_mean": -0.1 / s, "reward_std": 0.02, "loss_pg": 5e-8 * s,
                                "clip_frac": 0.0} for s in (1, 2, 3)])
-    notes = plots.constant_panels({"num_iterations": 1})
+    notes = plots.constant_panels({"num_iterations": 1, "rollout_mode": "eval"})
     fig = plots.figure(series, 0.0, notes=notes)
     assert all(ax.exponentformat == "e" for ax in (fig.layout.yaxis, fig.layout.yaxis3))
     band = [t for t in fig.data if t.fill == "toself"][0]
     assert band.fillcolor.endswith("0.08)")  # the mean line stands out over a light band
     assert any("0 by construction" in a.text for a in fig.layout.annotations)
     assert not any(t.name == "clip_frac" for t in fig.data)
-    assert plots.constant_panels({"num_iterations": 2}) == {}
+    assert plots.constant_panels({"num_iterations": 2, "rollout_mode": "eval"}) == {}
+    # rollout_mode train (the default): dropout and condition dropout move the ratio, and the clip acts
+    assert plots.constant_panels({"num_iterations": 1, "rollout_mode": "train"}) == {}
+    assert plots.constant_panels({"num_iterations": 1}) == {}
+    assert "twice" in plots.constant_panels({"num_iterations": 1, "rollout_mode": "twice"})["clip fraction"]
     drawn = plots.figure(series, 0.0, notes={})
     assert any(t.name == "clip_frac" for t in drawn.data)
 
@@ -58,3 +62,78 @@ def test_evaluate_source_follows_the_newest_finished_training_run(tiny_demo, tmp
             store.set_status(run.id, FINISHED)
         made.append(run.id)
     assert default_source(store) == f"{made[1]}@2"  # the newest finished one, not the running one
+
+
+def test_latest_metrics_show_the_step_first_and_a_readable_time():
+    from app.tabs.runs import latest_metrics
+
+    series = {"steps": [1, 2], "time": [1.7e9, 1.7e9 + 5.0], "reward_mean": [-0.2, -0.1], "clip_frac": [None, 0.02]}
+    latest = latest_metrics(series)
+    assert list(latest)[0] == "step" and latest["step"] == 2 and latest["reward_mean"] == -0.1
+    assert latest["time"].startswith("2023-11-1") and ":" in latest["time"]  # not 1700000005.0
+
+
+def test_a_refresh_that_read_the_previous_selection_does_not_take_back_a_launched_run(tmp_path):
+    """A launch selects its new run; a timer refresh that read the previous selection before the launch answered
+    must not put that selection back (it updates the choices only). A deleted selection is cleared."""
+    from app import create_app
+    from app.tabs.runs import new_view, refresh_view
+    from core.vapi.trainer import ENTRY
+
+    from core.runs.store import FINISHED, RUNNING
+
+    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
+    ctx, store = app.ctx, app.ctx.store
+
+    def finished_run(name: str) -> str:  # no worker: the refresh's ticker has nothing to start
+        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i"}, "cpu", 3)
+        store.set_status(run.id, RUNNING)
+        store.set_status(run.id, FINISHED)
+        return run.id
+
+    first = finished_run("first")
+    out = refresh_view(ctx, first, 0.0, None, new_view())
+    view = out[-1]
+    second = finished_run("second")  # what a launch adds and selects
+    stale = refresh_view(ctx, first, 0.0, None, view)  # the stale refresh: its input is still `first`
+    selector = stale[1]
+    assert second in [v for _, v in selector["choices"]] and "value" not in selector
+    store.delete_run(first)
+    cleared = refresh_view(ctx, first, 0.0, None, stale[-1])[1]
+    assert cleared["value"] is None and first not in [v for _, v in cleared["choices"]]
+
+
+def test_the_demo_t2i_preset_says_what_its_xi_did_on_the_demo():
+    from app.tabs.launch import demo_note
+
+    assert "ξ 0.5" in demo_note("demo-t2i", "demo-t2i") and "`xi` to 0" in demo_note("demo-t2i", "demo-t2i")
+    assert "ξ" not in demo_note("demo-c2i", "demo-c2i")
+
+
+def test_a_mean_and_its_spread_are_written_to_the_same_decimal_place():
+    from core.eval.verdict import mean_std
+
+    assert mean_std(0.7134, 0.1) == "0.71 ± 0.10"  # not "0.713 ± 0.1" beside "0.687 ± 0.012"
+    assert mean_std(0.6871, 0.0123) == "0.687 ± 0.012"
+    assert mean_std(785.4, 12.3) == "785 ± 12"
+    assert mean_std(0.5, 0.0) == "0.5" and mean_std(0.5, None) == "0.5"
+
+
+def test_compare_shows_prompt_adherence_per_attribute_and_captions_only_what_the_view_has():
+    from app.tabs.compare import judge_parts, row_label, row_table
+    from core.eval.alignment import Row, ViewResult
+
+    def row(base: dict, aligned: dict) -> Row:
+        scores = {"changed_tokens": 3, "tokens": 64, "first_difference": 5, "identical": False, "pixel_mad": 0.1,
+                  "base": {"judge": sum(base.values()) / len(base), "judge_parts": base},
+                  "aligned": {"judge": sum(aligned.values()) / len(aligned), "judge_parts": aligned}}
+        return Row("a red circle · seed 0", "a red circle", 0, {}, scores)
+
+    rows = [row({"shape": True, "colour": False}, {"shape": True, "colour": True}),
+            row({"shape": False, "colour": False}, {"shape": True, "colour": False})]
+    assert judge_parts(rows) == {"shape": (0.5, 1.0, 2), "colour": (0.0, 0.5, 2)}
+    view = ViewResult("free", rows, "free-running", "prompt adherence", [])
+    assert row_label(view) == "per row: tokens that differ, the judge's score, the prompt's attributes seen"
+    table = row_table(view)
+    assert table["headers"][-2:] == ["attributes seen: base", "attributes seen: aligned"]
+    assert table["data"][0][-1] == "shape ✓, colour ✓"

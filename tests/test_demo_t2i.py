@@ -163,6 +163,9 @@ def test_demo_t2i_preset_runs_va_pi_steps_through_the_cli(tmp_path):
     assert [row["condition"] for row in scores["rows"]] == ["a red circle"] * 2 + ["two blue bars on the left"] * 2
     assert "prompt adherence" in scores["judge"]
     assert all(0 <= row["scores"][who]["judge"] <= 1 for row in scores["rows"] for who in ("base", "aligned"))
+    from core.demo.prompts import CATEGORIES  # per attribute: what the share is made of
+    assert all(set(row["scores"][who]["judge_parts"]) <= set(CATEGORIES) and row["scores"][who]["judge_parts"]
+               for row in scores["rows"] for who in ("base", "aligned"))
 
 
 @pytest.mark.slow  # samples through the CLI

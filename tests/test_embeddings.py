@@ -85,6 +85,7 @@ def test_figures_name_the_three_sets_in_their_fixed_colours(result):
         for t in markers:
             r, g, b = (int(SET_COLORS[t.name][i:i + 2], 16) for i in (1, 3, 5))
             assert t.marker.color.startswith(f"rgba({r},{g},{b},")
+        assert len({t.marker.symbol for t in markers}) == 3  # the sets part without colour too
         contours = [t for t in fig.data if t.type == "contour"]
         assert [t.legendgroup for t in contours] == list(SET_NAMES)
         assert [t.colorscale[0][1] for t in contours] == [SET_COLORS[s] for s in SET_NAMES]
@@ -164,3 +165,15 @@ def test_input_errors():
         bad = real.features.copy()
         bad[0, 0] = np.nan
         analyze_embedding_shift(FeatureSet(bad), base, aligned, methods=())
+
+
+def test_the_three_set_colours_are_far_apart_in_lightness():
+    """Not three mid-tone hues that read as one blob: each pair differs in relative luminance by a clear margin."""
+    def luminance(hex_color: str) -> float:
+        rgb = [int(hex_color[i:i + 2], 16) / 255 for i in (1, 3, 5)]
+        lin = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in rgb]
+        return 0.2126 * lin[0] + 0.7152 * lin[1] + 0.0722 * lin[2]
+
+    values = sorted(luminance(SET_COLORS[s]) for s in SET_NAMES)
+    ratios = [(hi + 0.05) / (lo + 0.05) for lo, hi in zip(values, values[1:])]
+    assert min(ratios) >= 1.9, ratios

@@ -12,6 +12,7 @@ request, on the chosen device, holding that device's lock (see app.comparison).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Optional
 
 import gradio as gr
@@ -20,6 +21,7 @@ from app import comparison, form
 from app.tabs import BuildContext
 from app.views import as_text
 from core.errors import ConfigError, UserError
+from core.eval.verdict import mean_std
 
 TAB_ID = "compare"
 LABEL = "Compare"
@@ -52,6 +54,19 @@ def default_sources(store) -> tuple[str, str]:
     return comparison.preset_value(model), comparison.run_value(*latest)
 
 
+def refreshed_sources(base: Optional[str], aligned: Optional[str], offered: Optional[Sequence[str]],
+                      defaults: tuple[str, str], known: set) -> tuple[str, str]:
+    """(base, aligned) after a refresh: a side the user has not changed since the page offered it follows the new
+    default (the newest run's last checkpoint, and its preset), as does a side whose source is gone or a pair of
+    one model with itself (the default before any checkpoint existed); a side the user picked stays."""
+    offered_base, offered_aligned = (list(offered or []) + [None, None])[:2]
+    if base == aligned:
+        return defaults
+    new_base = defaults[0] if base == offered_base or base not in known else base
+    new_aligned = defaults[1] if aligned == offered_aligned or aligned not in known else aligned
+    return new_base, new_aligned
+
+
 def preset_of(app, value: Optional[str]) -> Optional[str]:
     try:
         return comparison.parse_source(value, app.store, "base").preset
@@ -82,8 +97,15 @@ def add_prompt(current: Optional[str], picked: Optional[str]) -> tuple:
     return "\n".join(lines), gr.update(value=None)
 
 
-def condition_inputs(app, base_value: Optional[str], current: Optional[list], typed: Optional[str] = None) -> tuple:
-    """Updates for the classes dropdown, the prompts box and the held-out prompt picker after the base side changed."""
+def view_choices(task: Optional[str]) -> list[tuple[str, str]]:
+    """The views a model offers: teacher-forced needs held-out images of a class, so not for prompts."""
+    return [c for c in VIEW_CHOICES if task != "t2i" or c[1] != "teacher-forced"]
+
+
+def condition_inputs(app, base_value: Optional[str], current: Optional[list], typed: Optional[str] = None,
+                     view: Optional[str] = None) -> tuple:
+    """Updates for the classes dropdown, the prompts box, the held-out prompt picker, the per-class sample and the
+    view after the base side changed (prompts: no teacher-forced view and no per-class numbers)."""
     preset = preset_of(app, base_value)
     task = form.model_task(preset) if preset else None
     choices = form.class_choices(preset) if preset else []
@@ -93,8 +115,11 @@ def condition_inputs(app, base_value: Optional[str], current: Optional[list], ty
     prompts = gr.update(visible=task == "t2i") if (typed or "").strip() else gr.update(visible=task == "t2i",
                                                                                        value=default_prompts(preset))
     samples = 0 if task == "t2i" or not preset or not registry_embedded(preset) else DEMO_CLASS_SAMPLES
+    offered = view_choices(task)
+    keep = view if view in {v for _, v in offered} else offered[0][1]
     return (gr.update(choices=choices, value=kept, visible=task != "t2i"), prompts,
-            gr.update(choices=held, value=None, visible=bool(held)), gr.update(value=samples))
+            gr.update(choices=held, value=None, visible=bool(held)), gr.update(value=samples, visible=task != "t2i"),
+            gr.update(choices=offered, value=keep))
 
 
 def panels_per_row(view: str) -> int:
@@ -121,6 +146,18 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def judge_parts(rows) -> dict[str, tuple[float, float, int]]:
+    """{attribute: (base share seen, aligned share seen, rows naming it)} over the rows whose judge reports parts
+    (the demo T2I's prompt adherence: shape, colour, count, position, background)."""
+    seen: dict[str, list[tuple[bool, bool]]] = {}
+    for r in rows:
+        b, a = r.scores.get("base", {}).get("judge_parts"), r.scores.get("aligned", {}).get("judge_parts")
+        for name in (b or {}):
+            if a is not None and name in a:
+                seen.setdefault(name, []).append((b[name], a[name]))
+    return {name: (sum(x for x, _ in v) / len(v), sum(y for _, y in v) / len(v), len(v)) for name, v in seen.items()}
+
+
 def status_text(result) -> str:
     """What the rows show and their averages: tokens that differ, reward terms (teacher-forced), judge."""
     view = result.view
@@ -141,14 +178,28 @@ def status_text(result) -> str:
         b = _mean(r.scores["base"]["judge"] for r in rows)
         a = _mean(r.scores["aligned"]["judge"] for r in rows)
         lines.append(f"Judge ({view.judge}): base {b:.3f}, aligned {a:.3f} on average.")
+        parts = judge_parts(rows)
+        if parts:
+            lines.append("Per attribute (share of the rows naming it where it is seen): " + "; ".join(
+                f"{name} base {b:.2f}, aligned {a:.2f} ({n} rows)" for name, (b, a, n) in parts.items()) + ".")
     elif view.judge:
         lines.append(f"Judge: {view.judge}.")
     for note in result.notes:
         lines.append(f"⚠ {note}")
-    if view.view == "free":
-        lines.append("Free-running pairs are samples of two distributions: judge them by the per-class numbers, "
-                     "or use the teacher-forced / shared-prefix views for one image.")
+    if view.view == "free":  # what to judge them by: only what this model's page offers
+        prompts = form.model_task(result.base.preset) == "t2i"
+        lines.append("Free-running pairs are samples of two distributions: " + (
+            "judge them by the prompt adherence above, or use the shared-prefix view for one image." if prompts else
+            "judge them by the per-class numbers, or use the teacher-forced / shared-prefix views for one image."))
     return "  \n".join(lines)
+
+
+def row_label(view) -> str:
+    """The per-row table's caption: only what this view's table has."""
+    scores = view.rows[0].scores.get("base", {}) if view.rows else {}
+    parts = ["tokens that differ"] + ["reward terms (lower is better)"] * bool(view.reward_terms) \
+        + ["the judge's score"] * ("judge" in scores) + ["the prompt's attributes seen"] * ("judge_parts" in scores)
+    return "per row: " + ", ".join(parts)
 
 
 def row_table(view) -> dict:
@@ -159,6 +210,9 @@ def row_table(view) -> dict:
     headers += [f"{who} {t}" for t in terms for who in ("base", "aligned")]
     if judged:
         headers += ["judge: ground truth"] * (view.view == "teacher-forced") + ["judge: base", "judge: aligned"]
+    parts = judged and "judge_parts" in view.rows[0].scores.get("base", {})
+    if parts:
+        headers += ["attributes seen: base", "attributes seen: aligned"]
     data = []
     for row in view.rows:
         s = row.scores
@@ -169,6 +223,9 @@ def row_table(view) -> dict:
             if view.view == "teacher-forced":
                 cells.append(f"{s['truth']['judge']:.3f}")
             cells += ["—" if s[who]["judge"] is None else f"{s[who]['judge']:.3f}" for who in ("base", "aligned")]
+        if parts:
+            cells += [", ".join(f"{k} {'✓' if v else '✗'}" for k, v in s[who].get("judge_parts", {}).items()) or "—"
+                      for who in ("base", "aligned")]
         data.append(cells)
     return {"headers": headers, "data": data}
 
@@ -183,8 +240,8 @@ def class_rows(rows: list[dict]) -> list[list[str]]:
             if v is None:
                 cells += ["—"] * 4
                 continue
-            spread = lambda s: f"{s['mean']:.{digits}g} ± {s['std']:.2g}"  # noqa: E731
-            cells += [spread(v["base"]), spread(v["aligned"]),
+            cells += [mean_std(v["base"]["mean"], v["base"]["std"], digits),
+                      mean_std(v["aligned"]["mean"], v["aligned"]["std"], digits),
                       f"{v['delta']:+.{digits}g} [{v['low']:+.3g}, {v['high']:+.3g}]", v["verdict"]]
         out.append(cells)
     return out
@@ -238,12 +295,15 @@ def build(ctx: BuildContext) -> None:
         device = gr.Dropdown(choices=names, value="cuda:0" if "cuda:0" in names else "cpu", label="device",
                              info="sampling holds this device's lock", min_width=140)
     with gr.Row(equal_height=False):
-        view = gr.Radio(choices=VIEW_CHOICES, value="teacher-forced", label="view", elem_id="compare-view", scale=3,
+        task0 = form.model_task(preset0)
+        view = gr.Radio(choices=view_choices(task0), value=view_choices(task0)[0][1], label="view",
+                        elem_id="compare-view", scale=3,
                         info="teacher-forced and shared prefix compare one image; free-running compares distributions")
         prefix_rows = gr.Slider(0, 16, value=2, step=1, label="prefix rows k (prefix_rows)", elem_id="compare-prefix",
                                 info="shared prefix: token rows taken from the base's sample", scale=2)
         class_samples = gr.Number(value=DEMO_CLASS_SAMPLES if registry_embedded(preset0) and form.model_task(preset0) != "t2i" else 0, precision=0,
                                   label="per-class sample (class_samples)", elem_id="compare-class-samples", scale=2,
+                                  visible=task0 != "t2i",
                                   info="samples per class and seed (3 seeds) for class accuracy and FD; 0 = off")
     generate_btn = gr.Button("Compare", variant="primary", elem_id="compare-generate")
     status = gr.Markdown("", elem_id="compare-status")
@@ -251,8 +311,7 @@ def build(ctx: BuildContext) -> None:
                          columns=panels_per_row("teacher-forced") * ROWS_PER_LINE,
                          height="auto", object_fit="contain", elem_id="compare-gallery", format="png", preview=False)
     rows_table = gr.Dataframe(value=None, interactive=False, wrap=True, max_height=320, elem_id="compare-rows",
-                              label="per row: tokens that differ, reward terms (teacher-forced; lower is "
-                                    "better), judge")
+                              label="per row")
     class_table = gr.Dataframe(headers=CLASS_HEADERS, value=[], interactive=False, wrap=True, visible=False,
                                label="per class: a larger free-running sample (mean ± std over 3 seeds)",
                                column_widths=["10%", "10%", "10%", "15%", "9%", "10%", "10%", "16%", "10%"],
@@ -271,7 +330,7 @@ def build(ctx: BuildContext) -> None:
                                scale=0, min_width=220, max_height=260, interactive=False, elem_classes=["pair-slider"])
 
     def compare(base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p, device,
-                view="teacher-forced", prefix_rows=2, class_samples=0):
+                view="teacher-forced", prefix_rows=2, class_samples=0, progress=gr.Progress()):
         """One view of base vs aligned with the same seeds. Returns the status, the gallery (per row:
         [ground truth,] base, aligned, difference), the pairs for the sliders, the zip of PNGs with
         scores.json, and the per-class numbers."""
@@ -279,47 +338,52 @@ def build(ctx: BuildContext) -> None:
             result = comparison.compare(app, base, aligned, classes=classes, prompts=prompts, seeds=seeds,
                                         cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p,
                                         device=device, view=view, prefix_rows=prefix_rows,
-                                        class_samples=class_samples)
-        except ConfigError as e:
-            message = str(e)[len(e.field) + 2:]
-            return f"✗ `{e.field}`: {as_text(message)}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        except UserError as e:
-            return f"✗ {as_text(e)}", gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                                        class_samples=class_samples,
+                                        progress=lambda share, what: progress(share, desc=what))
+        except UserError as e:  # the error replaces the previous comparison: no stale images under it
+            text = (f"✗ `{e.field}`: {as_text(str(e)[len(e.field) + 2:])}" if isinstance(e, ConfigError)
+                    else f"✗ {as_text(e)}")
+            return text, [], [], None, gr.update(value=None, visible=False), None
         return (status_text(result), gallery_items(result),
                 [[p.caption, str(p.base), str(p.aligned)] for p in result.pairs], str(result.zip_path),
                 gr.update(value=class_rows(result.per_class), visible=bool(result.per_class)),
-                row_table(result.view))
+                gr.update(value=row_table(result.view), label=row_label(result.view)))
 
-    generate_btn.click(compare, inputs=[base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p,
-                                        device, view, prefix_rows, class_samples],
-                       outputs=[status, gallery, pairs_state, zip_file, class_table, rows_table], api_name="compare",
-                       concurrency_limit=2)
+    # the button is disabled while a comparison runs (one click, one comparison), then enabled again
+    generate_btn.click(lambda: gr.update(interactive=False, value="Comparing…"), outputs=generate_btn, queue=False,
+                       api_visibility="private", show_progress="hidden") \
+        .then(compare, inputs=[base, aligned, classes, prompts, seeds, cfg_scale, temperature, top_k, top_p,
+                               device, view, prefix_rows, class_samples],
+              outputs=[status, gallery, pairs_state, zip_file, class_table, rows_table], api_name="compare",
+              concurrency_limit=2, show_progress="full") \
+        .then(lambda: gr.update(interactive=True, value="Compare"), outputs=generate_btn, queue=False,
+              api_visibility="private", show_progress="hidden")
     view.change(lambda v: gr.update(columns=panels_per_row(v) * ROWS_PER_LINE), inputs=view, outputs=gallery,
                 api_visibility="private", show_progress="hidden")
-    base.change(lambda value, current, typed: condition_inputs(app, value, current, typed),
-                inputs=[base, classes, prompts], outputs=[classes, prompts, heldout, class_samples], api_visibility="private",
+    base.change(lambda value, current, typed, shown: condition_inputs(app, value, current, typed, shown),
+                inputs=[base, classes, prompts, view], outputs=[classes, prompts, heldout, class_samples, view],
+                api_visibility="private",
                 show_progress="hidden")
     heldout.input(add_prompt, inputs=[prompts, heldout], outputs=[prompts, heldout], api_visibility="private",
                   show_progress="hidden")
 
-    def refresh_lists(base_value, aligned_value):
-        """New runs and checkpoints into the lists; a side whose source is gone (or a pair of one model
-        with itself, the default before any checkpoint existed) moves to the newest checkpoint."""
-        fresh = comparison.source_choices(app.store)
-        values = {v for _, v in fresh}
-        default_base, default_aligned = default_sources(app.store)
-        if base_value == aligned_value:
-            base_value, aligned_value = default_base, default_aligned
-        return (gr.update(choices=fresh, value=base_value if base_value in values else default_base),
-                gr.update(choices=fresh, value=aligned_value if aligned_value in values else default_aligned))
+    offered = gr.State([base0, aligned0])  # the defaults the page last put in the two lists
 
-    refresh_btn.click(refresh_lists, inputs=[base, aligned], outputs=[base, aligned], api_visibility="private")
-    ctx.get(f"{TAB_ID}.tab").select(refresh_lists, inputs=[base, aligned], outputs=[base, aligned],
+    def refresh_lists(base_value, aligned_value, offered_pair):
+        """New runs and checkpoints into the lists (see `refreshed_sources`)."""
+        fresh = comparison.source_choices(app.store)
+        defaults = default_sources(app.store)
+        b, a = refreshed_sources(base_value, aligned_value, offered_pair, defaults, {v for _, v in fresh})
+        return gr.update(choices=fresh, value=b), gr.update(choices=fresh, value=a), list(defaults)
+
+    refresh_btn.click(refresh_lists, inputs=[base, aligned, offered], outputs=[base, aligned, offered],
+                      api_visibility="private")
+    ctx.get(f"{TAB_ID}.tab").select(refresh_lists, inputs=[base, aligned, offered], outputs=[base, aligned, offered],
                                     api_visibility="private", show_progress="hidden")
 
     def on_load():
         b, a = default_sources(app.store)
         fresh = comparison.source_choices(app.store)
-        return gr.update(choices=fresh, value=b), gr.update(choices=fresh, value=a)
+        return gr.update(choices=fresh, value=b), gr.update(choices=fresh, value=a), [b, a]
 
-    ctx.blocks.load(on_load, outputs=[base, aligned], api_visibility="private", show_progress="hidden")
+    ctx.blocks.load(on_load, outputs=[base, aligned, offered], api_visibility="private", show_progress="hidden")

@@ -9,16 +9,16 @@ a verdict ("within noise" unless the 95% interval of the paired change excludes 
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, Optional
 
 import gradio as gr
 import plotly.graph_objects as go
 
-from app import jobform
+from app import fields, widgets
 from app.plots import readable_axes
-from app.tabs.shared import error_text, parse_number, progress_bar
-from core import configmeta
+from app.tabs.shared import error_text, progress_bar
 from core.errors import ConfigError, UserError
 
 NUMBER_KEYS = ("num_images", "num_generations", "num_samples")
@@ -45,12 +45,12 @@ def checkpoint_choices(store) -> list[tuple[str, str]]:
     return out
 
 
-def parse_list(field: str, raw: Any, whole: bool) -> list:
-    """"0 1 2" or "1, 1.5" -> numbers; an error names the field."""
-    parts = str(raw or "").replace(",", " ").split()
-    if not parts:
-        raise ConfigError(field, "give one or more numbers, separated by spaces")
-    return [parse_number(field, p, whole=whole) for p in parts]
+@functools.cache
+def field_table() -> dict[str, fields.Field]:
+    """DiagnoseConfig's fields as the form's field table (its own checks need at least 2 of each count)."""
+    from core.eval.diagnostics import DiagnoseConfig
+
+    return fields.table(DiagnoseConfig, **{k: {"minimum": 2} for k in NUMBER_KEYS})
 
 
 def plan(values: dict, app):
@@ -59,18 +59,17 @@ def plan(values: dict, app):
     from app.safety import confine_weights
     from core.eval.diagnostics import DiagnoseConfig
 
-    fields = {k: parse_number(k, values.get(k), whole=True, minimum=2) for k in NUMBER_KEYS}
-    fields["seeds"] = parse_list("seeds", values.get("seeds"), whole=True)
-    fields["cfg_scales"] = parse_list("cfg_scales", values.get("cfg_scales"), whole=False)
+    table = field_table()
+    parsed = fields.parse_all([table[k] for k in (*NUMBER_KEYS, *LIST_KEYS)], values)
     checkpoint = confine_weights(values.get("checkpoint"), app.runs_dir, app.weight_roots, "checkpoint")
-    return DiagnoseConfig(checkpoint=checkpoint, **fields)
+    return DiagnoseConfig(checkpoint=checkpoint, **parsed)
 
 
 def run_choices(store) -> list[tuple[str, str]]:
     """(label, run id) of every diagnose run, newest first, with its status and progress."""
     from core.runs import kinds
 
-    return [(f"{r.id} · {r.status} · {progress_bar(r.step, r.total_steps, 10)}", r.id)
+    return [(f"{r.id} · {r.status} · {progress_bar(r.step, r.total_steps, 10, 'phases', markdown=False)}", r.id)
             for r in store.list_runs() if r.kind == kinds.DIAGNOSE]
 
 
@@ -136,15 +135,13 @@ def show(store, run_id: Optional[str]) -> tuple[str, Any]:
     path = run.run_dir / RESULTS_FILE
     if not path.is_file():
         return (f"`{run.id}` is {run.status} ({run.step}/{run.total_steps} phases)"
-                + (f": {run.message.splitlines()[0]}" if run.message else "") + ". Refresh to update."), None
+                + (f": {run.message.splitlines()[0]}" if run.message else "") + "; this view follows it."), None
     out = json.loads(path.read_text())
     return f"**`{run.id}`**: `{out['config']['checkpoint']}` vs the committed base\n\n" + results_markdown(out), kl_figure(out)
 
 
 def build_section(ctx) -> None:
     """The section's inputs, buttons and views, inside the Evaluate tab."""
-    from core.eval.diagnostics import DiagnoseConfig
-
     app = ctx.app
     with gr.Accordion("Diagnostics: where a demo run moved the generator", open=False, elem_id="diag-section"):
         gr.Markdown("For a checkpoint of a run on the embedded demo: which token positions the run changed, whether "
@@ -152,15 +149,13 @@ def build_section(ctx) -> None:
                     "tokenizer reproduces, and demo-FID vs CFG scale, base beside aligned. A background job (a few "
                     "minutes on 2 CPU cores at the defaults), as `python -m core eval diagnose`.")
         with gr.Row(equal_height=False):
-            checkpoint = gr.Dropdown(choices=checkpoint_choices(app.store), value=None, allow_custom_value=True,
+            choices = checkpoint_choices(app.store)  # newest run's last checkpoint first: the default
+            checkpoint = gr.Dropdown(choices=choices, value=choices[0][1] if choices else None, allow_custom_value=True,
                                      filterable=True, scale=3, label="checkpoint", elem_id="diag-checkpoint",
-                                     info=jobform.form_help(configmeta.spec_of(DiagnoseConfig, "checkpoint")))
-            numbers = {k: jobform.field_input(DiagnoseConfig, k, "diag", scale=1) for k in NUMBER_KEYS}
+                                     info=field_table()["checkpoint"].info)
+            numbers = {k: widgets.widget(field_table()[k], f"diag-{k}", scale=1) for k in NUMBER_KEYS}
         with gr.Row(equal_height=False):
-            lists = {k: gr.Textbox(value=" ".join(f"{v:g}" for v in jobform.form_value(
-                     configmeta.spec_of(DiagnoseConfig, k))), label=k, elem_id=f"diag-{k}",
-                     max_lines=1, info=jobform.form_help(configmeta.spec_of(DiagnoseConfig, k)) + "; separated by spaces")
-                     for k in LIST_KEYS}
+            lists = {k: widgets.widget(field_table()[k], f"diag-{k}") for k in LIST_KEYS}
         launch_btn = gr.Button("Diagnose", variant="primary", elem_id="diag-launch")
         status = gr.Markdown("", elem_id="diag-status")
         with gr.Row(equal_height=False):
@@ -183,13 +178,46 @@ def build_section(ctx) -> None:
         except UserError as e:
             target = getattr(e, "field", None)
             return error_text(e, target if target in keys else None, "Not queued"), gr.update()
-        return (f"✓ **Queued** `{run.id}` ({run.status}): {cfg.total_steps} phases. Pick it below and refresh.",
+        return (f"✓ **Queued** `{run.id}` ({run.status}): {cfg.total_steps} phases; its progress and results follow "
+                "below.",
                 gr.update(choices=run_choices(app.store), value=run.id))
 
     def refresh(run_id):
         text, fig = show(app.store, run_id)
         return gr.update(choices=run_choices(app.store), value=run_id), gr.update(choices=checkpoint_choices(app.store)), text, fig
 
+    seen = gr.State(None)  # [status, step] of the picked run when the page last showed it
+    timer = gr.Timer(app.page_timer_s)
+
+    def follow(run_id, last):
+        """The page follows the picked run: when its status or phase changes, its label, the status line and (once
+        it has them) its results are updated; nothing is sent while it stands still."""
+        from core.runs.store import RunNotFoundError
+
+        skip = gr.skip()
+        if not run_id:
+            return skip, skip, skip, skip, last
+        try:
+            run = app.store.get(run_id)
+        except RunNotFoundError:
+            return skip, skip, skip, skip, last
+        now = [run.status, run.step]
+        if now == last:
+            return skip, skip, skip, skip, last
+        text, fig = show(app.store, run_id)
+        line = f"`{run.id}` **{run.status}** {progress_bar(run.step, run.total_steps, unit='phases')}"
+        return gr.update(choices=run_choices(app.store), value=run_id), text, fig, line, now
+
+    timer.tick(follow, inputs=[runs, seen], outputs=[runs, table, heat, status, seen], api_name="diagnose_follow",
+               show_progress="hidden", queue=False, trigger_mode="once")
     launch_btn.click(launch, inputs=inputs, outputs=[status, runs], api_name="launch_diagnose")
+
+    def fresh_checkpoints(value):
+        """New checkpoints into the list when the tab opens; an empty pick becomes the newest."""
+        choices = checkpoint_choices(app.store)
+        return gr.update(choices=choices, value=value or (choices[0][1] if choices else None))
+
+    ctx.get("evaluate.tab").select(fresh_checkpoints, inputs=checkpoint, outputs=checkpoint,
+                                   api_visibility="private", show_progress="hidden")
     refresh_btn.click(refresh, inputs=runs, outputs=[runs, checkpoint, table, heat], api_name="diagnose_refresh")
     runs.select(lambda r: show(app.store, r), inputs=runs, outputs=[table, heat], api_name="show_diagnosis")

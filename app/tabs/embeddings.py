@@ -11,22 +11,23 @@ base beside aligned. Every finished comparison of the store can be reopened from
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any, Optional
 
 import gradio as gr
 
-from app import form, jobform, views
+from app import fields, form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext
 from app.tabs.shared import (refused, EXTRACTORS, check_extractor, class_items, default_devices, error_text,
                              extractor_path_of, feature_space, field_updates, message, parse_device_set,
-                             parse_number, progress_bar, renamed, roots_text, signature)
+                             progress_bar, renamed, roots_text, signature)
 from app.tabs.launch import device_choices
-from core import configmeta
 from core.eval.configs import PROMPT_ATTRIBUTES
 from core.errors import ConfigError, MissingWeightsError, UserError
+from core.eval.verdict import mean_std
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "embeddings"
@@ -121,6 +122,16 @@ def real_of(app, text: Optional[str], model: str) -> str:
     return str(confine(raw, app.data_roots, "real", kind="dir"))
 
 
+@functools.cache
+def field_table() -> dict[str, fields.Field]:
+    """The form's field table: EmbeddingConfig's fields, with the bounds the page checks before a job is queued."""
+    from core.eval.configs import EmbeddingConfig
+
+    at_least = {"per_class": 1, "cfg_scale": 1, "temperature": 0, "top_k": 0, "seed": 0, "num_seeds": 1,
+                "batch_size": 1}
+    return fields.table(EmbeddingConfig, {"classes": "classes"}, **{k: {"minimum": v} for k, v in at_least.items()})
+
+
 def plan_embeddings(app, values: dict):
     """Form values -> (EmbeddingConfig, device set), every input and file checked. Raises ConfigError(input)."""
     from core.checkpoints import ref_text, resolve_weights
@@ -130,7 +141,9 @@ def plan_embeddings(app, values: dict):
     store = app.store
     run_id = str(values.get("run") or "").strip()
     model, init, steps = run_model(store, run_id)
-    step = parse_number("step", values.get("step"), whole=True, minimum=0)
+    table = field_table()
+    num = lambda key: fields.parse(table[key], values.get(key, table[key].default))  # noqa: E731
+    step = fields.number("step", values.get("step"), whole=True, minimum=0)
     if step not in steps:
         raise ConfigError("step", f"run {run_id} has no checkpoint at step {step}; it has steps "
                                   f"{', '.join(map(str, steps))}")
@@ -143,21 +156,16 @@ def plan_embeddings(app, values: dict):
     if not projections:
         raise ConfigError("projections", "pick t-SNE, UMAP or both")
     device_set, device = parse_device_set(values.get("devices"))
-    fields = dict(model=model, base_weights=init, aligned_weights=ref_text(run_id, step), classes=items or None,
-                  per_class=parse_number("per_class", values.get("per_class"), whole=True, minimum=1),
+    settings = dict(model=model, base_weights=init, aligned_weights=ref_text(run_id, step), classes=items or None,
+                  per_class=num("per_class"),
                   real=real_of(app, values.get("real"), model), extractor=extractor,
                   extractor_path=extractor_path_of(app, extractor, values.get("extractor_path")),
                   projections=projections,
-                  cfg_scale=parse_number("cfg_scale", values.get("cfg_scale"), minimum=1),
-                  temperature=parse_number("temperature", values.get("temperature"), minimum=0),
-                  top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
-                  top_p=parse_number("top_p", values.get("top_p")),
-                  seed=parse_number("seed", values.get("seed"), whole=True, minimum=0),
-                  num_seeds=parse_number("num_seeds", values.get("num_seeds", configmeta.defaults(EmbeddingConfig)["num_seeds"]), whole=True, minimum=1),
-                  batch_size=parse_number("batch_size", values.get("batch_size"), whole=True, minimum=1),
+                  **{k: num(k) for k in ("cfg_scale", "temperature", "top_k", "top_p", "seed", "num_seeds",
+                                         "batch_size")},
                   device=device, color_by=values.get("color_by") or "shape")
     try:
-        cfg = EmbeddingConfig(**fields)
+        cfg = EmbeddingConfig(**settings)
         cfg.class_ids()  # names resolved, each class once
         resolve_weights(cfg.aligned_weights, app.runs_dir)
     except ConfigError as e:
@@ -233,8 +241,8 @@ def verdict_lines(results: dict) -> list[str]:
     names = {"fid": "FD", "precision": "precision", "recall": "recall"}
     for key, v in (results.get("verdicts") or {}).items():
         b, a = v["base"], v["aligned"]
-        lines.append(f"- **{names.get(key, key)}**: base {b['mean']:.4g} ± {b['std']:.2g} → aligned {a['mean']:.4g} ± "
-                     f"{a['std']:.2g} (mean ± std over {v['seeds']} seeds); Δ {v['delta']:+.4g}, 95% interval "
+        lines.append(f"- **{names.get(key, key)}**: base {mean_std(b['mean'], b['std'])} → aligned "
+                     f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {v['delta']:+.4g}, 95% interval "
                      f"[{v['low']:+.3g}, {v['high']:+.3g}] → **{v['verdict']}**")
     return lines
 
@@ -329,7 +337,7 @@ def infos(app) -> dict[str, str]:
     from core.eval.configs import EmbeddingConfig
 
     roots = roots_text(app)
-    field = jobform.job_helps(EmbeddingConfig, KEYS)
+    field = jobform.job_helps(field_table(), KEYS)
     return {**field,
         "run": "the aligned model: a run with a checkpoint",
         "step": "its checkpoint (default: the last)",
@@ -340,7 +348,6 @@ def infos(app) -> dict[str, str]:
 
 
 def build(ctx: BuildContext) -> None:
-    from core.eval.configs import EmbeddingConfig
 
     app = ctx.app
     store = app.store
@@ -353,7 +360,7 @@ def build(ctx: BuildContext) -> None:
         model0, steps0 = "demo-c2i", []
     comps: dict[str, Any] = {}
 
-    form_inputs = jobform.FormInputs(EmbeddingConfig, "emb", info)  # each EmbeddingConfig field's input from the field
+    form_inputs = jobform.FormInputs(field_table(), "emb", info)  # each EmbeddingConfig field's input from the field
     common, field = form_inputs.common, form_inputs.field
 
     gr.Markdown("Sample the same classes and seeds from a run's checkpoint (aligned) and its base model, embed "

@@ -15,6 +15,7 @@ Helpers this tab shares with the Embeddings tab (extractors, form numbers, field
 """
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -23,17 +24,17 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from app import comparison, form, jobform, views
+from app import comparison, fields, form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext, diagnose
 from app.tabs.launch import device_choices
 from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_model, class_items, default_devices,
-                             extractor_path_of, feature_space, field_updates, parse_device_set, parse_number,
-                             progress_bar, renamed, roots_text, signature)
-from core import configmeta
+                             extractor_path_of, feature_space, field_updates, parse_device_set, progress_bar,
+                             renamed, roots_text, signature)
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.eval.configs import NO_FEATURES
 from core.eval.summary import SUMMARY_METRICS
+from core.eval.verdict import mean_std
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "evaluate"
@@ -115,11 +116,22 @@ def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> 
     raise ConfigError("reference_kind", f"choose one of {', '.join(k for _, k in REFERENCE_CHOICES)}")
 
 
-def _eval_config(**fields):
+@functools.cache
+def field_table() -> dict[str, fields.Field]:
+    """The form's field table: EvalConfig's fields, with the bounds the page checks before a job is queued."""
+    from core.eval.configs import EvalConfig
+
+    at_least = {"num_samples": 1, "temperature": 0, "top_k": 0, "seed": 0, "num_seeds": 1, "batch_size": 1,
+                "image_size": 8}
+    return fields.table(EvalConfig, {"classes": "classes", "prompts": "lines"},
+                        **{k: {"minimum": v} for k, v in at_least.items()})
+
+
+def _eval_config(**values):
     from core.eval.configs import EvalConfig
 
     try:
-        return EvalConfig(**fields)
+        return EvalConfig(**values)
     except ConfigError as e:
         raise renamed(e, ALIASES) from None
 
@@ -145,23 +157,19 @@ def plan_eval(app, values: dict) -> EvalPlan:
         prompts = [p.strip() for p in str(values.get("prompts") or "").splitlines() if p.strip()]
         if not prompts:
             raise ConfigError("prompts", f"{preset} is text-conditional: give at least one prompt (one per line)")
-    num_samples = parse_number("num_samples", values.get("num_samples"), whole=True, minimum=1)
+    table = field_table()
+    num = lambda key: fields.parse(table[key], values.get(key, table[key].default))  # noqa: E731
+    num_samples = num("num_samples")
     if values.get("cfg"):
-        cfg_scale = parse_number("cfg_scale", values.get("cfg_scale"))
+        cfg_scale = num("cfg_scale")
         if cfg_scale <= 1.0:
             raise ConfigError("cfg_scale", "with CFG on the scale must be above 1 (1 = no guidance); "
                                            "untick CFG for none")
     else:
         cfg_scale = 1.0
-    num_seeds = parse_number("num_seeds", values.get("num_seeds", configmeta.defaults(configs.EvalConfig)["num_seeds"]), whole=True, minimum=1)
+    num_seeds = num("num_seeds")
     sampling = dict(cfg_scale=cfg_scale, num_seeds=num_seeds,
-                    temperature=parse_number("temperature", values.get("temperature"), minimum=0),
-                    top_k=parse_number("top_k", values.get("top_k"), whole=True, minimum=0),
-                    top_p=parse_number("top_p", values.get("top_p")),
-                    seed=parse_number("seed", values.get("seed"), whole=True, minimum=0),
-                    batch_size=parse_number("batch_size", values.get("batch_size"), whole=True, minimum=1),
-                    image_size=parse_number("image_size", values.get("image_size"), whole=True, minimum=8,
-                                            optional=True),
+                    **{k: num(k) for k in ("temperature", "top_k", "top_p", "seed", "batch_size", "image_size")},
                     precision=values.get("precision") or "fp32")
     metrics = list(values.get("metrics") or [])
     if not metrics:
@@ -278,7 +286,7 @@ def _spread_text(spread: Optional[dict], metric: str, value: Optional[float]) ->
     s = (spread or {}).get(metric)
     if s is None or len(s.get("values", [])) < 2:
         return _fmt(value)
-    return f"{s['mean']:.4g} ± {s['std']:.2g}"
+    return mean_std(s["mean"], s["std"])
 
 
 def _interval(verdict: Optional[dict]) -> str:
@@ -394,7 +402,7 @@ def infos(app) -> dict[str, str]:
     from core.eval.configs import EvalConfig
 
     roots = roots_text(app)
-    field = jobform.job_helps(EvalConfig, KEYS)
+    field = jobform.job_helps(field_table(), KEYS)
     return {**field,
         "source": "a generator preset (the base model) or a run checkpoint (run · step)",
         "classes": f"type to search; {field['classes']}",
@@ -417,7 +425,6 @@ def default_source(store) -> str:
 
 
 def build(ctx: BuildContext) -> None:
-    from core.eval.configs import EvalConfig
     from core.models import registry
 
     app = ctx.app
@@ -430,7 +437,7 @@ def build(ctx: BuildContext) -> None:
     embedded0 = registry.get_generator(preset0).embedded
     comps: dict[str, Any] = {}
 
-    form_inputs = jobform.FormInputs(EvalConfig, "eval", info)  # each EvalConfig field's input from the field
+    form_inputs = jobform.FormInputs(field_table(), "eval", info)  # each EvalConfig field's input from the field
     common, field = form_inputs.common, form_inputs.field
 
     gr.Markdown("Measure a preset or a run checkpoint: FID (or FD in another feature space), Inception Score, "

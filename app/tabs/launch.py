@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from app import form
+from app import fields, form, widgets
 from app.tabs import BuildContext
 from app.views import as_text, run_choices
 from core.device import parse_devices
@@ -61,8 +61,7 @@ def field_info(key: str, app, data_kind: str) -> str:
     if key == "data_path":
         return data_path_info(data_kind, app)
     f = form.BY_NAME[key]
-    suffix = {"classes": "; empty = the trainer's default", "lines": "; one per line", "int_list": "; comma-separated"}
-    return f.help + suffix.get(f.kind, "")
+    return f.info + ("; empty = the trainer's default" if f.kind == "classes" else fields.HINTS.get(f.kind, ""))
 
 
 # ----------------------------------------------------------------------------- status texts
@@ -91,6 +90,16 @@ def model_status(model: str) -> tuple[str, bool]:
 DEMO_NOTE = ("**Demo preset.** The reward here is pixel-only: MSE between decoded samples and the ground truth. "
              "Offline there are no VGG weights for LPIPS, so the paper's perceptual term is off; where "
              "torchvision's `vgg16-397923af.pth` is installed, set `reward_weights.lpips` to 1 to add it back.")
+
+
+XI_NOTE = ("**Context noise ξ 0.5** is Table 7's T2I value, which this preset keeps; on the demo T2I it made every "
+           "measure worse beyond its interval (prompt adherence, demo-FID: README, *The demo text-to-image model*), while ξ 0 left "
+           "them within noise. Set `xi` to 0 in *Rollout* to try that.")
+
+
+def demo_note(preset: str, model: str) -> str:
+    """The demo note, with what ξ does on the demo T2I when the preset or model is demo-t2i."""
+    return DEMO_NOTE + ("\n\n" + XI_NOTE if "demo-t2i" in (preset, model) else "")
 
 
 def shows_demo_note(preset: str, model: str) -> bool:
@@ -205,29 +214,15 @@ def build(ctx: BuildContext) -> None:
 
     def make(key: str) -> Any:
         f = form.BY_NAME[key]
-        value = defaults[key]
-        common = dict(label=form.label_of(key), info=field_info(key, app, defaults["data"]),
-                      elem_id=f"field-{api_name_of(key)}")
+        extra: dict[str, Any] = {}
         if f.kind == "model":
-            return gr.Dropdown(choices=form.model_names(), value=value, filterable=True, **common)
-        if key == "data":
-            return gr.Radio(choices=[(DATA_LABELS.get(c, c), c) for c in f.choices], value=value, **common)
-        if f.kind == "choice":
-            return gr.Dropdown(choices=list(f.choices), value=value, **common)
-        if f.kind == "multichoice":
-            return gr.CheckboxGroup(choices=list(f.choices), value=value, **common)
-        if f.kind == "bool":
-            return gr.Checkbox(value=value, **common)
-        if f.kind == "int":  # no precision=0: Gradio would round 2.5 silently; from_form rejects it by name
-            return gr.Number(value=value, step=1, **common)
-        if f.kind in ("float", "optional_float"):
-            return gr.Number(value=value, **common)
-        if f.kind == "classes":
-            return gr.Dropdown(choices=form.class_choices(defaults["model"]), value=value, multiselect=True,
-                               filterable=True, **common)
-        if f.kind == "lines":
-            return gr.Textbox(value=value, lines=2, **common)
-        return gr.Textbox(value=value, **common)
+            extra["choices"] = form.model_names()
+        elif f.kind == "classes":
+            extra["choices"] = form.class_choices(defaults["model"])
+        elif key == "data":
+            extra["choices"] = [(DATA_LABELS.get(c, c), c) for c in f.choices]
+        return widgets.widget(f, f"field-{api_name_of(key)}", value=defaults[key],
+                              info=field_info(key, app, defaults["data"]), **extra)
 
     def place(group: str) -> None:
         placed = set()
@@ -237,8 +232,8 @@ def build(ctx: BuildContext) -> None:
                     comps[key] = make(key)
                     placed.add(key)
         for f in form.fields_in(group):
-            if f.name not in placed and f.name != "model" and f.name != "data":
-                comps[f.name] = make(f.name)
+            if f.key not in placed and f.key != "model" and f.key != "data":
+                comps[f.key] = make(f.key)
 
     gr.Markdown("Pick a model and data, a paper preset, adjust any hyperparameter, then **Launch**. "
                 "The run starts in its own process; watch it in the **Runs** tab.", elem_classes=["tab-intro"])
@@ -249,7 +244,7 @@ def build(ctx: BuildContext) -> None:
                                               info=EXTRA_INFO["preset"], elem_id="field-preset")
                 comps["name"] = gr.Textbox(value=DEFAULT_PRESET, label="name", info=EXTRA_INFO["name"],
                                            elem_id="field-name")
-            note = gr.Markdown(DEMO_NOTE, visible=shows_demo_note(DEFAULT_PRESET, defaults["model"]),
+            note = gr.Markdown(demo_note(DEFAULT_PRESET, defaults["model"]), visible=shows_demo_note(DEFAULT_PRESET, defaults["model"]),
                                elem_classes=["demo-note"], elem_id="demo-note")
             with gr.Group():
                 gr.Markdown("#### Model", elem_classes=["section-title"])
@@ -348,7 +343,7 @@ def build(ctx: BuildContext) -> None:
         valid = {v for _, v in form.class_choices(model)}
         kept = [c for c in (classes or []) if c in valid]
         return (text, gr.update(visible=downloadable), gr.update(choices=form.class_choices(model), value=kept),
-                gr.update(visible=shows_demo_note(preset, model)))
+                gr.update(visible=shows_demo_note(preset, model), value=demo_note(preset, model)))
 
     comps["model"].change(on_model, inputs=[comps["model"], comps["preset"], comps["preview_classes"]],
                           outputs=[model_md, download_btn, comps["preview_classes"], note], api_visibility="private",
@@ -401,7 +396,8 @@ def build(ctx: BuildContext) -> None:
                 return (*updates, *opened, f"✗ **Not launched** — {as_text(e)}", gr.skip(), None, gr.skip(), gr.skip())
             updates, opened, _ = _error_outputs(prev, None, app, values)
             where = "running" if run.status == "running" else f"{run.status} (waits for {run.devices})"
-            message = f"✓ **Launched** run `{run.id}` — {where}. Follow it in the Runs tab."
+            message = (f"✓ **Launched** run `{run.id}` — {where}. Follow it in the Runs tab."
+                       + "".join(f"\n\n⚠ {w}" for w in plan.warnings))
             choices = run_choices(app.store)
             return (*updates, *opened, message, plan.cli, None, gr.update(selected="runs"),
                     gr.update(choices=choices, value=run.id))

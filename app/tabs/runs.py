@@ -72,6 +72,18 @@ def overlay(store, run_ids: list[str], x_axis: str, log_y: bool, smoothing: floa
     return plots.overlay_figure(series, x_axis, log_y, smoothing)
 
 
+def latest_metrics(series: dict) -> dict:
+    """The newest metrics row as the page shows it: the step first, the wall-clock time as a local date and time
+    (the row holds seconds since the epoch)."""
+    import time
+
+    n = len(series["steps"]) - 1
+    row = {k: v[n] for k, v in series.items() if k != "steps" and v[n] is not None}
+    if isinstance(row.get("time"), (int, float)):
+        row["time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
+    return {"step": series["steps"][n], **row}
+
+
 def _buttons(status: Optional[str]) -> tuple:
     can_stop = status in (QUEUED, RUNNING)
     can_resume = status in RESUMABLE
@@ -95,11 +107,14 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
     table = rows if rows != view["table"] else skip
     view["table"], view["kinds"] = rows, kinds
 
-    if run_id not in ids:
+    gone = run_id is not None and run_id not in ids
+    if gone:
         run_id = None
     selector = skip
     if ids != view["ids"]:
-        selector = gr.update(choices=views.run_choices(store), value=run_id)
+        # new choices only: this refresh's run_id may be older than what the page just selected (a launch selects
+        # its new run while a timer refresh that read the previous selection is on its way); a deleted one clears
+        selector = gr.update(choices=views.run_choices(store), **({"value": None} if gone else {}))
         view["ids"] = ids
     if run_id is None:
         fresh = view["run_id"] is not None or view["header"] is None
@@ -141,10 +156,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         view["job"] = job
     latest = skip
     if added:
-        n = len(series["steps"]) - 1
-        latest = {k: v[n] for k, v in series.items() if k != "steps" and v[n] is not None}
-        latest["step"] = series["steps"][n]
-        view["latest"] = latest
+        latest = view["latest"] = latest_metrics(series)
 
     recent = [{"step": s, "time": t} for s, t in zip(series["steps"][-views.ETA_WINDOW:],
                                                         series.get("time", [])[-views.ETA_WINDOW:]) if t is not None]

@@ -1,5 +1,5 @@
 """What the job tabs (Evaluate, Embeddings) share: the feature extractors and the checks of their
-weights, form numbers, device picks and classes read from the inputs, an error shown under the input
+weights, device picks and classes read from the inputs, an error shown under the input
 it belongs to, progress bars, and the help texts both forms give the same field.
 """
 from __future__ import annotations
@@ -26,26 +26,6 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 def feature_space(extractor: Optional[str]) -> str:
     return SPACES.get(extractor or "", extractor or "unknown")
-
-
-def parse_number(field: str, raw: Any, *, whole: bool = False, minimum: Optional[float] = None,
-                 optional: bool = False) -> Optional[int | float]:
-    """A form number, checked: whole when asked, at least `minimum`; None for an empty optional input."""
-    if raw is None or (isinstance(raw, str) and not raw.strip()):
-        if optional:
-            return None
-        raise ConfigError(field, "required: " + ("a whole number" if whole else "a number"))
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise ConfigError(field, f"expected a number, got {raw!r}") from None
-    if value != value or value in (float("inf"), float("-inf")):
-        raise ConfigError(field, f"expected a finite number, got {raw!r}")
-    if whole and not value.is_integer():
-        raise ConfigError(field, f"expected a whole number, got {raw!r}")
-    if minimum is not None and value < minimum:
-        raise ConfigError(field, f"must be >= {minimum:g}, got {raw!r}")
-    return int(value) if whole else value
 
 
 def class_items(raw: Any) -> list:
@@ -170,10 +150,13 @@ def signature(keys: Sequence[str], extra: Sequence[str] = ()) -> inspect.Signatu
     return inspect.Signature([inspect.Parameter(k, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in [*keys, *extra]])
 
 
-def progress_bar(done: int, total: int, width: int = 20) -> str:
+def progress_bar(done: int, total: int, width: int = 20, unit: str = "samples", markdown: bool = True) -> str:
+    """"██░░ 3/6 phases (50%)": in Markdown the bar is code (one width per block); plain text (a dropdown's label)
+    shows no backticks."""
     share = done / total if total else 0.0
     filled = int(round(share * width))
-    return f"`{'█' * filled}{'░' * (width - filled)}` {done}/{total} samples ({share:.0%})"
+    bar = f"{'█' * filled}{'░' * (width - filled)}"
+    return f"{f'`{bar}`' if markdown else bar} {done}/{total} {unit} ({share:.0%})"
 
 
 def roots_text(app) -> str:

@@ -184,6 +184,8 @@ def diff_heatmap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 class Judge:
     name: str  # what the score is, for captions and the JSON
     score: Callable[[Tensor, list], Tensor]  # (images [B, 3, H, W] in [-1, 1], conditions) -> [B]
+    # per image, what the score is made of ({attribute: seen as asked}), for a judge whose score is a share
+    parts: Optional[Callable[[Tensor, list], list[dict]]] = None
 
 
 def demo_judge(path: Optional[str] = None, device="cpu") -> Judge:
@@ -224,15 +226,14 @@ def adherence_judge(device="cpu") -> Judge:
 
     ev = load_evaluator(paths.DEMO_DIR / configs.read_manifest()["evaluator"]["file"]).to(device)
 
-    def score(images: Tensor, conds: list) -> Tensor:
+    def parts(images: Tensor, conds: list) -> list[dict]:
         seen = adherence.predict(ev, images.to(device).float())
-        fractions = []
-        for found, prompt in zip(seen, conds):
-            result = adherence.check(prompts.parse_prompt(prompt), found)
-            fractions.append(sum(result.values()) / len(result) if result else float("nan"))
-        return torch.tensor(fractions)
+        return [adherence.check(prompts.parse_prompt(prompt), found) for found, prompt in zip(seen, conds)]
 
-    return Judge("prompt adherence under the demo evaluator (share of the prompt's attributes seen)", score)
+    def score(images: Tensor, conds: list) -> Tensor:
+        return torch.tensor([sum(r.values()) / len(r) if r else float("nan") for r in parts(images, conds)])
+
+    return Judge("prompt adherence under the demo evaluator (share of the prompt's attributes seen)", score, parts)
 
 
 def find_judge(preset: str, names: Sequence[str], device="cpu") -> tuple[Optional[Judge], str]:
@@ -297,9 +298,11 @@ def build_rows(view: str, result, conds: list, labels: list[str], seeds: list[in
     gh, gw = _grid_hw(tokens_b.shape[1])
     pics = {n: enlarge(to_uint8(result.images[n])) for n in ("base", "aligned")}
     truth = enlarge(to_uint8(result.truth)) if view == "teacher-forced" else None
-    judged = {}
+    judged, judged_parts = {}, {}
     if judge is not None:
         judged = {n: judge.score(result.images[n], conds).cpu() for n in ("base", "aligned")}
+        if judge.parts is not None:
+            judged_parts = {n: judge.parts(result.images[n], conds) for n in ("base", "aligned")}
         if truth is not None:
             judged["truth"] = judge.score(result.truth, conds).cpu()
     rows = []
@@ -323,6 +326,8 @@ def build_rows(view: str, result, conds: list, labels: list[str], seeds: list[in
             if n in judged:
                 value = float(judged[n][i])
                 scores[n]["judge"] = None if value != value else value  # None: nothing the judge can check
+            if n in judged_parts:
+                scores[n]["judge_parts"] = {k: bool(v) for k, v in judged_parts[n][i].items()}
         if "truth" in judged:
             scores["truth"] = {"judge": float(judged["truth"][i])}
         if view == "prefix":
@@ -397,7 +402,7 @@ def run_view(view: str, policies: dict, tokenizer, *, conds: list, labels: list[
     if view == "teacher-forced":
         if task is not None:
             raise ConfigError("view", "the teacher-forced view needs held-out images of the condition: class-"
-                                      "conditional models only (use 'prefix' or 'free' for prompts)")
+                                      "conditional models only; for prompts use the shared-prefix or free-running view")
         if not real:
             raise ConfigError("real", "the teacher-forced view needs held-out real images: 'shapes' for the demo, "
                                       "or an ImageNet-layout folder")

@@ -1,4 +1,4 @@
-"""`python -m core compare`: base vs aligned per image, as the Compare tab shows it (`core.eval.alignment`).
+"""`python -m core compare`: base vs aligned per image, as the Compare tab shows it: both go through `core.eval.compare`.
 
 Writes, in --out: NNN_<panel>.png for every row (truth / base / aligned / difference) and scores.json
 (per row: reward terms for teacher-forced rows, the judge's score, tokens that differ; and, with
@@ -67,12 +67,9 @@ def _run_model(ref) -> str | None:
 
 def cmd_compare(args) -> int:
     from core import device as devmod
-    from core.data.classes import class_names_for, resolve_classes
-    from core.eval import alignment as A
     from core.checkpoints import resolve_weights
-    from core.eval.inputs import build_metric_extractor
+    from core.eval import compare as C
     from core.models import load, registry
-    from core.models.generate import check_sampling_args
 
     aligned = resolve_weights(args.aligned)
     if aligned.path is None:
@@ -81,50 +78,30 @@ def cmd_compare(args) -> int:
     model = args.model or (args.base if base_is_preset else None) or _run_model(aligned) or "demo-c2i"
     preset = registry.get_generator(model)
     t2i = preset.task != "c2i"
-    if t2i and args.view == "teacher-forced":
-        raise ConfigError("view", f"{model} is text-conditional; the teacher-forced view needs class labels "
-                                  "(use --view free or prefix)")
-    if t2i and (args.classes is not None or not [p for p in args.prompts or [] if p.strip()]):
+    if t2i and args.classes is not None:
         raise ConfigError("prompts", f"{model} is text-conditional: give --prompts \"...\" (not --classes)")
-    if not t2i and args.prompts is not None:
-        raise ConfigError("prompts", f"{model} is class-conditional: give --classes, not --prompts")
-    if t2i and args.class_samples:
-        raise ConfigError("class_samples", "per-class numbers are for class-conditional models")
+    request = C.CompareRequest(model, model, view=args.view, seeds=list(args.seeds),
+                               classes=None if t2i else (args.classes or list(range(4))), prompts=args.prompts,
+                               sampling=dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k,
+                                             top_p=args.top_p),
+                               prefix_rows=args.prefix_rows, class_samples=args.class_samples, real=args.real,
+                               compile=args.compile)
+    C.check(request)  # before any model is loaded
     base_weights = None if (args.base is None or base_is_preset) else resolve_weights(args.base).path
-    sampling = dict(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    check_sampling_args(**sampling)
-    sampling["compile"] = args.compile
     dev = devmod.resolve(args.device)
     base_gen, tok = load.load_pair(model, base_weights, dev)
     aligned_gen = load.load_generator(model, aligned.path, dev)
-    policies = {"base": base_gen.eval(), "aligned": aligned_gen.eval()}
-    real = args.real or ("shapes" if preset.embedded else None)
-    if t2i:
-        names, classes = [], [p.strip() for p in args.prompts if p.strip()]
-        labels, encode = classes, load.condition_encoder(base_gen, "t2i", dev, text_encoder=preset.text_encoder)
-    else:
-        names = class_names_for(base_gen.config.num_classes)
-        classes = resolve_classes(args.classes if args.classes else range(min(4, len(names))), names)
-        labels, encode = [names[c] for c in classes], None
-    judge, why = A.find_judge(model, names, dev)
-    result = A.run_view(args.view, policies, tok, conds=classes, labels=labels, seeds=list(args.seeds),
-                        task="t2i" if t2i else None, device=dev, sampling=sampling, prefix_rows=args.prefix_rows,
-                        real=real, image_size=preset.image_size, judge=judge, judge_note=why, encode_prompts=encode)
+    encode = load.condition_encoder(base_gen, "t2i", dev, text_encoder=preset.text_encoder) if t2i else None
     out = Path(args.out)
-    path = A.save_view(result, out)
-    if args.class_samples > 0:
-        if not real:
-            raise ConfigError("real", "per-class numbers need held-out real images: --real DIR")
-        extractor = build_metric_extractor("demo" if preset.embedded else "inception", None, dev)
-        numbers = A.class_numbers(policies, tok, classes, names, per_class=args.class_samples, seeds=[0, 1, 2],
-                                  real=real, extractor=extractor, image_size=preset.image_size, sampling=sampling)
-        data = json.loads(path.read_text())
-        data["per_class"] = numbers
-        path.write_text(json.dumps(data, indent=2))
-        for row in numbers:
-            fd = row["fd"]
-            print(f"  {row['class']:<12} FD {fd['base']['mean']:.3f} -> {fd['aligned']['mean']:.3f} "
-                  f"[{fd['low']:+.3f}, {fd['high']:+.3f}] {fd['verdict']}")
+    compared = C.compare(request, {"base": base_gen.eval(), "aligned": aligned_gen.eval()}, tok, dev, out,
+                         encode_prompts=encode)
+    result, path = compared.view, compared.scores_path
+    for row in compared.per_class:
+        fd = row["fd"]
+        print(f"  {row['class']:<12} FD {fd['base']['mean']:.3f} -> {fd['aligned']['mean']:.3f} "
+              f"[{fd['low']:+.3f}, {fd['high']:+.3f}] {fd['verdict']}")
+    for note in compared.notes:
+        print(f"note: {note}")
     print(f"{result.title}\nwrote {len(result.rows)} rows to {out} (scores: {path})")
     print(summary_line(result))
     for row in result.rows:

@@ -25,7 +25,10 @@ from core.eval.metrics import fid_from_features, precision_recall
 
 SET_NAMES = ("real", "base", "aligned")
 MODEL_SETS = ("base", "aligned")
-SET_COLORS = {"real": "#009E73", "base": "#0072B2", "aligned": "#D55E00"}  # Okabe-Ito: green, blue, vermilion
+# far apart in hue and lightness (the earlier green / blue / vermilion read as one teal-blue-orange blob), and a
+# marker shape per set so the sets part without colour too
+SET_COLORS = {"real": "#3a3a3a", "base": "#0072B2", "aligned": "#E69F00"}  # Okabe-Ito: near-black, blue, orange
+SET_SYMBOLS = {"real": "circle-open", "base": "circle", "aligned": "diamond"}
 METHODS = ("tsne", "umap")
 
 
@@ -319,7 +322,7 @@ def scatter_figure(result: EmbeddingShift, method: str = "tsne", contours: bool 
         hover = f"%{{text}}<extra>{s}</extra>" if labels else None
         fig.add_trace(go.Scatter(x=p.coords[s][:, 0], y=p.coords[s][:, 1], mode="markers", name=s,
                                  legendgroup=s, text=labels, hovertemplate=hover,
-                                 marker=dict(color=_hex_rgba(SET_COLORS[s], 0.7), size=5)))
+                                 marker=dict(color=_hex_rgba(SET_COLORS[s], 0.7), size=5, symbol=SET_SYMBOLS[s])))
     fig.update_layout(title=f"{method.upper()} of real, base and aligned features", template="plotly_white",
                       xaxis_title=f"{method} 1", yaxis_title=f"{method} 2")
     return fig

@@ -19,6 +19,7 @@ cannot disagree.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
@@ -34,6 +35,15 @@ N_BOOT_LARGE = 40  # at larger D (Inception 2048-d: one eigvalsh ~2 s on 2 cores
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 
 
+def mean_std(mean: float, std: Optional[float], digits: int = 4) -> str:
+    """"0.687 ± 0.012", "0.71 ± 0.10", "785 ± 12": the std to two significant digits and the mean to the same
+    decimal place, so numbers side by side read alike; the mean alone (`digits` significant) without a spread."""
+    if std is None or not math.isfinite(std) or std <= 0:
+        return f"{mean:.{digits}g}"
+    decimals = max(0, 1 - math.floor(math.log10(std)))
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
 @dataclass(frozen=True)
 class Spread:
     mean: float
@@ -41,7 +51,7 @@ class Spread:
     values: list[float]  # one per seed
 
     def text(self, digits: int = 4) -> str:
-        return f"{self.mean:.{digits}g} ± {self.std:.2g}" if len(self.values) > 1 else f"{self.mean:.{digits}g}"
+        return mean_std(self.mean, self.std if len(self.values) > 1 else None, digits)
 
 
 @dataclass(frozen=True)

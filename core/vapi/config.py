@@ -50,76 +50,76 @@ class VapiConfig:
 
     # ---------------------------------------------------------------- what is trained
     method: str = setting("vapi", group="model", choices=METHODS, help="\"vapi\" (§4) | \"ste\": STE generator post-training (App. C.1) | \"decoder\": tokenizer-decoder post-training (App. C.2)")
-    model: str = setting("demo-c2i", group="model", help="generator preset (python -m core info lists them)")
-    init_weights: Optional[str] = setting(None, group="model", help="start from this checkpoint instead of the preset's published weights")
+    model: str = setting("demo-c2i", group="model", label="generator", help="generator preset (python -m core info lists them)")
+    init_weights: Optional[str] = setting(None, group="model", label="starting weights", help="start from this checkpoint instead of the preset's published weights")
     # ---------------------------------------------------------------- data
-    data: str = setting("shapes", group="data", choices=DATA_KINDS, help="\"shapes\" (embedded demo domain) | \"imagefolder\" (ImageNet layout) | \"captions\" (images + captions.jsonl)")
-    data_path: Optional[str] = setting(None, group="data", help="folder for imagefolder / captions")
-    data_subset: Optional[float] = setting(None, group="data", help="a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I presets: 0.01 (§5.1)",
+    data: str = setting("shapes", group="data", choices=DATA_KINDS, label="data source", help="\"shapes\" (embedded demo domain) | \"imagefolder\" (ImageNet layout) | \"captions\" (images + captions.jsonl)")
+    data_path: Optional[str] = setting(None, group="data", label="data folder", help="folder for imagefolder / captions")
+    data_subset: Optional[float] = setting(None, group="data", label="images used", help="a fraction <= 1 or an image count > 1; None = all (shapes: 12,800, the paper's count). C2I presets: 0.01 (§5.1)",
                                           maximum=MAX_IMAGES, why="an image count: 8x ImageNet-1k's 1.28M images; each epoch's order holds one index per image")
-    cache_tokens: bool = setting(True, group="data", help="x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once")
+    cache_tokens: bool = setting(True, group="data", label="cache the x* tokens", help="x* = Q(E(I)) is fixed (frozen tokenizer, no augmentation): encode each image once")
     # ---------------------------------------------------------------- rollout (teacher-forced sampling)
-    num_generations: int = setting(8, group="rollout", help="G, Table 7", maximum=256,
+    num_generations: int = setting(8, group="rollout", label="samples per image G", help="G, Table 7", maximum=256,
                                    why="G samples per image, each decoded and scored every step; the paper uses 8")
-    temperature: float = setting(1.0, group="rollout", help="tau for sampling and log-probs, authors' script (--temperature 1.0, no top-k/top-p)")
-    xi: float = setting(0.0, group="rollout", help="contextual noise rate of K_xi (Eq. 28-29), Table 7: C2I 0, LlamaGen T2I 0.5, Janus-Pro 0.95")
-    xi_schedule: str = setting("constant", group="rollout", choices=XI_SCHEDULES, help="\"constant\" | \"linear\" / \"cosine\": ramp 0 -> xi over max_steps (the authors' code has both)")
-    cond_drop_prob: float = setting(0.1, group="rollout", help="label/caption dropout kept at the model's training rate so CFG stays usable (authors' --uncond-prob 0.1)")
+    temperature: float = setting(1.0, group="rollout", label="sampling temperature τ", help="tau for sampling and log-probs, authors' script (--temperature 1.0, no top-k/top-p)")
+    xi: float = setting(0.0, group="rollout", label="context noise ξ", help="contextual noise rate of K_xi (Eq. 28-29), Table 7: C2I 0, LlamaGen T2I 0.5, Janus-Pro 0.95")
+    xi_schedule: str = setting("constant", group="rollout", choices=XI_SCHEDULES, label="ξ schedule", help="\"constant\" | \"linear\" / \"cosine\": ramp 0 -> xi over max_steps (the authors' code has both)")
+    cond_drop_prob: float = setting(0.1, group="rollout", label="condition dropout", help="label/caption dropout kept at the model's training rate so CFG stays usable (authors' --uncond-prob 0.1)")
     # ---------------------------------------------------------------- reward (Eq. 10)
     reward_weights: dict = setting(default_factory=lambda: {"mse": 1.0, "lpips": 1.0}, group="reward", help="Table 7 / script: w_mse 1, w_lpips 1")
-    reward_chunk_size: int = setting(32, group="reward", help="decoded images per chunk when decoding and scoring the B*G samples",
+    reward_chunk_size: int = setting(32, group="reward", label="decode chunk size", help="decoded images per chunk when decoding and scoring the B*G samples",
                                      maximum=MAX_BATCH, why="images held at once in a chunk")
     reward_per_token: bool = setting(False, group="reward", help="EXTENSION beyond the paper: each token's reward is -MSE of its own patch of the decoded sample, normalised per position over the G samples; the policy loss credits each token with it (the paper: one reward per sequence)")
     # ---------------------------------------------------------------- objective (Eq. 11)
-    beta: float = setting(0.1, group="objective", help="weight of the prior term, Table 7")
-    policy_coef: float = setting(1.0, group="objective", help="weight of the policy term; 0 = Table 4's \"L_prior only\" ablation")
+    beta: float = setting(0.1, group="objective", label="prior weight β", help="weight of the prior term, Table 7")
+    policy_coef: float = setting(1.0, group="objective", label="policy loss weight", help="weight of the policy term; 0 = Table 4's \"L_prior only\" ablation")
     prior: str = setting("ce", group="objective", choices=PRIORS, help="\"ce\": CE on the noisy context with clean targets (Eq. 9) | \"kl\": KL(pi || pi_ref) (Fig. 4 ablation)")
-    epsilon: float = setting(0.2, group="objective", help="PPO clip range, authors' script (--clip-range 0.2)")
-    advantage_clip: float = setting(5.0, group="objective", help="A_max, Table 7")
+    epsilon: float = setting(0.2, group="objective", label="PPO clip ε", help="PPO clip range, authors' script (--clip-range 0.2)")
+    advantage_clip: float = setting(5.0, group="objective", label="advantage clip A_max", help="A_max, Table 7")
     policy_skip_tokens: int = setting(0, group="objective", help="EXTENSION beyond the paper: leading token positions left out of the policy loss (0 = the paper; 1 keeps the reward away from the first token, which has no image prefix)",
                                       maximum=MAX_TOKENS, why="no model here has more tokens per image; preflight checks the model's own count")
-    num_iterations: int = setting(1, group="objective", help="PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences",
+    num_iterations: int = setting(1, group="objective", label="PPO iterations per rollout", help="PPO epochs per rollout (TRL's name); > 1 stores old log-probs and re-forwards B sequences",
                                   maximum=100, why="PPO epochs on one rollout; TRL and the paper use 1")
-    rollout_mode: str = setting("train", group="objective", choices=ROLLOUT_MODES, help="the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode forward without condition dropout; the gradient forward is \"train\": train mode (dropout, condition dropout), CE on it, as all three of the authors' launch scripts pass | \"eval\": eval mode for the whole step (their argparse default; ratio 1 on the first update) | \"twice\": policy loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no dropout layers, and only the condition-dropped rows re-run); twice 2 with grad")
+    rollout_mode: str = setting("train", group="objective", choices=ROLLOUT_MODES, label="rollout model mode", help="the authors' --sample-model-mode. Rollout (sampling + old log-probs) is always an eval-mode forward without condition dropout; the gradient forward is \"train\": train mode (dropout, condition dropout), CE on it, as all three of the authors' launch scripts pass | \"eval\": eval mode for the whole step (their argparse default; ratio 1 on the first update) | \"twice\": policy loss on an eval-mode forward, CE on a second train-mode forward. Cost per micro-batch: eval 1 forward with grad; train 1 with grad + a no-grad rollout forward (skipped where exact: no dropout layers, and only the condition-dropped rows re-run); twice 2 with grad")
     # ---------------------------------------------------------------- optimisation
-    learning_rate: float = setting(1e-6, group="optimisation", help="Table 7 (LlamaGen); Janus-Pro 1e-7")
-    weight_decay: float = setting(1e-4, group="optimisation", help="Table 7")
-    adam_beta1: float = setting(0.9, group="optimisation", help="authors' script")
-    adam_beta2: float = setting(0.999, group="optimisation", help="authors' script")
-    max_grad_norm: float = setting(1.0, group="optimisation", help="Table 7")
-    lr_scheduler: str = setting("constant", group="optimisation", choices=LR_SCHEDULERS, help="authors' script uses a constant lr")
-    warmup_steps: int = setting(0, group="optimisation", help="linear learning-rate warm-up over the first K steps (the authors' script: none)",
+    learning_rate: float = setting(1e-6, group="optimisation", label="learning rate", help="Table 7 (LlamaGen); Janus-Pro 1e-7")
+    weight_decay: float = setting(1e-4, group="optimisation", label="weight decay", help="Table 7")
+    adam_beta1: float = setting(0.9, group="optimisation", label="Adam β1", help="authors' script")
+    adam_beta2: float = setting(0.999, group="optimisation", label="Adam β2", help="authors' script")
+    max_grad_norm: float = setting(1.0, group="optimisation", label="max gradient norm", help="Table 7")
+    lr_scheduler: str = setting("constant", group="optimisation", choices=LR_SCHEDULERS, label="learning-rate schedule", help="authors' script uses a constant lr")
+    warmup_steps: int = setting(0, group="optimisation", label="warm-up steps", help="linear learning-rate warm-up over the first K steps (the authors' script: none)",
                                 maximum=MAX_JOB_STEPS, why="at most max_steps")
-    global_batch_size: int = setting(128, group="optimisation", help="images per optimizer step over all processes, Table 7",
+    global_batch_size: int = setting(128, group="optimisation", label="images per step", help="images per optimizer step over all processes, Table 7",
                                      maximum=MAX_BATCH, why="images per step; the paper uses 128")
-    per_device_train_batch_size: int = setting(16, group="optimisation", help="images per micro-batch per process (authors' script: 16 images x G 8 per GPU)",
+    per_device_train_batch_size: int = setting(16, group="optimisation", label="images per device and micro-step", help="images per micro-batch per process (authors' script: 16 images x G 8 per GPU)",
                                                maximum=MAX_BATCH, why="images per micro-batch; the authors use 16")
-    max_steps: int = setting(100, group="optimisation", help="Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100",
+    max_steps: int = setting(100, group="optimisation", label="training steps", help="Table 7: C2I 100, LlamaGen T2I 200, Janus-Pro 100",
                              maximum=MAX_JOB_STEPS, why="more than this workbench runs as one job; split it into several runs")
-    mixed_precision: str = setting("bf16", group="optimisation", choices=PRECISIONS, help="Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu")
+    mixed_precision: str = setting("bf16", group="optimisation", choices=PRECISIONS, label="precision", help="Table 7; on CPU the run is fp32 unless mixed_precision_on_cpu")
     mixed_precision_on_cpu: bool = setting(False, group="optimisation", help="autocast on CPU too (bf16 only; slower on most CPUs): tests the bf16 path without a GPU")
-    gradient_checkpointing: bool = setting(False, group="optimisation", help="recompute block activations in backward: less memory, ~30% more compute")
-    sharding: str = setting("ddp", group="optimisation", choices=SHARDINGS, help="several processes: \"ddp\" (every rank holds the model) or \"fsdp\" (FSDP2, one unit per block: weights, gradients and AdamW states split over ranks); `accelerate launch --use_fsdp` also selects fsdp")
+    gradient_checkpointing: bool = setting(False, group="optimisation", label="gradient checkpointing", help="recompute block activations in backward: less memory, ~30% more compute")
+    sharding: str = setting("ddp", group="optimisation", choices=SHARDINGS, label="multi-GPU sharding", help="several processes: \"ddp\" (every rank holds the model) or \"fsdp\" (FSDP2, one unit per block: weights, gradients and AdamW states split over ranks); `accelerate launch --use_fsdp` also selects fsdp")
     seed: int = setting(0, group="optimisation", help="data order, rollouts, condition dropout: a run is reproducible from it",
                         minimum=0, maximum=2**32 - 1, why="numpy's global seed, which accelerate's set_seed sets, takes 0 to 2**32-1")
     device: str = setting("auto", group="optimisation", help="\"auto\" | \"cpu\" | \"cuda\" | \"cuda:N\" (single process; multi-GPU goes through accelerate launch)")
     # ---------------------------------------------------------------- checkpoints, metrics, previews
-    save_steps: int = setting(50, group="checkpoints", help="checkpoint every K steps (and at the end)",
+    save_steps: int = setting(50, group="checkpoints", label="checkpoint every N steps", help="checkpoint every K steps (and at the end)",
                                    maximum=MAX_JOB_STEPS, why="at most the run's steps")
-    logging_steps: int = setting(1, group="checkpoints", help="record metrics every K optimizer steps",
+    logging_steps: int = setting(1, group="checkpoints", label="log every N steps", help="record metrics every K optimizer steps",
                                       maximum=MAX_JOB_STEPS, why="at most the run's steps")
-    preview_steps: int = setting(25, group="checkpoints", help="sample grid every K steps (step 0 = the base model)",
+    preview_steps: int = setting(25, group="checkpoints", label="preview every N steps", help="sample grid every K steps (step 0 = the base model)",
                                       maximum=MAX_JOB_STEPS, why="at most the run's steps")
-    preview_classes: Optional[list] = setting(None, group="checkpoints", help="class ids for the grids (default: spread over the classes)",
+    preview_classes: Optional[list] = setting(None, group="checkpoints", label="preview classes", help="class ids for the grids (default: spread over the classes)",
                                               maximum=1000, why="one grid row per class at every preview")
-    preview_prompts: Optional[list] = setting(None, group="checkpoints", help="prompts for text-conditional models",
+    preview_prompts: Optional[list] = setting(None, group="checkpoints", label="preview prompts", help="prompts for text-conditional models",
                                               maximum=256, why="one grid row per prompt at every preview")
-    preview_seeds: list = setting(default_factory=lambda: [0, 1, 2, 3], group="checkpoints", help="one grid column per seed, the same at every step",
+    preview_seeds: list = setting(default_factory=lambda: [0, 1, 2, 3], group="checkpoints", label="preview seeds", help="one grid column per seed, the same at every step",
                                   maximum=64, why="one grid column per seed at every preview")
     preview_cfg_scale: float = setting(1.0, group="checkpoints", help="the paper trains and reports \"w/o CFG\" first")
-    kl_probe_size: int = setting(4, group="checkpoints", help="images whose base logits are kept to report KL(pi || pi_base)",
+    kl_probe_size: int = setting(4, group="checkpoints", label="KL probe size", help="images whose base logits are kept to report KL(pi || pi_base)",
                                  maximum=MAX_BATCH, why="each image keeps its [N, V] logits in memory")
-    report_to: list = setting(default_factory=list, group="checkpoints", choices=TRACKERS, help="accelerate trackers: \"tensorboard\", \"wandb\"")
+    report_to: list = setting(default_factory=list, group="checkpoints", choices=TRACKERS, label="also report to", help="accelerate trackers: \"tensorboard\", \"wandb\"")
 
     def __post_init__(self):
         self.validate()
