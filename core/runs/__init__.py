@@ -1,7 +1,12 @@
-"""Runs: run folders indexed in SQLite, detached worker processes, a queue per device set.
+"""Runs: every job is a run folder (the truth), indexed in SQLite (a cache), queued per device, run by a
+detached worker process. Module map (README, "The runs package"):
 
-- `store.RunStore`: folders, the SQLite index, statuses, metrics (checkpoints: `core.checkpoints`)
-- `recorder.RunRecorder`: what the trainer calls inside the worker (metrics, progress, stop requests)
+- `folder`: the run folder's files, atomic writes that need no index, a full disk named as such
+- `index.RunIndex`: runs.db, rebuilt from the folders when missing, empty or corrupt; `queue.DeviceQueue`: which
+  queued run starts; `store.RunStore`: both, plus statuses, metrics, files
+- `claims`: device locks per machine; `procs`: process identity and the worker token, proof before any kill
+- `kinds`: the job kinds (train, eval, embeddings, diagnose) and `submit`, the one way to queue a job
+- `recorder.RunRecorder`: what an entry calls inside the worker (metrics, progress, stop requests)
 - `worker`: `python -m core.runs.worker --run-dir DIR [--resume]`, the process of one run
 - `launcher.Launcher`: submit, tick (scheduler), stop, resume, orphan detection
 - `threads`: the CPU thread budget shared by a CPU run and torch work beside it (Compare sampling)

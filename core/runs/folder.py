@@ -28,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from core.checkpoints import describe_filesystem
-from core.errors import UserError
+from core.device import normalize_devices
+from core.errors import ConfigError, UserError
+from core.runs import kinds
 
 QUEUED = "queued"
 RUNNING = "running"
@@ -229,3 +231,49 @@ def tail_lines(path: Path, n: int = 20, max_bytes: int = 65536) -> list[str]:
     if size > max_bytes and lines:
         lines = lines[1:]  # the first line was cut by the seek
     return lines[-n:] if n > 0 else []
+
+
+def kind_in_folder(run_dir: Path) -> str:
+    """The kind of job its config.json's entry makes (train when the file is unreadable)."""
+    try:
+        config = json.loads((Path(run_dir) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return kinds.TRAIN
+    return kinds.kind_of(config.get("entry")) if isinstance(config, dict) else kinds.TRAIN
+
+
+def row_from_folder(folder: Path, host: str) -> dict[str, Any]:
+    """The index row of a run folder: status.json's fields (the step raised to the last metrics point), or,
+    without a readable status.json, a failed run made from config.json that says so."""
+    now = time.time()
+    status = read_status(folder)
+    points = read_metrics_file(folder / METRICS_FILE)
+    last_step = max((p["step"] for p in points), default=0)
+    if status is not None:
+        row = {k: v for k, v in status.items() if k != "run_dir"}
+        row["id"] = folder.name
+        row["step"] = max(int(row.get("step") or 0), last_step)
+        for key in ("name", "devices", "host"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                row[key] = {"name": folder.name, "devices": "cpu", "host": host}[key]
+        row.setdefault("total_steps", max(last_step, 1))
+        row.setdefault("created_at", folder.stat().st_mtime)
+        row.setdefault("updated_at", now)
+        row.setdefault("message", "")
+    else:
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text())
+        except (OSError, ValueError):
+            config = {}
+        config = config if isinstance(config, dict) else {}
+        total = config.get("max_steps") or config.get("num_samples") or max(last_step, 1)
+        try:
+            devices = normalize_devices(str(config.get("device") or "cpu").replace("auto", "cpu"))
+        except ConfigError:
+            devices = "cpu"
+        row = dict(id=folder.name, name=folder.name, status=FAILED, devices=devices, host=host,
+                   total_steps=int(total) if isinstance(total, int) and total > 0 else max(last_step, 1),
+                   step=last_step, created_at=folder.stat().st_mtime, updated_at=now, ended_at=now,
+                   message=f"re-indexed from its folder without a readable {STATUS_FILE}; resume it to continue")
+    row["kind"] = kind_in_folder(folder)
+    return row
