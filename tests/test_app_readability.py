@@ -78,7 +78,7 @@ def test_a_refresh_that_read_the_previous_selection_does_not_take_back_a_launche
     must not put that selection back (it updates the choices only). A deleted selection is cleared."""
     from app import create_app
     from app.tabs.runs import new_view, refresh_view
-    from core.vapi.trainer import ENTRY
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     from core.runs.store import FINISHED, RUNNING
 

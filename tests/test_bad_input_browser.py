@@ -17,7 +17,7 @@ def test_typed_text_is_text_in_the_page(tiny_demo, tmp_path, monkeypatch):
     from playwright.sync_api import expect
 
     from core.runs.store import FAILED, RUNNING
-    from core.vapi.trainer import ENTRY
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
     from tests.helpers import served_app
 
     if not CHROMIUM.exists():

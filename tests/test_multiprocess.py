@@ -12,7 +12,7 @@ import torch
 from core.runs.launcher import Launcher, free_port, worker_command
 from core.runs.store import RunStore
 from core.vapi.config import resolve
-from core.vapi.trainer import ENTRY
+from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"device": "cpu", "max_steps": 2, "global_batch_size": 4, "per_device_train_batch_size": 2, "data_subset": 20,
