@@ -147,6 +147,14 @@ def test_gpt_xxl_at_the_papers_setting_reproduces_the_gpu_measurements(monkeypat
     assert beside.overlap and beside.peak == pytest.approx(est.peak + est.memory["decode + reward"])
     assert beside.fits is False and beside.peak_other / E.GIB == pytest.approx(42.9, abs=0.1)  # the "borderline"
     assert est.peak_other / E.GIB == pytest.approx(36.1, abs=0.1)
+    fsdp = E.estimate(cfg, gpu="H100", shards=8)  # the trainer's call under FSDP on 8 GPUs
+    # README's table is these figures
+    table = {line.split("|")[1].strip(): line.split("|")[2:4] for line in (ROOT / "README.md").read_text().splitlines()
+             if line.startswith("| 1 GPU (or DDP)") or line.startswith("| FSDP on 8 GPUs")}
+    rows = [(est, "rollout first (as configured)"), (beside, "decode beside"), (fsdp, "FSDP on 8 GPUs")]
+    for e, row in rows:
+        cells = next(v for k, v in table.items() if row in k)
+        assert [c.strip().split(" GiB")[0] for c in cells] == [f"{e.peak / E.GIB:.1f}", f"{e.peak_other / E.GIB:.1f}"]
     # on the CPU the CPU-measured constants stay
     cpu = E.estimate(replace(cfg, device="cpu"))
     assert cpu.memory["activations"] == 16 * 576 * 1536 * (E.ACT_PER_LAYER * 48 + E.ACT_OUTSIDE_LAYERS)  # fp32 there
