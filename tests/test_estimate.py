@@ -67,8 +67,14 @@ def test_the_estimate_matches_peak_memory_measured_on_the_cpu(ckpt):
                   spec["grid"] * 4)
     terms = E.memory_terms(arch, micro_batch=spec["b"], num_generations=spec["G"], reward_chunk_size=spec["chunk"],
                            bf16=False, checkpointing=ckpt, lpips=False, decoder_channels=32, on_cpu=True)
-    step = sum(v for k, v in terms.items() if k not in ("weights (fp32)", "frozen models"))  # what the step adds
-    assert abs(step / got["measured"] - 1) < TOLERANCE, (step, got["measured"], terms)
+    # what the step adds; the rollout is decoded before the gradient forward (a model with dropout, rollout_mode train).
+    # Whether glibc's allocator hands the decode's freed memory to the gradient graph varies (measured here: not
+    # without checkpointing, 1.04-1.08 GB vs 0.86 rollout-first and 0.98 summed; yes with it, 0.45 vs 0.44 and 0.55),
+    # so the measured peak lies between the rollout-first peak and the sum of the terms, within the tolerance.
+    assert got["rollout_first"]
+    held = terms["weights (fp32)"] + terms["frozen models"]
+    low, high = E.peak_of(terms, overlap=False) - held, E.peak_of(terms, overlap=True) - held
+    assert low * (1 - TOLERANCE) <= got["measured"] <= high * (1 + TOLERANCE), (low, high, got["measured"], terms)
 
 
 @pytest.fixture
@@ -145,7 +151,7 @@ def test_gpt_xxl_at_the_papers_setting_reproduces_the_gpu_measurements(monkeypat
     assert not est.overlap and est.peak / E.GIB == pytest.approx(66.8, abs=0.1) and est.fits
     beside = E.estimate(replace(cfg, rollout_mode="eval"), gpu="H100")
     assert beside.overlap and beside.peak == pytest.approx(est.peak + est.memory["decode + reward"])
-    assert beside.fits is False and beside.peak_other / E.GIB == pytest.approx(42.9, abs=0.1)  # the "borderline"
+    assert beside.fits is False and beside.peak_other / E.GIB == pytest.approx(42.9, abs=0.1)  # issue's "borderline"
     assert est.peak_other / E.GIB == pytest.approx(36.1, abs=0.1)
     fsdp = E.estimate(cfg, gpu="H100", shards=8)  # the trainer's call under FSDP on 8 GPUs
     # README's table is these figures

@@ -241,7 +241,7 @@ def memory_terms(arch: Arch, *, micro_batch: int, num_generations: int, reward_c
     H = arch.image_size
     chunk = min(reward_chunk_size, b * G)
     lpips_taps = (64 + 128 / 4 + 256 / 16 + 512 / 64 + 512 / 256) * H * H * 4  # fp32 unit-normalised VGG taps per image
-    if on_cpu:  # the CPU's allocator keeps what each chunk's decode freed (measured: the peak grows with all b*G samples)
+    if on_cpu:  # the CPU's allocator keeps what each chunk's decode freed (measured: the peak grows with all b*G)
         reward = b * G * DECODE_COPIES * decoder_channels * H * H * 4 * scale
         reward += chunk * (lpips_taps + 3 * 64 * H * H * 4) if lpips else 0
     else:  # CUDA's caching allocator reuses a chunk's memory: a chunk, at the GPU measurement (with LPIPS: an upper
