@@ -41,7 +41,8 @@ def main(spec: dict) -> int:
     out.loss.backward()
     opt.step()
     peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    print(json.dumps({"measured": peak - base, "params": sum(p.numel() for p in gen.parameters())}))
+    print(json.dumps({"measured": peak - base, "params": sum(p.numel() for p in gen.parameters()),
+                      "rollout_first": cfg.rollout_mode == "train" and objective.has_dropout(gen)}))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The estimate before launch: memory terms against a hand computation, against peak memory measured on the CPU for
-shapes the constants were not read from, the advice when a run does not fit, and the CPU warning with its ETA."""
+shapes the constants were not read from and against issue 27's GPU measurements, the advice when a run does not fit,
+the CPU warning with its ETA, and the trainer switching gradient checkpointing on by itself."""
 from __future__ import annotations
 
 import json
@@ -20,13 +21,21 @@ TOLERANCE = 0.15  # measured vs estimated peak on the CPU
 def test_memory_terms_by_hand():
     arch = E.Arch(params=1000, trained=1000, n_layer=2, dim=8, vocab=32, image_tokens=16, cond_tokens=1, image_size=16)
     t = E.memory_terms(arch, micro_batch=2, num_generations=4, reward_chunk_size=3, bf16=False, checkpointing=False,
-                       lpips=False, tokenizer_params=10, decoder_channels=32, on_cpu=False)
+                       lpips=False, tokenizer_params=10, decoder_channels=32, on_cpu=True)
     # b=2, T = 16 + 1 - 1 = 16 tokens, d=8, L=2, N=16, V=32, H=16; fp32
     assert t["weights (fp32)"] == 4000 and t["gradients (fp32)"] == 4000 and t["AdamW states (fp32)"] == 8000
     assert t["activations"] == 2 * 16 * 8 * (50 * 2 + 150)  # 64,000
     assert t["logits (fp32)"] == 6 * 4 * 2 * 16 * 32  # 24,576
-    assert t["decode + reward"] == 3 * 4.5 * 32 * 16 * 16 * 4  # a chunk of 3 samples, 442,368
+    assert t["decode + reward"] == 8 * 4.5 * 32 * 16 * 16 * 4  # the CPU keeps all b*G = 8 decoded samples
     assert t["frozen models"] == 40 and "weights (bf16 copies)" not in t
+    # a GPU: the GPU-measured constants (issue 27) replace the CPU's, and a chunk of 3 is decoded at a time
+    g = E.memory_terms(arch, micro_batch=2, num_generations=4, reward_chunk_size=3, bf16=True, checkpointing=False,
+                       lpips=True, tokenizer_params=10, decoder_channels=32, on_cpu=False, shards=4)
+    assert g["activations"] == 2 * 16 * 8 * (118 * 2 + 150) * 0.5
+    assert g["decode + reward"] == 3 * 2500 * 16 * 16 * 32 / 128
+    assert g["weights (fp32)"] == 1000 and g["AdamW states (fp32)"] == 2000  # FSDP over 4 ranks
+    assert E.peak_of(g, overlap=False) == sum(g.values()) - min(g["activations"] + g["logits (fp32)"],
+                                                                g["decode + reward"])
     ck = E.memory_terms(arch, micro_batch=2, num_generations=4, reward_chunk_size=3, bf16=True, checkpointing=True,
                         lpips=True, tokenizer_params=10, decoder_channels=32, on_cpu=True)
     assert ck["activations"] == 2 * 16 * 8 * (4 * 2 + 66 * 0.5)  # fp32 block inputs + one block in bf16
@@ -58,8 +67,14 @@ def test_the_estimate_matches_peak_memory_measured_on_the_cpu(ckpt):
                   spec["grid"] * 4)
     terms = E.memory_terms(arch, micro_batch=spec["b"], num_generations=spec["G"], reward_chunk_size=spec["chunk"],
                            bf16=False, checkpointing=ckpt, lpips=False, decoder_channels=32, on_cpu=True)
-    step = sum(v for k, v in terms.items() if k not in ("weights (fp32)", "frozen models"))  # what the step adds
-    assert abs(step / got["measured"] - 1) < TOLERANCE, (step, got["measured"], terms)
+    # what the step adds; the rollout is decoded before the gradient forward (a model with dropout, rollout_mode train).
+    # Whether glibc's allocator hands the decode's freed memory to the gradient graph varies (measured here: not
+    # without checkpointing, 1.04-1.08 GB vs 0.86 rollout-first and 0.98 summed; yes with it, 0.45 vs 0.44 and 0.55),
+    # so the measured peak lies between the rollout-first peak and the sum of the terms, within the tolerance.
+    assert got["rollout_first"]
+    held = terms["weights (fp32)"] + terms["frozen models"]
+    low, high = E.peak_of(terms, overlap=False) - held, E.peak_of(terms, overlap=True) - held
+    assert low * (1 - TOLERANCE) <= got["measured"] <= high * (1 + TOLERANCE), (low, high, got["measured"], terms)
 
 
 @pytest.fixture
@@ -116,6 +131,87 @@ def test_checkpointing_needed_for_a_trainer_that_decides_by_itself(monkeypatch, 
     assert E.checkpointing_needed(cfg, gpu="H100") is False  # fits as it is
     assert E.checkpointing_needed(cfg, gpu="48") is True  # fits only with it
     assert E.checkpointing_needed(cfg, gpu="24") is None  # fits neither way
+
+
+def test_gpt_xxl_at_the_papers_setting_reproduces_the_gpu_measurements(monkeypatch, tmp_path):
+    """Issue 27's measurements on a GPU (GPT-XXL @ 384 px, 16 images per micro-batch, G 8, chunk 32): 50 MiB of saved
+    activations per block per image, 11 GiB to decode and score a 32-image chunk; states 16 bytes per parameter."""
+    from dataclasses import replace
+
+    from core import paths
+
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path)
+    cfg = resolve("llamagen-c2i-xxl", {"data_path": "x"})
+    est = E.estimate(cfg, gpu="H100")
+    m = {k: v / E.GIB for k, v in est.memory.items()}
+    assert m["weights (fp32)"] + m["gradients (fp32)"] + m["AdamW states (fp32)"] == pytest.approx(21.0, abs=0.1)
+    assert m["activations"] == pytest.approx(48 * 16 * 50 / 1024, rel=0.03)  # 37.5 GiB + the layers' outside part
+    assert m["decode + reward"] == pytest.approx(11.0, abs=0.1)
+    # the LlamaGen presets have dropout: under rollout_mode=train the rollout is decoded before the gradient forward
+    assert not est.overlap and est.peak / E.GIB == pytest.approx(66.8, abs=0.1) and est.fits
+    beside = E.estimate(replace(cfg, rollout_mode="eval"), gpu="H100")
+    assert beside.overlap and beside.peak == pytest.approx(est.peak + est.memory["decode + reward"])
+    assert beside.fits is False and beside.peak_other / E.GIB == pytest.approx(42.9, abs=0.1)  # issue's "borderline"
+    assert est.peak_other / E.GIB == pytest.approx(36.1, abs=0.1)
+    fsdp = E.estimate(cfg, gpu="H100", shards=8)  # the trainer's call under FSDP on 8 GPUs
+    # README's table is these figures
+    table = {line.split("|")[1].strip(): line.split("|")[2:4] for line in (ROOT / "README.md").read_text().splitlines()
+             if line.startswith("| 1 GPU (or DDP)") or line.startswith("| FSDP on 8 GPUs")}
+    rows = [(est, "rollout first (as configured)"), (beside, "decode beside"), (fsdp, "FSDP on 8 GPUs")]
+    for e, row in rows:
+        cells = next(v for k, v in table.items() if row in k)
+        assert [c.strip().split(" GiB")[0] for c in cells] == [f"{e.peak / E.GIB:.1f}", f"{e.peak_other / E.GIB:.1f}"]
+    # on the CPU the CPU-measured constants stay
+    cpu = E.estimate(replace(cfg, device="cpu"))
+    assert cpu.memory["activations"] == 16 * 576 * 1536 * (E.ACT_PER_LAYER * 48 + E.ACT_OUTSIDE_LAYERS)  # fp32 there
+    assert est.memory["activations"] == 16 * 576 * 1536 * (E.GPU_ACT_PER_LAYER * 48 + E.ACT_OUTSIDE_LAYERS) / 2
+
+
+def test_reward_chunk_that_fits_uses_what_is_left_beside_the_rest_of_the_step(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from core import paths
+
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path)
+    cfg = resolve("llamagen-c2i-xxl", {"data_path": "x", "gradient_checkpointing": True, "rollout_mode": "eval"})
+    est = E.estimate(cfg, gpu="H100")
+    per_image = est.memory["decode + reward"] / 32
+    rest = est.peak - est.memory["decode + reward"]
+    assert E.reward_chunk_that_fits(cfg, gpu="H100") == 32  # fits as configured
+    room = int((rest + 12.5 * per_image) / E.FIT_FRACTION) + 1  # room for 12 images' decode beside the graph
+    assert E.reward_chunk_that_fits(cfg, capacity_bytes=room) == 12
+    # rollout first: the decode only has to fit beside the states, not beside the graph as well
+    first = replace(cfg, rollout_mode="train")
+    assert E.reward_chunk_that_fits(first, capacity_bytes=room) == 32
+    assert E.reward_chunk_that_fits(cfg, capacity_bytes=int(10 * E.GIB)) == 1
+
+
+@pytest.mark.slow
+def test_trainer_switches_checkpointing_on_when_the_estimate_does_not_fit(tiny_demo, tmp_path):
+    from dataclasses import replace
+
+    from core.vapi.trainer import Trainer
+
+    cfg = resolve("demo-c2i", {"device": "cpu", "data_subset": 20, "reward_weights": {"mse": 1}})
+    logs = []
+    t = Trainer(cfg, tmp_path, log=logs.append)
+    t.setup()
+    on_gpu = dict(capacity_bytes=2**40)  # the trainer calls it on its GPU: the GPU's constants
+    without = E.estimate(replace(cfg, gradient_checkpointing=False), **on_gpu)
+    assert without.peak_other < without.peak
+    t.fit_memory(t.policy, capacity_bytes=int(without.peak))  # 92% of it: does not fit
+    assert t.policy.gradient_checkpointing and "gradient checkpointing switched on" in logs[-1]
+    assert t.cfg.reward_chunk_size == cfg.reward_chunk_size  # with checkpointing the decode chunk fits
+    t.policy.gradient_checkpointing = False
+    t.fit_memory(t.policy, capacity_bytes=int(2 * without.peak))  # fits: left as configured
+    assert not t.policy.gradient_checkpointing and t.cfg.reward_chunk_size == cfg.reward_chunk_size
+    # so little memory that even with checkpointing the decode of a full chunk does not fit: a smaller chunk
+    t.policy.gradient_checkpointing = True
+    with_ = E.estimate(replace(cfg, gradient_checkpointing=True), **on_gpu)
+    decode = with_.memory["decode + reward"]
+    room = int((with_.peak - decode + decode / 4) / E.FIT_FRACTION)
+    t.fit_memory(t.policy, capacity_bytes=room)
+    assert t.cfg.reward_chunk_size < cfg.reward_chunk_size and "reward_chunk_size" in logs[-1]
 
 
 @pytest.mark.slow

@@ -6,17 +6,24 @@ no file), then adds up the peak memory of one device during a VA-π micro-batch:
     weights      4 P (fp32 master weights; autocast keeps them fp32)   + 2 P bf16 copies under autocast
     gradients    4 P                                                    AdamW states 8 P (exp_avg, exp_avg_sq)
     frozen       tokenizer (fp32), LPIPS VGG trunk (fp32), text encoder (bf16; LlamaGen T2I), reference policy (prior=kl)
-    activations  b*T tokens x d x (ACT_PER_LAYER x n_layer + ACT_OUTSIDE_LAYERS) bytes in fp32 (bf16: half), or with
+    activations  b*T tokens x d x (per block x n_layer + ACT_OUTSIDE_LAYERS) bytes in fp32 (bf16: half), or with
                  gradient checkpointing each layer's fp32 input plus one layer recomputed
     logits       LOGIT_COPIES x b*N*V fp32 (the logits, their log-softmax and softmax, their gradients)
     reward       the decoder's full-resolution tensors of the b*G samples, LPIPS's VGG activations for a chunk of
                  `reward_chunk_size`, plus the reference images' LPIPS taps for the micro-batch (computed once per item)
 
+The peak is the sum of the terms, except where the rollout is sampled, decoded and scored before the gradient
+forward (core.vapi.objective.compute_loss: rollout_mode "train" on a model with dropout, the LlamaGen presets):
+then the decode is freed before the gradient graph (activations + logits) is built, and only the larger of the
+two counts. The trainer (Trainer.fit_memory) uses this estimate on its GPU to switch gradient checkpointing on
+and to shrink reward_chunk_size, and README's memory table is `python -m core estimate`'s output.
+
 with b = per_device_train_batch_size, N image tokens, T = N + condition tokens - 1, V the codebook size. DDP
 replicates all of it on every device (more devices shorten a step, they do not shrink it); FSDP would shard the
-4P + 4P + 8P. The constants were measured on the CPU (fp32; peak resident memory of one step of the real
-objective, varied one size at a time) and are checked on other shapes by tests/test_estimate.py; on a GPU under
-bf16 they are scaled, not measured, until `benchmarks/gpu_check.sh` has run there.
+4P + 4P + 8P (the trainer's FSDP: `shards`). Two sources for the constants: the CPU ones were measured on the CPU
+(fp32; peak resident memory of one step of the real objective, varied one size at a time) and are checked on other
+shapes by tests/test_estimate.py; two were measured on a GPU (issue 27, GPT-XXL @ 384 px, bf16 autocast) and
+replace their CPU counterparts in a GPU estimate, where they disagree (see GPU_ACT_PER_LAYER, GPU_DECODE_BYTES).
 
 Time: FLOPs of the generator's forward + backward (6 P T + 12 L T^2 d per sequence, B sequences per step: the
 grouped schedule) and of decode + LPIPS (convolutions counted from the configs) over the device's dense peak at
@@ -41,6 +48,19 @@ GIB = 2**30
 ACT_PER_LAYER = 50  # per block (attention and SwiGLU inputs, norms, dropout masks), fp32; bf16 halves it
 ACT_OUTSIDE_LAYERS = 150  # embeddings, the final norm, the output head's input and its gradients' buffers
 ACT_CHECKPOINTED = 66  # with gradient checkpointing: one block recomputed plus the same outside part, per token
+# Measured on a GPU (issue 27: GPT-XXL @ 384 px, 16 images per micro-batch, bf16 autocast, SDPA), used for GPU
+# estimates instead of the CPU figures above, where the two disagree; the CPU figures stay for CPU estimates.
+# - saved activations: 50 MiB per block per image = 50 * 2**20 / (577 positions x 1536) = 59 bytes per token per
+#   unit of width in bf16 (118 in fp32 terms), against the CPU's ACT_PER_LAYER 50 fp32 (25 bf16): CUDA's SDPA and
+#   autocast keep fp32 copies the CPU path does not, so the CPU figure halved would put GPT-XXL at 17 GiB, not the
+#   measured 37.5 GiB.
+# - decode + reward of a chunk: 11 GiB for 32 images at 384 px, decoded and scored in fp32 (VQ-16 decoder, MSE +
+#   LPIPS) = 2500 bytes per pixel per image; the CPU model (DECODE_COPIES, scaled to bf16) gave 10.6 GiB but the
+#   decode runs in fp32 (x* and rewards in fp32), so the GPU measurement is the one used.
+GPU_ACT_PER_LAYER = 118  # fp32-equivalent bytes per token per unit of width per block (59 measured under bf16)
+GPU_DECODE_BYTES = 2500  # per pixel per image of a reward chunk, for a 128-channel (VQ-16) decoder; scaled by width
+VQ16_DECODER_CHANNELS = 128
+FIT_FRACTION = 0.92  # of the device's memory the estimate may use: the allocator's fragmentation, the CUDA context
 LOGIT_COPIES = 6  # fp32 [b, N, V] tensors alive at the peak: logits, /tau, log-softmax, softmax, their gradients
 DECODE_COPIES = 4.5  # full-resolution decoder tensors per decoded sample
 RUNTIME_BYTES = 32 * 2**20  # the framework's own buffers on first use
@@ -69,6 +89,7 @@ class Arch:
     cond_tokens: int  # 1 class token, 120 caption tokens, or a Janus prompt (estimated)
     image_size: int
     embedding_params: int = 0  # token / class / caption embeddings and the output head (not in the 6PT FLOPs)
+    dropout: bool = False  # train mode changes the forward (core.vapi.objective.has_dropout)
 
 
 @dataclass
@@ -88,14 +109,15 @@ class Estimate:
     basis: str  # where the step time's rate comes from
     advice: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    overlap: bool = True  # whether the rollout's decode coexists with the gradient graph
 
     @property
     def peak(self) -> float:
-        return sum(self.memory.values())
+        return peak_of(self.memory, self.overlap)
 
     @property
     def fits(self) -> Optional[bool]:
-        return None if self.device_bytes is None else self.peak <= 0.92 * self.device_bytes  # allocator slack
+        return None if self.device_bytes is None else self.peak <= FIT_FRACTION * self.device_bytes
 
     def lines(self) -> list[str]:
         a = self.arch
@@ -106,6 +128,9 @@ class Estimate:
                f"peak memory per device ({'with' if self.checkpointing else 'without'} gradient checkpointing): "
                f"{self.peak / GIB:.1f} GiB"]
         out += [f"  {k:24s} {v / GIB:7.2f} GiB" for k, v in self.memory.items()]
+        if not self.overlap:
+            out.append("  rollout first (rollout_mode=train, a model with dropout): the decode is freed before the "
+                       "gradient graph, so only the larger of 'decode + reward' and 'activations' + 'logits' counts")
         out.append(f"  {'with' if not self.checkpointing else 'without'} gradient checkpointing it would be "
                    f"{self.peak_other / GIB:.1f} GiB")
         if self.device_bytes is not None:
@@ -141,10 +166,13 @@ def arch_of(model: str) -> Arch:
         return _janus_arch(preset)
     with torch.device("meta"):
         gpt = load.build_generator(model)
+    from core.vapi.objective import has_dropout
+
     c = gpt.config
     params = sum(p.numel() for p in gpt.parameters())
     emb = sum(p.numel() for n, p in gpt.named_parameters() if "embedding" in n or n.startswith("output"))
-    return Arch(params, params, c.n_layer, c.dim, c.vocab_size, c.block_size, c.cls_token_num, preset.image_size, emb)
+    return Arch(params, params, c.n_layer, c.dim, c.vocab_size, c.block_size, c.cls_token_num, preset.image_size, emb,
+                has_dropout(gpt))
 
 
 def _janus_arch(preset) -> Arch:
@@ -165,8 +193,10 @@ def _janus_arch(preset) -> Arch:
     side = preset.image_size // 16
     frozen = ("model.vision_model.", "model.aligner.", "model.vqmodel.")  # what core.models.janus freezes
     trained = sum(p.numel() for n, p in model.named_parameters() if not n.startswith(frozen))
+    from core.vapi.objective import has_dropout
+
     return Arch(params, trained or params, int(text.num_hidden_layers), int(text.hidden_size), vocab, side * side,
-                64, preset.image_size, int(text.vocab_size) * int(text.hidden_size))
+                64, preset.image_size, int(text.vocab_size) * int(text.hidden_size), has_dropout(model))
 
 
 def _tokenizer_bytes_and_decoder(model: str, image_size: int) -> tuple[int, int, list[tuple[int, int]]]:
@@ -195,28 +225,35 @@ def _tokenizer_bytes_and_decoder(model: str, image_size: int) -> tuple[int, int,
 # ----------------------------------------------------------------------------- memory
 def memory_terms(arch: Arch, *, micro_batch: int, num_generations: int, reward_chunk_size: int, bf16: bool,
                  checkpointing: bool, lpips: bool, text_encoder_params: int = 0, tokenizer_params: int = 0,
-                 decoder_channels: int = 0, ref_policy: bool = False, on_cpu: bool = False) -> dict[str, float]:
-    """Bytes per device for one micro-batch, term by term (the module docstring's model)."""
+                 decoder_channels: int = 0, ref_policy: bool = False, on_cpu: bool = False,
+                 shards: int = 1) -> dict[str, float]:
+    """Bytes per device for one micro-batch, term by term (the module docstring's model): CPU-measured constants
+    with `on_cpu`, else (a GPU) the GPU-measured ones where they exist. `shards`: FSDP's ranks, over which the fp32
+    weights, gradients and AdamW states are divided."""
     b, G, N, d, L = micro_batch, num_generations, arch.image_tokens, arch.dim, arch.n_layer
     T = N + arch.cond_tokens - 1
     scale = 0.5 if bf16 else 1.0  # autocast keeps bf16 activations for the backward
-    if checkpointing:
-        activations = b * T * d * (4 * L + ACT_CHECKPOINTED * scale)  # each block's fp32 input, one block recomputed
+    per_layer = ACT_PER_LAYER if on_cpu else GPU_ACT_PER_LAYER
+    if checkpointing:  # each block's fp32 input, one block recomputed (with the GPU's per-block figure on a GPU)
+        activations = b * T * d * (4 * L + (ACT_CHECKPOINTED - ACT_PER_LAYER + per_layer) * scale)
     else:
-        activations = b * T * d * (ACT_PER_LAYER * L + ACT_OUTSIDE_LAYERS) * scale
+        activations = b * T * d * (per_layer * L + ACT_OUTSIDE_LAYERS) * scale
     H = arch.image_size
     chunk = min(reward_chunk_size, b * G)
-    # the CPU's allocator keeps what each chunk's decode freed (measured: the peak grows with all b*G samples); CUDA's
-    # caching allocator reuses it, so a chunk's worth is modelled there (not measured yet)
-    decode = (b * G if on_cpu else chunk) * DECODE_COPIES * decoder_channels * H * H * 4 * scale
     lpips_taps = (64 + 128 / 4 + 256 / 16 + 512 / 64 + 512 / 256) * H * H * 4  # fp32 unit-normalised VGG taps per image
+    if on_cpu:  # the CPU's allocator keeps what each chunk's decode freed (measured: the peak grows with all b*G)
+        reward = b * G * DECODE_COPIES * decoder_channels * H * H * 4 * scale
+        reward += chunk * (lpips_taps + 3 * 64 * H * H * 4) if lpips else 0
+    else:  # CUDA's caching allocator reuses a chunk's memory: a chunk, at the GPU measurement (with LPIPS: an upper
+        # bound for MSE-only rewards)
+        reward = chunk * GPU_DECODE_BYTES * H * H * decoder_channels / VQ16_DECODER_CHANNELS
     terms = {
-        "weights (fp32)": 4 * arch.params,
-        "gradients (fp32)": 4 * arch.trained,
-        "AdamW states (fp32)": 8 * arch.trained,
+        "weights (fp32)": 4 * arch.params / shards,
+        "gradients (fp32)": 4 * arch.trained / shards,
+        "AdamW states (fp32)": 8 * arch.trained / shards,
         "activations": activations,
         "logits (fp32)": LOGIT_COPIES * 4 * b * N * arch.vocab,
-        "decode + reward": decode + (chunk * (lpips_taps + 3 * 64 * H * H * 4) if lpips else 0),
+        "decode + reward": reward,
         "frozen models": 4 * tokenizer_params + (4 * LPIPS_PARAMS if lpips else 0) + 2 * text_encoder_params,
         "runtime": RUNTIME_BYTES,
     }
@@ -227,6 +264,15 @@ def memory_terms(arch: Arch, *, micro_batch: int, num_generations: int, reward_c
     if ref_policy:
         terms["reference policy"] = (2 if bf16 else 4) * arch.params
     return terms
+
+
+def peak_of(terms: dict[str, float], overlap: bool = True) -> float:
+    """The peak of `memory_terms`: their sum, or, when the rollout is decoded before the gradient forward
+    (overlap False), the rest plus the larger of the decode and the gradient graph."""
+    if overlap:
+        return sum(terms.values())
+    graph = terms["activations"] + terms["logits (fp32)"]
+    return sum(terms.values()) - min(graph, terms["decode + reward"])
 
 
 # ----------------------------------------------------------------------------- time
@@ -326,8 +372,10 @@ def _device_of(devices: Sequence[str]) -> tuple[str, Optional[int], str]:
 
 
 # ----------------------------------------------------------------------------- the estimate
-def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = None) -> Estimate:
-    """The estimate for a resolved VapiConfig on `devices` (default: the config's device) or a named GPU."""
+def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = None, *,
+             capacity_bytes: Optional[int] = None, shards: int = 1) -> Estimate:
+    """The estimate for a resolved VapiConfig on `devices` (default: the config's device), a named GPU, or a GPU of
+    `capacity_bytes` (the trainer's own device); `shards`: FSDP's ranks."""
     from core.device import devices_of
     from core.models import registry
 
@@ -336,7 +384,9 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
     if devices is None:
         devices = [d for d in devices_of(cfg.device).split(",") if d]
     world = max(1, len(devices))
-    if gpu is not None:
+    if capacity_bytes is not None:
+        label, device_bytes, kind = f"a {capacity_bytes / GIB:.1f} GiB GPU", int(capacity_bytes), "cuda"
+    elif gpu is not None:
         label, device_bytes = parse_gpu(gpu)
         kind = "cuda"
     else:
@@ -347,17 +397,18 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
     text_params = T5_XL_ENCODER_PARAMS if preset.caption_encoder == "flan-t5-xl" else 0
     common = dict(num_generations=cfg.num_generations, reward_chunk_size=cfg.reward_chunk_size, bf16=bf16, lpips=lpips,
                   text_encoder_params=text_params, tokenizer_params=tok_params, decoder_channels=dec_ch,
-                  ref_policy=cfg.prior == "kl", on_cpu=kind == "cpu")
+                  ref_policy=cfg.prior == "kl", on_cpu=kind == "cpu", shards=shards)
     b = cfg.per_device_train_batch_size
     ckpt = bool(cfg.gradient_checkpointing)
+    overlap = not (cfg.rollout_mode == "train" and arch.dropout)  # rollout first: core.vapi.objective.compute_loss
     memory = memory_terms(arch, micro_batch=b, checkpointing=ckpt, **common)
-    other = sum(memory_terms(arch, micro_batch=b, checkpointing=not ckpt, **common).values())
+    other = peak_of(memory_terms(arch, micro_batch=b, checkpointing=not ckpt, **common), overlap)
     try:
         accumulation = cfg.accumulation_steps(world)
     except ConfigError:
         accumulation = max(1, cfg.global_batch_size // (b * world))
     est = Estimate(cfg.model, arch, b, cfg.num_generations, world, accumulation, label, device_bytes, memory, other,
-                   ckpt, None, "")
+                   ckpt, None, "", overlap=overlap)
     # --- time: the whole step's FLOPs over the devices' rate
     images_per_device = cfg.global_batch_size / world
     flops = gen_flops(arch, images_per_device, ckpt) + reward_flops(stages, images_per_device * cfg.num_generations, lpips)
@@ -373,7 +424,7 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
         est.step_seconds, est.basis = flops / rate, f"{rate / 1e9:.0f} GFLOP/s: this CPU's measured matmul rate x {CPU_EFFICIENCY}"
     # --- what to change when it does not fit
     if est.fits is False:
-        est.advice = advice(cfg, arch, world, device_bytes, common, gpu=kind == "cuda")
+        est.advice = advice(cfg, arch, world, device_bytes, common, gpu=kind == "cuda", overlap=overlap)
     if kind == "cpu" and preset.size != "demo" and est.step_seconds is not None:
         est.warnings.append(f"{cfg.model} ({arch.params / 1e9:.1f}B parameters) on the CPU: about "
                             f"{_duration(est.step_seconds)} per step, {_duration(100 * est.step_seconds)} for 100 steps. "
@@ -381,27 +432,28 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
     return est
 
 
-def advice(cfg, arch: Arch, world: int, device_bytes: int, common: dict, gpu: bool = True) -> list[str]:
+def advice(cfg, arch: Arch, world: int, device_bytes: int, common: dict, gpu: bool = True,
+           overlap: bool = True) -> list[str]:
     """Changes that bring the peak under the device's memory, smallest first."""
-    limit = 0.92 * device_bytes
+    limit = FIT_FRACTION * device_bytes
     out = []
     per_step = cfg.global_batch_size // world
     sizes = [k for k in range(cfg.per_device_train_batch_size - 1, 0, -1) if per_step % k == 0]
     for ckpt in ([False, True] if not cfg.gradient_checkpointing else [True]):
         for k in sizes:
-            if sum(memory_terms(arch, micro_batch=k, checkpointing=ckpt, **common).values()) <= limit:
+            if peak_of(memory_terms(arch, micro_batch=k, checkpointing=ckpt, **common), overlap) <= limit:
                 change = f"per_device_train_batch_size={k}" + (" and gradient_checkpointing=true" if ckpt else "")
                 out.append(f"set {change} (more micro-batches per step: same result, longer step)")
                 break
         if out:
             break
-    if not cfg.gradient_checkpointing and sum(memory_terms(arch, micro_batch=cfg.per_device_train_batch_size,
-                                                           checkpointing=True, **common).values()) <= limit:
+    if not cfg.gradient_checkpointing and peak_of(memory_terms(arch, micro_batch=cfg.per_device_train_batch_size,
+                                                               checkpointing=True, **common), overlap) <= limit:
         out.insert(0, "set gradient_checkpointing=true (about a third more compute)")
     if not out:  # nothing fits on one device: shard the weights, gradients and AdamW states (FSDP)
         smallest = memory_terms(arch, micro_batch=1, checkpointing=True, **common)
         shardable = smallest["weights (fp32)"] + smallest["gradients (fp32)"] + smallest["AdamW states (fp32)"]
-        rest = sum(smallest.values()) - shardable
+        rest = peak_of(smallest, overlap) - shardable
         if rest < limit and gpu:
             need = math.ceil(shardable / (limit - rest))
             out.append(f"weights, gradients and AdamW states take {shardable / GIB:.0f} GiB: shard them over >= {need} GPUs "
@@ -427,14 +479,32 @@ def quick_warnings(cfg) -> list[str]:
     return out
 
 
-def checkpointing_needed(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = None) -> Optional[bool]:
+def checkpointing_needed(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = None,
+                         **kw) -> Optional[bool]:
     """For a trainer that turns gradient checkpointing on by itself: True when the micro-batch fits on the device only
-    with it, False when it fits without, None when neither fits or the device's memory is unknown."""
+    with it, False when it fits without, None when neither fits or the device's memory is unknown. `kw`:
+    estimate's capacity_bytes and shards."""
     from dataclasses import replace
 
-    without = estimate(replace(cfg, gradient_checkpointing=False), devices=devices, gpu=gpu)
+    without = estimate(replace(cfg, gradient_checkpointing=False), devices=devices, gpu=gpu, **kw)
     if without.fits is None:
         return None
     if without.fits:
         return False
-    return True if without.peak_other <= 0.92 * without.device_bytes else None
+    return True if without.peak_other <= FIT_FRACTION * without.device_bytes else None
+
+
+def reward_chunk_that_fits(cfg, **kw) -> int:
+    """The largest reward_chunk_size (at most cfg's) whose step fits the device (estimate's `kw`: devices, gpu,
+    capacity_bytes, shards) with cfg's gradient_checkpointing; at least 1. The rewards are per sample: the chunk
+    changes memory, not results. The reward term is scaled with the chunk, as on a GPU (the trainer's case)."""
+    est = estimate(cfg, **kw)
+    if est.fits is not False:
+        return cfg.reward_chunk_size
+    terms = dict(est.memory)
+    per_image = terms["decode + reward"] / min(cfg.reward_chunk_size, est.micro_batch * est.num_generations)
+    for chunk in range(cfg.reward_chunk_size - 1, 0, -1):
+        terms["decode + reward"] = per_image * chunk
+        if peak_of(terms, est.overlap) <= FIT_FRACTION * est.device_bytes:
+            return chunk
+    return 1

@@ -229,26 +229,24 @@ class Trainer:
             acc.init_trackers(self.run_dir.name, config=cfg.to_dict())
 
     def fit_memory(self, policy, capacity_bytes: int) -> None:
-        """Switch gradient checkpointing on when the memory estimate (core.vapi.memory) of this run's step without
+        """Switch gradient checkpointing on when the memory estimate (core.vapi.estimate) of this run's step without
         it exceeds the device's `capacity_bytes`, and lower reward_chunk_size when even then a chunk's decode would
-        not fit; each said in the log."""
-        from core.vapi import memory
-        from core.vapi.objective import has_dropout
+        not fit; each said in the log. The estimate knows whether the rollout is decoded before the gradient forward
+        (rollout_mode "train" on a model with dropout) or beside its graph."""
+        from core.vapi import estimate as E
 
         cfg = self.cfg
         if self.method.trains != "generator":
             return
-        need, without, with_ = memory.checkpointing_needed(
-            policy, images=cfg.per_device_train_batch_size, image_size=self.preset.image_size,
-            reward_chunk=cfg.reward_chunk_size, capacity_bytes=capacity_bytes, shards=self.world if self.fsdp else 1,
-            overlap=not (cfg.rollout_mode == "train" and has_dropout(policy)))
-        if need and not cfg.gradient_checkpointing:
+        kw = dict(devices=[str(self.device)], capacity_bytes=capacity_bytes, shards=self.world if self.fsdp else 1)
+        without = E.estimate(dataclasses.replace(cfg, gradient_checkpointing=False), **kw)
+        if not without.fits and not cfg.gradient_checkpointing:
             policy.gradient_checkpointing = True
-            self.log(f"[memory] estimated peak {without.peak:.1f} GiB per process is more than "
-                     f"{memory.FIT_FRACTION:.0%} of the device's {capacity_bytes / memory.GIB:.1f} GiB: gradient "
-                     f"checkpointing switched on (estimate with it: {with_.peak:.1f} GiB)")
-        on = policy.gradient_checkpointing
-        chunk = memory.reward_chunk_that_fits(with_ if on else without, cfg.reward_chunk_size, capacity_bytes)
+            self.log(f"[memory] estimated peak {without.peak / E.GIB:.1f} GiB per process is more than "
+                     f"{E.FIT_FRACTION:.0%} of the device's {capacity_bytes / E.GIB:.1f} GiB: gradient "
+                     f"checkpointing switched on (estimate with it: {without.peak_other / E.GIB:.1f} GiB)")
+        chunk = E.reward_chunk_that_fits(
+            dataclasses.replace(cfg, gradient_checkpointing=bool(policy.gradient_checkpointing)), **kw)
         if chunk < cfg.reward_chunk_size:  # the rewards are per sample: the chunk changes memory, not results
             self.log(f"[memory] reward_chunk_size {cfg.reward_chunk_size} -> {chunk}: a larger decode chunk would "
                      f"not fit beside the rest of the step")
