@@ -403,6 +403,10 @@ def test_a_broken_index_mid_run_never_stops_the_worker(tmp_path, tiny_demo, faul
                 stack.enter_context(read_only(db))
             assert steps_done(run_dir) < 200  # the fault struck while the run was stepping
             out, err = proc.communicate(timeout=300)
+            if fault == "read-only":  # a reader rebuilds the index from the folders, privately
+                r = core("runs", "list", "--runs-dir", str(runs))
+                assert r.returncode == 0 and "cannot be written (read-only)" in r.stderr, r.stdout + r.stderr
+                assert r.stdout.splitlines()[1].split()[:3] == ["live", FINISHED, "200/200"], r.stdout
         finally:
             proc.kill()
     assert proc.returncode == 0, out + err
