@@ -167,15 +167,18 @@ def test_train_refuses_busy_devices_and_starts_once_a_killed_foreground_worker_i
         assert sorted(p.name for p in store.runs_dir.iterdir() if p.is_dir()) == before  # nothing queued, no folder
         assert [r.id for r in store.list_runs()] == [run.id]  # and no row in the index
 
-        waiting = subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", "max_steps=1",
-                                    "--runs-dir", str(store.runs_dir), "--wait"], cwd=ROOT,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(3.0)
+        errors = tmp_path / "stderr.txt"
+        with open(errors, "w") as stderr:
+            waiting = subprocess.Popen([sys.executable, "-m", "core", "train", *TINY, "--set", "max_steps=1",
+                                        "--runs-dir", str(store.runs_dir), "--wait"], cwd=ROOT,
+                                       stdout=subprocess.PIPE, stderr=stderr, text=True)
+        wait_for(lambda: "waiting: " in errors.read_text(), "the second train to wait", timeout=120)
+        time.sleep(1.0)
         assert waiting.poll() is None and len(store.list_runs()) == 1  # waits without queueing a run
         os.kill(store.get(run.id).worker_pid, signal.SIGKILL)  # the caller (wrapper) lives on
-        out, err = waiting.communicate(timeout=300)
-        assert waiting.returncode == 0, out + err
-        assert "waiting: " in err and "finished at step 1/1" in out
+        out, _ = waiting.communicate(timeout=300)
+        assert waiting.returncode == 0, out + errors.read_text()
+        assert "finished at step 1/1" in out
         crashed = store.get(run.id)
         assert crashed.status == FAILED and "is gone" in crashed.message
         assert wrapper.poll() is None
@@ -400,6 +403,10 @@ def test_a_broken_index_mid_run_never_stops_the_worker(tmp_path, tiny_demo, faul
                 stack.enter_context(read_only(db))
             assert steps_done(run_dir) < 200  # the fault struck while the run was stepping
             out, err = proc.communicate(timeout=300)
+            if fault == "read-only":  # a reader rebuilds the index from the folders, privately
+                r = core("runs", "list", "--runs-dir", str(runs))
+                assert r.returncode == 0 and "cannot be written (read-only)" in r.stderr, r.stdout + r.stderr
+                assert r.stdout.splitlines()[1].split()[:3] == ["live", FINISHED, "200/200"], r.stdout
         finally:
             proc.kill()
     assert proc.returncode == 0, out + err

@@ -84,7 +84,7 @@ def _open_store(runs_dir: Path) -> RunStore:
     if not _has_runs(runs_dir):
         raise UserError(f"--runs-dir {runs_dir}: no {DB_FILE} there; point --runs-dir at the folder that "
                         "holds the run folders")
-    return RunStore(runs_dir)
+    return RunStore(runs_dir, private_if_unwritable=True)
 
 
 def _when(t: float | None) -> str:
@@ -101,7 +101,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not _has_runs(runs_dir):
         print(f"no runs in {runs_dir}")
         return 0
-    store = RunStore(runs_dir)
+    store = RunStore(runs_dir, private_if_unwritable=True)
     Launcher(store).mark_orphans()
     runs = store.list_runs(args.status)
     if not runs:

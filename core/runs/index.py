@@ -12,12 +12,14 @@ processes); a write to a run's row rewrites status.json inside that transaction 
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
 import socket
 import sqlite3
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -165,17 +167,48 @@ class Run:
 class RunIndex:
     """The SQLite index of the run folders under `runs_dir` (see the module docstring)."""
 
-    def __init__(self, runs_dir: str | os.PathLike, *, open_index: bool = True):
+    def __init__(self, runs_dir: str | os.PathLike, *, open_index: bool = True, private_if_unwritable: bool = False):
+        """`open_index` False: for `reindex`, which must also work on an unreadable runs.db.
+        `private_if_unwritable`: for a reader (`runs list`, `runs show`) facing a runs.db it cannot write (a
+        read-only file or mount): the index is rebuilt from the folders into a private file of this process."""
         self.runs_dir = Path(runs_dir).resolve()
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.runs_dir / DB_FILE
         self.host = socket.gethostname()
         self._index_errors_said: set[str] = set()
-        if open_index:  # False: for `reindex`, which must also work on an unreadable runs.db
+        if open_index:
             with self._connection() as con:  # creates the index, or rebuilds it when runs.db is missing or empty
                 empty = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
             if empty and any((p / STATUS_FILE).is_file() for p in self.runs_dir.iterdir() if p.is_dir()):
                 self.reindex()  # an index recreated empty (by an older version) beside existing run folders
+            if private_if_unwritable and not self._writable():
+                self._use_private_index()
+
+    def _writable(self) -> bool:
+        """Whether this process can write runs.db (a write inside a transaction that is rolled back)."""
+        with self._connection() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except sqlite3.OperationalError as e:
+                if getattr(e, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_READONLY or "readonly" in str(e):
+                    return False
+                raise
+            finally:
+                con.execute("ROLLBACK")
+        return True
+
+    def _use_private_index(self) -> None:
+        """Read the runs through an index rebuilt from the folders in a temporary file of this process."""
+        shared = self.db_path
+        self.db_path = Path(tempfile.gettempdir()) / f"vapi-runs-index-{os.getpid()}-{id(self):x}.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db_path}{suffix}").unlink(missing_ok=True)
+        atexit.register(lambda: [Path(f"{self.db_path}{s}").unlink(missing_ok=True) for s in ("", "-wal", "-shm")])
+        print(f"[runs] {shared} cannot be written (read-only); the runs are read from their folders",
+              file=sys.stderr, flush=True)
+        with self._connection():
+            pass  # created and filled from the folders
 
     # -- connections ------------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ class Kind:
 TRAIN, EVAL, EMBEDDINGS, DIAGNOSE = "train", "eval", "embeddings", "diagnose"
 REGISTRY: dict[str, Kind] = {k.name: k for k in (
     Kind(TRAIN, "core.vapi.trainer:run_worker", "core.vapi.config:VapiConfig", "max_steps", "training run"),
-    Kind(EVAL, "core.eval.eval_job:run_eval", "core.eval.configs:EvalConfig", "total_samples", "evaluation job",
+    Kind(EVAL, "core.eval.eval_job:run_eval", "core.eval.configs:EvalConfig", "total_samples", "eval job",
          check="core.eval.eval_job:check_job", results_tab="Evaluate", summarize=_eval_lines),
     Kind(EMBEDDINGS, "core.eval.shift_job:run_embeddings", "core.eval.configs:EmbeddingConfig", "total_samples",
          "embeddings job", check="core.eval.shift_job:check_job", results_tab="Embeddings",

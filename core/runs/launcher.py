@@ -6,7 +6,9 @@
   timer, every worker calls it when it ends, `wait` calls it while waiting.
 - `stop` asks the worker to stop at the next step boundary (the trainer checkpoints and returns);
   after the grace period the worker and the processes it started are killed (`kill_process_tree`:
-  never a foreground run's caller, its process group, or PID 1) and the run is stopped.
+  never a foreground run's caller, its process group, or PID 1) and the run is stopped. Only a process
+  proven to be the run's worker is ever signalled (`core.runs.procs.is_our_worker`: its start time and
+  the lock it holds on the run's worker.lock); a run naming any other process is marked failed.
 - `resume` drops what the run will redo (metrics past its last checkpoint) and queues it again.
 
 Workers never hang off the caller: own session (`start_new_session`), stdin from /dev/null, stdout
@@ -42,6 +44,7 @@ from core.runs.store import (
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
 SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after this long is an orphan
+STARTUP_GRACE_S = 300.0  # a launched process whose worker has not claimed the run after this long is not one
 KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
 WORKER_MODULE = "core.runs.worker"
 ACCELERATE_CONFIG = Path(__file__).with_name("accelerate_multi_gpu.json")  # plain multi-GPU data parallel
@@ -261,10 +264,13 @@ class Launcher:
         if is_our_worker(run.run_dir / LOCK_FILE, run.worker_pid, run.worker_start):
             return True
         now = time.time() if now is None else now
-        starting = run.started_at is not None and now - run.started_at < SPAWN_GRACE_S
+        age = None if run.started_at is None else now - run.started_at
         if run.pid is None and run.worker_pid is None:
-            return starting
-        return starting and (process_alive(run.pid, run.pid_start) or process_alive(run.worker_pid, run.worker_start))
+            return age is not None and age < SPAWN_GRACE_S
+        if run.worker_pid is None and run.pid_start is not None and process_alive(run.pid, run.pid_start):
+            return age is not None and age < STARTUP_GRACE_S  # launched; its ranks still starting (accelerate)
+        return (age is not None and age < SPAWN_GRACE_S
+                and (process_alive(run.pid, run.pid_start) or process_alive(run.worker_pid, run.worker_start)))
 
     def mark_orphans(self) -> list[Run]:
         """Mark failed (resumable) every running/stopping run of this host whose worker is gone, or whose
@@ -389,7 +395,7 @@ class Launcher:
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
         if total_steps is not None and total_steps < step:
-            field = "max_steps" if run.kind == kinds.TRAIN else "total_steps"
+            field = kinds.get(run.kind).total_field
             raise ConfigError(field, f"{total_steps} is below step {step}, where run {run_id} resumes from (checkpoint "
                                      f"{step_dir_name(step)}); give {field} >= {step}")
         if claim is not None:
