@@ -108,7 +108,7 @@ def uncached_reference(m, cond, seeds, cfg_scale=1.0, cond_mask=None, **sampling
 
 @pytest.mark.parametrize("sampling", [dict(), dict(cfg_scale=3.0, top_k=12), dict(cfg_scale=1.5, top_p=0.8, temperature=0.9)])
 def test_static_cache_growing_cache_and_uncached_forward_draw_the_same_tokens(sampling):
-    m = tiny_gpt()  # 64 tokens: the eager loop attends over 32, then 64, then all 65 cache slots
+    m = tiny_gpt()  # 64 tokens
     cond, seeds = torch.tensor([1, 2, 3]), [7, 8, 9]
     static = generate(m, cond, seeds=seeds, **sampling)
     growing = generate(m, cond, seeds=seeds, static=False, **sampling)

@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 
 COMPILE_MODES = ("auto", "on", "off")
 AUTO_COMPILE_MIN_SAMPLES = 64  # "auto" compiles only a call of at least this many samples (compile takes ~a minute)
-SLOT_BUCKET = 32  # eager static loop: attend over the filled cache slots rounded up to a multiple of this
 
 
 @dataclass
@@ -269,7 +268,6 @@ def _static_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, p
         cache = model.new_cache(rows)
         model.pack_linears(cache)  # CPU fp32: the weights prepacked for this batch (same math, less repacking)
     C = model.config.cls_token_num
-    T = cache.key_pos.shape[0]
     positions = [p.clone() for p in torch.arange(C, C + N, device=dev).view(N, 1)]  # [1] long each: token i at C+i
     ut = u.t().contiguous()  # [N, B]: ut[i] is a contiguous row
     tokens = torch.empty(B, N, dtype=torch.long, device=dev)
@@ -283,7 +281,7 @@ def _static_loop(model, cond_in: Tensor, mask_in: Optional[Tensor], u: Tensor, p
         tokens[:, i], logprobs[:, i] = tok, lp
         if i + 1 < N:
             t0 = time.perf_counter() if fresh and i == 0 else None
-            slots = None if compiled else min(T, -(-(C + i + 1) // SLOT_BUCKET) * SLOT_BUCKET)
+            slots = None if compiled else C + i + 1  # eager: shapes are free, read only the filled slots
             logits, tok, lp = step(model, cache, tokens[:, i].clone(), positions[i], ut[i + 1], *settings, slots)
             if t0 is not None:
                 if dev.type == "cuda":

@@ -522,7 +522,7 @@ class Transformer(nn.Module):
         Same math as decode_one: masked slots get exactly zero attention weight.
 
         slots: attend over the first `slots` cache slots only (they must hold position input_pos); the
-        eager loop passes a few fixed sizes so that a CPU does not read the empty end of the cache."""
+        eager loop passes the filled length so that it does not read the empty end of the cache."""
         h = self.tok_embeddings(token.view(-1, 1))  # [B, 1, dim]
         S = cache.key_pos.shape[0] if slots is None else slots
         mask = (cache.key_mask[:, :S] & (cache.key_pos[:S] <= input_pos))[:, None, None, :]  # [B, 1, 1, S]

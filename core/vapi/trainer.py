@@ -413,7 +413,8 @@ class Trainer:
                 cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
             with self.accelerator.autocast(), gathered(policy), gathered(tok):
                 imgs = generate_images(policy, tok, cond, seeds=[s for _ in conds for s in seeds],
-                                       cond_mask=mask, cfg_scale=cfg.preview_cfg_scale, temperature=cfg.temperature)
+                                       cond_mask=mask, cfg_scale=cfg.preview_cfg_scale, temperature=cfg.temperature,
+                                       compile="off")  # a live (maybe sharded) policy: a graph per preview won't pay
         finally:
             policy.train(was_training[0])
             tok.train(was_training[1])
