@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,6 +103,7 @@ def served_app(tmp_path: Path, monkeypatch, data_roots: list[Path], **create_kw)
 def train_demo_run(store, steps: int = 2, name: str = "trained", preset: str = "demo-c2i", **overrides) -> tuple[str, int]:
     """A real demo run (demo-c2i, or demo-t2i) of `steps` steps (tiny config), trained in this process and finished
     in `store`. Returns (run id, last step)."""
+    from core.runs.store import process_start_time
     from core.runs.recorder import RunRecorder
     from core.vapi.config import resolve
     from core.runs.kinds import TRAIN_ENTRY as ENTRY
@@ -111,7 +113,9 @@ def train_demo_run(store, steps: int = 2, name: str = "trained", preset: str = "
                                         num_generations=2, data_subset=20, save_steps=steps, preview_steps=steps,
                                         learning_rate=3e-2, kl_probe_size=0, preview_seeds=[0]), **overrides))
     run = store.create_run(name, {**cfg.to_dict(), "entry": ENTRY}, "cpu", steps)
-    store.set_status(run.id, "running")
+    # this process is the run's worker: a served app's orphan check (no pid after the spawn grace) must not fail a
+    # run that trains here for longer than the grace (the demo T2I loads its text encoder first)
+    store.set_status(run.id, "running", pid=os.getpid(), pid_start=process_start_time(os.getpid()))
     Trainer(cfg, run.run_dir, RunRecorder(run.run_dir, is_main=True), log=lambda m: None).train()
     store.set_status(run.id, "finished")
     return run.id, steps

@@ -137,3 +137,27 @@ def test_compare_shows_prompt_adherence_per_attribute_and_captions_only_what_the
     table = row_table(view)
     assert table["headers"][-2:] == ["attributes seen: base", "attributes seen: aligned"]
     assert table["data"][0][-1] == "shape ✓, colour ✓"
+
+
+def test_the_judges_average_change_carries_an_interval_over_the_paired_rows():
+    from app.tabs.compare import judge_change
+    from core.eval.alignment import Row
+
+    def row(b, a):
+        return Row("c", "c", 0, {}, {"base": {"judge": b}, "aligned": {"judge": a}})
+
+    text = judge_change([row(0.2, 0.8), row(0.3, 0.9), row(0.25, 0.85), row(0.1, 0.7)])
+    assert text.startswith("; change +0.600, 95% interval [") and text.endswith("over 4 paired rows: better")
+    assert "within noise" in judge_change([row(0.2, 0.8), row(0.9, 0.3)])
+    assert judge_change([row(0.2, 0.8), row(None, 0.3)]) == ""
+
+
+def test_the_off_manifold_change_carries_its_interval_over_the_seeds():
+    from app.tabs.diagnose import off_manifold_row
+
+    rates = {"real": 0.01, "base": 0.2, "base_std": 0.01, "aligned": 0.1, "aligned_std": 0.01,
+             "base_per_seed": [0.19, 0.2, 0.21], "aligned_per_seed": [0.09, 0.1, 0.11]}
+    row = off_manifold_row(rates)
+    assert "-0.1, 95% interval [" in row and "0.200 ± 0.010" in row
+    old = {k: v for k, v in rates.items() if not k.endswith("_per_seed")}  # a result written before
+    assert "-0.100" in off_manifold_row(old) and "interval" not in off_manifold_row(old)

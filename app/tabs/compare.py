@@ -146,6 +146,19 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def judge_change(rows) -> str:
+    """"; change +0.050, 95% interval [...] over N rows: within noise": a t-interval of the paired (same condition
+    and seed) changes of the judge's score; "" with fewer than 2 rows the judge could score."""
+    from core.eval.verdict import from_seed_values
+
+    pairs = [(r.scores["base"].get("judge"), r.scores["aligned"].get("judge")) for r in rows]
+    pairs = [(b, a) for b, a in pairs if b is not None and a is not None]
+    if len(pairs) < 2:
+        return ""
+    v = from_seed_values("judge", [b for b, _ in pairs], [a for _, a in pairs])
+    return f"; change {v.delta:+.3f}, 95% interval {v.interval_text()} over {len(pairs)} paired rows: {v.verdict}"
+
+
 def judge_parts(rows) -> dict[str, tuple[float, float, int]]:
     """{attribute: (base share seen, aligned share seen, rows naming it)} over the rows whose judge reports parts
     (the demo T2I's prompt adherence: shape, colour, count, position, background)."""
@@ -177,7 +190,7 @@ def status_text(result) -> str:
     if rows and "judge" in rows[0].scores.get("base", {}):
         b = _mean(r.scores["base"]["judge"] for r in rows)
         a = _mean(r.scores["aligned"]["judge"] for r in rows)
-        lines.append(f"Judge ({view.judge}): base {b:.3f}, aligned {a:.3f} on average.")
+        lines.append(f"Judge ({view.judge}): base {b:.3f}, aligned {a:.3f} on average{judge_change(rows)}.")
         parts = judge_parts(rows)
         if parts:
             lines.append("Per attribute (share of the rows naming it where it is seen): " + "; ".join(

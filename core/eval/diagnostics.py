@@ -148,6 +148,7 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
             toks = generate(model, cond, generator=torch.Generator().manual_seed(s)).tokens
             vals.append(off_manifold_rate(tok, toks))
         rates[name], rates[name + "_std"] = _mean_std(vals)
+        rates[name + "_per_seed"] = vals  # paired by seed with the other model's: the change's interval
     out["off_manifold_rate"] = rates
     log(f"off-manifold rate (tokens changed by decode -> re-encode): real {rates['real']:.4f}, base {rates['base']:.4f} "
         f"± {rates['base_std']:.4f}, aligned {rates['aligned']:.4f} ± {rates['aligned_std']:.4f}")
