@@ -159,3 +159,14 @@ def assert_pinned(actual: dict, golden: dict, what: str, tol: dict | None = None
 
     check("", actual, golden)
     assert not off, f"{what} moved off the pinned numbers (a behaviour change; re-pin only on purpose):\n" + "\n".join(off)
+
+
+def closed_port_endpoint() -> str:
+    """An http endpoint on 127.0.0.1 where nothing listens (a port the kernel just handed out, then closed): a hub
+    URL that refuses every connection at once, as a machine without internet (or a dead mirror) does."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

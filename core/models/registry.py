@@ -8,10 +8,12 @@ it, before any work starts.
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 from core import paths
 from core.demo import configs as demo_configs
@@ -211,9 +213,17 @@ def find_download(name: str) -> tuple[str, str]:
     raise ConfigError("name", f"nothing to download called {name!r}; known: {', '.join(known)}")
 
 
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
+def hub_endpoint() -> str:
+    """The hub downloads go to: $HF_ENDPOINT (a mirror, read as huggingface_hub reads it), else huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hub_reachable(endpoint: Optional[str] = None, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint's host and port opens within `timeout` seconds."""
+    url = urlsplit(endpoint or hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((url.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -225,10 +235,11 @@ def download(name: str, force: bool = False) -> Path:
     dest = paths.CHECKPOINTS_DIR / filename
     if (dest.is_file() or (dest / "config.json").is_file()) and not force:
         return dest
-    if not hub_reachable():
+    endpoint = hub_endpoint()
+    if not hub_reachable(endpoint):
         raise MissingWeightsError(
-            f"cannot reach huggingface.co to download {filename} (offline?). Fetch "
-            f"https://huggingface.co/{repo_id}/resolve/main/{filename} on a machine with internet and place it at {dest}")
+            f"cannot reach {urlsplit(endpoint).netloc} to download {filename} (offline?). Fetch "
+            f"{endpoint}/{repo_id}/resolve/main/{filename} on a machine with internet and place it at {dest}")
     paths.CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
     if "." not in filename:  # a model folder (Janus)
         from huggingface_hub import snapshot_download
