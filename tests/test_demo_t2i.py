@@ -96,16 +96,11 @@ def t2i():
     return load_sampler("demo-t2i")
 
 
-def test_committed_demo_t2i_matches_the_manifest_and_the_size_budget():
-    from core.demo.build import sha256
-
-    manifest = json.loads((COMMITTED / "manifest.json").read_text())
-    entry = manifest["generator_t2i"]
-    assert sha256(COMMITTED / entry["file"]) == entry["sha256"]
+def test_committed_demo_t2i_manifest_entry_names_its_text_encoder_and_metrics():
+    # its file's sha256 and the demo's size budget: test_demo.py, with the other committed files
+    entry = json.loads((COMMITTED / "manifest.json").read_text())["generator_t2i"]
     assert entry["config"]["model_type"] == "t2i" and entry["text_encoder"]["name"] == "minilm-l6"
     assert {"val_ce", "heldout_prompt_ce", "train_seconds"} <= set(entry["metrics"])
-    files = [manifest[k]["file"] for k in ("tokenizer", "generator", "evaluator", "generator_t2i")]
-    assert sum((COMMITTED / f).stat().st_size for f in files) <= 20 * 2**20
 
 
 def test_demo_t2i_teacher_forced_logits_equal_kv_cache_decoding(t2i):
