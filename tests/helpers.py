@@ -136,3 +136,42 @@ def wait_for(predicate, what: str, timeout: float, poll: float = 0.05, tick=None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(poll)
+
+
+# Tolerances of pinned ("golden") numbers of the deterministic demo. Measured: torch threads 1 vs 2 move the demo's
+# losses and rewards by <= 1e-6 relative (the T2I's float sums; the C2I's are bitwise equal), loss_pg near 0 by
+# <= 3e-7 absolute and the tiny kl_base (~1e-5) by <= 0.3 %. A changed learning rate, beta, noise, reward or sampler
+# moves them by far more (the notes of test_demo.py / test_demo_t2i.py say which perturbations were checked).
+PINNED_TOL = {"loss_pg": dict(rel=1e-4, abs=1e-5), "kl_base": dict(rel=1e-2, abs=1e-7)}
+PINNED_DEFAULT_TOL = dict(rel=1e-4, abs=1e-6)
+
+
+def assert_pinned(actual: dict, golden: dict, what: str, tol: dict | None = None) -> None:
+    """Every key of `golden` (a number, or a dict of numbers per row key) equals `actual`'s within PINNED_TOL.
+    Fails listing every value off its pin, so one run shows the whole change."""
+    import pytest
+
+    off = []
+
+    def check(path, a, g):
+        if isinstance(g, dict):
+            for k, v in g.items():
+                check(f"{path}.{k}" if path else str(k), a.get(k) if isinstance(a, dict) else None, v)
+            return
+        t = (tol or {}).get(path.rsplit(".", 1)[-1]) or PINNED_TOL.get(path.rsplit(".", 1)[-1], PINNED_DEFAULT_TOL)
+        if a is None or a != pytest.approx(g, **t):
+            off.append(f"  {path}: {a!r}, pinned {g!r}")
+
+    check("", actual, golden)
+    assert not off, f"{what} moved off the pinned numbers (a behaviour change; re-pin only on purpose):\n" + "\n".join(off)
+
+
+def closed_port_endpoint() -> str:
+    """An http endpoint on 127.0.0.1 where nothing listens (a port the kernel just handed out, then closed): a hub
+    URL that refuses every connection at once, as a machine without internet (or a dead mirror) does."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"

@@ -22,10 +22,20 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 WAIT_MS = 120_000  # worker start + a few dozen steps on a loaded 2-core machine
 
 
+def require_chromium() -> None:
+    """Skip a browser test where Chromium is absent, except under CI ($CI set, as .ci/run sets it): there a
+    missing browser fails the test, so CI never passes with its browser tests unrun."""
+    if CHROMIUM.exists():
+        return
+    why = f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)"
+    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
+        pytest.fail(f"CI: {why}; the browser tests must run in CI", pytrace=False)
+    pytest.skip(why)
+
+
 @pytest.fixture
 def served(tiny_demo, tmp_path, monkeypatch):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    require_chromium()
     with served_app(tmp_path, monkeypatch, [tmp_path]) as served:
         yield served
 
@@ -155,8 +165,7 @@ def served_with_standins(tiny_demo, tmp_path, monkeypatch):
     from core.models import registry
     from tests.standins import make_caption_folder, make_image_folder, make_standins
 
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    require_chromium()
     env = make_standins(tmp_path)  # tmp_path/checkpoints: where served_app points the checkpoints dir
     for k, v in env.items():
         monkeypatch.setenv(k, v)  # the workers the UI launches load the same stand-ins
@@ -221,3 +230,14 @@ def test_each_paper_preset_fills_the_form_and_launches_in_chromium(served_with_s
         page.get_by_role("tab", name="Runs").click()
         for preset in PAPER_FORM:
             expect(page.locator("#runs-table")).to_contain_text(preset, timeout=30_000)
+
+
+@pytest.mark.parametrize("ci,outcome", [("true", pytest.fail.Exception), ("", pytest.skip.Exception),
+                                        ("false", pytest.skip.Exception)])
+def test_a_missing_chromium_fails_under_ci_and_skips_elsewhere(ci, outcome, monkeypatch, tmp_path):
+    import tests.test_app_browser as this
+
+    monkeypatch.setattr(this, "CHROMIUM", tmp_path / "no-chromium")
+    monkeypatch.setenv("CI", ci)
+    with pytest.raises(outcome, match="no-chromium is absent"):
+        require_chromium()

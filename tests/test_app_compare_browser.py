@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import served_app, train_demo_run
-from tests.test_app_browser import CHROMIUM, WAIT_MS, browser_page, screenshot
+from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot
 from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
@@ -31,8 +31,7 @@ CONTRAST_JS = """el => {
 
 @pytest.fixture
 def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    require_chromium()
     shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # the judge and the per-class numbers
     with served_app(tmp_path, monkeypatch, [tmp_path]) as served:
         yield served
@@ -113,8 +112,7 @@ def test_compare_views_and_runs_overlay_in_chromium(served, tmp_path):
 @pytest.fixture
 def served_committed(tmp_path, monkeypatch):
     """The app on the committed demo models (demo-t2i is not in the tiny demo)."""
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    require_chromium()
     with served_app(tmp_path, monkeypatch, [tmp_path]) as served:
         yield served
 

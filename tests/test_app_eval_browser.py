@@ -14,7 +14,7 @@ import pytest
 
 from core.runs.store import RunStore
 from tests.helpers import served_app
-from tests.test_app_browser import CHROMIUM, WAIT_MS, browser_page, screenshot
+from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot
 from tests.test_app_eval_tabs import aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
@@ -22,8 +22,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against 
 
 @pytest.fixture
 def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")
+    require_chromium()
     shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")
     manifest = json.loads((tiny_demo / "manifest.json").read_text())  # the diagnostics read it from the manifest
     (tiny_demo / "manifest.json").write_text(json.dumps({**manifest, "evaluator": {"file": "evaluator.safetensors"}}))

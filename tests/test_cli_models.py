@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from core import cli
 from core.errors import MissingWeightsError
 from core.models import registry
-from tests.helpers import make_tiny_demo
+from tests.helpers import closed_port_endpoint, make_tiny_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,11 +40,18 @@ def test_info_lists_presets_and_missing_files(tmp_path):
 
 
 def test_download_offline_fails_fast_naming_file_and_place(monkeypatch, tmp_path):
+    hub = closed_port_endpoint()  # the hub endpoint ($HF_ENDPOINT, read as huggingface_hub reads it) refuses connections
+    monkeypatch.setenv("HF_ENDPOINT", hub)
     monkeypatch.setattr(registry.paths, "CHECKPOINTS_DIR", tmp_path)
-    monkeypatch.setattr(registry, "hub_reachable", lambda *a, **k: False)
-    with pytest.raises(MissingWeightsError, match=r"c2i_XXL_384\.pt.*huggingface\.co/FoundationVision/LlamaGen.*" + str(tmp_path)):
+    t0 = time.monotonic()
+    with pytest.raises(MissingWeightsError, match=r"cannot reach 127\.0\.0\.1.*c2i_XXL_384\.pt.*" + str(tmp_path)):
         registry.download("llamagen-c2i-xxl-384")
-    assert cli.main(["download", "vq_ds16_c2i"]) == 2
+    took = time.monotonic() - t0
+    assert took < 5, f"{took:.1f} s to give up on a refused hub"  # without the check: the hub client's retries, 24 s
+    assert list(tmp_path.iterdir()) == []
+    r = run_cli("download", "c2i_XXL_384", env={"VAPI_CHECKPOINTS": str(tmp_path), "HF_ENDPOINT": hub})
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert f"{hub}/FoundationVision/LlamaGen/resolve/main/c2i_XXL_384.pt" in r.stderr and str(tmp_path) in r.stderr
 
 
 def test_missing_weights_are_reported_before_work(monkeypatch, tmp_path):

@@ -1,7 +1,5 @@
 """core.eval.metrics (FID, precision/recall, IS) and core.eval.extractors (registry, torch-fidelity route)."""
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
@@ -474,33 +472,9 @@ def test_demo_extractor_missing_weights_names_the_file(tmp_path, monkeypatch):
         ex.build_extractor("demo")
 
 
-def test_demo_extractor_wraps_the_demo_evaluator_lazily(tmp_path, monkeypatch):
-    class FakeEvaluator(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.proj = torch.nn.Linear(3, 5)
-
-        def features(self, images):                      # [B,3,H,W] -> [B,5]
-            return self.proj(images.mean(dim=(2, 3)))
-
-        def logits(self, images):                        # [B,3,H,W] -> [B,2]
-            return self.features(images)[:, :2]
-
-    loaded = []
-    fake = types.ModuleType("core.demo.evaluator")
-    fake.load_evaluator = lambda path: loaded.append(path) or FakeEvaluator()
-    monkeypatch.setitem(sys.modules, "core.demo.evaluator", fake)
-    weights = tmp_path / "evaluator.safetensors"
-    weights.write_bytes(b"stand-in")
-    demo = ex.build_extractor("demo", path=weights)
-    assert loaded == [weights]
-    out = ex.extract(demo, _images(3), batch_size=2)
-    assert out.features.shape == (3, 5) and out.logits.shape == (3, 2)
-    torch.testing.assert_close(out.logits, out.features[:, :2])
-
-
 def test_demo_extractor_with_the_real_demo_evaluator(tmp_path):
-    demo_evaluator = pytest.importorskip("core.demo.evaluator")
+    from core.demo import evaluator as demo_evaluator
+
     torch.manual_seed(0)
     model = demo_evaluator.DemoEvaluator(demo_evaluator.EvaluatorConfig()).eval()
     path = tmp_path / "evaluator.safetensors"

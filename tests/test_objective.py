@@ -255,10 +255,21 @@ def test_encoder_reward_is_a_perceptual_distance_on_the_tokenizer():
 
 def test_policy_coef_zero_is_the_prior_only_ablation():
     tok, batch = make_batch()
-    pol = tiny_gpt()
-    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "policy_coef": 0.0, "beta": 1.0})
+    pol, independent = tiny_gpt(), tiny_gpt()
+    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "policy_coef": 0.0, "beta": 0.5,
+                         "cond_drop_prob": 0.0})
     out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(0))
-    assert out.loss.item() == pytest.approx(out.metrics["loss_prior"])
+    out.loss.backward()
+    # the prior recomputed by hand: beta x CE of the clean tokens under the teacher-forced logits (xi 0: the clean
+    # context), in float64, on a second copy of the model
+    logits = independent.teacher_forced_logits(batch.cond, batch.tokens[:, :-1]).double()  # [B, N, V]
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.tokens.unsqueeze(-1)).squeeze(-1)  # [B, N]
+    prior = 0.5 * -logp.mean()
+    prior.backward()
+    assert out.loss.item() == pytest.approx(prior.item(), rel=1e-6)
+    assert out.metrics["loss_pg"] != 0.0  # the policy term was computed, and weighted by 0
+    for (name, p), q in zip(pol.named_parameters(), independent.parameters()):
+        torch.testing.assert_close(p.grad, q.grad.float(), rtol=1e-4, atol=1e-7, msg=name)  # no policy gradient
     with pytest.raises(ConfigError, match="beta"):
         resolve(None, {"policy_coef": 0.0, "beta": 0.0})
 
@@ -392,17 +403,45 @@ def test_policy_skip_tokens_leaves_the_first_positions_out_of_the_policy_loss():
         objective.clipped_policy_loss(logp, old, adv, 0.2, skip_first=3)
 
 
-def test_per_token_reward_runs_a_step_with_an_advantage_per_token():
-    tok, batch = make_batch()
-    pol = tiny_gpt()
-    cfg = resolve(None, {"num_generations": 4, "reward_weights": {"mse": 1.0}, "reward_per_token": True,
-                         "policy_skip_tokens": 1})
-    out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(0))
-    B, N = batch.tokens.shape
-    assert out.rollout.advantages.shape == (B, 4, N)
-    assert out.rollout.distances[objective.PER_TOKEN].shape == (B, 4, N)
-    assert torch.allclose(out.rollout.distances[objective.PER_TOKEN].mean(-1), out.rollout.distances["mse"], atol=1e-6)
-    out.loss.backward()
-    assert all(p.grad is not None for p in pol.parameters())
+class TablePolicy(torch.nn.Module):
+    """A policy whose logits are one learnable table [N, V], whatever the condition and context: its gradient is
+    the policy gradient of each position, readable by hand."""
+
+    def __init__(self, n: int, v: int):
+        super().__init__()
+        self.vocab_size = v
+        self.table = torch.nn.Parameter(torch.zeros(n, v))  # uniform: every token drawn at every position
+
+    def forward(self, cond, context, cond_mask=None):  # -> [B, N, V]
+        return self.table.expand(cond.shape[0], -1, -1)
+
+
+def test_per_token_reward_credits_each_token_with_its_own_patch_only():
+    from tests.helpers import ToyTokenizer
+
+    tok = ToyTokenizer(codebook_size=4, grid=(2, 2))  # token t -> one pixel of grey t/3 in [-1, 1]: patch = pixel
+    cfg = resolve(None, {"num_generations": 16, "reward_weights": {"mse": 1.0}, "reward_per_token": True,
+                         "beta": 0.0, "cond_drop_prob": 0.0})
+
+    def grad_of(truth):
+        grey = torch.tensor(truth, dtype=torch.float32) / 3 * 2 - 1
+        images = grey.view(1, 1, 2, 2).expand(1, 3, 2, 2)
+        batch = Batch(images=images, cond=torch.tensor([0]), tokens=tok.encode(images))
+        assert batch.tokens.tolist() == [truth]
+        pol = TablePolicy(4, 4)
+        out = objective.compute_loss(pol, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(0))
+        assert out.rollout.advantages.shape == (1, 16, 4)
+        out.loss.backward()
+        return pol.table.grad  # [N, V]
+
+    truth = [0, 3, 1, 2]
+    g = grad_of(truth)
+    for n, t in enumerate(truth):
+        far = 3 if t < 2 else 0  # the token whose pixel is farthest from the truth's
+        assert g[n, t] < 0, (n, g[n])  # descent raises the probability of the right token at every position
+        assert g[n, far] > 0, (n, g[n])  # and lowers the farthest one's
+    # the credit is local: other pixels' truth changes nothing at position 0 (a per-sequence advantage would)
+    other = grad_of([0, 0, 3, 0])
+    assert torch.equal(other[0], g[0]) and not torch.equal(other[1:], g[1:])
     with pytest.raises(ConfigError, match="reward_per_token"):
         resolve(None, {"reward_per_token": True})  # MSE + LPIPS: the per-token reward is MSE only

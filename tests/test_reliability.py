@@ -615,6 +615,7 @@ def test_weights_of_the_wrong_kind_are_an_error_at_load(tmp_path):
 @pytest.mark.parametrize("override, field", [
     ("learning_rate=fast", "learning_rate: must be a number, got 'fast'"),
     ("max_steps=-3", "max_steps: must be >= 1"),
+    ("beta=-1", "beta: must be >= 0"),
     ("learning_rate=Infinity", "learning_rate: must be a finite number"),
     ("cache_tokens=no", "cache_tokens: must be true or false"),
     ("reward_chunk_size=2.5", "reward_chunk_size: must be a whole number"),
@@ -638,6 +639,9 @@ def test_inputs_the_machine_cannot_run_are_refused_before_a_run_exists(tiny_demo
         one_line_error(rc, err, "device: cuda requested but CUDA is not available", "device=cpu")
         rc, err = run_core(capsys, "train", *TINY, "--devices", "cuda:0", "--runs-dir", str(runs))
         one_line_error(rc, err, "--devices: cuda:0: this machine has no CUDA GPU")
+    rc, err = run_core(capsys, "train", *TINY, "--set", "data=imagefolder", "--set", f"data_path={tmp_path}/absent",
+                       "--runs-dir", str(runs))
+    one_line_error(rc, err, f"{tmp_path}/absent")
     images = tmp_path / "images"
     for cls in ("a", "b"):
         (images / cls).mkdir(parents=True)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 from accelerate.commands.launch import launch_command_parser
 
-from core.device import devices_conflict, normalize_devices
 from core.errors import ConfigError, UserError
 from core.runs import (
     ACTIVE, FAILED, FINISHED, QUEUED, RUNNING, STATUSES, STOPPED, STOPPING, Launcher, RunNotFoundError,
@@ -232,15 +231,6 @@ def test_create_run_writes_the_folder_and_validates_its_inputs(store):
             store.create_run(**kwargs)
         assert e.value.field == field
     assert len(store.list_runs()) == 1
-
-
-def test_device_sets_normalize_and_conflict_when_they_share_a_device():
-    assert normalize_devices(" CUDA:3,1,cuda:1 ") == "cuda:1,3"
-    assert normalize_devices("cuda") == "cuda:0"
-    assert devices_conflict("cpu", "cpu")
-    assert devices_conflict("cuda:0,1", "cuda:1")
-    assert not devices_conflict("cuda:0,1", "cuda:2,3")
-    assert not devices_conflict("cpu", "cuda:0")
 
 
 def test_worker_command_for_cpu_one_gpu_and_several_gpus(tmp_path):

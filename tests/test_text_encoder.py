@@ -45,6 +45,20 @@ def test_features_are_left_padded_as_upstream(enc):
         assert torch.allclose(feats[i, -n:], alone, atol=1e-5)
 
 
+def test_default_precision_is_bf16_and_its_features_follow_fp32(enc, t5_dir):
+    default = T5CaptionEncoder(t5_dir)  # as the T2I presets build it: bf16 weights (upstream's precision)
+    assert {p.dtype for p in default.model.parameters()} == {torch.bfloat16}
+    prompts = ["a cat", "A red cube on a blue sphere.", "two dogs playing in the park"]
+    feats, mask = default.encode(prompts)
+    ref, ref_mask = enc.encode(prompts)
+    assert feats.dtype == torch.float32 and torch.equal(mask, ref_mask)  # fp32 out, the same layout
+    assert torch.isfinite(feats).all() and torch.count_nonzero(feats[~mask]) == 0
+    valid = ref[mask]
+    err = (feats[mask] - valid).norm(dim=-1) / valid.norm(dim=-1)  # per token, relative
+    assert err.max() < 0.05, err.max()  # bf16 rounding through 2 layers (measured max ~1e-2)
+    assert not torch.equal(feats, ref)  # it did run in bf16
+
+
 def test_truncates_at_max_length_and_keeps_eos(enc, t5_dir):
     long = " ".join(SENTENCES * 12)
     ids, ids_mask = enc.tokenize([long])

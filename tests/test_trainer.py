@@ -239,17 +239,6 @@ def test_bad_inputs_are_rejected_before_any_work(tiny_demo, tmp_path, monkeypatc
         preflight(resolve(None, {**SMALL, "init_weights": str(tmp_path / "nope.pt")}))
 
 
-def test_cli_train_rejects_bad_input_without_creating_a_run(tiny_demo, tmp_path):
-    runs = tmp_path / "runs"
-    r = subprocess.run([sys.executable, "-m", "core", "train", "--preset", "demo-c2i", "--set", "beta=-1",
-                        "--runs-dir", str(runs)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "beta: must be >= 0" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "core", "train", "--set", "data=imagefolder", "--set", f"data_path={tmp_path}/x", "--set", "model=llamagen-c2i-b-256",
-                        "--runs-dir", str(runs)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and f"{tmp_path}/x" in r.stderr
-    assert not runs.exists() or not [p for p in runs.iterdir() if p.is_dir()]
-
-
 def test_cli_train_and_resume(tiny_demo, tmp_path):
     run_dir = tmp_path / "runs" / "my-run"
     args = ["--set", "max_steps=2", "--set", "save_steps=1", "--set", "global_batch_size=2", "--set", "per_device_train_batch_size=2",

@@ -8,10 +8,12 @@ it, before any work starts.
 """
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlsplit
 
 from core import paths
 from core.demo import configs as demo_configs
@@ -194,7 +196,7 @@ def download_hint(filename: str, repo_id: Optional[str]) -> str:
     if "." not in filename:  # a model folder
         return (f"download it with `python -m core download {filename}` (or `hf download {repo_id} --local-dir "
                 f"{paths.CHECKPOINTS_DIR / filename}` on a machine with internet)")
-    url = f"https://huggingface.co/{repo_id}/resolve/main/{filename}"
+    url = f"{hub_endpoint()}/{repo_id}/resolve/main/{filename}"
     return (f"download it with `python -m core download {filename.rsplit('.', 1)[0]}` "
             f"or fetch {url} by hand and place it at {paths.CHECKPOINTS_DIR / filename}")
 
@@ -274,14 +276,20 @@ def find_download(name: str) -> tuple[str, str]:
 DOWNLOADABLE_TEXT_ENCODERS = ("flan-t5-xl",)  # the demo's MiniLM comes with its pip package (requirements.txt)
 
 
-def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
-    """False at once under HF_HUB_OFFLINE=1 (huggingface_hub's own switch), else whether a TCP connection opens."""
-    import os
+def hub_endpoint() -> str:
+    """The hub downloads go to: $HF_ENDPOINT (a mirror, read as huggingface_hub reads it), else huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
 
+
+def hub_reachable(endpoint: Optional[str] = None, timeout: float = 3.0) -> bool:
+    """False at once under HF_HUB_OFFLINE=1 (huggingface_hub's own switch), else whether a TCP connection to the hub
+    endpoint's host and port opens within `timeout` seconds."""
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return False
+    url = urlsplit(endpoint or hub_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        with socket.create_connection((host, 443), timeout=timeout):
+        with socket.create_connection((url.hostname, port), timeout=timeout):
             return True
     except OSError:
         return False
@@ -298,12 +306,13 @@ def download(name: str, force: bool = False) -> Path:
         present = dest.is_file() or (dest / "config.json").is_file()
     if present and not force:
         return dest
-    if not hub_reachable():
+    endpoint = hub_endpoint()
+    if not hub_reachable(endpoint):
         by_hand = (f"`hf download {repo_id} --local-dir {dest}`" if "." not in filename else
-                   f"https://huggingface.co/{repo_id}/resolve/main/{filename}")
+                   f"{endpoint}/{repo_id}/resolve/main/{filename}")
         raise MissingWeightsError(
-            f"cannot reach huggingface.co to download {filename} (offline?). Fetch {by_hand} on a machine with internet "
-            f"and place it at {dest}")
+            f"cannot reach {urlsplit(endpoint).netloc} to download {filename} (offline?). Fetch {by_hand} on a machine "
+            f"with internet and place it at {dest}")
     paths.CHECKPOINTS_DIR.mkdir(parents=True, exist_ok=True)
     if name in DOWNLOADABLE_TEXT_ENCODERS:  # safetensors only (the repo also holds .bin / TF / Flax copies)
         from core.models import text

@@ -63,13 +63,17 @@ def part(name: str) -> WeightsFile:
     return WeightsFile("checkpoint", name, dest, present, registry.download_hint(filename, repo_id), repo_id)
 
 
+def _hub_host() -> str:
+    return urllib.parse.urlparse(registry.hub_endpoint()).hostname  # huggingface.co, or the $HF_ENDPOINT mirror
+
+
 def _host(source: str) -> str:
-    return urllib.parse.urlparse(source).hostname if "://" in source else "huggingface.co"
+    return urllib.parse.urlparse(source).hostname if "://" in source else _hub_host()
 
 
 def _reachable(host: str, timeout: float = 3.0) -> bool:
-    if host == "huggingface.co":
-        return registry.hub_reachable(host, timeout)
+    if host == _hub_host():
+        return registry.hub_reachable(timeout=timeout)
     try:
         with socket.create_connection((host, 443), timeout=timeout):
             return True
