@@ -71,6 +71,15 @@ def _host(source: str) -> str:
     return urllib.parse.urlparse(source).hostname if "://" in source else _hub_host()
 
 
+def _by_hand(f: WeightsFile) -> str:
+    """Where to fetch `f` from by hand: its URL, a hub file's URL at the endpoint, or the command for a hub folder."""
+    if "://" in f.source:
+        return f.source
+    if "." in f.path.name:
+        return f"{registry.hub_endpoint()}/{f.source}/resolve/main/{f.path.name}"
+    return f"`hf download {f.source} --local-dir {f.path}`"
+
+
 def _reachable(host: str, timeout: float = 3.0) -> bool:
     if host == _hub_host():
         return registry.hub_reachable(timeout=timeout)
@@ -118,7 +127,7 @@ def fetch(files: list[WeightsFile], force: bool = False, say: Callable[[str], No
     if offline:
         lines = [f"cannot reach {', '.join(h for h, ok in hosts.items() if not ok)} (offline?); nothing was downloaded. "
                  f"On a machine with internet, get:"]
-        lines += [f"  {s.file.role} {s.file.name}: {s.file.source} -> {s.file.path}" for s in todo if s.action == "fetch"]
+        lines += [f"  {s.file.role} {s.file.name}: {_by_hand(s.file)} -> {s.file.path}" for s in todo if s.action == "fetch"]
         raise MissingWeightsError("\n".join(lines))
     for s in todo:
         say(s.line())
