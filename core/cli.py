@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "core.eval.cli",     # eval fid, embeddings, geneval-export, clip, summary (+ demo)
     "core.eval.compare_cli",  # compare (free / teacher-forced / prefix views)
     "core.demo.cli",           # demo build, eval demo, eval diagnose
+    "core.sweep.cli",          # sweep (variants trained and evaluated, one table)
 )
 
 
