@@ -172,6 +172,7 @@ def _train(variant: Variant, run_id: str, children: RunStore, devices: str, reco
     child_dir = children.runs_dir / run_id
     resume = child_dir.is_dir()
     if resume:
+        Launcher(children).mark_orphans()  # the sweep's previous worker died (kill -9): its variant failed
         child = children.get(run_id)
         if child.status == FINISHED:
             return child.status, child.message
