@@ -207,3 +207,59 @@ def test_cli_sweep_two_values_one_at_a_time(capsys, tmp_path, monkeypatch):
     assert status["status"] == "finished" and status["kind"] == "sweep"
     rc, out, _ = run_core(capsys, "runs", "show", sweep_dir.name, "--runs-dir", str(runs))
     assert rc == 0 and "sweep table" in out and "init_weights=/nonexistent/model.pt  failed" in out
+
+
+def _wait_for(cond, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
+def test_sweep_job_stops_resumes_and_deletes_with_its_variants(tmp_path, monkeypatch):
+    """A sweep queued in the background (kind sweep): a stop of the sweep reaches the variant being trained,
+    which checkpoints; the sweep ends stopped. Resume continues that variant from its checkpoint and keeps
+    the rows already measured; delete removes the sweep with its variants."""
+    from core.runs.launcher import Launcher
+    from core.runs.store import RunStore
+    from core.sweep import job
+    from core.vapi.config import parse_overrides
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    overrides = parse_overrides([a for a in TINY[3::2]] + ["max_steps=30", "save_steps=1"])
+    cfg = SweepConfig(preset="demo-c2i", overrides=overrides, vary={"learning_rate": [3e-5]}, mode="one-at-a-time",
+                      num_samples=10, num_seeds=1)
+    store = RunStore(tmp_path / "runs")
+    launcher = Launcher(store, grace_s=120)
+    run = job.submit_sweep(launcher, cfg, "cpu")
+    assert run.kind == "sweep" and run.total_steps == 3
+    sweep_dir = store.run_dir(run.id)
+    child_metrics = sweep_dir / "variants" / "v00-preset" / "metrics.jsonl"
+    _wait_for(lambda: child_metrics.is_file() and child_metrics.read_text().count("\n") >= 2, 600,
+              "the preset variant's second step")
+    base_record = (sweep_dir / "results" / "base.json").read_text()
+    launcher.stop(run.id)
+    run = launcher.wait(run.id, timeout=300)
+    assert run.status == "stopped", run.message
+    children = RunStore(sweep_dir / "variants")
+    child = children.get("v00-preset")
+    assert child.status == "stopped" and 2 <= child.step < 30 and children.last_checkpoint("v00-preset") is not None
+    assert not (sweep_dir / "results" / "v00-preset.json").exists()
+    stopped_at = child.step
+
+    launcher.resume(run.id)
+    run = launcher.wait(run.id, timeout=900)
+    assert run.status == "finished", run.message
+    rows = {r["name"]: r for r in T.read(sweep_dir)["rows"]}
+    assert [rows[n]["status"] for n in (T.BASE_ROW, "preset", "learning_rate=3e-05")] == [T.DONE] * 3
+    assert (sweep_dir / "results" / "base.json").read_text() == base_record  # kept, not measured again
+    steps = [json.loads(line)["step"] for line in child_metrics.read_text().splitlines()]
+    assert steps == list(range(1, 31)) and stopped_at < 30  # continued from its checkpoint, no gap, no repeat
+    assert "resume=True" in (sweep_dir / "variants" / "v00-preset" / "log.txt").read_text()
+
+    store.delete_run(run.id)
+    assert not sweep_dir.exists()

@@ -62,15 +62,10 @@ def cmd_sweep(args) -> int:
     from core.runs.store import LOG_FILE, RunStore, process_start_time
     from core.sweep import job
     from core.sweep import table as T
-    from core.sweep.config import expand
     from core.vapi.cli import _Busy, _start_when_free, _Tee
-    from core.vapi.preflight import preflight
-    from core.vapi.config import VapiConfig
 
     cfg = sweep_config(args)
-    variants = expand(cfg)  # every variant validated before anything is created
-    job.check(cfg, variants)
-    preflight(VapiConfig.from_dict(variants[0].config))  # the preset's data and weights are there
+    variants = job.prepare(cfg)  # every variant validated before anything is created
     devices = check_visible(args.devices or devices_of(variants[0].config["device"]))
     if len(gpu_ids(devices)) > 1:
         raise ConfigError("devices", f"{devices}: a sweep trains on one device (cpu or one GPU) at a time")

@@ -294,3 +294,26 @@ def run_sweep(config: dict, run_dir: Path, recorder, resume: bool) -> None:
         recorder.set_progress(done, total)
         write_table(run_dir, cfg, variants)
     print(T.text(write_table(run_dir, cfg, variants)), flush=True)
+
+
+def prepare(cfg: SweepConfig) -> list[Variant]:
+    """Every check a sweep can make before it is queued: its variants (each run config validated), the
+    evaluation against each variant's model, and the preset's data and weights (`preflight`)."""
+    from core.vapi.config import VapiConfig
+    from core.vapi.preflight import preflight
+
+    variants = expand(cfg)
+    check(cfg, variants)
+    preflight(VapiConfig.from_dict(variants[0].config))
+    return variants
+
+
+def submit_sweep(launcher, cfg: SweepConfig, devices: str, name: Optional[str] = None):
+    """Validate a sweep (`prepare`) and queue it as a background job of kind `sweep`. Returns the Run."""
+    from core.device import gpu_ids
+
+    variants = prepare(cfg)
+    if len(gpu_ids(devices)) > 1:
+        raise ConfigError("devices", f"{devices}: a sweep trains on one device (cpu or one GPU) at a time")
+    return launcher.submit(name or f"sweep {cfg.preset}", {**cfg.to_dict(), "entry": SWEEP_ENTRY}, devices,
+                           total_steps(variants))
