@@ -13,7 +13,7 @@ from core.runs.store import ACTIVE, QUEUED, RUNNING, Run, RunStore
 
 ETA_WINDOW = 20  # steps whose timestamps estimate the time per step
 TABLE_HEADERS = ["run", "name", "kind", "status", "step", "ETA", "reward", "devices", "created"]
-EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND = entries.EVAL, entries.EMBEDDINGS, entries.TRAIN
+EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND, SWEEP_KIND = entries.EVAL, entries.EMBEDDINGS, entries.TRAIN, entries.SWEEP
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
@@ -90,6 +90,15 @@ def job_results(store: RunStore, run: Run) -> Optional[str]:
     kind = run.kind
     if kind == TRAIN_KIND:
         return None
+    if kind == SWEEP_KIND:
+        from core.sweep import table as sweep_table
+
+        table = sweep_table.read(run.run_dir)
+        if table is None:
+            return f"**sweep** — {run.step}/{run.total_steps} rows measured; its table appears here as rows finish."
+        return (f"**sweep table** ({run.step}/{run.total_steps} rows; verdicts: 95% interval of the change, paired by "
+                f"seed; *within noise* unless it excludes 0; all metrics' changes in "
+                f"`{run.run_dir / sweep_table.TABLE_CSV}`)\n\n" + sweep_table.markdown(table))
     tab = "Evaluate" if kind == EVAL_KIND else "Embeddings"
     try:
         results = json.loads((run.run_dir / RESULTS_FILE).read_text())

@@ -142,6 +142,28 @@ def text(table: dict) -> str:
     return "\n".join(lines)
 
 
+def markdown(table: dict) -> str:
+    """The table for the Runs tab: per row the metrics (mean ± std), the first metric's changes against the
+    base model and the preset with their verdicts, KL to base, time, status (a failed row: its reason)."""
+    metrics = table["metrics"]
+    key = metrics[0] if metrics else None
+    head = ["variant", "status", *metrics] + ([f"{key} vs base", f"{key} vs preset"] if key else []) + ["KL to base", "time"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table["rows"]:
+        name = f"**{r['name']}** (best beyond noise)" if r["best"] else r["name"]
+        status = r["status"] if r["status"] != FAILED else f"failed: {(r.get('reason') or '').splitlines()[0][:120]}"
+        cells = [name.replace("|", "\\|"), status.replace("|", "\\|")]
+        for m in metrics:
+            v = r["metrics"].get(m)
+            cells.append("" if v is None else f"{_num(v['mean'])} ± {v['std']:.2g}")
+        if key:
+            v = r["metrics"].get(key) or {}
+            cells += [_change(v.get("vs_base")), _change(v.get("vs_preset"))]
+        cells += ["" if r.get("kl_base") is None else f"{r['kl_base']:.4f}", _duration(r.get("time_s"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- files
 def csv_text(table: dict) -> str:
     """One CSV line per row: variant, status, reason, changes (JSON), per metric mean, std and both changes
