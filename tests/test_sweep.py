@@ -279,3 +279,11 @@ def test_the_runs_tab_shows_a_sweep_as_one_row_with_its_table(tmp_path):
     assert "**sweep table**" in shown and "| variant | status | demo_fid | class_accuracy | demo_fid vs base |" in shown
     assert "**learning_rate=3e-05** (best beyond noise)" in shown and "better" in shown
     assert "failed: training failed: ConfigError: init_weights: file not found: /nope.pt |" in shown
+
+
+def test_a_sweeps_progress_counts_the_base_model_and_each_run():
+    from core.sweep import job
+
+    cfg = SweepConfig(preset="demo-c2i", vary={"learning_rate": [1e-5, 3e-5], "beta": [0.1, 1.0]}, mode="one-at-a-time")
+    assert cfg.total_steps == job.total_steps(expand(cfg)) == 4  # base model, preset, lr 3e-5, beta 1
+    assert job.check_job(cfg) == "sweep demo-c2i"

@@ -73,6 +73,11 @@ class SweepConfig:
     def sampling_seeds(self) -> list[int]:
         return list(self.seeds) if self.seeds is not None else list(range(self.num_seeds))
 
+    @property
+    def total_steps(self) -> int:
+        """The sweep's progress units: the base model's evaluation and each run (the preset and its variants)."""
+        return len(expand(self)) + 1
+
     def to_dict(self) -> dict:
         return asdict(self)
 

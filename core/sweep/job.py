@@ -237,7 +237,8 @@ def _base_record(cfg: SweepConfig, preset: Variant, evals_dir: Path) -> dict:
 
 
 def total_steps(variants: list[Variant]) -> int:
-    """A sweep's progress: the base model's evaluation and each variant (trained and evaluated)."""
+    """A sweep's progress: the base model's evaluation and each variant (trained and evaluated); equals
+    SweepConfig.total_steps."""
     return len(variants) + 1
 
 
@@ -306,6 +307,12 @@ def prepare(cfg: SweepConfig) -> list[Variant]:
     check(cfg, variants)
     preflight(VapiConfig.from_dict(variants[0].config))
     return variants
+
+
+def check_job(cfg: SweepConfig, runs_dir=None) -> str:
+    """A job kind's check: `prepare` (nothing queued on an error); returns the sweep's default name."""
+    prepare(cfg)
+    return f"sweep {cfg.preset}"
 
 
 def submit_sweep(launcher, cfg: SweepConfig, devices: str, name: Optional[str] = None):
