@@ -11,8 +11,10 @@ import pytest
 from gradio_client import Client
 
 from app.tabs.launch import api_name_of
+from core.sweep import table as T
 from tests import helpers
 from tests.helpers import served_app, train_tiny_evaluator
+from tests.test_sweep import SWEEP, _table
 
 TINY = dict(max_steps=2, per_device_train_batch_size=2, global_batch_size=2, num_generations=2, data_subset=20,
             save_steps=2, preview_steps=1000, kl_probe_size=2, preview_classes=[0, 1])
@@ -60,3 +62,20 @@ def test_sweep_from_launch_to_its_table_in_runs(served):
     assert "**sweep table**" in shown and "| fid vs base | fid vs preset |" in shown, shown
     for name in ("base model", "preset", "learning_rate=3e-05", "learning_rate=0.0001"):
         assert f"| {name} | done |" in shown or f"| **{name}** (best beyond noise) | done |" in shown, shown
+
+
+def test_the_runs_tab_shows_a_sweep_as_one_row_with_its_table(tmp_path):
+    from app import views
+    from core.runs.entries import SWEEP_ENTRY
+    from core.runs.store import RunStore
+
+    store = RunStore(tmp_path / "runs")
+    run = store.create_run("sweep demo-c2i", {**SWEEP, "entry": SWEEP_ENTRY}, "cpu", 5)
+    assert run.kind == "sweep" and views.table_row(store, run, run.kind)[2] == "sweep"
+    assert "rows measured" in views.job_results(store, run)  # before its first row
+    T.write(run.run_dir, _table())
+    shown = views.job_results(store, run)
+    assert "**sweep table**" in shown and "| variant | status | demo_fid | class_accuracy | demo_fid vs base |" in shown
+    assert "**learning_rate=3e-05** (best beyond noise)" in shown and "better" in shown
+    assert "failed: training failed: ConfigError: init_weights: file not found: /nope.pt |" in shown
+

@@ -265,22 +265,6 @@ def test_sweep_job_stops_resumes_and_deletes_with_its_variants(tmp_path, monkeyp
     assert not sweep_dir.exists()
 
 
-def test_the_runs_tab_shows_a_sweep_as_one_row_with_its_table(tmp_path):
-    from app import views
-    from core.runs.entries import SWEEP_ENTRY
-    from core.runs.store import RunStore
-
-    store = RunStore(tmp_path / "runs")
-    run = store.create_run("sweep demo-c2i", {**SWEEP, "entry": SWEEP_ENTRY}, "cpu", 5)
-    assert run.kind == "sweep" and views.table_row(store, run, run.kind)[2] == "sweep"
-    assert "rows measured" in views.job_results(store, run)  # before its first row
-    T.write(run.run_dir, _table())
-    shown = views.job_results(store, run)
-    assert "**sweep table**" in shown and "| variant | status | demo_fid | class_accuracy | demo_fid vs base |" in shown
-    assert "**learning_rate=3e-05** (best beyond noise)" in shown and "better" in shown
-    assert "failed: training failed: ConfigError: init_weights: file not found: /nope.pt |" in shown
-
-
 def test_a_sweeps_progress_counts_the_base_model_and_each_run():
     from core.sweep import job
 
