@@ -271,3 +271,54 @@ def test_a_sweeps_progress_counts_the_base_model_and_each_run():
     cfg = SweepConfig(preset="demo-c2i", vary={"learning_rate": [1e-5, 3e-5], "beta": [0.1, 1.0]}, mode="one-at-a-time")
     assert cfg.total_steps == job.total_steps(expand(cfg)) == 4  # base model, preset, lr 3e-5, beta 1
     assert job.check_job(cfg) == "sweep demo-c2i"
+
+
+def _foreground_sweep(runs: Path, signals: int) -> tuple[int, str]:
+    """`python -m core sweep` in a subprocess; once the preset variant trains, SIGINT (a second one as soon as
+    the first is acknowledged). Returns (exit code, output)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    tiny = [a if a != "max_steps=2" else "max_steps=400" for a in TINY]
+    proc = subprocess.Popen([sys.executable, "-m", "core", "sweep", *tiny, "--vary", "learning_rate=3e-5",
+                             "--one-at-a-time", "--num-samples", "10", "--num-seeds", "1", "--runs-dir", str(runs)],
+                            cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, text=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[step 1/400]"):
+                proc.send_signal(signal.SIGINT)
+            elif "SIGINT: stopping at the next step boundary" in line and signals == 2:
+                proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return proc.returncode, "".join(lines)
+
+
+def _status(folder: Path) -> str:
+    return json.loads((folder / "status.json").read_text())["status"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_foreground_sweep_and_twice_aborts_it(tmp_path):
+    """Ctrl-C stops a foreground sweep as it stops a train: the variant in training checkpoints, the sweep ends
+    stopped (exit 0) and starts no other variant. A second Ctrl-C aborts the variant and the sweep with it (the
+    code before recorded the aborted variant as a failed row and went on to the next)."""
+    rc, out = _foreground_sweep(tmp_path / "once", 1)
+    (sweep_dir,) = [p for p in (tmp_path / "once").iterdir() if (p / "config.json").is_file()]
+    assert rc == 0 and _status(sweep_dir) == "stopped", out
+    assert _status(sweep_dir / "variants" / "v00-preset") == "stopped"
+    assert (sweep_dir / "variants" / "v00-preset" / "checkpoints").iterdir()
+    assert not (sweep_dir / "variants" / "v01-learning_rate-3e-05").exists(), out
+
+    rc, out = _foreground_sweep(tmp_path / "twice", 2)
+    (sweep_dir,) = [p for p in (tmp_path / "twice").iterdir() if (p / "config.json").is_file()]
+    assert rc != 0 and _status(sweep_dir) == "failed", out
+    assert _status(sweep_dir / "variants" / "v00-preset") == "failed"
+    assert not (sweep_dir / "variants" / "v01-learning_rate-3e-05").exists(), out

@@ -181,7 +181,9 @@ def _train(variant: Variant, run_id: str, children: RunStore, devices: str, reco
         children.create_run(variant.name, {**variant.config, "entry": entries.TRAIN_ENTRY}, devices,
                             int(variant.config["max_steps"]), run_id=run_id, claim=me)
     with _relay_stop(recorder, child_dir), _output_also_to(child_dir / LOG_FILE):
-        worker.main(["--run-dir", str(child_dir)] + (["--resume"] if resume else []))
+        rc = worker.main(["--run-dir", str(child_dir)] + (["--resume"] if resume else []))
+    if rc == 130:  # a second Ctrl-C aborted the variant: it aborts the sweep too, as it does a train
+        raise KeyboardInterrupt
     child = children.get(run_id)
     return child.status, child.message
 
