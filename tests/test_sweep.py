@@ -165,6 +165,8 @@ def test_cli_refuses_a_bad_variant_before_anything_is_created(capsys, tmp_path):
     assert not runs.exists() or not any(runs.iterdir())
     rc, _, err = run_core(capsys, "sweep", *TINY, "--vary", "beta=1", "--eval", "adherence", "--runs-dir", str(runs))
     assert rc == 2 and "error: eval: variant 'preset': prompt adherence" in err and not any(runs.glob("*/config.json"))
+    rc, _, err = run_core(capsys, "sweep", *TINY, "--vary", "beta=1", "--num-samples", "10", "--runs-dir", str(runs))
+    assert rc == 2 and "error: num_samples: 10; the demo evaluation needs at least 20" in err
 
 
 @pytest.mark.slow
@@ -232,7 +234,7 @@ def test_sweep_job_stops_resumes_and_deletes_with_its_variants(tmp_path, monkeyp
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     overrides = parse_overrides([a for a in TINY[3::2]] + ["max_steps=30", "save_steps=1"])
     cfg = SweepConfig(preset="demo-c2i", overrides=overrides, vary={"learning_rate": [3e-5]}, mode="one-at-a-time",
-                      num_samples=10, num_seeds=1)
+                      num_samples=20, num_seeds=1)
     store = RunStore(tmp_path / "runs")
     launcher = Launcher(store, grace_s=120)
     run = job.submit_sweep(launcher, cfg, "cpu")
@@ -283,7 +285,7 @@ def _foreground_sweep(runs: Path, signals: int) -> tuple[int, str]:
 
     tiny = [a if a != "max_steps=2" else "max_steps=400" for a in TINY]
     proc = subprocess.Popen([sys.executable, "-m", "core", "sweep", *tiny, "--vary", "learning_rate=3e-5",
-                             "--one-at-a-time", "--num-samples", "10", "--num-seeds", "1", "--runs-dir", str(runs)],
+                             "--one-at-a-time", "--num-samples", "20", "--num-seeds", "1", "--runs-dir", str(runs)],
                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, text=True)
     lines = []

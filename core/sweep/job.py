@@ -62,8 +62,9 @@ def check(cfg: SweepConfig, variants: list[Variant]) -> None:
         if cfg.eval == "fid" and not cfg.reference and not preset.embedded:
             raise ConfigError("reference", f"variant {v.name!r}: eval fid of {model} needs the real images "
                                            "(an .npz batch or an image folder)")
-    if cfg.eval in ("demo", "adherence") and cfg.num_samples < 10:
-        raise ConfigError("num_samples", f"{cfg.num_samples}; the demo evaluation needs at least 10 (one per class)")
+    if cfg.eval in ("demo", "adherence") and cfg.num_samples < 20:
+        raise ConfigError("num_samples", f"{cfg.num_samples}; the demo evaluation needs at least 20 (two per class: "
+                                         "diversity is a distance between samples of one class)")
 
 
 # ----------------------------------------------------------------------------- evaluation
