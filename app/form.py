@@ -284,7 +284,7 @@ def _same(a: Any, b: Any) -> bool:
 
 @dataclass
 class LaunchPlan:
-    """A checked launch: what Launcher.submit gets, and the same run as a CLI command."""
+    """A checked launch: what `core.runs.kinds.submit` gets, and the same run as a CLI command."""
 
     preset: str
     name: str
@@ -293,9 +293,10 @@ class LaunchPlan:
     cfg: C.VapiConfig
 
     def config(self) -> dict[str, Any]:
-        from core.vapi.trainer import ENTRY
+        """The run's config.json."""
+        from core.runs import kinds
 
-        return {**self.cfg.to_dict(), "entry": ENTRY}
+        return kinds.record(kinds.TRAIN, self.cfg)
 
     @property
     def cli(self) -> str:

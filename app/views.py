@@ -8,12 +8,12 @@ from __future__ import annotations
 import time
 from typing import Optional
 
-from core.runs import entries
+from core.runs import kinds
 from core.runs.store import ACTIVE, QUEUED, RUNNING, Run, RunStore
 
 ETA_WINDOW = 20  # steps whose timestamps estimate the time per step
 TABLE_HEADERS = ["run", "name", "kind", "status", "step", "ETA", "reward", "devices", "created"]
-EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND, SWEEP_KIND = entries.EVAL, entries.EMBEDDINGS, entries.TRAIN, entries.SWEEP
+EVAL_KIND, EMBEDDINGS_KIND, TRAIN_KIND = kinds.EVAL, kinds.EMBEDDINGS, kinds.TRAIN
 
 
 def run_choices(store: RunStore) -> list[tuple[str, str]]:
@@ -81,41 +81,18 @@ def header(run: Run, eta: Optional[float]) -> str:
 
 
 def job_results(store: RunStore, run: Run) -> Optional[str]:
-    """Markdown of an evaluation or embedding job's results (what the Runs tab shows instead of training
-    curves); None for a training run."""
+    """Markdown of a job's results, through its kind (`core.runs.kinds`: label, tab, summary of its
+    results.json; what the Runs tab shows instead of training curves); None for a training run."""
     import json
 
-    from core.eval.job_io import RESULTS_FILE
-
-    kind = run.kind
-    if kind == TRAIN_KIND:
+    kind = kinds.get(run.kind)
+    if kind.summarize is None:  # a training run: its curves, no results.json
         return None
-    if kind == SWEEP_KIND:
-        from core.sweep import table as sweep_table
-
-        table = sweep_table.read(run.run_dir)
-        if table is None:
-            return f"**sweep** — {run.step}/{run.total_steps} rows measured; its table appears here as rows finish."
-        return (f"**sweep table** ({run.step}/{run.total_steps} rows; verdicts: 95% interval of the change, paired by "
-                f"seed; *within noise* unless it excludes 0; all metrics' changes in "
-                f"`{run.run_dir / sweep_table.TABLE_CSV}`)\n\n" + sweep_table.markdown(table))
-    tab = "Evaluate" if kind == EVAL_KIND else "Embeddings"
+    also = f" (also in the **{kind.results_tab}** tab)" if kind.results_tab else ""
     try:
-        results = json.loads((run.run_dir / RESULTS_FILE).read_text())
+        results = json.loads((run.run_dir / kind.results_file).read_text())
     except (OSError, ValueError):
-        return (f"**{kind} job** — {run.step}/{run.total_steps} samples drawn. It has no training curves; its "
-                f"results appear here and in the **{tab}** tab when it finishes.")
-    lines = [f"**{kind} job results** (also in the **{tab}** tab)"]
-    if kind == EVAL_KIND:
-        spread = results.get("spread") or {k: {"mean": v, "std": 0.0, "values": [v]}
-                                          for k, v in results.get("metrics", {}).items()}
-        lines.append(f"{results.get('model')} · {results.get('checkpoint')} · mean ± std over "
-                     f"{len(next(iter(spread.values()), {}).get('values', [])) if spread else 0} seeds")
-        lines += [f"- {name}: {v['mean']:.4g} ± {v['std']:.2g}" for name, v in spread.items()]
-    else:
-        for name, v in (results.get("verdicts") or {}).items():
-            b, a = v["base"], v["aligned"]
-            lines.append(f"- {'FD' if name == 'fid' else name}: base {b['mean']:.4g} ± {b['std']:.2g} → aligned "
-                         f"{a['mean']:.4g} ± {a['std']:.2g}; Δ 95% interval [{v['low']:+.3g}, {v['high']:+.3g}] → "
-                         f"**{v['verdict']}**")
-    return "\n".join(lines)
+        where = f" and in the **{kind.results_tab}** tab" if kind.results_tab else ""
+        return (f"**{kind.label}** — {run.step}/{run.total_steps} done. It has no training curves; its "
+                f"results appear here{where} when it finishes.")
+    return "\n".join([f"**{kind.label} results**{also}", *kind.summarize(results)])

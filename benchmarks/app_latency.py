@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app import create_app
     from core.runs.launcher import free_port
+    from core.runs import kinds
     from core.runs.store import STOPPED
 
     t_import = time.perf_counter() - t0
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  create_app + launch                   {t_create + t_launch:6.2f} s")
 
         store = app.ctx.store
-        run = store.create_run("latency", {"entry": "core.vapi.trainer:run_worker"}, "cpu", 10_000)
+        run = store.create_run("latency", {"entry": kinds.TRAIN_ENTRY}, "cpu", 10_000)
         store.set_status(run.id, STOPPED)  # nothing starts it: this script writes its metrics
         client = Client(url, verbose=False)
         client.predict(run.id, 0.0, None, api_name="/runs_refresh")  # the session's first (full) refresh
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         timer = measure_updates(client, store, run.id, args.rows, args.timer, first_step=args.rows + 1)
         print(f"write -> returned, polling every {args.timer:g} s:  " + stats(timer))
 
-        big = store.create_run("history", {"entry": "core.vapi.trainer:run_worker"}, "cpu", args.history)
+        big = store.create_run("history", {"entry": kinds.TRAIN_ENTRY}, "cpu", args.history)
         store.set_status(big.id, STOPPED)
         keys = ("reward_mean", "reward_std", "dist_mse", "loss_pg", "loss_prior", "clip_frac", "kl_base", "grad_norm",
                 "samples_per_s", "entropy", "lr", "step_time")

@@ -27,7 +27,8 @@ from core.demo import report as demo_report
 from core.runs.recorder import RunRecorder
 from core.runs.store import RunStore
 from core.vapi.config import resolve
-from core.vapi.trainer import ENTRY, Trainer
+from core.runs.kinds import TRAIN_ENTRY as ENTRY
+from core.vapi.trainer import Trainer
 
 VARIANTS: dict[str, dict] = {
     "default": {},

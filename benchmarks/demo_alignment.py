@@ -22,7 +22,8 @@ from core.runs.recorder import RunRecorder
 from core.runs.store import RunStore
 from core.vapi import objective
 from core.vapi.config import resolve
-from core.vapi.trainer import ENTRY, Trainer
+from core.runs.kinds import TRAIN_ENTRY as ENTRY
+from core.vapi.trainer import Trainer
 
 PHASES = defaultdict(float)
 

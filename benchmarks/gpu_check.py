@@ -169,7 +169,8 @@ def smoke(kind: str, method: str, root: Path, resume: bool, dry: bool) -> None:
     from core.runs.recorder import RunRecorder
     from core.runs.store import RunStore
     from core.vapi.config import resolve
-    from core.vapi.trainer import ENTRY, Trainer
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
+    from core.vapi.trainer import Trainer
 
     class NoPreviewTrainer(Trainer):  # sample grids need PIL, which a bare GPU machine may lack
         def write_preview(self, step: int) -> None:

@@ -12,6 +12,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(autouse=True)
+def _device_locks_of_this_test(tmp_path_factory, monkeypatch):
+    # device claims are machine-wide (core.runs.claims): each test gets its own machine
+    monkeypatch.setenv("VAPI_STATE_DIR", str(tmp_path_factory.mktemp("vapi-state")))
+
+
+@pytest.fixture(autouse=True)
 def _torch_threads():
     # Two cores on CI: keep each test deterministic and bounded.
     torch.set_num_threads(2)

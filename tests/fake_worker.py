@@ -9,12 +9,9 @@ config["fake"] steers it:
     crash_at         raise RuntimeError when this step is reached
     spawn_child      start a sleeping child process and write its pid to child.pid (process-group kill)
     report_threads   import torch and write its thread count to threads.txt at every step (thread budget)
-    disk_full_at     the checkpoint of this step fails half-written with ENOSPC (a full disk)
 """
 from __future__ import annotations
 
-import errno
-import os
 import subprocess
 import sys
 import time
@@ -23,12 +20,9 @@ from pathlib import Path
 from core.runs.recorder import RunRecorder
 
 
-def _checkpoint(recorder: RunRecorder, step: int, disk_full: bool = False) -> None:
+def _checkpoint(recorder: RunRecorder, step: int) -> None:
     with recorder.save_checkpoint(step) as d:
         (d / "weights.txt").write_text(f"weights after step {step}\n")
-        if disk_full:
-            (d / "optimizer.pt").write_bytes(b"\0" * 4096)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(d / "optimizer.pt"))
 
 
 def run(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool) -> None:
@@ -63,6 +57,6 @@ def run(config: dict, run_dir: Path, recorder: RunRecorder, resume: bool) -> Non
         recorder.log_metrics(step, {"loss": 1.0 / step, "reward": -1.0 / step})
         print(f"fake: step {step}", flush=True)
         if every and step % every == 0:
-            _checkpoint(recorder, step, disk_full=step == fake.get("disk_full_at"))
+            _checkpoint(recorder, step)
     _checkpoint(recorder, step)
     print("fake: done", flush=True)

@@ -104,7 +104,8 @@ def train_demo_run(store, steps: int = 2, name: str = "trained", preset: str = "
     in `store`. Returns (run id, last step)."""
     from core.runs.recorder import RunRecorder
     from core.vapi.config import resolve
-    from core.vapi.trainer import ENTRY, Trainer
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
+    from core.vapi.trainer import Trainer
 
     cfg = resolve(preset, dict(dict(max_steps=steps, per_device_train_batch_size=2, global_batch_size=2,
                                         num_generations=2, data_subset=20, save_steps=steps, preview_steps=steps,

@@ -443,8 +443,8 @@ def test_the_form_covers_every_config_field_and_its_cli_is_equivalent():
 def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panels(served, tmp_path):
     import csv
 
-    from core.eval.eval_job import EVAL_ENTRY
-    from core.vapi.trainer import ENTRY
+    from core.runs.kinds import EVAL_ENTRY
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     store, client = served.store, served.ui.client
     runs = []

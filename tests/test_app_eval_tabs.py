@@ -43,7 +43,7 @@ def evaluator_file(tmp_path_factory):
 
 def aligned_run(store) -> str:
     """A finished demo training run with one checkpoint (other random weights than the base)."""
-    from core.vapi.trainer import ENTRY
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     run = store.create_run("align", {"entry": ENTRY, "model": "demo-c2i"}, "cpu", STEP)
     store.set_status(run.id, RUNNING)

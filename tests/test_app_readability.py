@@ -41,7 +41,7 @@ def test_labels_are_words_with_the_key_and_a_non_number_is_not_called_missing():
 def test_evaluate_source_follows_the_newest_finished_training_run(tiny_demo, tmp_path):
     from app.tabs.evaluate import default_source
     from core.runs.store import FINISHED, RUNNING, RunStore
-    from core.vapi.trainer import ENTRY
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
     from tests.helpers import tiny_gpt
 
     store = RunStore(tmp_path / "runs")

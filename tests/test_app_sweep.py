@@ -59,23 +59,23 @@ def test_sweep_from_launch_to_its_table_in_runs(served):
               ["/runs_refresh"]["returns"]]
     shown = result[labels.index("job results")]
     shown = shown.get("value") if isinstance(shown, dict) else shown
-    assert "**sweep table**" in shown and "| fid vs base | fid vs preset |" in shown, shown
+    assert "**sweep results**" in shown and "| fid vs base | fid vs preset |" in shown, shown
     for name in ("base model", "preset", "learning_rate=3e-05", "learning_rate=0.0001"):
         assert f"| {name} | done |" in shown or f"| **{name}** (best beyond noise) | done |" in shown, shown
 
 
 def test_the_runs_tab_shows_a_sweep_as_one_row_with_its_table(tmp_path):
     from app import views
-    from core.runs.entries import SWEEP_ENTRY
+    from core.runs.kinds import SWEEP_ENTRY
     from core.runs.store import RunStore
 
     store = RunStore(tmp_path / "runs")
     run = store.create_run("sweep demo-c2i", {**SWEEP, "entry": SWEEP_ENTRY}, "cpu", 5)
     assert run.kind == "sweep" and views.table_row(store, run, run.kind)[2] == "sweep"
-    assert "rows measured" in views.job_results(store, run)  # before its first row
+    assert "its results appear here when it finishes" in views.job_results(store, run)  # before its first row
     T.write(run.run_dir, _table())
     shown = views.job_results(store, run)
-    assert "**sweep table**" in shown and "| variant | status | demo_fid | class_accuracy | demo_fid vs base |" in shown
+    assert "**sweep results**" in shown and "| variant | status | demo_fid | class_accuracy | demo_fid vs base |" in shown
     assert "**learning_rate=3e-05** (best beyond noise)" in shown and "better" in shown
     assert "failed: training failed: ConfigError: init_weights: file not found: /nope.pt |" in shown
 

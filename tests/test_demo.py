@@ -60,7 +60,8 @@ def test_demo_alignment_steps_change_the_weights(tmp_path):
     from core.runs.recorder import RunRecorder
     from core.runs.store import RunStore
     from core.vapi.config import resolve
-    from core.vapi.trainer import ENTRY, Trainer
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
+    from core.vapi.trainer import Trainer
 
     cfg = resolve("demo-c2i", {"max_steps": 2, "global_batch_size": 4, "per_device_train_batch_size": 4,
                                "num_generations": 4, "save_steps": 2, "preview_steps": 2, "kl_probe_size": 1})

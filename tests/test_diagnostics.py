@@ -80,15 +80,16 @@ def test_diagnose_config_errors_name_the_field():
         assert e.value.field == field
     with pytest.raises(ConfigError, match="schedule"):  # an unknown key of a run's config.json
         D.DiagnoseConfig.from_dict({"checkpoint": "run", "schedule": "x"})
-    from core.runs import entries
+    from core.runs import kinds
 
-    assert entries.kind_of(entries.DIAGNOSE_ENTRY) == entries.DIAGNOSE
+    assert kinds.kind_of(kinds.DIAGNOSE_ENTRY) == kinds.DIAGNOSE
 
 
 def test_the_diagnose_job_writes_results_reports_progress_and_stops_between_phases(tmp_path):
     import json
 
     from core.models import checkpoint, load
+    from core.runs import kinds
 
     gen, _ = load.load_pair("demo-c2i")
     with torch.no_grad():
@@ -109,7 +110,7 @@ def test_the_diagnose_job_writes_results_reports_progress_and_stops_between_phas
         def log_metrics(self, step, row):
             self.metrics.append((step, row))
 
-    config = {"entry": "core.eval.diagnostics:run_diagnose", "checkpoint": str(weights), "num_images": 16,
+    config = {"entry": kinds.DIAGNOSE_ENTRY, "checkpoint": str(weights), "num_images": 16,
               "seeds": [0, 1], "num_generations": 2, "cfg_scales": [1.0], "num_samples": 20}
     run_dir = tmp_path / "runs" / "diag"
     run_dir.mkdir(parents=True)

@@ -20,7 +20,7 @@ from core.cli import main
 from core.errors import ConfigError, DataError, MissingWeightsError
 from core.eval import configs, eval_job, inputs, job_io, shift_job, summary
 from core.eval.cli import add_eval_command, register
-from core.runs import FINISHED, RUNNING, Launcher, RunStore
+from core.runs import FINISHED, RUNNING, Launcher, RunStore, kinds
 from tests.helpers import tiny_gpt, train_tiny_evaluator
 
 SAMPLES, BATCH = 12, 4
@@ -73,7 +73,7 @@ def test_eval_jobs_run_through_the_worker_and_the_summary_puts_base_beside_each_
 
     aligned_id = _aligned_run(store)
     launcher = Launcher(store)
-    base = eval_job.submit_eval(launcher, _config(evaluator, label="base"), "cpu")  # a detached worker process
+    base = kinds.submit(launcher, "eval", _config(evaluator, label="base"), "cpu")  # a detached worker process
     done = launcher.wait(base.id, timeout=120)
     assert done.status == FINISHED, store.log_tail(base.id, 40)
     assert (done.step, done.total_steps) == (SAMPLES, SAMPLES)
@@ -84,7 +84,7 @@ def test_eval_jobs_run_through_the_worker_and_the_summary_puts_base_beside_each_
     assert "[eval] sampling: 12/12 samples" in store.log_tail(base.id, 40)
 
     # the aligned checkpoint named by run id and step, run by the worker in this process
-    aligned = store.create_run("eval aligned", {"entry": eval_job.EVAL_ENTRY,
+    aligned = store.create_run("eval aligned", {"entry": kinds.EVAL_ENTRY,
                                                 **_config(evaluator, weights=f"{aligned_id[-8:]}@5").to_dict()},
                                "cpu", SAMPLES)
     assert worker.main(["--run-dir", str(aligned.run_dir)]) == 0
@@ -115,7 +115,7 @@ def test_a_stopped_eval_job_resumes_from_its_samples(tiny_demo, evaluator, tmp_p
         def should_stop(self):
             return self.stop_after is not None and self.progress[-1][0] >= self.stop_after
 
-    config = {"entry": eval_job.EVAL_ENTRY, **_config(evaluator).to_dict()}
+    config = {"entry": kinds.EVAL_ENTRY, **_config(evaluator).to_dict()}
     first = Recorder(stop_after=BATCH)
     eval_job.run_eval(config, tmp_path, first, resume=False)
     assert not (tmp_path / job_io.RESULTS_FILE).exists() and first.metrics == []
@@ -135,7 +135,7 @@ def test_missing_inception_weights_fail_before_any_sampling(tiny_demo, tmp_path,
     assert rc == 2 and "weights-inception-2015-12-05-6726825d.pth not found" in err and "curl" in err
     assert not out.exists()
     with pytest.raises(MissingWeightsError, match="Inception-v3 FID weights"):
-        eval_job.submit_eval(Launcher(store), configs.EvalConfig(num_samples=20, reference="shapes", device="cpu"), "cpu")
+        kinds.submit(Launcher(store), "eval", configs.EvalConfig(num_samples=20, reference="shapes", device="cpu"), "cpu")
     assert store.list_runs() == []
 
 
@@ -165,7 +165,7 @@ def test_eval_config_errors_name_the_field(tiny_demo):
         with pytest.raises(ConfigError, match=f"^{name}:"):
             configs.EvalConfig(**{**dict(reference="shapes"), **change})
     with pytest.raises(ConfigError, match="^steps:"):
-        configs.EvalConfig.from_dict({"entry": eval_job.EVAL_ENTRY, "steps": 3})
+        configs.EvalConfig.from_dict({"entry": kinds.EVAL_ENTRY, "steps": 3})
     with pytest.raises(ConfigError, match="^reference: 'shapes:test'"):
         inputs.reference_input("shapes:test", 16, 4)
 
@@ -298,7 +298,7 @@ def test_cli_embeddings_draws_the_three_sets_with_finite_numbers(tiny_demo, eval
     config = configs.EmbeddingConfig(aligned_weights=f"{aligned}@5", classes=[4, 5], per_class=4, batch_size=4,
                                   extractor_path=evaluator, projections=["tsne"], device="cpu", num_seeds=1)
     launcher = Launcher(store)
-    run = launcher.wait(shift_job.submit_embeddings(launcher, config, "cpu").id, timeout=120)
+    run = launcher.wait(kinds.submit(launcher, "embeddings", config, "cpu").id, timeout=120)
     assert run.status == FINISHED and run.step == run.total_steps == 16, store.log_tail(run.id, 40)
     logged = store.latest_metrics(run.id)
     job = json.loads((run.run_dir / "results.json").read_text())

@@ -123,12 +123,12 @@ def test_a_version_1_index_gains_the_run_time_column(tmp_path):
 
 
 def test_a_run_records_its_kind_and_a_version_2_index_gains_it_from_the_configs(tmp_path):
-    from core.runs import entries
+    from core.runs import kinds
 
     store = RunStore(tmp_path)
     made = {store.create_run("train", fake(), "cpu", 5).id: "train",
             store.create_run("old eval", {"entry": "core.eval.jobs:run_eval"}, "cpu", 5).id: "eval",
-            store.create_run("shift", {"entry": entries.EMBEDDINGS_ENTRY}, "cpu", 5).id: "embeddings",
+            store.create_run("shift", {"entry": kinds.EMBEDDINGS_ENTRY}, "cpu", 5).id: "embeddings",
             store.create_run("no entry", {}, "cpu", 5).id: "train"}
     assert {r.id: r.kind for r in store.list_runs()} == made
     assert json.loads((store.run_dir(next(iter(made))) / "status.json").read_text())["kind"] == "train"
@@ -140,30 +140,46 @@ def test_a_run_records_its_kind_and_a_version_2_index_gains_it_from_the_configs(
     assert {r.id: r.kind for r in RunStore(tmp_path).list_runs()} == made
 
 
-def test_entries_map_old_names_to_the_entry_points_that_exist_now():
+def test_each_kind_has_one_home_and_old_entry_names_still_resume():
     import importlib
 
-    from core.runs import entries
-    from core.runs.worker import ENTRY_POINTS
-
-    assert ENTRY_POINTS == set(entries.ENTRY_KINDS) and set(entries.RENAMED.values()) <= ENTRY_POINTS
-    for entry in ENTRY_POINTS:
-        module, func = entry.split(":")
-        assert callable(getattr(importlib.import_module(module), func)), entry
-    for old, new in entries.RENAMED.items():
-        assert entries.current(old) == new and entries.kind_of(old) == entries.kind_of(new) != entries.TRAIN
-    assert entries.current(ENTRY) == ENTRY and entries.kind_of(ENTRY) == entries.TRAIN
     from core.eval import eval_job, shift_job
-    from core.vapi import trainer
+    from core.runs import kinds
+    from core.runs.worker import ENTRY_POINTS, resolve_entry
 
-    from core.eval import diagnostics
-
-    assert (eval_job.EVAL_ENTRY, shift_job.EMBEDDINGS_ENTRY, trainer.ENTRY, diagnostics.DIAGNOSE_ENTRY) == (
-        entries.EVAL_ENTRY, entries.EMBEDDINGS_ENTRY, entries.TRAIN_ENTRY, entries.DIAGNOSE_ENTRY)
-    from core.runs.worker import resolve_entry  # a run made before the split resumes with the moved function
-
+    assert ENTRY_POINTS == set(kinds.ENTRY_KINDS) and set(kinds.RENAMED.values()) <= ENTRY_POINTS
+    assert set(kinds.KINDS) == {"train", "eval", "embeddings", "diagnose", "sweep"}
+    code = {p: p.read_text() for d in ("core", "app", "benchmarks") for p in (ROOT / d).rglob("*.py")}
+    for kind in kinds.REGISTRY.values():
+        module, func = kind.entry.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), kind.entry
+        for spec in filter(None, (kind.config, kind.check)):
+            module, name = spec.split(":")
+            assert hasattr(importlib.import_module(module), name), spec
+        homes = [str(p.relative_to(ROOT)) for p, text in code.items() if f'"{kind.entry}"' in text]
+        assert homes == ["core/runs/kinds.py"], (kind.entry, homes)  # each entry string written once
+    for old, new in kinds.RENAMED.items():
+        assert kinds.current(old) == new and kinds.kind_of(old) == kinds.kind_of(new) != kinds.TRAIN
+    assert kinds.current(ENTRY) == ENTRY and kinds.kind_of(ENTRY) == kinds.TRAIN
+    # a run made before the split resumes with the moved function
     assert resolve_entry({"entry": "core.eval.jobs:run_eval"}) is eval_job.run_eval
     assert resolve_entry({"entry": "core.eval.jobs:run_embeddings"}) is shift_job.run_embeddings
+
+
+def test_a_job_s_results_are_rendered_through_its_kind(store):
+    from app import views
+    from core.runs import kinds
+
+    diagnosis = {"kl_mean": 0.25, "kl_first_token": 0.5, "teacher_forced_reward": {"paired_gain": 0.01,
+                 "paired_gain_std": 0.002}, "off_manifold_rate": {"base": 0.1, "aligned": 0.08, "real": 0.05},
+                 "cfg_sweep": [{"cfg_scale": 1.0, "base": {"demo_fid": 30.0}, "aligned": {"demo_fid": 28.0}}]}
+    run = store.create_run("diag", {"entry": kinds.DIAGNOSE_ENTRY}, "cpu", 4)
+    assert "diagnose job" in views.job_results(store, run) and "Evaluate" in views.job_results(store, run)
+    (run.run_dir / "results.json").write_text(json.dumps(diagnosis))
+    text = views.job_results(store, run)
+    assert text.startswith("**diagnose job results** (also in the **Evaluate** tab)"), text
+    assert "mean 0.25" in text and "+0.01" in text and "base 30 → aligned 28" in text and "Embeddings" not in text
+    assert views.job_results(store, store.create_run("train", {"entry": kinds.TRAIN_ENTRY}, "cpu", 4)) is None
 
 
 def test_requeue_clears_the_previous_attempt_and_joins_the_end_of_the_queue(store):

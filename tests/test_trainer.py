@@ -16,7 +16,8 @@ from core.runs.store import RunStore
 from core.vapi import rewards
 from core.vapi.config import resolve
 from core.vapi.preflight import preflight
-from core.vapi.trainer import ENTRY, NonFiniteError, Trainer
+from core.runs.kinds import TRAIN_ENTRY as ENTRY
+from core.vapi.trainer import NonFiniteError, Trainer
 from tests.helpers import tiny_gpt
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 """The Evaluate tab's diagnostics section: where an aligned demo generator moved, and whether it helps.
 
-It queues `python -m core eval diagnose` as a background run (core.eval.diagnostics: `submit_diagnose`,
+It queues `python -m core eval diagnose` as a background run (`core.runs.kinds.submit`, kind "diagnose";
 worker entry `run_diagnose`, run kind "diagnose") and shows a finished run's results.json: per-position
 KL(aligned || base) as a heat map over the token grid, the held-out teacher-forced reward, the off-manifold
 rate and demo-FID / class accuracy vs CFG scale, each comparison with its spread over the sampling seeds and
@@ -28,11 +28,11 @@ LIST_KEYS = ("seeds", "cfg_scales")
 def checkpoint_choices(store) -> list[tuple[str, str]]:
     """(label, "RUN@STEP") of every checkpoint of a training run on the demo generator, newest run first."""
     from core.checkpoints import ref_text
-    from core.runs import entries
+    from core.runs import kinds
 
     out = []
     for run in store.list_runs():
-        if run.kind != entries.TRAIN:
+        if run.kind != kinds.TRAIN:
             continue
         try:
             model = json.loads((run.run_dir / "config.json").read_text()).get("model")
@@ -65,10 +65,10 @@ def plan(values: dict):
 
 def run_choices(store) -> list[tuple[str, str]]:
     """(label, run id) of every diagnose run, newest first, with its status and progress."""
-    from core.runs import entries
+    from core.runs import kinds
 
     return [(f"{r.id} · {r.status} · {progress_bar(r.step, r.total_steps, 10)}", r.id)
-            for r in store.list_runs() if r.kind == entries.DIAGNOSE]
+            for r in store.list_runs() if r.kind == kinds.DIAGNOSE]
 
 
 def _verdict_text(v) -> str:
@@ -170,13 +170,13 @@ def build_section(ctx) -> None:
     inputs = [checkpoint, *numbers.values(), *lists.values()]
 
     def launch(*args):
-        from core.eval.diagnostics import submit_diagnose
+        from core.runs import kinds
 
         values = dict(zip(keys, args))
         try:
             cfg = plan(values)
             with app.launcher_lock:
-                run = submit_diagnose(app.launcher, cfg, "cpu")
+                run = kinds.submit(app.launcher, kinds.DIAGNOSE, cfg, "cpu")
         except UserError as e:
             target = getattr(e, "field", None)
             return error_text(e, target if target in keys else None, "Not queued"), gr.update()

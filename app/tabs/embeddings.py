@@ -2,7 +2,7 @@
 
 Pick a run checkpoint (the aligned model; its base is what the run started from: its init_weights,
 else the preset's weights), classes, a feature extractor and projections; the comparison runs in the
-background as a run of the store (`core.eval.shift_job.submit_embeddings`, entry `run_embeddings`), never
+background as a run of the store (`core.runs.kinds.submit`, kind "embeddings"), never
 in a request handler. A page timer follows the job this page launched; when it finishes, the page
 shows its figures (the joint t-SNE / UMAP map with KDE contours, the KDE along each map axis, the
 distances per class) in one colour per set everywhere (`SET_COLORS`: real, base, aligned), and the
@@ -413,13 +413,13 @@ def build(ctx: BuildContext) -> None:
     shown_outputs = [about, scatter, kde, bars, table, projection]
 
     def launch(*args):
-        from core.eval.shift_job import submit_embeddings
+        from core.runs import kinds
 
         values, state = dict(zip(KEYS, args[:-1])), {**new_view(), **(args[-1] or {})}
         try:
             cfg, devices = plan_embeddings(app, values)
             with app.launcher_lock:
-                run = submit_embeddings(app.launcher, cfg, devices)
+                run = kinds.submit(app.launcher, kinds.EMBEDDINGS, cfg, devices)
         except UserError as e:  # a ConfigError's message goes under the input it names
             return refused(e, KEYS, info, ALIASES, state)
         text, _ = job_text(store, run.id)

@@ -1,7 +1,7 @@
 """Evaluate tab: FID / IS / precision / recall / CLIP score of a preset or a run checkpoint as a background
 job, its progress, and every finished evaluation per checkpoint with the base model beside it.
 
-A job is a run of the store (`core.eval.eval_job.submit_eval`, entry `run_eval`): it survives a closed
+A job is a run of the store (`core.runs.kinds.submit`, kind "eval"): it survives a closed
 browser, shows in the Runs tab too, and its progress is the number of samples on disk. Nothing is
 sampled or measured in a request handler. Every input is checked before a job is queued (paths
 confined to the app's roots, class names, the extractor's and the model's weights); an error is shown
@@ -497,10 +497,10 @@ def build(ctx: BuildContext) -> None:
     inputs = [comps[k] for k in KEYS]
 
     def submit(cfg, devices: str):
-        from core.eval.eval_job import submit_eval
+        from core.runs import kinds
 
         name = f"eval {cfg.model} {cfg.label or ('base' if cfg.weights is None else cfg.weights)}"
-        return submit_eval(app.launcher, cfg, devices, name)
+        return kinds.submit(app.launcher, kinds.EVAL, cfg, devices, name)
 
     def launch(*args):
         """Check the form and queue the job (and the base model's, see with_base). Returns the status, an

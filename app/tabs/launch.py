@@ -20,6 +20,7 @@ from app.tabs import BuildContext
 from app.views import run_choices
 from core.device import parse_devices
 from core.errors import ConfigError, MissingWeightsError, UserError
+from core.runs import kinds
 from core.runs.store import ACTIVE
 from core.vapi import config as C
 
@@ -373,7 +374,7 @@ def build(ctx: BuildContext) -> None:
             try:
                 plan = check(app, values, full=True)
                 with app.launcher_lock:
-                    run = app.launcher.submit(plan.name, plan.config(), plan.devices, plan.cfg.max_steps)
+                    run = kinds.submit(app.launcher, kinds.TRAIN, plan.cfg, plan.devices, plan.name)
             except ConfigError as e:
                 updates, opened, target = _error_outputs(prev, e, app, values)
                 return (*updates, *opened, _error_text(e, "Not launched"), f"# not valid yet: {e}", target,

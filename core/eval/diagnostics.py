@@ -12,7 +12,7 @@
   need for CFG, as the paper argues?).
 
 `python -m core eval diagnose --checkpoint RUN` runs them on the embedded demo; the Evaluate tab queues them as a
-background run (`submit_diagnose`, worker entry `run_diagnose`) and shows its results.json. Legend: B images, N tokens, V vocab.
+background run (kind "diagnose" of core.runs.kinds: `check_job`, worker entry `run_diagnose`) and shows its results.json. Legend: B images, N tokens, V vocab.
 """
 from __future__ import annotations
 
@@ -174,7 +174,6 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
 
 
 # ----------------------------------------------------------------------------- the job (CLI and Evaluate tab)
-DIAGNOSE_ENTRY = "core.eval.diagnostics:run_diagnose"  # core.runs.entries.DIAGNOSE_ENTRY
 DIAGNOSE_FIELDS = ("checkpoint", "num_images", "seeds", "num_generations", "cfg_scales", "num_samples")
 
 
@@ -242,7 +241,7 @@ def summary_metrics(out: dict) -> dict[str, float]:
 
 
 def run_diagnose(config: dict, run_dir: Path, recorder, resume: bool) -> None:
-    """Worker entry (DIAGNOSE_ENTRY): the diagnostics into the run folder's results.json.
+    """Worker entry (core.runs.kinds, kind "diagnose"): the diagnostics into the run folder's results.json.
     A stop lands between phases; a resumed run starts over (a few minutes on a CPU)."""
     from core.eval.job_io import RESULTS_FILE, print_flush, write_json
 
@@ -256,9 +255,7 @@ def run_diagnose(config: dict, run_dir: Path, recorder, resume: bool) -> None:
         recorder.log_metrics(cfg.total_steps, summary_metrics(out))
 
 
-def submit_diagnose(launcher, config: dict | DiagnoseConfig, devices: str = "cpu", name: Optional[str] = None):
-    """Validate a diagnosis (fields and files) and queue it as a background run. Returns the Run."""
-    cfg = config if isinstance(config, DiagnoseConfig) else DiagnoseConfig.from_dict(config)
-    resolve(cfg, launcher.store.runs_dir)
-    return launcher.submit(name or f"diagnose {cfg.checkpoint}", {"entry": DIAGNOSE_ENTRY, **cfg.to_dict()}, devices,
-                           cfg.total_steps)
+def check_job(cfg: DiagnoseConfig, runs_dir: Optional[str | Path] = None) -> str:
+    """`resolve` for a queued job (core.runs.kinds, kind "diagnose"): returns the job's default name."""
+    resolve(cfg, runs_dir)
+    return f"diagnose {cfg.checkpoint}"

@@ -1,10 +1,10 @@
 """The evaluation job: FID / IS / precision / recall / CLIP score of one model, as a library call
-(`evaluate`) and as a background run (`submit_eval`, worker entry `run_eval`).
+(`evaluate`) and as a background run (kind "eval" of core.runs.kinds: `check_job`, worker entry `run_eval`).
 
 Background runs go through the run manager like training runs (a run folder, the worker, stop and
 resume)::
 
-    Launcher(store).submit(name, {"entry": EVAL_ENTRY, **EvalConfig(...).to_dict()}, devices, num_samples)
+    kinds.submit(launcher, "eval", EvalConfig(...), devices)   # core.runs.kinds
 
 A run's progress is its number of samples on disk (`set_progress(done, total)`), so a stopped run
 resumes where its samples end. Files of an evaluation folder (a run folder, or the CLI's --out)::
@@ -38,7 +38,6 @@ from core.eval.inputs import build_metric_extractor, reference_input, shapes_spl
 from core.eval.job_io import RESULTS_FILE, Log, logging_progress, print_flush, sampling_progress, write_json
 from core.eval.sampling import ProgressFn, run_sampling
 
-EVAL_ENTRY = "core.eval.eval_job:run_eval"  # core.runs.entries.EVAL_ENTRY (runs made before the split: its RENAMED)
 SAMPLING_DIR = "sampling"  # one sub-folder per seed: sampling/seed-<s>/
 FEATURES_DIR = "features"  # seed-<s>.npy and reference.npy (not for Inception: torch-fidelity keeps its own)
 RESULTS_FORMAT = "vapi-eval/1"
@@ -248,7 +247,7 @@ def _feature_metrics(cfg: EvalConfig, extractor, npz: Path, reference, device: t
 
 
 def run_eval(config: dict, run_dir: Path, recorder, resume: bool) -> None:
-    """Worker entry (config["entry"] == EVAL_ENTRY): `evaluate` into the run folder.
+    """Worker entry (core.runs.kinds, kind "eval"): `evaluate` into the run folder.
 
     Progress is the number of samples on disk; the metrics are logged at step num_samples.
     Stopping leaves the samples; resuming continues them.
@@ -266,10 +265,7 @@ def run_eval(config: dict, run_dir: Path, recorder, resume: bool) -> None:
                                                "samples_per_s": results["timing"]["samples_per_s"]})
 
 
-def submit_eval(launcher, config: dict | EvalConfig, devices: str = "cpu", name: Optional[str] = None):
-    """Validate an evaluation (fields and files) and queue it as a background run. Returns the Run."""
-    cfg = config if isinstance(config, EvalConfig) else EvalConfig.from_dict(config)
-    weights = check_eval(cfg, launcher.store.runs_dir)
-    name = name or f"eval {cfg.model} {cfg.label or weights.checkpoint}"
-    return launcher.submit(name, {"entry": EVAL_ENTRY, **cfg.to_dict()}, devices, cfg.total_samples)
-
+def check_job(cfg: EvalConfig, runs_dir: Optional[str | Path] = None) -> str:
+    """`check_eval` for a queued job (core.runs.kinds): returns the job's default name."""
+    weights = check_eval(cfg, runs_dir)
+    return f"eval {cfg.model} {cfg.label or weights.checkpoint}"

@@ -1,6 +1,6 @@
 """The embedding-shift job: base vs aligned samples of the same classes and seeds against real images,
 in one feature space (maps, KDEs, distances, verdicts), as a library call (`embedding_shift`) and as
-a background run (`submit_embeddings`, worker entry `run_embeddings`). Files of its folder::
+a background run (kind "embeddings" of core.runs.kinds: `check_job`, worker entry `run_embeddings`). Files of its folder::
 
     results.json           overall and per-class numbers, the files below
     embeddings.json        the whole `EmbeddingShift` (maps, KDEs), for EmbeddingShift.from_json
@@ -25,7 +25,6 @@ from core.eval.inputs import build_metric_extractor, real_images, shapes_split
 from core.eval.job_io import RESULTS_FILE, Log, logging_progress, print_flush, sampling_progress, write_json
 from core.eval.sampling import ProgressFn, run_sampling
 
-EMBEDDINGS_ENTRY = "core.eval.shift_job:run_embeddings"  # core.runs.entries.EMBEDDINGS_ENTRY
 FIGURES_DIR = "figures"
 EMBEDDINGS_FILE = "embeddings.json"
 EMBEDDINGS_FORMAT = "vapi-embeddings/1"
@@ -191,7 +190,7 @@ def shift_table(results: dict) -> str:
 
 
 def run_embeddings(config: dict, run_dir: Path, recorder, resume: bool) -> None:
-    """Worker entry (config["entry"] == EMBEDDINGS_ENTRY): `embedding_shift` into the run folder."""
+    """Worker entry (core.runs.kinds, kind "embeddings"): `embedding_shift` into the run folder."""
     cfg = EmbeddingConfig.from_dict(config)
     run_dir = Path(run_dir)
     log = print_flush
@@ -205,12 +204,9 @@ def run_embeddings(config: dict, run_dir: Path, recorder, resume: bool) -> None:
         print(shift_table(report.results), flush=True)
 
 
-def submit_embeddings(launcher, config: dict | EmbeddingConfig, devices: str = "cpu", name: Optional[str] = None):
-    """Validate an embedding comparison and queue it as a background run. Returns the Run."""
-    cfg = config if isinstance(config, EmbeddingConfig) else EmbeddingConfig.from_dict(config)
-    runs_dir = launcher.store.runs_dir
+def check_job(cfg: EmbeddingConfig, runs_dir: Optional[str | Path] = None) -> str:
+    """The weights of an embedding comparison, checked before it is queued (core.runs.kinds, kind
+    "embeddings"); returns the job's default name."""
     resolve_weights(cfg.base_weights, runs_dir)
     aligned = resolve_weights(cfg.aligned_weights, runs_dir)
-    name = name or f"embeddings {cfg.model} {aligned.checkpoint}"
-    return launcher.submit(name, {"entry": EMBEDDINGS_ENTRY, **cfg.to_dict()}, devices, cfg.total_samples)
-
+    return f"embeddings {cfg.model} {aligned.checkpoint}"

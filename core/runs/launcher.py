@@ -30,20 +30,21 @@ from core.checkpoints import check_states, step_dir_name
 from core.device import gpu_ids
 from core.errors import ConfigError
 from core.paths import ROOT
-from core.runs import entries
+from core.runs import kinds
+from core.runs.folder import LOCK_FILE, LOG_TAIL_LINES
+from core.runs.procs import is_our_worker, started_within
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STOPPED, STOPPING, Run,
-    RunStateError, RunStore, all_processes, final_status_in_folder, parent_pid, process_alive, process_session,
+    RunStateError, RunStore, all_processes, parent_pid, process_alive, process_session,
     process_start_time, process_state, tail_lines,
 )
 
 DEFAULT_GRACE_S = 60.0   # a stopping worker gets this long to checkpoint and return before it is killed
 SPAWN_GRACE_S = 30.0     # a run marked running without any worker pid after this long is an orphan
 KILL_WAIT_S = 10.0       # after SIGKILL, wait at most this long for the processes to disappear
-LOG_TAIL_LINES = 20      # lines of log.txt kept in the message of an orphaned run
 MAX_TOTAL_STEPS = 1_000_000  # a run's steps or a job's samples: beyond this it is a typo (num_samples=1e12)
 WORKER_MODULE = "core.runs.worker"
-DEFAULT_ENTRY = entries.TRAIN_ENTRY
+DEFAULT_ENTRY = kinds.TRAIN_ENTRY
 _ENTRY_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 
 
@@ -252,34 +253,44 @@ class Launcher:
 
     @staticmethod
     def worker_alive(run: Run, now: float | None = None) -> bool:
-        """Whether the worker of an active run still exists (same pid and start time)."""
+        """Whether the worker of an active run still exists: proven ours (`is_our_worker`: its start time
+        and the run's worker lock), or just started (SPAWN_GRACE_S) and not holding its lock yet."""
+        if is_our_worker(run.run_dir / LOCK_FILE, run.worker_pid, run.worker_start):
+            return True
+        now = time.time() if now is None else now
+        starting = run.started_at is not None and now - run.started_at < SPAWN_GRACE_S
         if run.pid is None and run.worker_pid is None:
-            now = time.time() if now is None else now
-            return run.started_at is not None and now - run.started_at < SPAWN_GRACE_S
-        return process_alive(run.pid, run.pid_start) or process_alive(run.worker_pid, run.worker_start)
+            return starting
+        return starting and (process_alive(run.pid, run.pid_start) or process_alive(run.worker_pid, run.worker_start))
 
     def mark_orphans(self) -> list[Run]:
-        """Mark failed (resumable) every running/stopping run of this host whose worker is gone,
-        or whose pid now belongs to another process; the message holds the end of log.txt."""
+        """Mark failed (resumable) every running/stopping run of this host whose worker is gone, or whose
+        pid is not provably its worker (now another process, a null start time, or it does not hold the
+        run's worker lock: nothing is signalled then); the message holds the end of log.txt. A run whose
+        worker recorded its end only in its folder (the index was unwritable) takes that end instead."""
         self._reap()
         marked = []
         for run in self.store.list_runs(ACTIVE):
             if run.host != self.store.host or self.worker_alive(run):
                 continue
+            adopted = self.store.adopt_folder(run.id)  # the worker recorded its end there (the index was unwritable)
+            if adopted is not None:
+                marked.append(adopted)
+                continue
             if run.pid is None and run.worker_pid is None:
                 why = "its worker never started"
             else:
-                pid, start = (run.pid, run.pid_start) if run.pid is not None else (run.worker_pid, run.worker_start)
+                pid, start = (run.worker_pid, run.worker_start) if run.worker_pid is not None else (run.pid, run.pid_start)
+                state = process_state(pid, start)
                 why = {"gone": f"worker process {pid} is gone",
                        "exited": f"worker process {pid} has exited",
                        "recycled": f"worker process {pid} is gone (the pid now belongs to another process)",
-                       }[process_state(pid, start)]
+                       "alive": f"process {pid} is not this run's worker (no start time on record, or it does not "
+                                f"hold {LOCK_FILE}); nothing was signalled",
+                       }[state]
             tail = "\n".join(tail_lines(run.run_dir / LOG_FILE, LOG_TAIL_LINES))
             message = (f"{why} at step {run.step} while {run.status}; {self._resume_hint(run)}\n"
                        f"--- last lines of log.txt ---\n{tail}")
-            final = final_status_in_folder(run.run_dir)
-            if final is not None:  # the worker recorded its failure there (runs.db could not be written)
-                message = final["message"]
             failed = self.store.try_set_status(run.id, FAILED, expect={run.status}, message=message)
             if failed is not None:
                 marked.append(failed)
@@ -292,9 +303,8 @@ class Launcher:
         for run in self.store.list_runs([STOPPING]):
             if run.host != self.store.host or run.stop_deadline is None or run.stop_deadline > now:
                 continue
-            if not self.worker_alive(run, now):
-                continue  # already gone: mark_orphans reports it
-            self._kill(run)
+            if not self._kill(run):
+                continue  # gone, or not provably ours: mark_orphans reports it, nothing is signalled
             grace = run.stop_deadline - (run.stop_requested_at or run.stop_deadline)
             message = (f"did not stop within {grace:g} s of the stop request; its processes were killed "
                        f"at step {run.step}. {self._resume_hint(run)}")
@@ -303,16 +313,24 @@ class Launcher:
                 stopped.append(done)
         return stopped
 
-    def _kill(self, run: Run) -> None:
-        victims, groups = kill_process_tree(run.pid, run.pid_start, [(run.worker_pid, run.worker_start)])
+    def _kill(self, run: Run) -> bool:
+        """SIGKILL the run's worker and what it started, only once it is proven ours (`is_our_worker`);
+        the launched process (`pid`, its session) only when it is that worker or its ancestor. Returns
+        whether anything was signalled."""
+        if not is_our_worker(run.run_dir / LOCK_FILE, run.worker_pid, run.worker_start):
+            return False
+        leader = run.pid if run.pid is not None and started_within(run.worker_pid, run.pid, run.pid_start) else None
+        victims, groups = kill_process_tree(leader, run.pid_start if leader is not None else None,
+                                            [(run.worker_pid, run.worker_start)])
         deadline = time.monotonic() + KILL_WAIT_S
         while time.monotonic() < deadline:
             proc = self._children.get(run.id)
             if proc is not None:
                 proc.poll()
             if not any(process_alive(p, s) for p, s in victims.items()) and not any(map(group_alive, groups)):
-                return
+                return True
             time.sleep(0.05)
+        return True
 
     def _resume_hint(self, run: Run) -> str:
         ckpt = self.store.last_checkpoint(run.id)
@@ -365,10 +383,14 @@ class Launcher:
                    if run.status == FINISHED else "only stopped, failed or finished runs can be resumed")
             raise RunStateError(f"run {run_id}: is {run.status}; {why}")
         check_resumable(run.run_dir)
-        if claim is not None:
-            self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
+        if total_steps is not None and total_steps < step:
+            field = "max_steps" if run.kind == kinds.TRAIN else "total_steps"
+            raise ConfigError(field, f"{total_steps} is below step {step}, where run {run_id} resumes from (checkpoint "
+                                     f"{step_dir_name(step)}); give {field} >= {step}")
+        if claim is not None:
+            self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
         self.store.trim_after(run_id, step)
         self.store.clear_stop_request(run_id)
         message = (f"resumed from checkpoint {step_dir_name(step)}" if ckpt is not None

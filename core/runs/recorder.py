@@ -29,8 +29,8 @@ from pathlib import Path
 from core import checkpoints
 from core.checkpoints import CHECKPOINTS_DIR, Checkpoint
 from core.device import parse_devices
-from core.errors import UserError
-from core.runs.store import SAMPLES_DIR, STOP_FILE, RunStore
+from core.runs.folder import FolderWriteError, SAMPLES_DIR, STOP_FILE, read_status, update_status
+from core.runs.store import INDEX_ERRORS, RunStore
 from core.runs.threads import ThreadBalancer
 
 
@@ -44,29 +44,44 @@ class RunRecorder:
         self.checkpoints_dir = self.run_dir / CHECKPOINTS_DIR
         self.samples_dir = self.run_dir / SAMPLES_DIR
         self._stop_flag = self.run_dir / STOP_FILE
-        self._store = RunStore(self.run_dir.parent) if self.is_main else None
-        self._threads = None  # a CPU run lends threads to torch work beside it (core.runs.threads)
-        if self._store is not None:
+        self._store = None
+        if self.is_main:
             try:
-                if "cpu" in parse_devices(self._store.get(self.run_id).devices):
-                    self._threads = ThreadBalancer(self.run_dir.parent)
-            except UserError:
-                pass
+                self._store = RunStore(self.run_dir.parent)
+            except INDEX_ERRORS as e:  # the index is rebuilt later; this run goes on from its folder
+                self._store = RunStore(self.run_dir.parent, open_index=False)
+                self._store.index_failed("opening it", e)
+        self._threads = None  # a CPU run lends threads to torch work beside it (core.runs.threads)
+        status = read_status(self.run_dir) if self.is_main else None
+        try:
+            if status is not None and "cpu" in parse_devices(str(status.get("devices") or "cpu")):
+                self._threads = ThreadBalancer(self.run_dir.parent)
+        except ValueError:  # an unreadable device set: no thread budget
+            pass
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         """Record the scalars of optimizer step `step` (values: anything float() accepts, e.g. a 0-d
-        tensor) in metrics.jsonl and the run index, and set the run's current step."""
+        tensor) in metrics.jsonl and the run index, and set the run's current step. Only a failed write
+        to metrics.jsonl raises (FolderWriteError, "no space left on ..." on a full disk)."""
         if self._store is not None:
             self._store.append_metrics(self.run_id, step, metrics)
 
     def set_progress(self, step: int, total: int | None = None) -> None:
-        """Set the current step (and the total number of steps, when it changed)."""
+        """Set the current step (and the total number of steps, when it changed), in the index, or in
+        status.json when the index cannot be written."""
         if self._store is None:
             return
         fields = {"step": int(step)}
         if total is not None:
             fields["total_steps"] = int(total)
-        self._store.update(self.run_id, **fields)
+        try:
+            self._store.update(self.run_id, **fields)
+        except INDEX_ERRORS as e:
+            self._store.index_failed("progress", e)
+            try:
+                update_status(self.run_dir, **fields)
+            except FolderWriteError as folder_error:
+                print(f"[runs] {folder_error}", flush=True)
 
     def should_stop(self) -> bool:
         """True once a stop was requested (UI, CLI, or a signal to the worker). The trainer then

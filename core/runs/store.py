@@ -27,11 +27,12 @@ host that queued them: pids are only meaningful there.
 
 Every write is one short `BEGIN IMMEDIATE` transaction on a fresh connection (safe across threads and
 processes); a write to a run's row (not a metric point: `append_metrics`) rewrites status.json inside
-that transaction, so the mirror follows the database. status.json is read only to rebuild the index
-and, when runs.db could not be written (a full disk), for the failure the worker left there.
-The folders are the source of truth: a missing or empty runs.db is rebuilt from them (status.json,
-metrics.jsonl) by whichever process opens it next, workers included; an unreadable one is an
-IndexCorruptError until `python -m core runs reindex` moves it aside and rebuilds it.
+that transaction, so the mirror follows the database.
+The folders are the source of truth (`core.runs.folder`); the index is a cache of them. A missing, empty
+or corrupt runs.db is rebuilt from them (status.json, metrics.jsonl) by whichever process opens it next,
+workers included (a corrupt one is kept beside it as runs.db.corrupt-<time>). A worker whose index write
+fails (corrupt, read-only, full: INDEX_ERRORS) says so once and goes on (`try_index`, `index_failed`),
+recording its end in status.json; once it is gone, `adopt_folder` takes that end into the index.
 """
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ import re
 import secrets
 import shutil
 import socket
+import sys
 import sqlite3
-import threading
+import fcntl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,17 +55,16 @@ from typing import Any
 from core.checkpoints import CHECKPOINTS_DIR, Checkpoint, find_last, list_checkpoints, remove_partial
 from core.device import devices_conflict, normalize_devices, parse_devices
 from core.errors import ConfigError, UserError
-from core.runs import entries
+from core.runs import claims, kinds
+from core.runs.folder import (  # noqa: F401  (re-exported: the names every caller imports from the store)
+    ACTIVE, CONFIG_FILE, ENDED, FAILED, FINISHED, LOG_FILE, METRICS_FILE, QUEUED, RESUMABLE, RUNNING, SAMPLE_RE,
+    SAMPLES_DIR, STATUS_FILE, STATUSES, STOP_FILE, STOPPED, STOPPING, FolderWriteError, append_metrics_line,
+    describe_write_error, read_metrics_file, read_status, tail_lines, write_json_atomic,
+)
+from core.runs.procs import (  # noqa: F401  (re-exported)
+    all_processes, parent_pid, process_alive, process_session, process_start_time, process_state,
+)
 
-QUEUED = "queued"
-RUNNING = "running"
-STOPPING = "stopping"
-FINISHED = "finished"
-STOPPED = "stopped"
-FAILED = "failed"
-STATUSES = (QUEUED, RUNNING, STOPPING, FINISHED, STOPPED, FAILED)
-ACTIVE = frozenset({RUNNING, STOPPING})
-RESUMABLE = frozenset({STOPPED, FAILED})
 TRANSITIONS: dict[str, frozenset[str]] = {
     QUEUED: frozenset({RUNNING, STOPPED}),
     RUNNING: frozenset({STOPPING, FINISHED, FAILED}),
@@ -74,13 +75,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 }
 
 DB_FILE = "runs.db"
-CONFIG_FILE = "config.json"
-STATUS_FILE = "status.json"
-LOG_FILE = "log.txt"
-METRICS_FILE = "metrics.jsonl"
-STOP_FILE = "stop.request"
-SAMPLES_DIR = "samples"
-SAMPLE_RE = re.compile(r"step-(\d+)\.png")
 
 WAITING = "waiting"  # the message of a queued run that waits for a device starts with it
 BUSY_TIMEOUT_S = 30.0  # several processes write; a writer waits this long for the lock
@@ -109,7 +103,7 @@ CREATE TABLE IF NOT EXISTS runs (
     stop_deadline REAL,             -- after this time a stopping worker is killed
     message TEXT NOT NULL DEFAULT '',
     ran_before REAL NOT NULL DEFAULT 0,  -- seconds the run was active before its last resume
-    kind TEXT NOT NULL DEFAULT 'train'   -- train | eval | embeddings: from the config's entry (core.runs.entries)
+    kind TEXT NOT NULL DEFAULT 'train'   -- train | eval | embeddings: from the config's entry (core.runs.kinds)
 );
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, queue_seq);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -142,11 +136,23 @@ class RunStateError(UserError):
 
 
 class DevicesBusyError(RunStateError):
-    """A run cannot start now: another active run of this host uses one of its devices (`.blocker`)."""
+    """A run cannot start now: another active run of this host uses one of its devices (`.blocker`: the
+    run, when it is one of this runs dir; `.stop_command`: how to stop it, wherever it is)."""
 
-    def __init__(self, message: str, blocker: "Run"):
+    def __init__(self, message: str, blocker: "Run | None", stop_command: str):
         self.blocker = blocker
+        self.stop_command = stop_command
         super().__init__(message)
+
+
+def _busy_elsewhere(what: str, devices: str, device: str, holder: dict) -> DevicesBusyError:
+    """The error for a device held by a process of another runs dir (`core.runs.claims`)."""
+    run_dir = holder.get("run_dir")
+    where = f"run {run_dir}" if run_dir else "another process"
+    stop = (f"python -m core runs stop {Path(run_dir).name} --runs-dir {Path(run_dir).parent}" if run_dir
+            else f"kill {holder.get('pid')}")
+    return DevicesBusyError(f"{what}: devices {devices} are used by {where} (process {holder.get('pid')}, "
+                            f"{device} held machine-wide); wait for it or stop it", None, stop)
 
 
 class IndexCorruptError(UserError):
@@ -155,6 +161,17 @@ class IndexCorruptError(UserError):
     def __init__(self, path: Path, cause: object):
         super().__init__(f"{path}: not a readable run index ({cause}); rebuild it from the run folders with "
                          f"`python -m core runs reindex --runs-dir {path.parent}` (the bad file is kept beside it)")
+
+
+def is_corrupt(error: sqlite3.DatabaseError) -> bool:
+    """A database file that is not SQLite or is damaged (not: locked, read-only, full)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return "not a database" in str(error) or "malformed" in str(error)
+
+
+INDEX_ERRORS = (sqlite3.Error, OSError, IndexCorruptError)  # what a write to the index may raise
 
 
 class RunNotFoundError(UserError):
@@ -188,7 +205,7 @@ class Run:
     message: str
     run_dir: Path
     ran_before: float = 0.0  # seconds active before the last resume
-    kind: str = entries.TRAIN  # train | eval | embeddings (core.runs.entries), fixed at creation
+    kind: str = kinds.TRAIN  # train | eval | embeddings (core.runs.kinds), fixed at creation
 
     @property
     def ran_seconds(self) -> float | None:
@@ -211,160 +228,6 @@ class Run:
         return d
 
 
-# ---------------------------------------------------------------------------------------------
-# process identity (Linux /proc; elsewhere a best effort through signal 0)
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int, int] | None:
-    """(state, ppid, pgrp, starttime) of a process, or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # "pid (comm) state ppid pgrp ..."; comm may hold spaces and parentheses, so split after the last ")"
-    rest = raw[raw.rindex(")") + 2:].split()
-    return rest[0], int(rest[1]), int(rest[2]), int(rest[19])  # fields 3, 4, 5 and 22
-
-
-def _has_proc() -> bool:
-    return os.path.isdir("/proc/self")
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of a process (clock ticks since boot), None if it does not exist. 0 without /proc."""
-    if _has_proc():
-        stat = _proc_stat(pid)
-        return None if stat is None else stat[3]
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return 0
-    return 0
-
-
-def process_session(pid: int) -> int | None:
-    """Session id of a process (/proc/<pid>/stat field 6); None if unknown."""
-    if not _has_proc():
-        return None
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode("ascii", "replace")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return int(raw[raw.rindex(")") + 2:].split()[3])
-
-
-def parent_pid(pid: int) -> int | None:
-    """Parent of process `pid` (None if unknown: no such process, or no /proc)."""
-    stat = _proc_stat(pid) if _has_proc() else None
-    return None if stat is None else stat[1]
-
-
-def process_state(pid: int | None, start: int | None) -> str:
-    """"alive"; "gone" (no such process); "exited" (a zombie not yet reaped by its parent); or
-    "recycled": the pid now belongs to another process, told apart by its start time."""
-    if pid is None or pid <= 0:
-        return "gone"
-    if not _has_proc():
-        return "gone" if process_start_time(pid) is None else "alive"
-    stat = _proc_stat(pid)
-    if stat is None:
-        return "gone"
-    if start is not None and stat[3] != start:
-        return "recycled"
-    return "exited" if stat[0] in ("Z", "X") else "alive"
-
-
-def process_alive(pid: int | None, start: int | None) -> bool:
-    """True when process `pid` exists, is not a zombie, and (if `start` is known) started at `start`."""
-    return process_state(pid, start) == "alive"
-
-
-def all_processes() -> dict[int, tuple[str, int, int, int]]:
-    """pid -> (state, ppid, pgrp, starttime) of every process visible in /proc ({} without /proc)."""
-    out = {}
-    if not _has_proc():
-        return out
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            stat = _proc_stat(int(name))
-            if stat is not None:
-                out[int(name)] = stat
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# small file helpers
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temporary file beside `path`, then rename it over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def write_final_status(run_dir: Path, status: str, message: str) -> None:
-    """Put a run's final status into its status.json in place (no new file: works on a full disk when
-    runs.db cannot be written). `Launcher.mark_orphans` takes it from there once the worker is gone."""
-    path = Path(run_dir) / STATUS_FILE
-    try:
-        with open(path, "r+") as f:
-            d = json.loads(f.read() or "{}")
-            d.update(status=status, message=message, ended_at=time.time(), updated_at=time.time())
-            f.seek(0)
-            f.write(json.dumps(d, indent=2) + "\n")
-            f.truncate()
-    except (OSError, ValueError):
-        pass
-
-
-def final_status_in_folder(run_dir: Path) -> dict | None:
-    """status.json's content when it says failed (written by `write_final_status`), else None."""
-    try:
-        d = json.loads((Path(run_dir) / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) and d.get("status") == FAILED and isinstance(d.get("message"), str) else None
-
-
-def tail_lines(path: Path, n: int = 20, max_bytes: int = 65536) -> list[str]:
-    """The last `n` lines of a text file (reads at most `max_bytes` from its end); [] if missing."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - max_bytes))
-            data = f.read()
-    except FileNotFoundError:
-        return []
-    lines = data.decode("utf-8", "replace").splitlines()
-    if size > max_bytes and lines:
-        lines = lines[1:]  # the first line was cut by the seek
-    return lines[-n:] if n > 0 else []
-
-
-def _read_metrics_file(path: Path) -> list[dict]:
-    """Points of a metrics.jsonl ({"step": int, "time": float, name: float}); torn or foreign lines skipped."""
-    points = {}
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        try:
-            point = json.loads(line)
-        except ValueError:
-            continue
-        if (isinstance(point, dict) and isinstance(point.get("step"), int) and not isinstance(point["step"], bool)
-                and isinstance(point.get("time"), (int, float))):
-            points[point["step"]] = {k: v for k, v in point.items() if isinstance(v, (int, float))}
-    return [points[s] for s in sorted(points)]
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-") or "run"
 
@@ -380,6 +243,7 @@ class RunStore:
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = self.runs_dir / DB_FILE
         self.host = socket.gethostname()
+        self._index_errors_said: set[str] = set()
         if open_index:  # False: for `reindex`, which must also work on an unreadable runs.db
             with self._connection() as con:  # creates the index, or rebuilds it when runs.db is missing or empty
                 empty = con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
@@ -408,9 +272,9 @@ class RunStore:
             con.execute("COMMIT")
 
     def _connect(self) -> sqlite3.Connection:
-        """A connection to an index with the schema. A missing or empty runs.db (deleted while runs were
-        active, or never made) is created and filled from the run folders first; a file that is not a
-        SQLite database is an IndexCorruptError that names it and the fix."""
+        """A connection to an index with the schema. A missing, empty or corrupt runs.db (deleted or
+        overwritten while runs were active, or never made) is rebuilt from the run folders first (a
+        corrupt one is kept beside it as runs.db.corrupt-<time>)."""
         for _ in range(3):
             if not self.db_path.exists():
                 self._initialize()
@@ -421,12 +285,55 @@ class RunStore:
                 version = con.execute("PRAGMA user_version").fetchone()[0]
             except sqlite3.DatabaseError as e:
                 con.close()
-                raise IndexCorruptError(self.db_path, e) from None
+                if not is_corrupt(e):
+                    raise
+                self._set_aside_corrupt()
+                continue
             if version == SCHEMA_VERSION:
                 return con
             con.close()
             self._initialize()
         raise IndexCorruptError(self.db_path, "its schema could not be created")
+
+    @contextmanager
+    def _index_lock(self) -> Iterator[None]:
+        """One process at a time sets a corrupt index aside (a lock file beside runs.db)."""
+        with open(self.runs_dir / f".{DB_FILE}.lock", "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _set_aside_corrupt(self) -> Path | None:
+        """Move an unreadable runs.db (and its -wal, -shm) to runs.db.corrupt-<time>, unless another
+        process did it meanwhile; the next connection rebuilds the index. Returns where it went."""
+        with self._index_lock():
+            try:
+                con = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                try:
+                    con.execute("PRAGMA user_version").fetchone()
+                    con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+                    return None  # readable again: another process rebuilt it
+                finally:
+                    con.close()
+            except sqlite3.DatabaseError as e:
+                if not is_corrupt(e):
+                    raise
+            moved = self.db_path.with_name(f"{DB_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+            try:
+                os.replace(self.db_path, moved)
+            except FileNotFoundError:
+                return None
+            except OSError as e:  # e.g. runs.db is a mount point or the folder is read-only
+                raise IndexCorruptError(self.db_path, f"corrupt, and it cannot be moved aside: {e}") from None
+            for suffix in ("-wal", "-shm", "-journal"):
+                side = Path(f"{self.db_path}{suffix}")
+                if side.exists():
+                    os.replace(side, f"{moved}{suffix}")
+            print(f"[runs] {self.db_path} was not a readable index: moved to {moved.name}; rebuilding it from "
+                  "the run folders", file=sys.stderr, flush=True)
+            return moved
 
     def _initialize(self) -> int:
         """Create the schema and index every run folder (in one transaction; another process doing the
@@ -482,7 +389,7 @@ class RunStore:
             row = {k: v for k, v in row.items() if k in columns}
             con.execute(f"INSERT OR IGNORE INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                         tuple(row.values()))
-            for point in _read_metrics_file(folder / METRICS_FILE):
+            for point in read_metrics_file(folder / METRICS_FILE):
                 step, t = point.pop("step"), point.pop("time")
                 con.execute("INSERT OR IGNORE INTO metrics (run_id, step, time, data) VALUES (?, ?, ?, ?)",
                             (folder.name, step, t, json.dumps(point)))
@@ -495,8 +402,8 @@ class RunStore:
         try:
             config = json.loads((self.run_dir(run_id) / CONFIG_FILE).read_text())
         except (OSError, ValueError):
-            return entries.TRAIN
-        return entries.kind_of(config.get("entry")) if isinstance(config, dict) else entries.TRAIN
+            return kinds.TRAIN
+        return kinds.kind_of(config.get("entry")) if isinstance(config, dict) else kinds.TRAIN
 
     def _row_from_folder(self, folder: Path) -> dict[str, Any] | None:
         row = self._status_row(folder)
@@ -511,7 +418,7 @@ class RunStore:
                 raise ValueError("no valid status")
         except (OSError, ValueError):
             status = None
-        points = _read_metrics_file(folder / METRICS_FILE)
+        points = read_metrics_file(folder / METRICS_FILE)
         last_step = max((p["step"] for p in points), default=0)
         if status is not None:
             row = {k: v for k, v in status.items() if k != "run_dir"}
@@ -544,21 +451,34 @@ class RunStore:
     def reindex(self) -> tuple[int, Path | None]:
         """Rebuild the index from the run folders: add every folder it lacks. An unreadable runs.db is
         first moved aside (to runs.db.corrupt-<time>). Returns (runs added, where the bad file went)."""
-        moved = None
-        try:
-            with self._connection():
-                pass
-        except IndexCorruptError:
-            moved = self.db_path.with_name(f"{DB_FILE}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
-            os.replace(self.db_path, moved)
-            for suffix in ("-wal", "-shm", "-journal"):
-                side = Path(f"{self.db_path}{suffix}")
-                if side.exists():
-                    os.replace(side, f"{moved}{suffix}")
-        added = 0
+        moved = self._set_aside_corrupt() if self.db_path.exists() else None
         with self._write() as con:
             added = self._index_folders(con)
         return added, moved
+
+    def adopt_folder(self, run_id: str) -> Run | None:
+        """Take an active run's end from its folder, where its worker recorded it when the index could not be
+        written (status.json says finished, stopped or failed); its metrics come from metrics.jsonl. Call it
+        once the worker is gone. Returns the run as adopted (None: the folder says nothing new)."""
+        folder = read_status(self.run_dir(run_id))
+        if folder is None or folder.get("status") not in ENDED:
+            return None
+        points = read_metrics_file(self.run_dir(run_id) / METRICS_FILE)
+        with self._write() as con:
+            run = self._get(con, run_id)
+            if not run.is_active:
+                return None
+            values = {"status": folder["status"], "message": str(folder.get("message") or ""),
+                      "ended_at": folder.get("ended_at") or time.time()}
+            step = folder.get("step")
+            values["step"] = max(step if isinstance(step, int) else 0, points[-1]["step"] if points else 0)
+            self._apply(con, run_id, values, check={})
+            for point in points:
+                point = dict(point)
+                step, t = point.pop("step"), point.pop("time")
+                con.execute("INSERT OR REPLACE INTO metrics (run_id, step, time, data) VALUES (?, ?, ?, ?)",
+                            (run_id, step, t, json.dumps(point)))
+            return self._mirror(con, run_id)
 
     def _row_to_run(self, row: sqlite3.Row) -> Run:
         return Run(**{k: row[k] for k in row.keys()}, run_dir=self.runs_dir / row["id"])
@@ -625,18 +545,20 @@ class RunStore:
             now = time.time()
             with self._write() as con:
                 if claim is not None:
-                    self._check_free(con, devices, f"run {run_id}")
+                    self._check_free(con, devices, f"run {run_id}", hold_for=run_dir)
                 seq = con.execute("SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM runs").fetchone()[0]
                 con.execute(
                     "INSERT INTO runs (id, name, status, devices, host, total_steps, queue_seq, created_at,"
                     " queued_at, updated_at, kind) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, name.strip(), QUEUED, devices, self.host, total_steps, seq, now, now, now,
-                     entries.kind_of(config.get("entry"))),
+                     kinds.kind_of(config.get("entry"))),
                 )
                 if claim is not None:
                     return self._transition(con, self._get(con, run_id), RUNNING, dict(claim))
                 return self._mirror(con, run_id)
         except BaseException:
+            if claim is not None:
+                claims.release(devices)
             shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
@@ -775,6 +697,17 @@ class RunStore:
                 if run.status != QUEUED:
                     continue
                 devs = set(parse_devices(run.devices))
+                elsewhere = None if devs & busy else claims.held_elsewhere(run.devices)
+                if elsewhere is not None:  # a process of another runs dir (or user) holds one of them
+                    device, who = elsewhere
+                    message = (f"{WAITING} for {device}, used by run {who.get('run_dir') or '?'} of another runs "
+                               f"dir (process {who.get('pid')})")
+                    if run.message != message and not run.message.startswith("resumed"):
+                        self._apply(con, run.id, {"message": message}, check={})
+                        self._mirror(con, run.id)
+                    busy |= devs
+                    holder.update({d: run for d in devs if d not in holder})
+                    continue
                 if not devs & busy:
                     started = {"status": RUNNING, "started_at": now}
                     if run.message.startswith(WAITING):
@@ -799,7 +732,7 @@ class RunStore:
             run = self._get(con, run_id)
             if run.status != QUEUED:
                 raise RunStateError(f"run {run_id}: is {run.status}, not queued")
-            self._check_free(con, run.devices, f"run {run_id}")
+            self._check_free(con, run.devices, f"run {run_id}", hold_for=run.run_dir)
             if run.message.startswith(WAITING):
                 fields = {"message": "", **fields}
             return self._transition(con, run, RUNNING, fields)
@@ -812,7 +745,7 @@ class RunStore:
             run = self._get(con, run_id)
             if run.status not in set(expect):
                 raise RunStateError(f"run {run_id}: is {run.status}; only stopped or failed runs can be resumed")
-            self._check_free(con, run.devices, f"run {run_id}")
+            self._check_free(con, run.devices, f"run {run_id}", hold_for=run.run_dir)
             run = self._transition(con, run, QUEUED, dict(queued_fields))
             return self._transition(con, run, RUNNING, dict(claim))
 
@@ -832,11 +765,24 @@ class RunStore:
         with self._connection() as con:
             self._check_free(con, devices, what)
 
-    def _check_free(self, con: sqlite3.Connection, devices: str, what: str) -> None:
+    def _check_free(self, con: sqlite3.Connection, devices: str, what: str, hold_for: Path | None = None) -> None:
+        """Raise DevicesBusyError unless `devices` are free in this index AND on this machine (no process
+        of another runs dir holds them: `core.runs.claims`). With `hold_for` (a run folder) this process
+        then holds them machine-wide, as the worker of that run."""
         other = self.active_on(devices, con)
         if other is not None:
             raise DevicesBusyError(f"{what}: devices {devices} are used by run {other.id} ({other.status}, step "
-                                   f"{other.step}/{other.total_steps}); wait for it or stop it", other)
+                                   f"{other.step}/{other.total_steps}); wait for it or stop it", other,
+                                   f"python -m core runs stop {other.id}")
+        try:
+            if hold_for is not None:
+                claims.hold(devices, hold_for)
+            else:
+                held = claims.held_elsewhere(devices)
+                if held is not None:
+                    raise claims.DeviceHeldError(*held)
+        except claims.DeviceHeldError as e:
+            raise _busy_elsewhere(what, devices, e.device, e.holder) from None
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run (row, metrics, folder). Refuses a running or stopping run."""
@@ -862,8 +808,11 @@ class RunStore:
         """Record one point, the only writer of metrics. Two sinks, each for its reader:
 
         - metrics.jsonl in the run folder: the durable record, from which `reindex` (and a process that
-          finds runs.db missing) rebuilds the table; `trim_after` cuts it on resume.
-        - the metrics table (and the run's step): what the UI and the CLI read.
+          finds runs.db missing) rebuilds the table; `trim_after` cuts it on resume. A failed write raises
+          FolderWriteError ("no space left on ..." on a full disk).
+        - the metrics table (and the run's step): what the UI and the CLI read. A cache: when it cannot be
+          written (corrupt, read-only, full) the point is skipped there with one line on stderr, and the
+          caller goes on.
 
         status.json is not rewritten per point (nothing reads a running run's step there: a rebuild
         takes the step from metrics.jsonl); every other write to the row rewrites it."""
@@ -875,16 +824,37 @@ class RunStore:
                 raise ValueError(f"metric name {key!r} is reserved or not a string")
             clean[key] = float(value)
         t = time.time() if time_s is None else float(time_s)
-        line = json.dumps({"step": step, "time": t, **clean}) + "\n"
-        fd = os.open(self.run_dir(run_id) / METRICS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
-        with self._write() as con:
+        append_metrics_line(self.run_dir(run_id), step, clean, t)
+
+        def index(con: sqlite3.Connection) -> None:
             con.execute("INSERT OR REPLACE INTO metrics (run_id, step, time, data) VALUES (?, ?, ?, ?)",
                         (run_id, step, t, json.dumps(clean)))
             con.execute("UPDATE runs SET step = ?, updated_at = ? WHERE id = ?", (step, time.time(), run_id))
+
+        self.try_index(f"metrics of step {step}", index)
+
+    def try_index(self, what: str, write: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run `write` in one index transaction; when the index cannot be written (INDEX_ERRORS) say so
+        (`index_failed`) and return None: the run folder keeps the record, the index is rebuilt from it.
+        For workers, which never wait on, nor die of, the index."""
+        try:
+            with self._write() as con:
+                result = write(con)
+        except INDEX_ERRORS as e:
+            self.index_failed(what, e)
+            return None
+        if self._index_errors_said:
+            self._index_errors_said.clear()
+            print(f"[runs] run index written again ({what})", file=sys.stderr, flush=True)
+        return result
+
+    def index_failed(self, what: str, error: BaseException) -> None:
+        """One line on stderr for an index write that failed (once per cause: not one per step)."""
+        cause = describe_write_error(error, self.db_path)
+        if cause not in self._index_errors_said:
+            self._index_errors_said.add(cause)
+            print(f"[runs] run index not written ({what}): {cause}; the run folder keeps the record and the "
+                  "index is rebuilt from it", file=sys.stderr, flush=True)
 
     def read_metrics(self, run_id: str, after_step: int = -1) -> list[dict[str, float]]:
         """Points with step > after_step, by step: [{"step": s, "time": t, name: value, ...}, ...].

@@ -57,7 +57,7 @@ def cmd_sweep(args) -> int:
 
     from core.device import check_visible, devices_of, gpu_ids
     from core.errors import ConfigError
-    from core.runs import worker
+    from core.runs import kinds, worker
     from core.runs.launcher import Launcher
     from core.runs.store import LOG_FILE, RunStore, process_start_time
     from core.sweep import job
@@ -74,7 +74,7 @@ def cmd_sweep(args) -> int:
     me = {"worker_pid": os.getpid(), "worker_start": process_start_time(os.getpid())}
     name = args.name or f"sweep {cfg.preset}"
     try:
-        run = _start_when_free(lambda: store.create_run(name, {**cfg.to_dict(), "entry": job.SWEEP_ENTRY}, devices,
+        run = _start_when_free(lambda: store.create_run(name, kinds.record(kinds.SWEEP, cfg), devices,
                                                         job.total_steps(variants), claim=me), launcher, args.wait)
     except _Busy:
         return 3

@@ -1,4 +1,4 @@
-"""A sweep as a job: worker entry `run_sweep` (kind `sweep`, core.runs.entries).
+"""A sweep as a job: worker entry `run_sweep` (kind `sweep` in core.runs.kinds).
 
 The sweep's record holds the device set; its worker runs the work on it in order:
 
@@ -31,13 +31,13 @@ from typing import Callable, Optional
 
 from core.checkpoints import MODEL_FILE
 from core.errors import ConfigError, UserError
-from core.runs import entries
+from core.runs import claims, kinds
 from core.runs.launcher import Launcher
 from core.runs.store import FINISHED, LOG_FILE, STOP_FILE, STOPPED, RunStore, process_start_time
 from core.sweep import table as T
 from core.sweep.config import SweepConfig, Variant, expand
 
-SWEEP_ENTRY = entries.SWEEP_ENTRY
+SWEEP_ENTRY = kinds.SWEEP_ENTRY
 VARIANTS_DIR = "variants"  # the variants' run folders (a runs dir of its own)
 RESULTS_DIR = "results"  # one JSON record per row (base.json, NN-slug.json): what a resume keeps
 EVALS_DIR = "evals"  # evaluation outputs (eval fid's samples and features)
@@ -179,10 +179,14 @@ def _train(variant: Variant, run_id: str, children: RunStore, devices: str, reco
             return child.status, child.message
         Launcher(children).resume_in_place(run_id, claim=me)
     else:
-        children.create_run(variant.name, {**variant.config, "entry": entries.TRAIN_ENTRY}, devices,
+        children.create_run(variant.name, {**variant.config, "entry": kinds.TRAIN_ENTRY}, devices,
                             int(variant.config["max_steps"]), run_id=run_id, claim=me)
     with _relay_stop(recorder, child_dir), _output_also_to(child_dir / LOG_FILE):
         rc = worker.main(["--run-dir", str(child_dir)] + (["--resume"] if resume else []))
+    # the variant's worker let go of every device this process held (core.runs.claims); the sweep takes its
+    # own back before it evaluates (waiting, if a job of another runs dir got in between)
+    sweep_dir = Path(recorder.run_dir)
+    claims.hold(devices, sweep_dir, wait=True, should_stop=(sweep_dir / STOP_FILE).exists)
     if rc == 130:  # a second Ctrl-C aborted the variant: it aborts the sweep too, as it does a train
         raise KeyboardInterrupt
     child = children.get(run_id)
@@ -322,8 +326,6 @@ def submit_sweep(launcher, cfg: SweepConfig, devices: str, name: Optional[str] =
     """Validate a sweep (`prepare`) and queue it as a background job of kind `sweep`. Returns the Run."""
     from core.device import gpu_ids
 
-    variants = prepare(cfg)
     if len(gpu_ids(devices)) > 1:
         raise ConfigError("devices", f"{devices}: a sweep trains on one device (cpu or one GPU) at a time")
-    return launcher.submit(name or f"sweep {cfg.preset}", {**cfg.to_dict(), "entry": SWEEP_ENTRY}, devices,
-                           total_steps(variants))
+    return kinds.submit(launcher, kinds.SWEEP, cfg, devices, name)

@@ -35,20 +35,35 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class _Tee:
-    def __init__(self, *streams):
-        self.streams = streams
+    """The terminal and the run's log.txt. A stream whose write fails is dropped: a terminal that is gone
+    (closed after SIGHUP: EIO, EPIPE), or the log on a full disk (said once on the terminal)."""
+
+    def __init__(self, terminal, log):
+        self.log = log
+        self.streams = [terminal, log]
+
+    def _each(self, call):
+        for st in list(self.streams):
+            try:
+                call(st)
+            except OSError as e:
+                self.streams.remove(st)
+                if st is self.log and self.streams:
+                    from core.runs.folder import describe_write_error
+
+                    with contextlib.suppress(OSError):
+                        self.streams[0].write(f"[runs] {describe_write_error(e, Path(st.name))}; "
+                                              "the log misses lines from here\n")
 
     def write(self, s):
-        for st in self.streams:
-            st.write(s)
+        self._each(lambda st: st.write(s))
         return len(s)
 
     def flush(self):
-        for st in self.streams:
-            st.flush()
+        self._each(lambda st: st.flush())
 
     def isatty(self):
-        return self.streams[0].isatty()
+        return bool(self.streams) and self.streams[0].isatty()
 
 
 FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
@@ -61,7 +76,7 @@ def _resume_config(run_dir: Path, overrides: list[str]):
     from core.errors import ConfigError
     from core.runs.launcher import check_resumable
     from core.vapi import config as C
-    from core.vapi.trainer import ENTRY
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     check_resumable(run_dir)  # config.json is a JSON object, trainer_state.json files hold integer steps
     path = run_dir / "config.json"
@@ -101,7 +116,7 @@ def _start_when_free(start, launcher, wait: bool):
         except DevicesBusyError as e:
             if not wait:
                 print(f"error: {e}. Nothing was started: add --wait to wait for it, or stop it with "
-                      f"`python -m core runs stop {e.blocker.id}`", file=sys.stderr)
+                      f"`{e.stop_command}`", file=sys.stderr)
                 raise _Busy() from None
             if not said:
                 print(f"waiting: {e}", file=sys.stderr, flush=True)
@@ -118,7 +133,8 @@ def cmd_train(args) -> int:
     from core.runs.store import LOG_FILE, RunNotFoundError, RunStore, process_start_time, write_json_atomic
     from core.vapi import config as C
     from core.vapi.preflight import preflight
-    from core.vapi.trainer import ENTRY
+    from core.runs import kinds
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     me = {"worker_pid": os.getpid(), "worker_start": process_start_time(os.getpid())}
     if args.resume is not None:
@@ -164,7 +180,7 @@ def cmd_train(args) -> int:
         launcher = Launcher(store)
         try:
             run = _start_when_free(lambda: store.create_run(args.name or args.preset or "run",
-                                                            {**cfg.to_dict(), "entry": ENTRY}, devices,
+                                                            kinds.record(kinds.TRAIN, cfg), devices,
                                                             cfg.max_steps, run_id=run_id, claim=me),
                                    launcher, args.wait)
         except _Busy:
@@ -173,14 +189,23 @@ def cmd_train(args) -> int:
         resume = False
     print(f"run folder: {run_dir}", flush=True)
     argv = ["--run-dir", str(run_dir)] + (["--resume"] if resume else [])
-    with open(run_dir / LOG_FILE, "a", buffering=1) as log, \
-            contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
-        try:
-            rc = worker.main(argv)
-        except KeyboardInterrupt:
-            rc = 130
-    run = store.get(run_dir.name)
-    print(f"run {run.id}: {run.status} at step {run.step}/{run.total_steps}" + (f" — {run.message.splitlines()[0]}" if run.message else ""))
+    log = open(run_dir / LOG_FILE, "a", buffering=1)
+    try:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, log)), contextlib.redirect_stderr(_Tee(sys.stderr, log)):
+            try:
+                rc = worker.main(argv)
+            except KeyboardInterrupt:
+                rc = 130
+    finally:
+        with contextlib.suppress(OSError):  # a full disk: the last buffered lines are lost, not the run
+            log.close()
+    from core.runs.folder import read_status
+
+    run = read_status(run_dir) or {}  # the run folder is the truth (the index may be unwritable)
+    message = str(run.get("message") or "")
+    with contextlib.suppress(OSError):  # the terminal may be gone (SIGHUP)
+        print(f"run {run_dir.name}: {run.get('status')} at step {run.get('step')}/{run.get('total_steps')}"
+              + (f" — {message.splitlines()[0]}" if message else ""), flush=True)
     if rc == 3:
         return 3
-    return 0 if run.status in ("finished", "stopped") else 1
+    return 0 if run.get("status") in ("finished", "stopped") else 1

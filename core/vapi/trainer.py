@@ -476,9 +476,8 @@ class Trainer:
 
 
 def run_worker(config: dict, run_dir: Path, recorder, resume: bool) -> None:
-    """Entry point for core.runs.worker (config.json's "entry": "core.vapi.trainer:run_worker")."""
+    """Entry point for core.runs.worker (the "train" kind of core.runs.kinds)."""
     cfg = VapiConfig.from_dict({k: v for k, v in config.items() if k != "entry"})
     Trainer(cfg, run_dir, recorder, log=lambda m: print(m, flush=True)).train(resume=resume)
 
 
-ENTRY = "core.vapi.trainer:run_worker"
