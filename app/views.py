@@ -99,16 +99,16 @@ def job_results(store: RunStore, run: Run) -> Optional[str]:
     results.json; what the Runs tab shows instead of training curves); None for a training run."""
     import json
 
-    from core.eval.job_io import RESULTS_FILE
-
     kind = kinds.get(run.kind)
     if kind.summarize is None:  # a training run: its curves, no results.json
         return None
+    also = f" (also in the **{kind.results_tab}** tab)" if kind.results_tab else ""
     try:
-        results = json.loads((run.run_dir / RESULTS_FILE).read_text())
+        results = json.loads((run.run_dir / kind.results_file).read_text())
     except (OSError, ValueError):
+        where = f" and in the **{kind.results_tab}** tab" if kind.results_tab else ""
         return (f"**{kind.label}** — {run.step}/{run.total_steps} done. It has no training curves; its "
-                f"results appear here and in the **{kind.results_tab}** tab when it finishes.")
+                f"results appear here{where} when it finishes.")
     if isinstance(results, dict):  # what a user typed (model, checkpoint) shows as text
         results = {**results, **{k: as_text(results[k]) for k in ("model", "checkpoint") if k in results}}
-    return "\n".join([f"**{kind.label} results** (also in the **{kind.results_tab}** tab)", *kind.summarize(results)])
+    return "\n".join([f"**{kind.label} results**{also}", *kind.summarize(results)])

@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "core.eval.compare_cli",  # compare (free / teacher-forced / prefix views)
     "core.demo.cli",           # demo build, eval demo, eval diagnose
     "core.data.cli",           # data inspect
+    "core.sweep.cli",          # sweep (variants trained and evaluated, one table)
 )
 
 

@@ -4,7 +4,7 @@ inside functions):
     base (errors, paths, device, seeding, imaging, checkpoints)
       < data, models                 (+ core.demo's shapes, configs, presets, prompts)
       < vapi, eval                   (+ core.demo's evaluator, report, build)
-      < runs
+      < runs, sweep
       < app
     entry points (core/__main__.py, core/cli.py, every */cli.py) on top: they may import anything,
     and nothing but another entry point imports them.
@@ -38,7 +38,7 @@ LEVELS: dict[str, int] = {
     "core.demo.shapes": DATA_MODELS, "core.demo.configs": DATA_MODELS, "core.demo.presets": DATA_MODELS,
     "core.demo.prompts": DATA_MODELS,
     "core.vapi": VAPI_EVAL, "core.eval": VAPI_EVAL, "core.demo": VAPI_EVAL,
-    "core.runs": RUNS,
+    "core.runs": RUNS, "core.sweep": RUNS,
     "app": APP,
 }
 # Imports across levels allowed on purpose: (importer prefix, imported prefix).

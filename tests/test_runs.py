@@ -147,7 +147,7 @@ def test_each_kind_has_one_home_and_old_entry_names_still_resume():
     from core.runs.worker import ENTRY_POINTS, resolve_entry
 
     assert ENTRY_POINTS == set(kinds.ENTRY_KINDS) and set(kinds.RENAMED.values()) <= ENTRY_POINTS
-    assert set(kinds.KINDS) == {"train", "eval", "embeddings", "diagnose"}
+    assert set(kinds.KINDS) == {"train", "eval", "embeddings", "diagnose", "sweep"}
     code = {p: p.read_text() for d in ("core", "app", "benchmarks") for p in (ROOT / d).rglob("*.py")}
     for kind in kinds.REGISTRY.values():
         module, func = kind.entry.split(":")

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from app import fields, form, widgets
+from app import sweep as sweep_ui
 from app.tabs import BuildContext
 from app.views import as_text, run_choices
 from core.device import parse_devices
@@ -274,6 +275,17 @@ def build(ctx: BuildContext) -> None:
             start = form.build_plan(DEFAULT_PRESET, defaults, default_devices(DEFAULT_PRESET), DEFAULT_PRESET)
             cli = gr.Code(value=start.cli, language="shell", label="equivalent command", interactive=False,
                           elem_id="launch-cli", wrap_lines=True)
+            with gr.Accordion("Sweep: several values, one table with verdicts", open=False, elem_id="sweep-section"):
+                sweep_in = [gr.Textbox(label="vary", lines=3, info=sweep_ui.VARY_HELP, elem_id="sweep-vary"),
+                            gr.Checkbox(value=True, label="one at a time", elem_id="sweep-one-at-a-time"),
+                            gr.Dropdown(choices=["demo", "fid", "adherence"], value="demo", label="evaluation",
+                                        elem_id="sweep-eval"),
+                            gr.Number(value=1000, step=1, label="samples per seed", elem_id="sweep-num-samples"),
+                            gr.Number(value=3, step=1, label="sampling seeds", elem_id="sweep-num-seeds")]
+                with gr.Row():
+                    sweep_plan_btn = gr.Button("Plan sweep", size="sm")
+                    sweep_queue_btn = gr.Button("Queue sweep", variant="primary", size="sm", elem_id="sweep-queue")
+                sweep_status = gr.Markdown("", elem_id="sweep-status")
     flagged = gr.State(None)
     inputs = [comps[k] for k in KEYS]
     section_list = [sections[g] for g in form.GROUPS if g in sections]
@@ -406,7 +418,43 @@ def build(ctx: BuildContext) -> None:
         launch_btn.click(launch_run, inputs=[*inputs, flagged], outputs=[*check_outputs, ctx.tabs, run_select],
                          api_name="launch_run", concurrency_limit=1)
 
+    # --- sweep: the form's run as the preset, the typed fields varied (queued like a run, one row in Runs)
+    def _sweep(args):
+        values = _values(args[:len(KEYS)])
+        plan = check(app, values, full=False)
+        return plan, sweep_ui.sweep_of(plan, *args[len(KEYS):])
+
+    def plan_sweep(*args):
+        try:
+            _, (cfg, variants) = _sweep(args)
+        except UserError as e:
+            return f"✗ **Not a valid sweep** — {e}"
+        return sweep_ui.summary(app.store, cfg, variants)
+
+    SWEEP_PARAMS = ("vary", "one_at_a_time", "eval", "num_samples", "num_seeds")  # after the form's fields
+    plan_sweep.__signature__ = inspect.Signature(
+        [inspect.Parameter(api_name_of(k), inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in [*KEYS, *SWEEP_PARAMS]])
+    sweep_plan_btn.click(plan_sweep, inputs=[*inputs, *sweep_in], outputs=sweep_status, api_name="plan_sweep")
+
+    def wire_sweep() -> None:
+        run_select = ctx.get("runs.run")
+
+        def queue_sweep(*args):
+            try:
+                plan, (cfg, variants) = _sweep(args)
+                run = sweep_ui.queue(app, plan, cfg)
+            except UserError as e:
+                return f"✗ **Not queued** — {e}", gr.skip(), gr.skip()
+            message = (f"✓ **Queued** sweep `{run.id}` ({len(variants)} runs) — {run.status}. Its table fills in "
+                       "the Runs tab as variants finish.")
+            return message, gr.update(selected="runs"), gr.update(choices=run_choices(app.store), value=run.id)
+
+        queue_sweep.__signature__ = plan_sweep.__signature__
+        sweep_queue_btn.click(queue_sweep, inputs=[*inputs, *sweep_in], outputs=[sweep_status, ctx.tabs, run_select],
+                              api_name="queue_sweep", concurrency_limit=1)
+
     ctx.after_build(wire_launch)
+    ctx.after_build(wire_sweep)
     ctx.export("launch.status", status)
     ctx.export("launch.cli", cli)
     ctx.export("launch.inputs", comps)

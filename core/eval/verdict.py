@@ -28,7 +28,7 @@ import numpy as np
 from core.errors import DataError
 from core.eval import metrics as M
 
-LOWER_IS_BETTER = frozenset({"fd", "fid"})
+LOWER_IS_BETTER = frozenset({"fd", "fid", "demo_fid"})
 WITHIN_NOISE = "within noise"
 N_BOOT = 200  # replicates at D <= 256 (the demo's 64-d features: ~1 s for 3 seeds x 1000 samples)
 N_BOOT_LARGE = 40  # at larger D (Inception 2048-d: one eigvalsh ~2 s on 2 cores, so ~5 min per comparison)

@@ -166,6 +166,13 @@ def cmd_show(args: argparse.Namespace) -> int:
             if key not in ("step", "time"):
                 print(f"  {key} = {value:.6g}")
 
+    from core.sweep import table as sweep_table
+
+    table = sweep_table.read(run.run_dir)  # a sweep: its table (variants, verdicts)
+    if table is not None:
+        print(f"\nsweep table ({run.run_dir / sweep_table.TABLE_CSV}):")
+        print(sweep_table.text(table))
+
     tail = store.log_tail(run.id, args.lines)
     print(f"\nlog (last {args.lines} lines of log.txt):" if tail else "\nlog: empty")
     for line in tail.splitlines():

@@ -63,10 +63,18 @@ class Kind:
     label: str                       # what the UI calls a job of this kind
     check: Optional[str] = None
     results_tab: Optional[str] = None  # where else its results show (None: a training run, no results.json)
-    summarize: Optional[Callable[[dict], list[str]]] = None  # markdown lines of its results.json
+    summarize: Optional[Callable[[dict], list[str]]] = None  # markdown lines of its results file
+    results_file: str = "results.json"  # in the run folder (core.eval.job_io.RESULTS_FILE)
 
 
-TRAIN, EVAL, EMBEDDINGS, DIAGNOSE = "train", "eval", "embeddings", "diagnose"
+def _sweep_lines(table: dict) -> list[str]:
+    from core.sweep import table as T  # numpy: on use only
+
+    return [f"verdicts: 95% interval of the change, paired by seed; *within noise* unless it excludes 0; every "
+            f"metric's changes in {T.TABLE_CSV}", "", T.markdown(table)]
+
+
+TRAIN, EVAL, EMBEDDINGS, DIAGNOSE, SWEEP = "train", "eval", "embeddings", "diagnose", "sweep"
 REGISTRY: dict[str, Kind] = {k.name: k for k in (
     Kind(TRAIN, "core.vapi.trainer:run_worker", "core.vapi.config:VapiConfig", "max_steps", "training run"),
     Kind(EVAL, "core.eval.eval_job:run_eval", "core.eval.configs:EvalConfig", "total_samples", "eval job",
@@ -76,9 +84,12 @@ REGISTRY: dict[str, Kind] = {k.name: k for k in (
          summarize=_embeddings_lines),
     Kind(DIAGNOSE, "core.eval.diagnostics:run_diagnose", "core.eval.diagnostics:DiagnoseConfig", "total_steps",
          "diagnose job", check="core.eval.diagnostics:check_job", results_tab="Evaluate", summarize=_diagnose_lines),
+    # variants of a run preset trained and evaluated the same way, one table (python -m core sweep, Launch's Sweep)
+    Kind(SWEEP, "core.sweep.job:run_sweep", "core.sweep.config:SweepConfig", "total_steps", "sweep",
+         check="core.sweep.job:check_job", summarize=_sweep_lines, results_file="table.json"),
 )}
 KINDS = tuple(REGISTRY)
-TRAIN_ENTRY, EVAL_ENTRY, EMBEDDINGS_ENTRY, DIAGNOSE_ENTRY = (REGISTRY[k].entry for k in KINDS)
+TRAIN_ENTRY, EVAL_ENTRY, EMBEDDINGS_ENTRY, DIAGNOSE_ENTRY, SWEEP_ENTRY = (REGISTRY[k].entry for k in KINDS)
 ENTRY_KINDS = {k.entry: k.name for k in REGISTRY.values()}
 
 RENAMED = {  # before core/eval/jobs.py was split by job (issue 13)
