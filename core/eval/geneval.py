@@ -284,7 +284,7 @@ def export_geneval_samples(model: str, out_dir: str | Path, *, weights: Optional
                            seed: int = 0, batch_size: int = 32, precision: str = "fp32", device: str = "auto",
                            runs_dir: Optional[str | Path] = None, progress: Optional[ProgressFn] = None,
                            should_stop: Optional[Callable[[], bool]] = None, sampler=None,
-                           sampling_dir: Optional[str | Path] = None) -> Optional[Path]:
+                           sampling_dir: Optional[str | Path] = None, compile: str = "auto") -> Optional[Path]:
     """GenEval's image folder for a text-to-image model: `images_per_prompt` images of each prompt.
 
     The images are drawn as one sample set (resumable, shardable) in `sampling_dir` (default: the
@@ -310,7 +310,7 @@ def export_geneval_samples(model: str, out_dir: str | Path, *, weights: Optional
     sampling_dir = Path(sampling_dir) if sampling_dir is not None else out_dir.with_name(out_dir.name + ".sampling")
     count = len(rows)
     sampled = run_sampling(spec, count * images_per_prompt, sampling_dir, device=device, sampler=sampler,
-                           progress=progress, should_stop=should_stop)
+                           progress=progress, should_stop=should_stop, compile=compile)
     if not sampled.complete or sampled.npz is None:
         return None
     pixels = read_npz(sampled.npz)  # [P * S, H, W, 3]

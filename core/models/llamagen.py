@@ -325,8 +325,9 @@ class Attention(nn.Module):
         (S = mask's last dim: T_max, or fewer slots that hold every filled one).
         x: [B, 1, dim]; rope: [1, Dh/2, 2]; mask: [B, 1, 1, S] bool."""
         q, k, v = self._qkv(x, rope, cache.packed)
-        cache.k[layer].index_copy_(2, input_pos, k)
-        cache.v[layer].index_copy_(2, input_pos, v)
+        # under autocast k/v come out bf16 beside an fp32 cache (the slice writes of `forward` cast by themselves)
+        cache.k[layer].index_copy_(2, input_pos, k.to(cache.k[layer].dtype))
+        cache.v[layer].index_copy_(2, input_pos, v.to(cache.v[layer].dtype))
         S = mask.shape[-1]
         return self._attend(q, cache.k[layer][:, :, :S], cache.v[layer][:, :, :S], mask, cache.packed)
 
