@@ -484,7 +484,7 @@ def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panel
     assert not any("by construction" in a["text"] for a in trained["layout"]["annotations"])
     job = store.create_run("eval base", {"entry": EVAL_ENTRY, "model": "demo-c2i"}, "cpu", 100)
     view = served.ui.refresh(job.id)
-    assert view["job results"]["visible"] is True and "evaluation job" in view["job results"]["value"]
+    assert view["job results"]["visible"] is True and "eval job" in view["job results"]["value"]
     assert "no training curves" in view["job results"]["value"]
     view = served.ui.refresh(runs[1])
     assert view["job results"]["visible"] is False
