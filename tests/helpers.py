@@ -77,16 +77,18 @@ def train_tiny_evaluator(folder: Path, steps: int) -> Path:
 @contextmanager
 def served_app(tmp_path: Path, monkeypatch, data_roots: list[Path], **create_kw):
     """The workbench launched in this process on a free port, with no published weights (checkpoints/ and the
-    torch hub point into tmp_path) and one thread per worker process. Yields (app, url); afterwards the
-    app is closed, its active workers are killed and its queued runs are stopped."""
+    torch hub point into tmp_path, for this process and through $VAPI_CHECKPOINTS / $TORCH_HOME for every worker
+    it starts) and one thread per worker process. Yields (app, url); afterwards the app is closed, its active
+    workers are killed and its queued runs are stopped."""
     from app import create_app
     from core import paths
     from core.runs.launcher import free_port, kill_process_tree
     from core.runs.store import ACTIVE, QUEUED, STOPPED
 
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # each worker process: one thread (2 cores, several processes)
-    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")  # no published weights present
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # no LPIPS / Inception backbone either
+    monkeypatch.setenv("VAPI_CHECKPOINTS", str(tmp_path / "checkpoints"))  # no published weights present (workers)
+    monkeypatch.setattr(paths, "CHECKPOINTS_DIR", tmp_path / "checkpoints")  # ... and here (read once, at import)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no LPIPS / Inception backbone (torch.hub reads it per call)
     app = create_app(tmp_path / "runs", data_roots=data_roots, **create_kw)
     _, url, _ = app.launch(server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:

@@ -74,7 +74,10 @@ def make_standins(root: Path) -> dict[str, str]:
 
     for name, spec in LLAMAGEN.items():
         torch.manual_seed(0)
-        checkpoint.save_upstream(Transformer(GPTConfig(**spec)), ckpts / registry.GENERATORS[name].filename)
+        gpt = Transformer(GPTConfig(**spec))
+        torch.nn.init.normal_(gpt.output.weight, std=0.02)  # LlamaGen zero-initialises its head: uniform logits
+        # whatever the condition, so a stand-in that ignored its caption or class would train the same
+        checkpoint.save_upstream(gpt, ckpts / registry.GENERATORS[name].filename)
     make_tiny_t5(ckpts / "flan-t5-xl")
     janus = ckpts / "Janus-Pro-1B"
     tiny_janus_model().save_pretrained(janus)

@@ -99,6 +99,12 @@ def test_run_lifecycle_through_the_ui(served):
     seen = []
     wait_for(lambda: seen.append(latest_step(ui, run_id)) or seen[-1] >= 2, "the first metric rows")
     assert "**running**" in ui.refresh(run_id)["run status"]
+    # the worker process sees the test's folders, not this machine's checkpoints/ or torch hub
+    worker = store.get(run_id)
+    environ = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{worker.worker_pid or worker.pid}/environ").read_bytes()
+                   .split(b"\0") if b"=" in kv)
+    assert environ[b"VAPI_CHECKPOINTS"] == str(served.tmp / "checkpoints").encode()
+    assert environ[b"TORCH_HOME"] == str(served.tmp / "torch").encode()
 
     # stopped: status stopped and a checkpoint of the step it stopped at
     assert "Stop requested" in ui.client.predict(run_id, api_name="/stop_run")
