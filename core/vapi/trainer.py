@@ -80,21 +80,32 @@ def fsdp_shard(module: torch.nn.Module) -> None:
 
 
 @contextlib.contextmanager
-def gathered(module):
+def gathered(module, blocks: bool = False):
     """A block in which `module`'s own methods (teacher_forced_logits, generate, decode) may be called under
-    FSDP2: its root unit gathered; its blocks gather themselves in their forward. Every rank must enter it
-    (the gathers are collectives). A module that is not sharded: nothing to do."""
+    FSDP2: its root unit gathered; its blocks gather themselves in their forward. `blocks`: every unit gathered
+    for the whole block too, for code that calls the blocks' own methods instead of their forward (the sampler's
+    static-cache step, `decode_static`). Every rank must enter it (the gathers are collectives). A module that
+    is not sharded: nothing to do."""
     from torch.distributed.fsdp import FSDPModule
 
     if not isinstance(module, FSDPModule):
         yield
         return
     module._get_fsdp_state()._lazy_init()  # FSDP2 picks its root at the first root forward; a probe may come first
-    module.unshard()
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)] if blocks else [module]  # same order per rank
+    # a block's forward inside (the sampler's prefill) would reshard it after itself: kept gathered, then restored
+    groups = [(g, g.post_forward_mesh_info) for u in units[1:] for g in u._get_fsdp_state()._fsdp_param_groups]
+    for unit in units[1:]:
+        unit.set_reshard_after_forward(False, recurse=False)
+    for unit in units:
+        unit.unshard()
     try:
         yield
     finally:
-        module.reshard()
+        for unit in reversed(units):
+            unit.reshard()
+        for group, mesh_info in groups:
+            group.post_forward_mesh_info = mesh_info
 
 
 class NonFiniteError(UserError):
@@ -411,7 +422,7 @@ class Trainer:
             else:
                 cond, mask = self.cond_encoder([p for p in conds for _ in seeds])
                 cond, mask = cond.to(self.device), mask.to(self.device) if mask is not None else None
-            with self.accelerator.autocast(), gathered(policy), gathered(tok):
+            with self.accelerator.autocast(), gathered(policy, blocks=True), gathered(tok):
                 imgs = generate_images(policy, tok, cond, seeds=[s for _ in conds for s in seeds],
                                        cond_mask=mask, cfg_scale=cfg.preview_cfg_scale, temperature=cfg.temperature,
                                        compile="off")  # a live (maybe sharded) policy: a graph per preview won't pay
