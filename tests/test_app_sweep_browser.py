@@ -64,6 +64,8 @@ def test_a_sweep_from_launch_to_its_table_and_overlay_in_chromium(served):
         expect(status).to_contain_text("4 runs", timeout=60_000)  # the form's run and 3 variants, the duplicate gone
         for name in (*DONE[1:], *FAILED):
             expect(status).to_contain_text(name)
+        expect(status).to_contain_text("the preset's own value of each field varied: learning_rate=1e-05, "
+                                       "init_weights=null")  # the form's run, as it will train
         assert not store.list_runs()  # a plan queues nothing
 
         page.locator("#sweep-queue").click()
