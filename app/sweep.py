@@ -9,7 +9,7 @@ from typing import Any, Optional
 
 from core.errors import ConfigError
 from core.sweep import job
-from core.sweep.config import SweepConfig, Variant, parse_vary
+from core.sweep.config import SweepConfig, Variant, parse_vary, variant_name
 
 VARY_HELP = ("one field per line: FIELD=V1,V2 (e.g. learning_rate=3e-5,1e-4 or beta=0,1); the other fields are "
              "the form's. Grid: every combination; one at a time: one change from the form's run per variant")
@@ -60,7 +60,19 @@ def summary(store, cfg: SweepConfig, variants: list[Variant]) -> str:
     names = "\n".join(f"- {v.name}" for v in variants)
     return (f"**{len(variants)} runs** (the form's run and {len(variants) - 1} variants, {steps} steps in all), "
             f"each evaluated with `{cfg.eval}` on {cfg.num_samples} samples × {len(cfg.sampling_seeds())} seeds, "
-            f"and the base model once; {time_text}.\n\n{names}")
+            f"and the base model once; {time_text}. The form's run keeps the preset's own value of each field "
+            f"varied: {variant_name(preset_values(variants[0], cfg.vary))}.\n\n{names}")
+
+
+def preset_values(preset: Variant, fields) -> dict:
+    """{field: the preset variant's value} of dotted or plain field names (reward_weights.lpips)."""
+    out = {}
+    for name in fields:
+        value = preset.config
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        out[name] = value
+    return out
 
 
 def queue(app, launch_plan, cfg: SweepConfig):

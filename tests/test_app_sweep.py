@@ -4,6 +4,8 @@ the plan shows the number of runs, and the queued sweep is one row of kind sweep
 table, filled as its variants finish (tiny random demo, a tiny evaluator, eval fid)."""
 from __future__ import annotations
 
+import csv
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -62,6 +64,17 @@ def test_sweep_from_launch_to_its_table_in_runs(served):
     assert "**sweep results**" in shown and "| fid vs base | fid vs preset |" in shown, shown
     for name in ("base model", "preset", "learning_rate=3e-05", "learning_rate=0.0001"):
         assert f"| {name} | done |" in shown or f"| **{name}** (best beyond noise) | done |" in shown, shown
+
+    # the overlay: the sweep stands for its variants' curves (one colour each), and exports their metrics
+    variants = [f"{run.id}/v00-preset", f"{run.id}/v01-learning_rate-3e-05", f"{run.id}/v02-learning_rate-0.0001"]
+    plot = json.loads(client.predict([run.id], "step", False, 0.0, api_name="/overlay_runs")["plot"])
+    reward = [t for t in plot["data"] if t["legendgroup"] and t["yaxis"] == "y"]
+    assert [t["legendgroup"].split(" · ")[0] for t in reward] == variants, plot["data"]
+    assert all(t["x"] == [1, 2] for t in reward) and len({t["line"]["color"] for t in reward}) == 3
+    one = json.loads(client.predict([variants[2]], "step", False, 0.0, api_name="/overlay_runs")["plot"])
+    assert {t["legendgroup"] for t in one["data"] if t["legendgroup"]} == {f"{variants[2]} · learning_rate=0.0001"}
+    with open(client.predict([run.id], api_name="/export_runs_csv"), newline="") as f:
+        assert [(r["run"], r["step"]) for r in csv.DictReader(f)] == [(v, str(s)) for v in variants for s in (1, 2)]
 
 
 def test_the_runs_tab_shows_a_sweep_as_one_row_with_its_table(tmp_path):

@@ -1,8 +1,8 @@
 """Runs tab: every run (training runs and evaluation jobs, told apart by a "kind" column) with status,
 progress, ETA and reward; for the selected run, live curves, the step x class sample grids, the log
 tail, and stop / resume / delete. A selected evaluation job shows its own results instead of the
-training panels. Any runs can be overlaid on shared panels (one colour per run, x = step or wall
-time, log y), and their metrics exported as one CSV.
+training panels (a sweep: its table). Any training runs, and a sweep's variants, can be overlaid on
+shared panels (one colour per run, x = step or wall time, log y), and their metrics exported as one CSV.
 
 All of it is read from the run store, so a browser refresh or a restart of the UI loses nothing.
 Each browser session keeps what it has already drawn in a gr.State (`view`): the curve points read
@@ -19,7 +19,9 @@ import gradio as gr
 from app import plots, samples, views
 from app.tabs import BuildContext
 from core.errors import UserError
-from core.runs.store import ACTIVE, QUEUED, RESUMABLE, RUNNING, RunNotFoundError
+from core.runs.kinds import SWEEP as SWEEP_KIND
+from core.runs.store import ACTIVE, QUEUED, RESUMABLE, RUNNING, RunNotFoundError, RunStore
+from core.sweep.job import VARIANTS_DIR
 
 TAB_ID = "runs"
 LABEL = "Runs"
@@ -42,32 +44,59 @@ def new_view() -> dict[str, Any]:
             "latest": None, "notes": None, "job": None}
 
 
+def _label(run) -> str:
+    return run.id if run.name in run.id else f"{run.id} · {run.name}"
+
+
+def sweep_variants(store, sweep) -> list:
+    """The variant runs of a sweep (oldest first: the preset first), read from its own runs dir
+    (SWEEP/variants, `core.sweep.job`); none before its first variant starts."""
+    folder = store.run_dir(sweep.id) / VARIANTS_DIR
+    if not folder.is_dir():
+        return []
+    return RunStore(folder).list_runs(newest_first=False)
+
+
 def training_choices(store) -> list[tuple[str, str]]:
-    """(label, run id) of the training runs, newest first (the runs that have curves to overlay)."""
-    runs = store.list_runs()
-    kinds = {r.id: r.kind for r in runs}
-    return [(r.id if r.name in r.id else f"{r.id} · {r.name}", r.id) for r in runs if kinds[r.id] == views.TRAIN_KIND]
+    """(label, ref) of the runs that have curves to overlay, newest first: training runs (ref: the run id), and
+    for a sweep all its variants at once (ref: the sweep's id) or one of them (ref: "SWEEP/VARIANT")."""
+    out = []
+    for r in store.list_runs():
+        if r.kind == views.TRAIN_KIND:
+            out.append((_label(r), r.id))
+        elif r.kind == SWEEP_KIND:
+            children = sweep_variants(store, r)
+            if children:
+                out.append((f"{_label(r)} · all {len(children)} variants", r.id))
+                out += [(f"{r.id}/{c.id} · {c.name}", f"{r.id}/{c.id}") for c in children]
+    return out
 
 
-def _exists(store, run_id: str) -> bool:
-    try:
-        store.get(run_id)
-        return True
-    except RunNotFoundError:
-        return False
+def overlay_sources(store, refs: list[str]) -> dict[str, tuple[Any, str]]:
+    """{label: (store, run id)} of the overlay's picks (`training_choices` refs): a sweep stands for its
+    variants; deleted runs are skipped, a run picked twice (alone and through its sweep) shows once."""
+    out = {}
+    for ref in refs:
+        sweep_id, _, child_id = ref.partition("/")
+        try:
+            run = store.get(sweep_id)
+        except RunNotFoundError:
+            continue
+        if run.kind != SWEEP_KIND:
+            out[_label(run)] = (store, run.id)
+            continue
+        for child in sweep_variants(store, run):
+            if child_id in ("", child.id):
+                out[f"{run.id}/{child.id} · {child.name}"] = (RunStore(store.run_dir(run.id) / VARIANTS_DIR), child.id)
+    return out
 
 
 def overlay(store, run_ids: list[str], x_axis: str, log_y: bool, smoothing: float):
-    """The overlay figure of runs (by id; deleted ones are skipped), labelled "<id> · <name>"."""
+    """The overlay figure of runs (`training_choices` refs; deleted ones are skipped), labelled "<id> · <name>"."""
     series = {}
-    for run_id in run_ids:
-        try:
-            run = store.get(run_id)
-        except RunNotFoundError:
-            continue
+    for label, (source, run_id) in overlay_sources(store, run_ids).items():
         s = plots.new_series()
-        plots.add_points(s, store.read_metrics(run_id))
-        label = run.id if run.name in run.id else f"{run.id} · {run.name}"
+        plots.add_points(s, source.read_metrics(run_id))
         series[html.escape(label)] = s  # plotly draws tags in trace names (<a href>, <b>): the name as text
     return plots.overlay_figure(series, x_axis, log_y, smoothing)
 
@@ -223,7 +252,7 @@ def build(ctx: BuildContext) -> None:
             overlay_runs = gr.Dropdown(choices=training_choices(app.store), value=[], multiselect=True,
                                        label="runs to overlay", filterable=True, scale=4, elem_id="runs-overlay-runs",
                                        allow_custom_value=True,
-                                       info="one colour per run; any training runs of the store")
+                                       info="one colour per run; any training runs of the store, and a sweep's variants")
             x_axis = gr.Radio(choices=["step", "wall time"], value="step", label="x axis", scale=2,
                               elem_id="runs-overlay-x")
             log_y = gr.Checkbox(value=False, label="log y", scale=1, elem_id="runs-overlay-logy")
@@ -278,11 +307,12 @@ def build(ctx: BuildContext) -> None:
         return overlay(app.store, ids, x_value or "step", bool(log_value), float(smoothing_value or 0.0))
 
     def export_csv(run_ids):
-        ids = [r for r in (run_ids or []) if r and _exists(app.store, r)]
-        if not ids:
+        sources = overlay_sources(app.store, [r for r in (run_ids or []) if r])
+        if not sources:
             return None
         path = app.new_scratch("runs-csv-") / "metrics.csv"
-        plots.metrics_csv({r: app.store.read_metrics(r) for r in ids}, path)
+        plots.metrics_csv({label.split(" · ", 1)[0]: source.read_metrics(run_id)
+                           for label, (source, run_id) in sources.items()}, path)
         return str(path)
 
     gr.on([overlay_runs.change, x_axis.change, log_y.change, smoothing.change], draw_overlay,
