@@ -75,6 +75,46 @@ def test_ui_multi_device_route_runs_accelerate_launch_with_its_own_config(tiny_d
     assert "on 2 process(es)" in log and "dynamo" not in log.lower()
 
 
+
+def _processes_naming(run_dir: Path) -> list[int]:
+    """Live processes whose command line names `run_dir` (the accelerate launcher and its ranks)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(run_dir).encode() in (entry / "cmdline").read_bytes():
+                if "Z" not in (entry / "stat").read_text().rsplit(")", 1)[1].split()[:1]:
+                    found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_ui_multi_device_route_stops_and_resumes_its_rank_group(tiny_demo, tmp_path, monkeypatch):
+    """The Runs tab's Stop and Resume on a run launched as 2 ranks (accelerate launch, gloo): every rank stops at
+    the same step boundary with one checkpoint, no process of the group is left, and the resumed group finishes
+    with every step recorded once."""
+    from tests.helpers import wait_for
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = resolve("demo-c2i", {**TINY, "max_steps": 40, "save_steps": 100, "preview_steps": 100})
+    store = RunStore(tmp_path / "runs")
+    launcher = Launcher(store)
+    run = launcher.submit("ui", {**cfg.to_dict(), "entry": ENTRY}, "cuda:0,1", cfg.max_steps)
+    wait_for(lambda: store.get(run.id).step >= 2, "two steps on 2 ranks", 300, poll=0.2, tick=launcher)
+    assert len(_processes_naming(run.run_dir)) >= 3  # the launcher and its two ranks
+    launcher.stop(run.id)
+    stopped = launcher.wait(run.id, timeout=120)
+    assert stopped.status == "stopped" and 2 <= stopped.step < 40, (stopped.status, stopped.message)
+    assert [c.name for c in (run.run_dir / "checkpoints").iterdir()] == [f"step-{stopped.step:06d}"]
+    wait_for(lambda: not _processes_naming(run.run_dir), "no process of the rank group left", 30, poll=0.2)
+    launcher.resume(run.id)
+    done = launcher.wait(run.id, timeout=300)
+    assert done.status == "finished" and done.step == 40, (done.status, done.message)
+    assert [m["step"] for m in store.read_metrics(run.id)] == list(range(1, 41))  # every step once
+
+
 # ---------------------------------------------------------------------------------------------- the trainer
 # demo-c2i is LlamaGen's Transformer (core.models.llamagen) at a tiny size and without dropout, so condition
 # dropout (0.3) makes some ranks run the extra eval forward of the dropped rows and others not: under FSDP that
