@@ -217,7 +217,6 @@ class VapiConfig:
              f"must be >= per_device_train_batch_size ({self.per_device_train_batch_size})")
         need(self.global_batch_size % self.per_device_train_batch_size == 0, "global_batch_size",
              f"{self.global_batch_size} is not a multiple of per_device_train_batch_size {self.per_device_train_batch_size}")
-        need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.mixed_precision in PRECISIONS, "mixed_precision", f"must be one of {PRECISIONS}")
         need(self.sharding in SHARDINGS, "sharding", f"must be one of {SHARDINGS}")
         need(not self.mixed_precision_on_cpu or self.mixed_precision in ("bf16", "no"), "mixed_precision_on_cpu",
