@@ -46,7 +46,7 @@ class PreflightError(UserError):
 
 @dataclass
 class Checked:
-    preset: Any  # core.models.registry.GeneratorPreset
+    generator_preset: Any  # core.models.registry.GeneratorPreset (cfg.model), not the run preset
     dataset: Any  # the run's dataset (core.data.build.build_dataset), listed and spot-checked
     warnings: list[str] = field(default_factory=list)  # not blockers (e.g. a paper-size model on the CPU)
 
@@ -151,7 +151,7 @@ def collect(cfg: VapiConfig) -> tuple[Optional[Checked], list[Problem]]:
         return None, found.problems
     from core.vapi.estimate import quick_warnings
 
-    return Checked(preset=preset, dataset=dataset, warnings=quick_warnings(cfg)), []
+    return Checked(generator_preset=preset, dataset=dataset, warnings=quick_warnings(cfg)), []
 
 
 def preflight(cfg: VapiConfig) -> Checked:
