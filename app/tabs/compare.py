@@ -22,6 +22,7 @@ from app.tabs import BuildContext
 from app.views import as_text
 from core.errors import ConfigError, UserError
 from core.eval.verdict import mean_std
+from core.models.registry import DEFAULT_GENERATOR
 
 TAB_ID = "compare"
 LABEL = "Compare"
@@ -48,9 +49,9 @@ def default_sources(store) -> tuple[str, str]:
     """(base, aligned): the newest run's latest checkpoint against its model preset; or the demo twice."""
     latest = comparison.latest_checkpoint(store)
     if latest is None:
-        base = comparison.preset_value("demo-c2i")
+        base = comparison.preset_value(DEFAULT_GENERATOR)
         return base, base
-    model = store.read_config(latest[0]).get("model", "demo-c2i")
+    model = store.read_config(latest[0]).get("model", DEFAULT_GENERATOR)
     return comparison.preset_value(model), comparison.run_value(*latest)
 
 
@@ -269,7 +270,7 @@ def device_names() -> list[str]:
 def build(ctx: BuildContext) -> None:
     app = ctx.app
     base0, aligned0 = default_sources(app.store)
-    preset0 = preset_of(app, base0) or "demo-c2i"
+    preset0 = preset_of(app, base0) or DEFAULT_GENERATOR
     choices = comparison.source_choices(app.store)
     names = device_names()
     gr.Markdown("Pick two models (a preset or any run checkpoint), classes or prompts and seeds, and a view. "

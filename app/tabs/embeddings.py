@@ -28,6 +28,7 @@ from app.tabs.launch import device_choices
 from core.eval.configs import PROMPT_ATTRIBUTES
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.eval.verdict import mean_std
+from core.models.registry import DEFAULT_GENERATOR
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "embeddings"
@@ -357,7 +358,7 @@ def build(ctx: BuildContext) -> None:
     try:
         model0, _, steps0 = run_model(store, run0)
     except ConfigError:
-        model0, steps0 = "demo-c2i", []
+        model0, steps0 = DEFAULT_GENERATOR, []
     comps: dict[str, Any] = {}
 
     form_inputs = jobform.FormInputs(field_table(), "emb", info)  # each EmbeddingConfig field's input from the field

@@ -105,7 +105,7 @@ GENERATORS: dict[str, GeneratorPreset] = {g.name: g for g in [
                     "Janus-Pro 1B unified model (transformers format), 384 px", folder=True),
 ]}
 
-DEFAULT_GENERATOR = "demo-c2i"
+DEFAULT_GENERATOR = "demo-c2i"  # the generator a config, a form or a command uses when none is named: the embedded demo
 
 
 def register_generator(preset: GeneratorPreset) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Optional
 from core import configmeta
 from core.configmeta import MAX_JOB_STEPS, setting
 from core.errors import ConfigError
+from core.models.registry import DEFAULT_GENERATOR
 
 METHODS = ("vapi", "ste", "decoder")
 DATA_KINDS = ("shapes", "imagefolder", "captions")
@@ -50,7 +51,7 @@ class VapiConfig:
 
     # ---------------------------------------------------------------- what is trained
     method: str = setting("vapi", group="model", choices=METHODS, help="\"vapi\" (§4) | \"ste\": STE generator post-training (App. C.1) | \"decoder\": tokenizer-decoder post-training (App. C.2)")
-    model: str = setting("demo-c2i", group="model", label="generator", help="generator preset (python -m core info lists them)")
+    model: str = setting(DEFAULT_GENERATOR, group="model", label="generator", help="generator preset (python -m core info lists them)")
     init_weights: Optional[str] = setting(None, group="model", label="starting weights", help="start from this checkpoint instead of the preset's published weights")
     # ---------------------------------------------------------------- data
     data: str = setting("shapes", group="data", choices=DATA_KINDS, label="data source", help="\"shapes\" (embedded demo domain) | \"imagefolder\" (ImageNet layout) | \"captions\" (images + captions.jsonl)")
