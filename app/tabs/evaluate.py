@@ -103,7 +103,7 @@ def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> 
     from core.models import registry
 
     if kind == "shapes":
-        if not registry.get_generator(preset).embedded:
+        if not registry.get_generator(preset).is_demo:
             raise ConfigError("reference", f"the shapes domain is the demo's reference; for {preset} give an .npz "
                                            "batch (e.g. VIRTUAL_imagenet256_labeled.npz) or an image folder")
         return "shapes"
@@ -435,7 +435,7 @@ def build(ctx: BuildContext) -> None:
         preset0 = comparison.parse_source(source0, app.store, "source").preset
     except UserError:  # e.g. the newest checkpoint's run names no preset: the form opens on the demo
         source0, preset0 = comparison.preset_value(DEFAULT_GENERATOR), DEFAULT_GENERATOR
-    embedded0 = registry.get_generator(preset0).embedded
+    embedded0 = registry.get_generator(preset0).is_demo
     comps: dict[str, Any] = {}
 
     form_inputs = jobform.FormInputs(field_table(), "eval", info)  # each EvalConfig field's input from the field
@@ -551,7 +551,7 @@ def build(ctx: BuildContext) -> None:
         choices = form.class_choices(preset)
         valid = {v for _, v in choices}
         kept = [c for c in class_items(classes) if c in valid]
-        embedded = registry.get_generator(preset).embedded
+        embedded = registry.get_generator(preset).is_demo
         if embedded:
             extractor, reference_kind = "demo", "shapes"
         else:

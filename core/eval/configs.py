@@ -260,7 +260,7 @@ class EmbeddingConfig(JobSettings):
         if isinstance(self.num_seeds, bool) or not isinstance(self.num_seeds, int) or self.num_seeds < 1:
             raise ConfigError("num_seeds", f"must be a positive integer, got {self.num_seeds!r}")
         if self.extractor is None:
-            self.extractor = "demo" if registry.get_generator(self.model).embedded else "inception"
+            self.extractor = "demo" if registry.get_generator(self.model).is_demo else "inception"
         if self.extractor not in EXTRACTORS:
             raise ConfigError("extractor", f"unknown extractor {self.extractor!r}; choose one of {sorted(EXTRACTORS)}")
         self.projections = [self.projections] if isinstance(self.projections, str) else list(self.projections)
@@ -272,7 +272,7 @@ class EmbeddingConfig(JobSettings):
         preset = registry.get_generator(self.model)
         if self.color_by not in PROMPT_ATTRIBUTES:
             raise ConfigError("color_by", f"one of {', '.join(PROMPT_ATTRIBUTES)}, got {self.color_by!r}")
-        if preset.task != "c2i" and not preset.embedded:
+        if preset.task != "c2i" and not preset.is_demo:
             raise ConfigError("model", f"{self.model} is text-conditional; the embedding shift compares classes, or the "
                                        "demo T2I's prompt attributes (use a class-conditional preset or demo-t2i)")
         if preset.task != "c2i" and self.classes is not None:

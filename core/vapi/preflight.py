@@ -77,9 +77,9 @@ def _check_data_kind(cfg: VapiConfig, preset) -> None:
         raise ConfigError("data", f"{cfg.model} is class-conditional: use data=imagefolder or shapes, not captions")
     if preset.task == "t2i" and cfg.data not in ("captions", "shapes"):
         raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions")
-    if preset.task == "t2i" and cfg.data == "shapes" and preset.size != "demo":
+    if preset.task == "t2i" and cfg.data == "shapes" and not preset.demo_sized:
         raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions (shapes captions fit demo-t2i only)")
-    if cfg.data == "shapes" and preset.size != "demo":
+    if cfg.data == "shapes" and not preset.demo_sized:
         raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i or demo-t2i)")
 
 
