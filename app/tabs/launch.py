@@ -25,10 +25,10 @@ from core.models.registry import is_demo_model
 from core.runs import kinds
 from core.runs.store import ACTIVE
 from core.vapi import config as C
+from core.vapi.config import DEFAULT_PRESET
 
 TAB_ID = "launch"
 LABEL = "Launch"
-DEFAULT_PRESET = "demo-c2i"
 EXTRA_INFO = {
     "preset": "fills every field below with a preset: the paper's settings (Table 7) or the CPU demo",
     "name": "shown in the Runs tab; the run id adds a timestamp",

@@ -266,6 +266,7 @@ class VapiConfig:
 
 
 # ----------------------------------------------------------------------------- presets
+DEFAULT_PRESET = "demo-c2i"  # the run preset the Launch form and a sweep start from (core.demo.presets)
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 7, column 1 and §5.1: LlamaGen-XXL C2I 384 px, 1% of ImageNet, 100 steps, xi 0
     "llamagen-c2i-xxl": dict(model="llamagen-c2i-xxl-384", data="imagefolder", data_subset=0.01, xi=0.0, max_steps=100,
