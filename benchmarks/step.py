@@ -47,7 +47,7 @@ def bench_step(preset_name: str, overrides: list[str], batch: int | None, repeat
     gen.train()
     B = batch or cfg.per_device_train_batch_size
     g = torch.Generator().manual_seed(0)
-    if p.size == "demo":
+    if p.demo_sized:
         from core.demo.shapes import images_tensor
 
         images, labels = images_tensor("train", range(B), p.image_size)

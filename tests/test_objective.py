@@ -15,11 +15,11 @@ from tests.helpers import tiny_gpt, tiny_vq
 # ----------------------------------------------------------------------------- hand-computed cases
 def test_group_advantages_hand_computed():
     r = torch.tensor([[1.0, 2.0, 3.0], [5.0, 5.0, 5.0]])
-    a = objective.group_advantages(r, clip=5.0)
+    a, tied = objective.group_advantages_with_ties(r, clip=5.0)
     assert torch.allclose(a[0], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-6)  # mean 2, unbiased std 1
-    assert torch.equal(a[1], torch.zeros(3))  # no spread, no signal
+    assert torch.equal(a[1], torch.zeros(3)) and tied.tolist() == [False, True]  # no spread, no signal
     r = torch.tensor([[0.0] * 9 + [1.0]])  # one outlier: (1 - 0.1) / std
-    a = objective.group_advantages(r, clip=2.0)
+    a, _ = objective.group_advantages_with_ties(r, clip=2.0)
     assert a[0, -1] == 2.0 and a[0, 0] < 0
 
 

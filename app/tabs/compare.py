@@ -22,6 +22,7 @@ from app.tabs import BuildContext
 from app.views import as_text
 from core.errors import ConfigError, UserError
 from core.eval.verdict import mean_std
+from core.models.registry import DEFAULT_GENERATOR, is_demo_model
 
 TAB_ID = "compare"
 LABEL = "Compare"
@@ -48,9 +49,9 @@ def default_sources(store) -> tuple[str, str]:
     """(base, aligned): the newest run's latest checkpoint against its model preset; or the demo twice."""
     latest = comparison.latest_checkpoint(store)
     if latest is None:
-        base = comparison.preset_value("demo-c2i")
+        base = comparison.preset_value(DEFAULT_GENERATOR)
         return base, base
-    model = store.read_config(latest[0]).get("model", "demo-c2i")
+    model = store.read_config(latest[0]).get("model", DEFAULT_GENERATOR)
     return comparison.preset_value(model), comparison.run_value(*latest)
 
 
@@ -76,7 +77,7 @@ def preset_of(app, value: Optional[str]) -> Optional[str]:
 
 def heldout_prompt_choices(preset: Optional[str]) -> list[str]:
     """The demo's held-out prompts (core.demo.prompts) for an embedded text-to-image preset, else []."""
-    if not preset or form.model_task(preset) != "t2i" or not registry_embedded(preset):
+    if not preset or form.model_task(preset) != "t2i" or not is_demo_model(preset):
         return []
     from core.demo.prompts import heldout_prompts
 
@@ -114,7 +115,7 @@ def condition_inputs(app, base_value: Optional[str], current: Optional[list], ty
     held = heldout_prompt_choices(preset)
     prompts = gr.update(visible=task == "t2i") if (typed or "").strip() else gr.update(visible=task == "t2i",
                                                                                        value=default_prompts(preset))
-    samples = 0 if task == "t2i" or not preset or not registry_embedded(preset) else DEMO_CLASS_SAMPLES
+    samples = 0 if task == "t2i" or not preset or not is_demo_model(preset) else DEMO_CLASS_SAMPLES
     offered = view_choices(task)
     keep = view if view in {v for _, v in offered} else offered[0][1]
     return (gr.update(choices=choices, value=kept, visible=task != "t2i"), prompts,
@@ -124,12 +125,6 @@ def condition_inputs(app, base_value: Optional[str], current: Optional[list], ty
 
 def panels_per_row(view: str) -> int:
     return 4 if view == "teacher-forced" else 3  # [ground truth,] base, aligned, difference
-
-
-def registry_embedded(preset: str) -> bool:
-    from core.models import registry
-
-    return registry.get_generator(preset).embedded
 
 
 def gallery_items(result) -> list[tuple[str, str]]:
@@ -269,7 +264,7 @@ def device_names() -> list[str]:
 def build(ctx: BuildContext) -> None:
     app = ctx.app
     base0, aligned0 = default_sources(app.store)
-    preset0 = preset_of(app, base0) or "demo-c2i"
+    preset0 = preset_of(app, base0) or DEFAULT_GENERATOR
     choices = comparison.source_choices(app.store)
     names = device_names()
     gr.Markdown("Pick two models (a preset or any run checkpoint), classes or prompts and seeds, and a view. "
@@ -314,7 +309,7 @@ def build(ctx: BuildContext) -> None:
                         info="teacher-forced and shared prefix compare one image; free-running compares distributions")
         prefix_rows = gr.Slider(0, 16, value=2, step=1, label="prefix rows k (prefix_rows)", elem_id="compare-prefix",
                                 info="shared prefix: token rows taken from the base's sample", scale=2)
-        class_samples = gr.Number(value=DEMO_CLASS_SAMPLES if registry_embedded(preset0) and form.model_task(preset0) != "t2i" else 0, precision=0,
+        class_samples = gr.Number(value=DEMO_CLASS_SAMPLES if is_demo_model(preset0) and form.model_task(preset0) != "t2i" else 0, precision=0,
                                   label="per-class sample (class_samples)", elem_id="compare-class-samples", scale=2,
                                   visible=task0 != "t2i",
                                   info="samples per class and seed (3 seeds) for class accuracy and FD; 0 = off")

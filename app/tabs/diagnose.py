@@ -28,6 +28,7 @@ LIST_KEYS = ("seeds", "cfg_scales")
 def checkpoint_choices(store) -> list[tuple[str, str]]:
     """(label, "RUN@STEP") of every checkpoint of a training run on the demo generator, newest run first."""
     from core.checkpoints import ref_text
+    from core.eval import diagnostics
     from core.runs import kinds
 
     out = []
@@ -38,7 +39,7 @@ def checkpoint_choices(store) -> list[tuple[str, str]]:
             model = json.loads((run.run_dir / "config.json").read_text()).get("model")
         except (OSError, ValueError):
             continue
-        if model != "demo-c2i":
+        if model != diagnostics.MODEL:
             continue
         for ckpt in reversed(store.checkpoints(run.id)):
             out.append((f"run · {run.id} · step {ckpt.step}", ref_text(run.id, ckpt.step)))

@@ -28,6 +28,7 @@ from app.tabs.launch import device_choices
 from core.eval.configs import PROMPT_ATTRIBUTES
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.eval.verdict import mean_std
+from core.models.registry import DEFAULT_GENERATOR, is_demo_model
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "embeddings"
@@ -98,22 +99,13 @@ def default_classes(model: str) -> list[int]:
     return list(range(min(DEFAULT_CLASSES, len(form.class_names_of(model)))))
 
 
-def is_embedded(model: str) -> bool:
-    from core.models import registry
-
-    try:
-        return registry.get_generator(model).embedded
-    except ConfigError:
-        return False
-
-
 # ----------------------------------------------------------------------------- the job
 def real_of(app, text: Optional[str], model: str) -> str:
     """The real images: "shapes[:split]" for the demo, else an ImageNet-layout folder inside the data roots."""
     from core.eval.inputs import shapes_split
 
     raw = (text or "").strip()
-    if is_embedded(model):
+    if is_demo_model(model):
         if shapes_split(raw or "shapes", "real") is not None:
             return raw or "shapes"
     elif raw.partition(":")[0] == "shapes":
@@ -151,7 +143,7 @@ def plan_embeddings(app, values: dict):
         raise ConfigError("run", f"the run's starting weights {init} (its base model) are gone")
     text_conditional = form.model_task(model) == "t2i"
     items = [] if text_conditional else class_items(values.get("classes"))  # demo-t2i: grouped by color_by
-    extractor = values.get("extractor") or ("demo" if is_embedded(model) else "inception")
+    extractor = values.get("extractor") or ("demo" if is_demo_model(model) else "inception")
     projections = list(values.get("projections") or [])
     if not projections:
         raise ConfigError("projections", "pick t-SNE, UMAP or both")
@@ -357,7 +349,7 @@ def build(ctx: BuildContext) -> None:
     try:
         model0, _, steps0 = run_model(store, run0)
     except ConfigError:
-        model0, steps0 = "demo-c2i", []
+        model0, steps0 = DEFAULT_GENERATOR, []
     comps: dict[str, Any] = {}
 
     form_inputs = jobform.FormInputs(field_table(), "emb", info)  # each EmbeddingConfig field's input from the field
@@ -383,9 +375,9 @@ def build(ctx: BuildContext) -> None:
                 comps["color_by"] = field("color_by", choices=list(PROMPT_ATTRIBUTES), scale=2, visible=t2i0)
                 comps["per_class"] = field("per_class", scale=1)
             with gr.Row(equal_height=False):
-                comps["real"] = field("real", value="shapes" if is_embedded(model0) else "")
+                comps["real"] = field("real", value="shapes" if is_demo_model(model0) else "")
                 comps["extractor"] = field("extractor", choices=list(EXTRACTORS),
-                                           value="demo" if is_embedded(model0) else "inception")
+                                           value="demo" if is_demo_model(model0) else "inception")
                 comps["extractor_path"] = field("extractor_path")
             # t-SNE only by default: UMAP adds a second fit on every point
             comps["projections"] = field("projections", choices=PROJECTION_CHOICES, value=["tsne"])
@@ -487,7 +479,7 @@ def build(ctx: BuildContext) -> None:
         choices = form.class_choices(model)
         valid = {v for _, v in choices}
         kept = [c for c in class_items(classes) if c in valid] or default_classes(model)
-        embedded = is_embedded(model)
+        embedded = is_demo_model(model)
         t2i = form.model_task(model) == "t2i"
         return (gr.update(choices=steps, value=steps[-1]), base_text(store, run_id),
                 gr.update(choices=choices, value=kept, visible=not t2i), "shapes" if embedded else "",

@@ -35,6 +35,7 @@ from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.eval.configs import NO_FEATURES
 from core.eval.summary import SUMMARY_METRICS
 from core.eval.verdict import mean_std
+from core.models.registry import DEFAULT_GENERATOR
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
 TAB_ID = "evaluate"
@@ -102,7 +103,7 @@ def reference_of(app, kind: Optional[str], text: Optional[str], preset: str) -> 
     from core.models import registry
 
     if kind == "shapes":
-        if not registry.get_generator(preset).embedded:
+        if not registry.get_generator(preset).is_demo:
             raise ConfigError("reference", f"the shapes domain is the demo's reference; for {preset} give an .npz "
                                            "batch (e.g. VIRTUAL_imagenet256_labeled.npz) or an image folder")
         return "shapes"
@@ -421,7 +422,7 @@ def default_source(store) -> str:
     for run in store.list_runs([FINISHED]):
         if run.kind == views.TRAIN_KIND and store.last_checkpoint(run.id) is not None:
             return comparison.latest_checkpoint_value(store, run.id)
-    return comparison.latest_checkpoint_value(store) or comparison.preset_value("demo-c2i")
+    return comparison.latest_checkpoint_value(store) or comparison.preset_value(DEFAULT_GENERATOR)
 
 
 def build(ctx: BuildContext) -> None:
@@ -433,8 +434,8 @@ def build(ctx: BuildContext) -> None:
     try:
         preset0 = comparison.parse_source(source0, app.store, "source").preset
     except UserError:  # e.g. the newest checkpoint's run names no preset: the form opens on the demo
-        source0, preset0 = comparison.preset_value("demo-c2i"), "demo-c2i"
-    embedded0 = registry.get_generator(preset0).embedded
+        source0, preset0 = comparison.preset_value(DEFAULT_GENERATOR), DEFAULT_GENERATOR
+    embedded0 = registry.get_generator(preset0).is_demo
     comps: dict[str, Any] = {}
 
     form_inputs = jobform.FormInputs(field_table(), "eval", info)  # each EvalConfig field's input from the field
@@ -550,7 +551,7 @@ def build(ctx: BuildContext) -> None:
         choices = form.class_choices(preset)
         valid = {v for _, v in choices}
         kept = [c for c in class_items(classes) if c in valid]
-        embedded = registry.get_generator(preset).embedded
+        embedded = registry.get_generator(preset).is_demo
         if embedded:
             extractor, reference_kind = "demo", "shapes"
         else:

@@ -18,15 +18,17 @@ from app import fields, form, widgets
 from app import sweep as sweep_ui
 from app.tabs import BuildContext
 from app.views import as_text, run_choices
+from core.demo.presets import PRESETS as DEMO_PRESETS
 from core.device import parse_devices
 from core.errors import ConfigError, MissingWeightsError, UserError
+from core.models.registry import is_demo_model
 from core.runs import kinds
 from core.runs.store import ACTIVE
 from core.vapi import config as C
+from core.vapi.config import DEFAULT_PRESET
 
 TAB_ID = "launch"
 LABEL = "Launch"
-DEFAULT_PRESET = "demo-c2i"
 EXTRA_INFO = {
     "preset": "fills every field below with a preset: the paper's settings (Table 7) or the CPU demo",
     "name": "shown in the Runs tab; the run id adds a timestamp",
@@ -104,7 +106,8 @@ def demo_note(preset: str, model: str) -> str:
 
 
 def shows_demo_note(preset: str, model: str) -> bool:
-    return preset in ("demo-c2i", "demo-t2i") or model in ("demo-c2i", "demo-t2i")
+    """For a demo run preset (core.demo.presets) or a demo model (GeneratorPreset.is_demo)."""
+    return preset in DEMO_PRESETS or is_demo_model(model)
 
 
 def device_choices(ctx) -> list[tuple[str, str]]:

@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import re
 from functools import lru_cache
-from typing import Optional
 
 import numpy as np
 
@@ -106,7 +105,6 @@ def training_caption(attrs: dict, rng: np.random.Generator) -> str:
 
 
 # ------------------------------------------------------------------------------------------- parser
-_WORD = re.compile(r"[a-z]+")
 _NUMBERS = {"a": 1, "an": 1, "one": 1, "single": 1, "two": 2, "2": 2, "1": 1, "pair": 2}
 _POSITION_WORDS = {  # longest first: "top left" before "top"
     p: tuple(p.split()) for p in sorted(shapes.POSITIONS, key=lambda s: -len(s.split()))}
@@ -144,9 +142,3 @@ def parse_prompt(prompt: str) -> dict:
 def describe(found: dict) -> str:
     """'shape circle, color red, count 1' — for messages and table cells."""
     return ", ".join(f"{c} {found[c]}" for c in CATEGORIES if c in found) or "nothing the evaluator can check"
-
-
-def prompt_attribute(prompt: str, category: str) -> Optional[str]:
-    """One attribute a prompt names, as text (None when it does not name it), e.g. to colour points by it."""
-    value = parse_prompt(prompt).get(category)
-    return None if value is None else str(value)

@@ -244,9 +244,9 @@ def find_judge(preset: str, names: Sequence[str], device="cpu") -> tuple[Optiona
 
     try:
         p = registry.get_generator(preset)
-        if p.embedded and p.task == "t2i":
+        if p.is_demo and p.task == "t2i":
             return adherence_judge(device=device), "demo evaluator (prompt adherence)"
-        if p.embedded:
+        if p.is_demo:
             return demo_judge(device=device), "demo evaluator"
         return clip_judge(names, device=device), "CLIP"
     except (MissingWeightsError, CheckpointError, OSError) as e:

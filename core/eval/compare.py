@@ -67,7 +67,7 @@ def check(req: CompareRequest) -> str:
         raise ConfigError("seeds", "give at least one seed")
     if req.class_samples and req.class_samples < MIN_CLASS_SAMPLES:
         raise ConfigError("class_samples", f"0 (off) or at least {MIN_CLASS_SAMPLES} (FD needs a covariance)")
-    real = req.real or ("shapes" if b.embedded else None)
+    real = req.real or ("shapes" if b.is_demo else None)
     if b.task == "t2i":
         if req.view == "teacher-forced":
             raise ConfigError("view", f"{b.name} is text-conditional; the teacher-forced view needs held-out images "
@@ -123,7 +123,7 @@ def compare(req: CompareRequest, policies: dict, tokenizer, device, out: str | P
     sampler = dict(req.sampling, compile=check_compile(req.compile))  # what the sampler gets; `sampling` is recorded
     preset = registry.get_generator(req.base_preset)
     conds, labels, names = conditions(req, task, policies["base"], policies["aligned"])
-    real = req.real or ("shapes" if preset.embedded else None)
+    real = req.real or ("shapes" if preset.is_demo else None)
     judge, why = alignment.find_judge(req.base_preset, names, device)
     if judge is None and task == "t2i":
         why = "no judge for prompts without CLIP weights (the CLIP score needs them on disk)"
@@ -143,7 +143,7 @@ def compare(req: CompareRequest, policies: dict, tokenizer, device, out: str | P
             from core.eval.inputs import build_metric_extractor
 
             try:
-                extractor = build_metric_extractor("demo" if preset.embedded else "inception", None, device)
+                extractor = build_metric_extractor("demo" if preset.is_demo else "inception", None, device)
             except (MissingWeightsError, CheckpointError) as e:
                 result.notes.append(f"no per-class numbers: {str(e).splitlines()[0]}")
             else:

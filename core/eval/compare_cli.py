@@ -75,7 +75,7 @@ def cmd_compare(args) -> int:
     if aligned.path is None:
         raise ConfigError("aligned", "name a checkpoint (the aligned model)")
     base_is_preset = args.base is not None and args.base in {g.name for g in registry.all_generators()}
-    model = args.model or (args.base if base_is_preset else None) or _run_model(aligned) or "demo-c2i"
+    model = args.model or (args.base if base_is_preset else None) or _run_model(aligned) or registry.DEFAULT_GENERATOR
     preset = registry.get_generator(model)
     t2i = preset.task != "c2i"
     if t2i and args.classes is not None:

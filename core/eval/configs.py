@@ -14,6 +14,7 @@ from core import configmeta
 from core.configmeta import MAX_JOB_STEPS, setting
 from core.demo.prompts import CATEGORIES as PROMPT_ATTRIBUTES  # what a demo prompt names (color_by)
 from core.errors import ConfigError, DataError
+from core.models.registry import DEFAULT_GENERATOR
 
 if TYPE_CHECKING:  # sampling imports torch: the CLI builds its options from these configs without it
     from core.eval.sampling import SamplingSpec
@@ -106,7 +107,7 @@ class JobSettings:
 class EvalConfig(JobSettings):
     """One model, one sampling setting, several metrics. Defaults: Table 2's protocol w/o CFG."""
 
-    model: str = setting("demo-c2i", group="model", help="generator preset (python -m core info lists them)")
+    model: str = setting(DEFAULT_GENERATOR, group="model", help="generator preset (python -m core info lists them)")
     weights: Optional[str] = setting(None, group="model", help=f"generator weights: {WEIGHTS_HELP}; None: the preset's own weights (the base model)")
     label: str = setting("", group="model", help="free text shown with the results and in `eval summary`, e.g. 'aligned, step 100'")
     num_samples: int = setting(50_000, group="sampling", help="images to sample per seed; Table 2: 50000 (50 per ImageNet class)",
@@ -208,7 +209,7 @@ class EvalConfig(JobSettings):
 class EmbeddingConfig(JobSettings):
     """Real vs base vs aligned samples of some classes in one feature space (Fig. 1b-c)."""
 
-    model: str = setting("demo-c2i", group="model", help="class-conditional generator preset, or demo-t2i")
+    model: str = setting(DEFAULT_GENERATOR, group="model", help="class-conditional generator preset, or demo-t2i")
     base_weights: Optional[str] = setting(None, group="model", help=f"the base model: {WEIGHTS_HELP}; None: the preset's weights")
     aligned_weights: Optional[str] = setting(None, group="model", help=f"the aligned model (required): {WEIGHTS_HELP}")
     classes: Optional[list] = setting(None, group="sampling", help="class ids or names; None: the first 10 classes")
@@ -259,7 +260,7 @@ class EmbeddingConfig(JobSettings):
         if isinstance(self.num_seeds, bool) or not isinstance(self.num_seeds, int) or self.num_seeds < 1:
             raise ConfigError("num_seeds", f"must be a positive integer, got {self.num_seeds!r}")
         if self.extractor is None:
-            self.extractor = "demo" if registry.get_generator(self.model).embedded else "inception"
+            self.extractor = "demo" if registry.get_generator(self.model).is_demo else "inception"
         if self.extractor not in EXTRACTORS:
             raise ConfigError("extractor", f"unknown extractor {self.extractor!r}; choose one of {sorted(EXTRACTORS)}")
         self.projections = [self.projections] if isinstance(self.projections, str) else list(self.projections)
@@ -271,7 +272,7 @@ class EmbeddingConfig(JobSettings):
         preset = registry.get_generator(self.model)
         if self.color_by not in PROMPT_ATTRIBUTES:
             raise ConfigError("color_by", f"one of {', '.join(PROMPT_ATTRIBUTES)}, got {self.color_by!r}")
-        if preset.task != "c2i" and not preset.embedded:
+        if preset.task != "c2i" and not preset.is_demo:
             raise ConfigError("model", f"{self.model} is text-conditional; the embedding shift compares classes, or the "
                                        "demo T2I's prompt attributes (use a class-conditional preset or demo-t2i)")
         if preset.task != "c2i" and self.classes is not None:

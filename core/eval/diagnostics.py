@@ -30,6 +30,8 @@ from core.configmeta import MAX_JOB_STEPS, setting
 from core.errors import ConfigError
 from core.vapi import objective
 
+MODEL = "demo-c2i"  # the generator diagnosed: the demo's class-conditional one (its shapes images and evaluator)
+
 
 @torch.no_grad()
 def per_position_kl(base, aligned, cond: Tensor, tokens: Tensor, temperature: float = 1.0,
@@ -104,8 +106,8 @@ def diagnose_demo(weights: Path, num_images: int = 500, seeds: Sequence[int] = (
     from core.demo.shapes import images_tensor
     from core.models.load import load_pair
 
-    base, tok = load_pair("demo-c2i")
-    aligned, _ = load_pair("demo-c2i", weights)
+    base, tok = load_pair(MODEL)
+    aligned, _ = load_pair(MODEL, weights)
     images, labels = images_tensor("val", range(num_images), tok.image_size)  # held out from training
     with objective.fp32("cpu"):
         tokens = tok.encode(images)
@@ -225,7 +227,7 @@ def resolve(cfg: DiagnoseConfig, runs_dir: Optional[str | Path] = None) -> Path:
     from core.checkpoints import resolve_weights
     from core.models import registry
 
-    registry.require_files("demo-c2i")
+    registry.require_files(MODEL)
     ref = resolve_weights(cfg.checkpoint, runs_dir, field="checkpoint")
     if ref.path is None:
         raise ConfigError("checkpoint", "the base model against itself shows nothing: name an aligned checkpoint")

@@ -60,7 +60,7 @@ def check_eval(cfg: EvalConfig, runs_dir: Optional[str | Path] = None) -> Weight
         ref = Path(cfg.reference).expanduser()
         if shapes_split(cfg.reference) is None and not (ref.is_dir() or (ref.is_file() and ref.suffix == ".npz")):
             raise DataError(f"reference {cfg.reference}: not an .npz file, an image folder or 'shapes[:split]'")
-    if "adherence" in cfg.metrics and not (preset.embedded and preset.task == "t2i"):
+    if "adherence" in cfg.metrics and not (preset.is_demo and preset.task == "t2i"):
         raise ConfigError("metrics", f"prompt adherence reads the demo evaluator, so it measures the demo T2I "
                                      f"(demo-t2i) only, not {cfg.model}; drop adherence (use clip for other models)")
     if any(m not in NO_FEATURES for m in cfg.metrics):

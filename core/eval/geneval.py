@@ -56,7 +56,6 @@ GENEVAL_DRAWS_PER_TASK = 100  # create_prompts.py default (-n)
 GENEVAL_NUM_PROMPTS = 553    # after de-duplication
 # SHA-256 of the official prompts/evaluation_metadata.jsonl (djghosh13/geneval, commit af4902f)
 GENEVAL_PROMPTS_SHA256 = "5c48e0813e812e3c373fa5c8ed07a8f0a483be30272b4427b0559c8048e67c13"
-GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 _SAMPLE_NAME = re.compile(r"\d+\.png")
 

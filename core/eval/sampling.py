@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from core import configmeta
 from core.checkpoints import file_sha256
 from core.errors import ConfigError, DataError
+from core.models.registry import DEFAULT_GENERATOR
 from core.seeding import derive_seed
 
 SPEC_FILE = "spec.json"
@@ -77,7 +78,7 @@ def sample_seed(seed: int, index: int) -> int:
 class SamplingSpec:
     """What decides the pixels of sample i. Defaults are LlamaGen's FID sampling (paper App. D)."""
 
-    model: str = "demo-c2i"  # generator preset
+    model: str = DEFAULT_GENERATOR  # generator preset
     weights: Optional[str] = None  # generator weights file; None: the preset's published weights
     cfg_scale: float = 1.0  # Table 2: 1.0 (w/o cfg); w/ cfg 2.0 for XL, 1.75 for XXL (§5.2)
     temperature: float = 1.0  # App. D: temperature 1.0, top-k 0, top-p 1.0

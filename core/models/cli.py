@@ -5,6 +5,7 @@ import argparse
 from pathlib import Path
 
 from core import paths
+from core.models.registry import DEFAULT_GENERATOR
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="sample images for classes or prompts with fixed seeds -> PNG grid + PNGs",
                        description="Free-running sampling with a KV cache. Rows = classes (class-conditional presets) "
                                    "or prompts (text-conditional ones), columns = seeds.")
-    p.add_argument("--model", default="demo-c2i", help="generator preset (default: the embedded demo)")
+    p.add_argument("--model", default=DEFAULT_GENERATOR, help=f"generator preset (default: {DEFAULT_GENERATOR}, the embedded demo)")
     p.add_argument("--weights", default=None, help="a checkpoint to load instead of the preset's weights (e.g. an aligned run checkpoint)")
     p.add_argument("--classes", nargs="+", default=None, help="class ids or names (default: the first 4 classes)")
     p.add_argument("--prompts", nargs="+", default=None,

@@ -13,7 +13,7 @@ from core.models import checkpoint, llamagen, registry, vq
 def build_generator(preset_name: str) -> llamagen.Transformer:
     """Random-init model of a preset's architecture (no file needed)."""
     p = registry.get_generator(preset_name)
-    if p.size == "demo":
+    if p.demo_sized:
         return llamagen.Transformer(llamagen.GPTConfig(**p.overrides))
     return llamagen.build(p.size, model_type=p.task, image_size=p.image_size, downsample=16, **p.overrides)
 
@@ -44,7 +44,7 @@ def load_generator(preset_name: str, weights: Optional[str | Path] = None, devic
     if p.family == "janus":
         return _load_janus(p, weights, device, torch.bfloat16 if dtype == torch.float32 else dtype)[0]
     model = build_generator(preset_name)
-    checkpoint.load_gpt(model, weights or p.path, expected=p.size if p.size != "demo" else "")
+    checkpoint.load_gpt(model, weights or p.path, expected="" if p.demo_sized else p.size)
     return model.to(device=device, dtype=dtype).eval()
 
 

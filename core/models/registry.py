@@ -68,8 +68,18 @@ class GeneratorPreset(_WeightsLocation):
     text_encoder: str = "flan-t5-xl"  # LlamaGen T2I's caption features (core.models.text.caption_encoder)
 
     @property
-    def embedded(self) -> bool:
+    def is_demo(self) -> bool:
+        """The one answer to "is this the demo?": an embedded demo model (demo-c2i, demo-t2i), its weights committed
+        under checkpoints/demo/ and trained on the shapes domain, so the demo evaluator, the shapes reference set
+        and prompt adherence apply to it."""
         return self.repo_id is None
+
+    @property
+    def demo_sized(self) -> bool:
+        """Its architecture is read from `overrides` (size "demo"), not built from a LlamaGen size name, and fits the
+        CPU. True for the demo models, and also for a plugin that shrinks a paper preset to tiny sizes (the tests'
+        stand-ins), which keeps that preset's name and files and so is not `is_demo`."""
+        return self.size == "demo"
 
     @property
     def num_tokens(self) -> int:
@@ -105,7 +115,7 @@ GENERATORS: dict[str, GeneratorPreset] = {g.name: g for g in [
                     "Janus-Pro 1B unified model (transformers format), 384 px", folder=True),
 ]}
 
-DEFAULT_GENERATOR = "demo-c2i"
+DEFAULT_GENERATOR = "demo-c2i"  # the generator a config, a form or a command uses when none is named: the embedded demo
 
 
 def register_generator(preset: GeneratorPreset) -> None:
@@ -169,6 +179,12 @@ def _ensure_demo_registered() -> None:
     if "demo-c2i" not in GENERATORS:
         register_demo_presets()
     load_plugins()
+
+
+def is_demo_model(name: str) -> bool:
+    """Whether `name` is a registered demo model (GeneratorPreset.is_demo); False for a name no preset has."""
+    _ensure_demo_registered()
+    return name in GENERATORS and GENERATORS[name].is_demo
 
 
 def get_generator(name: str) -> GeneratorPreset:

@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 from core import paths
+from core.vapi.config import DEFAULT_PRESET
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train variants of a preset, evaluate each the same way, one table with verdicts",
                        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="demo-c2i", help="the run preset every variant starts from (default demo-c2i)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, help=f"the run preset every variant starts from (default {DEFAULT_PRESET})")
     p.add_argument("--vary", action="append", default=[], metavar="FIELD=V1,V2",
                    help="a field and the values to try (repeatable), e.g. --vary learning_rate=1e-5,3e-5 --vary beta=0.1,1")
     p.add_argument("--one-at-a-time", action="store_true",

@@ -18,6 +18,7 @@ from typing import Any, Optional
 from core import configmeta
 from core.configmeta import setting
 from core.errors import ConfigError
+from core.vapi.config import DEFAULT_PRESET
 
 MODES = ("grid", "one-at-a-time")
 EVALS = ("demo", "fid", "adherence")
@@ -29,7 +30,7 @@ MAX_VARIANTS = 64  # more is a typo in a grid (5 fields x 3 values = 243 runs), 
 class SweepConfig:
     """One sweep: what to train and how each variant is measured."""
 
-    preset: str = setting("demo-c2i", help="the run preset every variant starts from (python -m core train --preset)")
+    preset: str = setting(DEFAULT_PRESET, help="the run preset every variant starts from (python -m core train --preset)")
     overrides: dict = setting(default_factory=dict, help="fields set in every variant (the CLI's --set k=v)")
     vary: dict = setting(default_factory=dict, help="field -> list of values to try (the CLI's --vary FIELD=V1,V2)")
     mode: str = setting("grid", choices=MODES, help="grid: every combination; one-at-a-time: one field changed from the preset per run")

@@ -52,14 +52,14 @@ def check(cfg: SweepConfig, variants: list[Variant]) -> None:
     for v in variants:
         model = v.config["model"]
         preset = registry.get_generator(model)
-        embedded_t2i = preset.embedded and preset.task == "t2i"
-        if cfg.eval == "demo" and not preset.embedded:
+        embedded_t2i = preset.is_demo and preset.task == "t2i"
+        if cfg.eval == "demo" and not preset.is_demo:
             raise ConfigError("eval", f"variant {v.name!r}: eval demo measures the demo models (demo-c2i, demo-t2i), "
                                       f"not {model}; use --eval fid with a reference")
         if cfg.eval == "adherence" and not embedded_t2i:
             raise ConfigError("eval", f"variant {v.name!r}: prompt adherence reads the demo evaluator, so it measures "
                                       f"demo-t2i only, not {model}")
-        if cfg.eval == "fid" and not cfg.reference and not preset.embedded:
+        if cfg.eval == "fid" and not cfg.reference and not preset.is_demo:
             raise ConfigError("reference", f"variant {v.name!r}: eval fid of {model} needs the real images "
                                            "(an .npz batch or an image folder)")
     if cfg.eval in ("demo", "adherence") and cfg.num_samples < 20:
@@ -84,7 +84,7 @@ def evaluate(cfg: SweepConfig, model: str, weights: Optional[str | Path], out_di
     from core.eval.eval_job import evaluate as eval_fid
     from core.models import registry
 
-    embedded = registry.get_generator(model).embedded
+    embedded = registry.get_generator(model).is_demo
     per_seed: dict[str, list[float]] = {}
     for s in seeds:  # one folder per seed: the seeds need not be consecutive
         ecfg = EvalConfig(model=model, weights=str(weights) if weights else None, num_samples=cfg.num_samples,

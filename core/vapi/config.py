@@ -21,6 +21,7 @@ from typing import Any, Optional
 from core import configmeta
 from core.configmeta import MAX_JOB_STEPS, setting
 from core.errors import ConfigError
+from core.models.registry import DEFAULT_GENERATOR
 
 METHODS = ("vapi", "ste", "decoder")
 DATA_KINDS = ("shapes", "imagefolder", "captions")
@@ -50,7 +51,7 @@ class VapiConfig:
 
     # ---------------------------------------------------------------- what is trained
     method: str = setting("vapi", group="model", choices=METHODS, help="\"vapi\" (§4) | \"ste\": STE generator post-training (App. C.1) | \"decoder\": tokenizer-decoder post-training (App. C.2)")
-    model: str = setting("demo-c2i", group="model", label="generator", help="generator preset (python -m core info lists them)")
+    model: str = setting(DEFAULT_GENERATOR, group="model", label="generator", help="generator preset (python -m core info lists them)")
     init_weights: Optional[str] = setting(None, group="model", label="starting weights", help="start from this checkpoint instead of the preset's published weights")
     # ---------------------------------------------------------------- data
     data: str = setting("shapes", group="data", choices=DATA_KINDS, label="data source", help="\"shapes\" (embedded demo domain) | \"imagefolder\" (ImageNet layout) | \"captions\" (images + captions.jsonl)")
@@ -217,7 +218,6 @@ class VapiConfig:
              f"must be >= per_device_train_batch_size ({self.per_device_train_batch_size})")
         need(self.global_batch_size % self.per_device_train_batch_size == 0, "global_batch_size",
              f"{self.global_batch_size} is not a multiple of per_device_train_batch_size {self.per_device_train_batch_size}")
-        need(self.max_steps >= 1, "max_steps", "must be >= 1")
         need(self.mixed_precision in PRECISIONS, "mixed_precision", f"must be one of {PRECISIONS}")
         need(self.sharding in SHARDINGS, "sharding", f"must be one of {SHARDINGS}")
         need(not self.mixed_precision_on_cpu or self.mixed_precision in ("bf16", "no"), "mixed_precision_on_cpu",
@@ -266,6 +266,7 @@ class VapiConfig:
 
 
 # ----------------------------------------------------------------------------- presets
+DEFAULT_PRESET = "demo-c2i"  # the run preset the Launch form and a sweep start from (core.demo.presets)
 PRESETS: dict[str, dict[str, Any]] = {
     # Table 7, column 1 and §5.1: LlamaGen-XXL C2I 384 px, 1% of ImageNet, 100 steps, xi 0
     "llamagen-c2i-xxl": dict(model="llamagen-c2i-xxl-384", data="imagefolder", data_subset=0.01, xi=0.0, max_steps=100,

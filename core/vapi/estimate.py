@@ -425,7 +425,7 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
     # --- what to change when it does not fit
     if est.fits is False:
         est.advice = advice(cfg, arch, world, device_bytes, common, gpu=kind == "cuda", overlap=overlap)
-    if kind == "cpu" and preset.size != "demo" and est.step_seconds is not None:
+    if kind == "cpu" and not preset.demo_sized and est.step_seconds is not None:
         est.warnings.append(f"{cfg.model} ({arch.params / 1e9:.1f}B parameters) on the CPU: about "
                             f"{_duration(est.step_seconds)} per step, {_duration(100 * est.step_seconds)} for 100 steps. "
                             f"Run it on a GPU (devices cuda:0 ...), or try the method on the CPU with demo-c2i / demo-t2i")

@@ -128,11 +128,6 @@ def token_advantages(r: Tensor, clip: float) -> tuple[Tensor, Tensor]:
     return a.view(B, N, G).permute(0, 2, 1), tied.view(B, N).all(dim=1)
 
 
-def group_advantages(r: Tensor, clip: float) -> Tensor:
-    """group_advantages_with_ties without the tie mask. r [B, G] -> [B, G]."""
-    return group_advantages_with_ties(r, clip)[0]
-
-
 def clipped_policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, epsilon: float,
                         skip_first: int = 0) -> tuple[Tensor, Tensor]:
     """PPO: mean_{B,G,N} max(-A rho, -A clip(rho, 1-eps, 1+eps)). logp/old [B,G,N], adv [B,G] (one per

@@ -46,7 +46,7 @@ class PreflightError(UserError):
 
 @dataclass
 class Checked:
-    preset: Any  # core.models.registry.GeneratorPreset
+    generator_preset: Any  # core.models.registry.GeneratorPreset (cfg.model), not the run preset
     dataset: Any  # the run's dataset (core.data.build.build_dataset), listed and spot-checked
     warnings: list[str] = field(default_factory=list)  # not blockers (e.g. a paper-size model on the CPU)
 
@@ -77,9 +77,9 @@ def _check_data_kind(cfg: VapiConfig, preset) -> None:
         raise ConfigError("data", f"{cfg.model} is class-conditional: use data=imagefolder or shapes, not captions")
     if preset.task == "t2i" and cfg.data not in ("captions", "shapes"):
         raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions")
-    if preset.task == "t2i" and cfg.data == "shapes" and preset.size != "demo":
+    if preset.task == "t2i" and cfg.data == "shapes" and not preset.demo_sized:
         raise ConfigError("data", f"{cfg.model} is text-conditional: use data=captions (shapes captions fit demo-t2i only)")
-    if cfg.data == "shapes" and preset.size != "demo":
+    if cfg.data == "shapes" and not preset.demo_sized:
         raise ConfigError("data", "the shapes domain only fits the demo models (model=demo-c2i or demo-t2i)")
 
 
@@ -151,7 +151,7 @@ def collect(cfg: VapiConfig) -> tuple[Optional[Checked], list[Problem]]:
         return None, found.problems
     from core.vapi.estimate import quick_warnings
 
-    return Checked(preset=preset, dataset=dataset, warnings=quick_warnings(cfg)), []
+    return Checked(generator_preset=preset, dataset=dataset, warnings=quick_warnings(cfg)), []
 
 
 def preflight(cfg: VapiConfig) -> Checked:

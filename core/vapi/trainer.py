@@ -169,7 +169,7 @@ class Trainer:
 
         cfg = self.cfg
         checked = preflight(cfg)
-        self.preset, self.dataset = checked.preset, checked.dataset
+        self.generator_preset, self.dataset = checked.generator_preset, checked.dataset
         dev = devmod.resolve(cfg.device) if cfg.device != "auto" else None
         cpu = (dev is not None and dev.type == "cpu") or not torch.cuda.is_available()
         if dev is not None and dev.type == "cuda" and dev.index is not None:
@@ -204,7 +204,7 @@ class Trainer:
         for module in (policy, tokenizer):
             if any(p.is_floating_point() and p.dtype != torch.float32 for p in module.parameters()):
                 module.float()
-        if self.preset.task == "c2i" and cfg.data == "imagefolder":
+        if self.generator_preset.task == "c2i" and cfg.data == "imagefolder":
             from core.data.imagefolder import check_num_classes
 
             check_num_classes(self.dataset, policy.config.num_classes)
@@ -234,7 +234,7 @@ class Trainer:
         modules = {"generator": policy, "tokenizer": tokenizer, self.method.trains: self.trained_prepared}
         self.models = Models(policy=modules["generator"], tokenizer=modules["tokenizer"], ref_policy=ref_policy,
                              unwrap=self.unwrap)
-        self.cond_encoder = condition_encoder(policy, self.preset.task, self.device, text_encoder=self.preset.text_encoder)  # captions -> condition; None for c2i
+        self.cond_encoder = condition_encoder(policy, self.generator_preset.task, self.device, text_encoder=self.generator_preset.text_encoder)  # captions -> condition; None for c2i
         self.token_cache: dict[int, torch.Tensor] = {}  # dataset index -> x* [N], always encoded in fp32 (encode_fp32)
         if trackers:
             acc.init_trackers(self.run_dir.name, config=cfg.to_dict())
@@ -382,7 +382,7 @@ class Trainer:
     def preview_conditions(self):
         cfg = self.cfg
         policy = self.unwrap(self.policy)
-        if self.preset.task == "c2i":
+        if self.generator_preset.task == "c2i":
             n = policy.config.num_classes
             if cfg.preview_classes:
                 classes = [int(c) for c in cfg.preview_classes]
