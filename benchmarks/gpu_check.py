@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from benchmarks.generation import timed as timed_on  # synchronised before and after on a GPU
 from core.vapi.estimate import GPU_CHECK_RESULTS, PEAK_BF16  # one table of peaks; the estimate reads our figures
 
 VGG16 = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512]
@@ -67,6 +68,16 @@ class RandomVGGLPIPS(nn.Module):
         return total.view(-1)
 
 
+def tiny_pair():
+    """The dry run's tiny random GPT (16 tokens) and VQ (16 px) on the CPU."""
+    from core.models import llamagen, vq
+
+    gen = llamagen.Transformer(llamagen.GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=1000,
+                                                  block_size=16, class_dropout_prob=0.1))
+    tok = vq.VQModel(vq.VQConfig(codebook_size=64, codebook_embed_dim=4, ch=32, encoder_ch_mult=[1, 2, 2],
+                                 decoder_ch_mult=[1, 2, 2], z_channels=32, num_res_blocks=1, image_size=16))
+    return gen, tok
+
 def use_random_lpips(device) -> None:
     from core.vapi import rewards
 
@@ -99,10 +110,7 @@ def step_check(dry: bool) -> list[tuple[str, str]]:
 
     device = torch.device("cpu" if dry else "cuda:0")
     if dry:
-        gen = llamagen.Transformer(llamagen.GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=1000,
-                                                      block_size=16, class_dropout_prob=0.1))
-        tok = vq.VQModel(vq.VQConfig(codebook_size=64, codebook_embed_dim=4, ch=32, encoder_ch_mult=[1, 2, 2],
-                                     decoder_ch_mult=[1, 2, 2], z_channels=32, num_res_blocks=1, image_size=16))
+        gen, tok = tiny_pair()
         images_per_step, micro, G, size, what = 8, 4, 4, 16, "tiny GPT + VQ on CPU (dry run: figures meaningless)"
     else:
         gen = llamagen.build("GPT-XXL", model_type="c2i", image_size=384)
@@ -185,10 +193,7 @@ def sampling_check(dry: bool, batch: int = 32, cfg_scale: float = 1.75) -> list[
 
     device = torch.device("cpu" if dry else "cuda:0")
     if dry:
-        gen = llamagen.Transformer(llamagen.GPTConfig(dim=64, n_layer=2, n_head=4, vocab_size=64, num_classes=1000,
-                                                      block_size=16, class_dropout_prob=0.1))
-        tok = vq.VQModel(vq.VQConfig(codebook_size=64, codebook_embed_dim=4, ch=32, encoder_ch_mult=[1, 2, 2],
-                                     decoder_ch_mult=[1, 2, 2], z_channels=32, num_res_blocks=1, image_size=16))
+        gen, tok = tiny_pair()
         batch, compile, what = 4, "off", "tiny GPT + VQ on CPU, compile off (dry run: figures meaningless)"
     else:
         gen = llamagen.build("GPT-XXL", model_type="c2i", image_size=384)
@@ -201,13 +206,7 @@ def sampling_check(dry: bool, batch: int = 32, cfg_scale: float = 1.75) -> list[
     seeds = list(range(batch))
 
     def timed(fn):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t0 = time.perf_counter()
-        out = fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - t0, out
+        return timed_on(fn, device)
 
     n = gen.num_tokens
     growing = lambda: generate(gen, cond, seeds=seeds, cfg_scale=cfg_scale, static=False, compile="off").tokens

@@ -1,7 +1,7 @@
 """The package layering of core/ (and app/ above it), read from the source (every import, including those
 inside functions):
 
-    base (errors, paths, device, seeding, imaging, checkpoints)
+    base (errors, units, paths, device, seeding, imaging, checkpoints)
       < data, models                 (+ core.demo's shapes, configs, presets, prompts)
       < vapi, eval                   (+ core.demo's evaluator, report, build)
       < runs, sweep
@@ -32,7 +32,7 @@ LEVEL_NAMES = {BASE: "base", DATA_MODELS: "data/models", VAPI_EVAL: "vapi/eval",
 # Longest matching prefix wins: "core.demo.shapes" before "core.demo".
 LEVELS: dict[str, int] = {
     "core": BASE,  # the package itself and its base modules
-    "core.errors": BASE, "core.paths": BASE, "core.device": BASE, "core.seeding": BASE, "core.imaging": BASE,
+    "core.errors": BASE, "core.units": BASE, "core.paths": BASE, "core.device": BASE, "core.seeding": BASE, "core.imaging": BASE,
     "core.checkpoints": BASE,
     "core.data": DATA_MODELS, "core.models": DATA_MODELS,
     "core.demo.shapes": DATA_MODELS, "core.demo.configs": DATA_MODELS, "core.demo.presets": DATA_MODELS,

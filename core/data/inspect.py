@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 
 from core.errors import DataError
+from core.units import format_duration
 
 SAMPLE = 64  # images decoded by default
 
@@ -52,14 +53,6 @@ class DataReport:
         if self.problem:
             out.append(f"problem: {self.problem}")
         return out
-
-
-def format_duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _format_of(dataset, kind: str) -> str:

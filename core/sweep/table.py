@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from core.eval import verdict as V
+from core.units import format_duration
 
 BASE_ROW = "base model"
 DONE, FAILED, PENDING, STOPPED = "done", "failed", "pending", "stopped"
@@ -100,12 +101,6 @@ def _grid(rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
-def _duration(s: Optional[float]) -> str:
-    if s is None:
-        return ""
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
-
-
 def text(table: dict) -> str:
     """The table as text: one line per variant (metrics mean ± std, KL to base, time, status), then the
     changes of every metric against the base model and the preset with their intervals and verdicts."""
@@ -122,7 +117,7 @@ def text(table: dict) -> str:
             v = r["metrics"].get(m)
             cells.append("" if v is None else (f"{_num(v['mean'])} ± {v['std']:.2g}" if len(v["values"]) > 1
                                                else _num(v["mean"])))
-        cells += ["" if r.get("kl_base") is None else f"{r['kl_base']:.4f}", _duration(r.get("time_s"))]
+        cells += ["" if r.get("kl_base") is None else f"{r['kl_base']:.4f}", format_duration(r.get("time_s"))]
         body.append(cells)
     lines += _grid([head, *body])
     changes = [["variant", "metric", "vs base model", "vs preset"]]
@@ -159,7 +154,7 @@ def markdown(table: dict) -> str:
         if key:
             v = r["metrics"].get(key) or {}
             cells += [_change(v.get("vs_base")), _change(v.get("vs_preset"))]
-        cells += ["" if r.get("kl_base") is None else f"{r['kl_base']:.4f}", _duration(r.get("time_s"))]
+        cells += ["" if r.get("kl_base") is None else f"{r['kl_base']:.4f}", format_duration(r.get("time_s"))]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -41,6 +41,7 @@ from typing import Optional, Sequence
 
 from core import paths
 from core.errors import ConfigError
+from core.units import format_duration
 
 GIB = 2**30
 # Measured on the CPU in fp32 (tests/test_estimate.py fits none of these: it checks them on shapes they were not
@@ -138,20 +139,10 @@ class Estimate:
             out.append(f"device: {self.device}, {self.device_bytes / GIB:.0f} GiB: {verdict}")
         out += [f"  to fit: {a}" for a in self.advice]
         if self.step_seconds is not None:
-            out.append(f"time: about {_duration(self.step_seconds)} per step, 100 steps ≈ {_duration(100 * self.step_seconds)} "
+            out.append(f"time: about {format_duration(self.step_seconds)} per step, 100 steps ≈ {format_duration(100 * self.step_seconds)} "
                        f"({self.basis})")
         out += [f"warning: {w}" for w in self.warnings]
         return out
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.1f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 3 * 86400:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.0f} days"
 
 
 # ----------------------------------------------------------------------------- the architecture
@@ -427,7 +418,7 @@ def estimate(cfg, devices: Optional[Sequence[str]] = None, gpu: Optional[str] = 
         est.advice = advice(cfg, arch, world, device_bytes, common, gpu=kind == "cuda", overlap=overlap)
     if kind == "cpu" and not preset.demo_sized and est.step_seconds is not None:
         est.warnings.append(f"{cfg.model} ({arch.params / 1e9:.1f}B parameters) on the CPU: about "
-                            f"{_duration(est.step_seconds)} per step, {_duration(100 * est.step_seconds)} for 100 steps. "
+                            f"{format_duration(est.step_seconds)} per step, {format_duration(100 * est.step_seconds)} for 100 steps. "
                             f"Run it on a GPU (devices cuda:0 ...), or try the method on the CPU with demo-c2i / demo-t2i")
     return est
 
