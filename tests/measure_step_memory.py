@@ -1,4 +1,5 @@
-"""Peak resident memory of one VA-π micro-batch step on the CPU (the real objective, backward and AdamW step), above
+"""Peak resident memory of a steady-state VA-π micro-batch step on the CPU (the real objective, backward and AdamW
+step, twice: the second beside the AdamW states the first created), above
 the memory held before it: `python -m tests.measure_step_memory '{"dim": 384, ...}'` prints {"measured": bytes}.
 Linux only: the peak (VmHWM) is reset through /proc/self/clear_refs just before the step, in a fresh process."""
 from __future__ import annotations
@@ -37,9 +38,12 @@ def main(spec: dict) -> int:
     base = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # the peak resident set size (VmHWM) starts again from the current one
-    out = objective.compute_loss(gen, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(1))
-    out.loss.backward()
-    opt.step()
+    for step in range(2):  # the second step runs with the AdamW states the first one created, as every later one
+        out = objective.compute_loss(gen, tok, batch, cfg, xi=0.0, generator=torch.Generator().manual_seed(1 + step))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        del out
     peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM"))
     print(json.dumps({"measured": peak - base, "params": sum(p.numel() for p in gen.parameters()),
                       "rollout_first": cfg.rollout_mode == "train" and objective.has_dropout(gen)}))
