@@ -1,7 +1,7 @@
 """Screenshots of Compare, Runs (two runs overlaid) and Evaluate on the embedded demo, for README.
 
-    python -m core train --preset demo-c2i --runs-dir RUNS
-    python -m core train --preset demo-c2i --runs-dir RUNS --set learning_rate=3e-5
+    python -m core train --preset demo-c2i --runs-dir RUNS --set max_steps=20 --set save_steps=10 --set preview_steps=10
+    python -m core train --preset demo-c2i --runs-dir RUNS --set max_steps=20 --set save_steps=10 --set preview_steps=10 --set learning_rate=3e-5
     python docs/take_screenshots.py --runs-dir RUNS --out docs
 
 Starts the workbench on RUNS (the committed demo weights), drives it in headless Chromium through
