@@ -7,9 +7,12 @@
 
 A case is MODEL:BATCH:CFG, MODEL `gpt-b` (llamagen-c2i-b-256's architecture with random weights: the speed of
 sampling does not depend on the weights) or `demo` (the committed demo-c2i with its weights), or any preset name
-(`llamagen-c2i-xxl-384`: random weights of its architecture). For every case the two samplers run alternately,
+(`llamagen-c2i-xxl-384`: random weights of its architecture). For every case the two samplers and the floor run in turn,
 `--repeats` times each after one warm-up each, and the table gives the median tokens/s of each and their ratio,
-so load from other processes hits both alike. "growing" is `generate(static=False)`: prefill + `decode_one`
+so load from other processes hits both alike. "floor" is the one-token step's Linear layers alone (every weight
+matrix times the step's rows, prepacked as the static loop does): no fp32 sampler of this model built on torch's
+GEMM goes under it on this machine, whatever its cache or loop, so "of floor" says how much a better loop could still gain.
+"growing" is `generate(static=False)`: prefill + `decode_one`
 (the sampler before the static cache); "static" is `generate(static=True, compile=...)`. Both draw the same
 tokens from the same seeds; the table says so for every case (fp32; a bf16 run may differ by rounding).
 """
@@ -20,9 +23,11 @@ import statistics
 import time
 
 import torch
+from torch import nn
 
 from core import device as devmod
 from core.models import llamagen, load, registry
+from core.models.llamagen import PackedLinears
 from core.models.generate import compile_seconds, generate, use_compile
 
 DEFAULT_CASES = "gpt-b:8:1,gpt-b:8:2,gpt-b:32:1,gpt-b:32:2,demo:32:1,demo:32:2"
@@ -53,6 +58,22 @@ def timed(fn, device: torch.device) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, out
 
 
+def weights_floor(gen, rows: int):
+    """One sampling run's Linear layers alone: every decode step's weight matrices times `rows` rows, prepacked as
+    `pack_linears` packs them, `num_tokens` times (no attention, norms, cache or sampling)."""
+    linears = [m for m in gen.layers.modules() if isinstance(m, nn.Linear)] + [gen.output]
+    packed = PackedLinears(linears, rows) if PackedLinears.available(gen.output.weight) else None
+    xs = {m: torch.randn(rows, m.in_features, device=m.weight.device, dtype=m.weight.dtype) for m in linears}
+
+    def run():
+        with torch.no_grad():
+            for _ in range(gen.num_tokens):
+                for m in linears:
+                    packed(m, xs[m]) if packed is not None else m(xs[m])
+
+    return run
+
+
 def run_case(gen, batch: int, cfg: float, repeats: int, compile: str, device: torch.device) -> dict:
     cond = torch.arange(batch, device=device) % gen.config.num_classes
     seeds = list(range(batch))
@@ -62,14 +83,17 @@ def run_case(gen, batch: int, cfg: float, repeats: int, compile: str, device: to
     }
     compile_seconds.pop(id(gen), None)
     warm = {name: timed(fn, device) for name, fn in samplers.items()}  # warm-up (and the compile, if any)
-    times: dict[str, list[float]] = {name: [] for name in samplers}
+    samplers["floor"] = weights_floor(gen, cond.shape[0] * (2 if cfg != 1.0 else 1))
+    timed(samplers["floor"], device)
+    names = list(samplers)
+    times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        order = list(samplers) if r % 2 == 0 else list(reversed(samplers))  # alternate who goes first
-        for name in order:
+        for name in names[r % 3:] + names[:r % 3]:  # rotate who goes first
             times[name].append(timed(samplers[name], device)[0])
     tokens = batch * gen.num_tokens
     med = {name: statistics.median(t) for name, t in times.items()}
     return {"tok/s growing": tokens / med["growing"], "tok/s static": tokens / med["static"],
+            "tok/s floor": tokens / med["floor"],
             "speed-up": med["growing"] / med["static"], "same tokens": torch.equal(warm["growing"][1], warm["static"][1]),
             "compile s": sum(compile_seconds.get(id(gen), {}).values())}
 
@@ -95,8 +119,9 @@ def main() -> None:
         cases.append((model, int(batch), float(cfg)))
     print(f"device {dev}, {args.dtype}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
           f"median of {args.repeats} alternating runs per sampler, compile {args.compile}")
-    print("| model | tokens/image | batch | CFG | growing tok/s | static tok/s | speed-up | same tokens | compile |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| model | tokens/image | batch | CFG | growing tok/s | static tok/s | speed-up | same tokens | compile "
+          "| floor tok/s | static of floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     models: dict = {}
     for model, batch, cfg in cases:
         if model not in models:
@@ -107,7 +132,8 @@ def main() -> None:
         r = run_case(gen, batch, cfg, args.repeats, args.compile, dev)
         comp = f"{r['compile s']:.0f} s" if compiled else "off"
         print(f"| {model} | {gen.num_tokens} | {batch} ({rows} rows) | {cfg:g} | {r['tok/s growing']:,.1f} | "
-              f"{r['tok/s static']:,.1f} | {r['speed-up']:.2f}x | {'yes' if r['same tokens'] else 'NO'} | {comp} |",
+              f"{r['tok/s static']:,.1f} | {r['speed-up']:.2f}x | {'yes' if r['same tokens'] else 'NO'} | {comp} | "
+              f"{r['tok/s floor']:,.1f} | {r['tok/s static'] / r['tok/s floor']:.0%} |",
               flush=True)
 
 
