@@ -1,57 +1,48 @@
-"""The demo's before/after table and its ablations: train each variant, then measure it.
+"""The demo's before/after table (README "Base vs VA-π on the demo"): the three sweeps that make it, then the table.
 
-    python -m benchmarks.demo_ablations                      # every variant below (~40 min on 2 CPU cores)
-    python -m benchmarks.demo_ablations --only default no-prior
-    python -m benchmarks.demo_ablations --json results.json  # also write the numbers
+    python -m benchmarks.demo_ablations                       # the three sweeps, then the table
+    python -m benchmarks.demo_ablations --only 1 2            # the first two sweeps only
+    python -m benchmarks.demo_ablations --from DIR [DIR ...]  # the table of sweeps already run (sweep folders or runs dirs)
 
-Each variant is the `demo-c2i` preset plus the overrides listed in VARIANTS, trained exactly as
-`python -m core train --preset demo-c2i --set k=v ...` would, then measured as
-`python -m core eval demo --checkpoint RUN` does (1000 samples x 3 sampling seeds, CFG 1.0,
-temperature 1.0). The background / count columns are the evaluator's attribute predictions on the
-samples of seed 0: they show where a teacher-forced pixel reward pushes the free-running
-distribution (the real data is 1/3 white, 1/3 gray, 1/3 black backgrounds; 50% one shape).
+Training and measuring are `python -m core sweep` (the one home of "train variants, measure each the same way"):
+SWEEPS below are the three commands README prints, run as they are. Every row is the `demo-c2i` preset with the
+change named, trained from the committed base, measured by the sweep (`eval demo`: 1000 samples x 3 sampling
+seeds, CFG 1.0, temperature 1.0, paired by seed). This script adds the two columns README's table shows beyond
+the sweep's own table: the demo-FID change against the base model in percent, and the evaluator's attribute
+predictions on the samples of seed 0 of each row's last checkpoint (real data: one third of each background,
+50% one shape), which show where a teacher-forced pixel reward pushes the free-running distribution.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from core import paths
 from core.checkpoints import MODEL_FILE
+from core.cli import main as core_main
 from core.demo import report as demo_report
-from core.runs.recorder import RunRecorder
 from core.runs.store import RunStore
-from core.vapi.config import resolve
-from core.runs.kinds import TRAIN_ENTRY as ENTRY
-from core.vapi.trainer import Trainer
+from core.sweep import table as T
+from core.sweep.job import VARIANTS_DIR
 
-VARIANTS: dict[str, dict] = {
-    "default": {},
-    "lr x3": {"learning_rate": 3e-5},
-    "no prior (beta 0)": {"beta": 0.0},
-    "KL prior": {"prior": "kl"},
-    "beta 1": {"beta": 1.0},
-    "xi 0.5": {"xi": 0.5},
-    "G 16": {"num_generations": 16, "global_batch_size": 64, "per_device_train_batch_size": 64},
-    "+ encoder reward": {"reward_weights": {"mse": 1.0, "encoder": 10.0}},
-    "prior only (no policy term)": {"policy_coef": 0.0},
-    # issue 15: the paper's data fraction (12.8K of ImageNet's 1.28M = 1%; here 1000 of the generator's 100K
-    # training scenes) and 5x the steps
-    "1% data, 5x steps": {"data_subset": 1000, "max_steps": 500, "save_steps": 100},
-    # issue 15, labelled extensions beyond the paper (core/vapi/config.py says so at each field)
-    "no policy loss on the first token (extension)": {"policy_skip_tokens": 1},
-    "per-token reward (extension)": {"reward_per_token": True},
-}
-METRICS = ("demo_fid", "class_accuracy", "diversity", "precision", "recall")
+SWEEPS: list[list[str]] = [  # README's three commands (`python -m core sweep ...`)
+    ["--preset", "demo-c2i", "--one-at-a-time", "--eval", "demo", "--vary", "learning_rate=3e-5",
+     "--vary", "beta=0,1", "--vary", "prior=kl", "--vary", "xi=0.5", "--vary", "policy_coef=0",
+     "--vary", "policy_skip_tokens=1", "--vary", "reward_per_token=true", "--vary", "max_steps=300",
+     "--vary", 'reward_weights={"mse":1,"encoder":10}'],
+    ["--preset", "demo-c2i", "--eval", "demo", "--vary", "num_generations=16", "--vary", "global_batch_size=64",
+     "--vary", "per_device_train_batch_size=64"],  # G 16: three fields together, a grid of one
+    ["--preset", "demo-c2i", "--eval", "demo", "--vary", "data_subset=1000", "--vary", "max_steps=500",
+     "--vary", "save_steps=100"],  # the paper's 1% of the data (here 1000 of 100K scenes), 5x the steps
+]
 
 
 @torch.no_grad()
 def attribute_shares(weights) -> dict:
+    """The evaluator's background and count predictions on 1000 samples of sampling seed 0 (weights None: base)."""
     from core.demo import configs
     from core.demo.evaluator import ATTRIBUTES
 
@@ -66,51 +57,69 @@ def attribute_shares(weights) -> dict:
     return out
 
 
-def run_variant(name: str, overrides: dict, root: Path) -> dict:
-    cfg = resolve("demo-c2i", {**overrides, "preview_steps": 10**6})
-    store = RunStore(root)
-    run = store.create_run(name, {**cfg.to_dict(), "entry": ENTRY}, "cpu", cfg.max_steps)
-    run_dir = store.run_dir(run.id)
-    t = time.perf_counter()
-    Trainer(cfg, run_dir, RunRecorder(run_dir, is_main=True), log=lambda m: None).train()
-    train_s = time.perf_counter() - t
-    weights = Path(store.last_checkpoint(run.id).path) / MODEL_FILE
-    rows = store.read_metrics(run.id)
-    res = demo_report.evaluate_checkpoint(weights=weights, log=lambda m: None)
-    return {"overrides": overrides, "train_seconds": round(train_s, 1), "kl_base": rows[-1].get("kl_base"),
-            "reward_first": rows[0]["reward_mean"], "reward_last10": float(np.mean([r["reward_mean"] for r in rows[-10:]])),
-            **{k: res[k] for k in METRICS}, **{k + "_std": res[k + "_std"] for k in METRICS},
-            "attributes": attribute_shares(weights)}
+def sweep_folders(paths_: list[Path]) -> list[Path]:
+    """Sweep folders (those holding a table.json) named directly or found one level inside a runs dir."""
+    out = []
+    for p in paths_:
+        found = [p] if (p / T.TABLE_JSON).is_file() else sorted(q for q in p.glob("*") if (q / T.TABLE_JSON).is_file())
+        if not found:
+            raise SystemExit(f"error: --from {p}: no sweep there (no {T.TABLE_JSON} in it or in a folder inside it)")
+        out += found
+    return out
+
+
+def table_rows(folders: list[Path]) -> list[str]:
+    """README's Markdown rows: the base model once, then every row of every sweep."""
+    head = ["| run | demo-FID ↓ | vs base | class acc ↑ | diversity | recall | KL to base | backgrounds white/gray/black | one shape |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    lines, base_mean = [], None
+    for folder in folders:
+        table = T.read(folder)
+        children = RunStore(folder / VARIANTS_DIR)
+        for row in table["rows"]:
+            is_base = row["name"] == T.BASE_ROW
+            if row["status"] != T.DONE or (is_base and base_mean is not None):
+                if not is_base:
+                    why = f"{row['status']}: {row['reason']}" if row.get("reason") else row["status"]
+                    lines.append(f"| {row['name']} | {why} |" + " |" * 7)
+                continue
+            fid = row["metrics"]["demo_fid"]
+            if is_base:
+                base_mean, weights = fid["mean"], None
+            else:
+                weights = Path(children.last_checkpoint(row["run_id"]).path) / MODEL_FILE
+            att = attribute_shares(weights)
+            bg = att["background"]
+            vs = fid.get("vs_base")
+            change = "" if is_base else f"{100 * (fid['mean'] / base_mean - 1):+.0f}% ({vs['verdict']})" if vs else ""
+            kl = "" if row.get("kl_base") is None else f"{row['kl_base']:.4f}"
+            name = "base (committed generator)" if is_base else row["name"]
+            lines.append(f"| {name} | {fid['mean']:.3f} ± {fid['std']:.3f} | {change} | "
+                         f"{row['metrics']['class_accuracy']['mean']:.3f} ± {row['metrics']['class_accuracy']['std']:.3f} | "
+                         f"{row['metrics']['diversity']['mean']:.3f} | {row['metrics']['recall']['mean']:.3f} | {kl} | "
+                         f"{bg['white']:.2f} / {bg['gray']:.2f} / {bg['black']:.2f} | {att['count']['1']:.2f} |")
+    return head + lines
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="+", default=None, help=f"variants to run (default all): {list(VARIANTS)}")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--only", nargs="+", type=int, default=None, choices=range(1, len(SWEEPS) + 1),
+                    help="which of the three sweeps to run (default all)")
+    ap.add_argument("--runs-dir", type=Path, default=None, help=f"where the sweeps run (default {paths.RUNS_DIR})")
+    ap.add_argument("--from", dest="done", type=Path, nargs="+", default=None,
+                    help="print the table of sweeps already run (sweep folders, or runs dirs holding them); trains nothing")
     args = ap.parse_args()
-    names = args.only or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        ap.error(f"--only: unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    base = demo_report.evaluate_checkpoint(log=lambda m: None)
-    results = {"base": {**{k: base[k] for k in METRICS}, **{k + "_std": base[k + "_std"] for k in METRICS},
-                        "attributes": attribute_shares(None)}}
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in names:
-            results[name] = run_variant(name, VARIANTS[name], Path(tmp))
-            print(f"done: {name}: demo-FID {results[name]['demo_fid']:.3f}", flush=True)
-            if args.json:  # after every variant, so an interrupted sweep keeps what it measured
-                args.json.write_text(json.dumps(results, indent=2))
-    b = results["base"]["demo_fid"]
-    print(f"\n{'variant':30s} {'demo-FID':>16s} {'vs base':>8s} {'class acc':>9s} {'diversity':>9s} {'recall':>7s} "
-          f"{'KL':>7s}  backgrounds w/g/b   one shape")
-    for name, r in results.items():
-        bg = r["attributes"]["background"]
-        change = "" if name == "base" else f"{100 * (r['demo_fid'] / b - 1):+.0f}%"
-        kl = "" if r.get("kl_base") is None else f"{r['kl_base']:.4f}"
-        print(f"{name:30s} {r['demo_fid']:7.3f} ± {r['demo_fid_std']:5.3f} {change:>8s} {r['class_accuracy']:9.3f} "
-              f"{r['diversity']:9.3f} {r['recall']:7.3f} {kl:>7s}  {bg['white']:.2f}/{bg['gray']:.2f}/{bg['black']:.2f}"
-              f"      {r['attributes']['count']['1']:.2f}")
+    if args.done:
+        folders = sweep_folders(args.done)
+    else:
+        runs_dir = args.runs_dir or paths.RUNS_DIR
+        before = set(sweep_folders([runs_dir])) if runs_dir.is_dir() and any(runs_dir.glob(f"*/{T.TABLE_JSON}")) else set()
+        for i in args.only or range(1, len(SWEEPS) + 1):
+            rc = core_main(["sweep", *SWEEPS[i - 1], "--runs-dir", str(runs_dir)])
+            if rc != 0:
+                raise SystemExit(f"error: sweep {i} ended with exit code {rc}; its folder is in {runs_dir}")
+        folders = [f for f in sweep_folders([runs_dir]) if f not in before]
+    print("\n".join(table_rows(folders)))
 
 
 if __name__ == "__main__":
