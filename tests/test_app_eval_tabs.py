@@ -23,7 +23,7 @@ from gradio_client import Client
 
 from app.tabs import embeddings, evaluate
 from core.eval.embeddings import SET_COLORS, SET_NAMES
-from core.eval.verdict import mean_std
+from core.eval.verdict import change_text, mean_std
 from core.runs.store import FINISHED, RUNNING
 from tests.helpers import served_app, tiny_gpt, train_tiny_evaluator
 
@@ -155,10 +155,10 @@ def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(s
         assert math.isfinite(base) and math.isfinite(value)
         b_std, a_std = summary["base_spread"][key]["std"], summary["spread"][key]["std"]
         assert (row["base"], row["checkpoint value"]) == (mean_std(base, b_std), mean_std(value, a_std))
-        assert float(row["Δ (checkpoint − base)"]) == pytest.approx(value - base, rel=1e-3, abs=1e-6)
         verdict = summary["verdicts"][key]
+        delta, interval = change_text(value - base, verdict["low"], verdict["high"])
         assert row["verdict"] == verdict["verdict"] and row["verdict"] in ("better", "worse", "within noise")
-        assert row["95% interval of Δ"].startswith(f"[{verdict['low']:+.3g}, {verdict['high']:+.3g}]")
+        assert row["Δ (checkpoint − base)"] == delta and row["95% interval of Δ"].startswith(interval + " (")
         assert ("bootstrap" in row["95% interval of Δ"]) == (key != "is_mean")
     assert summary["metrics"]["fid"] != summary["base_metrics"]["fid"]  # other weights, other samples
 
@@ -325,10 +325,10 @@ def test_metric_names_follow_the_feature_space():
             "spread": base_spread, "verdicts": None}
     setting = "10 samples · cfg 1 · T 1 · seeds 0–2 · vs ref.npz"
     assert evaluate.summary_rows([base, row]) == [
-        ["m", setting, "r@5", "FID (Inception)", "3.00 ± 0.10", "2.00 ± 0.10", "-1",
-         f"[{fid['low']:+.3g}, {fid['high']:+.3g}] (t, 3 seeds)", "better"],
-        ["m", setting, "r@5", "recall (Inception)", "0.250 ± 0.050", "0.50 ± 0.40", "+0.25",
-         f"[{recall['low']:+.3g}, {recall['high']:+.3g}] (t, 3 seeds)", "within noise"]]
+        ["m", setting, "r@5", "FID (Inception)", "3.00 ± 0.10", "2.00 ± 0.10", "-1.00", "[-1.43, -0.57] (t, 3 seeds)",
+         "better"],  # the change to its interval's decimal place: half-width 4.303 * 0.1 = 0.43
+        ["m", setting, "r@5", "recall (Inception)", "0.250 ± 0.050", "0.50 ± 0.40", "+0.2", "[-0.8, +1.3] (t, 3 seeds)",
+         "within noise"]]
     only_base = evaluate.summary_rows([base])
     assert [r[2:6] for r in only_base] == [["base (no checkpoint evaluated yet)", "FID (Inception)", "3.00 ± 0.10", "—"],
                                            ["base (no checkpoint evaluated yet)", "recall (Inception)", "0.250 ± 0.050",

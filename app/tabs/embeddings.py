@@ -27,7 +27,7 @@ from app.tabs.shared import (refused, EXTRACTORS, check_extractor, class_items, 
 from app.tabs.launch import device_choices
 from core.eval.configs import PROMPT_ATTRIBUTES
 from core.errors import ConfigError, MissingWeightsError, UserError
-from core.eval.verdict import mean_std
+from core.eval.verdict import change_text, mean_std
 from core.models.registry import DEFAULT_GENERATOR, is_demo_model
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -233,9 +233,10 @@ def verdict_lines(results: dict) -> list[str]:
     names = {"fid": "FD", "precision": "precision", "recall": "recall"}
     for key, v in (results.get("verdicts") or {}).items():
         b, a = v["base"], v["aligned"]
+        delta, interval = change_text(v["delta"], v["low"], v["high"])
         lines.append(f"- **{names.get(key, key)}**: base {mean_std(b['mean'], b['std'])} → aligned "
-                     f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {v['delta']:+.4g}, 95% interval "
-                     f"[{v['low']:+.3g}, {v['high']:+.3g}] → **{v['verdict']}**")
+                     f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {delta}, 95% interval "
+                     f"{interval} → **{v['verdict']}**")
     return lines
 
 

@@ -117,6 +117,8 @@ def pair_verdicts(base: dict, checkpoint: dict) -> dict[str, dict]:
 def summary_table(rows: Sequence[dict]) -> str:
     """Rows of `evaluation_summary` as text: one block per model and setting, each checkpoint's
     numbers with the base model's in brackets, then per metric the change, its interval and verdict."""
+    from core.eval import verdict as V
+
     if not rows:
         return "no finished evaluations"
     lines = []
@@ -140,8 +142,9 @@ def summary_table(rows: Sequence[dict]) -> str:
         lines.append(f"  {title[:40]:<40} " + " ".join(cells))
         for m, v in (row.get("verdicts") or {}).items():
             b, c = v["base"], v["aligned"]
-            interval = "no interval (one seed)" if v["method"] == "none" else f"[{v['low']:+.4g}, {v['high']:+.4g}]"
+            delta, interval = V.change_text(v["delta"], v["low"], v["high"])
+            interval = "no interval (one seed)" if v["method"] == "none" else interval
             lines.append(f"    {m}: {b['mean']:.4g} ± {b['std']:.2g} -> {c['mean']:.4g} ± {c['std']:.2g} over "
-                         f"{v['seeds']} seeds, change {v['delta']:+.4g}, 95% {interval} ({v['method']}): {v['verdict']}")
+                         f"{v['seeds']} seeds, change {delta}, 95% {interval} ({v['method']}): {v['verdict']}")
     return "\n".join(lines).lstrip("\n")
 
