@@ -1,6 +1,7 @@
 """Numbers in the Evaluate tab's tables, in a real headless Chromium (Playwright) at 1000 px: no number breaks
-across lines, none is clipped or scrolled out of sight (issue 21, item 7: "+0.00166 7" in the Δ column). Two real evaluations (the base and a checkpoint of the tiny demo, 12 samples x 2 seeds, demo features)
-are computed in this process as run folders, so the page shows a full results row without a worker."""
+across lines, none is clipped or scrolled out of sight (issue 21, item 7: "+0.00166 7" in the Δ column). Two real
+evaluations (the base and a checkpoint of the tiny demo, 12 samples x 2 seeds, demo features) are computed in this
+process as run folders, so the page shows full results rows without a worker."""
 from __future__ import annotations
 
 import shutil

@@ -29,11 +29,11 @@ from app.safety import confine
 from app.tabs import BuildContext, diagnose
 from app.tabs.launch import device_choices
 from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_model, class_items, default_devices,
-                             extractor_path_of, feature_space, field_updates, parse_device_set, progress_bar,
+                             extractor_path_of, field_updates, parse_device_set, progress_bar,
                              renamed, roots_text, signature)
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.eval.configs import NO_FEATURES
-from core.eval.summary import SUMMARY_METRICS
+from core.eval.summary import SUMMARY_METRICS, metric_label
 from core.eval.verdict import change_text, mean_std
 from core.models.registry import DEFAULT_GENERATOR
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
@@ -54,27 +54,6 @@ KEYS = ["source", "label", "num_samples", "classes", "prompts", "cfg", "cfg_scal
         "reference", "clip_model", "with_base", "devices", "num_seeds"]  # the inputs, in the launch endpoint's order
 ALIASES = {"model": "source", "weights": "source", "prompts_file": "prompts", "isc_splits": "num_samples",
            "device": "devices", "reference_count": "reference"}  # core field -> input
-
-
-# ----------------------------------------------------------------------------- labels
-
-
-def metric_label(metric: str, extractor: Optional[str]) -> str:
-    """The name a summary metric is shown under: a Fréchet distance is FID only on Inception features."""
-    space = feature_space(extractor)
-    if metric == "fid":
-        return "FID (Inception)" if extractor == "inception" else f"FD ({space})"
-    if metric == "is_mean":
-        return f"IS ({space})"
-    if metric in ("precision", "recall"):
-        return f"{metric} ({space})"
-    if metric == "clip_score":
-        return "CLIP score"
-    if metric == "adherence":
-        return "prompt adherence (all named attributes)"
-    if metric.startswith("adherence_"):
-        return f"prompt adherence: {metric.split('_', 1)[1]}"
-    return metric
 
 
 # ----------------------------------------------------------------------------- the evaluation job

@@ -76,6 +76,31 @@ def evaluation_summary(runs_dir: Optional[str | Path] = None, folders: Sequence[
 SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score", "adherence", "adherence_shape", "adherence_color",
                    "adherence_count", "adherence_position", "adherence_background")
 _VERDICTS: dict[tuple, dict] = {}  # (base result, checkpoint result) -> verdicts: a bootstrap is ~1 s per pair
+SPACES = {"demo": "demo evaluator", "inception": "Inception", "clip": "CLIP", "dinov2": "DINOv2"}
+
+
+def feature_space(extractor: Optional[str]) -> str:
+    """What an extractor's features are called on every page ("demo evaluator", "Inception", ...)."""
+    return SPACES.get(extractor or "", extractor or "unknown")
+
+
+def metric_label(metric: str, extractor: Optional[str]) -> str:
+    """The name a summary metric is shown under (Evaluate's table, a job's results in Runs): a Fréchet distance is
+    FID only on Inception features, an FD in that space otherwise ("FD (demo evaluator)")."""
+    space = feature_space(extractor)
+    if metric == "fid":
+        return "FID (Inception)" if extractor == "inception" else f"FD ({space})"
+    if metric == "is_mean":
+        return f"IS ({space})"
+    if metric in ("precision", "recall"):
+        return f"{metric} ({space})"
+    if metric == "clip_score":
+        return "CLIP score"
+    if metric == "adherence":
+        return "prompt adherence (all named attributes)"
+    if metric.startswith("adherence_"):
+        return f"prompt adherence: {metric.split('_', 1)[1]}"
+    return metric
 
 
 def _spread_of(results: dict) -> dict:
