@@ -188,9 +188,11 @@ def test_an_embedding_job_draws_real_base_and_aligned_and_a_fresh_page_reopens_i
 
     def check(shown: dict, metric: str) -> list[dict]:
         scatter = json.loads(shown["joint map with KDE contours"]["plot"])
-        points = [t for t in scatter["data"] if t["type"] == "scatter"]
+        points = [t for t in scatter["data"] if t["type"] == "scatter" and t.get("legendgroup") != "labels"]
         assert [t["name"] for t in points] == list(SET_NAMES)
-        assert all(t["marker"]["color"].startswith("rgba(") for t in points)
+        assert all(len(set(t["marker"]["color"])) == 3 for t in points)  # coloured by class, 3 classes
+        legend = [t["name"] for t in scatter["data"] if t.get("legendgroup") == "labels"]
+        assert legend == ["0 circle", "1 square", "2 triangle"]
         contours = [t for t in scatter["data"] if t["type"] == "contour"]
         assert [t["legendgroup"] for t in contours] == list(SET_NAMES)
         assert [t["colorscale"][0][1] for t in contours] == [SET_COLORS[s] for s in SET_NAMES]
@@ -200,7 +202,11 @@ def test_an_embedding_job_draws_real_base_and_aligned_and_a_fresh_page_reopens_i
         bars = json.loads(shown["distance to real, per class"]["plot"])
         assert [t["name"] for t in bars["data"]] == ["base", "aligned"]
         assert bars["data"][0]["x"] == ["overall", "0 circle", "1 square", "2 triangle"]
-        assert "<sup>demo evaluator features</sup>" in bars["layout"]["title"]["text"]
+        assert "<sup>demo evaluator features; bars: mean ± std over the seeds</sup>" in bars["layout"]["title"]["text"]
+        spread = [[e is not None for e in t["error_y"]["array"]] for t in bars["data"]]
+        # FD: overall and each class over the seeds; precision and recall pool the seeds per class
+        assert spread == [[True] * 4] * 2 if metric == "frechet" else [[True, False, False, False]] * 2
+        assert ("FD grows as the sample shrinks" in bars["layout"]["title"]["text"]) == (metric == "frechet")
         if metric == "precision":
             assert all(0.0 <= y <= 1.0 for t in bars["data"] for y in t["y"])
         assert "demo evaluator" in shown["about these numbers"] and "not Inception FID" in shown["about these numbers"]
