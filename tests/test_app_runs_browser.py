@@ -1,7 +1,8 @@
-"""The Runs tab in a real headless Chromium (Playwright), issue 21 item 6: a launch opens Runs on the NEW run with
+"""The Runs tab in a real headless Chromium (Playwright), issue 21 item 6 (and item 2): a launch opens Runs on the NEW run with
 that run's row marked, whichever row was clicked before; a click selects a row without putting a cell into edit
 mode; "latest metrics" shows the time as a date, not seconds since the epoch; an evaluation job's score in demo
-features is named as the Evaluate tab names it, not "fid". The store holds two real tiny training runs and a real
+features is named as the Evaluate tab names it, not "fid"; the clip-fraction panel is explained as 0 by construction
+only for a run whose rollout_mode makes it so. The store holds two real tiny training runs and a real
 evaluation, made in this process."""
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - th
     require_chromium()
     shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # the demo evaluator's default place
     store = RunStore(tmp_path / "runs")
-    first, _ = train_demo_run(store, name="first")
-    second, _ = train_demo_run(store, name="second")
+    first, _ = train_demo_run(store, name="first", rollout_mode="eval")  # clip fraction 0 by construction
+    second, _ = train_demo_run(store, name="second", rollout_mode="train")  # the clip acts
     job = evaluated(store, None, "base")
     with served_app(tmp_path, monkeypatch, [tmp_path]) as (app, url):
         yield app, url, first, second, job
@@ -54,11 +55,20 @@ def test_runs_follow_the_launch_and_clicks_select_without_editing(served):
         expect(results).to_contain_text("FD (demo evaluator)", timeout=30_000)
         assert not re.search(r"\bfid\b", results.inner_text())
 
+        # item 2: the clip-fraction panel is explained away only where it is 0 by construction (rollout_mode eval),
+        # and drawn under rollout_mode train
+        plot = page.locator("#runs-plot")
+        page.locator("#runs-table [role='gridcell']", has_text=second).first.click()
+        expect(header).to_contain_text(second, timeout=30_000)
+        expect(plot).to_contain_text("clip", timeout=30_000)
+        expect(plot).not_to_contain_text("by construction")
+
         # a click on the oldest run's row selects it; no cell turns into an input, not even on a double click and
         # a key typed (what opens a cell's editor in an editable table)
         cell = page.locator("#runs-table [role='gridcell']", has_text=first).first
         cell.click()
         expect(header).to_contain_text(first, timeout=30_000)
+        expect(plot).to_contain_text("0 by construction", timeout=30_000)
         cell.dblclick()
         page.keyboard.type("x")
         page.wait_for_timeout(500)
