@@ -178,6 +178,9 @@ def test_demo_t2i_launches_from_the_form_with_preview_prompts_and_shows_a_step_b
         page.locator("#field-preset input").click()
         page.get_by_role("option", name="demo-t2i", exact=True).click()
         expect(field(page, "name")).to_have_value("demo-t2i", timeout=20_000)
+        # issue 21 item 10: the form says what the preset's ξ 0.5 did on the demo T2I
+        expect(page.locator("#demo-note")).to_contain_text("Context noise ξ 0.5", timeout=20_000)
+        expect(page.locator("#demo-note")).to_contain_text("made every measure worse")
         reveal(page, "Rollout (teacher-forced sampling)", "xi")
         expect(field(page, "xi")).to_have_value("0.5")
         reveal(page, "Optimisation", "learning_rate")
