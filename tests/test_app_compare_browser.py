@@ -137,6 +137,10 @@ def test_compare_base_vs_aligned_demo_t2i_on_typed_prompts_in_chromium(served_co
         prompts = page.locator("#compare-prompts textarea")
         expect(prompts).to_be_visible(timeout=20_000)
         expect(page.locator("#compare-classes")).to_be_hidden()
+        # issue 21 item 3: for prompts the page offers no teacher-forced view and no per-class numbers
+        options = page.locator("#compare-view label")
+        expect(options).to_have_text(["shared prefix", "free-running (two distributions)"], timeout=20_000)
+        expect(page.locator("#compare-class-samples")).to_be_hidden()
         prompts.fill("one red circle on a white background")
         picker = page.locator("#compare-heldout input")
         picker.click()
