@@ -137,6 +137,10 @@ def test_compare_base_vs_aligned_demo_t2i_on_typed_prompts_in_chromium(served_co
         prompts = page.locator("#compare-prompts textarea")
         expect(prompts).to_be_visible(timeout=20_000)
         expect(page.locator("#compare-classes")).to_be_hidden()
+        # issue 21 item 3: for prompts the page offers no teacher-forced view and no per-class numbers
+        options = page.locator("#compare-view label")
+        expect(options).to_have_text(["shared prefix", "free-running (two distributions)"], timeout=20_000)
+        expect(page.locator("#compare-class-samples")).to_be_hidden()
         prompts.fill("one red circle on a white background")
         picker = page.locator("#compare-heldout input")
         picker.click()
@@ -178,6 +182,9 @@ def test_demo_t2i_launches_from_the_form_with_preview_prompts_and_shows_a_step_b
         page.locator("#field-preset input").click()
         page.get_by_role("option", name="demo-t2i", exact=True).click()
         expect(field(page, "name")).to_have_value("demo-t2i", timeout=20_000)
+        # issue 21 item 10: the form says what the preset's ξ 0.5 did on the demo T2I
+        expect(page.locator("#demo-note")).to_contain_text("Context noise ξ 0.5", timeout=20_000)
+        expect(page.locator("#demo-note")).to_contain_text("made every measure worse")
         reveal(page, "Rollout (teacher-forced sampling)", "xi")
         expect(field(page, "xi")).to_have_value("0.5")
         reveal(page, "Optimisation", "learning_rate")

@@ -23,7 +23,7 @@ from gradio_client import Client
 
 from app.tabs import embeddings, evaluate
 from core.eval.embeddings import SET_COLORS, SET_NAMES
-from core.eval.verdict import mean_std
+from core.eval.verdict import change_text, mean_std
 from core.runs.store import FINISHED, RUNNING
 from tests.helpers import served_app, tiny_gpt, train_tiny_evaluator
 
@@ -155,10 +155,10 @@ def test_an_evaluation_job_and_its_base_land_side_by_side_in_the_results_table(s
         assert math.isfinite(base) and math.isfinite(value)
         b_std, a_std = summary["base_spread"][key]["std"], summary["spread"][key]["std"]
         assert (row["base"], row["checkpoint value"]) == (mean_std(base, b_std), mean_std(value, a_std))
-        assert float(row["Δ (checkpoint − base)"]) == pytest.approx(value - base, rel=1e-3, abs=1e-6)
         verdict = summary["verdicts"][key]
+        delta, interval = change_text(value - base, verdict["low"], verdict["high"])
         assert row["verdict"] == verdict["verdict"] and row["verdict"] in ("better", "worse", "within noise")
-        assert row["95% interval of Δ"].startswith(f"[{verdict['low']:+.3g}, {verdict['high']:+.3g}]")
+        assert row["Δ (checkpoint − base)"] == delta and row["95% interval of Δ"].startswith(interval + " (")
         assert ("bootstrap" in row["95% interval of Δ"]) == (key != "is_mean")
     assert summary["metrics"]["fid"] != summary["base_metrics"]["fid"]  # other weights, other samples
 
@@ -188,9 +188,11 @@ def test_an_embedding_job_draws_real_base_and_aligned_and_a_fresh_page_reopens_i
 
     def check(shown: dict, metric: str) -> list[dict]:
         scatter = json.loads(shown["joint map with KDE contours"]["plot"])
-        points = [t for t in scatter["data"] if t["type"] == "scatter"]
+        points = [t for t in scatter["data"] if t["type"] == "scatter" and t.get("legendgroup") != "labels"]
         assert [t["name"] for t in points] == list(SET_NAMES)
-        assert all(t["marker"]["color"].startswith("rgba(") for t in points)
+        assert all(len(set(t["marker"]["color"])) == 3 for t in points)  # coloured by class, 3 classes
+        legend = [t["name"] for t in scatter["data"] if t.get("legendgroup") == "labels"]
+        assert legend == ["0 circle", "1 square", "2 triangle"]
         contours = [t for t in scatter["data"] if t["type"] == "contour"]
         assert [t["legendgroup"] for t in contours] == list(SET_NAMES)
         assert [t["colorscale"][0][1] for t in contours] == [SET_COLORS[s] for s in SET_NAMES]
@@ -200,7 +202,11 @@ def test_an_embedding_job_draws_real_base_and_aligned_and_a_fresh_page_reopens_i
         bars = json.loads(shown["distance to real, per class"]["plot"])
         assert [t["name"] for t in bars["data"]] == ["base", "aligned"]
         assert bars["data"][0]["x"] == ["overall", "0 circle", "1 square", "2 triangle"]
-        assert "<sup>demo evaluator features</sup>" in bars["layout"]["title"]["text"]
+        assert "<sup>demo evaluator features; bars: mean ± std over the seeds</sup>" in bars["layout"]["title"]["text"]
+        spread = [[e is not None for e in t["error_y"]["array"]] for t in bars["data"]]
+        # FD: overall and each class over the seeds; precision and recall pool the seeds per class
+        assert spread == [[True] * 4] * 2 if metric == "frechet" else [[True, False, False, False]] * 2
+        assert ("FD grows as the sample shrinks" in bars["layout"]["title"]["text"]) == (metric == "frechet")
         if metric == "precision":
             assert all(0.0 <= y <= 1.0 for t in bars["data"] for y in t["y"])
         assert "demo evaluator" in shown["about these numbers"] and "not Inception FID" in shown["about these numbers"]
@@ -325,10 +331,10 @@ def test_metric_names_follow_the_feature_space():
             "spread": base_spread, "verdicts": None}
     setting = "10 samples · cfg 1 · T 1 · seeds 0–2 · vs ref.npz"
     assert evaluate.summary_rows([base, row]) == [
-        ["m", setting, "r@5", "FID (Inception)", "3.00 ± 0.10", "2.00 ± 0.10", "-1",
-         f"[{fid['low']:+.3g}, {fid['high']:+.3g}] (t, 3 seeds)", "better"],
-        ["m", setting, "r@5", "recall (Inception)", "0.250 ± 0.050", "0.50 ± 0.40", "+0.25",
-         f"[{recall['low']:+.3g}, {recall['high']:+.3g}] (t, 3 seeds)", "within noise"]]
+        ["m", setting, "r@5", "FID (Inception)", "3.00 ± 0.10", "2.00 ± 0.10", "-1.00", "[-1.43, -0.57] (t, 3 seeds)",
+         "better"],  # the change to its interval's decimal place: half-width 4.303 * 0.1 = 0.43
+        ["m", setting, "r@5", "recall (Inception)", "0.250 ± 0.050", "0.50 ± 0.40", "+0.2", "[-0.8, +1.3] (t, 3 seeds)",
+         "within noise"]]
     only_base = evaluate.summary_rows([base])
     assert [r[2:6] for r in only_base] == [["base (no checkpoint evaluated yet)", "FID (Inception)", "3.00 ± 0.10", "—"],
                                            ["base (no checkpoint evaluated yet)", "recall (Inception)", "0.250 ± 0.050",

@@ -119,6 +119,19 @@ def test_a_mean_and_its_spread_are_written_to_the_same_decimal_place():
     assert mean_std(0.5, 0.0) == "0.5" and mean_std(0.5, None) == "0.5"
 
 
+def test_a_change_is_written_to_the_decimal_place_of_its_interval():
+    from core.eval.verdict import change_text, from_seed_values
+
+    # Evaluate showed "+0.001667" beside "[-0.0134, +0.0177]": more digits than the interval supports
+    assert change_text(0.0016667, -0.0134, 0.0177) == ("+0.002", "[-0.013, +0.018]")
+    assert change_text(0.02207, -0.0732, 0.103) == ("+0.022", "[-0.073, +0.103]")
+    assert change_text(-12.3, -40.2, 20.9) == ("-12", "[-40, +21]")
+    assert change_text(0.6, 0.6, 0.6) == ("+0.6", "[+0.6, +0.6]")  # a point interval
+    assert change_text(0.001667) == ("+0.001667", "") and change_text(0.5, float("nan"), float("nan"))[1] == ""
+    v = from_seed_values("fid", [3.1, 2.9, 3.0], [2.0, 2.1, 1.9])  # half-width 4.303 * 0.1 = 0.43
+    assert (v.delta_text(), v.interval_text()) == ("-1.00", "[-1.43, -0.57]")
+
+
 def test_compare_shows_prompt_adherence_per_attribute_and_captions_only_what_the_view_has():
     from app.tabs.compare import judge_parts, row_label, row_table
     from core.eval.alignment import Row, ViewResult
@@ -147,7 +160,7 @@ def test_the_judges_average_change_carries_an_interval_over_the_paired_rows():
         return Row("c", "c", 0, {}, {"base": {"judge": b}, "aligned": {"judge": a}})
 
     text = judge_change([row(0.2, 0.8), row(0.3, 0.9), row(0.25, 0.85), row(0.1, 0.7)])
-    assert text.startswith("; change +0.600, 95% interval [") and text.endswith("over 4 paired rows: better")
+    assert text.startswith("; change +0.6, 95% interval [+0.6, +0.6]") and text.endswith("over 4 paired rows: better")
     assert "within noise" in judge_change([row(0.2, 0.8), row(0.9, 0.3)])
     assert judge_change([row(0.2, 0.8), row(None, 0.3)]) == ""
 

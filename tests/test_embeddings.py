@@ -14,6 +14,7 @@ from core.eval.embeddings import (
     analyze_embedding_shift,
     contour_figure,
     distance_figure,
+    label_colors,
     kde_figure,
     scatter_figure,
 )
@@ -80,12 +81,16 @@ def test_figures_name_the_three_sets_in_their_fixed_colours(result):
     for method in ("tsne", "umap"):
         fig = scatter_figure(result, method)
         assert isinstance(fig, go.Figure)
-        markers = [t for t in fig.data if t.type == "scatter"]
+        markers = [t for t in fig.data if t.type == "scatter" and t.legendgroup != "labels"]
         assert [t.name for t in markers] == list(SET_NAMES)
-        for t in markers:
-            r, g, b = (int(SET_COLORS[t.name][i:i + 2], 16) for i in (1, 3, 5))
-            assert t.marker.color.startswith(f"rgba({r},{g},{b},")
-        assert len({t.marker.symbol for t in markers}) == 3  # the sets part without colour too
+        colors = label_colors(str(c) for c in range(CLASSES))
+        assert len(set(colors.values())) == CLASSES
+        for t in markers:  # points in their class's colour, outlined in their set's; the sets part by symbol
+            assert t.marker.line.color == SET_COLORS[t.name]
+            assert list(t.marker.color) == [colors[str(c)] for c in np.repeat(np.arange(CLASSES), PER_CLASS)]
+        assert len({t.marker.symbol for t in markers}) == 3
+        legend = [t for t in fig.data if t.legendgroup == "labels"]  # one legend entry per class, no points
+        assert [(t.name, t.marker.color) for t in legend] == list(colors.items())
         contours = [t for t in fig.data if t.type == "contour"]
         assert [t.legendgroup for t in contours] == list(SET_NAMES)
         assert [t.colorscale[0][1] for t in contours] == [SET_COLORS[s] for s in SET_NAMES]

@@ -21,7 +21,7 @@ from app import comparison, form
 from app.tabs import BuildContext
 from app.views import as_text
 from core.errors import ConfigError, UserError
-from core.eval.verdict import mean_std
+from core.eval.verdict import change_text, mean_std
 from core.models.registry import DEFAULT_GENERATOR, is_demo_model
 
 TAB_ID = "compare"
@@ -151,7 +151,7 @@ def judge_change(rows) -> str:
     if len(pairs) < 2:
         return ""
     v = from_seed_values("judge", [b for b, _ in pairs], [a for _, a in pairs])
-    return f"; change {v.delta:+.3f}, 95% interval {v.interval_text()} over {len(pairs)} paired rows: {v.verdict}"
+    return f"; change {v.delta_text()}, 95% interval {v.interval_text()} over {len(pairs)} paired rows: {v.verdict}"
 
 
 def judge_parts(rows) -> dict[str, tuple[float, float, int]]:
@@ -250,7 +250,7 @@ def class_rows(rows: list[dict]) -> list[list[str]]:
                 continue
             cells += [mean_std(v["base"]["mean"], v["base"]["std"], digits),
                       mean_std(v["aligned"]["mean"], v["aligned"]["std"], digits),
-                      f"{v['delta']:+.{digits}g} [{v['low']:+.3g}, {v['high']:+.3g}]", v["verdict"]]
+                      " ".join(change_text(v["delta"], v["low"], v["high"], digits)), v["verdict"]]
         out.append(cells)
     return out
 

@@ -75,7 +75,7 @@ def run_choices(store) -> list[tuple[str, str]]:
 
 
 def _verdict_text(v) -> str:
-    return f"{v.delta:+.4g}, 95% interval {v.interval_text()}: **{v.verdict}**"
+    return f"{v.delta_text()}, 95% interval {v.interval_text()}: **{v.verdict}**"
 
 
 def results_markdown(out: dict) -> str:
@@ -115,7 +115,7 @@ def off_manifold_row(rates: dict) -> str:
     lower = " (lower = closer to what the tokenizer reproduces)"
     if "base_per_seed" in rates and "aligned_per_seed" in rates:
         v = from_seed_values("off_manifold", rates["base_per_seed"], rates["aligned_per_seed"])
-        return (f"{what}{v.base.text()} | {v.aligned.text()} | {v.delta:+.4g}, 95% interval "
+        return (f"{what}{v.base.text()} | {v.aligned.text()} | {v.delta_text()}, 95% interval "
                 f"{v.interval_text()}{lower} |")
     return (f"{what}{mean_std(rates['base'], rates['base_std'])} | {mean_std(rates['aligned'], rates['aligned_std'])}"
             f" | {rates['aligned'] - rates['base']:+.3f}{lower} |")

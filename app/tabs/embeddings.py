@@ -27,7 +27,7 @@ from app.tabs.shared import (refused, EXTRACTORS, check_extractor, class_items, 
 from app.tabs.launch import device_choices
 from core.eval.configs import PROMPT_ATTRIBUTES
 from core.errors import ConfigError, MissingWeightsError, UserError
-from core.eval.verdict import mean_std
+from core.eval.verdict import change_text, mean_std
 from core.models.registry import DEFAULT_GENERATOR, is_demo_model
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -206,7 +206,7 @@ def _round(value: float) -> float:
 
 
 def _interval(v: Optional[dict]) -> str:
-    return "—" if not v else f"[{v['low']:+.3g}, {v['high']:+.3g}]"
+    return "—" if not v else change_text(v["delta"], v["low"], v["high"])[1]
 
 
 def numbers_table(results: dict) -> list[list]:
@@ -233,9 +233,10 @@ def verdict_lines(results: dict) -> list[str]:
     names = {"fid": "FD", "precision": "precision", "recall": "recall"}
     for key, v in (results.get("verdicts") or {}).items():
         b, a = v["base"], v["aligned"]
+        delta, interval = change_text(v["delta"], v["low"], v["high"])
         lines.append(f"- **{names.get(key, key)}**: base {mean_std(b['mean'], b['std'])} → aligned "
-                     f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {v['delta']:+.4g}, 95% interval "
-                     f"[{v['low']:+.3g}, {v['high']:+.3g}] → **{v['verdict']}**")
+                     f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {delta}, 95% interval "
+                     f"{interval} → **{v['verdict']}**")
     return lines
 
 
@@ -255,6 +256,7 @@ def caption(results: dict, shift) -> str:
         lines.append("\n".join(verdicts))
         lines.append("A change is called better/worse only when its 95% interval (paired bootstrap over samples, "
                      "real images and seeds) excludes zero. Per-class precision and recall pool the seeds.")
+    lines.append(f"ⓘ {sample_size_note(results)}.")
     cfg = results["config"]
     from core.eval.verdict import sample_size_warning
 
@@ -268,8 +270,29 @@ def caption(results: dict, shift) -> str:
     return "\n\n".join(lines)
 
 
+def spreads(results: dict, metric: str) -> dict[str, dict]:
+    """Bar -> {"base"/"aligned": {"mean", "std"} over the sampling seeds}, where the results hold them: the FD
+    overall and per class, precision and recall overall (per class they pool the seeds: one number, no spread)."""
+    key = {"frechet": "fid", "precision": "precision", "recall": "recall"}[metric]
+    out = {}
+    if (results.get("verdicts") or {}).get(key):
+        out["overall"] = results["verdicts"][key]
+    if metric == "frechet":
+        out.update(results.get("per_class_verdicts") or {})
+    return out
+
+
+def sample_size_note(results: dict) -> str:
+    """Why the overall FD and a class's FD are not comparable with each other: their sample sizes differ."""
+    cfg = results["config"]
+    per_seed = cfg["per_class"] * max(1, len(results.get("class_names") or {}))
+    return (f"FD grows as the sample shrinks: overall is measured on {per_seed} samples per set and seed, each class "
+            f"on {cfg['per_class']}; compare base with aligned within a group, not one group with another")
+
+
 def figures(results: dict, shift, projection: str, metric: str) -> tuple:
-    """(scatter with KDE contours, KDE per axis, distance bars) with class names and the feature space."""
+    """(scatter with KDE contours, KDE per axis, distance bars) with class names and the feature space; the bars
+    are means over the seeds with ± one std as error bars where the results hold the per-seed values."""
     from core.eval.embeddings import distance_figure, kde_figure, scatter_figure
 
     space = feature_space(results["config"]["extractor"])
@@ -278,13 +301,21 @@ def figures(results: dict, shift, projection: str, metric: str) -> tuple:
     for trace in scatter.data:
         if trace.type == "scatter" and trace.text is not None:
             trace.text = [names.get(str(t), str(t)) for t in trace.text]
+        if trace.legendgroup == "labels":
+            trace.name = names.get(trace.name, trace.name)
     scatter.update_layout(title=f"{projection.upper()} of real, base and aligned ({space} features)", height=520)
     kde = kde_figure(shift, projection)
     kde.update_layout(title=f"Density along the {projection.upper()} axes ({space} features)", height=360)
     bars = distance_figure(shift, metric)
+    spread = spreads(results, metric)
     for trace in bars.data:
+        found = [spread.get(str(x), {}).get(trace.name) for x in trace.x]
+        trace.y = [s["mean"] if s else y for s, y in zip(found, trace.y)]
+        trace.error_y = dict(type="data", array=[s["std"] if s else None for s in found], visible=True, thickness=1.5)
         trace.x = [names.get(str(x), str(x)) for x in trace.x]
-    bars.update_layout(title=f"{bars.layout.title.text}<br><sup>{space} features</sup>", height=380)
+    note = f"<br><sup>{sample_size_note(results)}</sup>" if metric == "frechet" else ""
+    bars.update_layout(title=f"{bars.layout.title.text}<br><sup>{space} features; bars: mean ± std over the seeds"
+                             f"</sup>{note}", height=420, margin=dict(t=110))
     return scatter, kde, bars
 
 

@@ -29,12 +29,12 @@ from app.safety import confine
 from app.tabs import BuildContext, diagnose
 from app.tabs.launch import device_choices
 from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_model, class_items, default_devices,
-                             extractor_path_of, feature_space, field_updates, parse_device_set, progress_bar,
+                             extractor_path_of, field_updates, parse_device_set, progress_bar,
                              renamed, roots_text, signature)
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.eval.configs import NO_FEATURES
-from core.eval.summary import SUMMARY_METRICS
-from core.eval.verdict import mean_std
+from core.eval.summary import SUMMARY_METRICS, metric_label
+from core.eval.verdict import change_text, mean_std
 from core.models.registry import DEFAULT_GENERATOR
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -54,27 +54,6 @@ KEYS = ["source", "label", "num_samples", "classes", "prompts", "cfg", "cfg_scal
         "reference", "clip_model", "with_base", "devices", "num_seeds"]  # the inputs, in the launch endpoint's order
 ALIASES = {"model": "source", "weights": "source", "prompts_file": "prompts", "isc_splits": "num_samples",
            "device": "devices", "reference_count": "reference"}  # core field -> input
-
-
-# ----------------------------------------------------------------------------- labels
-
-
-def metric_label(metric: str, extractor: Optional[str]) -> str:
-    """The name a summary metric is shown under: a Fréchet distance is FID only on Inception features."""
-    space = feature_space(extractor)
-    if metric == "fid":
-        return "FID (Inception)" if extractor == "inception" else f"FD ({space})"
-    if metric == "is_mean":
-        return f"IS ({space})"
-    if metric in ("precision", "recall"):
-        return f"{metric} ({space})"
-    if metric == "clip_score":
-        return "CLIP score"
-    if metric == "adherence":
-        return "prompt adherence (all named attributes)"
-    if metric.startswith("adherence_"):
-        return f"prompt adherence: {metric.split('_', 1)[1]}"
-    return metric
 
 
 # ----------------------------------------------------------------------------- the evaluation job
@@ -290,13 +269,17 @@ def _spread_text(spread: Optional[dict], metric: str, value: Optional[float]) ->
     return mean_std(s["mean"], s["std"])
 
 
-def _interval(verdict: Optional[dict]) -> str:
+def _change(delta: Optional[float], verdict: Optional[dict]) -> tuple[str, str]:
+    """(Δ, its 95% interval) as the table shows them: to the decimal place the interval supports."""
+    if delta is None:
+        return "—", "—"
     if not verdict:
-        return "—"
+        return change_text(delta)[0], "—"
     if verdict["method"] == "none":
-        return "none (1 seed)"
+        return change_text(delta)[0], "none (1 seed)"
     how = "bootstrap" if verdict["method"] == "bootstrap" else f"t, {verdict['seeds']} seeds"
-    return f"[{verdict['low']:+.3g}, {verdict['high']:+.3g}] ({how})"
+    text, interval = change_text(delta, verdict["low"], verdict["high"])
+    return text, f"{interval} ({how})"
 
 
 def summary_rows(rows: Sequence[dict]) -> list[list[str]]:
@@ -328,7 +311,7 @@ def summary_rows(rows: Sequence[dict]) -> list[list[str]]:
                 verdict = (row.get("verdicts") or {}).get(m)
                 out.append([model, setting_text(setting), title, metric_label(m, extractor),
                             _spread_text(row.get("base_spread"), m, base_value), _spread_text(row.get("spread"), m, value),
-                            "—" if delta is None else f"{delta:+.4g}", _interval(verdict),
+                            *_change(delta, verdict),
                             verdict["verdict"] if verdict else ("base not evaluated" if delta is None else "—")])
     return out
 
@@ -488,7 +471,7 @@ def build(ctx: BuildContext) -> None:
             status = gr.Markdown("", label="evaluate status", elem_id="eval-status")
             progress = gr.Markdown("", label="job progress", elem_id="eval-progress")
     jobs_table = gr.Dataframe(headers=JOB_HEADERS, value=[], interactive=False, wrap=True, max_height=240,
-                              column_widths=["27%", "9%", "9%", "23%", "8%", "7%", "17%"],
+                              column_widths=["24%", "8%", "9%", "20%", "9%", "13%", "17%"],
                               label="evaluation jobs (progress = samples written / total)", elem_id="eval-jobs")
     gr.Markdown("**Results per checkpoint.** Each checkpoint beside the base model evaluated under the same "
                 "setting, as mean ± std over the sampling seeds. The 95% interval of the change is a paired bootstrap "
@@ -498,7 +481,7 @@ def build(ctx: BuildContext) -> None:
                 "evaluator's (or CLIP / DINOv2) features it is an FD in that space, comparable only with itself. "
                 "FD: lower is better; IS, precision, recall, CLIP score: higher.")
     summary = gr.Dataframe(headers=SUMMARY_HEADERS, value=[], interactive=False, wrap=True, max_height=420,
-                           column_widths=["8%", "17%", "15%", "12%", "10%", "10%", "7%", "13%", "8%"],
+                           column_widths=["8%", "12%", "13%", "10%", "11%", "11%", "10%", "15%", "10%"],
                            label="results: base vs checkpoint", elem_id="eval-summary")
     view = gr.State(new_view())
     timer = gr.Timer(app.page_timer_s)

@@ -113,6 +113,16 @@ def latest_metrics(series: dict) -> dict:
     return {"step": series["steps"][n], **row}
 
 
+SELECTED_ROW_STYLE = "background: var(--color-accent-soft); font-weight: 600"
+
+
+def selected_table(rows: list[list], ids: list[str], run_id: Optional[str]) -> dict:
+    """The runs table with the selected run's row marked: the row the page shows is the run it marks, whatever
+    row was clicked last (Gradio's own highlight stays on a row index while new runs push the rows down)."""
+    styling = [[SELECTED_ROW_STYLE if i == run_id else ""] * len(views.TABLE_HEADERS) for i in ids]
+    return {"headers": views.TABLE_HEADERS, "data": rows, "metadata": {"styling": styling, "display_value": None}}
+
+
 def _buttons(status: Optional[str]) -> tuple:
     can_stop = status in (QUEUED, RUNNING)
     can_resume = status in RESUMABLE
@@ -133,12 +143,14 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
 
     kinds = {r.id: r.kind for r in runs}
     rows = [views.table_row(store, r, kinds[r.id]) for r in runs]
-    table = rows if rows != view["table"] else skip
-    view["table"], view["kinds"] = rows, kinds
 
     gone = run_id is not None and run_id not in ids
     if gone:
         run_id = None
+    table = skip
+    if (rows, run_id) != view["table"]:
+        table = selected_table(rows, ids, run_id)
+    view["table"], view["kinds"] = (rows, run_id), kinds
     selector = skip
     if ids != view["ids"]:
         # new choices only: this refresh's run_id may be older than what the page just selected (a launch selects
@@ -147,7 +159,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         view["ids"] = ids
     if run_id is None:
         fresh = view["run_id"] is not None or view["header"] is None
-        view.update(new_view(), table=rows, ids=ids, kinds=kinds, header="none")
+        view.update(new_view(), table=(rows, run_id), ids=ids, kinds=kinds, header="none")
         if not fresh:
             return (table, selector, *([skip] * 13), view)
         empty = plots.figure(plots.new_series(), 0.0)

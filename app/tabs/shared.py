@@ -17,15 +17,11 @@ from app.safety import confine
 from app.views import as_text
 from core import paths
 from core.errors import CheckpointError, ConfigError, MissingWeightsError, UserError
+from core.eval.summary import SPACES, feature_space  # noqa: F401 - feature_space: the tabs import it from here
 
 EXTRACTORS = ("demo", "inception", "clip", "dinov2")
-SPACES = {"demo": "demo evaluator", "inception": "Inception", "clip": "CLIP", "dinov2": "DINOv2"}
 HUB_MODELS = ("clip", "dinov2")  # extractors loaded through transformers: a folder or a hub id
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
-
-
-def feature_space(extractor: Optional[str]) -> str:
-    return SPACES.get(extractor or "", extractor or "unknown")
 
 
 def class_items(raw: Any) -> list:

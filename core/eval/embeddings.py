@@ -304,11 +304,25 @@ def _get_projection(result: EmbeddingShift, method: str) -> Projection:
     return result.projections[method]
 
 
+def label_colors(labels) -> dict[str, str]:
+    """One colour per class (or prompt group) label, in sorted order, from a 24-colour qualitative palette."""
+    from plotly.colors import qualitative
+
+    def order(v: str) -> tuple:  # class ids by number, then names
+        return (0, int(v), v) if v.isdigit() else (1, 0, v)
+
+    ordered = sorted({str(v) for v in labels}, key=order)
+    return {lab: qualitative.Dark24[i % len(qualitative.Dark24)] for i, lab in enumerate(ordered)}
+
+
 def scatter_figure(result: EmbeddingShift, method: str = "tsne", contours: bool = True):
-    """The joint map: one marker trace per set, with its 2-D KDE contours under it."""
+    """The joint map: one marker trace per set (its symbol; its 2-D KDE contours under it, in the set's colour),
+    the points coloured by their class (or prompt group) where the sets carry labels, with one legend entry per
+    class (legendgroup "labels", named by the label); without labels the points take their set's colour."""
     import plotly.graph_objects as go
 
     p = _get_projection(result, method)
+    colors = label_colors(v for s in SET_NAMES for v in (p.labels[s] or []))
     fig = go.Figure()
     if contours:
         for s in SET_NAMES:
@@ -320,9 +334,14 @@ def scatter_figure(result: EmbeddingShift, method: str = "tsne", contours: bool 
     for s in SET_NAMES:
         labels = [str(v) for v in p.labels[s]] if p.labels[s] else None
         hover = f"%{{text}}<extra>{s}</extra>" if labels else None
+        color = [colors[v] for v in labels] if labels else _hex_rgba(SET_COLORS[s], 0.7)
         fig.add_trace(go.Scatter(x=p.coords[s][:, 0], y=p.coords[s][:, 1], mode="markers", name=s,
                                  legendgroup=s, text=labels, hovertemplate=hover,
-                                 marker=dict(color=_hex_rgba(SET_COLORS[s], 0.7), size=5, symbol=SET_SYMBOLS[s])))
+                                 marker=dict(color=color, size=6, symbol=SET_SYMBOLS[s], opacity=0.8,
+                                             line=dict(color=SET_COLORS[s], width=1))))
+    for label, color in colors.items():  # the legend of the class colours (no points of their own)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=label, legendgroup="labels",
+                                 marker=dict(color=color, size=8, symbol="square"), hoverinfo="skip"))
     fig.update_layout(title=f"{method.upper()} of real, base and aligned features", template="plotly_white",
                       xaxis_title=f"{method} 1", yaxis_title=f"{method} 2")
     return fig

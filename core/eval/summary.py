@@ -76,6 +76,31 @@ def evaluation_summary(runs_dir: Optional[str | Path] = None, folders: Sequence[
 SUMMARY_METRICS = ("fid", "is_mean", "precision", "recall", "clip_score", "adherence", "adherence_shape", "adherence_color",
                    "adherence_count", "adherence_position", "adherence_background")
 _VERDICTS: dict[tuple, dict] = {}  # (base result, checkpoint result) -> verdicts: a bootstrap is ~1 s per pair
+SPACES = {"demo": "demo evaluator", "inception": "Inception", "clip": "CLIP", "dinov2": "DINOv2"}
+
+
+def feature_space(extractor: Optional[str]) -> str:
+    """What an extractor's features are called on every page ("demo evaluator", "Inception", ...)."""
+    return SPACES.get(extractor or "", extractor or "unknown")
+
+
+def metric_label(metric: str, extractor: Optional[str]) -> str:
+    """The name a summary metric is shown under (Evaluate's table, a job's results in Runs): a Fréchet distance is
+    FID only on Inception features, an FD in that space otherwise ("FD (demo evaluator)")."""
+    space = feature_space(extractor)
+    if metric == "fid":
+        return "FID (Inception)" if extractor == "inception" else f"FD ({space})"
+    if metric == "is_mean":
+        return f"IS ({space})"
+    if metric in ("precision", "recall"):
+        return f"{metric} ({space})"
+    if metric == "clip_score":
+        return "CLIP score"
+    if metric == "adherence":
+        return "prompt adherence (all named attributes)"
+    if metric.startswith("adherence_"):
+        return f"prompt adherence: {metric.split('_', 1)[1]}"
+    return metric
 
 
 def _spread_of(results: dict) -> dict:
@@ -117,6 +142,8 @@ def pair_verdicts(base: dict, checkpoint: dict) -> dict[str, dict]:
 def summary_table(rows: Sequence[dict]) -> str:
     """Rows of `evaluation_summary` as text: one block per model and setting, each checkpoint's
     numbers with the base model's in brackets, then per metric the change, its interval and verdict."""
+    from core.eval import verdict as V
+
     if not rows:
         return "no finished evaluations"
     lines = []
@@ -140,8 +167,9 @@ def summary_table(rows: Sequence[dict]) -> str:
         lines.append(f"  {title[:40]:<40} " + " ".join(cells))
         for m, v in (row.get("verdicts") or {}).items():
             b, c = v["base"], v["aligned"]
-            interval = "no interval (one seed)" if v["method"] == "none" else f"[{v['low']:+.4g}, {v['high']:+.4g}]"
+            delta, interval = V.change_text(v["delta"], v["low"], v["high"])
+            interval = "no interval (one seed)" if v["method"] == "none" else interval
             lines.append(f"    {m}: {b['mean']:.4g} ± {b['std']:.2g} -> {c['mean']:.4g} ± {c['std']:.2g} over "
-                         f"{v['seeds']} seeds, change {v['delta']:+.4g}, 95% {interval} ({v['method']}): {v['verdict']}")
+                         f"{v['seeds']} seeds, change {delta}, 95% {interval} ({v['method']}): {v['verdict']}")
     return "\n".join(lines).lstrip("\n")
 

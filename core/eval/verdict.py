@@ -40,8 +40,28 @@ def mean_std(mean: float, std: Optional[float], digits: int = 4) -> str:
     decimal place, so numbers side by side read alike; the mean alone (`digits` significant) without a spread."""
     if std is None or not math.isfinite(std) or std <= 0:
         return f"{mean:.{digits}g}"
-    decimals = max(0, 1 - math.floor(math.log10(std)))
+    decimals = _decimals(std)
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def _decimals(spread: float) -> int:
+    """The decimal places that show `spread` (> 0) to two significant digits."""
+    return max(0, 1 - math.floor(math.log10(spread)))
+
+
+def change_text(delta: float, low: Optional[float] = None, high: Optional[float] = None,
+                digits: int = 4) -> tuple[str, str]:
+    """("+0.0017", "[-0.0003, +0.0036]"): a change and its 95% interval to one decimal place, the one that shows
+    the interval's half-width to two significant digits (as `mean_std` shows a std), so a change never carries
+    more digits than its interval can support; a point interval and the change to `digits` significant, and without
+    an interval the change alone and ""."""
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return f"{delta:+.{digits}g}", ""
+    half = (high - low) / 2
+    if half <= 1e-9 * max(abs(low), abs(high)):  # a point interval (up to float rounding)
+        return f"{delta:+.{digits}g}", f"[{low:+.{digits}g}, {high:+.{digits}g}]"
+    decimals = _decimals(half)
+    return f"{delta:+.{decimals}f}", f"[{low:+.{decimals}f}, {high:+.{decimals}f}]"
 
 
 @dataclass(frozen=True)
@@ -73,10 +93,13 @@ class Verdict:
     def from_dict(cls, d: dict) -> "Verdict":
         return cls(**{**d, "base": Spread(**d["base"]), "aligned": Spread(**d["aligned"])})
 
+    def delta_text(self) -> str:
+        return change_text(self.delta, self.low, self.high)[0]
+
     def interval_text(self) -> str:
         if self.method == "none":
             return "no interval (one seed)"
-        return f"[{self.low:+.3g}, {self.high:+.3g}]"
+        return change_text(self.delta, self.low, self.high)[1]
 
 
 def spread(values: Sequence[float]) -> Spread:

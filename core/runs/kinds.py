@@ -18,20 +18,26 @@ from typing import Any, Optional
 
 
 def _eval_lines(results: dict) -> list[str]:
+    from core.eval.summary import metric_label  # numpy: on use only
+    from core.eval.verdict import mean_std
+
     spread = results.get("spread") or {k: {"mean": v, "std": 0.0, "values": [v]}
                                       for k, v in results.get("metrics", {}).items()}
     seeds = len(next(iter(spread.values()), {}).get("values", [])) if spread else 0
+    extractor = (results.get("setting") or {}).get("extractor")  # a demo-feature FD is not called "fid"
     return [f"{results.get('model')} · {results.get('checkpoint')} · mean ± std over {seeds} seeds",
-            *(f"- {name}: {v['mean']:.4g} ± {v['std']:.2g}" for name, v in spread.items())]
+            *(f"- {metric_label(name, extractor)}: {mean_std(v['mean'], v['std'])}" for name, v in spread.items())]
 
 
 def _embeddings_lines(results: dict) -> list[str]:
+    from core.eval.verdict import change_text, mean_std
+
     lines = []
     for name, v in (results.get("verdicts") or {}).items():
         b, a = v["base"], v["aligned"]
-        lines.append(f"- {'FD' if name == 'fid' else name}: base {b['mean']:.4g} ± {b['std']:.2g} → aligned "
-                     f"{a['mean']:.4g} ± {a['std']:.2g}; Δ 95% interval [{v['low']:+.3g}, {v['high']:+.3g}] → "
-                     f"**{v['verdict']}**")
+        lines.append(f"- {'FD' if name == 'fid' else name}: base {mean_std(b['mean'], b['std'])} → aligned "
+                     f"{mean_std(a['mean'], a['std'])}; Δ 95% interval {change_text(v['delta'], v['low'], v['high'])[1]}"
+                     f" → **{v['verdict']}**")
     return lines
 
 

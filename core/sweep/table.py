@@ -93,7 +93,7 @@ def _change(c: Optional[dict]) -> str:
         return ""
     if c["method"] == "none":
         return f"{c['delta']:+.3g} (one seed) {c['verdict']}"
-    return f"{c['delta']:+.3g} [{c['low']:+.3g}, {c['high']:+.3g}] {c['verdict']}"
+    return " ".join([*V.change_text(c["delta"], c["low"], c["high"]), c["verdict"]])
 
 
 def _grid(rows: list[list[str]]) -> list[str]:
