@@ -246,3 +246,10 @@ def test_a_missing_chromium_fails_under_ci_and_skips_elsewhere(ci, outcome, monk
     else:
         got = None
     assert type(got) is outcome and "no-chromium is absent" in str(got), repr(got)
+
+
+def test_ci_runs_the_tests_with_ci_set():
+    """.ci/run's test command sets CI, so a missing Chromium fails CI (require_chromium) rather than skipping."""
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    runs = [line for line in ci.splitlines() if "-m pytest" in line and not line.lstrip().startswith("#")]
+    assert runs and all(re.match(r"\s*CI=(true|1)\s", line) for line in runs), runs
