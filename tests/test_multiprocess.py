@@ -113,6 +113,12 @@ def test_ui_multi_device_route_stops_and_resumes_its_rank_group(tiny_demo, tmp_p
     done = launcher.wait(run.id, timeout=300)
     assert done.status == "finished" and done.step == 40, (done.status, done.message)
     assert [m["step"] for m in store.read_metrics(run.id)] == list(range(1, 41))  # every step once
+    # ... in the folder too (the index keeps one row per step: a group started over would pass above), and the
+    # group went on from the stop's checkpoint
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))
+    assert f"[resume] from {run.run_dir / 'checkpoints' / f'step-{stopped.step:06d}'} (step {stopped.step})" in \
+        (run.run_dir / "log.txt").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- the trainer
