@@ -4,6 +4,7 @@ VA-π steps run on it through the CLI; the prompt grammar, the held-out prompt s
 the adherence scorer (>= 0.95 per category on real held-out scenes); `sample --prompts` and `eval demo --model
 demo-t2i` end to end."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,8 @@ def test_demo_t2i_preset_runs_va_pi_steps_through_the_cli(tmp_path):
             "--set", "num_generations=2", "--set", "save_steps=2", "--set", "preview_steps=2",
             "--set", "kl_probe_size=2", "--set", "preview_seeds=[0]"]
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                            "VAPI_STATE_DIR": os.environ["VAPI_STATE_DIR"]})  # the test's own device claims (conftest)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = {row["step"]: row for row in rows if "loss" in row}
