@@ -5,6 +5,7 @@
 The run's config.json holds the config; rank 0 records metrics, checkpoints and previews (RunRecorder)."""
 import argparse
 import json
+import os
 from pathlib import Path
 
 from core.runs.recorder import RunRecorder
@@ -13,7 +14,8 @@ from core.vapi.trainer import Trainer
 
 
 class StopAfter(RunRecorder):
-    """A stop request after `after` steps (seen on every rank, as the trainer any-reduces it)."""
+    """A stop request after `after` steps, seen by rank 0 alone (as a stop file seen one step before the other
+    ranks see it): the trainer's any-reduce must stop every rank at the same step boundary."""
 
     def __init__(self, run_dir, after):
         super().__init__(run_dir)
@@ -32,7 +34,8 @@ def main():
     args = ap.parse_args()
     config = json.loads((args.run_dir / "config.json").read_text())
     cfg = VapiConfig.from_dict({k: v for k, v in config.items() if k != "entry"})
-    rec = RunRecorder(args.run_dir) if args.stop_after is None else StopAfter(args.run_dir, args.stop_after)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    rec = StopAfter(args.run_dir, args.stop_after) if args.stop_after is not None and rank0 else RunRecorder(args.run_dir)
     Trainer(cfg, args.run_dir, rec).train(resume=args.resume)
 
 

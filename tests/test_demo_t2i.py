@@ -4,6 +4,7 @@ VA-π steps run on it through the CLI; the prompt grammar, the held-out prompt s
 the adherence scorer (>= 0.95 per category on real held-out scenes); `sample --prompts` and `eval demo --model
 demo-t2i` end to end."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -151,7 +152,8 @@ def test_demo_t2i_preset_runs_va_pi_steps_through_the_cli(tmp_path):
             "--set", "num_generations=2", "--set", "save_steps=2", "--set", "preview_steps=2",
             "--set", "kl_probe_size=2", "--set", "preview_seeds=[0]"]
     r = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+                       env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+                            "VAPI_STATE_DIR": os.environ["VAPI_STATE_DIR"]})  # the test's own device claims (conftest)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = {row["step"]: row for row in rows if "loss" in row}
@@ -336,7 +338,7 @@ def test_evaluate_tab_measures_demo_t2i_prompt_adherence_and_embeddings_plan_by_
     with served_app(tmp_path, monkeypatch, [tmp_path], page_timer_s=0.5) as (app, url):
         run, step = train_demo_run(app.ctx.store, 1, name="t2i", preset="demo-t2i", preview_prompts=["a red circle"])
         ui = UI(url)
-        out = ui.call("/launch_eval", source=preset_value("demo-t2i"), label="base", num_samples=12, batch_size=6, image_size=None,
+        out = ui.call("/launch_eval", source=preset_value("demo-t2i"), label="base", num_samples=12, batch_size=6, image_size="",
                       prompts="\n".join(held), metrics=["fid", "adherence"], extractor="demo", reference_kind="shapes",
                       devices=["cpu"], num_seeds=2)
         assert out["evaluate status"].startswith("✓ **Queued**"), out["evaluate status"]
@@ -351,7 +353,7 @@ def test_evaluate_tab_measures_demo_t2i_prompt_adherence_and_embeddings_plan_by_
         assert {f"prompt adherence: {c}" for c in P.CATEGORIES} <= set(metrics)
         # adherence is the demo T2I's: for the class-conditional demo the input is named, nothing is queued
         jobs = len(app.ctx.store.list_runs())
-        bad = ui.call("/launch_eval", source=preset_value("demo-c2i"), label="c2i", num_samples=12, batch_size=6, image_size=None,
+        bad = ui.call("/launch_eval", source=preset_value("demo-c2i"), label="c2i", num_samples=12, batch_size=6, image_size="",
                       metrics=["adherence"], extractor="demo", reference_kind="shapes", devices=["cpu"], num_seeds=2)
         assert "demo-t2i" in bad["evaluate status"] and len(app.ctx.store.list_runs()) == jobs
         # Embeddings: a demo-t2i run is grouped by the prompt attribute the form names, never by classes

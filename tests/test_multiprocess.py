@@ -2,6 +2,7 @@
 and the trainer under DDP and FSDP (2 ranks) against one process."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,48 @@ def test_ui_multi_device_route_stops_and_resumes_its_rank_group(tiny_demo, tmp_p
     done = launcher.wait(run.id, timeout=300)
     assert done.status == "finished" and done.step == 40, (done.status, done.message)
     assert [m["step"] for m in store.read_metrics(run.id)] == list(range(1, 41))  # every step once
+    # ... in the folder too (the index keeps one row per step: a group started over would pass above), and the
+    # group went on from the stop's checkpoint
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))
+    assert f"[resume] from {run.run_dir / 'checkpoints' / f'step-{stopped.step:06d}'} (step {stopped.step})" in \
+        (run.run_dir / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_ui_multi_device_route_kill_leaves_no_rank_of_the_group_and_the_run_resumes(tiny_demo, tmp_path, monkeypatch):
+    """A rank group that hangs (frozen by SIGSTOP) when its stop's grace period ends (grace 0) is killed: the accelerate
+    launcher and both ranks (torch's elastic agent puts each in a session of its own), none left; the run reads stopped and
+    killed, and the resumed group finishes with every step once."""
+    from tests.helpers import wait_for
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    cfg = resolve("demo-c2i", {**TINY, "max_steps": 40, "save_steps": 100, "preview_steps": 100})
+    store = RunStore(tmp_path / "runs")
+    launcher = Launcher(store)
+    run = launcher.submit("ui", {**cfg.to_dict(), "entry": ENTRY}, "cuda:0,1", cfg.max_steps)
+    wait_for(lambda: store.get(run.id).step >= 2, "two steps on 2 ranks", 300, poll=0.2, tick=launcher)
+    group = _processes_naming(run.run_dir)
+    assert len(group) >= 3  # the launcher and its two ranks
+    try:
+        for pid in group:  # a hung group: frozen, it never reaches the step boundary where a stop is honoured
+            os.kill(pid, signal.SIGSTOP)
+        launcher.stop(run.id, grace_s=0)
+        killed = launcher.enforce_deadlines()
+        assert [r.id for r in killed] == [run.id] and "its processes were killed" in killed[0].message, killed
+        wait_for(lambda: not _processes_naming(run.run_dir), "no process of the rank group left", 30, poll=0.2)
+    finally:
+        for pid in _processes_naming(run.run_dir):  # what a failed kill left: never a frozen process after the test
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    launcher.resume(run.id)
+    done = launcher.wait(run.id, timeout=300)
+    assert done.status == "finished" and done.step == 40, (done.status, done.message)
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 41))  # no checkpoint: from step 0, once
 
 
 # ---------------------------------------------------------------------------------------------- the trainer

@@ -140,6 +140,8 @@ def test_t2i_stand_in_samples_compares_and_evaluates_through_the_cli(world, tiny
                      "01_two_dogs_playing_in_the_park_seed0.png", "01_two_dogs_playing_in_the_park_seed1.png", "grid.png"]
     a, b = (np.asarray(Image.open(tmp_path / "samples" / n)) for n in names[:2])
     assert a.shape[:2] == (128, 128) and not np.array_equal(a, b)  # two seeds, two samples (16 px, shown 8x)
+    other = np.asarray(Image.open(tmp_path / "samples" / names[2]))
+    assert not np.array_equal(a, other)  # the same seed, the other prompt: the caption features reach the sampler
 
     cli("compare", "--base", model, "--aligned", str(weights), "--model", model, "--view", "free", "--prompts", *prompts,
         "--seeds", "0", "--out", str(tmp_path / "compare"))

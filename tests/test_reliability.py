@@ -373,10 +373,12 @@ def steps_done(run_dir: Path) -> int:
 @contextmanager
 def read_only(path: Path):
     """`path` read-only for every process, root included (a read-only bind mount over the file)."""
-    r = subprocess.run(["mount", "--bind", "-o", "ro", str(path), str(path)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "--bind", str(path), str(path)], capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip(f"a read-only bind mount needs mount permission (root): {r.stderr.strip()}")
-    try:
+    try:  # in two steps: `mount --bind -o ro` once left a writable bind mount behind when its second half failed
+        r = subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, f"{path}: the bind mount could not be made read-only: {r.stderr.strip()}"
         yield
     finally:
         subprocess.run(["umount", str(path)], check=True)
