@@ -282,7 +282,9 @@ def test_cli_embeddings_draws_the_three_sets_with_finite_numbers(tiny_demo, eval
             assert all(math.isfinite(cells[model][k]) for k in ("frechet", "precision", "recall"))
     assert results["overall"]["base"]["frechet"] != results["overall"]["aligned"]["frechet"]
     shift = EmbeddingShift.from_json(out / "embeddings.json")
-    assert [t.name for t in scatter_figure(shift, "tsne").data if t.type == "scatter"] == list(SET_NAMES)
+    traces = [t for t in scatter_figure(shift, "tsne").data if t.type == "scatter"]
+    assert [t.name for t in traces if t.legendgroup != "labels"] == list(SET_NAMES)  # one marker trace per set
+    assert [t.name for t in traces if t.legendgroup == "labels"] == ["0", "1", "2"]  # a legend entry per class
     assert {p.name for p in (out / "figures").iterdir()} == {
         "tsne_scatter.html", "tsne_kde.html", "distance_frechet.html", "distance_precision.html",
         "distance_recall.html", "plotly.min.js"}
