@@ -51,15 +51,19 @@ def test_compare_takes_the_newest_checkpoint_and_runs_continues_a_finished_run(s
         expect(steps).to_have_value("4")
         button, action = page.locator("#runs-continue"), page.locator("#runs-action")
 
-        # a step it has done: refused in one line naming the field; nothing queued, the folder as it was
+        # bad values (not a whole number, nothing, a step it has done): refused in one line naming the field; nothing
+        # queued, the folder as it was
         config = (run_dir / "config.json").read_text()
-        steps.fill("2")
-        steps.press("Tab")
-        button.click()
-        expect(action).to_contain_text("✗ max_steps: 2 is at or below step 2", timeout=30_000)
-        run = store.get(run_id)
-        assert run.status == FINISHED and run.step == run.total_steps == 2
-        assert (run_dir / "config.json").read_text() == config and len(store.list_runs()) == 1
+        for typed, said in (("", re.compile(r"✗ max_steps: (expected a whole number|must be >= 1)")),
+                            ("2.5", "✗ max_steps: expected a whole number, got 2.5"),
+                            ("2", "✗ max_steps: 2 is at or below step 2")):
+            steps.fill(typed)
+            steps.press("Tab")
+            button.click()
+            expect(action).to_contain_text(said, timeout=30_000)
+            run = store.get(run_id)
+            assert run.status == FINISHED and run.step == run.total_steps == 2
+            assert (run_dir / "config.json").read_text() == config and len(store.list_runs()) == 1
         page.wait_for_timeout(1500)  # the view refreshes after the action: the refused value stays, to be fixed
         expect(steps).to_have_value("2")
 

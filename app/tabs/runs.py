@@ -263,7 +263,7 @@ def build(ctx: BuildContext) -> None:
                 resume_btn = gr.Button("Resume", size="sm", interactive=False, elem_id="runs-resume")
                 delete_btn = gr.Button("Delete…", size="sm", interactive=False, elem_id="runs-delete")
             with gr.Row(equal_height=True):
-                continue_steps = gr.Number(value=None, precision=0, minimum=1, label="continue to step (max_steps)",
+                continue_steps = gr.Number(value=None, label="continue to step (max_steps)",  # checked by fields.number
                                            interactive=False, scale=2, elem_id="runs-continue-steps",
                                            info="a stopped, failed or finished training run trains on from its last "
                                                 "checkpoint to this step")
