@@ -6,14 +6,16 @@ demo run (a checkpoint every step), trained in this process; its continuation ru
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
 from core.runs.store import FINISHED
 from tests.helpers import served_app, train_demo_run
-from tests.test_app_browser import WAIT_MS, browser_page, require_chromium
+from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot
 from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
@@ -28,7 +30,7 @@ def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - th
         yield app, url, run_id
 
 
-def test_compare_takes_the_newest_checkpoint_and_runs_continues_a_finished_run(served):
+def test_compare_takes_the_newest_checkpoint_and_runs_continues_a_finished_run(served, tmp_path):
     from playwright.sync_api import expect
 
     app, url, run_id = served
@@ -64,6 +66,9 @@ def test_compare_takes_the_newest_checkpoint_and_runs_continues_a_finished_run(s
             run = store.get(run_id)
             assert run.status == FINISHED and run.step == run.total_steps == 2
             assert (run_dir / "config.json").read_text() == config and len(store.list_runs()) == 1
+        shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
+        shots.mkdir(parents=True, exist_ok=True)
+        screenshot(page, shots, "runs-continue-refused")
         page.wait_for_timeout(1500)  # the view refreshes after the action: the refused value stays, to be fixed
         expect(steps).to_have_value("2")
 
