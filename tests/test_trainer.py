@@ -275,6 +275,43 @@ def test_cli_continues_a_finished_run_for_more_steps(tiny_demo, tmp_path):
     assert [c.step for c in store.checkpoints("extend")] == [3, 5]
 
 
+@pytest.mark.slow
+def test_launcher_continues_a_finished_run_to_more_steps_and_refuses_a_step_it_has_done(tiny_demo, tmp_path, monkeypatch):
+    """The path the Runs tab's "continue to step" takes (Launcher.resume with max_steps): a bad value is refused
+    naming the field, with nothing queued and the folder as it was; a good one queues the run, whose worker trains
+    from step k+1 to N, every step once, keeping its checkpoints."""
+    from core.runs.launcher import Launcher
+    from core.runs.store import FINISHED
+    from tests.helpers import train_demo_run
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    store = RunStore(tmp_path / "runs")
+    run_id, k = train_demo_run(store, 2, name="short", save_steps=1)
+    run_dir = store.run_dir(run_id)
+    launcher = Launcher(store)
+
+    def folder():
+        return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+                if p.is_file() and p.name not in ("runs.db", "worker.lock")}
+
+    before = folder()
+    for bad, why in ((k, f"max_steps: {k} is at or below step {k}"), (1, "max_steps: 1 is at or below step 2"),
+                     (0, "max_steps: must be >= 1")):
+        with pytest.raises(ConfigError, match=why):
+            launcher.resume(run_id, {"max_steps": bad})
+        run = store.get(run_id)
+        assert run.status == FINISHED and run.total_steps == k and folder() == before
+
+    run = launcher.resume(run_id, {"max_steps": 4})
+    assert run.status in ("queued", "running") and run.total_steps == 4
+    done = launcher.wait(run_id, timeout=300)
+    assert done.status == FINISHED and done.step == 4, done.message
+    assert [m["step"] for m in store.read_metrics(run_id)] == [1, 2, 3, 4]
+    assert [c.step for c in store.checkpoints(run_id)] == [1, 2, 3, 4]
+    assert json.loads((run_dir / "config.json").read_text())["max_steps"] == 4
+    assert "[step 3/4]" in (run_dir / "log.txt").read_text()
+
+
 def test_each_method_object_says_what_it_trains_and_the_loop_has_no_method_branches():
     """The trainer's loop is method-free: what differs between VA-π, STE and the decoder baseline is in
     core/vapi/methods.py (the trained module, the loss, the checkpoint file)."""

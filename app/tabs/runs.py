@@ -1,6 +1,6 @@
 """Runs tab: every run (training runs and evaluation jobs, told apart by a "kind" column) with status,
 progress, ETA and reward; for the selected run, live curves, the step x class sample grids, the log
-tail, and stop / resume / delete. A selected evaluation job shows its own results instead of the
+tail, and stop / resume / continue to more steps / delete. A selected evaluation job shows its own results instead of the
 training panels (a sweep: its table). Any training runs, and a sweep's variants, can be overlaid on
 shared panels (one colour per run, x = step or wall time, log y), and their metrics exported as one CSV.
 
@@ -16,11 +16,11 @@ from typing import Any, Optional
 
 import gradio as gr
 
-from app import plots, samples, views
+from app import fields, plots, samples, views
 from app.tabs import BuildContext
 from core.errors import UserError
 from core.runs.kinds import SWEEP as SWEEP_KIND
-from core.runs.store import ACTIVE, QUEUED, RESUMABLE, RUNNING, RunNotFoundError, RunStore
+from core.runs.store import ACTIVE, FINISHED, QUEUED, RESUMABLE, RUNNING, RunNotFoundError, RunStore
 from core.sweep.job import VARIANTS_DIR
 
 TAB_ID = "runs"
@@ -41,7 +41,7 @@ def pick_default(store) -> Optional[str]:
 def new_view() -> dict[str, Any]:
     return {"run_id": None, "queued_at": None, "series": plots.new_series(), "smoothing": None, "table": None,
             "ids": None, "kinds": {}, "header": None, "log": None, "samples": None, "seed": None, "buttons": None,
-            "latest": None, "notes": None, "job": None}
+            "latest": None, "notes": None, "job": None, "offer": None}
 
 
 def _label(run) -> str:
@@ -123,17 +123,28 @@ def selected_table(rows: list[list], ids: list[str], run_id: Optional[str]) -> d
     return {"headers": views.TABLE_HEADERS, "data": rows, "metadata": {"styling": styling, "display_value": None}}
 
 
-def _buttons(status: Optional[str]) -> tuple:
+def continue_default(run) -> int:
+    """The step a "continue to step" box offers: twice the run's planned steps."""
+    return 2 * max(int(run.total_steps or 0), int(run.step or 0), 1)
+
+
+def _buttons(status: Optional[str], kind: Optional[str] = None, offer: Optional[int] = None) -> tuple:
+    """stop, resume, delete, and the continue box and button: a stopped, failed or finished training run can
+    continue to more steps (its max_steps raised, `Launcher.resume` with overrides). `offer`: a new value for the
+    box (None: keep what it holds, e.g. what the user typed)."""
     can_stop = status in (QUEUED, RUNNING)
     can_resume = status in RESUMABLE
     can_delete = status is not None and status not in ACTIVE
-    return (gr.update(interactive=can_stop), gr.update(interactive=can_resume), gr.update(interactive=can_delete))
+    can_continue = kind == views.TRAIN_KIND and (status in RESUMABLE or status == FINISHED)
+    steps = gr.update(interactive=can_continue, **({"value": offer} if offer is not None else {}))
+    return (gr.update(interactive=can_stop), gr.update(interactive=can_resume), gr.update(interactive=can_delete),
+            steps, gr.update(interactive=can_continue))
 
 
 def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: Optional[dict]) -> tuple:
     """One update of the tab. Returns values (or gr.skip() where nothing changed) for:
     table, run selector, header, plot, latest metrics, log, message, gallery, seed, board, stop, resume,
-    delete, training panels (visibility), job results, view."""
+    delete, continue steps, continue, training panels (visibility), job results, view."""
     app.ticker.tick_if_due()
     view = view if isinstance(view, dict) and "series" in view else new_view()
     store = app.store
@@ -161,7 +172,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         fresh = view["run_id"] is not None or view["header"] is None
         view.update(new_view(), table=(rows, run_id), ids=ids, kinds=kinds, header="none")
         if not fresh:
-            return (table, selector, *([skip] * 13), view)
+            return (table, selector, *([skip] * 15), view)
         empty = plots.figure(plots.new_series(), 0.0)
         return (table, selector, "### No run selected\nLaunch one in the **Launch** tab, or pick one above.", empty,
                 {}, "", "", [], gr.update(choices=[], value=None), None, *_buttons(None), gr.update(visible=True),
@@ -170,7 +181,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
     try:
         run = store.get(run_id)
     except RunNotFoundError:
-        return (table, selector, *([skip] * 13), view)
+        return (table, selector, *([skip] * 15), view)
     if view["run_id"] != run_id or view["queued_at"] != run.queued_at:
         # another run, or this one was resumed (metrics past its checkpoint were dropped): start over
         keep = {"table": view["table"], "ids": view["ids"], "kinds": view["kinds"]}
@@ -224,10 +235,12 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         board = samples.step_class_board(items, chosen) if chosen is not None else None
         view["samples"], view["seed"] = sig, chosen
 
-    buttons = (skip, skip, skip)
-    if view["buttons"] != run.status:
-        buttons = _buttons(run.status)
-        view["buttons"] = run.status
+    buttons = (skip,) * 5
+    offer = continue_default(run) if kind == views.TRAIN_KIND else None
+    if view["buttons"] != run.status or view["offer"] != offer:
+        # the continue box gets a new offer only when the run's length changed: a refused value stays to be fixed
+        buttons = _buttons(run.status, kind, offer if view["offer"] != offer else None)
+        view["buttons"], view["offer"] = run.status, offer
     return (table, selector, head, plot, latest, log_out, message_out, gallery, seed_out, board, *buttons, train_box,
             job_out, view)
 
@@ -249,6 +262,13 @@ def build(ctx: BuildContext) -> None:
                 stop_btn = gr.Button("Stop", variant="stop", size="sm", interactive=False, elem_id="runs-stop")
                 resume_btn = gr.Button("Resume", size="sm", interactive=False, elem_id="runs-resume")
                 delete_btn = gr.Button("Delete…", size="sm", interactive=False, elem_id="runs-delete")
+            with gr.Row(equal_height=True):
+                continue_steps = gr.Number(value=None, label="continue to step (max_steps)",  # checked by fields.number
+                                           interactive=False, scale=2, elem_id="runs-continue-steps",
+                                           info="a stopped, failed or finished training run trains on from its last "
+                                                "checkpoint to this step")
+                continue_btn = gr.Button("Continue", size="sm", interactive=False, scale=1, min_width=90,
+                                         elem_id="runs-continue")
             action = gr.Markdown("", elem_id="runs-action")
             with gr.Group(visible=False) as confirm_box:
                 confirm_text = gr.Markdown("")
@@ -294,7 +314,7 @@ def build(ctx: BuildContext) -> None:
     timer = gr.Timer(app.page_timer_s)
 
     outputs = [table, run, head, plot, latest, log, message, gallery, seed, board, stop_btn, resume_btn, delete_btn,
-               train_box, job_md, view]
+               continue_steps, continue_btn, train_box, job_md, view]
 
     def refresh(run_id, smoothing_value, seed_value, view_state):
         return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state)
@@ -360,6 +380,18 @@ def build(ctx: BuildContext) -> None:
             return problem
         return f"`{run_id}` is {r.status}: {views.as_text(r.message)}"
 
+    def continue_run(run_id, steps):
+        """Continue the run to step `steps` (its max_steps raised, checked as a launch is); a bad value queues
+        nothing and leaves its folder as it was."""
+        try:
+            n = fields.number("max_steps", steps, whole=True, minimum=1)
+        except UserError as e:
+            return f"✗ {e}"
+        r, problem = on_run(run_id, lambda i: app.launcher.resume(i, {"max_steps": n}))
+        if problem:
+            return problem
+        return f"`{run_id}` continues to step {n}: {r.status}, {views.as_text(r.message)}"
+
     def ask_delete(run_id):
         if not run_id:
             return gr.update(visible=False), "", "Pick a run first."
@@ -393,6 +425,9 @@ def build(ctx: BuildContext) -> None:
     stop_btn.click(stop, inputs=run, outputs=action, api_name="stop_run", concurrency_limit=4) \
         .then(after_action, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
     resume_btn.click(resume, inputs=run, outputs=action, api_name="resume_run", concurrency_limit=4) \
+        .then(after_action, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
+    continue_btn.click(continue_run, inputs=[run, continue_steps], outputs=action, api_name="continue_run",
+                       concurrency_limit=4) \
         .then(after_action, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
     delete_btn.click(ask_delete, inputs=run, outputs=[confirm_box, confirm_text, action], api_name="ask_delete")
     confirm_btn.click(confirm_delete, inputs=run, outputs=[confirm_box, action], api_name="delete_run",

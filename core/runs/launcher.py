@@ -9,7 +9,8 @@
   never a foreground run's caller, its process group, or PID 1) and the run is stopped. Only a process
   proven to be the run's worker is ever signalled (`core.runs.procs.is_our_worker`: its start time and
   the lock it holds on the run's worker.lock); a run naming any other process is marked failed.
-- `resume` drops what the run will redo (metrics past its last checkpoint) and queues it again.
+- `resume` drops what the run will redo (metrics past its last checkpoint) and queues it again; with config
+  changes (a training run: `resume_config`, e.g. max_steps to continue a finished run) checked first.
 
 Workers never hang off the caller: own session (`start_new_session`), stdin from /dev/null, stdout
 and stderr appended to the run's log.txt, so a closed browser tab or a dead UI cannot stall them.
@@ -27,6 +28,7 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any, Optional
 
 from core.checkpoints import check_states, step_dir_name
 from core.configmeta import MAX_JOB_STEPS
@@ -34,7 +36,7 @@ from core.device import gpu_ids
 from core.errors import ConfigError
 from core.paths import ROOT
 from core.runs import kinds
-from core.runs.folder import LOCK_FILE, LOG_TAIL_LINES
+from core.runs.folder import LOCK_FILE, LOG_TAIL_LINES, write_json_atomic
 from core.runs.procs import is_our_worker, started_within
 from core.runs.store import (
     ACTIVE, CONFIG_FILE, FAILED, FINISHED, LOG_FILE, QUEUED, RESUMABLE, RUNNING, STOPPED, STOPPING, Run,
@@ -187,6 +189,43 @@ def check_resumable(run_dir: Path) -> None:
     if not isinstance(config, dict):
         raise ConfigError(str(config_path), "must hold a JSON object; fix the file")
     check_states(run_dir)
+
+
+FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]):
+    """A training run's config.json validated (errors name the file), with `overrides` applied (errors name the
+    field; those in FIXED_ON_RESUME are refused). Returns (the config the run continues with, config.json as read).
+    The engine's config module is imported here, on use: this module stays free of torch."""
+    from core.vapi import config as C
+
+    check_resumable(run_dir)  # config.json is a JSON object, trainer_state.json files hold integer steps
+    path = run_dir / CONFIG_FILE
+    config = json.loads(path.read_text())
+    entry = config.get("entry", kinds.TRAIN_ENTRY)
+    if kinds.current(entry) != kinds.TRAIN_ENTRY:
+        raise RunStateError(f"run {run_dir.name}: is a {kinds.get(kinds.kind_of(entry)).label} (entry {entry!r}), "
+                            "not a training run; resume it without changes (`python -m core runs resume`)")
+    base = {k: v for k, v in config.items() if k != "entry"}
+    for key in overrides:
+        if key.split(".", 1)[0] in FIXED_ON_RESUME:
+            raise ConfigError(key, "cannot change on resume (the run's checkpoints and data order depend on it); start a "
+                                   "new run from one of its checkpoints instead: init_weights=RUN/checkpoints/step-N/model.pt")
+    try:
+        C.VapiConfig.from_dict(base)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e.field}", f"{str(e).split(': ', 1)[1]}; fix the file "
+                                                f"(or pass --set {e.field}=VALUE)") from None
+    return C.resolve(None, overrides, base=base), config
+
+
+def _check_status(run: Run, extend: bool) -> None:
+    """Refuse to resume a run that is not stopped or failed (or finished, when `extend`: more steps)."""
+    if not run.is_resumable and not (run.status == FINISHED and extend):
+        why = (f"it is complete at step {run.step}; continue it with --set max_steps=N (N > {run.step})"
+               if run.status == FINISHED else "only stopped, failed or finished runs can be resumed")
+        raise RunStateError(f"run {run.id}: is {run.status}; {why}")
 
 
 class Launcher:
@@ -373,24 +412,50 @@ class Launcher:
                 return done
         raise RunStateError(f"run {run_id}: its status kept changing during stop; try again")
 
-    def resume(self, run_id: str) -> Run:
+    def resume(self, run_id: str, overrides: Optional[dict[str, Any]] = None) -> Run:
         """Queue a stopped or failed run again, to continue from its last checkpoint (the worker gets
-        --resume). Metrics and samples past that checkpoint are dropped first."""
-        self.resume_in_place(run_id)
+        --resume). Metrics and samples past that checkpoint are dropped first. With `overrides` (a training
+        run) its config changes for the rest of the run, checked first (`check_resume`): {"max_steps": N}
+        continues a stopped, failed or finished run to step N."""
+        total_steps, config = self.check_resume(run_id, overrides) if overrides is not None else (None, None)
+        self.resume_in_place(run_id, total_steps=total_steps, config=config)
         self.tick()
         return self.store.get(run_id)
 
-    def resume_in_place(self, run_id: str, claim: dict | None = None, total_steps: int | None = None) -> Run:
+    def check_resume(self, run_id: str, overrides: dict[str, Any]) -> tuple[int, Optional[dict]]:
+        """A training run resumed with config changes, checked as a launch is (its fields, then `preflight`: data
+        and weights) before anything changes. A max_steps at or below the step the run resumes from (or where a
+        finished run ended) is refused, naming the field. Returns (its total steps, the config.json it continues
+        with, or None when unchanged) for `resume_in_place`."""
+        from core.vapi.preflight import preflight  # the engine's checks: on use only
+
+        run = self.store.get(run_id)
+        cfg, config = resume_config(run.run_dir, overrides)
+        _check_status(run, run.status == FINISHED and "max_steps" in overrides)  # a running run: before preflight
+        if "max_steps" in overrides:
+            ckpt = self.store.last_checkpoint(run_id)
+            step = run.step if run.status == FINISHED else (ckpt.step if ckpt is not None else 0)
+            where = (f"where run {run_id} finished" if run.status == FINISHED else
+                     f"where run {run_id} resumes from (checkpoint {step_dir_name(step)})" if ckpt is not None
+                     else f"run {run_id} has no checkpoint and starts again from step 0")
+            if cfg.max_steps <= step:
+                raise ConfigError("max_steps", f"{cfg.max_steps} is at or below step {step}, {where}; "
+                                               f"give max_steps > {step}")
+        preflight(cfg)
+        new = {**cfg.to_dict(), "entry": config.get("entry", kinds.TRAIN_ENTRY)} if overrides else None
+        return cfg.max_steps, new
+
+    def resume_in_place(self, run_id: str, claim: dict | None = None, total_steps: int | None = None,
+                        config: dict | None = None) -> Run:
         """The first half of `resume`: check, trim and re-queue, without starting a worker. With `claim`
         (worker fields of the calling process: the CLI then runs the worker in its own process) the run
         goes straight to running, or DevicesBusyError is raised and nothing changes. `total_steps` above the
-        run's step also re-opens a finished run (continue it for more steps; its config.json must say so)."""
+        run's step also re-opens a finished run (continue it for more steps; `config`, the run's new
+        config.json from `check_resume`, says so: it is written before the run is queued, and put back when
+        it is not)."""
         run = self.store.get(run_id)
         extend = total_steps is not None and total_steps > run.step
-        if not run.is_resumable and not (run.status == FINISHED and extend):
-            why = (f"it is complete at step {run.step}; continue it with --set max_steps=N (N > {run.step})"
-                   if run.status == FINISHED else "only stopped, failed or finished runs can be resumed")
-            raise RunStateError(f"run {run_id}: is {run.status}; {why}")
+        _check_status(run, extend)
         check_resumable(run.run_dir)
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
@@ -400,18 +465,27 @@ class Launcher:
                                      f"{step_dir_name(step)}); give {field} >= {step}")
         if claim is not None:
             self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
-        self.store.trim_after(run_id, step)
-        self.store.clear_stop_request(run_id)
-        message = (f"resumed from checkpoint {step_dir_name(step)}" if ckpt is not None
-                   else "resumed without a checkpoint: starts again from step 0")
-        fields = {"resume": 1, "step": step, "message": message}
-        if total_steps is not None:
-            fields["total_steps"] = int(total_steps)
-        expect = RESUMABLE | ({FINISHED} if extend else set())
-        if claim is not None:
-            return self.store.requeue_and_claim(run_id, fields, claim, expect=expect)
-        if self.store.try_set_status(run_id, QUEUED, expect=expect, **fields) is None:
-            raise RunStateError(f"run {run_id}: is {self.store.get(run_id).status} now; not resumed")
+        path, before = run.run_dir / CONFIG_FILE, None
+        if config is not None:  # before the run is queued: a worker that starts at once reads the new one
+            before = json.loads(path.read_text())
+            write_json_atomic(path, config)
+        try:
+            self.store.trim_after(run_id, step)
+            self.store.clear_stop_request(run_id)
+            message = (f"resumed from checkpoint {step_dir_name(step)}" if ckpt is not None
+                       else "resumed without a checkpoint: starts again from step 0")
+            fields = {"resume": 1, "step": step, "message": message}
+            if total_steps is not None:
+                fields["total_steps"] = int(total_steps)
+            expect = RESUMABLE | ({FINISHED} if extend else set())
+            if claim is not None:
+                return self.store.requeue_and_claim(run_id, fields, claim, expect=expect)
+            if self.store.try_set_status(run_id, QUEUED, expect=expect, **fields) is None:
+                raise RunStateError(f"run {run_id}: is {self.store.get(run_id).status} now; not resumed")
+        except BaseException:
+            if before is not None:  # not resumed (its devices are busy, its status changed): its config as it was
+                write_json_atomic(path, before)
+            raise
         return self.store.get(run_id)
 
     def wait(self, run_id: str, timeout: float | None = None, poll_s: float = 0.5) -> Run:

@@ -94,38 +94,6 @@ class _Tee:
         return bool(self.streams) and self.streams[0].isatty()
 
 
-FIXED_ON_RESUME = ("method", "model", "init_weights", "data", "data_path", "data_subset", "seed")  # what the checkpoint and data order depend on
-
-
-def _resume_config(run_dir: Path, overrides: list[str]):
-    """The run's config.json validated (errors name the file), with --set applied (errors name the field)."""
-    import json
-
-    from core.errors import ConfigError
-    from core.runs.launcher import check_resumable
-    from core.vapi import config as C
-    from core.runs.kinds import TRAIN_ENTRY as ENTRY
-
-    check_resumable(run_dir)  # config.json is a JSON object, trainer_state.json files hold integer steps
-    path = run_dir / "config.json"
-    config = json.loads(path.read_text())
-    if config.get("entry", ENTRY) != ENTRY:
-        raise ConfigError("--resume", f"{run_dir} is not a training run (entry {config.get('entry')!r}); "
-                                      "resume it with `python -m core runs resume`")
-    base = {k: v for k, v in config.items() if k != "entry"}
-    for key in C.parse_overrides(overrides):
-        if key.split(".", 1)[0] in FIXED_ON_RESUME:
-            raise ConfigError(key, "cannot change on resume (the run's checkpoints and data order depend on it); start a new "
-                                   "run from one of its checkpoints instead: --set init_weights=RUN/checkpoints/step-N/model.pt")
-    try:
-        C.VapiConfig.from_dict(base)
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e.field}", f"{str(e).split(': ', 1)[1]}; fix the file "
-                                                f"(or pass --set {e.field}=VALUE)") from None
-    cfg = C.resolve(None, C.parse_overrides(overrides), base=base)
-    return cfg, config
-
-
 class _Busy(Exception):
     pass
 
@@ -197,12 +165,10 @@ def _open_run(args) -> int | tuple[Path, bool]:
     import os
 
     from core.errors import ConfigError
-    from core.runs.launcher import Launcher
-    from core.runs.store import RunNotFoundError, RunStore, process_start_time, write_json_atomic
+    from core.runs.launcher import Launcher, resume_config
+    from core.runs.store import RunNotFoundError, RunStore, process_start_time
     from core.vapi import config as C
-    from core.vapi.preflight import preflight
     from core.runs import kinds
-    from core.runs.kinds import TRAIN_ENTRY as ENTRY
 
     me = {"worker_pid": os.getpid(), "worker_start": process_start_time(os.getpid())}
     if args.resume is not None:
@@ -215,19 +181,19 @@ def _open_run(args) -> int | tuple[Path, bool]:
         except RunNotFoundError:  # a folder the index lacks (copied in, or an index rebuilt elsewhere)
             store.reindex()
             store.get(run_dir.name)
-        cfg, config = _resume_config(run_dir, args.overrides)
+        overrides = C.parse_overrides(args.overrides)
         if args.print_config:
-            print(cfg.to_json())
+            print(resume_config(run_dir, overrides)[0].to_json())
             return 0
-        preflight(cfg)
         launcher = Launcher(store)
+        # its config.json checked with the changes (preflight too), and rewritten with them before it runs
+        total_steps, config = launcher.check_resume(run_dir.name, overrides)
         try:
-            _start_when_free(lambda: launcher.resume_in_place(run_dir.name, claim=me, total_steps=cfg.max_steps),
+            _start_when_free(lambda: launcher.resume_in_place(run_dir.name, claim=me, total_steps=total_steps,
+                                                              config=config),
                              launcher, args.wait)
         except _Busy:
             return 3
-        if args.overrides:  # the run continues with the new values: config.json says what it runs with
-            write_json_atomic(run_dir / "config.json", {**cfg.to_dict(), "entry": config.get("entry", ENTRY)})
         resume = True
     else:
         if args.preset is None and not args.overrides:
@@ -238,7 +204,7 @@ def _open_run(args) -> int | tuple[Path, bool]:
             return 0
         from core.device import check_visible, devices_of, launched_world
         from core.errors import UserError
-        from core.vapi.preflight import PreflightError, problems_of
+        from core.vapi.preflight import PreflightError, preflight, problems_of
 
         devices, bad_devices = None, None
         if args.devices:  # a bad --devices joins preflight's report: every problem in one round
