@@ -497,9 +497,12 @@ def test_runs_overlay_curves_export_csv_and_show_a_job_instead_of_training_panel
     assert any("0 by construction" in a["text"] for a in curves["layout"]["annotations"])
     trained = json.loads(served.ui.refresh(runs[1])["training curves"]["plot"])
     assert not any("by construction" in a["text"] for a in trained["layout"]["annotations"])
-    job = store.create_run("eval base", {"entry": EVAL_ENTRY, "model": "demo-c2i"}, "cpu", 100)
+    job = store.create_run("eval base", {"entry": EVAL_ENTRY, "model": "demo-c2i", "extractor": "demo"}, "cpu", 100)
+    store.append_metrics(job.id, 100, {"fid": 1.25, "precision": 0.7})
     view = served.ui.refresh(job.id)
     assert view["job results"]["visible"] is True and "eval job" in view["job results"]["value"]
+    latest = view["latest metrics"]  # named as Evaluate names them: a demo-feature FD is not "fid"
+    assert latest["FD (demo evaluator)"] == 1.25 and latest["precision (demo evaluator)"] == 0.7 and "fid" not in latest
     assert "no training curves" in view["job results"]["value"]
     view = served.ui.refresh(runs[1])
     assert view["job results"]["visible"] is False

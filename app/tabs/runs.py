@@ -11,6 +11,8 @@ last step it has (`RunStore.read_metrics(run_id, after_step=last)`) and sends on
 """
 from __future__ import annotations
 
+import contextlib
+
 import html
 from typing import Any, Optional
 
@@ -101,15 +103,20 @@ def overlay(store, run_ids: list[str], x_axis: str, log_y: bool, smoothing: floa
     return plots.overlay_figure(series, x_axis, log_y, smoothing)
 
 
-def latest_metrics(series: dict) -> dict:
+def latest_metrics(series: dict, extractor: Optional[str] = None) -> dict:
     """The newest metrics row as the page shows it: the step first, the wall-clock time as a local date and time
-    (the row holds seconds since the epoch)."""
+    (the row holds seconds since the epoch); with an evaluation job's `extractor`, its metrics named as Evaluate
+    names them ("FD (demo evaluator)", not "fid")."""
     import time
+
+    from core.eval.summary import metric_label
 
     n = len(series["steps"]) - 1
     row = {k: v[n] for k, v in series.items() if k != "steps" and v[n] is not None}
     if isinstance(row.get("time"), (int, float)):
         row["time"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["time"]))
+    if extractor is not None:
+        row = {metric_label(k, extractor): v for k, v in row.items()}
     return {"step": series["steps"][n], **row}
 
 
@@ -208,7 +215,11 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
         view["job"] = job
     latest = skip
     if added:
-        latest = view["latest"] = latest_metrics(series)
+        extractor = None
+        if kind == views.EVAL_KIND:
+            with contextlib.suppress(OSError, ValueError):
+                extractor = store.read_config(run_id).get("extractor") or "inception"
+        latest = view["latest"] = latest_metrics(series, extractor)
 
     recent = [{"step": s, "time": t} for s, t in zip(series["steps"][-views.ETA_WINDOW:],
                                                         series.get("time", [])[-views.ETA_WINDOW:]) if t is not None]
