@@ -143,10 +143,21 @@ def test_t2i_stand_in_samples_compares_and_evaluates_through_the_cli(world, tiny
     other = np.asarray(Image.open(tmp_path / "samples" / names[2]))
     assert not np.array_equal(a, other)  # the same seed, the other prompt: the caption features reach the sampler
 
-    cli("compare", "--base", model, "--aligned", str(weights), "--model", model, "--view", "free", "--prompts", *prompts,
+    # the aligned side: the stand-in's weights with its output head moved, so a Compare that sampled the base
+    # model on both sides (ignoring --aligned) shows identical pairs and fails below
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    sd = state.get("model", state)
+    head = next(k for k in sd if k.endswith("output.weight"))
+    sd[head] = sd[head] + 0.5 * torch.randn(sd[head].shape, generator=torch.Generator().manual_seed(0))
+    aligned = tmp_path / "aligned.pt"
+    torch.save(state, aligned)
+    cli("compare", "--base", model, "--aligned", str(aligned), "--model", model, "--view", "free", "--prompts", *prompts,
         "--seeds", "0", "--out", str(tmp_path / "compare"))
     scores = json.loads((tmp_path / "compare" / "scores.json").read_text())
     assert [row["condition"] for row in scores["rows"]] == prompts
+    pairs = [(np.asarray(Image.open(tmp_path / "compare" / f"{i:03d}_base.png")),
+              np.asarray(Image.open(tmp_path / "compare" / f"{i:03d}_aligned.png"))) for i in range(len(prompts))]
+    assert any(not np.array_equal(b, a) for b, a in pairs)  # the aligned side samples the aligned weights
 
     evaluator = train_tiny_evaluator(tmp_path, steps=2)
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
