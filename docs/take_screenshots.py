@@ -9,6 +9,12 @@ Playwright (Debian: apt-get install -y chromium) and writes docs/compare.png (te
 the newest run against the base, with per-class numbers), docs/compare_prefix.png (shared prefix),
 docs/runs.png (the two newest runs overlaid) and docs/evaluate.png (an evaluation of the newest
 checkpoint and its base: 1000 samples x 3 seeds each, a few minutes on 2 CPU cores).
+
+Each demo step takes about a minute on 2 busy CPU cores (the two runs: about 40 min); for docs/evaluate.png alone,
+one short run is enough:
+
+    python -m core train --preset demo-c2i --runs-dir RUNS --set max_steps=2 --set save_steps=2 --set preview_steps=2
+    python docs/take_screenshots.py --runs-dir RUNS --out docs --skip-compare --skip-runs
 """
 from __future__ import annotations
 
@@ -50,12 +56,29 @@ def compare(page, args, newest: str, expect) -> None:
     page.screenshot(path=str(args.out / "compare_prefix.png"), full_page=True)
 
 
+def runs_overlay(page, args, newest: str, other: str, expect) -> None:
+    """The Runs tab: the two newest runs overlaid, their CSV exported."""
+    page.get_by_role("tab", name="Runs").click()
+    page.get_by_role("button", name=re.compile("Overlay runs")).click()  # a closed section: the page stays short
+    pick = page.locator("#runs-overlay-runs input")
+    for run_id in (other, newest):
+        pick.click()
+        page.get_by_role("option", name=re.compile(re.escape(run_id))).click()
+    page.keyboard.press("Escape")  # close the list of runs
+    page.locator("#runs-overlay-csv").click()
+    expect(page.locator("#runs-overlay-file")).to_contain_text(re.compile(r"metrics\s*\.csv"), timeout=60_000)
+    expect(page.locator("#runs-overlay .legend")).to_contain_text(other, timeout=60_000)
+    page.wait_for_timeout(2500)
+    page.screenshot(path=str(args.out / "runs.png"), full_page=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs-dir", type=Path, required=True)
     ap.add_argument("--out", type=Path, default=Path("docs"))
     ap.add_argument("--skip-evaluate", action="store_true")
     ap.add_argument("--skip-compare", action="store_true")
+    ap.add_argument("--skip-runs", action="store_true", help="no runs.png (it needs two runs)")
     args = ap.parse_args()
     from playwright.sync_api import expect, sync_playwright
 
@@ -68,7 +91,7 @@ def main() -> int:
 
     store = app.ctx.store
     runs = [r for r in store.list_runs() if r.kind == views.TRAIN_KIND]  # not eval jobs
-    newest, other = runs[0].id, runs[1].id
+    newest = runs[0].id
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         with sync_playwright() as p:
@@ -80,18 +103,8 @@ def main() -> int:
             if not args.skip_compare:
                 compare(page, args, newest, expect)
 
-            page.get_by_role("tab", name="Runs").click()
-            page.get_by_role("button", name=re.compile("Overlay runs")).click()  # a closed section: the page stays short
-            pick = page.locator("#runs-overlay-runs input")
-            for run_id in (other, newest):
-                pick.click()
-                page.get_by_role("option", name=re.compile(re.escape(run_id))).click()
-            page.keyboard.press("Escape")  # close the list of runs
-            page.locator("#runs-overlay-csv").click()
-            expect(page.locator("#runs-overlay-file")).to_contain_text(re.compile(r"metrics\s*\.csv"), timeout=60_000)
-            expect(page.locator("#runs-overlay .legend")).to_contain_text(other, timeout=60_000)
-            page.wait_for_timeout(2500)
-            page.screenshot(path=str(args.out / "runs.png"), full_page=True)
+            if not args.skip_runs:
+                runs_overlay(page, args, newest, runs[1].id, expect)
 
             if not args.skip_evaluate:
                 page.get_by_role("tab", name="Evaluate").click()

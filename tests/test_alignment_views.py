@@ -87,6 +87,8 @@ def test_rows_outline_changed_tokens_and_the_difference_map_is_zero_only_where_e
     b[1, 2] = 255
     heat = A.diff_heatmap(a, b)
     assert heat[1, 2].tolist() == [255, 255, 255] and heat.sum() == 3 * 255
+    faint = A.diff_heatmap(a, a + 13)  # a typical pair's |Δ| of 0.05 reads as red, not as nearly black
+    assert faint[0, 0, 0] > 150 and A.heat_position(0.05) > 0.2
 
 
 def test_verdicts_call_a_change_only_outside_the_noise():

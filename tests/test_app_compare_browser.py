@@ -215,3 +215,62 @@ def test_demo_t2i_launches_from_the_form_with_preview_prompts_and_shows_a_step_b
 
         rows = _json.loads(previews[-1].read_text())["rows"]
         assert rows == ["one red circle on a white background", "two blue bars on the left"]
+
+
+GALLERY_LAYOUT_JS = """panels => {
+  const box = document.querySelector('#compare-gallery').getBoundingClientRect();
+  const items = [...document.querySelectorAll('#compare-gallery .thumbnail-item')];
+  const problems = [];
+  items.forEach((item, i) => {
+    const img = item.querySelector('img').getBoundingClientRect();
+    const first = items[i - i % panels].querySelector('img').getBoundingClientRect();
+    if (Math.abs(img.top - first.top) > 2) problems.push(`panel ${i}: not on its row's line`);
+    if (img.left < box.left - 1 || img.right > box.right + 1 || img.right > window.innerWidth)
+      problems.push(`panel ${i}: cut (${img.left}..${img.right} of ${box.left}..${box.right})`);
+    const label = item.querySelector('.caption-label');
+    if (!label || label.scrollWidth > label.clientWidth + 1 || label.scrollHeight > label.clientHeight + 1)
+      problems.push(`panel ${i}: label truncated: ${label ? label.textContent : 'none'}`);
+  });
+  if (items.length % panels) problems.push(`${items.length} panels is not whole rows of ${panels}`);
+  return problems;
+}"""
+
+
+def test_compare_gallery_rows_fit_a_1000px_window_with_labels_and_a_colour_scale(served, tmp_path):
+    """Issue 21 item 7: at 1000 px the prefix and free-running views show each row's 3 panels on one line, none
+    cut, every label whole, a colour scale for the difference maps and a table caption naming only what it has."""
+    from playwright.sync_api import expect
+
+    app, url = served
+    aligned, step = train_demo_run(app.ctx.store, 2, name="aligned", learning_rate=1e-2)
+    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with browser_page(url) as page:
+        page.set_viewport_size({"width": 1000, "height": 900})
+        page.get_by_role("tab", name="Compare").click()
+        expect(page.locator("#compare-aligned input")).to_have_value(re.compile(f"{aligned}.*step {step}"),
+                                                                    timeout=20_000)
+        seeds = page.locator("#compare-seeds textarea, #compare-seeds input").first
+        seeds.fill("0")
+        seeds.press("Tab")
+        samples = page.locator("#compare-class-samples input")
+        samples.fill("0")
+        samples.press("Tab")
+        status, gallery = page.locator("#compare-status"), page.locator("#compare-gallery")
+        for label, title in (("shared prefix", "shared prefix"), ("free-running (two distributions)", "free-running")):
+            page.get_by_label(label).check()
+            page.locator("#compare-generate").click()
+            expect(status).to_contain_text(title, timeout=WAIT_MS)
+            expect(page.locator("#compare-generate")).to_be_enabled(timeout=WAIT_MS)
+            expect(gallery.locator("img").first).to_be_visible(timeout=30_000)
+            page.wait_for_timeout(800)  # the grid settles once its images have loaded
+            assert gallery.locator("img").count() % 3 == 0
+            gallery.scroll_into_view_if_needed()
+            assert page.evaluate(GALLERY_LAYOUT_JS, 3) == [], title
+            scale = page.locator("#compare-diff-scale")
+            expect(scale).to_be_visible()
+            expect(scale).to_contain_text("|base − aligned|")
+            rows = page.locator("#compare-rows")
+            expect(rows).to_contain_text("per row: tokens that differ")
+            expect(rows).not_to_contain_text("reward terms")
+            screenshot(page, shots, f"compare-1000px-{title.replace(' ', '-')}")

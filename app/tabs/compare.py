@@ -202,6 +202,21 @@ def status_text(result) -> str:
     return "  \n".join(lines)
 
 
+DIFF_TICKS = (0.0, 0.01, 0.05, 0.25, 1.0)  # mean |Δ| over RGB marked on the colour scale
+
+
+def diff_scale_html() -> str:
+    """The difference maps' colour scale: the heat map's colours (core.eval.alignment.HEAT_STOPS) with the mean |Δ|
+    each stands for, at the positions the map puts them."""
+    from core.eval.alignment import HEAT_STOPS, heat_position
+
+    stops = ", ".join(f"{c} {100 * p:.1f}%" for p, c in HEAT_STOPS)
+    ticks = "".join(f'<span style="left:{100 * heat_position(d):.1f}%">{d:g}</span>' for d in DIFF_TICKS)
+    return ('<div class="diff-scale"><span class="diff-scale-title">colour of |base − aligned| (mean |Δ| over RGB, '
+            f'0 = equal, 1 = 255 apart)</span><div class="diff-scale-bar" style="background: linear-gradient(to right, '
+            f'{stops})"></div><div class="diff-scale-ticks">{ticks}</div></div>')
+
+
 def row_label(view) -> str:
     """The per-row table's caption: only what this view's table has."""
     scores = view.rows[0].scores.get("base", {}) if view.rows else {}
@@ -318,6 +333,7 @@ def build(ctx: BuildContext) -> None:
     gallery = gr.Gallery(label="rows: [ground truth |] base | aligned | difference",
                          columns=panels_per_row("teacher-forced") * ROWS_PER_LINE,
                          height="auto", object_fit="contain", elem_id="compare-gallery", format="png", preview=False)
+    gr.HTML(diff_scale_html(), elem_id="compare-diff-scale")
     rows_table = gr.Dataframe(value=None, interactive=False, wrap=True, max_height=320, elem_id="compare-rows",
                               label="per row")
     class_table = gr.Dataframe(headers=CLASS_HEADERS, value=[], interactive=False, wrap=True, visible=False,

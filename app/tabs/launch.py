@@ -50,6 +50,8 @@ LAYOUT = {  # inputs per row in each section, in order; fields not named here fo
                     ["preview_seeds", "preview_cfg_scale"], ["kl_probe_size", "report_to"]],
 }
 KEYS = ["preset", "name", "devices", *form.FIELD_NAMES]  # every input of the form, in the endpoint's order
+SWEEP_PARAMS = ("vary", "one_at_a_time", "eval", "num_samples", "num_seeds")  # the sweep's inputs, after the form's
+SAVED_KEY = "vapi-launch-form"  # the browser's localStorage key of the form (gr.BrowserState): a reload keeps it
 
 
 def api_name_of(key: str) -> str:
@@ -209,6 +211,39 @@ def estimate_text(plan: form.LaunchPlan) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- the form kept in the browser
+def _allowed(component: Any) -> set | None:
+    """The values a choice input accepts (None: any value)."""
+    choices = getattr(component, "choices", None)
+    if choices is None or getattr(component, "allow_custom_value", False):
+        return None
+    return {c[1] if isinstance(c, (tuple, list)) else c for c in choices}
+
+
+def restorable(component: Any, value: Any) -> bool:
+    """Whether a value saved in the browser still fits `component`: a choice that is still offered (a removed
+    preset or model is not), a number for a number box, a bool for a checkbox, text for a text box."""
+    allowed = _allowed(component)
+    if isinstance(component, gr.CheckboxGroup) or getattr(component, "multiselect", False):
+        return isinstance(value, list) and (allowed is None or all(v in allowed for v in value))
+    if allowed is not None:
+        return value in allowed
+    if isinstance(component, gr.Checkbox):
+        return isinstance(value, bool)
+    if isinstance(component, gr.Number):
+        return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+    if isinstance(component, gr.Textbox):
+        return isinstance(value, str)
+    return True
+
+
+def restored(components: dict[str, Any], saved: Any) -> list:
+    """Updates restoring the saved values of `components` (key -> input): a key saved with a value that no longer
+    fits keeps the input as it is (the default, as the page opened), as does a key not saved."""
+    saved = saved if isinstance(saved, dict) else {}
+    return [saved[k] if k in saved and restorable(c, saved[k]) else gr.skip() for k, c in components.items()]
+
+
 # ----------------------------------------------------------------------------- the tab
 def build(ctx: BuildContext) -> None:
     app = ctx.app
@@ -278,7 +313,8 @@ def build(ctx: BuildContext) -> None:
             start = form.build_plan(DEFAULT_PRESET, defaults, default_devices(DEFAULT_PRESET), DEFAULT_PRESET)
             cli = gr.Code(value=start.cli, language="shell", label="equivalent command", interactive=False,
                           elem_id="launch-cli", wrap_lines=True)
-            with gr.Accordion("Sweep: several values, one table with verdicts", open=False, elem_id="sweep-section"):
+            with gr.Accordion("Sweep: several values, one table with verdicts", open=False,
+                              elem_id="sweep-section") as sections["sweep"]:
                 sweep_in = [gr.Textbox(label="vary", lines=3, info=sweep_ui.VARY_HELP, elem_id="sweep-vary"),
                             gr.Checkbox(value=True, label="one at a time", elem_id="sweep-one-at-a-time"),
                             gr.Dropdown(choices=["demo", "fid", "adherence"], value="demo", label="evaluation",
@@ -289,6 +325,7 @@ def build(ctx: BuildContext) -> None:
                     sweep_plan_btn = gr.Button("Plan sweep", size="sm")
                     sweep_queue_btn = gr.Button("Queue sweep", variant="primary", size="sm", elem_id="sweep-queue")
                 sweep_status = gr.Markdown("", elem_id="sweep-status")
+            reset_btn = gr.Button("Reset form", size="sm", elem_id="launch-reset")
     flagged = gr.State(None)
     inputs = [comps[k] for k in KEYS]
     section_list = [sections[g] for g in form.GROUPS if g in sections]
@@ -434,7 +471,6 @@ def build(ctx: BuildContext) -> None:
             return f"✗ **Not a valid sweep** — {e}"
         return sweep_ui.summary(app.store, cfg, variants)
 
-    SWEEP_PARAMS = ("vary", "one_at_a_time", "eval", "num_samples", "num_seeds")  # after the form's fields
     plan_sweep.__signature__ = inspect.Signature(
         [inspect.Parameter(api_name_of(k), inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in [*KEYS, *SWEEP_PARAMS]])
     sweep_plan_btn.click(plan_sweep, inputs=[*inputs, *sweep_in], outputs=sweep_status, api_name="plan_sweep")
@@ -455,6 +491,43 @@ def build(ctx: BuildContext) -> None:
         queue_sweep.__signature__ = plan_sweep.__signature__
         sweep_queue_btn.click(queue_sweep, inputs=[*inputs, *sweep_in], outputs=[sweep_status, ctx.tabs, run_select],
                               api_name="queue_sweep", concurrency_limit=1)
+
+    # --- the form kept in the browser (localStorage): saved on each change, restored as the page opens; a stored
+    # value that no longer fits (a removed preset, a model no longer offered) leaves that input at its default
+    kept = {**comps, **{f"sweep.{p}": c for p, c in zip(SWEEP_PARAMS, sweep_in)}}
+    kept_defaults = {k: c.value for k, c in kept.items()}
+    saved = gr.BrowserState(None, storage_key=SAVED_KEY, secret=SAVED_KEY)  # not secret: the form holds no keys
+    opened = gr.BrowserState([], storage_key=f"{SAVED_KEY}-sections", secret=SAVED_KEY)
+    gr.on([c.change for c in kept.values()], lambda *vals: dict(zip(kept, vals)), inputs=list(kept.values()),
+          outputs=saved, trigger_mode="always_last", show_progress="hidden", api_visibility="private",
+          concurrency_limit=None, queue=False)
+    for name, acc in sections.items():
+        acc.expand(lambda now, name=name: sorted({*(now or []), name}), inputs=opened, outputs=opened,
+                   api_visibility="private", show_progress="hidden", queue=False)
+        acc.collapse(lambda now, name=name: sorted(set(now or []) - {name}), inputs=opened, outputs=opened,
+                     api_visibility="private", show_progress="hidden", queue=False)
+
+    def restore(values, open_now):
+        values = values if isinstance(values, dict) else {}
+        out = restored(kept, values)
+        model = values.get("model")
+        if model != kept_defaults["model"] and restorable(comps["model"], model):  # offer the restored model's classes
+            valid = {v for _, v in form.class_choices(model)}
+            classes = values.get("preview_classes") if isinstance(values.get("preview_classes"), list) else []
+            out[list(kept).index("preview_classes")] = gr.update(choices=form.class_choices(model),
+                                                                 value=[c for c in classes if c in valid])
+        return (*out, *[gr.update(open=True) if n in (open_now or []) else gr.skip() for n in sections])
+
+    ctx.blocks.load(restore, inputs=[saved, opened], outputs=[*kept.values(), *sections.values()],
+                    api_visibility="private", show_progress="hidden") \
+        .then(live, inputs=[*inputs, flagged], outputs=check_outputs, api_visibility="private", show_progress="hidden")
+
+    def reset():
+        return (*kept_defaults.values(), *[gr.update(open=False)] * len(sections), [])
+
+    reset_btn.click(reset, outputs=[*kept.values(), *sections.values(), opened], api_visibility="private",
+                    show_progress="hidden") \
+        .then(live, inputs=[*inputs, flagged], outputs=check_outputs, api_visibility="private", show_progress="hidden")
 
     ctx.after_build(wire_launch)
     ctx.after_build(wire_sweep)

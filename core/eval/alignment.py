@@ -170,9 +170,19 @@ def mark_prefix(image: np.ndarray, rows: int, grid_h: int, color=PREFIX_EDGE) ->
     return out
 
 
+HEAT_GAMMA = 0.5  # the heat map's colour is at |Δ|^0.5 along its scale: a typical |Δ| of 0.05 is red, not black
+HEAT_STOPS = ((0.0, "#000000"), (1 / 3, "#ff0000"), (2 / 3, "#ffff00"), (1.0, "#ffffff"))  # position -> colour
+
+
+def heat_position(d: float) -> float:
+    """Where a mean |Δ| over RGB (0..1) sits on the heat map's colour scale (0..1)."""
+    return float(np.clip(d, 0.0, 1.0)) ** HEAT_GAMMA
+
+
 def diff_heatmap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a - b| averaged over RGB as a heat map [H, W, 3] uint8: black (equal) -> red -> yellow -> white (255 apart)."""
-    d = np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=-1) / 255.0  # [H, W] in [0, 1]
+    """|a - b| averaged over RGB as a heat map [H, W, 3] uint8: black (equal) -> red -> yellow -> white (255 apart),
+    the colour at |Δ|^HEAT_GAMMA along that scale (HEAT_STOPS; the Compare tab draws it under the gallery)."""
+    d = (np.abs(a.astype(np.int16) - b.astype(np.int16)).mean(axis=-1) / 255.0) ** HEAT_GAMMA  # [H, W] in [0, 1]
     r = np.clip(3 * d, 0, 1)
     g = np.clip(3 * d - 1, 0, 1)
     bl = np.clip(3 * d - 2, 0, 1)
