@@ -6,14 +6,14 @@ x 6 samples x 2 seeds, demo features) is computed in this process as a run folde
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from core.runs.store import FINISHED, RUNNING, RunStore
+from core.runs.store import RunStore
 from tests.helpers import served_app
-from tests.test_app_browser import browser_page, require_chromium
-from tests.test_app_eval_tabs import STEP, aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
+from tests.test_app_browser import browser_page
+from tests.test_app_eval_tabs import (STEP, aligned_run, browser_store, evaluator_file,  # noqa: F401 - a fixture
+                                     finished_job)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
 
@@ -32,18 +32,12 @@ def compared(store: RunStore, aligned: str) -> str:
 
     cfg = EmbeddingConfig(model="demo-c2i", aligned_weights=f"{aligned}@{STEP}", classes=CLASSES, per_class=6,
                           batch_size=6, projections=["tsne"], device="cpu", num_seeds=2)
-    run = store.create_run("shift", {**cfg.to_dict(), "entry": EMBEDDINGS_ENTRY}, "cpu", cfg.total_samples)
-    store.set_status(run.id, RUNNING)
-    assert embedding_shift(cfg, run.run_dir, runs_dir=store.runs_dir, log=lambda *a: None) is not None
-    store.set_status(run.id, FINISHED)
-    return run.id
+    return finished_job(store, "shift", cfg, EMBEDDINGS_ENTRY, embedding_shift)
 
 
 @pytest.fixture
 def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    require_chromium()
-    shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # the demo evaluator's default place
-    store = RunStore(tmp_path / "runs")
+    store = browser_store(tiny_demo, evaluator_file, tmp_path)
     job = compared(store, aligned_run(store))
     with served_app(tmp_path, monkeypatch, [tmp_path]) as (app, url):
         yield app, url, job

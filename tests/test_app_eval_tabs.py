@@ -56,6 +56,26 @@ def aligned_run(store) -> str:
     return run.id
 
 
+def finished_job(store, name: str, cfg, entry: str, work) -> str:
+    """A finished job's run folder (what the worker of an eval / embeddings job leaves), computed in this process by
+    `work(cfg, run_dir, runs_dir=..., log=...)` (the job's own function)."""
+    run = store.create_run(name, {**cfg.to_dict(), "entry": entry}, "cpu", cfg.total_samples)
+    store.set_status(run.id, RUNNING)
+    assert work(cfg, run.run_dir, runs_dir=store.runs_dir, log=lambda *a: None) is not None
+    store.set_status(run.id, FINISHED)
+    return run.id
+
+
+def browser_store(tiny_demo, evaluator_file, tmp_path):
+    """Chromium present, the evaluator where the demo keeps it, and a runs store in `tmp_path`."""
+    from core.runs.store import RunStore
+    from tests.test_app_browser import require_chromium
+
+    require_chromium()
+    shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # the demo evaluator's default place
+    return RunStore(tmp_path / "runs")
+
+
 class UI:
     """gradio_client plus outputs by label; `poll` keeps the last value an endpoint sent for each output."""
 

@@ -4,14 +4,14 @@ evaluations (the base and a checkpoint of the tiny demo, 12 samples x 2 seeds, d
 process as run folders, so the page shows full results rows without a worker."""
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from core.runs.store import FINISHED, RUNNING, RunStore
+from core.runs.store import RunStore
 from tests.helpers import served_app
-from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS, require_chromium
-from tests.test_app_eval_tabs import STEP, aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
+from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_app_eval_tabs import (STEP, aligned_run, browser_store, evaluator_file,  # noqa: F401 - a fixture
+                                     finished_job)
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
 
@@ -26,18 +26,12 @@ def evaluated(store: RunStore, weights, label: str) -> str:
 
     cfg = EvalConfig(model="demo-c2i", weights=weights, label=label, num_samples=12, batch_size=4, extractor="demo",
                      reference="shapes", metrics=["fid", "isc", "prc"], device="cpu", num_seeds=2)
-    run = store.create_run(f"eval {label}", {**cfg.to_dict(), "entry": EVAL_ENTRY}, "cpu", cfg.total_samples)
-    store.set_status(run.id, RUNNING)
-    assert evaluate(cfg, run.run_dir, runs_dir=store.runs_dir, log=lambda *a: None) is not None
-    store.set_status(run.id, FINISHED)
-    return run.id
+    return finished_job(store, f"eval {label}", cfg, EVAL_ENTRY, evaluate)
 
 
 @pytest.fixture
 def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    require_chromium()
-    shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # the demo evaluator's default place
-    store = RunStore(tmp_path / "runs")
+    store = browser_store(tiny_demo, evaluator_file, tmp_path)
     aligned = aligned_run(store)
     evaluated(store, None, "base")
     evaluated(store, f"{aligned}@{STEP}", "aligned")

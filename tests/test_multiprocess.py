@@ -90,11 +90,9 @@ def _processes_naming(run_dir: Path) -> list[int]:
     return found
 
 
-@pytest.mark.slow
-def test_ui_multi_device_route_stops_and_resumes_its_rank_group(tiny_demo, tmp_path, monkeypatch):
-    """The Runs tab's Stop and Resume on a run launched as 2 ranks (accelerate launch, gloo): every rank stops at
-    the same step boundary with one checkpoint, no process of the group is left, and the resumed group finishes
-    with every step recorded once."""
+def _two_rank_run(tmp_path, monkeypatch):
+    """A 40-step tiny demo-c2i run the UI's launcher started on 2 ranks (accelerate launch, gloo), two steps in:
+    (store, launcher, run)."""
     from tests.helpers import wait_for
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -104,6 +102,17 @@ def test_ui_multi_device_route_stops_and_resumes_its_rank_group(tiny_demo, tmp_p
     launcher = Launcher(store)
     run = launcher.submit("ui", {**cfg.to_dict(), "entry": ENTRY}, "cuda:0,1", cfg.max_steps)
     wait_for(lambda: store.get(run.id).step >= 2, "two steps on 2 ranks", 300, poll=0.2, tick=launcher)
+    return store, launcher, run
+
+
+@pytest.mark.slow
+def test_ui_multi_device_route_stops_and_resumes_its_rank_group(tiny_demo, tmp_path, monkeypatch):
+    """The Runs tab's Stop and Resume on a run launched as 2 ranks (accelerate launch, gloo): every rank stops at
+    the same step boundary with one checkpoint, no process of the group is left, and the resumed group finishes
+    with every step recorded once."""
+    from tests.helpers import wait_for
+
+    store, launcher, run = _two_rank_run(tmp_path, monkeypatch)
     assert len(_processes_naming(run.run_dir)) >= 3  # the launcher and its two ranks
     launcher.stop(run.id)
     stopped = launcher.wait(run.id, timeout=120)
@@ -129,13 +138,7 @@ def test_ui_multi_device_route_kill_leaves_no_rank_of_the_group_and_the_run_resu
     killed, and the resumed group finishes with every step once."""
     from tests.helpers import wait_for
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    cfg = resolve("demo-c2i", {**TINY, "max_steps": 40, "save_steps": 100, "preview_steps": 100})
-    store = RunStore(tmp_path / "runs")
-    launcher = Launcher(store)
-    run = launcher.submit("ui", {**cfg.to_dict(), "entry": ENTRY}, "cuda:0,1", cfg.max_steps)
-    wait_for(lambda: store.get(run.id).step >= 2, "two steps on 2 ranks", 300, poll=0.2, tick=launcher)
+    store, launcher, run = _two_rank_run(tmp_path, monkeypatch)
     group = _processes_naming(run.run_dir)
     assert len(group) >= 3  # the launcher and its two ranks
     try:
