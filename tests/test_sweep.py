@@ -287,7 +287,10 @@ def _foreground_sweep(runs: Path, signals: int) -> tuple[int, str]:
     proc = subprocess.Popen([sys.executable, "-m", "core", "sweep", *tiny, "--vary", "learning_rate=3e-5",
                              "--one-at-a-time", "--num-samples", "20", "--num-seeds", "1", "--runs-dir", str(runs)],
                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, text=True)
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}, text=True,
+                            # a terminal's Ctrl-C: SIGINT handled by default even where the suite itself runs as a
+                            # background job (SIGINT ignored, which the CLI rightly keeps: the stop never came)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         for line in proc.stdout:
