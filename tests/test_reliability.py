@@ -370,6 +370,17 @@ def steps_done(run_dir: Path) -> int:
         return 0
 
 
+def _until_done(cmd: list[str], timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """`cmd` again until it succeeds or `timeout` passes: a remount read-only or an unmount is refused ("busy")
+    while the live worker has the file open for writing, which it does for a moment at every step."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode == 0 or time.monotonic() > deadline:
+            return r
+        time.sleep(0.02)
+
+
 @contextmanager
 def read_only(path: Path):
     """`path` read-only for every process, root included (a read-only bind mount over the file)."""
@@ -377,11 +388,12 @@ def read_only(path: Path):
     if r.returncode != 0:
         pytest.skip(f"a read-only bind mount needs mount permission (root): {r.stderr.strip()}")
     try:  # in two steps: `mount --bind -o ro` once left a writable bind mount behind when its second half failed
-        r = subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], capture_output=True, text=True)
+        r = _until_done(["mount", "-o", "remount,bind,ro", str(path)])
         assert r.returncode == 0, f"{path}: the bind mount could not be made read-only: {r.stderr.strip()}"
         yield
     finally:
-        subprocess.run(["umount", str(path)], check=True)
+        if _until_done(["umount", str(path)]).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(path)], check=True)  # detached now, gone when the worker lets go
 
 
 @pytest.mark.slow
