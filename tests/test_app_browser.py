@@ -151,6 +151,54 @@ def test_tabs_a_run_and_a_comparison_in_chromium(served, tmp_path):
     assert {p.name for p in shots.glob("*.png")} >= {"launch.png", "runs.png", "compare.png"}
 
 
+WATCH_FLAG = """id => { const el = document.getElementById(id); window.__seen = [];
+    const state = () => el.className.includes('field-error') + '|' + (el.innerText.match(/⚠[^\\n]*/) || [''])[0];
+    new MutationObserver(() => { if (el.contains(document.activeElement)) window.__seen.push(state()); })
+        .observe(el, {attributes: true, childList: true, subtree: true, characterData: true});
+    return state(); }"""
+
+
+def test_a_field_being_typed_into_gets_no_check_until_it_is_left(served, monkeypatch):
+    """A check's answer that lands in a box while its user types can put back what the box held a moment before
+    (CI once launched with data_path '/' after '/tmp/...' was typed). Typed fields are checked when left (Tab, a
+    click elsewhere, Enter): typed slowly against a slowed check, the box is neither flagged nor cleared while it
+    has the focus, keeps every character, and is flagged (or cleared) once it is left."""
+    import time
+
+    from playwright.sync_api import expect
+
+    from app.tabs import launch
+
+    check = launch.check
+
+    def slow_check(*args, **kwargs):  # each answer lands mid-typing (keys 150 ms apart)
+        time.sleep(0.2)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(launch, "check", slow_check)
+    app, url = served
+    with browser_page(url) as page:
+        reveal(page, "Objective (Eq. 11)", "beta")
+        box = field(page, "beta")
+        for typed, flagged in (("-1.5", True), ("0.25", False)):
+            first = page.evaluate(WATCH_FLAG, "field-beta")
+            box.click()
+            box.press("Control+a")
+            box.press_sequentially(typed, delay=150)
+            page.wait_for_timeout(600)  # the answers to every key stroke would have landed by now
+            assert box.input_value() == typed
+            seen = page.evaluate("() => window.__seen")  # the flag's states while the box had the focus
+            assert set(seen) <= {first}, (first, seen)
+            box.press("Tab")
+            if flagged:
+                expect(page.locator("#field-beta")).to_have_class(re.compile("field-error"), timeout=20_000)
+                expect(page.locator("#field-beta")).to_contain_text("must be >= 0", timeout=20_000)
+            else:
+                expect(page.locator("#field-beta")).not_to_have_class(re.compile("field-error"), timeout=20_000)
+            expect(field(page, "beta")).to_have_value(typed)
+        expect(page.locator("#launch-cli")).to_contain_text("beta=0.25", timeout=20_000)
+
+
 PAPER_FORM = {  # preset -> (data folder kind, fields Table 7 fills)
     "llamagen-c2i-xxl": ("imagefolder", {"learning_rate": "0.000001", "xi": "0", "max_steps": "100"}),
     "llamagen-c2i-xl": ("imagefolder", {"learning_rate": "0.000001", "xi": "0", "max_steps": "100"}),

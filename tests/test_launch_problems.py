@@ -33,17 +33,28 @@ def test_every_problem_is_shown_under_its_field(ctx, tmp_path, tiny_demo):
     fields = [f for f, _ in e.value.problems]
     assert fields == ["data_subset", "model", "model", "reward_weights.lpips"], fields
     updates, sections, targets = launch._error_outputs(None, e.value, None, values)
-    assert targets == ["data_subset", "model", "reward_weights.lpips"]
+    assert list(targets) == ["data_subset", "model", "reward_weights.lpips"]
     by_key = dict(zip(launch.KEYS, updates))
     assert "rounds to 0" in by_key["data_subset"]["info"] and by_key["data_subset"]["elem_classes"] == ["field-error"]
     assert "c2i_XXL_384.pt" in by_key["model"]["info"] and "vq_ds16_c2i.pt" in by_key["model"]["info"]
     assert "vgg16-397923af.pth" in by_key["reward_weights.lpips"]["info"]
     status = launch._error_text(e.value, "Check failed")
     assert status.startswith("✗ **Check failed** — 4 problems:") and status.count("\n- `") == 4
-    # fixed fields are cleared on the next check (the flagged list comes back as the previous state)
+    # fixed fields are cleared on the next check (the flags come back as the previous state)
     updates, _, _ = launch._error_outputs(targets, None, None, values)
     cleared = dict(zip(launch.KEYS, updates))
     assert cleared["model"]["elem_classes"] == [] and cleared["data_subset"]["elem_classes"] == []
+    # the same problems again: no input gets an update (one could land while its user types, putting back an older
+    # value), nor is a section reopened; a flag whose text changed is sent, and an API caller's list of keys is
+    # answered in full
+    skip = launch.gr.skip()
+    again, sections, same = launch._error_outputs(targets, e.value, None, values)
+    assert same == targets and all(u == skip for u in again) and all(s == skip for s in sections)
+    changed = {**targets, "model": "an older text"}
+    again, _, _ = launch._error_outputs(changed, e.value, None, values)
+    assert [k for k, u in zip(launch.KEYS, again) if u != skip] == ["model"]
+    again, _, _ = launch._error_outputs(list(targets), e.value, None, values)
+    assert sorted(k for k, u in zip(launch.KEYS, again) if u != skip) == sorted(targets)
 
 
 def test_a_passing_check_shows_the_estimate_and_the_cpu_warning(ctx, tmp_path, tiny_demo, monkeypatch):

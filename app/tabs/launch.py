@@ -149,27 +149,38 @@ def data_path_info(kind: str, ctx) -> str:
 
 
 # ----------------------------------------------------------------------------- checking
-def _error_outputs(flagged, error: ConfigError | None, app, values: dict) -> tuple[list, list, list | None]:
+def _flags(flagged: Any) -> dict[str, str | None]:
+    """The flags shown before, as {form key: message}: the tab keeps a dict; a list of keys (or one key) from an
+    API caller means flags of unknown text, sent again."""
+    if isinstance(flagged, dict):
+        return {str(k): v for k, v in flagged.items()}
+    return {k: None for k in (flagged if isinstance(flagged, list) else [flagged] if flagged else [])}
+
+
+def _error_outputs(flagged, error: ConfigError | None, app, values: dict) -> tuple[list, list, dict | None]:
     """Updates for every input and section: each new error under its input (several for form.FormProblems), the
-    previous ones cleared. `flagged`: the inputs flagged before (a list; a single key from older states)."""
+    previous ones cleared, and the new flags ({form key: message}, for the next call). `flagged`: the flags shown
+    before (see _flags). An input whose flag is unchanged gets no update at all: an update reaching a text box while
+    its user types can put back the value the browser held a moment before (gradio 6 rebuilds the box's props), so
+    only a flag that appears, changes or goes sends one."""
     problems = getattr(error, "problems", None) or ([(error.field, str(error)[len(error.field) + 2:])] if error else [])
     targets: dict[str, str] = {}
     for field, message in problems:
         key = form.form_field_of(field)
         if key is not None:
             targets[key] = f"{targets[key]} · {message}" if key in targets else message
-    before = set(flagged if isinstance(flagged, list) else [flagged] if flagged else [])
+    before = _flags(flagged)
     updates = []
     for key in KEYS:
-        if key in targets:
+        if key in targets and before.get(key) != targets[key]:
             updates.append(gr.update(info=f"⚠ {targets[key]}", elem_classes=["field-error"]))
-        elif key in before:
+        elif key in before and key not in targets:
             updates.append(gr.update(info=field_info(key, app, values.get("data") or "shapes"), elem_classes=[]))
         else:
             updates.append(gr.skip())
-    groups = {form.BY_NAME[k].group for k in targets if k in form.BY_NAME}
+    groups = {form.BY_NAME[k].group for k in targets if k in form.BY_NAME and before.get(k) != targets[k]}
     sections = [gr.update(open=True) if g in groups else gr.skip() for g in form.GROUPS if g not in ("model", "data")]
-    return updates, sections, (list(targets) or None)
+    return updates, sections, (targets or None)
 
 
 def _values(args: tuple) -> dict[str, Any]:
@@ -331,7 +342,7 @@ def build(ctx: BuildContext) -> None:
     section_list = [sections[g] for g in form.GROUPS if g in sections]
     check_outputs = [*inputs, *section_list, status, cli, flagged]
 
-    # --- live validation and the CLI command (no files are read)
+    # --- validation and the CLI command as the form changes (no files are read)
     def checked(args, full: bool):
         """(the form's outputs, the plan): with an error the outputs are complete and the plan is None;
         otherwise the fields' cleared states, for the caller to add the status, CLI and flag."""
@@ -347,11 +358,18 @@ def build(ctx: BuildContext) -> None:
 
     def live(*args):
         out, plan = checked(args, full=False)
-        return out if plan is None else (*out, "", plan.cli, None)
+        if plan is not None:  # a status with no problem shown before is left alone: it may hold "Launched ..."
+            return (*out, "" if args[-1] else gr.skip(), plan.cli, None)
+        return out
 
     live.__signature__ = inspect.Signature([inspect.Parameter(api_name_of(k), inspect.Parameter.POSITIONAL_OR_KEYWORD)
                                             for k in [*KEYS, "flagged"]])
-    gr.on([comps[k].input for k in KEYS if k != "preset"], live, inputs=[*inputs, flagged], outputs=check_outputs, trigger_mode="always_last",
+    # a choice is checked as it is picked; a typed field once its user leaves it (Tab, a click elsewhere) or presses
+    # Enter, so no check's answer lands in a box while it is being typed into (see _error_outputs)
+    typed = (gr.Textbox, gr.Number)
+    triggers = [t for k in KEYS if k != "preset"
+                for t in ([comps[k].blur, comps[k].submit] if isinstance(comps[k], typed) else [comps[k].input])]
+    gr.on(triggers, live, inputs=[*inputs, flagged], outputs=check_outputs, trigger_mode="always_last",
           show_progress="hidden", api_name="validate_form", concurrency_limit=None)
 
     def full_check(*args):
