@@ -359,3 +359,22 @@ def test_metric_names_follow_the_feature_space():
     assert [r[2:6] for r in only_base] == [["base (no checkpoint evaluated yet)", "FID (Inception)", "3.00 ± 0.10", "—"],
                                            ["base (no checkpoint evaluated yet)", "recall (Inception)", "0.250 ± 0.050",
                                             "—"]]
+
+
+def test_the_sample_size_note_gives_the_sizes_the_job_drew():
+    """demo-c2i: classes x per_class per seed, each class per_class. demo-t2i: 10 x per_class captions per seed,
+    grouped by a prompt attribute into groups of unequal size (the per-group sizes are pooled over the seeds)."""
+    from app.tabs.embeddings import sample_size_note, samples_per_seed
+
+    def results(model, per_class, n_model, groups, seeds=2):
+        return {"config": {"model": model, "per_class": per_class}, "seeds": list(range(seeds)),
+                "class_names": {str(g): f"g{g}" for g in groups},
+                "overall": {"base": {"n_model": n_model}},
+                "per_class": {str(g): {"base": {"n_model": n * seeds}} for g, n in groups.items()}}
+
+    c2i = results("demo-c2i", 6, 18, {0: 6, 1: 6, 2: 6})
+    assert samples_per_seed(c2i) == 18
+    assert "measured on 18 samples per set and seed, each class on 6;" in sample_size_note(c2i)
+    t2i = results("demo-t2i", 4, 40, {0: 4, 1: 16, 2: 20})  # e.g. color_by=count: 40 captions, 3 groups
+    assert samples_per_seed(t2i) == 40
+    assert "measured on 40 samples per set and seed, each group on 4–20;" in sample_size_note(t2i)

@@ -260,8 +260,7 @@ def caption(results: dict, shift) -> str:
     cfg = results["config"]
     from core.eval.verdict import sample_size_warning
 
-    warning = sample_size_warning(cfg["per_class"] * len(results.get("class_names") or [0]), shift.feature_dim,
-                                  len(results.get("seeds") or [0]))
+    warning = sample_size_warning(samples_per_seed(results), shift.feature_dim, len(results.get("seeds") or [0]))
     if warning:
         lines.append(f"⚠ {warning}.")
     if results.get("skipped_classes"):
@@ -282,12 +281,32 @@ def spreads(results: dict, metric: str) -> dict[str, dict]:
     return out
 
 
+def samples_per_seed(results: dict) -> int:
+    """Samples of one model per seed, as the job drew them (demo-t2i: per_class x 10 captions, whatever groups
+    colour them)."""
+    n = ((results.get("overall") or {}).get("base") or {}).get("n_model")
+    return int(n) if n else results["config"]["per_class"] * max(1, len(results.get("class_names") or {}))
+
+
+def _text_conditional(model) -> bool:
+    from core.errors import ConfigError
+    from core.models import registry
+
+    try:
+        return registry.get_generator(model).task != "c2i"
+    except ConfigError:  # a model no longer registered (a plugin not loaded): its results still show
+        return False
+
+
 def sample_size_note(results: dict) -> str:
     """Why the overall FD and a class's FD are not comparable with each other: their sample sizes differ."""
-    cfg = results["config"]
-    per_seed = cfg["per_class"] * max(1, len(results.get("class_names") or {}))
-    return (f"FD grows as the sample shrinks: overall is measured on {per_seed} samples per set and seed, each class "
-            f"on {cfg['per_class']}; compare base with aligned within a group, not one group with another")
+    seeds = max(1, len(results.get("seeds") or [0]))
+    sizes = sorted({round(row["base"]["n_model"] / seeds) for row in (results.get("per_class") or {}).values()
+                    if "n_model" in (row.get("base") or {})}) or [results["config"]["per_class"]]
+    grouped = _text_conditional(results["config"].get("model"))  # demo-t2i: groups of a prompt attribute
+    each = f"each {'group' if grouped else 'class'} on " + (str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}")
+    return (f"FD grows as the sample shrinks: overall is measured on {samples_per_seed(results)} samples per set and "
+            f"seed, {each}; compare base with aligned within a group, not one group with another")
 
 
 def figures(results: dict, shift, projection: str, metric: str) -> tuple:
