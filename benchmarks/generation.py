@@ -88,7 +88,7 @@ def run_case(gen, batch: int, cfg: float, repeats: int, compile: str, device: to
     names = list(samplers)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
-        for name in names[r % 3:] + names[:r % 3]:  # rotate who goes first
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate who goes first
             times[name].append(timed(samplers[name], device)[0])
     tokens = batch * gen.num_tokens
     med = {name: statistics.median(t) for name, t in times.items()}
@@ -118,7 +118,8 @@ def main() -> None:
         model, batch, cfg = text.strip().split(":")
         cases.append((model, int(batch), float(cfg)))
     print(f"device {dev}, {args.dtype}, threads {torch.get_num_threads()}, torch {torch.__version__}, "
-          f"median of {args.repeats} alternating runs per sampler, compile {args.compile}")
+          f"median of {args.repeats} runs of each of growing, static and floor (rotating who goes first), "
+          f"compile {args.compile}")
     print("| model | tokens/image | batch | CFG | growing tok/s | static tok/s | speed-up | same tokens | compile "
           "| floor tok/s | static of floor |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

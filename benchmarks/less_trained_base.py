@@ -7,7 +7,9 @@ optimizer steps (its own warm-up and cosine schedule, so it is a shorter-trained
 committed one) on tokens of the committed tokenizer; measures it as `python -m core eval demo` does (1000
 samples x 3 sampling seeds, CFG 1); then runs the demo-c2i preset from it as a sweep
 (`python -m core sweep --preset demo-c2i --vary init_weights=W --eval demo`: the preset from the committed base
-and from W, measured on the same seeds) and prints the sweep's table. About 25 min on 2 CPU cores at 600 steps.
+and from W, measured on the same seeds) and prints the sweep's table. The table's "vs base" column compares
+with the committed base; the change against W itself (README's "vs its base") is the W row's demo-FID over the
+"less trained base" line printed before the sweep. About 25 min on 2 CPU cores at 600 steps.
 The generator is kept in the runs dir (`--runs-dir`), where the sweep's config names it.
 """
 from __future__ import annotations

@@ -10,8 +10,8 @@ the newest run against the base, with per-class numbers), docs/compare_prefix.pn
 docs/runs.png (the two newest runs overlaid) and docs/evaluate.png (an evaluation of the newest
 checkpoint and its base: 1000 samples x 3 seeds each, a few minutes on 2 CPU cores).
 
-Each demo step takes about a minute on 2 busy CPU cores (the two runs: about 40 min); for docs/evaluate.png alone,
-one short run is enough:
+A demo step takes 2.5 s on 2 idle CPU cores, and up to a minute while other jobs load them (the two runs took
+about 40 min beside other work); for docs/evaluate.png alone, one short run is enough:
 
     python -m core train --preset demo-c2i --runs-dir RUNS --set max_steps=2 --set save_steps=2 --set preview_steps=2
     python docs/take_screenshots.py --runs-dir RUNS --out docs --skip-compare --skip-runs
