@@ -452,17 +452,14 @@ class Launcher:
         goes straight to running, or DevicesBusyError is raised and nothing changes. `total_steps` above the
         run's step also re-opens a finished run (continue it for more steps; `config`, the run's new
         config.json from `check_resume`, says so: it is written before the run is queued, and put back when
-        it is not)."""
+        it is not). `total_steps` and `config` come from `check_resume`, which refuses a total at or below the
+        step the run resumes from."""
         run = self.store.get(run_id)
         extend = total_steps is not None and total_steps > run.step
         _check_status(run, extend)
         check_resumable(run.run_dir)
         ckpt = self.store.last_checkpoint(run_id)
         step = ckpt.step if ckpt is not None else 0
-        if total_steps is not None and total_steps < step:
-            field = kinds.get(run.kind).total_field
-            raise ConfigError(field, f"{total_steps} is below step {step}, where run {run_id} resumes from (checkpoint "
-                                     f"{step_dir_name(step)}); give {field} >= {step}")
         if claim is not None:
             self.store.check_free(run.devices, f"run {run_id}")  # before trimming; again, atomically, below
         path, before = run.run_dir / CONFIG_FILE, None
