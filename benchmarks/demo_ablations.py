@@ -75,6 +75,9 @@ def table_rows(folders: list[Path]) -> list[str]:
     lines, base_mean = [], None
     for folder in folders:
         table = T.read(folder)
+        if table is None:  # unreadable or being written
+            raise SystemExit(f"error: {folder / T.TABLE_JSON}: cannot be read; rerun `python -m core runs show "
+                             f"{folder.name}` to see the sweep's state")
         children = RunStore(folder / VARIANTS_DIR)
         for row in table["rows"]:
             is_base = row["name"] == T.BASE_ROW

@@ -6,8 +6,15 @@ from __future__ import annotations
 import gradio as gr
 import pytest
 
-from app.tabs.launch import restorable, restored
-from tests.test_app_browser import CHROMIUM, browser_page, field, served, set_field  # noqa: F401 - served: the fixture
+from app.tabs.launch import SAVED_KEY, restorable, restored
+from tests.test_app_browser import browser_page, field, served, set_field  # noqa: F401 - served: the fixture
+
+
+def wait_saved(page, before):
+    """The form's saved entry in localStorage once it differs from `before` (the save is a request of its own)."""
+    page.wait_for_function("([key, before]) => { const v = localStorage.getItem(key); return v !== null && v !== before; }",
+                           arg=[SAVED_KEY, before], timeout=20_000)
+    return page.evaluate("key => localStorage.getItem(key)", SAVED_KEY)
 
 
 def test_a_saved_value_that_no_longer_fits_leaves_the_default():
@@ -41,7 +48,7 @@ def test_a_reload_keeps_the_launch_form_and_reset_brings_the_defaults_back(serve
         page.locator("#sweep-vary textarea").press("Tab")
         # a paper preset's data folder is empty: the status names it
         expect(page.locator("#launch-status")).to_contain_text("data_path", timeout=20_000)
-        page.wait_for_timeout(1500)  # the save is one request after the last change
+        saved = wait_saved(page, None)  # the save is one request after the last change
 
         page.reload()
         expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
@@ -56,10 +63,10 @@ def test_a_reload_keeps_the_launch_form_and_reset_brings_the_defaults_back(serve
         expect(page.locator("#field-preset input")).to_have_value("demo-c2i", timeout=20_000)
         expect(field(page, "name")).to_have_value("demo-c2i")
         expect(page.locator("#sweep-vary textarea")).to_have_value("")
-        page.wait_for_timeout(1500)
+        wait_saved(page, saved)  # Reset's values are saved over the old ones
         page.reload()  # the defaults are what is kept now
         expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
-        page.wait_for_timeout(1500)
+        page.wait_for_timeout(1500)  # the restore lands a moment after the page: it must put back nothing else
         expect(page.locator("#field-preset input")).to_have_value("demo-c2i")
         expect(field(page, "name")).to_have_value("demo-c2i")
         store = app.ctx.store

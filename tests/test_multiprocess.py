@@ -147,6 +147,7 @@ def test_ui_multi_device_route_kill_leaves_no_rank_of_the_group_and_the_run_resu
         launcher.stop(run.id, grace_s=0)
         killed = launcher.enforce_deadlines()
         assert [r.id for r in killed] == [run.id] and "its processes were killed" in killed[0].message, killed
+        assert store.get(run.id).status == "stopped"
         wait_for(lambda: not _processes_naming(run.run_dir), "no process of the rank group left", 30, poll=0.2)
     finally:
         for pid in _processes_naming(run.run_dir):  # what a failed kill left: never a frozen process after the test
@@ -154,7 +155,7 @@ def test_ui_multi_device_route_kill_leaves_no_rank_of_the_group_and_the_run_resu
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-    launcher.resume(run.id)
+    assert launcher.resume(run.id).message == "resumed without a checkpoint: starts again from step 0"
     done = launcher.wait(run.id, timeout=300)
     assert done.status == "finished" and done.step == 40, (done.status, done.message)
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
