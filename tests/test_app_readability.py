@@ -103,6 +103,40 @@ def test_a_refresh_that_read_the_previous_selection_does_not_take_back_a_launche
     assert cleared["value"] is None and first not in [v for _, v in cleared["choices"]]
 
 
+def test_a_pages_refreshes_at_once_send_the_continue_box_once(tmp_path):
+    """A page's load, its run selection and a timer tick run at once, each from the view state as it was before any
+    answered: only the first of them sends the buttons and the continue box's offer (a later one landing after the
+    user typed in the box put the offer back: CI continued a run to step 4 from an emptied box). Another page is
+    sent its own; a page that selects another run and comes back is sent them again."""
+    from app import create_app
+    import gradio as gr
+
+    from app.tabs.runs import new_view, refresh_view
+    from core.runs.kinds import TRAIN_ENTRY as ENTRY
+    from core.runs.store import FINISHED, RUNNING
+
+    app = create_app(tmp_path / "runs", data_roots=[tmp_path])
+    ctx, store = app.ctx, app.ctx.store
+    ids = []
+    for name in ("first", "second"):
+        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i"}, "cpu", 3)
+        store.set_status(run.id, RUNNING)
+        store.set_status(run.id, FINISHED)
+        ids.append(run.id)
+    first, second = ids
+
+    def box(out):  # the continue box's update (outputs: table, run, header, ... stop, resume, delete, continue steps)
+        return None if out[13] == gr.skip() else out[13]
+
+    at_once = [refresh_view(ctx, first, 0.0, None, new_view(), session="page-1") for _ in range(3)]
+    assert box(at_once[0]) == gr.update(interactive=True, value=6)  # twice its 3 planned steps
+    assert [box(o) for o in at_once[1:]] == [None, None]
+    assert box(refresh_view(ctx, first, 0.0, None, new_view(), session="page-2")) == gr.update(interactive=True, value=6)
+    view = refresh_view(ctx, second, 0.0, None, at_once[0][-1], session="page-1")
+    assert box(view) == gr.update(interactive=True, value=6)
+    assert box(refresh_view(ctx, first, 0.0, None, view[-1], session="page-1")) == gr.update(interactive=True, value=6)
+
+
 def test_the_demo_t2i_preset_says_what_its_xi_did_on_the_demo():
     from app.tabs.launch import demo_note
 

@@ -12,6 +12,8 @@ last step it has (`RunStore.read_metrics(run_id, after_step=last)`) and sends on
 from __future__ import annotations
 
 import contextlib
+import threading
+from collections import OrderedDict
 
 import html
 from typing import Any, Optional
@@ -148,8 +150,31 @@ def _buttons(status: Optional[str], kind: Optional[str] = None, offer: Optional[
             steps, gr.update(interactive=can_continue))
 
 
-def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: Optional[dict]) -> tuple:
-    """One update of the tab. Returns values (or gr.skip() where nothing changed) for:
+_buttons_sent: "OrderedDict[str, tuple]" = OrderedDict()  # page session -> (run id, status, offer) sent last
+_buttons_guard = threading.Lock()
+
+
+def buttons_once(session: Optional[str], state: tuple) -> bool:
+    """Whether the page `session` is still to get the buttons and continue box for `state` (run id, status, the
+    box's offer; recorded now). A page's refreshes that run at once (its load, the run's selection, a timer tick)
+    each start from the view state as it was before any answered, so each would send them again, the last one over
+    what its user has typed in the box meanwhile (an update reaching a gradio box puts back the value it held a
+    moment before); this record is shared by them. A page that selects another run and comes back gets them again."""
+    if session is None:
+        return True
+    with _buttons_guard:
+        if _buttons_sent.get(session) == state:
+            return False
+        _buttons_sent[session] = state
+        _buttons_sent.move_to_end(session)
+        while len(_buttons_sent) > 1024:  # pages closed long ago
+            _buttons_sent.popitem(last=False)
+        return True
+
+
+def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: Optional[dict],
+                 session: Optional[str] = None) -> tuple:
+    """One update of the tab (for the page `session`). Returns values (or gr.skip() where nothing changed) for:
     table, run selector, header, plot, latest metrics, log, message, gallery, seed, board, stop, resume,
     delete, continue steps, continue, training panels (visibility), job results, view."""
     app.ticker.tick_if_due()
@@ -248,7 +273,7 @@ def refresh_view(app, run_id: Optional[str], smoothing: float, seed: Any, view: 
 
     buttons = (skip,) * 5
     offer = continue_default(run) if kind == views.TRAIN_KIND else None
-    if view["buttons"] != run.status or view["offer"] != offer:
+    if (view["buttons"] != run.status or view["offer"] != offer) and buttons_once(session, (run.id, run.status, offer)):
         # the continue box gets a new offer only when the run's length changed: a refused value stays to be fixed
         buttons = _buttons(run.status, kind, offer if view["offer"] != offer else None)
         view["buttons"], view["offer"] = run.status, offer
@@ -327,8 +352,9 @@ def build(ctx: BuildContext) -> None:
     outputs = [table, run, head, plot, latest, log, message, gallery, seed, board, stop_btn, resume_btn, delete_btn,
                continue_steps, continue_btn, train_box, job_md, view]
 
-    def refresh(run_id, smoothing_value, seed_value, view_state):
-        return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state)
+    def refresh(run_id, smoothing_value, seed_value, view_state, request: gr.Request):
+        return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state,
+                            session=getattr(request, "session_hash", None))
 
     refresh_inputs = [run, smoothing, seed, view]
     timer.tick(refresh, inputs=refresh_inputs, outputs=outputs, api_name="runs_refresh", show_progress="hidden",
@@ -427,11 +453,12 @@ def build(ctx: BuildContext) -> None:
             return gr.update(visible=False), f"✗ {e}"
         return gr.update(visible=False), f"Deleted `{run_id}`."
 
-    def after_action(run_id, smoothing_value, seed_value, view_state):
+    def after_action(run_id, smoothing_value, seed_value, view_state, request: gr.Request):
         view_state = dict(view_state or new_view())
         view_state["buttons"] = None
         view_state["header"] = None
-        return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state)
+        return refresh_view(app, run_id, float(smoothing_value or 0.0), seed_value, view_state,
+                            session=getattr(request, "session_hash", None))
 
     stop_btn.click(stop, inputs=run, outputs=action, api_name="stop_run", concurrency_limit=4) \
         .then(after_action, inputs=refresh_inputs, outputs=outputs, api_visibility="private", show_progress="hidden")
