@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 from app import fields as F
 from core import configmeta
-from core.errors import ConfigError, DataError, MissingWeightsError, UserError
+from core.errors import ConfigError, DataError
 from core.vapi import config as C
 
 GROUPS = ("model", "data", "rollout", "reward", "objective", "optimisation", "checkpoints")

@@ -5,7 +5,6 @@ store; the store's `Run.kind` tells them apart. For a job, "step" counts samples
 """
 from __future__ import annotations
 
-import html
 import re
 import time
 from typing import Optional

@@ -69,3 +69,16 @@ def test_evaluate_and_embeddings_agree_on_fd_and_verdict(tmp_path):
     far = from_eval["fid"]
     assert min(far["aligned"]["values"]) > max(far["base"]["values"])
     assert far["verdict"] == "worse" and 0 < far["low"] <= far["high"], far
+
+
+def test_a_verdict_of_one_seed_reads_the_same_in_every_table():
+    """One seed with no features to resample: no interval. Evaluate's table, the sweep table and `eval summary` all
+    write it one way (they once wrote 'none (1 seed)', '(one seed)' and 'no interval (one seed)')."""
+    from app.tabs.evaluate import _change as evaluate_change
+    from core.eval.verdict import NO_INTERVAL, verdict_change
+    from core.sweep.table import _change as sweep_change
+
+    v = {"method": "none", "delta": -0.012345, "low": 0.0, "high": 0.0, "seeds": 1, "verdict": "within noise"}
+    assert verdict_change(v) == ("-0.01235", "no interval (one seed)") == ("-0.01235", NO_INTERVAL)
+    assert evaluate_change(v["delta"], v) == verdict_change(v)
+    assert sweep_change(v) == "-0.01235 no interval (one seed) within noise"

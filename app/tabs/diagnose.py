@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 from app import fields, widgets
 from app.plots import readable_axes
 from app.tabs.shared import error_text, progress_bar
-from core.errors import ConfigError, UserError
+from core.errors import UserError
 
 NUMBER_KEYS = ("num_images", "num_generations", "num_samples")
 LIST_KEYS = ("seeds", "cfg_scales")

@@ -22,12 +22,13 @@ from app import fields, form, jobform, views
 from app.safety import confine
 from app.tabs import BuildContext
 from app.tabs.shared import (refused, EXTRACTORS, check_extractor, class_items, default_devices, error_text,
-                             extractor_path_of, feature_space, field_updates, message, parse_device_set,
+                             extractor_path_of, field_updates, message, parse_device_set,
                              progress_bar, renamed, roots_text, signature)
+from core.eval.summary import embedding_verdict_lines, feature_space
 from app.tabs.launch import device_choices
 from core.eval.configs import PROMPT_ATTRIBUTES
 from core.errors import ConfigError, MissingWeightsError, UserError
-from core.eval.verdict import change_text, mean_std
+from core.eval.verdict import change_text
 from core.models.registry import DEFAULT_GENERATOR, is_demo_model
 from core.runs.store import FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -227,19 +228,6 @@ def numbers_table(results: dict) -> list[list]:
     return rows
 
 
-def verdict_lines(results: dict) -> list[str]:
-    """One line per metric: base and aligned as mean ± std over the seeds, the change, its interval, the verdict."""
-    lines = []
-    names = {"fid": "FD", "precision": "precision", "recall": "recall"}
-    for key, v in (results.get("verdicts") or {}).items():
-        b, a = v["base"], v["aligned"]
-        delta, interval = change_text(v["delta"], v["low"], v["high"])
-        lines.append(f"- **{names.get(key, key)}**: base {mean_std(b['mean'], b['std'])} → aligned "
-                     f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {delta}, 95% interval "
-                     f"{interval} → **{v['verdict']}**")
-    return lines
-
-
 def caption(results: dict, shift) -> str:
     extractor = results["config"]["extractor"]
     space = feature_space(extractor)
@@ -251,13 +239,12 @@ def caption(results: dict, shift) -> str:
              f"{counts['aligned']} samples · k = {shift.k}",
              f"Fréchet distance to the real images{fd}: lower is closer. Precision: share of samples on the real "
              "manifold; recall: share of the real manifold covered (k-NN balls)."]
-    verdicts = verdict_lines(results)
+    verdicts = embedding_verdict_lines(results)
     if verdicts:
         lines.append("\n".join(verdicts))
         lines.append("A change is called better/worse only when its 95% interval (paired bootstrap over samples, "
                      "real images and seeds) excludes zero. Per-class precision and recall pool the seeds.")
     lines.append(f"ⓘ {sample_size_note(results)}.")
-    cfg = results["config"]
     from core.eval.verdict import sample_size_warning
 
     warning = sample_size_warning(samples_per_seed(results), shift.feature_dim, len(results.get("seeds") or [0]))
@@ -376,8 +363,6 @@ def new_view() -> dict:
 # ----------------------------------------------------------------------------- the tab
 def infos(app) -> dict[str, str]:
     """Each input's help: an EmbeddingConfig field's own (core/eval/configs.py), with what the page adds."""
-    from core.eval.configs import EmbeddingConfig
-
     roots = roots_text(app)
     field = jobform.job_helps(field_table(), KEYS)
     return {**field,

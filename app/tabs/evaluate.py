@@ -34,7 +34,7 @@ from app.tabs.shared import (refused, EXTRACTORS, check_extractor, check_hub_mod
 from core.errors import ConfigError, DataError, MissingWeightsError, UserError
 from core.eval.configs import NO_FEATURES
 from core.eval.summary import SUMMARY_METRICS, metric_label
-from core.eval.verdict import change_text, mean_std
+from core.eval.verdict import change_text, mean_std, verdict_change
 from core.models.registry import DEFAULT_GENERATOR
 from core.runs.store import ACTIVE, FAILED, FINISHED, QUEUED, STOPPED, RunNotFoundError
 
@@ -275,10 +275,10 @@ def _change(delta: Optional[float], verdict: Optional[dict]) -> tuple[str, str]:
         return "—", "—"
     if not verdict:
         return change_text(delta)[0], "—"
+    text, interval = verdict_change({**verdict, "delta": delta})
     if verdict["method"] == "none":
-        return change_text(delta)[0], "none (1 seed)"
+        return text, interval
     how = "bootstrap" if verdict["method"] == "bootstrap" else f"t, {verdict['seeds']} seeds"
-    text, interval = change_text(delta, verdict["low"], verdict["high"])
     return text, f"{interval} ({how})"
 
 
@@ -383,8 +383,6 @@ def refresh_view(app, view: Optional[dict]) -> tuple:
 
 def infos(app) -> dict[str, str]:
     """Each input's help: an EvalConfig field's own (core/eval/configs.py), with what the page adds."""
-    from core.eval.configs import EvalConfig
-
     roots = roots_text(app)
     field = jobform.job_helps(field_table(), KEYS)
     return {**field,

@@ -231,6 +231,13 @@ def _allowed(component: Any) -> set | None:
     return {c[1] if isinstance(c, (tuple, list)) else c for c in choices}
 
 
+def class_update(model: str, classes: Any) -> dict:
+    """The preview-class picker for `model`: its classes offered, those of `classes` it has kept."""
+    choices = form.class_choices(model)
+    valid = {v for _, v in choices}
+    return gr.update(choices=choices, value=[c for c in (classes or []) if c in valid])
+
+
 def restorable(component: Any, value: Any) -> bool:
     """Whether a value saved in the browser still fits `component`: a choice that is still offered (a removed
     preset or model is not), a number for a number box, a bool for a checkbox, text for a text box."""
@@ -410,9 +417,7 @@ def build(ctx: BuildContext) -> None:
     # --- model: its files, its classes; the demo note
     def on_model(model, preset, classes):
         text, downloadable = model_status(model)
-        valid = {v for _, v in form.class_choices(model)}
-        kept = [c for c in (classes or []) if c in valid]
-        return (text, gr.update(visible=downloadable), gr.update(choices=form.class_choices(model), value=kept),
+        return (text, gr.update(visible=downloadable), class_update(model, classes),
                 gr.update(visible=shows_demo_note(preset, model), value=demo_note(preset, model)))
 
     comps["model"].change(on_model, inputs=[comps["model"], comps["preset"], comps["preview_classes"]],
@@ -530,10 +535,8 @@ def build(ctx: BuildContext) -> None:
         out = restored(kept, values)
         model = values.get("model")
         if model != kept_defaults["model"] and restorable(comps["model"], model):  # offer the restored model's classes
-            valid = {v for _, v in form.class_choices(model)}
             classes = values.get("preview_classes") if isinstance(values.get("preview_classes"), list) else []
-            out[list(kept).index("preview_classes")] = gr.update(choices=form.class_choices(model),
-                                                                 value=[c for c in classes if c in valid])
+            out[list(kept).index("preview_classes")] = class_update(model, classes)
         return (*out, *[gr.update(open=True) if n in (open_now or []) else gr.skip() for n in sections])
 
     ctx.blocks.load(restore, inputs=[saved, opened], outputs=[*kept.values(), *sections.values()],

@@ -17,7 +17,7 @@ from app.safety import confine
 from app.views import as_text
 from core import paths
 from core.errors import CheckpointError, ConfigError, MissingWeightsError, UserError
-from core.eval.summary import SPACES, feature_space  # noqa: F401 - feature_space: the tabs import it from here
+from core.eval.summary import SPACES
 
 EXTRACTORS = ("demo", "inception", "clip", "dinov2")
 HUB_MODELS = ("clip", "dinov2")  # extractors loaded through transformers: a folder or a hub id

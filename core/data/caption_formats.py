@@ -27,7 +27,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch

@@ -103,6 +103,22 @@ def metric_label(metric: str, extractor: Optional[str]) -> str:
     return metric
 
 
+def embedding_verdict_lines(results: dict) -> list[str]:
+    """An embeddings job's results, one line per metric: base and aligned as mean ± std over the seeds, the change,
+    its 95% interval, the verdict (the Embeddings tab and the job's summary in Runs)."""
+    from core.eval.verdict import change_text, mean_std
+
+    extractor = (results.get("config") or {}).get("extractor")
+    lines = []
+    for key, v in (results.get("verdicts") or {}).items():
+        b, a = v["base"], v["aligned"]
+        delta, interval = change_text(v["delta"], v["low"], v["high"])
+        lines.append(f"- **{metric_label(key, extractor)}**: base {mean_std(b['mean'], b['std'])} → aligned "
+                     f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {delta}, 95% interval "
+                     f"{interval} → **{v['verdict']}**")
+    return lines
+
+
 def _spread_of(results: dict) -> dict:
     """{metric: {mean, std, values}} of a result; a result of one seed (older format) as one value."""
     if isinstance(results.get("spread"), dict):
@@ -167,8 +183,7 @@ def summary_table(rows: Sequence[dict]) -> str:
         lines.append(f"  {title[:40]:<40} " + " ".join(cells))
         for m, v in (row.get("verdicts") or {}).items():
             b, c = v["base"], v["aligned"]
-            delta, interval = V.change_text(v["delta"], v["low"], v["high"])
-            interval = "no interval (one seed)" if v["method"] == "none" else interval
+            delta, interval = V.verdict_change(v)
             lines.append(f"    {m}: {b['mean']:.4g} ± {b['std']:.2g} -> {c['mean']:.4g} ± {c['std']:.2g} over "
                          f"{v['seeds']} seeds, change {delta}, 95% {interval} ({v['method']}): {v['verdict']}")
     return "\n".join(lines).lstrip("\n")

@@ -97,9 +97,18 @@ class Verdict:
         return change_text(self.delta, self.low, self.high)[0]
 
     def interval_text(self) -> str:
-        if self.method == "none":
-            return "no interval (one seed)"
-        return change_text(self.delta, self.low, self.high)[1]
+        return verdict_change(self.to_dict())[1]
+
+
+NO_INTERVAL = "no interval (one seed)"
+
+
+def verdict_change(v: dict) -> tuple[str, str]:
+    """(Δ, its 95% interval) of a verdict's dict, as every table writes them (change_text; a verdict of one seed,
+    with no features to resample, has no interval)."""
+    if v["method"] == "none":
+        return change_text(v["delta"])[0], NO_INTERVAL
+    return change_text(v["delta"], v["low"], v["high"])
 
 
 def spread(values: Sequence[float]) -> Spread:

@@ -29,16 +29,10 @@ def _eval_lines(results: dict) -> list[str]:
             *(f"- {metric_label(name, extractor)}: {mean_std(v['mean'], v['std'])}" for name, v in spread.items())]
 
 
-def _embeddings_lines(results: dict) -> list[str]:
-    from core.eval.verdict import change_text, mean_std
+def _embedding_lines(results: dict) -> list[str]:
+    from core.eval.summary import embedding_verdict_lines
 
-    lines = []
-    for name, v in (results.get("verdicts") or {}).items():
-        b, a = v["base"], v["aligned"]
-        lines.append(f"- {'FD' if name == 'fid' else name}: base {mean_std(b['mean'], b['std'])} → aligned "
-                     f"{mean_std(a['mean'], a['std'])}; Δ 95% interval {change_text(v['delta'], v['low'], v['high'])[1]}"
-                     f" → **{v['verdict']}**")
-    return lines
+    return embedding_verdict_lines(results)
 
 
 def _diagnose_lines(results: dict) -> list[str]:
@@ -87,7 +81,7 @@ REGISTRY: dict[str, Kind] = {k.name: k for k in (
          check="core.eval.eval_job:check_job", results_tab="Evaluate", summarize=_eval_lines),
     Kind(EMBEDDINGS, "core.eval.shift_job:run_embeddings", "core.eval.configs:EmbeddingConfig", "total_samples",
          "embeddings job", check="core.eval.shift_job:check_job", results_tab="Embeddings",
-         summarize=_embeddings_lines),
+         summarize=_embedding_lines),
     Kind(DIAGNOSE, "core.eval.diagnostics:run_diagnose", "core.eval.diagnostics:DiagnoseConfig", "total_steps",
          "diagnose job", check="core.eval.diagnostics:check_job", results_tab="Evaluate", summarize=_diagnose_lines),
     # variants of a run preset trained and evaluated the same way, one table (python -m core sweep, Launch's Sweep)

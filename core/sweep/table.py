@@ -91,9 +91,7 @@ def _num(x: float) -> str:
 def _change(c: Optional[dict]) -> str:
     if c is None:
         return ""
-    if c["method"] == "none":
-        return f"{c['delta']:+.3g} (one seed) {c['verdict']}"
-    return " ".join([*V.change_text(c["delta"], c["low"], c["high"]), c["verdict"]])
+    return " ".join([*V.verdict_change(c), c["verdict"]])
 
 
 def _grid(rows: list[list[str]]) -> list[str]:

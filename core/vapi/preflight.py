@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from core.errors import ConfigError, DataError, MissingWeightsError, UserError
+from core.errors import ConfigError, MissingWeightsError, UserError
 from core.vapi import rewards
 from core.vapi.config import VapiConfig, check_preview, check_sequence
 
