@@ -41,19 +41,26 @@ def served(tiny_demo, tmp_path, monkeypatch):
 
 
 @contextmanager
-def browser_page(url: str):
-    """A headless Chromium page on the workbench at `url`, once its Launch form is there."""
+def browser_page(url: str, width: int = 1440, height: int = 1000):
+    """A headless Chromium page (`width` x `height`) on the workbench at `url`, once its Launch form is there."""
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page = browser.new_page(viewport={"width": width, "height": height})
             page.goto(url)
             expect(page.locator("#launch-button")).to_be_visible(timeout=60_000)
             yield page
         finally:
             browser.close()
+
+
+def screenshots_dir(tmp_path: Path) -> Path:
+    """Where the browser tests save screenshots: $VAPI_SCREENSHOTS_DIR when set (to keep them), else tmp_path."""
+    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
 
 
 def screenshot(page, folder: Path, name: str) -> Path:
@@ -89,8 +96,7 @@ def test_tabs_a_run_and_a_comparison_in_chromium(served, tmp_path):
     from playwright.sync_api import expect
 
     app, url = served
-    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots_dir(tmp_path)
     with browser_page(url) as page:
         expect(page.locator("#demo-note")).to_contain_text("pixel-only")
 

@@ -6,25 +6,21 @@ demo run (a checkpoint every step), trained in this process; its continuation ru
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-from pathlib import Path
 
 import pytest
 
 from core.runs.store import FINISHED
 from tests.helpers import served_app, train_demo_run
-from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot
-from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture
+from tests.test_app_browser import WAIT_MS, browser_page, screenshot, screenshots_dir
+from tests.test_app_eval_tabs import browser_store, evaluator_file  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
 
 
 @pytest.fixture
 def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    require_chromium()
-    shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # Compare's judge and per-class numbers
+    browser_store(tiny_demo, evaluator_file, tmp_path)  # Chromium, and Compare's judge for its per-class numbers
     with served_app(tmp_path, monkeypatch, [tmp_path]) as (app, url):
         run_id, _ = train_demo_run(app.ctx.store, 2, name="several checkpoints", save_steps=1)
         yield app, url, run_id
@@ -66,8 +62,7 @@ def test_compare_takes_the_newest_checkpoint_and_runs_continues_a_finished_run(s
             run = store.get(run_id)
             assert run.status == FINISHED and run.step == run.total_steps == 2
             assert (run_dir / "config.json").read_text() == config and len(store.list_runs()) == 1
-        shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
-        shots.mkdir(parents=True, exist_ok=True)
+        shots = screenshots_dir(tmp_path)
         screenshot(page, shots, "runs-continue-refused")
         page.wait_for_timeout(1500)  # the view refreshes after the action: the refused value stays, to be fixed
         expect(steps).to_have_value("2")

@@ -4,7 +4,6 @@ continuation, the difference maps and per-class numbers; then two runs overlaid 
 their CSV. Help text is checked for WCAG AA contrast. Screenshots go to $VAPI_SCREENSHOTS_DIR if set."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import served_app, train_demo_run
-from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot
+from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot, screenshots_dir
 from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
@@ -44,8 +43,7 @@ def test_compare_views_and_runs_overlay_in_chromium(served, tmp_path):
     store = app.ctx.store
     first, _ = train_demo_run(store, 2, name="lr 3e-2")
     aligned, step = train_demo_run(store, 2, name="aligned from the base", learning_rate=1e-2)
-    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots_dir(tmp_path)
     with browser_page(url) as page:
         field = page.locator("#field-data_subset")
         expect(field).to_contain_text("images used (data_subset)")  # words, with the config key beside
@@ -127,8 +125,7 @@ def test_compare_base_vs_aligned_demo_t2i_on_typed_prompts_in_chromium(served_co
     app, url = served_committed
     aligned, step = train_demo_run(app.ctx.store, 2, name="t2i aligned", preset="demo-t2i",
                                    preview_prompts=["a red circle"])
-    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots_dir(tmp_path)
     with browser_page(url) as page:
         page.get_by_role("tab", name="Compare").click()
         expect(page.locator("#compare-aligned input")).to_have_value(re.compile(f"{aligned}.*step {step}"),
@@ -243,8 +240,7 @@ def test_compare_gallery_rows_fit_a_1000px_window_with_labels_and_a_colour_scale
 
     app, url = served
     aligned, step = train_demo_run(app.ctx.store, 2, name="aligned", learning_rate=1e-2)
-    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots_dir(tmp_path)
     with browser_page(url) as page:
         page.set_viewport_size({"width": 1000, "height": 900})
         page.get_by_role("tab", name="Compare").click()

@@ -5,16 +5,14 @@ and checked to be a non-empty PNG with content."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
 from core.runs.store import RunStore
 from tests.helpers import served_app
-from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot
+from tests.test_app_browser import WAIT_MS, browser_page, require_chromium, screenshot, screenshots_dir
 from tests.test_app_eval_tabs import aligned_run, evaluator_file  # noqa: F401 - evaluator_file is a fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
@@ -41,8 +39,7 @@ def test_evaluate_and_embeddings_tabs_in_chromium(served, tmp_path):
     from playwright.sync_api import expect
 
     app, url, aligned = served
-    shots = Path(os.environ.get("VAPI_SCREENSHOTS_DIR") or tmp_path / "screenshots")
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = screenshots_dir(tmp_path)
     with browser_page(url) as page:
 
         page.get_by_role("tab", name="Evaluate").click()

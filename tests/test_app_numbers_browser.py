@@ -9,7 +9,7 @@ import pytest
 
 from core.runs.store import RunStore
 from tests.helpers import served_app
-from tests.test_app_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.test_app_browser import browser_page
 from tests.test_app_eval_tabs import (STEP, aligned_run, browser_store, evaluator_file,  # noqa: F401 - a fixture
                                      finished_job)
 
@@ -73,22 +73,16 @@ def number_cells(page, table: str, headers: list[str], names) -> list[dict]:
 
 
 def test_no_number_of_the_evaluate_table_breaks_at_1000_px(served):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     from app.tabs.evaluate import JOB_HEADERS, SUMMARY_HEADERS
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1000, "height": 900})
-            page.goto(served)
-            page.get_by_role("tab", name="Evaluate").click()
-            expect(page.locator("#eval-summary")).to_contain_text("recall (demo evaluator)", timeout=60_000)
-            page.wait_for_timeout(500)  # the columns are sized after the rows render
-            cells = number_cells(page, "eval-summary", SUMMARY_HEADERS, NUMBER_COLUMNS)
-            jobs = number_cells(page, "eval-jobs", JOB_HEADERS, ["samples"])
-        finally:
-            browser.close()
+    with browser_page(served, width=1000, height=900) as page:
+        page.get_by_role("tab", name="Evaluate").click()
+        expect(page.locator("#eval-summary")).to_contain_text("recall (demo evaluator)", timeout=60_000)
+        page.wait_for_timeout(500)  # the columns are sized after the rows render
+        cells = number_cells(page, "eval-summary", SUMMARY_HEADERS, NUMBER_COLUMNS)
+        jobs = number_cells(page, "eval-jobs", JOB_HEADERS, ["samples"])
     assert len(cells) == 4 * len(NUMBER_COLUMNS), cells  # FD, IS, precision, recall
     assert all("±" in c["text"] for c in cells[:2]) and "[" in cells[3]["text"], cells
     assert len(jobs) == 2 and all(c["numbers"] for c in cells + jobs), (cells, jobs)

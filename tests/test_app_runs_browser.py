@@ -7,14 +7,12 @@ evaluation, made in this process."""
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
-from core.runs.store import RunStore
 from tests.helpers import served_app, train_demo_run
-from tests.test_app_browser import WAIT_MS, browser_page, require_chromium
-from tests.test_app_eval_tabs import evaluator_file  # noqa: F401 - a fixture
+from tests.test_app_browser import WAIT_MS, browser_page
+from tests.test_app_eval_tabs import browser_store, evaluator_file  # noqa: F401 - a fixture
 from tests.test_app_numbers_browser import evaluated
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a real Chromium against a launched app
@@ -30,9 +28,7 @@ CELL_EDITOR = "#runs-table [role='gridcell'] :is(input, textarea)"  # what Gradi
 
 @pytest.fixture
 def served(tiny_demo, evaluator_file, tmp_path, monkeypatch):  # noqa: F811 - the imported fixture
-    require_chromium()
-    shutil.copy(evaluator_file, tiny_demo / "evaluator.safetensors")  # the demo evaluator's default place
-    store = RunStore(tmp_path / "runs")
+    store = browser_store(tiny_demo, evaluator_file, tmp_path)
     first, _ = train_demo_run(store, name="first", rollout_mode="eval")  # clip fraction 0 by construction
     second, _ = train_demo_run(store, name="second", rollout_mode="train")  # the clip acts
     job = evaluated(store, None, "base")
