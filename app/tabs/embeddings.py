@@ -24,9 +24,9 @@ from app.tabs import BuildContext
 from app.tabs.shared import (refused, EXTRACTORS, check_extractor, class_items, default_devices, error_text,
                              extractor_path_of, field_updates, message, parse_device_set,
                              progress_bar, renamed, roots_text, signature)
-from core.eval.summary import embedding_verdict_lines, feature_space
 from app.tabs.launch import device_choices
 from core.eval.configs import PROMPT_ATTRIBUTES
+from core.eval.summary import embedding_verdict_lines, feature_space
 from core.errors import ConfigError, MissingWeightsError, UserError
 from core.eval.verdict import change_text
 from core.models.registry import DEFAULT_GENERATOR, is_demo_model
@@ -276,7 +276,6 @@ def samples_per_seed(results: dict) -> int:
 
 
 def _text_conditional(model) -> bool:
-    from core.errors import ConfigError
     from core.models import registry
 
     try:
