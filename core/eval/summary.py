@@ -106,13 +106,13 @@ def metric_label(metric: str, extractor: Optional[str]) -> str:
 def embedding_verdict_lines(results: dict) -> list[str]:
     """An embeddings job's results, one line per metric: base and aligned as mean ± std over the seeds, the change,
     its 95% interval, the verdict (the Embeddings tab and the job's summary in Runs)."""
-    from core.eval.verdict import change_text, mean_std
+    from core.eval.verdict import mean_std, verdict_change
 
     extractor = (results.get("config") or {}).get("extractor")
     lines = []
     for key, v in (results.get("verdicts") or {}).items():
         b, a = v["base"], v["aligned"]
-        delta, interval = change_text(v["delta"], v["low"], v["high"])
+        delta, interval = verdict_change(v)
         lines.append(f"- **{metric_label(key, extractor)}**: base {mean_std(b['mean'], b['std'])} → aligned "
                      f"{mean_std(a['mean'], a['std'])} (mean ± std over {v['seeds']} seeds); Δ {delta}, 95% interval "
                      f"{interval} → **{v['verdict']}**")
