@@ -166,7 +166,7 @@ WATCH_FLAG = """id => { const el = document.getElementById(id); window.__seen = 
 
 def test_a_field_being_typed_into_gets_no_check_until_it_is_left(served, monkeypatch):
     """A check's answer that lands in a box while its user types can put back what the box held a moment before
-    (CI once launched with data_path '/' after '/tmp/...' was typed). Typed fields are checked when left (Tab, a
+    (stop 29's CI launched with data_path '/' after '/tmp/...' was typed). Typed fields are checked when left (Tab, a
     click elsewhere, Enter): typed slowly against a slowed check, the box is neither flagged nor cleared while it
     has the focus, keeps every character, and is flagged (or cleared) once it is left."""
     import time

@@ -73,28 +73,29 @@ def test_latest_metrics_show_the_step_first_and_a_readable_time():
     assert latest["time"].startswith("2023-11-1") and ":" in latest["time"]  # not 1700000005.0
 
 
+def finished_run(store, name: str) -> str:
+    """A finished training run of 3 planned steps in `store`, with no worker (a refresh's ticker starts nothing)."""
+    from core.runs.kinds import TRAIN_ENTRY
+    from core.runs.store import FINISHED, RUNNING
+
+    run = store.create_run(name, {"entry": TRAIN_ENTRY, "model": "demo-c2i"}, "cpu", 3)
+    store.set_status(run.id, RUNNING)
+    store.set_status(run.id, FINISHED)
+    return run.id
+
+
 def test_a_refresh_that_read_the_previous_selection_does_not_take_back_a_launched_run(tmp_path):
     """A launch selects its new run; a timer refresh that read the previous selection before the launch answered
     must not put that selection back (it updates the choices only). A deleted selection is cleared."""
     from app import create_app
     from app.tabs.runs import new_view, refresh_view
-    from core.runs.kinds import TRAIN_ENTRY as ENTRY
-
-    from core.runs.store import FINISHED, RUNNING
 
     app = create_app(tmp_path / "runs", data_roots=[tmp_path])
     ctx, store = app.ctx, app.ctx.store
-
-    def finished_run(name: str) -> str:  # no worker: the refresh's ticker has nothing to start
-        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i"}, "cpu", 3)
-        store.set_status(run.id, RUNNING)
-        store.set_status(run.id, FINISHED)
-        return run.id
-
-    first = finished_run("first")
+    first = finished_run(store, "first")
     out = refresh_view(ctx, first, 0.0, None, new_view())
     view = out[-1]
-    second = finished_run("second")  # what a launch adds and selects
+    second = finished_run(store, "second")  # what a launch adds and selects
     stale = refresh_view(ctx, first, 0.0, None, view)  # the stale refresh: its input is still `first`
     selector = stale[1]
     assert second in [v for _, v in selector["choices"]] and "value" not in selector
@@ -106,24 +107,17 @@ def test_a_refresh_that_read_the_previous_selection_does_not_take_back_a_launche
 def test_a_pages_refreshes_at_once_send_the_continue_box_once(tmp_path):
     """A page's load, its run selection and a timer tick run at once, each from the view state as it was before any
     answered: only the first of them sends the buttons and the continue box's offer (a later one landing after the
-    user typed in the box put the offer back: CI continued a run to step 4 from an emptied box). Another page is
+    user typed in the box put the offer back: a local run of the checkpoints browser test continued a run to step 4
+    from an emptied box). Another page is
     sent its own; a page that selects another run and comes back is sent them again."""
     from app import create_app
     import gradio as gr
 
     from app.tabs.runs import new_view, refresh_view
-    from core.runs.kinds import TRAIN_ENTRY as ENTRY
-    from core.runs.store import FINISHED, RUNNING
 
     app = create_app(tmp_path / "runs", data_roots=[tmp_path])
     ctx, store = app.ctx, app.ctx.store
-    ids = []
-    for name in ("first", "second"):
-        run = store.create_run(name, {"entry": ENTRY, "model": "demo-c2i"}, "cpu", 3)
-        store.set_status(run.id, RUNNING)
-        store.set_status(run.id, FINISHED)
-        ids.append(run.id)
-    first, second = ids
+    first, second = finished_run(store, "first"), finished_run(store, "second")
 
     def box(out):  # the continue box's update (outputs: table, run, header, ... stop, resume, delete, continue steps)
         return None if out[13] == gr.skip() else out[13]
